@@ -1,0 +1,160 @@
+//! Errors of the slot pool.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong with a slot pool.
+///
+/// Each message says what went wrong and what to do about it. Messages never
+/// contain a password: pool addresses are redacted before they get here.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No slot became free before the deadline.
+    #[error(
+        "timed out after {waited:.1?} waiting for a slot in pool {pool} (capacity {capacity}, active {active}, waiting {waiting}); raise the timeout, the capacity, or find the holders with `dbslots status`"
+    )]
+    Timeout {
+        /// The pool's address.
+        pool: String,
+        /// How long the caller waited.
+        waited: Duration,
+        /// The pool's capacity.
+        capacity: u32,
+        /// Slots held when the wait gave up.
+        active: u32,
+        /// Waiters when the wait gave up (this one included).
+        waiting: u32,
+    },
+    /// The acquisition was cancelled before it got a slot.
+    #[error("acquiring a slot in pool {pool} was cancelled")]
+    Cancelled {
+        /// The pool's address.
+        pool: String,
+    },
+    /// The pool exists with another capacity than the one asked for.
+    #[error(
+        "pool {pool} was created with capacity {recorded}, not {requested}; drop --capacity to use it as it is, or change it explicitly with `dbslots resize --pool {pool} --capacity {requested}`"
+    )]
+    CapacityMismatch {
+        /// The pool's address.
+        pool: String,
+        /// The capacity recorded in the pool.
+        recorded: u32,
+        /// The capacity the caller asked for.
+        requested: u32,
+    },
+    /// The pool does not exist and no capacity was given to create it.
+    #[error(
+        "pool {pool} does not exist; create it by giving a capacity (--capacity N, or PoolOptions::capacity)"
+    )]
+    NotFound {
+        /// The pool's address.
+        pool: String,
+    },
+    /// A capacity outside the supported range.
+    #[error("capacity must be between 1 and {max}, got {requested}")]
+    InvalidCapacity {
+        /// What was asked for.
+        requested: u64,
+        /// The largest supported capacity.
+        max: u32,
+    },
+    /// The pool's location cannot be used.
+    #[error("cannot use {path} as a pool directory: {reason}")]
+    Location {
+        /// The offending path.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// A pool file holds something that is not a dbslots pool of this version.
+    #[error(
+        "{path} is not a dbslots pool this version understands ({detail}); point --pool at another directory, or remove this one if nothing uses it"
+    )]
+    Corrupt {
+        /// The offending file.
+        path: PathBuf,
+        /// What was found.
+        detail: String,
+    },
+    /// The pool address could not be parsed.
+    #[error("invalid pool address {address:?}: {reason}")]
+    InvalidAddress {
+        /// The address as given (password redacted).
+        address: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// The backend cannot do what was asked.
+    #[error("{what} is not supported by {backend} pools")]
+    Unsupported {
+        /// The backend's name.
+        backend: &'static str,
+        /// The operation.
+        what: &'static str,
+    },
+    /// The holder's claim on its slot was lost (a lease-based backend's lease
+    /// expired, or its server forgot it); the caller must stop using the
+    /// resource the slot guarded.
+    #[error(
+        "the slot {slot} in pool {pool} was lost: {reason}; stop using the connection it guarded and acquire a new slot"
+    )]
+    SlotLost {
+        /// The pool's address.
+        pool: String,
+        /// The slot number.
+        slot: u32,
+        /// Why it was lost.
+        reason: String,
+    },
+    /// The backend's server could not be reached or answered with an error.
+    #[error("pool {pool}: {message}")]
+    Backend {
+        /// The pool's address.
+        pool: String,
+        /// What happened and what to do.
+        message: String,
+    },
+    /// An operating-system call on a pool file failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done ("opening", "locking", ...).
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// True for [`Error::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { .. })
+    }
+
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        source: impl Into<io::Error>,
+    ) -> Self {
+        let path = path.into();
+        let source = source.into();
+        match source.kind() {
+            io::ErrorKind::PermissionDenied => Error::Location {
+                reason: format!(
+                    "permission denied while {op} {}; run as a user that may use this pool, or create the pool for a shared group (--group)",
+                    path.display()
+                ),
+                path,
+            },
+            _ => Error::Io { op, path, source },
+        }
+    }
+}

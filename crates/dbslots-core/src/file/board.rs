@@ -1,0 +1,294 @@
+//! The board: a small memory-mapped file (`state`) that every process of a
+//! pool maps shared.
+//!
+//! # Implementation Details
+//!
+//! The board never decides who holds a slot: the `flock` on the slot's file
+//! does. The board carries what the locks cannot:
+//!
+//! * the futex words a waiter sleeps on (`release_seq`) and the flag that says
+//!   whether anybody sleeps there (`head`), so that a release wakes the next
+//!   waiter in microseconds and costs no system call when nobody waits;
+//! * an occupancy bitmap, so that an acquirer tries the slots that look free
+//!   first instead of probing every slot file;
+//! * one record per slot (holder pid, since when), for stats;
+//! * monotonic counters (acquisitions, timeouts, peak, wait histogram).
+//!
+//! A holder killed between taking a slot's lock and clearing its bit leaves a
+//! stale bit and record. They are harmless: the lock is gone, the next
+//! acquirer that probes the slot takes it over, and `stats()` repairs them.
+//! Every field is an atomic at a fixed offset, so foreign clients (PHP,
+//! Python) can read them; `docs/protocol.md` lists the offsets.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use memmap2::MmapRaw;
+
+use crate::error::{Error, Result};
+
+/// File magic at offset 0.
+pub(crate) const MAGIC: [u8; 8] = *b"DBSLOTS\0";
+/// Layout version at offset 8.
+pub(crate) const FORMAT: u32 = 1;
+/// Slots a board has room for; also the largest capacity.
+pub const MAX_CAPACITY: u32 = 4096;
+/// Upper bounds of the wait-time histogram buckets, in microseconds. A final
+/// bucket takes everything longer.
+pub(crate) const WAIT_BUCKETS_US: [u64; 10] = [
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    5_000_000,
+    30_000_000,
+    120_000_000,
+    600_000_000,
+];
+
+const OFF_MAGIC: usize = 0;
+const OFF_FORMAT: usize = 8;
+const OFF_CAPACITY: usize = 12;
+const OFF_MAX_SLOTS: usize = 16;
+const OFF_RELEASE_SEQ: usize = 64;
+const OFF_HEAD: usize = 128;
+const OFF_PEAK: usize = 192;
+const OFF_ACQUISITIONS: usize = 256;
+const OFF_TIMEOUTS: usize = 320;
+const OFF_WAITED: usize = 384;
+const OFF_WAIT_SUM_NS: usize = 392;
+const OFF_WAIT_BUCKETS: usize = 400;
+const OFF_BITMAP: usize = 1024;
+const BITMAP_WORDS: usize = MAX_CAPACITY as usize / 64;
+const OFF_RECORDS: usize = 4096;
+const RECORD_SIZE: usize = 64;
+/// Size of the `state` file.
+pub(crate) const BOARD_LEN: usize = OFF_RECORDS + RECORD_SIZE * MAX_CAPACITY as usize;
+
+/// One slot's record: who holds it since when (advisory; the lock is truth).
+#[repr(C)]
+pub(crate) struct Record {
+    /// Holder's pid, 0 when released.
+    pub pid: AtomicU32,
+    _pad: AtomicU32,
+    /// Wall-clock time of acquisition, nanoseconds since the Unix epoch.
+    pub since_ns: AtomicU64,
+}
+
+/// The mapped board of one pool.
+pub(crate) struct Board {
+    map: MmapRaw,
+}
+
+// SAFETY: the mapping is only ever accessed through atomics.
+unsafe impl Send for Board {}
+unsafe impl Sync for Board {}
+
+impl Board {
+    /// Writes a fresh board into `file` (which must be empty).
+    pub(crate) fn initialise(file: &File, path: &Path, capacity: u32) -> Result<()> {
+        file.set_len(BOARD_LEN as u64)
+            .map_err(|e| Error::io("sizing", path, e))?;
+        let board = Board::map_unchecked(file, path)?;
+        board.u32_at(OFF_FORMAT).store(FORMAT, Ordering::Relaxed);
+        board
+            .u32_at(OFF_CAPACITY)
+            .store(capacity, Ordering::Relaxed);
+        board
+            .u32_at(OFF_MAX_SLOTS)
+            .store(MAX_CAPACITY, Ordering::Relaxed);
+        // The magic goes in last, so a half-written board is never taken for
+        // a good one.
+        let magic = u64::from_ne_bytes(MAGIC);
+        board.u64_at(OFF_MAGIC).store(magic, Ordering::Release);
+        board
+            .map
+            .flush()
+            .map_err(|e| Error::io("writing", path, e))?;
+        Ok(())
+    }
+
+    /// Maps an existing board and checks its header.
+    pub(crate) fn open(file: &File, path: &Path) -> Result<Board> {
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("inspecting", path, e))?
+            .len();
+        if len != BOARD_LEN as u64 {
+            return Err(Error::Corrupt {
+                path: path.into(),
+                detail: format!("state file is {len} bytes, expected {BOARD_LEN}"),
+            });
+        }
+        let board = Board::map_unchecked(file, path)?;
+        let magic = board
+            .u64_at(OFF_MAGIC)
+            .load(Ordering::Acquire)
+            .to_ne_bytes();
+        if magic != MAGIC {
+            return Err(Error::Corrupt {
+                path: path.into(),
+                detail: "bad magic".into(),
+            });
+        }
+        let format = board.u32_at(OFF_FORMAT).load(Ordering::Relaxed);
+        if format != FORMAT {
+            return Err(Error::Corrupt {
+                path: path.into(),
+                detail: format!("layout version {format}, this build reads {FORMAT}"),
+            });
+        }
+        let max = board.u32_at(OFF_MAX_SLOTS).load(Ordering::Relaxed);
+        if max != MAX_CAPACITY {
+            return Err(Error::Corrupt {
+                path: path.into(),
+                detail: format!("room for {max} slots, expected {MAX_CAPACITY}"),
+            });
+        }
+        Ok(board)
+    }
+
+    fn map_unchecked(file: &File, path: &Path) -> Result<Board> {
+        let map = MmapRaw::map_raw(file).map_err(|e| Error::io("mapping", path, e))?;
+        if map.len() < BOARD_LEN {
+            return Err(Error::Corrupt {
+                path: path.into(),
+                detail: "state file too short".into(),
+            });
+        }
+        Ok(Board { map })
+    }
+
+    fn u32_at(&self, off: usize) -> &AtomicU32 {
+        debug_assert!(off % 4 == 0 && off + 4 <= BOARD_LEN);
+        // SAFETY: in bounds (checked at map time), aligned (page-aligned map,
+        // aligned offsets), and the mapping lives as long as `self`.
+        unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU32) }
+    }
+
+    fn u64_at(&self, off: usize) -> &AtomicU64 {
+        debug_assert!(off % 8 == 0 && off + 8 <= BOARD_LEN);
+        // SAFETY: as in `u32_at`.
+        unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU64) }
+    }
+
+    /// The pool's capacity (changes only by an explicit resize).
+    pub(crate) fn capacity(&self) -> &AtomicU32 {
+        self.u32_at(OFF_CAPACITY)
+    }
+
+    /// Futex word bumped by every release that may have a sleeper to wake.
+    pub(crate) fn release_seq(&self) -> &AtomicU32 {
+        self.u32_at(OFF_RELEASE_SEQ)
+    }
+
+    /// Pid of the process whose waiter holds the gate (the head of the queue),
+    /// 0 when nobody queues.
+    pub(crate) fn head(&self) -> &AtomicU32 {
+        self.u32_at(OFF_HEAD)
+    }
+
+    /// Most slots seen held at once.
+    pub(crate) fn peak(&self) -> &AtomicU64 {
+        self.u64_at(OFF_PEAK)
+    }
+
+    /// Successful acquisitions since the pool was created.
+    pub(crate) fn acquisitions(&self) -> &AtomicU64 {
+        self.u64_at(OFF_ACQUISITIONS)
+    }
+
+    /// Acquisitions that gave up at their deadline.
+    pub(crate) fn timeouts(&self) -> &AtomicU64 {
+        self.u64_at(OFF_TIMEOUTS)
+    }
+
+    /// Acquisitions that had to queue.
+    pub(crate) fn waited(&self) -> &AtomicU64 {
+        self.u64_at(OFF_WAITED)
+    }
+
+    /// Sum of the queued acquisitions' waits, in nanoseconds.
+    pub(crate) fn wait_sum_ns(&self) -> &AtomicU64 {
+        self.u64_at(OFF_WAIT_SUM_NS)
+    }
+
+    /// Histogram bucket `i` of queued waits (`WAIT_BUCKETS_US.len()` + 1 buckets).
+    pub(crate) fn wait_bucket(&self, i: usize) -> &AtomicU64 {
+        debug_assert!(i <= WAIT_BUCKETS_US.len());
+        self.u64_at(OFF_WAIT_BUCKETS + 8 * i)
+    }
+
+    /// Records a queued wait of `ns` nanoseconds.
+    pub(crate) fn record_wait(&self, ns: u64) {
+        let us = ns / 1_000;
+        let i = WAIT_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(WAIT_BUCKETS_US.len());
+        self.wait_bucket(i).fetch_add(1, Ordering::Relaxed);
+        self.waited().fetch_add(1, Ordering::Relaxed);
+        self.wait_sum_ns().fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Occupancy word `w` (slots `64*w .. 64*w+63`).
+    pub(crate) fn bitmap_word(&self, w: usize) -> &AtomicU64 {
+        debug_assert!(w < BITMAP_WORDS);
+        self.u64_at(OFF_BITMAP + 8 * w)
+    }
+
+    /// True when the occupancy bit of `slot` is set.
+    pub(crate) fn occupied(&self, slot: u32) -> bool {
+        let (w, b) = (slot as usize / 64, slot % 64);
+        self.bitmap_word(w).load(Ordering::Relaxed) & (1 << b) != 0
+    }
+
+    /// Sets the occupancy bit of `slot` and returns how many bits are set
+    /// among the first `capacity` slots afterwards.
+    pub(crate) fn occupy(&self, slot: u32, capacity: u32) -> u32 {
+        let (w, b) = (slot as usize / 64, slot % 64);
+        self.bitmap_word(w).fetch_or(1 << b, Ordering::AcqRel);
+        self.occupancy(capacity)
+    }
+
+    /// Clears the occupancy bit of `slot`.
+    pub(crate) fn vacate(&self, slot: u32) {
+        let (w, b) = (slot as usize / 64, slot % 64);
+        self.bitmap_word(w).fetch_and(!(1 << b), Ordering::AcqRel);
+    }
+
+    /// Number of occupancy bits set among the first `capacity` slots.
+    pub(crate) fn occupancy(&self, capacity: u32) -> u32 {
+        let words = (capacity as usize).div_ceil(64);
+        (0..words)
+            .map(|w| {
+                let mut v = self.bitmap_word(w).load(Ordering::Acquire);
+                let last = w == words - 1 && capacity % 64 != 0;
+                if last {
+                    v &= (1u64 << (capacity % 64)) - 1;
+                }
+                v.count_ones()
+            })
+            .sum()
+    }
+
+    /// The record of `slot`.
+    pub(crate) fn record(&self, slot: u32) -> &Record {
+        debug_assert!(slot < MAX_CAPACITY);
+        let off = OFF_RECORDS + RECORD_SIZE * slot as usize;
+        // SAFETY: as in `u32_at`; `Record` is 16 bytes of atomics, 8-aligned.
+        unsafe { &*(self.map.as_ptr().add(off) as *const Record) }
+    }
+}
+
+/// Byte offsets of the board's fields, for `docs/protocol.md` and tests.
+#[cfg(test)]
+pub(crate) mod offsets {
+    pub(crate) use super::{
+        OFF_ACQUISITIONS, OFF_BITMAP, OFF_CAPACITY, OFF_HEAD, OFF_PEAK, OFF_RECORDS,
+        OFF_RELEASE_SEQ, OFF_TIMEOUTS, RECORD_SIZE,
+    };
+}

@@ -1,0 +1,40 @@
+//! A crash-safe counting semaphore of "connection slots" that any number of
+//! processes share through a directory.
+//!
+//! A key design decision made in this crate is that **the kernel, not a
+//! counter, decides who holds a slot**: slot `i` is held exactly while some
+//! open file description holds an exclusive `flock` on `slots/i` in the pool
+//! directory. A holder killed with SIGKILL therefore frees its slot at once,
+//! with no cleanup step and no stale count, and any process that can open the
+//! directory (in any container on the host) takes part, including PHP or
+//! Python workers with their own `flock` (see `docs/protocol.md`).
+//!
+//! Waiting is built around that: an acquirer that finds no free slot queues
+//! on the pool's `gate` file with a blocking `flock` (the kernel serves those
+//! in arrival order), and the head of the queue sleeps on a futex in a shared
+//! memory-mapped board that every release bumps. A freed slot reaches the
+//! next waiter in one futex wake-up instead of a polling interval.
+//!
+//! ```no_run
+//! use dbslots_core::{Pool, PoolOptions};
+//! use std::time::Duration;
+//!
+//! let pool = Pool::open(std::path::Path::new("/run/myapp/db-slots"), &PoolOptions::new().capacity(150))?;
+//! let slot = pool.acquire_timeout(Duration::from_secs(30))?;
+//! // ... connect to MySQL, work, disconnect ...
+//! drop(slot);
+//! # Ok::<(), dbslots_core::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+mod addr;
+mod error;
+mod file;
+mod pool;
+mod stats;
+
+pub use addr::{PoolAddr, default_pool_dir, redact};
+pub use error::{Error, Result};
+pub use file::MAX_CAPACITY;
+pub use pool::{Pool, PoolOptions, Slot};
+pub use stats::{Holder, PoolStats, WaitHistogram, Waiter};

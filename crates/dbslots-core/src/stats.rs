@@ -1,0 +1,84 @@
+//! What any process can learn about a pool without a database.
+
+use serde::{Deserialize, Serialize};
+
+/// A snapshot of a pool.
+///
+/// `active` and `holders` come from the locks themselves, so a holder that
+/// was killed is never counted; `peak` and the counters are kept on the
+/// board by the acquirers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolStats {
+    /// The pool's address (a directory, or a redacted URL).
+    pub pool: String,
+    /// The backend's name (`file`, ...).
+    pub backend: String,
+    /// Slots the pool hands out at most.
+    pub capacity: u32,
+    /// Slots held right now.
+    pub active: u32,
+    /// Acquirers queued right now.
+    pub waiting: u32,
+    /// Most slots held at once since the pool was created (holders through
+    /// dbslots; a foreign client that takes a slot with its own `flock` is
+    /// counted in `active` but not here).
+    pub peak: u64,
+    /// Successful acquisitions since the pool was created.
+    pub acquisitions: u64,
+    /// Acquisitions that gave up at their deadline.
+    pub timeouts: u64,
+    /// One entry per held slot, by slot number.
+    pub holders: Vec<Holder>,
+    /// One entry per queued acquirer, oldest first.
+    pub waiters: Vec<Waiter>,
+    /// How long acquisitions waited.
+    pub wait_histogram: WaitHistogram,
+}
+
+/// A held slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// The slot's number, `0..capacity`.
+    pub slot: u32,
+    /// The holder's process id, when the holder recorded it.
+    pub pid: Option<u32>,
+    /// The holder's host, for backends that span hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// When the slot was taken, milliseconds since the Unix epoch.
+    pub since_unix_ms: Option<u64>,
+}
+
+/// A queued acquirer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiter {
+    /// The waiter's process id.
+    pub pid: Option<u32>,
+    /// The waiter's host, for backends that span hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// When it started waiting, milliseconds since the Unix epoch.
+    pub since_unix_ms: Option<u64>,
+}
+
+/// Distribution of acquisition waits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct WaitHistogram {
+    /// Upper bounds of the buckets, in seconds, ascending.
+    pub bounds_seconds: Vec<f64>,
+    /// Acquisitions per bucket (not cumulative); one more entry than
+    /// `bounds_seconds` for the waits above the last bound. Acquisitions that
+    /// did not queue at all are in the first bucket.
+    pub counts: Vec<u64>,
+    /// Sum of all waits, in seconds.
+    pub sum_seconds: f64,
+    /// Number of acquisitions counted.
+    pub count: u64,
+}
+
+impl PoolStats {
+    /// Free slots (never negative, even while a shrink is draining).
+    pub fn free(&self) -> u32 {
+        self.capacity.saturating_sub(self.active)
+    }
+}
