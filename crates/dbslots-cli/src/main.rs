@@ -1,0 +1,48 @@
+//! `dbslots`: keep fleets of worker processes under a MySQL server's
+//! connection limits.
+//!
+//! A thin binary: every subcommand parses its flags and calls into the
+//! library crates, which carry the logic.
+
+mod common;
+mod exec;
+mod status;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Keep fleets of worker processes under a MySQL server's connection limits.
+#[derive(Debug, Parser)]
+#[command(name = "dbslots", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Wait for a slot, run a command holding it, release it when it ends
+    Exec(exec::ExecArgs),
+    /// Show a pool's capacity, holders, waiters and counters
+    Status(status::StatusArgs),
+    /// Change a pool's capacity
+    Resize(status::ResizeArgs),
+}
+
+fn main() -> ExitCode {
+    common::init_tracing("warn");
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Exec(a) => exec::run(a),
+        Command::Status(a) => status::run(a),
+        Command::Resize(a) => status::run_resize(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dbslots: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

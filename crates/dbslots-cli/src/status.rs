@@ -1,0 +1,109 @@
+//! `dbslots status` and `dbslots resize`.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Args;
+use dbslots_core::PoolStats;
+
+use crate::common::{PoolArgs, format_unix_ms, now_unix_ms};
+
+/// Shows a pool's capacity, holders, waiters and counters.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pool: PoolArgs,
+
+    /// One JSON object instead of the table
+    #[arg(long)]
+    json: bool,
+}
+
+/// Changes a pool's capacity.
+#[derive(Debug, Args)]
+pub struct ResizeArgs {
+    /// The pool
+    #[arg(long, env = "DBSLOTS_POOL", value_name = "DIR")]
+    pool: Option<String>,
+
+    /// The new capacity
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(dbslots_core::MAX_CAPACITY)))]
+    capacity: u32,
+}
+
+/// Runs `dbslots status`.
+pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let pool = args.pool.open()?;
+    let stats = pool.stats()?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &stats)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", render_table(&stats, now_unix_ms()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `dbslots resize`.
+pub fn run_resize(args: ResizeArgs) -> anyhow::Result<ExitCode> {
+    let pool_args = PoolArgs {
+        pool: args.pool,
+        capacity: None,
+        group: None,
+    };
+    let pool = pool_args.open()?;
+    let old = pool.resize(args.capacity)?;
+    println!(
+        "pool {}: capacity {} -> {}",
+        pool.addr(),
+        old,
+        args.capacity
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn age(now_ms: u64, since_ms: Option<u64>) -> String {
+    match since_ms {
+        Some(s) => format!("{:.1}s", now_ms.saturating_sub(s) as f64 / 1000.0),
+        None => "-".into(),
+    }
+}
+
+/// The human table of `dbslots status`.
+pub fn render_table(s: &PoolStats, now_ms: u64) -> String {
+    let mut t = String::new();
+    t += &format!("pool        {} ({})\n", s.pool, s.backend);
+    t += &format!(
+        "slots       {} of {} in use, {} waiting, peak {}\n",
+        s.active, s.capacity, s.waiting, s.peak
+    );
+    t += &format!(
+        "counters    {} acquisitions, {} timeouts\n",
+        s.acquisitions, s.timeouts
+    );
+    if !s.holders.is_empty() {
+        t += "\nSLOT  PID      SINCE                  HELD\n";
+        for h in &s.holders {
+            t += &format!(
+                "{:<5} {:<8} {:<22} {}\n",
+                h.slot,
+                h.pid.map_or("?".into(), |p| p.to_string()),
+                h.since_unix_ms.map_or("-".into(), format_unix_ms),
+                age(now_ms, h.since_unix_ms)
+            );
+        }
+    }
+    if !s.waiters.is_empty() {
+        t += "\nWAITER PID  SINCE                  WAITED\n";
+        for w in &s.waiters {
+            t += &format!(
+                "{:<11} {:<22} {}\n",
+                w.pid.map_or("?".into(), |p| p.to_string()),
+                w.since_unix_ms.map_or("-".into(), format_unix_ms),
+                age(now_ms, w.since_unix_ms)
+            );
+        }
+    }
+    t
+}
