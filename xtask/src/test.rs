@@ -1,0 +1,51 @@
+//! `cargo xtask test`: everything CI checks, in order, failing fast.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::child::{self, cargo};
+use crate::servers::TestServers;
+
+/// Runs the checks and prints a one-line verdict; `args` (after an optional
+/// `--`) go to `cargo test`.
+pub fn run(args: &[String]) -> Result<()> {
+    let args = args.strip_prefix(&["--".to_owned()]).unwrap_or(args);
+    child::install_interrupt_handler()?;
+    let started = Instant::now();
+    let result = steps(args);
+    let seconds = started.elapsed().as_secs();
+    match &result {
+        Ok(()) => println!("xtask test: PASSED (fmt, clippy, tests) in {seconds} s"),
+        Err(e) if e.is::<child::Interrupted>() => {
+            println!("xtask test: INTERRUPTED after {seconds} s")
+        }
+        Err(e) => println!("xtask test: FAILED after {seconds} s: {e:#}"),
+    }
+    result
+}
+
+fn steps(args: &[String]) -> Result<()> {
+    child::run(
+        "`cargo fmt --all --check` (run `cargo fmt --all`)",
+        cargo(&["fmt", "--all", "--check"]),
+    )?;
+    child::run(
+        "`cargo clippy --workspace --all-targets -- -D warnings`",
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    let servers = TestServers::start()?;
+    let mut test = cargo(&["test", "--workspace", "--all-targets"]);
+    test.args(args);
+    servers.export_to(&mut test);
+    let tested = child::run("`cargo test --workspace --all-targets`", test);
+    let stopped = servers.stop().context("tests done, but cleaning up failed");
+    tested.and(stopped)
+}
