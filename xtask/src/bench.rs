@@ -4,14 +4,15 @@
 use anyhow::Result;
 
 use crate::child::{self, cargo};
-use crate::servers::TestServers;
+use crate::servers::{self, TestServers};
 
 /// Runs `cargo bench --workspace -- ARGS` with the servers up; `args`
 /// (after an optional `--`) go to the benchmark harness (criterion).
 pub fn run(args: &[String]) -> Result<()> {
     let args = args.strip_prefix(&["--".to_owned()]).unwrap_or(args);
+    let scratch = servers::scratch_dir()?;
     child::install_interrupt_handler()?;
-    let servers = TestServers::start()?;
+    let servers = TestServers::start(scratch)?;
     let mut bench = cargo(&["bench", "--workspace"]);
     if !args.is_empty() {
         bench.arg("--").args(args);

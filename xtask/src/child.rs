@@ -37,6 +37,19 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// The error of a task that has already printed its failure; carries the
+/// exit code.
+#[derive(Debug)]
+pub struct Reported(pub u8);
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "failed (exit code {})", self.0)
+    }
+}
+
+impl std::error::Error for Reported {}
+
 /// Installs the handler for SIGINT, SIGTERM and SIGHUP. Call once, before
 /// starting anything that needs cleaning up.
 pub fn install_interrupt_handler() -> Result<()> {

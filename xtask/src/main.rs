@@ -55,6 +55,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<child::Reported>() => {
+            let child::Reported(code) = e.downcast().expect("checked by is");
+            ExitCode::from(code)
+        }
         Err(e) if e.is::<child::Interrupted>() => {
             eprintln!("xtask: interrupted; servers stopped");
             ExitCode::from(130)

@@ -11,9 +11,61 @@ use tempfile::TempDir;
 
 use crate::child::check_interrupted;
 
-/// One MySQL and one Redis, attached to this process, plus a directory for
-/// the temporary directories of the servers the tests start themselves.
-/// Dropping it stops both servers and deletes the directory.
+/// Prefix of the scratch directories of xtask runs.
+const SCRATCH_PREFIX: &str = "dbslots-xtask-";
+/// The file in a scratch directory naming the xtask process that owns it.
+const OWNER_FILE: &str = "owner.pid";
+
+/// Creates the scratch directory of this run, under which every server of
+/// the run (xtask's own and those the tests start) puts its temporary
+/// directory, and points [`TMPDIR_ENV`] of this process at it. Deletes the
+/// scratch directories of earlier runs that were killed (SIGKILL leaves
+/// them behind).
+///
+/// Call before any other thread exists (it sets an environment variable).
+pub fn scratch_dir() -> Result<TempDir> {
+    sweep_stale_scratch_dirs();
+    let tmp = tempfile::Builder::new()
+        .prefix(SCRATCH_PREFIX)
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+    std::fs::write(tmp.path().join(OWNER_FILE), std::process::id().to_string())
+        .context("cannot write the owner of the scratch directory")?;
+    // SAFETY: called while xtask is single-threaded (see above).
+    unsafe { std::env::set_var(TMPDIR_ENV, tmp.path()) };
+    Ok(tmp)
+}
+
+fn sweep_stale_scratch_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(SCRATCH_PREFIX)
+        {
+            continue;
+        }
+        let owner_alive = std::fs::read_to_string(path.join(OWNER_FILE))
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok())
+            .is_some_and(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("xtask"))
+            });
+        if !owner_alive && std::fs::remove_dir_all(&path).is_ok() {
+            eprintln!("xtask: removed {} left by a killed run", path.display());
+        }
+    }
+}
+
+/// One MySQL and one Redis, attached to this process, living in the scratch
+/// directory, which also receives the temporary directories of the servers
+/// the tests start themselves. Dropping it stops both servers and deletes
+/// the directory.
 pub struct TestServers {
     // Fields drop in order: the servers first, then their tests' leftovers.
     mysql: Option<MysqlServer>,
@@ -22,12 +74,8 @@ pub struct TestServers {
 }
 
 impl TestServers {
-    /// Starts both servers and says which.
-    pub fn start() -> Result<Self> {
-        let tmp = tempfile::Builder::new()
-            .prefix("dbslots-xtask-")
-            .tempdir()
-            .context("cannot create a temporary directory")?;
+    /// Starts both servers in `tmp` (from [`scratch_dir`]) and says which.
+    pub fn start(tmp: TempDir) -> Result<Self> {
         let mysql =
             MysqlServer::start(MysqlOptions::default()).context("cannot start the test MySQL")?;
         println!(
