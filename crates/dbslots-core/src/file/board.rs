@@ -163,14 +163,14 @@ impl Board {
     }
 
     fn u32_at(&self, off: usize) -> &AtomicU32 {
-        debug_assert!(off % 4 == 0 && off + 4 <= BOARD_LEN);
+        debug_assert!(off.is_multiple_of(4) && off + 4 <= BOARD_LEN);
         // SAFETY: in bounds (checked at map time), aligned (page-aligned map,
         // aligned offsets), and the mapping lives as long as `self`.
         unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU32) }
     }
 
     fn u64_at(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off % 8 == 0 && off + 8 <= BOARD_LEN);
+        debug_assert!(off.is_multiple_of(8) && off + 8 <= BOARD_LEN);
         // SAFETY: as in `u32_at`.
         unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU64) }
     }
@@ -266,7 +266,7 @@ impl Board {
         (0..words)
             .map(|w| {
                 let mut v = self.bitmap_word(w).load(Ordering::Acquire);
-                let last = w == words - 1 && capacity % 64 != 0;
+                let last = w == words - 1 && !capacity.is_multiple_of(64);
                 if last {
                     v &= (1u64 << (capacity % 64)) - 1;
                 }
@@ -284,11 +284,76 @@ impl Board {
     }
 }
 
-/// Byte offsets of the board's fields, for `docs/protocol.md` and tests.
 #[cfg(test)]
-pub(crate) mod offsets {
-    pub(crate) use super::{
-        OFF_ACQUISITIONS, OFF_BITMAP, OFF_CAPACITY, OFF_HEAD, OFF_PEAK, OFF_RECORDS,
-        OFF_RELEASE_SEQ, OFF_TIMEOUTS, RECORD_SIZE,
-    };
+mod tests {
+    use super::*;
+
+    /// Foreign clients (docs/protocol.md) hard-code these offsets: changing
+    /// one is a format change and needs a new `FORMAT`.
+    #[test]
+    fn layout_matches_the_documented_protocol() {
+        assert_eq!(
+            (OFF_MAGIC, OFF_FORMAT, OFF_CAPACITY, OFF_MAX_SLOTS),
+            (0, 8, 12, 16)
+        );
+        assert_eq!((OFF_RELEASE_SEQ, OFF_HEAD), (64, 128));
+        assert_eq!((OFF_PEAK, OFF_ACQUISITIONS, OFF_TIMEOUTS), (192, 256, 320));
+        assert_eq!(
+            (OFF_WAITED, OFF_WAIT_SUM_NS, OFF_WAIT_BUCKETS),
+            (384, 392, 400)
+        );
+        assert!(OFF_WAIT_BUCKETS + 8 * (WAIT_BUCKETS_US.len() + 1) <= OFF_BITMAP);
+        assert_eq!((OFF_BITMAP, OFF_RECORDS, RECORD_SIZE), (1024, 4096, 64));
+        assert_eq!(OFF_BITMAP + 8 * BITMAP_WORDS, 1536);
+        assert_eq!(BOARD_LEN, 4096 + 64 * 4096);
+        assert_eq!(std::mem::size_of::<Record>(), 16);
+    }
+
+    fn rw(path: &Path) -> File {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .expect("open")
+    }
+
+    #[test]
+    fn a_foreign_board_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state");
+        std::fs::write(&path, vec![0u8; BOARD_LEN]).expect("write");
+        let file = rw(&path);
+        let err = Board::open(&file, &path)
+            .err()
+            .expect("zeroes are not a board");
+        assert!(err.to_string().contains("bad magic"), "{err}");
+        std::fs::write(&path, b"{}").expect("write");
+        let file = rw(&path);
+        let err = Board::open(&file, &path).err().expect("too short");
+        assert!(err.to_string().contains("bytes"), "{err}");
+    }
+
+    #[test]
+    fn occupancy_counts_only_slots_within_capacity() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("create");
+        Board::initialise(&file, &path, 70).expect("init");
+        let board = Board::open(&file, &path).expect("open");
+        assert_eq!(board.occupy(3, 70), 1);
+        assert_eq!(board.occupy(65, 70), 2);
+        board.bitmap_word(1).fetch_or(1 << 20, Ordering::Relaxed); // slot 84, beyond capacity
+        assert_eq!(board.occupancy(70), 2);
+        board.vacate(3);
+        assert_eq!(board.occupancy(70), 1);
+        board.record_wait(50_000); // 50 µs
+        assert_eq!(board.wait_bucket(1).load(Ordering::Relaxed), 1);
+        assert_eq!(board.waited().load(Ordering::Relaxed), 1);
+    }
 }

@@ -227,10 +227,7 @@ impl FilePool {
             .map_err(|e| Error::io("locking", dir.join(INIT_LOCK), errno_io(e)))?;
 
         let meta_path = dir.join(META);
-        let recorded = match read_meta(&dirfd, &meta_path)? {
-            Some(m) => Some(m.capacity),
-            None => None,
-        };
+        let recorded = read_meta(&dirfd, &meta_path)?.map(|m| m.capacity);
         let board = match (recorded, opts.capacity) {
             (Some(rec), Some(req)) if rec != req => {
                 return Err(Error::CapacityMismatch {
@@ -372,7 +369,7 @@ impl FilePool {
             }
             for k in 0..words {
                 let w = (first + k) % words;
-                let valid = if w == words - 1 && capacity % 64 != 0 {
+                let valid = if w == words - 1 && !capacity.is_multiple_of(64) {
                     (1u64 << (capacity % 64)) - 1
                 } else {
                     u64::MAX
@@ -573,18 +570,23 @@ impl FilePool {
         let n = self.waiter_seq.fetch_add(1, Ordering::Relaxed);
         let since = now_unix_ns();
         let name = format!("{}-{}-{}", self.pid, n, since);
+        // Created under a hidden name and renamed once locked, so that a
+        // concurrent `stats()` never mistakes a new waiter for a dead one.
+        let tmp = format!("{WAITERS}/.{name}");
         let rel = format!("{WAITERS}/{name}");
         let fd = open_at(
             &self.dirfd,
             &self.dir,
-            &rel,
+            &tmp,
             OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY,
             self.file_mode,
         )?;
         rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive)
-            .map_err(|e| Error::io("locking", self.dir.join(&rel), errno_io(e)))?;
+            .map_err(|e| Error::io("locking", self.dir.join(&tmp), errno_io(e)))?;
         let mut file = File::from(fd);
         let _ = writeln!(file, "{} {}", self.pid, since);
+        rfs::renameat(&self.dirfd, tmp.as_str(), &self.dirfd, rel.as_str())
+            .map_err(|e| Error::io("renaming", self.dir.join(&tmp), errno_io(e)))?;
         Ok(WaiterFile {
             dirfd: &self.dirfd,
             rel,
@@ -617,34 +619,51 @@ impl FilePool {
             else {
                 continue;
             };
-            match rfs::flock(&fd, FlockOperation::NonBlockingLockShared) {
-                Ok(()) => {
-                    // Nobody holds it: its waiter is gone.
+            let file = File::from(fd);
+            let locked = rfs::flock(&file, FlockOperation::NonBlockingLockShared).is_err();
+            if name.starts_with('.') {
+                // Still being created, or its creator died before renaming
+                // it; only the latter leaves it unlocked for long.
+                let old = file
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > Duration::from_secs(10));
+                if !locked && old {
                     let _ = rfs::unlinkat(&self.dirfd, rel.as_str(), rfs::AtFlags::empty());
                 }
-                Err(_) => {
-                    let mut text = String::new();
-                    let _ = File::from(fd).read_to_string(&mut text);
-                    let mut it = text.split_whitespace();
-                    let pid = it.next().and_then(|p| p.parse().ok());
-                    let since = it
-                        .next()
-                        .and_then(|s| s.parse::<u64>().ok())
-                        .map(|ns| ns / 1_000_000);
-                    out.push(Waiter {
-                        pid,
-                        host: None,
-                        since_unix_ms: since,
-                    });
-                }
+                continue;
             }
+            if !locked {
+                // Nobody holds it: its waiter is gone.
+                let _ = rfs::unlinkat(&self.dirfd, rel.as_str(), rfs::AtFlags::empty());
+                continue;
+            }
+            let mut text = String::new();
+            let _ = (&file).read_to_string(&mut text);
+            let mut it = text.split_whitespace();
+            let pid = it.next().and_then(|p| p.parse().ok());
+            let since = it
+                .next()
+                .and_then(|s| s.parse::<u64>().ok())
+                .map(|ns| ns / 1_000_000);
+            out.push(Waiter {
+                pid,
+                host: None,
+                since_unix_ms: since,
+            });
         }
         out.sort_by_key(|w| w.since_unix_ms);
         Ok(out)
     }
 
     fn count_waiters(&self) -> Result<u32> {
-        Ok(self.waiter_entries()?.len() as u32)
+        Ok(self
+            .waiter_entries()?
+            .iter()
+            .filter(|n| !n.starts_with('.'))
+            .count() as u32)
     }
 
     /// A snapshot from the locks themselves; repairs stale board entries.

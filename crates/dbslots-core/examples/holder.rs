@@ -1,0 +1,89 @@
+//! A process that takes a slot and reports what it saw: the multi-process
+//! tests and benchmarks drive it, and it shows the API in a few lines.
+//!
+//! ```text
+//! holder POOL hold [TIMEOUT_MS]     acquire, print "HELD <slot>", release on a stdin line or EOF
+//! holder POOL burst HOLD_MS COUNTER acquire, count holders in COUNTER (8-byte shared file),
+//!                                   hold, release, print "TIMES <arrived> <acquired> <released>"
+//!                                   (CLOCK_MONOTONIC nanoseconds)
+//! ```
+use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use dbslots_core::{Error, Pool, PoolOptions};
+
+fn mono_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 3 {
+        eprintln!("usage: holder POOL hold [TIMEOUT_MS] | holder POOL burst HOLD_MS COUNTER");
+        std::process::exit(2);
+    }
+    let pool = match Pool::open_str(&args[1], &PoolOptions::new()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("holder: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match args[2].as_str() {
+        "hold" => {
+            let acquired = match args.get(3).and_then(|t| t.parse::<u64>().ok()) {
+                Some(ms) => pool.acquire_timeout(Duration::from_millis(ms)),
+                None => pool.acquire(),
+            };
+            match acquired {
+                Ok(slot) => {
+                    writeln!(out, "HELD {}", slot.index()).ok();
+                    out.flush().ok();
+                    let mut line = String::new();
+                    std::io::stdin().lock().read_line(&mut line).ok();
+                    drop(slot);
+                    writeln!(out, "RELEASED").ok();
+                }
+                Err(e @ Error::Timeout { .. }) => {
+                    writeln!(out, "TIMEOUT {e}").ok();
+                    std::process::exit(75);
+                }
+                Err(e) => {
+                    eprintln!("holder: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        "burst" => {
+            let hold = Duration::from_millis(args[3].parse().expect("HOLD_MS is a number"));
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&args[4])
+                .expect("COUNTER file exists");
+            let map = memmap2::MmapRaw::map_raw(&file).expect("COUNTER maps");
+            // SAFETY: the counter file is 8 bytes, page-aligned mapping.
+            let (now, max) = unsafe {
+                let p = map.as_mut_ptr() as *const AtomicU32;
+                (&*p, &*p.add(1))
+            };
+            let arrived = mono_ns();
+            let slot = pool.acquire().expect("acquire");
+            let acquired = mono_ns();
+            let inside = now.fetch_add(1, Ordering::SeqCst) + 1;
+            max.fetch_max(inside, Ordering::SeqCst);
+            std::thread::sleep(hold);
+            now.fetch_sub(1, Ordering::SeqCst);
+            let released = mono_ns();
+            drop(slot);
+            writeln!(out, "TIMES {arrived} {acquired} {released}").ok();
+        }
+        other => {
+            eprintln!("holder: unknown mode {other:?}");
+            std::process::exit(2);
+        }
+    }
+}
