@@ -1,0 +1,713 @@
+//! The connector and its connections: a slot first, then a MySQL connection.
+//!
+//! # Implementation details
+//!
+//! The one invariant: **a slot is released only after the socket of the
+//! connection it guards is closed.** Every path keeps it:
+//!
+//! * [`Connection::close`] sends COM_QUIT with `Conn::disconnect` and
+//!   releases the slot when that returns (the driver has closed the socket
+//!   by then, whether QUIT went through or not).
+//! * Dropping a [`Connection`] spawns a task on the current tokio runtime
+//!   that owns both the `Conn` and the `Slot`, disconnects, then drops the
+//!   slot. Without a runtime the `Conn` is dropped first, which closes its
+//!   socket synchronously (the driver cannot send QUIT without a runtime),
+//!   and the slot after it. A task that never runs (the runtime shuts down)
+//!   drops the connection before the slot too: [`Held`] declares them in that
+//!   order.
+//! * Opening runs in a task of its own that owns the slot while it connects
+//!   and retries. If the caller stops waiting (its future is dropped, say by
+//!   a timeout), the task closes whatever it opened and only then releases
+//!   the slot, instead of a half-open connection outliving its slot.
+//!
+//! What stays outside the client's control: the server tears a closed
+//! connection down a few microseconds after the socket closes, and a
+//! connect attempt abandoned after the connect timeout is closed by the
+//! driver in the background. The reserve kept by
+//! [`ServerLimits::suggest_capacity`](crate::ServerLimits::suggest_capacity)
+//! covers both.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dbslots_core::{Pool, Slot};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts};
+use tokio::sync::oneshot;
+
+use crate::error::{Attempt, Error, Result, codes, is_retryable};
+use crate::retry::{Backoff, Failure};
+
+/// How a [`Connector`] waits for slots and retries refused connects.
+#[derive(Debug, Clone)]
+pub struct ConnectorOptions {
+    slot_timeout: Duration,
+    attempts: u32,
+    base_delay: Duration,
+    max_delay: Duration,
+    jitter: f64,
+    connect_timeout: Duration,
+}
+
+impl Default for ConnectorOptions {
+    fn default() -> Self {
+        ConnectorOptions {
+            slot_timeout: Duration::from_secs(30),
+            attempts: 5,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(2),
+            jitter: 0.5,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ConnectorOptions {
+    /// The defaults: slot timeout 30 s, 5 attempts, delays from 100 ms
+    /// doubling up to 2 s with 50 % jitter, connect timeout 10 s.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How long [`Connector::connect`] waits for a slot before it fails with
+    /// [`Error::Slot`]; 30 s by default.
+    pub fn slot_timeout(mut self, timeout: Duration) -> Self {
+        self.slot_timeout = timeout;
+        self
+    }
+
+    /// How many times a connect is tried in all (at least 1); 5 by default.
+    pub fn attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts.max(1);
+        self
+    }
+
+    /// The wait after the first refused attempt, doubled after each further
+    /// one; 100 ms by default.
+    pub fn base_delay(mut self, delay: Duration) -> Self {
+        self.base_delay = delay;
+        self
+    }
+
+    /// The longest wait between two attempts; 2 s by default.
+    pub fn max_delay(mut self, delay: Duration) -> Self {
+        self.max_delay = delay;
+        self
+    }
+
+    /// The share of each wait that is random, from 0.0 (exact exponential
+    /// waits) to 1.0 (anything between zero and the nominal wait); 0.5 by
+    /// default. Workers refused together then come back spread out.
+    pub fn jitter(mut self, jitter: f64) -> Self {
+        self.jitter = if jitter.is_finite() {
+            jitter.clamp(0.0, 1.0)
+        } else {
+            0.5
+        };
+        self
+    }
+
+    /// How long one connect attempt (TCP connect, handshake, login) may
+    /// take before it counts as failed (client code 2003); 10 s by default.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            base: self.base_delay,
+            max: self.max_delay,
+            jitter: self.jitter,
+        }
+    }
+}
+
+/// Opens MySQL connections, each only while holding a slot of a
+/// [`Pool`].
+///
+/// [`Connector::connect`] first waits for a slot (up to the slot timeout),
+/// then connects, retrying refusals for lack of connections (1040, 1203,
+/// 1226) and network failures with exponential backoff and jitter while it
+/// keeps the slot. Access denied (1045), unknown database (1049) and other
+/// server errors fail at once. Either way the slot is released when the
+/// connect fails.
+///
+/// The URL is used as given: note that `mysql_async` prefers the Unix socket
+/// (`prefer_socket` is true unless the URL says `prefer_socket=false`), so a
+/// connect to a server on this host briefly opens a second connection over
+/// the socket and closes the TCP one. Say `prefer_socket=false` when each
+/// connect must use exactly one server connection.
+///
+/// A `Connector` is cheap to clone.
+#[derive(Clone)]
+pub struct Connector {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    opts: Opts,
+    url: String,
+    pool: Pool,
+    pool_name: String,
+    options: ConnectorOptions,
+    via_socket: bool,
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connector")
+            .field("url", &self.inner.url)
+            .field("pool", &self.inner.pool_name)
+            .field("options", &self.inner.options)
+            .finish()
+    }
+}
+
+impl Connector {
+    /// A connector for `url` (`mysql://USER:PASSWORD@HOST:PORT/DATABASE`)
+    /// with the default options.
+    pub fn new(url: &str, pool: Pool) -> Result<Connector> {
+        Self::with_options(url, pool, ConnectorOptions::default())
+    }
+
+    /// A connector for `url` with `options`.
+    pub fn with_options(url: &str, pool: Pool, options: ConnectorOptions) -> Result<Connector> {
+        let opts = parse_url(url)?;
+        Ok(Self::build(opts, dbslots_core::redact(url), pool, options))
+    }
+
+    /// A connector for driver options built in code (`OptsBuilder`).
+    pub fn from_opts(opts: Opts, pool: Pool, options: ConnectorOptions) -> Connector {
+        let url = describe_opts(&opts);
+        Self::build(opts, url, pool, options)
+    }
+
+    fn build(opts: Opts, url: String, pool: Pool, options: ConnectorOptions) -> Connector {
+        let via_socket = opts.socket().is_some();
+        if opts.prefer_socket() && !via_socket {
+            tracing::debug!(
+                url = %url,
+                "prefer_socket is on: a connect to a server on this host briefly uses a second connection over its Unix socket; add prefer_socket=false to the URL to avoid it"
+            );
+        }
+        let pool_name = pool.addr().to_string();
+        Connector {
+            inner: Arc::new(Shared {
+                opts,
+                url,
+                pool,
+                pool_name,
+                options,
+                via_socket,
+            }),
+        }
+    }
+
+    /// The URL connections go to, password redacted.
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// The pool whose slots the connections hold.
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &ConnectorOptions {
+        &self.inner.options
+    }
+
+    /// Waits for a slot, then opens a connection holding it.
+    ///
+    /// Must run inside a tokio runtime, as `mysql_async` needs one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Slot`] when no slot came within the slot timeout (nothing
+    /// was opened); [`Error::Connect`] when the connect failed (every
+    /// attempt listed; the slot is released).
+    ///
+    /// # Cancellation
+    ///
+    /// Dropping the returned future never leaks a slot nor leaves a
+    /// connection without one: a connection opened after the drop is closed
+    /// before its slot is released.
+    pub async fn connect(&self) -> Result<Connection> {
+        let shared = &self.inner;
+        let slot = shared
+            .pool
+            .acquire_async_timeout(shared.options.slot_timeout)
+            .await
+            .map_err(|source| Error::Slot {
+                url: shared.url.clone(),
+                source,
+            })?;
+        let (conn, slot, failed) = self.open(slot).await.map_err(|(e, _slot)| e)?;
+        Ok(Connection {
+            conn: Some(conn),
+            slot: Some(slot),
+            connector: self.clone(),
+            failed_attempts: failed,
+        })
+    }
+
+    /// Opens a connection for `slot` in a task that owns the slot until it
+    /// hands both back. When the caller has stopped waiting, the task closes
+    /// what it opened before it drops the slot.
+    async fn open(
+        &self,
+        slot: Slot,
+    ) -> std::result::Result<(Conn, Slot, Vec<Attempt>), (Error, Option<Slot>)> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Err((self.no_runtime(slot.index()), Some(slot)));
+        };
+        let slot_index = slot.index();
+        let (mut tx, rx) = oneshot::channel::<Opened>();
+        let shared = self.inner.clone();
+        runtime.spawn(async move {
+            let result = shared.open_with_retries(slot.index(), &mut tx).await;
+            let opened = Opened { result, slot };
+            if let Err(opened) = tx.send(opened) {
+                // Nobody waits any more: close the connection, then free the
+                // slot (in that order, by `Opened`'s field order too).
+                let Opened { result, slot } = opened;
+                if let Ok((conn, _)) = result {
+                    let id = conn.id();
+                    if let Err(e) = conn.disconnect().await {
+                        tracing::debug!(id, error = %e, "closing an abandoned connection failed");
+                    }
+                }
+                drop(slot);
+            }
+        });
+        match rx.await {
+            Ok(Opened {
+                result: Ok((conn, failed)),
+                slot,
+            }) => Ok((conn, slot, failed)),
+            Ok(Opened {
+                result: Err(e),
+                slot,
+            }) => Err((e, Some(slot))),
+            // The task was dropped unfinished: the runtime is shutting down.
+            Err(_) => Err((self.no_runtime(slot_index), None)),
+        }
+    }
+
+    fn no_runtime(&self, slot: u32) -> Error {
+        Error::Connect {
+            url: self.inner.url.clone(),
+            pool: Some(self.inner.pool_name.clone()),
+            slot: Some(slot),
+            attempts: vec![Attempt {
+                number: 1,
+                code: None,
+                message: "no tokio runtime is running (or it is shutting down); connect from inside a runtime, as mysql_async requires".into(),
+                delay: None,
+            }],
+        }
+    }
+}
+
+/// What the opening task hands back. The connection is declared before
+/// the slot so that dropping an `Opened` closes the one before it frees the
+/// other.
+struct Opened {
+    result: Result<(Conn, Vec<Attempt>)>,
+    slot: Slot,
+}
+
+impl Shared {
+    /// Tries to connect up to `attempts` times. Returns the connection and
+    /// the failed attempts before it. Stops retrying once nobody waits on
+    /// `waiter` any more.
+    async fn open_with_retries(
+        &self,
+        slot: u32,
+        waiter: &mut oneshot::Sender<Opened>,
+    ) -> Result<(Conn, Vec<Attempt>)> {
+        let options = &self.options;
+        let backoff = options.backoff();
+        let mut attempts: Vec<Attempt> = Vec::new();
+        for number in 1..=options.attempts {
+            let started = Instant::now();
+            let outcome =
+                tokio::time::timeout(options.connect_timeout, Conn::new(self.opts.clone())).await;
+            let failure = match outcome {
+                Ok(Ok(conn)) => {
+                    tracing::debug!(
+                        pool = %self.pool_name,
+                        slot,
+                        attempt = number,
+                        id = conn.id(),
+                        micros = started.elapsed().as_micros() as u64,
+                        "connected"
+                    );
+                    return Ok((conn, attempts));
+                }
+                Ok(Err(e)) => Failure::from_driver(&e, self.via_socket),
+                Err(_) => Failure::timed_out(options.connect_timeout, self.via_socket),
+            };
+            let retry =
+                is_retryable(failure.code) && number < options.attempts && !waiter.is_closed();
+            let delay = retry.then(|| backoff.delay(number));
+            match delay {
+                Some(d) => tracing::info!(
+                    pool = %self.pool_name,
+                    slot,
+                    attempt = number,
+                    code = failure.code,
+                    delay_ms = d.as_millis() as u64,
+                    "connect failed, retrying: {}",
+                    failure.message
+                ),
+                None => tracing::warn!(
+                    pool = %self.pool_name,
+                    slot,
+                    attempt = number,
+                    code = failure.code,
+                    "connect failed, giving up: {}",
+                    failure.message
+                ),
+            }
+            attempts.push(Attempt {
+                number,
+                code: failure.code,
+                message: failure.message,
+                delay,
+            });
+            let Some(delay) = delay else { break };
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = waiter.closed() => break,
+            }
+        }
+        Err(Error::Connect {
+            url: self.url.clone(),
+            pool: Some(self.pool_name.clone()),
+            slot: Some(slot),
+            attempts,
+        })
+    }
+}
+
+/// Whether the connection is still usable after [`Connection::ensure_alive`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// The server answered the ping.
+    Alive,
+    /// The server had dropped the connection (KILL, `wait_timeout`, a
+    /// restart); a new one was opened.
+    Reopened {
+        /// The server's id of the dropped connection.
+        previous_id: u32,
+    },
+}
+
+/// A MySQL connection that holds a slot of its connector's pool.
+///
+/// Derefs to [`mysql_async::Conn`], so every `Queryable` method works on it.
+/// Close it with [`Connection::close`]; a connection that is dropped instead
+/// still releases its slot, but only once its socket is closed (see the
+/// module documentation of the invariant).
+#[must_use = "a connection holds a slot until it is closed"]
+pub struct Connection {
+    /// `Some` until `close`, `reconnect` or `drop` take it.
+    conn: Option<Conn>,
+    /// `None` only after an `ensure_alive` that was cancelled while
+    /// re-opening (its task released the slot); the connection is dead then.
+    slot: Option<Slot>,
+    connector: Connector,
+    failed_attempts: Vec<Attempt>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.conn.as_ref().map(Conn::id))
+            .field("slot", &self.slot.as_ref().map(Slot::index))
+            .field("url", &self.connector.inner.url)
+            .field("pool", &self.connector.inner.pool_name)
+            .finish()
+    }
+}
+
+const HOLDS_CONN: &str = "a Connection holds its Conn until close, reconnect or drop consume it";
+
+impl Deref for Connection {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        self.conn.as_ref().expect(HOLDS_CONN)
+    }
+}
+
+impl DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut Conn {
+        self.conn.as_mut().expect(HOLDS_CONN)
+    }
+}
+
+impl Connection {
+    /// The slot this connection holds; `None` only after a cancelled
+    /// [`Connection::ensure_alive`] (the next one takes a new slot).
+    pub fn slot(&self) -> Option<&Slot> {
+        self.slot.as_ref()
+    }
+
+    /// The attempts that failed before this connection was opened (by
+    /// [`Connector::connect`] or the last re-open); empty when the first
+    /// attempt succeeded.
+    pub fn failed_attempts(&self) -> &[Attempt] {
+        &self.failed_attempts
+    }
+
+    /// The connector that opened this connection.
+    pub fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
+    /// Sends COM_QUIT, waits until it is written and the socket closed, then
+    /// releases the slot.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Close`] when QUIT could not be sent (the server was gone);
+    /// the socket is closed and the slot released all the same.
+    pub async fn close(mut self) -> Result<()> {
+        let conn = self.conn.take().expect(HOLDS_CONN);
+        let slot = self.slot.take();
+        let id = conn.id();
+        // `slot` is declared before the disconnect future: if this future is
+        // dropped mid-way, the connection (inside the disconnect future) is
+        // dropped, closing its socket, before the slot.
+        let result = conn.disconnect().await;
+        if let Some(slot) = slot {
+            tracing::trace!(pool = %self.connector.inner.pool_name, slot = slot.index(), id, "connection closed");
+            drop(slot);
+        }
+        result.map_err(|source| Error::Close { id, source })
+    }
+
+    /// Checks the connection with a ping and, when the server has dropped
+    /// it (KILL, `wait_timeout`, a restart), opens a new one in the same
+    /// slot, with the connector's retries.
+    ///
+    /// Session state (variables, temporary tables, prepared statements, an
+    /// open transaction) does not survive a re-open: call this between units
+    /// of work, such as before each job of a long-running worker.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] when re-opening failed (the connection keeps its
+    /// slot and stays dead; call again later, or drop it);
+    /// [`Error::Query`] when the ping failed in a way that does not mean the
+    /// connection is gone.
+    ///
+    /// # Cancellation
+    ///
+    /// Dropping the future while it re-opens leaves the connection dead and
+    /// without a slot: the re-opening task closes what it opened and releases
+    /// the slot. The next call takes a new slot first.
+    pub async fn ensure_alive(&mut self) -> Result<Liveness> {
+        let conn = self.conn.as_mut().expect(HOLDS_CONN);
+        let err = match conn.ping().await {
+            Ok(()) => return Ok(Liveness::Alive),
+            Err(e) => e,
+        };
+        if !connection_is_gone(&err) {
+            return Err(Error::query("checking the connection with a ping", err));
+        }
+        let previous_id = conn.id();
+        let slot = match self.slot.take() {
+            Some(slot) => slot,
+            None => self.acquire_new_slot().await?,
+        };
+        tracing::info!(
+            pool = %self.connector.inner.pool_name,
+            slot = slot.index(),
+            id = previous_id,
+            "the server dropped the connection ({err}); re-opening it in the same slot"
+        );
+        // The dead connection stays in place meanwhile: its socket is closed
+        // (the driver closes it on a fatal error) or the server has ended
+        // the session, so it does not count against any limit.
+        match self.connector.open(slot).await {
+            Ok((new, slot, failed)) => {
+                let old = std::mem::replace(self.conn.as_mut().expect(HOLDS_CONN), new);
+                self.slot = Some(slot);
+                self.failed_attempts = failed;
+                // Nothing to send to a dead connection; this only makes sure
+                // its socket is closed.
+                let _ = old.disconnect().await;
+                Ok(Liveness::Reopened { previous_id })
+            }
+            Err((e, slot)) => {
+                self.slot = slot;
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes this connection and opens a new one in the same slot (with
+    /// the connector's retries), whether the old one was alive or not.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] when the new connection cannot be opened; the slot
+    /// is released then.
+    pub async fn reconnect(mut self) -> Result<Connection> {
+        let conn = self.conn.take().expect(HOLDS_CONN);
+        let slot = self.slot.take();
+        let connector = self.connector.clone();
+        let id = conn.id();
+        if let Err(e) = conn.disconnect().await {
+            tracing::debug!(id, error = %e, "closing before reconnecting failed; the socket is closed anyway");
+        }
+        let slot = match slot {
+            Some(slot) => slot,
+            None => connector
+                .inner
+                .pool
+                .acquire_async_timeout(connector.inner.options.slot_timeout)
+                .await
+                .map_err(|source| Error::Slot {
+                    url: connector.inner.url.clone(),
+                    source,
+                })?,
+        };
+        let (conn, slot, failed) = connector.open(slot).await.map_err(|(e, _slot)| e)?;
+        Ok(Connection {
+            conn: Some(conn),
+            slot: Some(slot),
+            connector,
+            failed_attempts: failed,
+        })
+    }
+
+    async fn acquire_new_slot(&self) -> Result<Slot> {
+        let shared = &self.connector.inner;
+        shared
+            .pool
+            .acquire_async_timeout(shared.options.slot_timeout)
+            .await
+            .map_err(|source| Error::Slot {
+                url: shared.url.clone(),
+                source,
+            })
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        let held = Held {
+            conn,
+            slot: self.slot.take(),
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let Held { conn, slot } = held;
+                    let id = conn.id();
+                    if let Err(e) = conn.disconnect().await {
+                        tracing::debug!(id, error = %e, "closing a dropped connection failed; its socket is closed anyway");
+                    }
+                    drop(slot);
+                });
+            }
+            // No runtime: dropping the `Conn` closes its socket right here
+            // (no QUIT can be sent without a runtime), then the slot goes.
+            Err(_) => drop(held),
+        }
+    }
+}
+
+/// A connection and its slot, declared so that the connection is dropped
+/// (its socket closed) before the slot is released.
+struct Held {
+    conn: Conn,
+    slot: Option<Slot>,
+}
+
+/// Whether a failed ping means the server no longer has the connection.
+fn connection_is_gone(err: &mysql_async::Error) -> bool {
+    match err {
+        mysql_async::Error::Server(e) => matches!(
+            e.code,
+            codes::CONNECTION_KILLED
+                | codes::SESSION_WAS_KILLED
+                | codes::CLIENT_INTERACTION_TIMEOUT
+                | codes::SERVER_SHUTDOWN
+        ),
+        // I/O and driver errors: the driver has closed the socket.
+        _ => true,
+    }
+}
+
+/// Parses a connection URL, never repeating its password in the error.
+pub(crate) fn parse_url(url: &str) -> Result<Opts> {
+    Opts::from_url(url).map_err(|e| Error::InvalidUrl {
+        url: dbslots_core::redact(url),
+        reason: e.to_string(),
+    })
+}
+
+/// `mysql://USER@HOST:PORT/DB` for options built in code.
+fn describe_opts(opts: &Opts) -> String {
+    let user = opts.user().map(|u| format!("{u}@")).unwrap_or_default();
+    let db = opts.db_name().unwrap_or("");
+    match opts.socket() {
+        Some(socket) => format!("mysql://{user}localhost/{db}?socket={socket}"),
+        None => format!(
+            "mysql://{user}{}:{}/{db}",
+            opts.ip_or_hostname(),
+            opts.tcp_port()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_urls_are_reported_without_the_password() {
+        let e = parse_url("mysql://app:s3cret@db:notaport/x").unwrap_err();
+        let text = e.to_string();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("app:***@db"), "{text}");
+    }
+
+    #[test]
+    fn options_clamp_nonsense() {
+        let o = ConnectorOptions::new().attempts(0).jitter(f64::NAN);
+        assert_eq!(o.attempts, 1);
+        assert_eq!(o.jitter, 0.5);
+        assert_eq!(ConnectorOptions::new().jitter(7.0).jitter, 1.0);
+    }
+
+    #[test]
+    fn a_gone_connection_is_told_from_a_failing_ping() {
+        let killed = mysql_async::Error::Server(mysql_async::ServerError {
+            code: 1927,
+            message: "Connection was killed".into(),
+            state: "70100".into(),
+        });
+        assert!(connection_is_gone(&killed));
+        let other = mysql_async::Error::Server(mysql_async::ServerError {
+            code: 1064,
+            message: "syntax".into(),
+            state: "42000".into(),
+        });
+        assert!(!connection_is_gone(&other));
+        assert!(connection_is_gone(&mysql_async::Error::Driver(
+            mysql_async::DriverError::ConnectionClosed
+        )));
+    }
+}

@@ -1,0 +1,59 @@
+//! MySQL connections that exist only while their process holds a slot of a
+//! [`dbslots_core::Pool`], and the tools to watch and clean up a server's
+//! connections.
+//!
+//! A key design decision made in this crate is that **a connection never
+//! outlives its slot, and never exists without one**: [`Connector::connect`]
+//! takes a slot first and opens the connection second, and every way a
+//! [`Connection`] ends (`close`, drop, a cancelled future, a failed re-open)
+//! closes the socket before it releases the slot. As long as every process
+//! connects through one pool whose capacity is below the server's limits,
+//! the server never answers "Too many connections": the pool, not the
+//! server, makes workers wait, in order and without polling. What the pool
+//! cannot see (other clients, the server's own teardown of a closed
+//! connection) is covered by the headroom [`ServerLimits::suggest_capacity`]
+//! leaves. Connections are never kept open for reuse across slots:
+//! `mysql_async::Pool` is not used.
+//!
+//! Refusals that do reach the client (1040, 1203, 1226) and network
+//! failures are retried with exponential backoff and jitter, keeping the
+//! slot; access denied (1045), unknown database (1049) and other server
+//! errors fail at once. Errors list every attempt and say what to do; URLs
+//! in them are redacted.
+//!
+//! For operators: [`ServerLimits`] reads the server's limits and usage,
+//! [`Processlist`] groups its connections, [`kill_idle`] ends idle ones the
+//! way pt-kill does, and [`connect_monitor`] explains how to get in when the
+//! server is full.
+//!
+//! ```no_run
+//! use dbslots_core::{Pool, PoolOptions};
+//! use dbslots_mysql::Connector;
+//! use mysql_async::prelude::Queryable;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = Pool::open(std::path::Path::new("/run/myapp/db-slots"), &PoolOptions::new().capacity(100))?;
+//! let connector = Connector::new("mysql://app:secret@db:3306/app?prefer_socket=false", pool)?;
+//! let mut conn = connector.connect().await?;
+//! let n: Option<u64> = conn.query_first("SELECT COUNT(*) FROM jobs").await?;
+//! conn.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod connector;
+mod error;
+mod limits;
+mod monitor;
+mod processlist;
+mod retry;
+
+pub use connector::{Connection, Connector, ConnectorOptions, Liveness};
+pub use error::{Attempt, Error, Result, codes};
+pub use limits::{AccountLimit, CapacitySuggestion, MIN_RESERVE, ServerLimits};
+pub use monitor::connect_monitor;
+pub use mysql_async;
+pub use processlist::{
+    IdleRule, IdleVictim, KillOutcome, Process, ProcessGroup, Processlist, kill_idle,
+};

@@ -1,0 +1,282 @@
+//! The server's connection limits and usage, and a pool capacity that fits
+//! them.
+
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// The reserve kept free by [`ServerLimits::suggest_capacity`] is at least
+/// this many connections.
+pub const MIN_RESERVE: u64 = 3;
+
+/// The connection limits and usage of a server, as one account sees them.
+///
+/// Read with [`ServerLimits::read`]; every account may read these, except
+/// [`ServerLimits::account_limits`], which needs SELECT on `mysql.user`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerLimits {
+    /// `VERSION()`.
+    pub version: String,
+    /// `CURRENT_USER()`: the account the server matched, `user@host`.
+    pub account: String,
+    /// `CONNECTION_ID()` of the connection that read this.
+    pub connection_id: u64,
+    /// `max_connections`: connections the server admits in all (plus one
+    /// for an account with CONNECTION_ADMIN or SUPER).
+    pub max_connections: u64,
+    /// The global `max_user_connections`: connections per account; 0 for
+    /// no limit.
+    pub max_user_connections: u64,
+    /// The session's `max_user_connections`: the account's own limit when
+    /// it has one, else the global one.
+    pub session_max_user_connections: u64,
+    /// The account's own `MAX_USER_CONNECTIONS` from `SHOW CREATE USER` or
+    /// `SHOW GRANTS`; `Some(0)` when it has none, `None` when not visible.
+    pub account_max_user_connections: Option<u64>,
+    /// MariaDB's `extra_max_connections` (connections on `extra_port` for
+    /// administrators); `None` on MySQL.
+    pub extra_max_connections: Option<u64>,
+    /// MariaDB's `extra_port`; 0 when disabled, `None` on MySQL.
+    pub extra_port: Option<u64>,
+    /// `Threads_connected`: connections open now.
+    pub threads_connected: u64,
+    /// `Max_used_connections`: the most connections open at once since the
+    /// server started (or `FLUSH STATUS`).
+    pub max_used_connections: u64,
+    /// `Connection_errors_max_connections`: connects refused for lack of
+    /// connections since the start; `None` where the server lacks it.
+    pub connection_errors_max_connections: Option<u64>,
+    /// Accounts with their own `MAX_USER_CONNECTIONS`, where `mysql.user` is
+    /// readable; empty otherwise.
+    pub account_limits: Vec<AccountLimit>,
+}
+
+/// An account with its own connection limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccountLimit {
+    /// The account's user name.
+    pub user: String,
+    /// The account's host pattern.
+    pub host: String,
+    /// Its `MAX_USER_CONNECTIONS`.
+    pub max_user_connections: i64,
+}
+
+/// A pool capacity for a server, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CapacitySuggestion {
+    /// The suggested capacity, at least 1.
+    pub capacity: u32,
+    /// Connections kept free of `max_connections` for others.
+    pub reserve: u64,
+    /// The rule that decided, in words.
+    pub reason: String,
+}
+
+impl ServerLimits {
+    /// Reads the limits over `conn` (any connection: a
+    /// [`Connection`](crate::Connection) derefs to one).
+    pub async fn read(conn: &mut Conn) -> Result<ServerLimits> {
+        let (version, account, connection_id, session_muc): (String, String, u64, i64) = conn
+            .query_first(
+                "SELECT VERSION(), CURRENT_USER(), CONNECTION_ID(), @@SESSION.max_user_connections",
+            )
+            .await
+            .map_err(|e| Error::query("reading the server version and account", e))?
+            .ok_or_else(|| Error::Query {
+                what: "reading the server version and account".into(),
+                source: mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed),
+            })?;
+        let vars: Vec<(String, String)> = conn
+            .query(
+                "SHOW GLOBAL VARIABLES WHERE Variable_name IN \
+                 ('max_connections', 'max_user_connections', 'extra_max_connections', 'extra_port')",
+            )
+            .await
+            .map_err(|e| Error::query("reading the connection limits (SHOW GLOBAL VARIABLES)", e))?;
+        let status: Vec<(String, String)> = conn
+            .query(
+                "SHOW GLOBAL STATUS WHERE Variable_name IN \
+                 ('Threads_connected', 'Max_used_connections', 'Connection_errors_max_connections')",
+            )
+            .await
+            .map_err(|e| Error::query("reading the connection counters (SHOW GLOBAL STATUS)", e))?;
+        let var = |name: &str| lookup(&vars, name);
+        let stat = |name: &str| lookup(&status, name);
+        Ok(ServerLimits {
+            version,
+            account,
+            connection_id,
+            max_connections: var("max_connections").unwrap_or(0),
+            max_user_connections: var("max_user_connections").unwrap_or(0),
+            session_max_user_connections: u64::try_from(session_muc).unwrap_or(0),
+            account_max_user_connections: own_limit(conn).await,
+            extra_max_connections: var("extra_max_connections"),
+            extra_port: var("extra_port"),
+            threads_connected: stat("Threads_connected").unwrap_or(0),
+            max_used_connections: stat("Max_used_connections").unwrap_or(0),
+            connection_errors_max_connections: stat("Connection_errors_max_connections"),
+            account_limits: account_limits(conn).await,
+        })
+    }
+
+    /// The most connections this account may have: its own limit when it
+    /// has one, else the global `max_user_connections`; `None` for no limit.
+    pub fn user_limit(&self) -> Option<u64> {
+        [
+            self.account_max_user_connections.unwrap_or(0),
+            self.session_max_user_connections,
+            self.max_user_connections,
+        ]
+        .into_iter()
+        .find(|&n| n > 0)
+    }
+
+    /// A pool capacity that leaves headroom for everybody else.
+    ///
+    /// The rule: `max_connections` minus a reserve of 10 % (at least
+    /// [`MIN_RESERVE`]) for administrators, monitoring, migrations and other
+    /// clients, and for the moments in which the server still counts a
+    /// connection its client has just closed; and, when the account has a
+    /// connection limit ([`ServerLimits::user_limit`]), at most that limit
+    /// minus one, so that the account can still connect to look at and clean
+    /// up its own connections. At least 1. When several pools (hosts) share
+    /// the server, divide the result among them.
+    pub fn suggest_capacity(&self) -> CapacitySuggestion {
+        let max = self.max_connections;
+        let reserve = MIN_RESERVE.max(max.div_ceil(10));
+        let server_room = max.saturating_sub(reserve).max(1);
+        let mut capacity = server_room;
+        let mut reason = format!(
+            "max_connections {max} minus a reserve of {reserve} for administrators and other clients"
+        );
+        if let Some(limit) = self.user_limit() {
+            let account_room = limit.saturating_sub(1).max(1);
+            if account_room < capacity {
+                capacity = account_room;
+                reason = format!(
+                    "the account's connection limit {limit} minus 1 kept for its own monitoring and cleanup"
+                );
+            }
+        }
+        CapacitySuggestion {
+            capacity: u32::try_from(capacity)
+                .unwrap_or(u32::MAX)
+                .min(dbslots_core::MAX_CAPACITY),
+            reserve,
+            reason,
+        }
+    }
+}
+
+fn lookup(rows: &[(String, String)], name: &str) -> Option<u64> {
+    rows.iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| v.trim().parse().ok())
+}
+
+/// The account's own MAX_USER_CONNECTIONS, best effort: `SHOW CREATE USER`
+/// (MySQL 5.7+, MariaDB 10.2+; an account may always show itself), then
+/// `SHOW GRANTS` (older MariaDB puts the limit there). Only the number is
+/// kept: both statements show the password hash too.
+async fn own_limit(conn: &mut Conn) -> Option<u64> {
+    if let Ok(Some(row)) = conn
+        .query_first::<mysql_async::Row, _>("SHOW CREATE USER CURRENT_USER()")
+        .await
+        && let Some(text) = row.get_opt::<String, _>(0).and_then(|v| v.ok())
+    {
+        return Some(parse_max_user_connections(&text).unwrap_or(0));
+    }
+    let grants: Vec<String> = conn.query("SHOW GRANTS").await.ok()?;
+    grants.iter().find_map(|g| parse_max_user_connections(g))
+}
+
+/// Accounts with a limit of their own, when `mysql.user` is readable.
+async fn account_limits(conn: &mut Conn) -> Vec<AccountLimit> {
+    conn.query_map(
+        "SELECT User, Host, max_user_connections FROM mysql.user \
+         WHERE max_user_connections <> 0 ORDER BY User, Host",
+        |(user, host, max_user_connections)| AccountLimit {
+            user,
+            host,
+            max_user_connections,
+        },
+    )
+    .await
+    .unwrap_or_default()
+}
+
+/// The number after `MAX_USER_CONNECTIONS` in a CREATE USER or GRANT text.
+fn parse_max_user_connections(text: &str) -> Option<u64> {
+    let upper = text.to_ascii_uppercase();
+    let at = upper.find("MAX_USER_CONNECTIONS")? + "MAX_USER_CONNECTIONS".len();
+    upper[at..]
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_connections: u64, global_user: u64, own: Option<u64>) -> ServerLimits {
+        ServerLimits {
+            version: "10.11".into(),
+            account: "app@%".into(),
+            connection_id: 1,
+            max_connections,
+            max_user_connections: global_user,
+            session_max_user_connections: own.filter(|&n| n > 0).unwrap_or(global_user),
+            account_max_user_connections: own,
+            extra_max_connections: None,
+            extra_port: None,
+            threads_connected: 1,
+            max_used_connections: 1,
+            connection_errors_max_connections: Some(0),
+            account_limits: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn capacity_keeps_a_reserve_of_ten_percent_and_at_least_three() {
+        let s = limits(151, 0, Some(0)).suggest_capacity();
+        assert_eq!((s.capacity, s.reserve), (135, 16));
+        let s = limits(20, 0, None).suggest_capacity();
+        assert_eq!((s.capacity, s.reserve), (17, 3));
+        assert!(s.reason.contains("max_connections 20"), "{}", s.reason);
+        assert_eq!(limits(2, 0, None).suggest_capacity().capacity, 1);
+    }
+
+    #[test]
+    fn capacity_leaves_the_account_one_connection_of_its_limit() {
+        let s = limits(151, 0, Some(5)).suggest_capacity();
+        assert_eq!(s.capacity, 4);
+        assert!(s.reason.contains("limit 5"), "{}", s.reason);
+        assert_eq!(limits(151, 10, Some(0)).suggest_capacity().capacity, 9);
+        assert_eq!(limits(151, 0, Some(1)).suggest_capacity().capacity, 1);
+        // The account's own limit wins over the global one.
+        assert_eq!(limits(151, 10, Some(30)).user_limit(), Some(30));
+    }
+
+    #[test]
+    fn finds_the_limit_in_create_user_and_grant_texts() {
+        assert_eq!(
+            parse_max_user_connections(
+                "CREATE USER `lim5`@`%` IDENTIFIED BY PASSWORD '*C10C' WITH MAX_USER_CONNECTIONS 5"
+            ),
+            Some(5)
+        );
+        assert_eq!(
+            parse_max_user_connections(
+                "GRANT USAGE ON *.* TO 'a'@'%' WITH max_user_connections 12 MAX_QUERIES_PER_HOUR 3"
+            ),
+            Some(12)
+        );
+        assert_eq!(parse_max_user_connections("CREATE USER `a`@`%`"), None);
+    }
+}

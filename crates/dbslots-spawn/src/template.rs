@@ -1,0 +1,216 @@
+//! The worker command line and the environment every worker sees.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use crate::error::{Error, Result};
+
+/// The worker's 0-based index, `0..count`.
+pub const ENV_WORKER_INDEX: &str = "DBSLOTS_WORKER_INDEX";
+/// How many workers the spawner starts in all.
+pub const ENV_WORKER_COUNT: &str = "DBSLOTS_WORKER_COUNT";
+/// The pool's address (as `dbslots --pool` takes it).
+pub const ENV_POOL: &str = "DBSLOTS_POOL";
+/// The job id given to the spawner; unset when none was given.
+pub const ENV_JOB_ID: &str = "DBSLOTS_JOB_ID";
+/// The slot number taken for this worker, when the spawner took one (see
+/// the crate documentation); unset otherwise. A worker that sees it must
+/// not take another slot from [`ENV_POOL`] for the same connection.
+pub const ENV_SLOT: &str = "DBSLOTS_SLOT";
+
+const INDEX: &[u8] = b"{index}";
+const COUNT: &[u8] = b"{count}";
+
+/// A worker's command line: a program and its arguments, in which every
+/// `{index}` becomes the worker's 0-based index and every `{count}` the
+/// number of workers. The program itself is taken as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    program: OsString,
+    args: Vec<Arg>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Arg {
+    text: OsString,
+    /// Whether `text` holds a placeholder (so most arguments are copied).
+    templated: bool,
+}
+
+impl Template {
+    /// A template from a program and its arguments.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidCommand`] when the program is empty or any word holds
+    /// a NUL byte (no process can be given one).
+    pub fn new<I, S>(program: impl Into<OsString>, args: I) -> Result<Template>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        let program = program.into();
+        if program.is_empty() {
+            return Err(Error::InvalidCommand {
+                problem: "the program name is empty".into(),
+            });
+        }
+        let args: Vec<Arg> = args
+            .into_iter()
+            .map(|a| {
+                let text = a.into();
+                let bytes = text.as_bytes();
+                let templated = contains(bytes, INDEX) || contains(bytes, COUNT);
+                Arg { text, templated }
+            })
+            .collect();
+        for word in std::iter::once(&program).chain(args.iter().map(|a| &a.text)) {
+            if word.as_bytes().contains(&0) {
+                return Err(Error::InvalidCommand {
+                    problem: format!("{:?} contains a NUL byte", word),
+                });
+            }
+        }
+        Ok(Template { program, args })
+    }
+
+    /// A template from a whole command line (`argv[0]` is the program).
+    ///
+    /// # Errors
+    ///
+    /// As [`Template::new`], and when `argv` is empty.
+    pub fn from_argv<I, S>(argv: I) -> Result<Template>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        let mut it = argv.into_iter();
+        let program = it.next().ok_or_else(|| Error::InvalidCommand {
+            problem: "no command given".into(),
+        })?;
+        Template::new(program, it)
+    }
+
+    /// The program.
+    pub fn program(&self) -> &OsStr {
+        &self.program
+    }
+
+    /// The arguments of worker `index` of `count`.
+    pub fn args(&self, index: u32, count: u32) -> Vec<OsString> {
+        self.args
+            .iter()
+            .map(|a| {
+                if a.templated {
+                    substitute(&a.text, index, count)
+                } else {
+                    a.text.clone()
+                }
+            })
+            .collect()
+    }
+
+    /// Worker `index`'s command line as a shell would read it (words with
+    /// special characters single-quoted), on one line: tabs, newlines and
+    /// other control characters are written as `\t`, `\n`, `\xHH`. Used for
+    /// the joblog's `Command` column and in messages.
+    pub fn display(&self, index: u32, count: u32) -> String {
+        let mut line = quote(&self.program);
+        for arg in self.args(index, count) {
+            line.push(' ');
+            line.push_str(&quote(&arg));
+        }
+        line
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn substitute(text: &OsStr, index: u32, count: u32) -> OsString {
+    let bytes = text.as_bytes();
+    let index = index.to_string();
+    let count = count.to_string();
+    let mut out = Vec::with_capacity(bytes.len() + 8);
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(INDEX) {
+            out.extend_from_slice(index.as_bytes());
+            i += INDEX.len();
+        } else if bytes[i..].starts_with(COUNT) {
+            out.extend_from_slice(count.as_bytes());
+            i += COUNT.len();
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    OsString::from_vec(out)
+}
+
+/// Quotes a word for a POSIX shell and keeps it on one printable line.
+fn quote(word: &OsStr) -> String {
+    let text = String::from_utf8_lossy(word.as_bytes());
+    let plain = !text.is_empty()
+        && text.chars().all(|c| {
+            c.is_alphanumeric()
+                || matches!(c, '-' | '_' | '.' | '/' | ',' | ':' | '=' | '+' | '@' | '%')
+        });
+    let mut out = String::with_capacity(text.len() + 2);
+    if !plain {
+        out.push('\'');
+    }
+    for c in text.chars() {
+        match c {
+            '\'' => out.push_str("'\\''"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    if !plain {
+        out.push('\'');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substitutes_placeholders_in_arguments_only() {
+        let t = Template::from_argv([
+            "w{index}",
+            "--shard={index}/{count}",
+            "{x}",
+            "{index}{index}",
+        ])
+        .unwrap();
+        assert_eq!(t.program(), "w{index}");
+        assert_eq!(
+            t.args(7, 10),
+            vec![OsString::from("--shard=7/10"), "{x}".into(), "77".into()]
+        );
+    }
+
+    #[test]
+    fn rejects_empty_commands_and_nul_bytes() {
+        assert!(Template::from_argv(Vec::<OsString>::new()).is_err());
+        assert!(Template::new("", ["a"]).is_err());
+        assert!(Template::new("sh", ["a\0b"]).is_err());
+    }
+
+    #[test]
+    fn displays_one_shell_line() {
+        let t = Template::from_argv(["sh", "-c", "echo 'hi'\tthere\n", "{index}"]).unwrap();
+        assert_eq!(t.display(3, 5), r#"sh -c 'echo '\''hi'\''\tthere\n' 3"#);
+        assert_eq!(
+            Template::from_argv(["a", ""]).unwrap().display(0, 1),
+            "a ''"
+        );
+    }
+}
