@@ -6,8 +6,9 @@ use anyhow::Result;
 use crate::child::{self, cargo};
 use crate::servers::{self, TestServers};
 
-/// Runs `cargo bench --workspace -- ARGS` with the servers up; `args`
-/// (after an optional `--`) go to the benchmark harness (criterion).
+/// Runs `cargo bench --workspace` with the servers up; `args` (after an
+/// optional `--`) go to the benchmark harness (criterion) of every bench
+/// target.
 pub fn run(args: &[String]) -> Result<()> {
     let args = args.strip_prefix(&["--".to_owned()]).unwrap_or(args);
     let scratch = servers::scratch_dir()?;
@@ -15,7 +16,9 @@ pub fn run(args: &[String]) -> Result<()> {
     let servers = TestServers::start(scratch)?;
     let mut bench = cargo(&["bench", "--workspace"]);
     if !args.is_empty() {
-        bench.arg("--").args(args);
+        // Only the bench targets: the libtest harness of the other targets
+        // rejects criterion's options.
+        bench.args(["--bench", "*", "--"]).args(args);
     }
     servers.export_to(&mut bench);
     let benched = child::run("`cargo bench --workspace`", bench);

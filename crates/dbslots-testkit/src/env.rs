@@ -38,6 +38,7 @@ pub fn servers_required() -> bool {
 /// # Panics
 ///
 /// When they are unset although [`servers_required`].
+#[track_caller]
 pub fn shared_mysql() -> Option<SharedMysql> {
     match (var(MYSQL_URL_ENV), var(MYSQL_ADMIN_URL_ENV)) {
         (Some(user_url), Some(admin_url)) => Some(SharedMysql {
@@ -56,8 +57,12 @@ pub fn shared_mysql() -> Option<SharedMysql> {
 /// # Panics
 ///
 /// When it is unset although [`servers_required`].
+#[track_caller]
 pub fn shared_redis() -> Option<String> {
-    var(REDIS_URL_ENV).or_else(|| skip(&format!("no test Redis ({REDIS_URL_ENV} unset)")))
+    match var(REDIS_URL_ENV) {
+        Some(url) => Some(url),
+        None => skip(&format!("no test Redis ({REDIS_URL_ENV} unset)")),
+    }
 }
 
 /// A private MySQL server for a test that needs its own settings, such as
@@ -71,6 +76,7 @@ pub fn shared_redis() -> Option<String> {
 ///
 /// When the server fails to start, or none can be had although
 /// [`servers_required`].
+#[track_caller]
 pub fn private_mysql(options: MysqlOptions) -> Option<MysqlServer> {
     if !servers_required() && !MysqlServer::available() {
         return skip("no MySQL or MariaDB server program and no container engine");
@@ -88,6 +94,7 @@ pub fn private_mysql(options: MysqlOptions) -> Option<MysqlServer> {
 ///
 /// When the server fails to start, or none can be had although
 /// [`servers_required`].
+#[track_caller]
 pub fn private_redis() -> Option<RedisServer> {
     if !servers_required() && !RedisServer::available() {
         return skip("no redis-server program and no container engine");
@@ -104,6 +111,7 @@ fn var(name: &str) -> Option<String> {
 
 /// Prints the skip line (past the test harness's output capture, so that it
 /// is seen) and returns `None`; panics instead when servers are required.
+#[track_caller]
 fn skip<T>(reason: &str) -> Option<T> {
     let thread = std::thread::current();
     let test = thread.name().unwrap_or("<unnamed test>");
