@@ -63,6 +63,12 @@ pub fn install_interrupt_handler() -> Result<()> {
     .context("cannot install the signal handler")
 }
 
+/// Whether a signal arrived. A step that failed meanwhile most likely
+/// failed because of it (a child in our process group got SIGINT too).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 /// Fails with [`Interrupted`] once a signal arrived.
 pub fn check_interrupted() -> Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {

@@ -59,7 +59,7 @@ fn main() -> ExitCode {
             let child::Reported(code) = e.downcast().expect("checked by is");
             ExitCode::from(code)
         }
-        Err(e) if e.is::<child::Interrupted>() => {
+        Err(e) if e.is::<child::Interrupted>() || child::interrupted() => {
             eprintln!("xtask: interrupted; servers stopped");
             ExitCode::from(130)
         }

@@ -23,7 +23,7 @@ pub fn run(args: &[String]) -> Result<()> {
             println!("xtask test: PASSED (fmt, clippy, tests) in {seconds} s");
             return Ok(());
         }
-        Err(e) if e.is::<child::Interrupted>() => {
+        Err(e) if e.is::<child::Interrupted>() || child::interrupted() => {
             eprintln!("xtask: interrupted; servers stopped");
             println!("xtask test: INTERRUPTED after {seconds} s");
             130
