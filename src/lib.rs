@@ -2,6 +2,8 @@
 //! benchmarks (`benches/`): the yardsticks they measure dbslots against.
 #![deny(missing_docs)]
 
+pub mod reference;
+
 /// The longest wait a perfect FIFO queue with `capacity` servers would
 /// impose on jobs arriving at `arrivals[i]` and holding for `holds[i]`
 /// (same unit for all; jobs are served in arrival order, ties by index).

@@ -1,0 +1,199 @@
+//! Slot acquisition: dbslots against the reference design (JSON under
+//! `flock`, polling waiters) and tokio's in-process semaphore, in one run.
+//!
+//! * `uncontended/*`: acquire + release with no competition.
+//! * `handoff/*`: two processes ping-pong one slot; the time from one
+//!   process's release to the other process holding the slot. The median
+//!   and p99 of every hand-off measured are printed at the end.
+
+use std::hint::black_box;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use criterion::Criterion;
+use dbslots_core::{Pool, PoolOptions};
+use dbslots_suite::reference::ReferencePool;
+
+const ROLE: &str = "DBSLOTS_BENCH_ROLE";
+
+fn mono_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Child process: take and give back the slot `rounds` times, then print
+/// "acquired released" per round.
+fn child(role: &str) {
+    let args: Vec<String> = std::env::args().collect();
+    let (target, rounds): (&str, usize) = (&args[1], args[2].parse().expect("rounds"));
+    let mut events = Vec::with_capacity(rounds);
+    match role {
+        "dbslots" => {
+            let pool = Pool::open_str(target, &PoolOptions::new()).expect("open pool");
+            for _ in 0..rounds {
+                let slot = pool.acquire().expect("acquire");
+                let acquired = mono_ns();
+                let released = mono_ns();
+                drop(slot);
+                events.push((acquired, released));
+            }
+        }
+        "reference" => {
+            let pool = ReferencePool::new(target, 1);
+            for _ in 0..rounds {
+                assert!(pool.acquire(Duration::from_secs(60)).expect("acquire"));
+                let acquired = mono_ns();
+                let released = mono_ns();
+                pool.release().expect("release");
+                events.push((acquired, released));
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+    let mut out = std::io::stdout().lock();
+    for (a, r) in events {
+        writeln!(out, "{a} {r}").expect("stdout");
+    }
+}
+
+/// Runs two ping-pong processes and returns the release-to-acquire
+/// latencies of every hand-off between them.
+fn handoffs(role: &str, target: &str, rounds: usize) -> Vec<Duration> {
+    let exe = std::env::current_exe().expect("bench binary");
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(&exe)
+                .arg(target)
+                .arg(rounds.to_string())
+                .env(ROLE, role)
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn ping-pong process")
+        })
+        .collect();
+    // (time, process, is_release)
+    let mut events: Vec<(u64, usize, bool)> = Vec::new();
+    for (p, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().expect("child output");
+        assert!(out.status.success(), "ping-pong process failed");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let mut it = line.split(' ').map(|v| v.parse::<u64>().expect("ns"));
+            let (a, r) = (it.next().expect("a"), it.next().expect("r"));
+            events.push((a, p, false));
+            events.push((r, p, true));
+        }
+    }
+    events.sort();
+    let mut last_release: Option<(u64, usize)> = None;
+    let mut out = Vec::new();
+    for (t, p, is_release) in events {
+        if is_release {
+            last_release = Some((t, p));
+        } else if let Some((r, q)) = last_release.take()
+            && q != p
+        {
+            out.push(Duration::from_nanos(t - r));
+        }
+    }
+    out
+}
+
+static HANDOFFS: Mutex<Vec<(&'static str, Vec<Duration>)>> = Mutex::new(Vec::new());
+
+fn record(name: &'static str, mut lat: Vec<Duration>) -> Vec<Duration> {
+    let mut all = HANDOFFS.lock().expect("lock");
+    match all.iter_mut().find(|(n, _)| *n == name) {
+        Some((_, v)) => v.append(&mut lat.clone()),
+        None => all.push((name, lat.clone())),
+    }
+    lat.sort();
+    lat
+}
+
+fn uncontended(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = Pool::open(dir.path().join("pool").as_path(), &PoolOptions::new().capacity(150))
+        .expect("pool");
+    let reference = ReferencePool::new(dir.path().join("reference.lock"), 150);
+    let semaphore = tokio::sync::Semaphore::new(150);
+
+    let mut g = c.benchmark_group("uncontended");
+    g.bench_function("dbslots try_acquire+release", |b| {
+        b.iter(|| black_box(pool.try_acquire().expect("try").expect("free slot")))
+    });
+    g.bench_function("dbslots acquire+release", |b| {
+        b.iter(|| black_box(pool.acquire().expect("acquire")))
+    });
+    g.bench_function("reference acquire+release", |b| {
+        b.iter(|| {
+            assert!(reference.acquire(Duration::ZERO).expect("acquire"));
+            reference.release().expect("release");
+        })
+    });
+    g.bench_function("tokio Semaphore try_acquire+release", |b| {
+        b.iter(|| black_box(semaphore.try_acquire().expect("permit")))
+    });
+    g.finish();
+}
+
+fn handoff(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool_dir = dir.path().join("pool");
+    Pool::open(pool_dir.as_path(), &PoolOptions::new().capacity(1)).expect("pool");
+    let pool_addr = pool_dir.display().to_string();
+    let reference = dir.path().join("reference.lock");
+    let reference_addr = reference.display().to_string();
+
+    let mut g = c.benchmark_group("handoff");
+    g.sample_size(10);
+    g.bench_function("dbslots across processes", |b| {
+        b.iter_custom(|iters| {
+            let lat = record("dbslots", handoffs("dbslots", &pool_addr, iters as usize + 1));
+            let mean = lat.iter().sum::<Duration>() / lat.len().max(1) as u32;
+            mean * iters as u32
+        })
+    });
+    g.warm_up_time(Duration::from_millis(500));
+    g.measurement_time(Duration::from_secs(5));
+    g.bench_function("reference across processes", |b| {
+        b.iter_custom(|iters| {
+            let _ = std::fs::remove_file(&reference);
+            let lat = record("reference", handoffs("reference", &reference_addr, iters.min(3) as usize + 1));
+            let mean = lat.iter().sum::<Duration>() / lat.len().max(1) as u32;
+            mean * iters as u32
+        })
+    });
+    g.finish();
+}
+
+fn main() {
+    if let Ok(role) = std::env::var(ROLE) {
+        child(&role);
+        return;
+    }
+    let mut c = Criterion::default().configure_from_args();
+    uncontended(&mut c);
+    handoff(&mut c);
+    c.final_summary();
+    for (name, lat) in HANDOFFS.lock().expect("lock").iter_mut() {
+        lat.sort();
+        if lat.is_empty() {
+            continue;
+        }
+        let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
+        println!(
+            "handoff/{name}: median {:?}, p90 {:?}, p99 {:?} over {} hand-offs",
+            pct(0.5),
+            pct(0.9),
+            pct(0.99),
+            lat.len()
+        );
+    }
+}
