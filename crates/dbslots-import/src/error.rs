@@ -1,0 +1,114 @@
+//! Errors of the import processor.
+//!
+//! These are the errors that stop an operation (enqueueing, listing, a
+//! processor's run). A problem with one job's file or lines is not an error
+//! here: it is recorded on the job (`last_error`) or in `import_errors`, and
+//! the processor goes on with the next job.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can stop an import operation.
+///
+/// Each message says what went wrong and what to do about it. Messages never
+/// contain a password: URLs are redacted with [`dbslots_core::redact`]
+/// before they get here.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database URL cannot be used.
+    #[error(
+        "invalid database URL {url}: {reason}; write it as mysql://USER:PASSWORD@HOST:PORT/DATABASE"
+    )]
+    InvalidUrl {
+        /// The URL, password redacted.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No connection could be opened, or none could be re-opened within the
+    /// processor's reconnect window.
+    #[error(
+        "cannot connect to {url} (tried for {waited:.1?}): {message}; check that the server is up and that the URL, user and password are right"
+    )]
+    Connect {
+        /// The URL, password redacted.
+        url: String,
+        /// How long connecting was tried.
+        waited: Duration,
+        /// The last failure.
+        message: String,
+    },
+    /// A statement failed in a way that retrying cannot fix.
+    #[error("{what} failed on {url}: {source}")]
+    Query {
+        /// What was being done.
+        what: &'static str,
+        /// The URL, password redacted.
+        url: String,
+        /// The driver's error.
+        #[source]
+        source: mysql_async::Error,
+    },
+    /// The server cannot hand out jobs safely to several processors.
+    #[error(
+        "the server at {url} does not support SELECT ... FOR UPDATE SKIP LOCKED ({message}); the import queue needs MySQL 8.0.1 or later, or MariaDB 10.6 or later"
+    )]
+    SkipLockedUnsupported {
+        /// The URL, password redacted.
+        url: String,
+        /// The server's error message.
+        message: String,
+    },
+    /// Another processor holds the lock file.
+    #[error(
+        "another import processor{} holds the lock file {}; it keeps working, so nothing to do (pass another --lock-file to run a second processor on purpose)",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        path.display()
+    )]
+    AlreadyRunning {
+        /// The lock file.
+        path: PathBuf,
+        /// The running processor's pid, as it wrote it into the lock file.
+        pid: Option<u32>,
+    },
+    /// The lock file cannot be opened, locked or written.
+    #[error(
+        "cannot use the lock file {}: {source}; pass a --lock-file in a directory this user owns",
+        path.display()
+    )]
+    LockFile {
+        /// The lock file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// A file cannot be enqueued.
+    #[error("cannot enqueue {}: {reason}", path.display())]
+    Source {
+        /// The file as given.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// The thread that reads a job's file could not be started.
+    #[error(
+        "cannot start a thread to read {}: {source}; the job stays in the queue, free some memory or raise the process limit",
+        path.display()
+    )]
+    Thread {
+        /// The job's file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The slot pool failed.
+    #[error(transparent)]
+    Pool(#[from] dbslots_core::Error),
+}

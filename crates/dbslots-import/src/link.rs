@@ -1,0 +1,216 @@
+//! The way to the server: one connection, holding a slot when a pool is
+//! given, opened for a unit of work and closed after it.
+//!
+//! # Implementation Details
+//!
+//! The rest of the crate sees only [`Connector::connect`], a [`Connection`]
+//! that derefs to [`mysql_async::Conn`], and [`Connection::close`]. With a
+//! pool, both are `dbslots-mysql`'s: a slot is taken before the connection
+//! is opened and released only after its socket is closed, and refusals for
+//! lack of connections (1040, 1203, 1226) are retried inside the slot.
+//! Without a pool the connection is a plain `mysql_async::Conn`. Either way
+//! one `connect` is one round of attempts; the processor decides about
+//! further rounds (it knows its stop signal and its reconnect window).
+
+use std::ops::{Deref, DerefMut};
+
+use dbslots_core::Pool;
+use mysql_async::{Conn, Opts};
+
+use crate::error::{Error, Result};
+
+/// Opens connections to one server, each holding a slot of the pool if
+/// there is one.
+#[derive(Debug)]
+pub(crate) enum Connector {
+    /// Through `dbslots-mysql`, holding a slot of its pool.
+    Pooled(dbslots_mysql::Connector),
+    /// Straight to the server.
+    Direct {
+        /// The driver's options.
+        opts: Opts,
+        /// The URL, password redacted.
+        url: String,
+    },
+}
+
+/// Why a connect failed, and whether another round may succeed.
+#[derive(Debug)]
+pub(crate) struct ConnectFailure {
+    pub message: String,
+    pub transient: bool,
+}
+
+impl Connector {
+    pub fn new(url: &str, pool: Option<Pool>) -> Result<Connector> {
+        let redacted = dbslots_core::redact(url);
+        let opts = Opts::from_url(url).map_err(|e| Error::InvalidUrl {
+            url: redacted.clone(),
+            reason: e.to_string(),
+        })?;
+        if opts.db_name().is_none_or(str::is_empty) {
+            return Err(Error::InvalidUrl {
+                url: redacted,
+                reason: "it names no database".into(),
+            });
+        }
+        Ok(match pool {
+            Some(pool) => Connector::Pooled(dbslots_mysql::Connector::from_opts(
+                opts,
+                pool,
+                dbslots_mysql::ConnectorOptions::new(),
+            )),
+            None => Connector::Direct {
+                opts,
+                url: redacted,
+            },
+        })
+    }
+
+    /// The URL, password redacted.
+    pub fn url(&self) -> &str {
+        match self {
+            Connector::Pooled(c) => c.url(),
+            Connector::Direct { url, .. } => url,
+        }
+    }
+
+    /// Opens a connection (with a pool: waits for a slot first).
+    ///
+    /// Cancellation-safe: dropping the future leaves neither a connection
+    /// nor a slot behind.
+    pub async fn connect(&self) -> Result<Connection, ConnectFailure> {
+        match self {
+            Connector::Pooled(c) => match c.connect().await {
+                Ok(conn) => {
+                    tracing::debug!(url = %c.url(), id = conn.id(), slot = conn.slot().map(dbslots_core::Slot::index), "connected");
+                    Ok(Connection::Pooled(conn))
+                }
+                Err(e) => Err(ConnectFailure {
+                    transient: is_transient_pooled(&e),
+                    message: e.to_string(),
+                }),
+            },
+            Connector::Direct { opts, url } => match Conn::new(opts.clone()).await {
+                Ok(conn) => {
+                    tracing::debug!(url = %url, id = conn.id(), "connected");
+                    Ok(Connection::Direct(DirectConn(Some(conn))))
+                }
+                Err(e) => Err(ConnectFailure {
+                    transient: is_transient_connect_error(&e),
+                    message: e.to_string(),
+                }),
+            },
+        }
+    }
+}
+
+/// An open connection, holding its slot if it has one.
+#[derive(Debug)]
+pub(crate) enum Connection {
+    /// Holds a slot; closes its socket before releasing it, also on drop.
+    Pooled(dbslots_mysql::Connection),
+    /// Straight to the server.
+    Direct(DirectConn),
+}
+
+/// A connection without a slot; `Some` until `close` or `drop` take it.
+#[derive(Debug)]
+pub(crate) struct DirectConn(Option<Conn>);
+
+const HOLDS_CONN: &str = "a direct Connection holds its Conn until close or drop take it";
+
+impl Deref for Connection {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        match self {
+            Connection::Pooled(c) => c,
+            Connection::Direct(c) => c.0.as_ref().expect(HOLDS_CONN),
+        }
+    }
+}
+
+impl DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut Conn {
+        match self {
+            Connection::Pooled(c) => c,
+            Connection::Direct(c) => c.0.as_mut().expect(HOLDS_CONN),
+        }
+    }
+}
+
+impl Connection {
+    /// Sends QUIT and closes the socket (then releases the slot). A failure
+    /// to send QUIT (the server is gone) is only logged: the socket is
+    /// closed either way.
+    pub async fn close(self) {
+        let result = match self {
+            Connection::Pooled(c) => c.close().await.map_err(|e| e.to_string()),
+            Connection::Direct(mut c) => match c.0.take() {
+                Some(conn) => conn.disconnect().await.map_err(|e| e.to_string()),
+                None => Ok(()),
+            },
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "closing the connection failed; its socket is closed anyway");
+        }
+    }
+}
+
+impl Drop for DirectConn {
+    fn drop(&mut self) {
+        // A pooled connection closes itself (socket before slot) on drop;
+        // a direct one is closed here, on the runtime if there is one.
+        let Some(conn) = self.0.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = conn.disconnect().await;
+            });
+        }
+    }
+}
+
+/// Whether another round of connecting may help: a slot that did not come
+/// in time, or refusals and network failures that outlasted the
+/// connector's own retries; not bad credentials or an unknown database.
+fn is_transient_pooled(e: &dbslots_mysql::Error) -> bool {
+    e.is_slot_timeout()
+        || (matches!(e, dbslots_mysql::Error::Connect { .. })
+            && !matches!(e.code(), Some(1044 | 1045 | 1049 | 1129 | 1130)))
+}
+
+/// Server codes after which a new connect may succeed: too many
+/// connections (1040, 1203, 1226), the server shutting down (1053).
+fn is_transient_connect_error(e: &mysql_async::Error) -> bool {
+    match e {
+        mysql_async::Error::Server(s) => matches!(s.code, 1040 | 1203 | 1226 | 1053),
+        mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => true,
+        _ => false,
+    }
+}
+
+/// Whether a failed statement means the connection is gone or the
+/// transaction was aborted in a way that a fresh connection and a retry
+/// from the checkpoint fix: I/O errors, a closed connection, a server
+/// shutting down (1053), network errors (1152-1161), lock wait timeout
+/// (1205), deadlock (1213), an interrupted or killed query or session
+/// (1317, 1927, 3169), the inactivity timeout (4031).
+pub(crate) fn is_connection_problem(e: &mysql_async::Error) -> bool {
+    use mysql_async::DriverError;
+    match e {
+        mysql_async::Error::Io(_) => true,
+        mysql_async::Error::Driver(d) => matches!(
+            d,
+            DriverError::ConnectionClosed
+                | DriverError::PacketOutOfOrder
+                | DriverError::UnexpectedPacket { .. }
+        ),
+        mysql_async::Error::Server(s) => matches!(
+            s.code,
+            1053 | 1152..=1161 | 1205 | 1213 | 1317 | 1927 | 3169 | 4031
+        ),
+        _ => false,
+    }
+}

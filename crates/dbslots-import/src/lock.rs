@@ -1,0 +1,197 @@
+//! One processor per lock file.
+//!
+//! # Implementation Details
+//!
+//! The lock is an exclusive `flock` (through `fd-lock`) on an open file
+//! description of the lock file, so it belongs to this process: the kernel
+//! frees it when the process ends, SIGKILL included, and no stale lock file
+//! ever needs cleaning up. The holder writes its pid into the file so that a
+//! second processor can name it.
+//!
+//! `fd-lock`'s guard borrows its lock, which an owned handle cannot keep. The
+//! guard is therefore forgotten once the lock is taken: the `flock` stays
+//! until the descriptor is closed, which is exactly when [`InstanceLock`] is
+//! dropped (or the process ends). The file is opened with `O_NOFOLLOW` and
+//! mode 0600, so a planted symlink cannot redirect it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Proof that this process is the only processor using a lock file.
+///
+/// Dropping it frees the lock; so does the end of the process, however it
+/// ends.
+#[derive(Debug)]
+pub struct InstanceLock {
+    path: PathBuf,
+    lock: fd_lock::RwLock<File>,
+}
+
+impl InstanceLock {
+    /// Takes the lock on `path` (creating the file) without waiting, and
+    /// writes this process's pid into it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyRunning`] with the holder's pid when another process
+    /// (or another `InstanceLock` in this one) holds it; [`Error::LockFile`]
+    /// when the file cannot be opened or written.
+    pub fn acquire(path: &Path) -> Result<InstanceLock> {
+        let lock_error = |source: io::Error| Error::LockFile {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(lock_error)?;
+        let mut lock = fd_lock::RwLock::new(file);
+        let taken = match lock.try_write() {
+            Ok(mut guard) => {
+                let pid = std::process::id();
+                let written = guard
+                    .set_len(0)
+                    .and_then(|()| guard.seek(SeekFrom::Start(0)))
+                    .and_then(|_| writeln!(*guard, "{pid}"))
+                    .and_then(|()| guard.sync_data());
+                // See the module documentation: the lock lives as long as the
+                // descriptor in `lock`, not as long as the guard.
+                std::mem::forget(guard);
+                Ok(written)
+            }
+            Err(e) => Err(e),
+        };
+        match taken {
+            Ok(Ok(())) => {
+                tracing::debug!(path = %path.display(), pid = std::process::id(), "lock file taken");
+                Ok(InstanceLock {
+                    path: path.to_path_buf(),
+                    lock,
+                })
+            }
+            // Dropping `lock` closes the descriptor, which frees the lock.
+            Ok(Err(e)) => Err(lock_error(e)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(Error::AlreadyRunning {
+                path: path.to_path_buf(),
+                pid: read_pid(path),
+            }),
+            Err(e) => Err(lock_error(e)),
+        }
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for InstanceLock {
+    fn drop(&mut self) {
+        // Still locked here: empty the file so that it names nobody, then
+        // the descriptor closes and the kernel frees the lock.
+        if let Ok(guard) = self.lock.try_write() {
+            let _ = guard.set_len(0);
+        }
+    }
+}
+
+/// The pid a holder wrote into `path`, if it is there yet.
+fn read_pid(path: &Path) -> Option<u32> {
+    let mut text = String::new();
+    File::open(path).ok()?.read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
+}
+
+/// The lock file used when none is given: one per database on this host, in
+/// the user's private runtime directory (never a predictable name in a
+/// world-writable directory).
+///
+/// `DIR/import-DATABASE-HASH.lock`, where DIR is the parent of
+/// [`dbslots_core::default_pool_dir`] and HASH identifies the server and
+/// database of `url`, so processors of different queues do not exclude each
+/// other.
+///
+/// # Errors
+///
+/// [`Error::InvalidUrl`] for a URL that cannot be parsed; [`Error::Pool`]
+/// when no private directory can be found or created.
+pub fn default_lock_path(url: &str) -> Result<PathBuf> {
+    let opts = mysql_async::Opts::from_url(url).map_err(|e| Error::InvalidUrl {
+        url: dbslots_core::redact(url),
+        reason: e.to_string(),
+    })?;
+    let db = opts.db_name().unwrap_or("");
+    let key = match opts.socket() {
+        Some(socket) => format!("{socket}/{db}"),
+        None => format!("{}:{}/{db}", opts.ip_or_hostname(), opts.tcp_port()),
+    };
+    let pool_dir = dbslots_core::default_pool_dir()?;
+    let dir = pool_dir.parent().unwrap_or(&pool_dir);
+    let name: String = db
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(40)
+        .collect();
+    Ok(dir.join(format!("import-{name}-{:016x}.lock", fnv1a(key.as_bytes()))))
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_names_the_first_holder_and_drop_frees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("import.lock");
+        let first = InstanceLock::acquire(&path).unwrap();
+        assert_eq!(read_pid(&path), Some(std::process::id()));
+        match InstanceLock::acquire(&path) {
+            Err(Error::AlreadyRunning { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("expected AlreadyRunning, got {other:?}"),
+        }
+        drop(first);
+        assert_eq!(read_pid(&path), None);
+        let again = InstanceLock::acquire(&path).unwrap();
+        assert_eq!(again.path(), path);
+    }
+
+    #[test]
+    fn refuses_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, "keep").unwrap();
+        let link = dir.path().join("import.lock");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(matches!(
+            InstanceLock::acquire(&link),
+            Err(Error::LockFile { .. })
+        ));
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+    }
+
+    #[test]
+    fn default_path_differs_per_database() {
+        let a = default_lock_path("mysql://u:p@db1:3306/readings").unwrap();
+        let b = default_lock_path("mysql://u:p@db1:3306/other").unwrap();
+        let c = default_lock_path("mysql://u:secret@db1:3306/readings").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a, c);
+        let name = a.file_name().unwrap().to_str().unwrap();
+        assert!(name.starts_with("import-readings-"), "{name}");
+    }
+}

@@ -1,0 +1,911 @@
+//! The processor: claims jobs, imports them batch by batch, lets go.
+//!
+//! # Implementation Details
+//!
+//! One loop iteration is one unit of work with one connection: connect
+//! (taking a slot), recover stale jobs, claim a job, import it, close. When
+//! no job is pending the connection is closed before sleeping, so an idle
+//! processor holds nothing on the server.
+//!
+//! Importing a job is a sequence of *attempts* on one connection. An attempt
+//! starts a reader thread at the job's checkpoint and commits what it sends,
+//! batch by batch (each commit is also the heartbeat). When a statement
+//! fails because the connection is gone (killed, timed out, server
+//! restarted) or its transaction was aborted (deadlock, lock wait timeout),
+//! the processor closes the connection, opens a new one, reads the job's row
+//! (the checkpoint there is the truth: a commit whose answer was lost may or
+//! may not have happened) and starts the next attempt from it. Only when
+//! three attempts in a row end this way without moving the checkpoint is the
+//! job failed.
+//!
+//! A stop request (SIGTERM, SIGINT) is looked at between batches: the batch
+//! being committed is finished, the job is put back in the queue with its
+//! checkpoint, the connection is closed and `run` returns.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use tokio::sync::watch;
+
+use crate::batch::Limits;
+use crate::error::{Error, Result};
+use crate::link::{Connection, Connector, is_connection_problem};
+use crate::queue::{self, JobRow, Status};
+use crate::source::{Chunk, FileProblem, ReadPlan, spawn_reader};
+
+/// Attempts in a row that may lose the connection without progress before
+/// the job is failed.
+const MAX_STALLED_ATTEMPTS: u32 = 3;
+
+/// How a processor works on a job.
+#[derive(Debug, Clone)]
+pub struct ProcessorOptions {
+    batch_rows: usize,
+    stale_after: Duration,
+    max_attempts: u32,
+    reconnect_for: Duration,
+    holder: Option<String>,
+}
+
+impl Default for ProcessorOptions {
+    fn default() -> Self {
+        ProcessorOptions {
+            batch_rows: 2000,
+            stale_after: Duration::from_secs(60),
+            max_attempts: 3,
+            reconnect_for: Duration::from_secs(120),
+            holder: None,
+        }
+    }
+}
+
+impl ProcessorOptions {
+    /// The defaults: batches of 2000 lines, jobs stale after 60 s without a
+    /// heartbeat, 3 attempts per job, reconnecting for up to 120 s.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Lines per batch (one transaction), 1 to 100,000; 2000 by default.
+    /// Statements are also kept under half the server's
+    /// `max_allowed_packet`.
+    pub fn batch_rows(mut self, rows: usize) -> Self {
+        self.batch_rows = rows.clamp(1, 100_000);
+        self
+    }
+
+    /// How long a job's holder may go without a heartbeat (a committed
+    /// batch) before another processor puts the job back; 60 s by default.
+    /// Whole seconds, at least 1.
+    pub fn stale_after(mut self, after: Duration) -> Self {
+        self.stale_after = after.max(Duration::from_secs(1));
+        self
+    }
+
+    /// Attempts a job gets before it fails for good when its processors
+    /// keep dying; 3 by default, at least 1.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// How long to keep trying to (re)connect before giving up with
+    /// [`Error::Connect`]; 120 s by default.
+    pub fn reconnect_for(mut self, window: Duration) -> Self {
+        self.reconnect_for = window;
+        self
+    }
+
+    /// The name this processor writes into `import_jobs.holder`; by default
+    /// `HOSTNAME:PID:RANDOM`. Must be unique among running processors.
+    pub fn holder(mut self, name: impl Into<String>) -> Self {
+        self.holder = Some(name.into());
+        self
+    }
+}
+
+/// When [`Processor::run`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    once: bool,
+    sleep: Option<Duration>,
+    max_jobs: Option<u64>,
+    max_time: Option<Duration>,
+}
+
+impl RunOptions {
+    /// A daemon: works until stopped, sleeping 3 s whenever the queue is
+    /// empty.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Returns once no job is pending instead of sleeping (cron mode).
+    pub fn once(mut self, once: bool) -> Self {
+        self.once = once;
+        self
+    }
+
+    /// How long to sleep when the queue is empty; 3 s by default.
+    pub fn sleep(mut self, sleep: Duration) -> Self {
+        self.sleep = Some(sleep);
+        self
+    }
+
+    /// Returns after this many jobs.
+    pub fn max_jobs(mut self, jobs: Option<u64>) -> Self {
+        self.max_jobs = jobs;
+        self
+    }
+
+    /// Starts no new job after this long (the job in hand is finished).
+    pub fn max_time(mut self, time: Option<Duration>) -> Self {
+        self.max_time = time;
+        self
+    }
+}
+
+/// Asks a running processor to stop after its current batch. Cheap to clone;
+/// every clone stops the same processors.
+#[derive(Debug, Clone)]
+pub struct StopSignal {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl Default for StopSignal {
+    fn default() -> Self {
+        StopSignal {
+            tx: Arc::new(watch::channel(false).0),
+        }
+    }
+}
+
+impl StopSignal {
+    /// A signal that has not been given.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Gives the signal.
+    pub fn stop(&self) {
+        self.tx.send_replace(true);
+    }
+
+    /// Whether the signal was given.
+    pub fn is_stopped(&self) -> bool {
+        *self.tx.borrow()
+    }
+
+    /// Waits until the signal is given.
+    pub async fn stopped(&self) {
+        let mut rx = self.tx.subscribe();
+        // The sender lives in `self`, so waiting cannot fail.
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    }
+}
+
+/// Where a job is, for progress displays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// The job's id.
+    pub job_id: u64,
+    /// Its file.
+    pub source: PathBuf,
+    /// Bytes of the file committed (the checkpoint).
+    pub bytes_done: u64,
+    /// The file's size.
+    pub bytes_total: u64,
+    /// Lines imported so far, earlier attempts included.
+    pub rows_imported: u64,
+    /// Lines rejected so far, earlier attempts included.
+    pub rows_rejected: u64,
+}
+
+/// Hears about a processor's work. Every method has a default that does
+/// nothing; they are called on the processor's task, so keep them short.
+pub trait Observer: Send + Sync {
+    /// A job's file is open and its header checked; `progress` is where it
+    /// resumes.
+    fn job_started(&self, progress: &Progress) {
+        let _ = progress;
+    }
+
+    /// A batch was committed.
+    fn batch_committed(&self, progress: &Progress) {
+        let _ = progress;
+    }
+
+    /// The processor is done with a job, one way or another.
+    fn job_finished(&self, report: &JobReport) {
+        let _ = report;
+    }
+}
+
+/// An [`Observer`] that ignores everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoObserver;
+
+impl Observer for NoObserver {}
+
+/// How the processor parted with a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JobOutcome {
+    /// Every line imported.
+    Completed,
+    /// Done; some lines are in `import_errors`.
+    CompletedWithErrors,
+    /// Failed; the message is also the job's `last_error`.
+    Failed(String),
+    /// Put back in the queue with its checkpoint because the processor was
+    /// asked to stop.
+    Released,
+    /// Taken over by another processor after this one stopped heartbeating
+    /// (nothing more was written).
+    Lost,
+    /// Stopped while the server was unreachable: the job stays `processing`
+    /// until it is stale, then goes back to the queue.
+    Interrupted,
+}
+
+impl From<Status> for JobOutcome {
+    fn from(status: Status) -> JobOutcome {
+        match status {
+            Status::Completed => JobOutcome::Completed,
+            Status::CompletedWithErrors => JobOutcome::CompletedWithErrors,
+            Status::Failed => JobOutcome::Failed("failed (see last_error)".into()),
+            Status::Pending | Status::Processing => JobOutcome::Lost,
+        }
+    }
+}
+
+/// What a processor did with one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobReport {
+    /// The job's id.
+    pub id: u64,
+    /// Its file.
+    pub source: PathBuf,
+    /// How it ended.
+    pub outcome: JobOutcome,
+    /// Lines imported in all, earlier attempts included.
+    pub rows_imported: u64,
+    /// Lines rejected in all, earlier attempts included.
+    pub rows_rejected: u64,
+    /// Lines imported or rejected by this processor.
+    pub lines_this_run: u64,
+    /// Connections lost and re-opened during the job.
+    pub reconnects: u32,
+    /// Time spent on the job.
+    pub elapsed: Duration,
+}
+
+/// Why [`Processor::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RunEnd {
+    /// `once` and no job was pending.
+    QueueEmpty,
+    /// `max_jobs` were processed.
+    MaxJobs,
+    /// `max_time` passed.
+    MaxTime,
+    /// The [`StopSignal`] was given.
+    Stopped,
+}
+
+/// What [`Processor::run`] did.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RunSummary {
+    /// Every job it worked on, in order.
+    pub jobs: Vec<JobReport>,
+    /// Stale jobs it put back or failed.
+    pub recovered: u64,
+    /// Why it returned.
+    pub end: RunEnd,
+}
+
+/// Imports jobs from the queue. Get one from
+/// [`Queue::processor`](crate::Queue::processor).
+#[derive(Debug)]
+pub struct Processor {
+    connector: Arc<Connector>,
+    options: ProcessorOptions,
+    holder: String,
+}
+
+/// Where an attempt at a job left it.
+enum Step {
+    /// The processor is done with the job; the connection is usable.
+    Done(JobOutcome),
+    /// The connection is gone or the transaction was aborted.
+    Lost(mysql_async::Error),
+    /// Something that stops the processor.
+    Fatal(Error),
+}
+
+/// Why no job could be claimed.
+enum ClaimFailure {
+    /// The connection is gone or the transaction was aborted.
+    Lost(mysql_async::Error),
+    /// Something that stops the processor.
+    Fatal(Error),
+}
+
+/// A job in hand.
+struct Job {
+    row: JobRow,
+    bytes_total: u64,
+    lines_this_run: u64,
+}
+
+impl Job {
+    fn progress(&self) -> Progress {
+        Progress {
+            job_id: self.row.id,
+            source: self.row.source.clone(),
+            bytes_done: self.row.checkpoint.offset,
+            bytes_total: self.bytes_total,
+            rows_imported: self.row.rows_imported,
+            rows_rejected: self.row.rows_rejected,
+        }
+    }
+}
+
+impl Processor {
+    pub(crate) fn new(connector: Arc<Connector>, options: ProcessorOptions) -> Processor {
+        let holder = options.holder.clone().unwrap_or_else(default_holder);
+        Processor {
+            connector,
+            options,
+            holder,
+        }
+    }
+
+    /// The name this processor writes into `import_jobs.holder`.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// Works through the queue until `run` says to return or `stop` is
+    /// given.
+    ///
+    /// Problems with a job's file or lines never make this fail: they end
+    /// up in the job's `last_error` or in `import_errors`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] when the server cannot be reached within the
+    /// reconnect window; [`Error::Query`] when the queue's own statements
+    /// fail for a reason other than a lost connection (missing privileges,
+    /// say); [`Error::SkipLockedUnsupported`] on a server too old for a
+    /// shared queue.
+    pub async fn run(
+        &self,
+        run: &RunOptions,
+        stop: &StopSignal,
+        observer: &dyn Observer,
+    ) -> Result<RunSummary> {
+        let started = Instant::now();
+        let deadline = run.max_time.map(|t| started + t);
+        let sleep = run.sleep.unwrap_or(Duration::from_secs(3));
+        let mut summary = RunSummary {
+            jobs: Vec::new(),
+            recovered: 0,
+            end: RunEnd::QueueEmpty,
+        };
+        let mut tables_ready = false;
+        let mut failures_since = None::<Instant>;
+        summary.end = loop {
+            if stop.is_stopped() {
+                break RunEnd::Stopped;
+            }
+            if run
+                .max_jobs
+                .is_some_and(|max| summary.jobs.len() as u64 >= max)
+            {
+                break RunEnd::MaxJobs;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break RunEnd::MaxTime;
+            }
+            let Some(mut conn) = self.connect(stop).await? else {
+                break RunEnd::Stopped;
+            };
+            match self.next_job(&mut conn, &mut tables_ready).await {
+                Ok((recovered, job)) => {
+                    failures_since = None;
+                    summary.recovered += recovered;
+                    match job {
+                        Some(job) => {
+                            let report = self.work(conn, job, stop, observer).await?;
+                            observer.job_finished(&report);
+                            summary.jobs.push(report);
+                        }
+                        None => {
+                            conn.close().await;
+                            if run.once {
+                                break RunEnd::QueueEmpty;
+                            }
+                            tracing::debug!(sleep = ?sleep, "no job pending; connection closed, sleeping");
+                            let wake = Instant::now() + sleep;
+                            let wake = deadline.map_or(wake, |d| wake.min(d));
+                            tokio::select! {
+                                () = stop.stopped() => {}
+                                () = tokio::time::sleep_until(wake.into()) => {}
+                            }
+                        }
+                    }
+                }
+                Err(ClaimFailure::Lost(e)) => {
+                    drop(conn);
+                    let since = *failures_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > self.options.reconnect_for {
+                        return Err(self.query_error("claiming a job", e));
+                    }
+                    tracing::warn!(url = %self.connector.url(), error = %e, "lost the connection while claiming a job; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(ClaimFailure::Fatal(e)) => {
+                    conn.close().await;
+                    return Err(e);
+                }
+            }
+        };
+        tracing::debug!(end = ?summary.end, jobs = summary.jobs.len(), "processor returns");
+        Ok(summary)
+    }
+
+    fn query_error(&self, what: &'static str, source: mysql_async::Error) -> Error {
+        Error::Query {
+            what,
+            url: self.connector.url().to_owned(),
+            source,
+        }
+    }
+
+    /// Connects, retrying transient failures within the reconnect window.
+    /// `None` when stopped meanwhile.
+    async fn connect(&self, stop: &StopSignal) -> Result<Option<Connection>> {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let attempt = tokio::select! {
+                biased;
+                () = stop.stopped() => return Ok(None),
+                attempt = self.connector.connect() => attempt,
+            };
+            let failure = match attempt {
+                Ok(conn) => return Ok(Some(conn)),
+                Err(failure) => failure,
+            };
+            let waited = started.elapsed();
+            if !failure.transient || waited + delay > self.options.reconnect_for {
+                return Err(Error::Connect {
+                    url: self.connector.url().to_owned(),
+                    waited,
+                    message: failure.message,
+                });
+            }
+            tracing::warn!(url = %self.connector.url(), error = %failure.message, retry_in = ?delay, "cannot connect; trying again");
+            tokio::select! {
+                biased;
+                () = stop.stopped() => return Ok(None),
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Creates the tables (once per run), recovers stale jobs, claims one.
+    async fn next_job(
+        &self,
+        conn: &mut Connection,
+        tables_ready: &mut bool,
+    ) -> std::result::Result<(u64, Option<JobRow>), ClaimFailure> {
+        let classify = |what: &'static str, e: mysql_async::Error| {
+            if is_connection_problem(&e) {
+                ClaimFailure::Lost(e)
+            } else {
+                ClaimFailure::Fatal(self.query_error(what, e))
+            }
+        };
+        if !*tables_ready {
+            queue::create_tables(conn)
+                .await
+                .map_err(|e| classify("creating the import tables", e))?;
+            *tables_ready = true;
+        }
+        let recovered =
+            queue::recover_stale(conn, self.options.stale_after, self.options.max_attempts)
+                .await
+                .map_err(|e| classify("putting back stale jobs", e))?;
+        if recovered > 0 {
+            tracing::warn!(
+                jobs = recovered,
+                stale_after = ?self.options.stale_after,
+                "put back or failed jobs whose processor stopped heartbeating"
+            );
+        }
+        let job = queue::claim(conn, &self.holder)
+            .await
+            .map_err(|e| match e {
+                mysql_async::Error::Server(s) if s.code == 1064 => {
+                    ClaimFailure::Fatal(Error::SkipLockedUnsupported {
+                        url: self.connector.url().to_owned(),
+                        message: s.message,
+                    })
+                }
+                e => classify("claiming a job", e),
+            })?;
+        Ok((recovered, job))
+    }
+
+    /// Imports a claimed job, re-opening the connection as often as needed,
+    /// and closes the connection.
+    async fn work(
+        &self,
+        mut conn: Connection,
+        row: JobRow,
+        stop: &StopSignal,
+        observer: &dyn Observer,
+    ) -> Result<JobReport> {
+        let started = Instant::now();
+        tracing::info!(
+            job = row.id,
+            source = %row.source.display(),
+            attempt = row.attempts,
+            line = row.checkpoint.line_no,
+            holder = %self.holder,
+            "job claimed"
+        );
+        let mut job = Job {
+            bytes_total: row.file_size.unwrap_or(0),
+            row,
+            lines_this_run: 0,
+        };
+        let mut reconnects = 0;
+        let mut stalled = 0;
+        let mut resync = false;
+        let outcome = loop {
+            let before = job.row.checkpoint;
+            let step = if resync {
+                self.resync(&mut conn, &mut job).await
+            } else {
+                None
+            };
+            let step = match step {
+                Some(step) => step,
+                None => self.attempt(&mut conn, &mut job, stop, observer).await,
+            };
+            match step {
+                Step::Done(outcome) => break outcome,
+                Step::Fatal(e) => {
+                    // The job stays `processing` and goes back to the queue
+                    // once stale.
+                    conn.close().await;
+                    return Err(e);
+                }
+                Step::Lost(e) => {
+                    reconnects += 1;
+                    stalled = if job.row.checkpoint == before {
+                        stalled + 1
+                    } else {
+                        0
+                    };
+                    tracing::warn!(
+                        job = job.row.id,
+                        error = %e,
+                        line = job.row.checkpoint.line_no,
+                        reconnects,
+                        "lost the connection mid-job; re-opening it to resume from the checkpoint"
+                    );
+                    drop(conn);
+                    conn = match self.connect(stop).await? {
+                        Some(conn) => conn,
+                        None => {
+                            return Ok(self.report(
+                                &job,
+                                JobOutcome::Interrupted,
+                                reconnects,
+                                started,
+                            ));
+                        }
+                    };
+                    if stalled >= MAX_STALLED_ATTEMPTS {
+                        let message = format!(
+                            "the connection was lost {stalled} times in a row without progress at line {} (last: {e}); if the server's log shows packets too large, raise max_allowed_packet",
+                            job.row.checkpoint.line_no
+                        );
+                        match self.fail(&mut conn, &job, &message).await {
+                            Step::Lost(e) => {
+                                drop(conn);
+                                return Err(self.query_error("failing a stalled job", e));
+                            }
+                            Step::Fatal(e) => {
+                                conn.close().await;
+                                return Err(e);
+                            }
+                            Step::Done(outcome) => break outcome,
+                        }
+                    }
+                    resync = true;
+                }
+            }
+        };
+        conn.close().await;
+        let report = self.report(&job, outcome, reconnects, started);
+        match &report.outcome {
+            JobOutcome::Failed(error) => {
+                tracing::warn!(job = report.id, source = %report.source.display(), error = %error, "job failed")
+            }
+            JobOutcome::Lost => {
+                tracing::warn!(
+                    job = report.id,
+                    "job was taken over by another processor after a missed heartbeat; left to it"
+                )
+            }
+            outcome => tracing::info!(
+                job = report.id,
+                outcome = ?outcome,
+                rows = report.rows_imported,
+                rejected = report.rows_rejected,
+                elapsed = ?report.elapsed,
+                "done with job"
+            ),
+        }
+        Ok(report)
+    }
+
+    fn report(
+        &self,
+        job: &Job,
+        outcome: JobOutcome,
+        reconnects: u32,
+        started: Instant,
+    ) -> JobReport {
+        JobReport {
+            id: job.row.id,
+            source: job.row.source.clone(),
+            outcome,
+            rows_imported: job.row.rows_imported,
+            rows_rejected: job.row.rows_rejected,
+            lines_this_run: job.lines_this_run,
+            reconnects,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// After a reconnect: reads the job's row. `None` when the job is still
+    /// ours (its checkpoint and counters now from the row).
+    async fn resync(&self, conn: &mut Connection, job: &mut Job) -> Option<Step> {
+        let row = match queue::load(conn, job.row.id).await {
+            Ok(row) => row,
+            Err(e) if is_connection_problem(&e) => return Some(Step::Lost(e)),
+            Err(e) => return Some(Step::Fatal(self.query_error("reading a job", e))),
+        };
+        let Some(row) = row else {
+            return Some(Step::Done(JobOutcome::Lost));
+        };
+        let ours = row.holder.as_deref() == Some(self.holder.as_str());
+        let status = row.status;
+        job.row.checkpoint = row.checkpoint;
+        job.row.rows_imported = row.rows_imported;
+        job.row.rows_rejected = row.rows_rejected;
+        job.row.file_size = row.file_size;
+        match (ours, status) {
+            (true, Status::Processing) => None,
+            // Finished, and the answer to the finishing statement was lost.
+            (true, status) if status.is_final() => Some(Step::Done(status.into())),
+            _ => Some(Step::Done(JobOutcome::Lost)),
+        }
+    }
+
+    /// One pass over the rest of the file on one connection.
+    async fn attempt(
+        &self,
+        conn: &mut Connection,
+        job: &mut Job,
+        stop: &StopSignal,
+        observer: &dyn Observer,
+    ) -> Step {
+        let statement_bytes = match queue::statement_bytes(conn).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                return self
+                    .on_error(conn, job, "reading max_allowed_packet", e)
+                    .await;
+            }
+        };
+        let plan = ReadPlan {
+            job_id: job.row.id,
+            path: job.row.source.clone(),
+            start: job.row.checkpoint,
+            expected_size: job.row.file_size,
+            limits: Limits {
+                rows: self.options.batch_rows,
+                statement_bytes,
+            },
+        };
+        let mut rx = match spawn_reader(plan) {
+            Ok(rx) => rx,
+            Err(source) => {
+                return Step::Fatal(Error::Thread {
+                    path: job.row.source.clone(),
+                    source,
+                });
+            }
+        };
+        loop {
+            let Some(message) = rx.recv().await else {
+                // The reader ends every file with `End` or a problem; a
+                // silent end means its thread died.
+                return self
+                    .fail(
+                        conn,
+                        job,
+                        &format!(
+                            "reading {} stopped unexpectedly at line {}; enqueue the file again",
+                            job.row.source.display(),
+                            job.row.checkpoint.line_no
+                        ),
+                    )
+                    .await;
+            };
+            match message {
+                Err(problem) => return self.fail(conn, job, &problem.to_string()).await,
+                Ok(Chunk::Opened { size }) => {
+                    job.row.file_size = Some(size);
+                    job.bytes_total = size;
+                    observer.job_started(&job.progress());
+                }
+                Ok(Chunk::Batch(batch)) => {
+                    let committed = queue::commit_batch(
+                        conn,
+                        job.row.id,
+                        &self.holder,
+                        &batch,
+                        job.row.file_size,
+                    )
+                    .await;
+                    match committed {
+                        Ok(true) => {
+                            job.row.checkpoint = batch.end;
+                            job.row.rows_imported += batch.rows;
+                            job.row.rows_rejected += batch.rejected;
+                            job.lines_this_run += batch.rows + batch.rejected;
+                            tracing::trace!(
+                                job = job.row.id,
+                                line = batch.end.line_no,
+                                rows = batch.rows,
+                                rejected = batch.rejected,
+                                "batch committed"
+                            );
+                            observer.batch_committed(&job.progress());
+                            if stop.is_stopped() {
+                                return self.release(conn, job).await;
+                            }
+                        }
+                        Ok(false) => return Step::Done(JobOutcome::Lost),
+                        Err(e) => return self.on_error(conn, job, "committing a batch", e).await,
+                    }
+                }
+                Ok(Chunk::End) => {
+                    if job.row.rows_imported + job.row.rows_rejected == 0 {
+                        let problem = FileProblem::NoData(job.row.source.clone());
+                        return self.fail(conn, job, &problem.to_string()).await;
+                    }
+                    return match queue::finish(conn, job.row.id, &self.holder).await {
+                        Ok(Some(status)) => Step::Done(status.into()),
+                        Ok(None) => Step::Done(JobOutcome::Lost),
+                        Err(e) => self.on_error(conn, job, "finishing a job", e).await,
+                    };
+                }
+            }
+        }
+    }
+
+    /// A statement failed: a lost connection is retried, anything else fails
+    /// the job (the processor goes on with the next one).
+    async fn on_error(
+        &self,
+        conn: &mut Connection,
+        job: &Job,
+        what: &str,
+        e: mysql_async::Error,
+    ) -> Step {
+        if is_connection_problem(&e) {
+            return Step::Lost(e);
+        }
+        let _ = conn.query_drop("ROLLBACK").await;
+        self.fail(conn, job, &format!("{what} failed: {e}")).await
+    }
+
+    async fn fail(&self, conn: &mut Connection, job: &Job, message: &str) -> Step {
+        match queue::fail(conn, job.row.id, &self.holder, message).await {
+            Ok(true) => Step::Done(JobOutcome::Failed(message.to_owned())),
+            Ok(false) => Step::Done(JobOutcome::Lost),
+            Err(e) if is_connection_problem(&e) => Step::Lost(e),
+            Err(e) => Step::Fatal(self.query_error("failing a job", e)),
+        }
+    }
+
+    async fn release(&self, conn: &mut Connection, job: &Job) -> Step {
+        match queue::release(conn, job.row.id, &self.holder).await {
+            Ok(true) => {
+                tracing::info!(
+                    job = job.row.id,
+                    line = job.row.checkpoint.line_no,
+                    "stopping: job put back in the queue at its checkpoint"
+                );
+                Step::Done(JobOutcome::Released)
+            }
+            Ok(false) => Step::Done(JobOutcome::Lost),
+            Err(e) if is_connection_problem(&e) => Step::Lost(e),
+            Err(e) => Step::Fatal(self.query_error("putting a job back", e)),
+        }
+    }
+}
+
+/// `HOSTNAME:PID:RANDOM`: unique among processors, readable in `status`.
+fn default_holder() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let host = if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "unknown-host".to_owned()
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let host: String = host.chars().take(200).collect();
+    format!("{host}:{}:{:08x}", std::process::id(), nanos ^ 0x5bd1_e995)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holder_names_host_and_pid() {
+        let h = default_holder();
+        let parts: Vec<&str> = h.rsplitn(3, ':').collect();
+        assert_eq!(parts[1], std::process::id().to_string());
+        assert!(!parts[2].is_empty());
+    }
+
+    #[tokio::test]
+    async fn stop_signal_wakes_waiters() {
+        let stop = StopSignal::new();
+        assert!(!stop.is_stopped());
+        let waiter = {
+            let stop = stop.clone();
+            tokio::spawn(async move { stop.stopped().await })
+        };
+        stop.stop();
+        waiter.await.unwrap();
+        assert!(stop.is_stopped());
+        // Already given: returns at once.
+        stop.stopped().await;
+    }
+
+    #[test]
+    fn option_bounds() {
+        let o = ProcessorOptions::new()
+            .batch_rows(0)
+            .max_attempts(0)
+            .stale_after(Duration::ZERO);
+        assert_eq!(o.batch_rows, 1);
+        assert_eq!(o.max_attempts, 1);
+        assert_eq!(o.stale_after, Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,487 @@
+//! The tables and every statement on them.
+//!
+//! # Implementation Details
+//!
+//! `import_jobs` is the queue. A job moves
+//! `pending → processing → completed | completed_with_errors | failed`, and
+//! back from `processing` to `pending` when its processor stops on a signal
+//! ([`release`]) or stops heartbeating ([`recover_stale`]).
+//!
+//! Invariants, each kept by a single statement or transaction:
+//!
+//! * **One holder.** [`claim`] picks the oldest pending job with
+//!   `SELECT ... FOR UPDATE SKIP LOCKED` and marks it `processing` with the
+//!   processor's holder name in the same transaction, so two processors
+//!   never claim the same job and neither waits for the other's row lock.
+//!   Every later write of a processor is conditional on
+//!   `holder = me AND status = 'processing'`: a processor whose job was
+//!   taken away learns it at its next write and stops, having written
+//!   nothing.
+//! * **Checkpoint and rows together.** [`commit_batch`] moves the job's
+//!   checkpoint (`byte_offset`, `line_no`), its counters and its heartbeat,
+//!   and inserts the batch's readings and rejections, in one transaction.
+//!   The job row is updated first, so the transaction holds its lock while
+//!   it inserts and a concurrent [`recover_stale`] waits, then sees a fresh
+//!   heartbeat. After a crash the job's row says exactly which lines are in.
+//! * **Staleness in seconds.** Heartbeats are `DATETIME(6)` in UTC and ages
+//!   are `TIMESTAMPDIFF(SECOND, heartbeat_at, UTC_TIMESTAMP(6))`, never
+//!   `NOW() - ts` (which is not a number of seconds) and never dependent on
+//!   a session's time zone.
+//! * **Attempts.** A claim counts an attempt; a release on a signal takes
+//!   it back (stopping is not failing); a job that stopped heartbeating is
+//!   put back while it has attempts left and failed after the last one.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use mysql_async::prelude::{FromValue, Queryable};
+use mysql_async::{Conn, Row};
+
+use crate::batch::{Batch, push_text};
+use crate::source::Checkpoint;
+
+type DbResult<T> = std::result::Result<T, mysql_async::Error>;
+
+/// The statements that create the tables, each idempotent.
+const SCHEMA: [&str; 3] = [
+    "CREATE TABLE IF NOT EXISTS import_jobs (
+        id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+        source VARCHAR(4096) NOT NULL,
+        status ENUM('pending','processing','completed','completed_with_errors','failed') NOT NULL DEFAULT 'pending',
+        attempts INT UNSIGNED NOT NULL DEFAULT 0,
+        rows_imported BIGINT UNSIGNED NOT NULL DEFAULT 0,
+        rows_rejected BIGINT UNSIGNED NOT NULL DEFAULT 0,
+        byte_offset BIGINT UNSIGNED NOT NULL DEFAULT 0,
+        line_no BIGINT UNSIGNED NOT NULL DEFAULT 0,
+        file_size BIGINT UNSIGNED NULL,
+        last_error TEXT NULL,
+        holder VARCHAR(255) NULL,
+        heartbeat_at DATETIME(6) NULL,
+        created_at DATETIME(6) NOT NULL,
+        started_at DATETIME(6) NULL,
+        finished_at DATETIME(6) NULL,
+        PRIMARY KEY (id),
+        KEY import_jobs_status (status, id)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    "CREATE TABLE IF NOT EXISTS meter_readings (
+        meter_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+        reading_at DATETIME NOT NULL,
+        kwh DECIMAL(18,6) NOT NULL,
+        PRIMARY KEY (meter_id, reading_at)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    "CREATE TABLE IF NOT EXISTS import_errors (
+        job_id BIGINT UNSIGNED NOT NULL,
+        line_no BIGINT UNSIGNED NOT NULL,
+        reason VARCHAR(255) NOT NULL,
+        raw_line TEXT NOT NULL,
+        PRIMARY KEY (job_id, line_no)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+];
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Status {
+    /// Waiting for a processor.
+    Pending,
+    /// A processor is importing it.
+    Processing,
+    /// Every line was imported.
+    Completed,
+    /// Done; some lines were rejected into `import_errors`.
+    CompletedWithErrors,
+    /// Given up; `last_error` says why.
+    Failed,
+}
+
+impl Status {
+    /// Every status, in life order.
+    pub const ALL: [Status; 5] = [
+        Status::Pending,
+        Status::Processing,
+        Status::Completed,
+        Status::CompletedWithErrors,
+        Status::Failed,
+    ];
+
+    /// The name stored in `import_jobs.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Processing => "processing",
+            Status::Completed => "completed",
+            Status::CompletedWithErrors => "completed_with_errors",
+            Status::Failed => "failed",
+        }
+    }
+
+    /// Whether the job is done, one way or the other.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Status::Completed | Status::CompletedWithErrors | Status::Failed
+        )
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Status, String> {
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown job status {s:?}"))
+    }
+}
+
+/// One job as `dbslots import status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobStatus {
+    /// The job's id.
+    pub id: u64,
+    /// The file, as enqueued.
+    pub source: String,
+    /// Where the job is.
+    pub status: Status,
+    /// Claims so far (a release on a signal does not count).
+    pub attempts: u32,
+    /// Lines imported into `meter_readings` so far.
+    pub rows_imported: u64,
+    /// Lines rejected into `import_errors` so far.
+    pub rows_rejected: u64,
+    /// Why the job failed, or what happened to an earlier attempt.
+    pub last_error: Option<String>,
+    /// The processor that holds the job, or finished it.
+    pub holder: Option<String>,
+    /// Seconds since the holder's last heartbeat.
+    pub heartbeat_age_secs: Option<u64>,
+    /// When it was enqueued, `YYYY-MM-DD HH:MM:SS` UTC.
+    pub created_at: String,
+    /// When it was first claimed.
+    pub started_at: Option<String>,
+    /// When it was finished.
+    pub finished_at: Option<String>,
+}
+
+/// A job's row, as the processor needs it.
+#[derive(Debug, Clone)]
+pub(crate) struct JobRow {
+    pub id: u64,
+    pub source: PathBuf,
+    pub status: Status,
+    pub holder: Option<String>,
+    pub attempts: u32,
+    pub checkpoint: Checkpoint,
+    pub rows_imported: u64,
+    pub rows_rejected: u64,
+    pub file_size: Option<u64>,
+}
+
+const JOB_COLUMNS: &str = "id, source, status, holder, attempts, byte_offset, line_no, rows_imported, rows_rejected, file_size";
+
+fn job_row(mut row: Row) -> DbResult<JobRow> {
+    let status: String = take(&mut row, 2)?;
+    let source: String = take(&mut row, 1)?;
+    Ok(JobRow {
+        id: take(&mut row, 0)?,
+        source: PathBuf::from(source),
+        status: status.parse().map_err(other)?,
+        holder: take(&mut row, 3)?,
+        attempts: take(&mut row, 4)?,
+        checkpoint: Checkpoint {
+            offset: take(&mut row, 5)?,
+            line_no: take(&mut row, 6)?,
+        },
+        rows_imported: take(&mut row, 7)?,
+        rows_rejected: take(&mut row, 8)?,
+        file_size: take(&mut row, 9)?,
+    })
+}
+
+fn take<T: FromValue>(row: &mut Row, i: usize) -> DbResult<T> {
+    match row.take_opt::<T, usize>(i) {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e)) => Err(other(format!("column {i}: {e}"))),
+        None => Err(other(format!("column {i} is missing"))),
+    }
+}
+
+fn other(message: impl Into<String>) -> mysql_async::Error {
+    mysql_async::Error::Other(message.into().into())
+}
+
+/// Creates the tables that are missing.
+pub(crate) async fn create_tables(conn: &mut Conn) -> DbResult<()> {
+    for ddl in SCHEMA {
+        conn.query_drop(ddl).await?;
+    }
+    Ok(())
+}
+
+/// Bytes per statement: half the server's `max_allowed_packet`, at most
+/// 8 MiB.
+pub(crate) async fn statement_bytes(conn: &mut Conn) -> DbResult<usize> {
+    let packet: Option<u64> = conn.query_first("SELECT @@max_allowed_packet").await?;
+    let packet = packet.unwrap_or(1 << 20);
+    Ok(usize::try_from(packet / 2)
+        .unwrap_or(usize::MAX)
+        .min(8 << 20))
+}
+
+/// Puts back (or fails, after `max_attempts`) jobs whose holder has not
+/// heartbeated for `stale_after`. Returns how many.
+pub(crate) async fn recover_stale(
+    conn: &mut Conn,
+    stale_after: Duration,
+    max_attempts: u32,
+) -> DbResult<u64> {
+    // Assignments run left to right: `last_error` still sees the old holder
+    // and heartbeat.
+    let sql = format!(
+        "UPDATE import_jobs SET \
+           last_error = CONCAT('its processor ', COALESCE(holder, '?'), ' stopped heartbeating (last at ', \
+             COALESCE(DATE_FORMAT(heartbeat_at, '%Y-%m-%d %H:%i:%s'), 'never'), ' UTC); ', \
+             IF(attempts >= {max}, CONCAT('failed after ', attempts, ' attempts'), 'put back in the queue')), \
+           status = IF(attempts >= {max}, 'failed', 'pending'), \
+           finished_at = IF(attempts >= {max}, UTC_TIMESTAMP(6), NULL), \
+           holder = NULL, \
+           heartbeat_at = NULL \
+         WHERE status = 'processing' \
+           AND (heartbeat_at IS NULL OR TIMESTAMPDIFF(SECOND, heartbeat_at, UTC_TIMESTAMP(6)) >= {secs})",
+        max = max_attempts,
+        secs = stale_after.as_secs(),
+    );
+    conn.query_drop(sql).await?;
+    Ok(conn.affected_rows())
+}
+
+/// Claims the oldest pending job for `holder`, or `None` when none is
+/// pending (or every pending one is being claimed by someone else).
+pub(crate) async fn claim(conn: &mut Conn, holder: &str) -> DbResult<Option<JobRow>> {
+    conn.query_drop("START TRANSACTION").await?;
+    let picked: Option<Row> = match conn
+        .query_first(format!(
+            "SELECT {JOB_COLUMNS} FROM import_jobs WHERE status = 'pending' \
+             ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
+        ))
+        .await
+    {
+        Ok(row) => row,
+        Err(e) => {
+            let _ = conn.query_drop("ROLLBACK").await;
+            return Err(e);
+        }
+    };
+    let Some(row) = picked else {
+        conn.query_drop("COMMIT").await?;
+        return Ok(None);
+    };
+    let mut job = job_row(row)?;
+    let mut sql = String::from(
+        "UPDATE import_jobs SET status = 'processing', attempts = attempts + 1, \
+         heartbeat_at = UTC_TIMESTAMP(6), started_at = COALESCE(started_at, UTC_TIMESTAMP(6)), holder = ",
+    );
+    push_text(&mut sql, holder);
+    sql.push_str(&format!(" WHERE id = {}", job.id));
+    conn.query_drop(sql).await?;
+    conn.query_drop("COMMIT").await?;
+    job.status = Status::Processing;
+    job.holder = Some(holder.to_owned());
+    job.attempts += 1;
+    Ok(Some(job))
+}
+
+/// Reads a job's row.
+pub(crate) async fn load(conn: &mut Conn, id: u64) -> DbResult<Option<JobRow>> {
+    let row: Option<Row> = conn
+        .query_first(format!(
+            "SELECT {JOB_COLUMNS} FROM import_jobs WHERE id = {id}"
+        ))
+        .await?;
+    row.map(job_row).transpose()
+}
+
+fn held_by(sql: &mut String, id: u64, holder: &str) {
+    sql.push_str(&format!(
+        " WHERE id = {id} AND status = 'processing' AND holder = "
+    ));
+    push_text(sql, holder);
+}
+
+/// Commits a batch with the job's new checkpoint, counters and heartbeat.
+/// `Ok(false)` when the job is no longer this holder's (nothing written).
+pub(crate) async fn commit_batch(
+    conn: &mut Conn,
+    id: u64,
+    holder: &str,
+    batch: &Batch,
+    file_size: Option<u64>,
+) -> DbResult<bool> {
+    conn.query_drop("START TRANSACTION").await?;
+    let result = async {
+        let mut sql = format!(
+            "UPDATE import_jobs SET byte_offset = {}, line_no = {}, rows_imported = rows_imported + {}, \
+             rows_rejected = rows_rejected + {}, file_size = {}, heartbeat_at = UTC_TIMESTAMP(6)",
+            batch.end.offset,
+            batch.end.line_no,
+            batch.rows,
+            batch.rejected,
+            file_size.map_or_else(|| "NULL".to_owned(), |s| s.to_string()),
+        );
+        held_by(&mut sql, id, holder);
+        conn.query_drop(sql).await?;
+        // The checkpoint moves forward with every batch, so a matching row
+        // always changes and the affected-row count is 1.
+        if conn.affected_rows() != 1 {
+            return Ok(false);
+        }
+        if let Some(sql) = &batch.readings_sql {
+            conn.query_drop(sql.as_str()).await?;
+        }
+        if let Some(sql) = &batch.errors_sql {
+            conn.query_drop(sql.as_str()).await?;
+        }
+        Ok(true)
+    }
+    .await;
+    match result {
+        Ok(true) => {
+            conn.query_drop("COMMIT").await?;
+            Ok(true)
+        }
+        Ok(false) => {
+            conn.query_drop("ROLLBACK").await?;
+            Ok(false)
+        }
+        Err(e) => {
+            let _ = conn.query_drop("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+/// Marks the job done. `Ok(None)` when it is no longer this holder's.
+pub(crate) async fn finish(conn: &mut Conn, id: u64, holder: &str) -> DbResult<Option<Status>> {
+    let mut sql = String::from(
+        "UPDATE import_jobs SET status = IF(rows_rejected > 0, 'completed_with_errors', 'completed'), \
+         finished_at = UTC_TIMESTAMP(6), heartbeat_at = UTC_TIMESTAMP(6)",
+    );
+    held_by(&mut sql, id, holder);
+    conn.query_drop(sql).await?;
+    if conn.affected_rows() != 1 {
+        return Ok(None);
+    }
+    Ok(load(conn, id).await?.map(|job| job.status))
+}
+
+/// Fails the job with `message` as its `last_error`. `false` when it is no
+/// longer this holder's.
+pub(crate) async fn fail(conn: &mut Conn, id: u64, holder: &str, message: &str) -> DbResult<bool> {
+    let mut sql = String::from("UPDATE import_jobs SET status = 'failed', last_error = ");
+    push_text(&mut sql, &crate::parse::shorten(message, 4000));
+    sql.push_str(", finished_at = UTC_TIMESTAMP(6), heartbeat_at = UTC_TIMESTAMP(6)");
+    held_by(&mut sql, id, holder);
+    conn.query_drop(sql).await?;
+    Ok(conn.affected_rows() == 1)
+}
+
+/// Puts the job back in the queue without counting the attempt (the
+/// processor is stopping). `false` when it is no longer this holder's.
+pub(crate) async fn release(conn: &mut Conn, id: u64, holder: &str) -> DbResult<bool> {
+    let mut sql = String::from(
+        "UPDATE import_jobs SET status = 'pending', holder = NULL, heartbeat_at = NULL, \
+         attempts = GREATEST(attempts, 1) - 1",
+    );
+    held_by(&mut sql, id, holder);
+    conn.query_drop(sql).await?;
+    Ok(conn.affected_rows() == 1)
+}
+
+/// Adds one pending job per source, in one transaction; returns their ids.
+pub(crate) async fn enqueue(conn: &mut Conn, sources: &[String]) -> DbResult<Vec<u64>> {
+    conn.query_drop("START TRANSACTION").await?;
+    let mut ids = Vec::with_capacity(sources.len());
+    for source in sources {
+        let mut sql = String::from("INSERT INTO import_jobs (source, created_at) VALUES (");
+        push_text(&mut sql, source);
+        sql.push_str(", UTC_TIMESTAMP(6))");
+        if let Err(e) = conn.query_drop(sql).await {
+            let _ = conn.query_drop("ROLLBACK").await;
+            return Err(e);
+        }
+        match conn.last_insert_id() {
+            Some(id) => ids.push(id),
+            None => {
+                let _ = conn.query_drop("ROLLBACK").await;
+                return Err(other("the server returned no id for the new job"));
+            }
+        }
+    }
+    conn.query_drop("COMMIT").await?;
+    Ok(ids)
+}
+
+/// The newest `limit` jobs (all without a limit), oldest first.
+pub(crate) async fn list(conn: &mut Conn, limit: Option<u64>) -> DbResult<Vec<JobStatus>> {
+    let limit = limit.map_or_else(String::new, |n| format!(" LIMIT {n}"));
+    let rows: Vec<Row> = match conn
+        .query(format!(
+            "SELECT * FROM (SELECT id, source, status, attempts, rows_imported, rows_rejected, last_error, holder, \
+               TIMESTAMPDIFF(SECOND, heartbeat_at, UTC_TIMESTAMP(6)), \
+               DATE_FORMAT(created_at, '%Y-%m-%d %H:%i:%s'), \
+               DATE_FORMAT(started_at, '%Y-%m-%d %H:%i:%s'), \
+               DATE_FORMAT(finished_at, '%Y-%m-%d %H:%i:%s') \
+             FROM import_jobs ORDER BY id DESC{limit}) newest ORDER BY id"
+        ))
+        .await
+    {
+        Ok(rows) => rows,
+        Err(mysql_async::Error::Server(e)) if e.code == 1146 => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    rows.into_iter()
+        .map(|mut row| {
+            let status: String = take(&mut row, 2)?;
+            let age: Option<i64> = take(&mut row, 8)?;
+            Ok(JobStatus {
+                id: take(&mut row, 0)?,
+                source: take(&mut row, 1)?,
+                status: status.parse().map_err(other)?,
+                attempts: take(&mut row, 3)?,
+                rows_imported: take(&mut row, 4)?,
+                rows_rejected: take(&mut row, 5)?,
+                last_error: take(&mut row, 6)?,
+                holder: take(&mut row, 7)?,
+                heartbeat_age_secs: age.map(|a| a.max(0) as u64),
+                created_at: take(&mut row, 9)?,
+                started_at: take(&mut row, 10)?,
+                finished_at: take(&mut row, 11)?,
+            })
+        })
+        .collect()
+}
+
+/// How many jobs are in each status (statuses without jobs left out).
+pub(crate) async fn counts(conn: &mut Conn) -> DbResult<Vec<(Status, u64)>> {
+    let rows: Vec<(String, u64)> = match conn
+        .query("SELECT CAST(status AS CHAR), COUNT(*) FROM import_jobs GROUP BY status")
+        .await
+    {
+        Ok(rows) => rows,
+        Err(mysql_async::Error::Server(e)) if e.code == 1146 => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut counts = rows
+        .into_iter()
+        .map(|(s, n)| Ok((s.parse().map_err(other)?, n)))
+        .collect::<DbResult<Vec<(Status, u64)>>>()?;
+    counts.sort();
+    Ok(counts)
+}

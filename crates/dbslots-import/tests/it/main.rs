@@ -1,0 +1,10 @@
+//! dbslots-import against a real server. Each test works in a scratch
+//! database of its own, so they run in parallel; without a test server
+//! (`cargo xtask test` provides one) they print SKIPPED and pass, unless
+//! `DBSLOTS_TEST_REQUIRE_SERVERS=1`.
+
+mod bad_lines;
+mod killed_connection;
+mod support;
+mod twice;
+mod two_processors;

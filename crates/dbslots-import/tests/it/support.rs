@@ -1,0 +1,154 @@
+//! A database of its own for each test, on the shared test server.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+use tokio::runtime::Runtime;
+
+/// A scratch database (the ordinary test account may create
+/// `dbslots_scratch*` databases), a runtime and a directory for files;
+/// dropping it drops the database.
+pub struct TestDb {
+    /// The ordinary account's URL, pointing at the scratch database.
+    pub url: String,
+    /// The administrative account's URL.
+    pub admin_url: String,
+    /// The scratch database's name.
+    pub name: String,
+    /// A directory for the test's files.
+    pub dir: tempfile::TempDir,
+    rt: Runtime,
+}
+
+impl TestDb {
+    /// `None` (after a SKIPPED line) when no test server is configured.
+    pub fn create(tag: &str) -> Option<TestDb> {
+        let shared = dbslots_testkit::shared_mysql()?;
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "dbslots_scratch_imp_{tag}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        rt.block_on(async {
+            let mut conn = Conn::from_url(&shared.user_url)
+                .await
+                .expect("the test account connects");
+            conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
+                .await
+                .unwrap();
+            conn.query_drop(format!("CREATE DATABASE `{name}`"))
+                .await
+                .unwrap();
+            conn.disconnect().await.unwrap();
+        });
+        Some(TestDb {
+            url: with_database(&shared.user_url, &name),
+            admin_url: with_database(&shared.admin_url, &name),
+            name,
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            rt,
+        })
+    }
+
+    /// Runs a future on the test's runtime.
+    pub fn block_on<F: Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// A connection of the ordinary account to the scratch database.
+    pub async fn conn(&self) -> Conn {
+        Conn::from_url(&self.url).await.expect("connect")
+    }
+
+    /// A connection of the administrative account.
+    pub async fn admin(&self) -> Conn {
+        Conn::from_url(&self.admin_url)
+            .await
+            .expect("connect as admin")
+    }
+
+    /// The first column of the first row of `sql`, as a number.
+    pub async fn number(&self, sql: &str) -> u64 {
+        let mut conn = self.conn().await;
+        let n: Option<u64> = conn.query_first(sql).await.expect(sql);
+        conn.disconnect().await.unwrap();
+        n.unwrap_or_else(|| panic!("{sql} returned no row"))
+    }
+
+    /// Writes a file into the test's directory.
+    pub fn write(&self, name: &str, contents: &[u8]) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).expect("write a test file");
+        path
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (url, name) = (self.url.clone(), self.name.clone());
+        let _ = self.rt.block_on(async move {
+            let mut conn = Conn::from_url(&url).await?;
+            conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
+                .await?;
+            conn.disconnect().await
+        });
+    }
+}
+
+/// `url` with its database replaced by `db`.
+pub fn with_database(url: &str, db: &str) -> String {
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let path_start = url[authority_start..]
+        .find('/')
+        .map_or(url.len(), |i| authority_start + i);
+    let query_start = url[path_start..]
+        .find('?')
+        .map_or(url.len(), |i| path_start + i);
+    format!("{}/{db}{}", &url[..path_start], &url[query_start..])
+}
+
+/// A CSV of `n` readings, `meter-(i % 97)` at minute `i`, kWh `i/1000`
+/// (each key unique);
+/// every `bad_every`-th line (0: none) has a negative kWh instead. Returns
+/// the contents, the number of good lines, the sum of their `i` (so the sum
+/// of their kWh times 1000) and the line numbers of the bad.
+pub fn readings(n: u64, bad_every: u64) -> (Vec<u8>, u64, u64, Vec<u64>) {
+    let mut out = String::from("meter_id,reading_at,kwh\n");
+    let mut bad = Vec::new();
+    let mut sum = 0;
+    for i in 1..=n {
+        let line_no = i + 1;
+        let (day, minute) = (i / 1440, i % 1440);
+        let ts = format!(
+            "{}-{:02}-{:02} {:02}:{:02}:00",
+            2000 + day / 336,
+            1 + day / 28 % 12,
+            1 + day % 28,
+            minute / 60,
+            minute % 60
+        );
+        if bad_every > 0 && i % bad_every == 0 {
+            out.push_str(&format!("meter-{},{ts},-{i}\n", i % 97));
+            bad.push(line_no);
+        } else {
+            out.push_str(&format!(
+                "meter-{},{ts},{}.{:03}\n",
+                i % 97,
+                i / 1000,
+                i % 1000
+            ));
+            sum += i;
+        }
+    }
+    let good = n - bad.len() as u64;
+    (out.into_bytes(), good, sum, bad)
+}
