@@ -64,9 +64,11 @@
 //! # }
 //! ```
 //!
-//! Servers are for Linux: attached servers rely on `PR_SET_PDEATHSIG`, which
-//! fires when the *thread* that started the server exits; keep a server in
-//! the thread (the test) that started it.
+//! The crate targets Linux: attached servers rely on `PR_SET_PDEATHSIG` to
+//! die with the process that started them, even when it is killed or keeps
+//! a server in a `static` that is never dropped (then only the temporary
+//! directory stays behind, which `cargo xtask test` deletes with its scratch
+//! directory).
 
 #![deny(missing_docs)]
 

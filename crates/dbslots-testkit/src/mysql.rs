@@ -55,10 +55,12 @@ pub struct MysqlOptions {
     /// Container image for the container backend; defaults to
     /// `$DBSLOTS_TEST_MYSQL_IMAGE`, else [`DEFAULT_IMAGE`].
     pub image: Option<String>,
-    /// Whether the server dies with the thread that starts it even when
-    /// `Drop` cannot run (the calling thread is killed). True by default, as
-    /// tests and `cargo xtask test` want; false for a server meant to outlive
-    /// its starter ([`MysqlServer::detach`]). Local processes only.
+    /// Whether the server dies with the process that starts it even when
+    /// `Drop` cannot run (the process is killed, or the server sits in a
+    /// `static`). True by default, as tests and `cargo xtask test` want;
+    /// false for a server meant to outlive its starter
+    /// ([`MysqlServer::detach`]). Local processes only: a container outlives
+    /// a killed starter.
     pub attached: bool,
 }
 
@@ -218,7 +220,7 @@ impl MysqlServer {
     /// Leaves the server running and returns what is needed to stop it
     /// later, from another process. Meant for servers started with
     /// [`MysqlOptions::attached`] false: an attached server still dies with
-    /// the thread that started it.
+    /// the process that started it.
     pub fn detach(mut self) -> DetachedState {
         let port = self.port;
         match self.running.take() {

@@ -7,8 +7,11 @@
 //! typed at the terminal reaches the test or xtask process (which then stops
 //! the server in order) but never the server itself, and so that stopping a
 //! server signals the whole group. An *attached* server additionally gets
-//! `PR_SET_PDEATHSIG(SIGKILL)` on Linux: if the thread that started it dies
-//! without running `Drop` (SIGKILL, abort), the kernel kills the server too.
+//! `PR_SET_PDEATHSIG(SIGKILL)` on Linux: if its starter dies without running
+//! `Drop` (SIGKILL, abort, or a server kept in a `static`), the kernel kills
+//! the server too. The kernel sends that signal when the *thread* that
+//! forked the server exits, so attached servers are forked by one spawner
+//! thread that lives as long as the process.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -18,6 +21,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, OnceLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -57,9 +61,12 @@ impl ServerProcess {
             set_parent_death_signal(&mut command, libc::SIGKILL);
         }
         let program = command.get_program().to_string_lossy().into_owned();
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start {program}"))?;
+        let child = if attached {
+            spawn_from_long_lived_thread(command)
+        } else {
+            command.spawn()
+        }
+        .with_context(|| format!("cannot start {program}"))?;
         Ok(Self { child })
     }
 
@@ -102,6 +109,41 @@ impl ServerProcess {
         // Dropping a `Child` neither kills nor waits for the process.
         self.child.id()
     }
+}
+
+type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
+
+/// Spawns `command` from a thread that never exits, so that a parent-death
+/// signal fires only when the whole process ends.
+fn spawn_from_long_lived_thread(command: Command) -> io::Result<Child> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (requests, incoming) = mpsc::channel::<SpawnRequest>();
+        let started = thread::Builder::new()
+            .name("dbslots-testkit-spawner".into())
+            .spawn(move || {
+                // Ends only with the process: the sender lives in a static.
+                for (mut command, reply) in incoming {
+                    let _ = reply.send(command.spawn());
+                }
+            });
+        if let Err(e) = started {
+            // The requests then fail below with a closed channel.
+            eprintln!("dbslots-testkit: cannot start the spawner thread: {e}");
+        }
+        Mutex::new(requests)
+    });
+    let (reply, answer) = mpsc::channel();
+    let sent = spawner
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .send((command, reply));
+    if sent.is_err() {
+        return Err(io::Error::other("the spawner thread is gone"));
+    }
+    answer
+        .recv()
+        .map_err(|_| io::Error::other("the spawner thread did not answer"))?
 }
 
 /// Asks the kernel to send `signal` to the child when the spawning thread

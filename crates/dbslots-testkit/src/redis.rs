@@ -27,7 +27,7 @@ const PORT_ATTEMPTS: usize = 5;
 /// How to start a [`RedisServer`].
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    /// Whether the server dies with the thread that starts it even when
+    /// Whether the server dies with the process that starts it even when
     /// `Drop` cannot run; see [`crate::MysqlOptions::attached`]. True by
     /// default.
     pub attached: bool,
