@@ -79,8 +79,8 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     };
     tracing::debug!(pool = %pool.addr(), slot = slot.index(), "slot acquired; starting command");
 
-    // Block the signals we forward before the child exists; the child gets
-    // a clean signal mask from std.
+    // Block the signals we forward before the child exists (so no thread
+    // of ours takes them), and unblock them again in the child.
     let set = signal_set();
     // SAFETY: changes this thread's mask; `set` is initialised.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -89,6 +89,16 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let mut cmd = Command::new(program);
     cmd.args(&args.command[1..]);
     slot.share_with_child(&mut cmd)?;
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: pthread_sigmask is async-signal-safe; `set` is a copy.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

@@ -1,0 +1,228 @@
+//! `dbslots exec` and `dbslots status` as a user runs them.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn dbslots() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbslots"));
+    cmd.env_remove("DBSLOTS_POOL").env("RUST_LOG", "warn");
+    cmd
+}
+
+fn status_json(pool: &str) -> serde_json::Value {
+    let out = dbslots()
+        .args(["status", "--json", "--pool", pool])
+        .output()
+        .expect("run status");
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+}
+
+fn pool() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("pool").display().to_string();
+    (dir, p)
+}
+
+#[test]
+fn exec_runs_the_command_with_its_slot_and_returns_its_status() {
+    let (_d, p) = pool();
+    let out = dbslots()
+        .args(["exec", "--pool", &p, "--capacity", "3", "--"])
+        .args(["sh", "-c", "echo \"$DBSLOTS_SLOT $DBSLOTS_POOL\"; exit 7"])
+        .output()
+        .expect("run exec");
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (slot, pool_env) = text.trim().split_once(' ').expect("two words");
+    assert!(slot.parse::<u32>().expect("slot number") < 3);
+    assert_eq!(pool_env, p);
+    // Released afterwards.
+    assert_eq!(status_json(&p)["active"], 0);
+}
+
+#[test]
+fn exec_reports_signals_and_missing_commands_like_a_shell() {
+    let (_d, p) = pool();
+    let out = dbslots()
+        .args([
+            "exec",
+            "--pool",
+            &p,
+            "--capacity",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            "kill -TERM $$",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(128 + 15));
+    let out = dbslots()
+        .args(["exec", "--pool", &p, "--", "/no/such/program"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/program"));
+}
+
+#[test]
+fn exec_times_out_with_status_75_and_one_line_naming_the_counts() {
+    let (_d, p) = pool();
+    let mut holder = dbslots()
+        .args(["exec", "--pool", &p, "--capacity", "1", "--", "sleep", "30"])
+        .spawn()
+        .expect("holder");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::path::Path::new(&p).join("pool.json").exists() || status_json(&p)["active"] != 1 {
+        assert!(Instant::now() < deadline, "holder never got its slot");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let start = Instant::now();
+    let out = dbslots()
+        .args(["exec", "--pool", &p, "--timeout", "0.3", "--", "true"])
+        .output()
+        .expect("run");
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("capacity 1") && err.contains("active 1") && err.contains("waiting 1"),
+        "{err}"
+    );
+    holder.kill().expect("kill");
+    holder.wait().expect("reap");
+}
+
+#[test]
+fn killing_dbslots_does_not_free_the_slot_while_the_command_runs() {
+    let (dir, p) = pool();
+    let marker = dir.path().join("child.pid");
+    let mut exec = dbslots()
+        .args(["exec", "--pool", &p, "--capacity", "1", "--", "sh", "-c"])
+        .arg(format!("echo $$ > {}; exec sleep 30", marker.display()))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("exec");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let child_pid: i32 = loop {
+        if let Ok(text) = std::fs::read_to_string(&marker)
+            && let Ok(pid) = text.trim().parse()
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "command never started");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    exec.kill().expect("SIGKILL dbslots");
+    exec.wait().expect("reap dbslots");
+    let s = status_json(&p);
+    assert_eq!(
+        s["active"], 1,
+        "the command still runs, so its slot is held: {s}"
+    );
+    assert_eq!(
+        s["holders"][0]["pid"], child_pid,
+        "the holder is the command"
+    );
+    let timed_out = dbslots()
+        .args(["exec", "--pool", &p, "--timeout", "0.1", "--", "true"])
+        .status()
+        .expect("run");
+    assert_eq!(timed_out.code(), Some(75));
+    // When the command ends, the slot comes back by itself.
+    unsafe { libc::kill(child_pid, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_json(&p)["active"] != 0 {
+        assert!(Instant::now() < deadline, "slot never came back");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn status_shows_holders_as_a_table_and_as_json() {
+    let (_d, p) = pool();
+    let mut holder = dbslots()
+        .args(["exec", "--pool", &p, "--capacity", "4", "--", "sleep", "30"])
+        .spawn()
+        .expect("holder");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::path::Path::new(&p).join("pool.json").exists() || status_json(&p)["active"] != 1 {
+        assert!(Instant::now() < deadline, "holder never got its slot");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = status_json(&p);
+    assert_eq!(s["capacity"], 4);
+    assert_eq!(s["waiting"], 0);
+    assert_eq!(s["peak"], 1);
+    let holders = s["holders"].as_array().expect("holders array");
+    assert_eq!(holders.len(), 1);
+    assert!(holders[0]["slot"].as_u64().expect("slot") < 4);
+    assert!(holders[0]["pid"].as_u64().is_some());
+    let out = dbslots()
+        .args(["status", "--pool", &p])
+        .output()
+        .expect("table");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("1 of 4 in use"), "{table}");
+    assert!(table.contains("SLOT") && table.contains("PID"), "{table}");
+    holder.kill().expect("kill");
+    holder.wait().expect("reap");
+}
+
+#[test]
+fn the_pool_comes_from_the_environment_and_bad_input_is_explained() {
+    let (_d, p) = pool();
+    let out = dbslots()
+        .env("DBSLOTS_POOL", &p)
+        .args(["exec", "--capacity", "2", "--", "true"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(status_json(&p)["capacity"], 2);
+    let out = dbslots()
+        .args(["status", "--pool", &p, "--capacity", "5"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("capacity 2, not 5"), "{err}");
+    let out = dbslots()
+        .args(["exec", "--pool", &p, "--timeout", "soon", "--", "true"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a number of seconds"));
+    let out = dbslots()
+        .args(["status", "--pool", "/nonexistent-dir/pool"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}
+
+#[test]
+fn a_terminated_dbslots_passes_the_signal_to_the_command() {
+    let (dir, p) = pool();
+    let marker = dir.path().join("started");
+    let mut exec = dbslots()
+        .args(["exec", "--pool", &p, "--capacity", "1", "--", "sh", "-c"])
+        .arg(format!("touch {}; exec sleep 30", marker.display()))
+        .spawn()
+        .expect("exec");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "command never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    unsafe { libc::kill(exec.id() as i32, libc::SIGTERM) };
+    let status = exec.wait().expect("reap");
+    assert_eq!(
+        status.code(),
+        Some(128 + 15),
+        "the command died of the forwarded SIGTERM"
+    );
+    assert_eq!(status_json(&p)["active"], 0);
+}
