@@ -2,6 +2,7 @@
 //! only attempted as root on a machine with `apt-get` (such as a fresh CI
 //! machine).
 
+use std::io::Write;
 use std::process::Command;
 use std::sync::Mutex;
 
@@ -9,13 +10,15 @@ use anyhow::{Result, bail};
 
 use crate::process::{describe, find_program, is_root};
 
-/// Installs Debian package `package` with `apt-get`, saying so on stderr.
+/// Installs Debian package `package`, which provides `what`, with
+/// `apt-get`, saying so on stderr.
 ///
 /// `found` is asked afterwards (and first, under a lock, so that concurrent
 /// tests install once); `missing` is the error text used when installing is
 /// impossible or did not help.
 pub(crate) fn install_with_apt(
     package: &str,
+    what: &str,
     found: impl Fn() -> bool,
     missing: &str,
 ) -> Result<()> {
@@ -29,7 +32,11 @@ pub(crate) fn install_with_apt(
     let Some(apt_get) = find_program(&["apt-get"]).filter(|_| is_root()) else {
         bail!("{missing}");
     };
-    eprintln!("dbslots-testkit: {missing}; installing the `{package}` package with apt-get");
+    // Written to the stderr handle directly, past libtest's output capture.
+    let _ = writeln!(
+        std::io::stderr(),
+        "dbslots-testkit: {what} is missing: installing the `{package}` package with apt-get"
+    );
     let mut update = Command::new(&apt_get);
     update.args(["-o", "DPkg::Lock::Timeout=600", "-qq", "update"]);
     let mut install = Command::new(&apt_get);
@@ -51,8 +58,18 @@ pub(crate) fn install_with_apt(
         // is there afterwards, which is checked below.
         match command.status() {
             Ok(status) if status.success() => {}
-            Ok(status) => eprintln!("dbslots-testkit: `{shown}` exited with {status}"),
-            Err(e) => eprintln!("dbslots-testkit: cannot run `{shown}`: {e}"),
+            Ok(status) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "dbslots-testkit: `{shown}` exited with {status}"
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "dbslots-testkit: cannot run `{shown}`: {e}"
+                );
+            }
         }
     }
     if found() {

@@ -129,6 +129,7 @@ impl MysqlServer {
                 None => {
                     install_with_apt(
                         "mariadb-server",
+                        "a MySQL or MariaDB server",
                         || LocalProgram::find().is_some(),
                         "no MySQL or MariaDB server found (looked for mariadbd or mysqld with \
                          mariadb-install-db and a mariadb or mysql client): install the \

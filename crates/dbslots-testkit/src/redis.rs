@@ -118,6 +118,7 @@ impl RedisServer {
                 None => {
                     install_with_apt(
                         "redis-server",
+                        "redis-server",
                         || find_program(&["redis-server"]).is_some(),
                         "no redis-server found: install the `redis-server` package, or a \
                          container engine (`docker info` must succeed)",
