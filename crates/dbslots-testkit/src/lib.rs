@@ -86,7 +86,7 @@ pub use env::{
     private_mysql, private_redis, servers_required, shared_mysql, shared_redis,
 };
 pub use mysql::{
-    ADMIN_PASSWORD, ADMIN_USER, DATABASE, DEFAULT_IMAGE, MYSQL_IMAGE_ENV, MysqlOptions,
+    ADMIN_PASSWORD, ADMIN_USER, DATABASE, DEFAULT_MYSQL_IMAGE, MYSQL_IMAGE_ENV, MysqlOptions,
     MysqlServer, PASSWORD, USER,
 };
 pub use process::TMPDIR_ENV;

@@ -30,11 +30,11 @@ pub const ADMIN_USER: &str = "dbslots_admin";
 /// The password of [`ADMIN_USER`].
 pub const ADMIN_PASSWORD: &str = "dbslots-admin-pw";
 /// Environment variable choosing the container image of the container
-/// backend; [`DEFAULT_IMAGE`] when unset.
+/// backend; [`DEFAULT_MYSQL_IMAGE`] when unset.
 pub const MYSQL_IMAGE_ENV: &str = "DBSLOTS_TEST_MYSQL_IMAGE";
 /// The container image used when neither [`MysqlOptions::image`] nor
 /// [`MYSQL_IMAGE_ENV`] names one.
-pub const DEFAULT_IMAGE: &str = "mysql:8.4";
+pub const DEFAULT_MYSQL_IMAGE: &str = "mysql:8.4";
 
 /// How long a local server may take to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -53,7 +53,7 @@ pub struct MysqlOptions {
     /// Further server options, such as `--max-user-connections=3`.
     pub extra_args: Vec<String>,
     /// Container image for the container backend; defaults to
-    /// `$DBSLOTS_TEST_MYSQL_IMAGE`, else [`DEFAULT_IMAGE`].
+    /// `$DBSLOTS_TEST_MYSQL_IMAGE`, else [`DEFAULT_MYSQL_IMAGE`].
     pub image: Option<String>,
     /// Whether the server dies with the process that starts it even when
     /// `Drop` cannot run (the process is killed, or the server sits in a
@@ -485,7 +485,7 @@ fn start_container(options: &MysqlOptions) -> Result<MysqlServer> {
                 .ok()
                 .filter(|v| !v.is_empty())
         })
-        .unwrap_or_else(|| DEFAULT_IMAGE.to_owned());
+        .unwrap_or_else(|| DEFAULT_MYSQL_IMAGE.to_owned());
     let mut args = Vec::new();
     if let Some(n) = options.max_connections {
         args.push(format!("--max-connections={n}"));
