@@ -6,6 +6,7 @@
 
 mod common;
 mod exec;
+mod spawn;
 mod status;
 
 use std::process::ExitCode;
@@ -24,6 +25,8 @@ struct Cli {
 enum Command {
     /// Wait for a slot, run a command holding it, release it when it ends
     Exec(exec::ExecArgs),
+    /// Start N workers from one command, each as soon as a slot is free
+    Spawn(spawn::SpawnArgs),
     /// Show a pool's capacity, holders, waiters and counters
     Status(status::StatusArgs),
     /// Change a pool's capacity
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Exec(a) => exec::run(a),
+        Command::Spawn(a) => spawn::run(a),
         Command::Status(a) => status::run(a),
         Command::Resize(a) => status::run_resize(a),
     };

@@ -1,0 +1,164 @@
+//! `dbslots spawn`: start N workers under the pool's capacity.
+
+use std::ffi::OsString;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use dbslots_spawn::{Mode, Output, Progress, SpawnOptions, Spawner, Template};
+
+use crate::common::PoolArgs;
+use crate::exec::parse_seconds;
+
+/// Starts N workers from one command, each as soon as a slot is free.
+///
+/// By default (adaptive) the spawner takes a slot for each worker before
+/// starting it and releases it once the worker has exited, so at most
+/// `capacity` workers run at once and the next one starts the moment one
+/// ends. If the spawner is killed, the slots it holds are freed and the
+/// kernel kills the workers with it (no worker runs without its slot).
+/// With --hold-slot each worker also inherits its slot's lock: the slot
+/// stays held until the worker exits, even if the spawner dies, and the
+/// workers are then left to finish. With --batch-size the reference
+/// behaviour is used instead: batches of B workers, each batch started
+/// --batch-delay seconds after the previous one, without waiting for slots
+/// (workers take their own), unless --hold-slot is also given.
+///
+/// In CMD's arguments, {index} becomes the worker's 0-based index and
+/// {count} the number of workers. Each worker sees DBSLOTS_WORKER_INDEX,
+/// DBSLOTS_WORKER_COUNT, DBSLOTS_POOL, DBSLOTS_JOB_ID (with --job-id), and
+/// DBSLOTS_SLOT when a slot was taken for it: it must then not take another
+/// from the same pool. Workers run in their own process groups with stdin
+/// from /dev/null.
+///
+/// Ctrl-C, SIGTERM or SIGHUP: nothing new starts, every worker (with its
+/// children) gets SIGTERM, and SIGKILL after --grace seconds or at a second
+/// signal. A summary goes to stderr at the end.
+///
+/// Exit status: 0 when every worker exited with 0; 1 when any failed or was
+/// killed by a signal; 2 on a usage error or when the pool, the joblog or
+/// the log directory cannot be used; 126/127 when a worker cannot be
+/// started (127: not found); 128+N when stopped by signal N (130 for
+/// Ctrl-C).
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct SpawnArgs {
+    /// How many workers to start
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    workers: u32,
+
+    #[command(flatten)]
+    pool: PoolArgs,
+
+    /// Start workers in fixed batches of B (the reference behaviour) instead
+    /// of as soon as a slot is free
+    #[arg(long, value_name = "B", value_parser = clap::value_parser!(u32).range(1..))]
+    batch_size: Option<u32>,
+
+    /// Seconds between the starts of two batches [default: 2]
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, requires = "batch_size")]
+    batch_delay: Option<Duration>,
+
+    /// Each worker inherits its slot and keeps it until it exits, even if
+    /// dbslots dies (workers need not link dbslots to stay under the limit)
+    #[arg(long)]
+    hold_slot: bool,
+
+    /// Passed to every worker as DBSLOTS_JOB_ID
+    #[arg(long, value_name = "ID")]
+    job_id: Option<String>,
+
+    /// Write one line per worker to FILE, tab-separated, in GNU parallel's
+    /// --joblog columns (Seq is the index + 1)
+    #[arg(long, value_name = "FILE")]
+    joblog: Option<PathBuf>,
+
+    /// Write each worker's stdout and stderr to DIR/INDEX.log instead of
+    /// this terminal (where lines are prefixed with [INDEX])
+    #[arg(long, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
+
+    /// Seconds between SIGTERM and SIGKILL when stopping workers
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, default_value = "10")]
+    grace: Duration,
+
+    /// Progress display on stderr: a bar on a terminal, lines otherwise
+    #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
+    progress: ProgressArg,
+
+    /// The worker command and its arguments
+    #[arg(
+        required = true,
+        last = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ProgressArg {
+    Auto,
+    Bar,
+    Lines,
+    Quiet,
+}
+
+/// Exit status when the spawner cannot start or go on (see the command's
+/// help).
+const EXIT_SETUP: u8 = 2;
+
+/// Runs `dbslots spawn`.
+pub fn run(args: SpawnArgs) -> anyhow::Result<ExitCode> {
+    match spawn(args) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("dbslots spawn: {e:#}");
+            Ok(ExitCode::from(EXIT_SETUP))
+        }
+    }
+}
+
+fn spawn(args: SpawnArgs) -> anyhow::Result<ExitCode> {
+    let template = Template::from_argv(args.command)?;
+    let mode = match args.batch_size.and_then(NonZeroU32::new) {
+        Some(size) => Mode::Batches {
+            size,
+            delay: args.batch_delay.unwrap_or(Duration::from_secs(2)),
+        },
+        None => Mode::Adaptive,
+    };
+    let mut options = SpawnOptions::new(args.workers)
+        .mode(mode)
+        .hold_slot(args.hold_slot)
+        .grace(args.grace)
+        .progress(match args.progress {
+            ProgressArg::Auto => Progress::Auto,
+            ProgressArg::Bar => Progress::Bar,
+            ProgressArg::Lines => Progress::Lines,
+            ProgressArg::Quiet => Progress::Quiet,
+        });
+    if let Some(id) = args.job_id {
+        options = options.job_id(id);
+    }
+    if let Some(path) = args.joblog {
+        options = options.joblog(path);
+    }
+    if let Some(dir) = args.log_dir {
+        options = options.output(Output::LogDir(dir));
+    }
+    let pool = args.pool.open()?;
+    let spawner = Spawner::new(pool, template, options)?;
+    // One thread: every worker is forked from the thread that lives as long
+    // as the spawner (PR_SET_PDEATHSIG follows the forking thread).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let summary = runtime.block_on(spawner.run())?;
+    eprintln!("dbslots spawn: {summary}");
+    Ok(ExitCode::from(summary.exit_code()))
+}

@@ -1,0 +1,494 @@
+//! `dbslots spawn` end to end: the real binary, real worker processes, pools
+//! in temporary directories.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use dbslots_core::{Pool, PoolOptions};
+
+fn dbslots() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbslots"));
+    cmd.env_remove("DBSLOTS_POOL")
+        .env_remove("DBSLOTS_SLOT")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("the dbslots binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A worker that counts the workers running at once under a file lock and
+/// appends the count it saw on arrival to `$D/seen`.
+const COUNTING_WORKER: &str = r#"
+flock "$D/lock" -c 'n=$(cat "$D/count" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$D/count"; echo $n >> "$D/seen"'
+sleep "$HOLD"
+flock "$D/lock" -c 'n=$(cat "$D/count"); echo $((n-1)) > "$D/count"'
+"#;
+
+/// Runs 300 counting workers with `extra` flags; returns the output and the
+/// counts the workers saw.
+fn count_running(dir: &Path, hold: &str, extra: &[&str]) -> (Output, Vec<u32>) {
+    let out = run(dbslots()
+        .args(["spawn", "--workers", "300", "--pool"])
+        .arg(dir.join("pool"))
+        .args(["--capacity", "20"])
+        .args(extra)
+        .args(["--", "sh", "-c", COUNTING_WORKER])
+        .env("D", dir)
+        .env("HOLD", hold));
+    let seen = std::fs::read_to_string(dir.join("seen"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.trim().parse().expect("a count"))
+        .collect();
+    (out, seen)
+}
+
+#[test]
+fn hold_slot_never_runs_more_workers_than_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, seen) = count_running(dir.path(), "0.05", &["--hold-slot"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(seen.len(), 300, "every worker counted itself");
+    let peak = *seen.iter().max().unwrap();
+    assert!(peak <= 20, "{peak} workers ran at once on 20 slots");
+    assert!(
+        peak >= 2,
+        "workers never overlapped, the test measures nothing"
+    );
+    let left = std::fs::read_to_string(dir.path().join("count")).unwrap();
+    assert_eq!(left.trim(), "0");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("succeeded 300, failed 0"), "{stderr}");
+    assert!(stderr.contains("peak slots in use"), "{stderr}");
+}
+
+#[test]
+fn the_counting_worker_sees_overruns_when_nothing_limits_them() {
+    // The control for the test above: the same workers, all at once.
+    let dir = tempfile::tempdir().unwrap();
+    let (out, seen) = count_running(
+        dir.path(),
+        "0.5",
+        &["--batch-size", "300", "--batch-delay", "0"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(seen.len(), 300);
+    let peak = *seen.iter().max().unwrap();
+    assert!(
+        peak > 20,
+        "only {peak} at once: the counter cannot see overruns"
+    );
+}
+
+#[test]
+fn a_failing_worker_fails_the_run_and_shows_in_summary_and_joblog() {
+    let dir = tempfile::tempdir().unwrap();
+    let joblog = dir.path().join("joblog.tsv");
+    let out = run(dbslots()
+        .args(["spawn", "--workers", "10", "--capacity", "4", "--pool"])
+        .arg(dir.path().join("pool"))
+        .arg("--joblog")
+        .arg(&joblog)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "case {index} in 3) exit 7;; 5) kill -9 $$;; esac; echo fine",
+        ]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("succeeded 8, failed 1, killed by signal 1, not started 0"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("worker 3 exited with status 7"), "{stderr}");
+    assert!(
+        stderr.contains("worker 5 was killed by SIGKILL"),
+        "{stderr}"
+    );
+
+    let log = std::fs::read_to_string(&joblog).unwrap();
+    let mut lines = log.lines();
+    assert_eq!(
+        lines.next(),
+        Some("Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand")
+    );
+    let mut rows: Vec<Vec<String>> = lines
+        .map(|l| l.split('\t').map(str::to_owned).collect())
+        .collect();
+    rows.sort_by_key(|r| r[0].parse::<u32>().unwrap());
+    assert_eq!(rows.len(), 10);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.len(), 9, "{row:?}");
+        assert_eq!(row[0], (i + 1).to_string());
+        assert_eq!(row[1], ":");
+        assert!(row[2].parse::<f64>().unwrap() > 1.0e9, "{row:?}");
+        assert!(row[3].parse::<f64>().unwrap() >= 0.0, "{row:?}");
+        let (exitval, signal) = match i {
+            3 => ("7", "0"),
+            5 => ("0", "9"),
+            _ => ("0", "0"),
+        };
+        assert_eq!(
+            (row[6].as_str(), row[7].as_str()),
+            (exitval, signal),
+            "{row:?}"
+        );
+        assert!(row[8].starts_with("sh -c 'case "), "{row:?}");
+        assert!(row[8].contains(&format!("case {i} in")), "{row:?}");
+    }
+}
+
+#[test]
+fn workers_see_their_index_count_pool_job_and_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let pool = dir.path().join("pool");
+    let script = "echo arg={index}/{count}; env | grep ^DBSLOTS_ | sort";
+    let out = run(dbslots()
+        .args(["spawn", "--workers", "3", "--capacity", "2", "--hold-slot"])
+        .args(["--job-id", "job-42", "--pool"])
+        .arg(&pool)
+        .arg("--log-dir")
+        .arg(&logs)
+        .args(["--", "sh", "-c", script]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "output went to the log files");
+    for i in 0..3 {
+        let log = std::fs::read_to_string(logs.join(format!("{i}.log"))).unwrap();
+        assert!(log.contains(&format!("arg={i}/3\n")), "{log}");
+        assert!(
+            log.contains(&format!("DBSLOTS_WORKER_INDEX={i}\n")),
+            "{log}"
+        );
+        assert!(log.contains("DBSLOTS_WORKER_COUNT=3\n"), "{log}");
+        assert!(log.contains("DBSLOTS_JOB_ID=job-42\n"), "{log}");
+        assert!(
+            log.contains(&format!("DBSLOTS_POOL={}\n", pool.display())),
+            "{log}"
+        );
+        let slot: u32 = log
+            .lines()
+            .find_map(|l| l.strip_prefix("DBSLOTS_SLOT="))
+            .expect("a slot number")
+            .parse()
+            .unwrap();
+        assert!(slot < 2, "{log}");
+    }
+
+    // Batch mode takes no slot for the workers: none must be advertised,
+    // not even one the spawner itself inherited.
+    let out = run(dbslots()
+        .args(["spawn", "--workers", "2", "--batch-size", "2", "--pool"])
+        .arg(&pool)
+        .arg("--log-dir")
+        .arg(&logs)
+        .env("DBSLOTS_SLOT", "1")
+        .args(["--", "sh", "-c", script]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = std::fs::read_to_string(logs.join("0.log")).unwrap();
+    assert!(!log.contains("DBSLOTS_SLOT="), "{log}");
+    assert!(!log.contains("DBSLOTS_JOB_ID="), "{log}");
+}
+
+#[test]
+fn output_is_prefixed_with_the_worker_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dbslots()
+        .args(["spawn", "--workers", "2", "--capacity", "2", "--pool"])
+        .arg(dir.path().join("pool"))
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "echo out {index}; echo err {index} >&2; printf partial",
+        ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    for i in 0..2 {
+        assert!(stdout.contains(&format!("[{i}] out {i}\n")), "{stdout}");
+        assert!(stdout.contains(&format!("[{i}] partial\n")), "{stdout}");
+        assert!(stderr.contains(&format!("[{i}] err {i}\n")), "{stderr}");
+    }
+}
+
+#[test]
+fn batches_start_no_earlier_than_their_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let joblog = dir.path().join("joblog");
+    let out = run(dbslots()
+        .args(["spawn", "--workers", "6", "--batch-size", "2"])
+        .args(["--batch-delay", "0.3", "--capacity", "5", "--pool"])
+        .arg(dir.path().join("pool"))
+        .arg("--joblog")
+        .arg(&joblog)
+        .args(["--", "true"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    for b in 1..=3 {
+        assert!(
+            stderr.contains(&format!(
+                "batch {b}/3: started workers {}-{}",
+                2 * b - 2,
+                2 * b - 1
+            )),
+            "{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("active"),
+        "pool stats after each batch: {stderr}"
+    );
+    let log = std::fs::read_to_string(&joblog).unwrap();
+    let mut start = [f64::MAX; 3];
+    for line in log.lines().skip(1) {
+        let cols: Vec<&str> = line.split('\t').collect();
+        let index: usize = cols[0].parse::<usize>().unwrap() - 1;
+        let t: f64 = cols[2].parse().unwrap();
+        start[index / 2] = start[index / 2].min(t);
+    }
+    // Lower bounds only: a busy machine makes batches later, never earlier
+    // (2 ms for the joblog's rounding).
+    assert!(start[1] - start[0] >= 0.298, "{start:?}");
+    assert!(start[2] - start[1] >= 0.298, "{start:?}");
+}
+
+#[test]
+fn a_missing_program_stops_the_run_with_127() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dbslots()
+        .args(["spawn", "--workers", "5", "--capacity", "2", "--pool"])
+        .arg(dir.path().join("pool"))
+        .args(["--", "/nonexistent/worker-program"]));
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("cannot start worker 0"), "{stderr}");
+    assert!(stderr.contains("not started 5"), "{stderr}");
+}
+
+#[test]
+fn an_unusable_joblog_is_a_setup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dbslots()
+        .args(["spawn", "--workers", "1", "--capacity", "1", "--pool"])
+        .arg(dir.path().join("pool"))
+        .args(["--joblog", "/nonexistent/dir/joblog", "--", "true"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--joblog"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Process ids written by the workers to `file`, one a line.
+fn read_pids(file: &Path) -> Vec<i32> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Whether `pid` is a live process (zombies waiting for a reaper count as
+/// gone: they run nothing and hold no lock).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts a spawner of 40 workers on 10 slots whose workers record their
+/// pids in `dir/workers` and those of their children (a `sleep 60` each) in
+/// `dir/children`, and waits until ten are running.
+fn start_sleepers(dir: &Path, extra: &[&str], ignore_term: bool) -> (Child, Sleepers) {
+    let sleepers = Sleepers {
+        workers: dir.join("workers"),
+        children: dir.join("children"),
+    };
+    let trap = if ignore_term { "trap '' TERM; " } else { "" };
+    let script = format!("{trap}sleep 60 & echo $! >> \"$C\"; echo $$ >> \"$W\"; wait");
+    let child = dbslots()
+        .args(["spawn", "--workers", "40", "--capacity", "10", "--pool"])
+        .arg(dir.join("pool"))
+        .args(extra)
+        .args(["--", "sh", "-c", &script])
+        .env("W", &sleepers.workers)
+        .env("C", &sleepers.children)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("ten workers", Duration::from_secs(30), || {
+        read_pids(&sleepers.workers).len() >= 10
+    });
+    (child, sleepers)
+}
+
+/// Where the sleepers' pids are.
+struct Sleepers {
+    workers: PathBuf,
+    children: PathBuf,
+}
+
+impl Sleepers {
+    fn workers(&self) -> Vec<i32> {
+        read_pids(&self.workers)
+    }
+
+    fn all(&self) -> Vec<i32> {
+        let mut all = read_pids(&self.workers);
+        all.extend(read_pids(&self.children));
+        all
+    }
+}
+
+fn reap(mut child: Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("dbslots spawn did not exit");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kill_all(pids: &[i32]) {
+    for pid in pids {
+        // SAFETY: plain kill(2) on processes this test started.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+}
+
+#[test]
+fn ctrl_c_leaves_no_worker_running() {
+    for (extra, ignore_term) in [
+        (&["--grace", "10"][..], false),
+        (&["--grace", "0.5", "--hold-slot"][..], true),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (child, sleepers) = start_sleepers(dir.path(), extra, ignore_term);
+        // SAFETY: SIGINT to the spawner we started, as a Ctrl-C would.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let status = reap(child, Duration::from_secs(60));
+        assert_eq!(status.code(), Some(130), "{extra:?}");
+        // Workers and their children alike.
+        let started = sleepers.all();
+        let running: Vec<i32> = started.iter().copied().filter(|p| alive(*p)).collect();
+        kill_all(&running);
+        assert!(
+            running.is_empty(),
+            "{extra:?}: still running after the spawner exited: {running:?}"
+        );
+        let workers = sleepers.workers().len();
+        assert!((10..40).contains(&workers), "{workers} workers started");
+        let pool = Pool::open(dir.path().join("pool"), &PoolOptions::new()).unwrap();
+        assert_eq!(pool.stats().unwrap().active, 0, "{extra:?}");
+    }
+}
+
+#[test]
+fn workers_die_with_a_killed_spawner_unless_they_hold_their_slots() {
+    // Without --hold-slot the slots die with the spawner, so must the
+    // workers. (Their own children are not the kernel's business: only a
+    // stop the spawner lives through reaches whole process groups.)
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, sleepers) = start_sleepers(dir.path(), &[], false);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let workers = sleepers.workers();
+    wait_for("the workers to die", Duration::from_secs(30), || {
+        workers.iter().all(|p| !alive(*p))
+    });
+    kill_all(&sleepers.all());
+
+    // With --hold-slot every worker keeps its slot and goes on.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, sleepers) = start_sleepers(dir.path(), &["--hold-slot"], false);
+    child.kill().unwrap();
+    assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+    let workers = sleepers.workers();
+    assert_eq!(workers.len(), 10);
+    thread::sleep(Duration::from_millis(300));
+    let still: Vec<i32> = workers.iter().copied().filter(|p| alive(*p)).collect();
+    let pool = Pool::open(dir.path().join("pool"), &PoolOptions::new()).unwrap();
+    let active = pool.stats().unwrap().active;
+    kill_all(&sleepers.all());
+    assert_eq!(still.len(), 10, "workers died with the spawner");
+    assert_eq!(active, 10, "the workers' slots were freed");
+    wait_for("the slots to be freed", Duration::from_secs(30), || {
+        pool.stats().unwrap().active == 0
+    });
+}
+
+#[test]
+// The spawner is reaped with wait4, for its resource usage.
+#[allow(clippy::zombie_processes)]
+fn memory_stays_small_with_a_thousand_workers() {
+    // All 1000 at once (one batch), each writing to its pipes: the worst
+    // case for the spawner's memory.
+    let dir = tempfile::tempdir().unwrap();
+    let child = dbslots()
+        .args(["spawn", "--workers", "1000", "--batch-size", "1000"])
+        .args(["--batch-delay", "0", "--capacity", "150", "--pool"])
+        .arg(dir.path().join("pool"))
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "echo start {index}; sleep 1; echo end {index}",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let mut stdout = child.stdout.unwrap();
+    let reader = thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
+        s
+    });
+    let mut status = 0;
+    // SAFETY: wait4 on our own child with valid out-pointers.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, pid);
+    let out = reader.join().unwrap();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "wait status {status:#x}, {} lines",
+        out.lines().count()
+    );
+    assert_eq!(out.lines().count(), 2000);
+    let max_rss_mb = usage.ru_maxrss as f64 / 1024.0;
+    assert!(
+        max_rss_mb < 50.0,
+        "the spawner peaked at {max_rss_mb:.1} MB"
+    );
+}
