@@ -6,6 +6,7 @@
 
 mod common;
 mod exec;
+mod import;
 mod spawn;
 mod status;
 
@@ -27,6 +28,8 @@ enum Command {
     Exec(exec::ExecArgs),
     /// Start N workers from one command, each as soon as a slot is free
     Spawn(spawn::SpawnArgs),
+    /// Import CSV files of meter readings through a job queue in the database
+    Import(import::ImportArgs),
     /// Show a pool's capacity, holders, waiters and counters
     Status(status::StatusArgs),
     /// Change a pool's capacity
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Exec(a) => exec::run(a),
         Command::Spawn(a) => spawn::run(a),
+        Command::Import(a) => import::run(a),
         Command::Status(a) => status::run(a),
         Command::Resize(a) => status::run_resize(a),
     };

@@ -1,3 +1,4 @@
 //! Integration tests of the `dbslots` binary.
 
+mod import;
 mod spawn;

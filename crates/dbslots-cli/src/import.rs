@@ -1,0 +1,470 @@
+//! `dbslots import`: queue CSV files of meter readings, import them, show
+//! the queue. The work is done by `dbslots-import`; this module parses
+//! flags, handles signals and shows progress.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use dbslots_core::{Pool, PoolAddr, PoolOptions};
+use dbslots_import::{
+    InstanceLock, JobOutcome, JobReport, Observer, ProcessorOptions, Progress, Queue, RunEnd,
+    RunOptions, Status, StopSignal,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::common;
+use crate::exec::parse_seconds;
+
+/// Import CSV files of meter readings (`meter_id,reading_at,kwh`) through a
+/// job queue in the database.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(subcommand)]
+    command: ImportCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ImportCommand {
+    /// Add files to the queue and print their job ids, one per line
+    Enqueue(EnqueueArgs),
+    /// Import queued files: until the queue is empty (--once), or as a daemon
+    ///
+    /// The connection (and, with --pool, the slot) is held only while a job
+    /// is worked on. SIGTERM or SIGINT finishes the current batch, puts the
+    /// job back in the queue at its checkpoint and exits 0; a second signal
+    /// exits at once (the job goes back once its heartbeat is stale).
+    Run(RunArgs),
+    /// Show the queue's jobs with their status and counts
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+struct UrlArg {
+    /// The database holding the queue and the readings:
+    /// mysql://USER:PASSWORD@HOST:PORT/DATABASE
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    url: String,
+}
+
+#[derive(Debug, Args)]
+struct EnqueueArgs {
+    #[command(flatten)]
+    url: UrlArg,
+
+    /// CSV files; stored with absolute paths, read later by a processor
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    url: UrlArg,
+
+    /// Process what is pending, then exit; a second processor on the same
+    /// lock file then exits with status 0 (cron-friendly)
+    #[arg(long)]
+    once: bool,
+
+    /// Seconds to sleep when the queue is empty (without a connection)
+    #[arg(long, value_name = "SECONDS", default_value = "3", value_parser = parse_seconds)]
+    sleep: Duration,
+
+    /// Exit after this many jobs
+    #[arg(long, value_name = "N")]
+    max_jobs: Option<u64>,
+
+    /// Start no new job after this many seconds
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    max_time: Option<Duration>,
+
+    /// One processor per lock file; a second one exits at once naming the
+    /// first one's pid [default: a private file per database]
+    #[arg(long, value_name = "PATH")]
+    lock_file: Option<PathBuf>,
+
+    /// Hold a slot of this pool while connected [default: connect directly]
+    #[arg(long, env = "DBSLOTS_POOL", value_name = "DIR")]
+    pool: Option<String>,
+
+    /// Capacity of the pool; needed only to create it
+    #[arg(long, value_name = "N", requires = "pool",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(dbslots_core::MAX_CAPACITY)))]
+    capacity: Option<u32>,
+
+    /// Lines per batch (one transaction with its checkpoint)
+    #[arg(long, value_name = "N", default_value_t = 2000,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    batch_rows: u32,
+
+    /// Seconds without a heartbeat after which a job's processor is taken
+    /// for dead and the job put back
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
+    stale_after: Duration,
+
+    /// Attempts before a job whose processors keep dying fails
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_attempts: u32,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    url: UrlArg,
+
+    /// Print JSON instead of a table
+    #[arg(long)]
+    json: bool,
+
+    /// Show the newest N jobs
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    limit: u64,
+}
+
+/// Runs `dbslots import`.
+pub fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        ImportCommand::Enqueue(a) => enqueue(a),
+        ImportCommand::Run(a) => run_processor(a),
+        ImportCommand::Status(a) => status(a),
+    }
+}
+
+fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
+    for file in &args.files {
+        if !file.is_file() {
+            eprintln!(
+                "dbslots: warning: {} is not a file here; its job fails unless a processor finds it",
+                file.display()
+            );
+        }
+    }
+    let queue = Queue::new(&args.url.url, None)?;
+    let ids = common::runtime()?.block_on(queue.enqueue(&args.files))?;
+    for id in ids {
+        println!("{id}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_processor(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let lock_path = match &args.lock_file {
+        Some(path) => path.clone(),
+        None => dbslots_import::default_lock_path(&args.url.url)?,
+    };
+    let _lock = match InstanceLock::acquire(&lock_path) {
+        Ok(lock) => lock,
+        Err(e @ dbslots_import::Error::AlreadyRunning { .. }) => {
+            eprintln!("dbslots: {e}");
+            return Ok(if args.once {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let pool = match &args.pool {
+        Some(addr) => Some(Pool::open(
+            PoolAddr::parse(addr)?,
+            &PoolOptions::new().capacity_opt(args.capacity),
+        )?),
+        None => None,
+    };
+    let queue = Queue::new(&args.url.url, pool)?;
+    let processor = queue.processor(
+        ProcessorOptions::new()
+            .batch_rows(args.batch_rows as usize)
+            .stale_after(args.stale_after)
+            .max_attempts(args.max_attempts),
+    );
+    let run = RunOptions::new()
+        .once(args.once)
+        .sleep(args.sleep)
+        .max_jobs(args.max_jobs)
+        .max_time(args.max_time);
+    let display = Display::new(std::io::stderr().is_terminal());
+    let stop = StopSignal::new();
+    let runtime = common::runtime()?;
+    let summary = runtime.block_on(async {
+        listen_for_signals(stop.clone())?;
+        tracing::info!(url = %queue.url(), holder = %processor.holder(), lock = %lock_path.display(), "import processor started");
+        processor
+            .run(&run, &stop, &display)
+            .await
+            .map_err(anyhow::Error::from)
+    })?;
+    let count = |f: fn(&JobOutcome) -> bool| summary.jobs.iter().filter(|r| f(&r.outcome)).count();
+    let ended = match summary.end {
+        RunEnd::QueueEmpty => "queue empty",
+        RunEnd::MaxJobs => "--max-jobs reached",
+        RunEnd::MaxTime => "--max-time reached",
+        RunEnd::Stopped => "stopped by a signal",
+        _ => "done",
+    };
+    if !summary.jobs.is_empty() || summary.end == RunEnd::Stopped {
+        display.line(&format!(
+            "{} jobs ({} completed, {} with errors, {} failed, {} put back); {ended}",
+            summary.jobs.len(),
+            count(|o| *o == JobOutcome::Completed),
+            count(|o| *o == JobOutcome::CompletedWithErrors),
+            count(|o| matches!(o, JobOutcome::Failed(_))),
+            count(|o| matches!(o, JobOutcome::Released | JobOutcome::Interrupted)),
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The first SIGTERM or SIGINT stops the processor after its current
+/// batch; a second one exits at once.
+fn listen_for_signals(stop: StopSignal) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("dbslots: stopping after the current batch (signal again to exit at once)");
+        stop.stop();
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!(
+            "dbslots: exiting at once; the job goes back to the queue once its heartbeat is stale"
+        );
+        std::process::exit(130);
+    });
+    Ok(())
+}
+
+/// Progress: a bar per job on a terminal, log lines (at most every 5 s per
+/// job) otherwise.
+struct Display {
+    terminal: bool,
+    job: Mutex<Option<JobDisplay>>,
+}
+
+struct JobDisplay {
+    bar: Option<ProgressBar>,
+    started: Instant,
+    lines_at_start: u64,
+    last_line: Instant,
+}
+
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+impl Display {
+    fn new(terminal: bool) -> Display {
+        Display {
+            terminal,
+            job: Mutex::new(None),
+        }
+    }
+
+    fn line(&self, text: &str) {
+        let now = common::format_unix_ms(common::now_unix_ms());
+        let text = format!("{now} import: {text}");
+        match self
+            .job
+            .lock()
+            .ok()
+            .as_ref()
+            .and_then(|j| j.as_ref()?.bar.clone())
+        {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn rate(job: &JobDisplay, progress: &Progress) -> (u64, f64) {
+        let lines = progress.rows_imported + progress.rows_rejected;
+        let this_run = lines.saturating_sub(job.lines_at_start);
+        let secs = job.started.elapsed().as_secs_f64().max(1e-3);
+        (this_run, this_run as f64 / secs)
+    }
+
+    fn describe(progress: &Progress, rate: f64) -> String {
+        format!(
+            "{} rows, {} rejected, {rate:.0} rows/s",
+            progress.rows_imported, progress.rows_rejected
+        )
+    }
+}
+
+impl Observer for Display {
+    fn job_started(&self, progress: &Progress) {
+        let bar = self.terminal.then(|| {
+            let bar = ProgressBar::new(progress.bytes_total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix} [{bar:30}] {percent:>3}% {msg} ({elapsed_precise}, ETA {eta})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(format!("job {}", progress.job_id));
+            bar.set_position(progress.bytes_done);
+            bar.set_message(Display::describe(progress, 0.0));
+            bar
+        });
+        let resumed = if progress.bytes_done > 0 {
+            format!(
+                ", resuming after {} lines",
+                progress.rows_imported + progress.rows_rejected
+            )
+        } else {
+            String::new()
+        };
+        if let Ok(mut job) = self.job.lock() {
+            *job = Some(JobDisplay {
+                bar,
+                started: Instant::now(),
+                lines_at_start: progress.rows_imported + progress.rows_rejected,
+                last_line: Instant::now(),
+            });
+        }
+        self.line(&format!(
+            "job {} started: {} ({} bytes{resumed})",
+            progress.job_id,
+            progress.source.display(),
+            progress.bytes_total
+        ));
+    }
+
+    fn batch_committed(&self, progress: &Progress) {
+        let Ok(mut guard) = self.job.lock() else {
+            return;
+        };
+        let Some(job) = guard.as_mut() else {
+            return;
+        };
+        let (_, rate) = Display::rate(job, progress);
+        if let Some(bar) = &job.bar {
+            bar.set_position(progress.bytes_done);
+            bar.set_message(Display::describe(progress, rate));
+        } else if job.last_line.elapsed() >= LOG_EVERY {
+            job.last_line = Instant::now();
+            let percent = 100.0 * progress.bytes_done as f64 / progress.bytes_total.max(1) as f64;
+            let text = format!(
+                "job {}: {}, {percent:.0}% of the file",
+                progress.job_id,
+                Display::describe(progress, rate)
+            );
+            drop(guard);
+            self.line(&text);
+        }
+    }
+
+    fn job_finished(&self, report: &JobReport) {
+        let job = self.job.lock().ok().and_then(|mut j| j.take());
+        if let Some(bar) = job.as_ref().and_then(|j| j.bar.as_ref()) {
+            bar.finish_and_clear();
+        }
+        let rate = report.lines_this_run as f64 / report.elapsed.as_secs_f64().max(1e-3);
+        let how = match &report.outcome {
+            JobOutcome::Completed => "completed".to_owned(),
+            JobOutcome::CompletedWithErrors => {
+                "completed with errors (see import_errors)".to_owned()
+            }
+            JobOutcome::Failed(error) => format!("failed: {error}"),
+            JobOutcome::Released => "put back in the queue at its checkpoint".to_owned(),
+            JobOutcome::Lost => "taken over by another processor".to_owned(),
+            JobOutcome::Interrupted => {
+                "interrupted; it goes back to the queue once its heartbeat is stale".to_owned()
+            }
+            other => format!("{other:?}"),
+        };
+        self.line(&format!(
+            "job {} {how}: {} rows imported, {} rejected; {} lines in {:.1?} ({rate:.0} rows/s)",
+            report.id,
+            report.rows_imported,
+            report.rows_rejected,
+            report.lines_this_run,
+            report.elapsed
+        ));
+    }
+}
+
+fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let queue = Queue::new(&args.url.url, None)?;
+    let (jobs, counts) = common::runtime()?.block_on(async {
+        anyhow::Ok((queue.jobs(Some(args.limit)).await?, queue.counts().await?))
+    })?;
+    if args.json {
+        let counts: serde_json::Map<String, serde_json::Value> = counts
+            .iter()
+            .map(|(s, n)| (s.as_str().to_owned(), (*n).into()))
+            .collect();
+        let jobs: Vec<serde_json::Value> = jobs
+            .iter()
+            .map(|j| {
+                serde_json::json!({
+                    "id": j.id,
+                    "source": j.source,
+                    "status": j.status.as_str(),
+                    "attempts": j.attempts,
+                    "rows_imported": j.rows_imported,
+                    "rows_rejected": j.rows_rejected,
+                    "last_error": j.last_error,
+                    "holder": j.holder,
+                    "heartbeat_age_secs": j.heartbeat_age_secs,
+                    "created_at": j.created_at,
+                    "started_at": j.started_at,
+                    "finished_at": j.finished_at,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "counts": counts, "jobs": jobs }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let total: u64 = counts.iter().map(|(_, n)| n).sum();
+    if total == 0 {
+        println!("no import jobs");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    println!("{total} jobs: {}", summary.join(", "));
+    if (jobs.len() as u64) < total {
+        println!("newest {}:", jobs.len());
+    }
+    println!(
+        "{:>6}  {:<21}  {:>8}  {:>10}  {:>8}  {:<19}  SOURCE",
+        "ID", "STATUS", "ATTEMPTS", "IMPORTED", "REJECTED", "FINISHED (UTC)"
+    );
+    for j in &jobs {
+        println!(
+            "{:>6}  {:<21}  {:>8}  {:>10}  {:>8}  {:<19}  {}",
+            j.id,
+            j.status.as_str(),
+            j.attempts,
+            j.rows_imported,
+            j.rows_rejected,
+            j.finished_at.as_deref().unwrap_or("-"),
+            j.source
+        );
+        if j.status == Status::Processing {
+            println!(
+                "{:>8}held by {}, last heartbeat {}s ago",
+                "",
+                j.holder.as_deref().unwrap_or("?"),
+                j.heartbeat_age_secs.map_or("?".into(), |s| s.to_string())
+            );
+        }
+        if let Some(error) = &j.last_error {
+            println!("{:>8}last error: {error}", "");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,325 @@
+//! `dbslots import` as cron and supervisors run it: SIGKILL mid-job, a
+//! second processor on the same lock file, SIGTERM. Each test works in a
+//! scratch database of its own on the shared test server (skipped without
+//! one, see dbslots-testkit).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::{FromRow, Queryable};
+
+/// A scratch database, a runtime and a directory; dropping it drops the
+/// database.
+struct TestDb {
+    url: String,
+    name: String,
+    dir: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+}
+
+impl TestDb {
+    fn create(tag: &str) -> Option<TestDb> {
+        let shared = dbslots_testkit::shared_mysql()?;
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "dbslots_scratch_cli_{tag}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let url = with_database(&shared.user_url, &name);
+        rt.block_on(async {
+            let mut conn = mysql_async::Conn::from_url(&shared.user_url)
+                .await
+                .expect("the test account connects");
+            conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
+                .await
+                .unwrap();
+            conn.query_drop(format!("CREATE DATABASE `{name}`"))
+                .await
+                .unwrap();
+            conn.disconnect().await.unwrap();
+        });
+        Some(TestDb {
+            url,
+            name,
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            rt,
+        })
+    }
+
+    fn sql(&self, sql: &str) {
+        self.rt.block_on(async {
+            let mut conn = mysql_async::Conn::from_url(&self.url).await.unwrap();
+            conn.query_drop(sql).await.expect(sql);
+            conn.disconnect().await.unwrap();
+        });
+    }
+
+    fn row<T: FromRow + Send + 'static>(&self, sql: &str) -> T {
+        self.rt.block_on(async {
+            let mut conn = mysql_async::Conn::from_url(&self.url).await.unwrap();
+            let row: Option<T> = conn.query_first(sql).await.expect(sql);
+            conn.disconnect().await.unwrap();
+            row.unwrap_or_else(|| panic!("{sql} returned no row"))
+        })
+    }
+
+    fn column<T: mysql_async::prelude::FromValue + Send + 'static>(&self, sql: &str) -> Vec<T> {
+        self.rt.block_on(async {
+            let mut conn = mysql_async::Conn::from_url(&self.url).await.unwrap();
+            let rows: Vec<T> = conn.query(sql).await.expect(sql);
+            conn.disconnect().await.unwrap();
+            rows
+        })
+    }
+
+    fn write(&self, name: &str, contents: &[u8]) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    /// `dbslots import SUBCOMMAND --url URL ARGS...`, outputs to files.
+    fn dbslots(&self, subcommand: &str, args: &[&str], log: &str) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbslots"));
+        cmd.args(["import", subcommand, "--url", &self.url])
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env_remove("DBSLOTS_POOL")
+            .stdin(Stdio::null())
+            .stdout(File::create(self.dir.path().join(format!("{log}.out"))).unwrap())
+            .stderr(File::create(self.dir.path().join(format!("{log}.err"))).unwrap());
+        cmd
+    }
+
+    fn output(&self, log: &str) -> (String, String) {
+        let read = |ext: &str| {
+            std::fs::read_to_string(self.dir.path().join(format!("{log}.{ext}"))).unwrap()
+        };
+        (read("out"), read("err"))
+    }
+
+    /// Runs a command to its end (guarded against hanging) and returns its
+    /// status, stdout and stderr.
+    fn run(&self, subcommand: &str, args: &[&str], log: &str) -> (ExitStatus, String, String) {
+        let mut child = self.dbslots(subcommand, args, log).spawn().unwrap();
+        let status = wait_guarded(&mut child, log);
+        let (out, err) = self.output(log);
+        (status, out, err)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (url, name) = (self.url.clone(), self.name.clone());
+        let _ = self.rt.block_on(async move {
+            let mut conn = mysql_async::Conn::from_url(&url).await?;
+            conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
+                .await?;
+            conn.disconnect().await
+        });
+    }
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let path_start = url[authority_start..]
+        .find('/')
+        .map_or(url.len(), |i| authority_start + i);
+    let query_start = url[path_start..]
+        .find('?')
+        .map_or(url.len(), |i| path_start + i);
+    format!("{}/{db}{}", &url[..path_start], &url[query_start..])
+}
+
+/// Waits for `child`; kills it and fails the test if it has not ended after
+/// two minutes (a guard against hanging, not a measurement).
+fn wait_guarded(child: &mut Child, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not end");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Polls until the job has imported at least `rows` lines while `child`
+/// still runs.
+fn wait_for_progress(db: &TestDb, child: &mut Child, rows: u64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the processor ended before it had imported {rows} lines"
+        );
+        let done: Option<u64> = db
+            .column::<u64>("SELECT rows_imported FROM import_jobs WHERE status = 'processing'")
+            .first()
+            .copied();
+        if done.is_some_and(|d| d >= rows) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no progress to {rows} lines");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `n` readings, every key unique, kWh `i/1000`; every `bad_every`-th one
+/// negative. Returns the file, the good count, the sum of good `i` and the
+/// bad lines' numbers.
+fn readings(n: u64, bad_every: u64) -> (Vec<u8>, u64, u64, Vec<u64>) {
+    let mut out = String::from("meter_id,reading_at,kwh\n");
+    let (mut sum, mut bad) = (0, Vec::new());
+    for i in 1..=n {
+        let (day, minute) = (i / 1440, i % 1440);
+        let ts = format!(
+            "{}-{:02}-{:02}T{:02}:{:02}:00Z",
+            2000 + day / 336,
+            1 + day / 28 % 12,
+            1 + day % 28,
+            minute / 60,
+            minute % 60
+        );
+        if i % bad_every == 0 {
+            out.push_str(&format!("m{},{ts},-1\n", i % 50));
+            bad.push(i + 1);
+        } else {
+            out.push_str(&format!("m{},{ts},{}.{:03}\n", i % 50, i / 1000, i % 1000));
+            sum += i;
+        }
+    }
+    (out.into_bytes(), n - bad.len() as u64, sum, bad)
+}
+
+/// Checks that the only job completed with exactly the file's lines.
+fn assert_imported_exactly_once(db: &TestDb, good: u64, sum: u64, bad: &[u64], attempts: u32) {
+    let (status, imported, rejected, tries): (String, u64, u64, u32) = db.row(
+        "SELECT CAST(status AS CHAR), rows_imported, rows_rejected, attempts FROM import_jobs",
+    );
+    assert_eq!(status, "completed_with_errors");
+    assert_eq!((imported, rejected), (good, bad.len() as u64));
+    assert_eq!(tries, attempts);
+    let (rows, total): (u64, u64) =
+        db.row("SELECT COUNT(*), CAST(SUM(kwh) * 1000 AS UNSIGNED) FROM meter_readings");
+    assert_eq!(
+        (rows, total),
+        (good, sum),
+        "every reading once, none missing"
+    );
+    let lines: Vec<u64> = db.column("SELECT line_no FROM import_errors ORDER BY line_no");
+    assert_eq!(lines, bad);
+}
+
+fn enqueue(db: &TestDb, path: &Path) {
+    let (status, out, err) = db.run("enqueue", &[path.to_str().unwrap()], "enqueue");
+    assert!(status.success(), "{err}");
+    assert_eq!(out.trim(), "1");
+}
+
+#[test]
+fn a_processor_killed_mid_job_is_resumed_without_duplicates_or_gaps() {
+    let Some(db) = TestDb::create("kill9") else {
+        return;
+    };
+    let (csv, good, sum, bad) = readings(60_000, 997);
+    let path = db.write("readings.csv", &csv);
+    enqueue(&db, &path);
+    let lock = db.dir.path().join("import.lock");
+    let lock = lock.to_str().unwrap();
+    let args = ["--once", "--lock-file", lock, "--batch-rows", "100"];
+
+    let mut first = db.dbslots("run", &args, "first").spawn().unwrap();
+    wait_for_progress(&db, &mut first, 3_000);
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let (status, imported): (String, u64) =
+        db.row("SELECT CAST(status AS CHAR), rows_imported FROM import_jobs");
+    assert_eq!(status, "processing", "killed mid-job");
+    assert!(imported < good, "killed mid-job");
+
+    // The dead holder's heartbeat stops; instead of waiting out
+    // --stale-after, age it.
+    db.sql("UPDATE import_jobs SET heartbeat_at = heartbeat_at - INTERVAL 1 HOUR");
+    let (status, _, err) = db.run("run", &args, "second");
+    assert!(status.success(), "{err}");
+    assert!(err.contains("completed with errors"), "{err}");
+    assert_imported_exactly_once(&db, good, sum, &bad, 2);
+    let last_error: String = db.row("SELECT last_error FROM import_jobs");
+    assert!(last_error.contains("stopped heartbeating"), "{last_error}");
+}
+
+#[test]
+fn a_second_processor_on_the_same_lock_exits_at_once_and_sigterm_leaves_the_job_resumable() {
+    let Some(db) = TestDb::create("lock") else {
+        return;
+    };
+    let (csv, good, sum, bad) = readings(60_000, 1009);
+    let path = db.write("readings.csv", &csv);
+    enqueue(&db, &path);
+    let lock_path = db.dir.path().join("import.lock");
+    let lock = lock_path.to_str().unwrap();
+
+    // A daemon (no --once) working on the job.
+    let mut first = db
+        .dbslots(
+            "run",
+            &["--lock-file", lock, "--batch-rows", "100", "--sleep", "1"],
+            "first",
+        )
+        .spawn()
+        .unwrap();
+    wait_for_progress(&db, &mut first, 1_000);
+    let pid = first.id().to_string();
+    assert_eq!(std::fs::read_to_string(&lock_path).unwrap().trim(), pid);
+
+    // From cron: exits 0 naming the running processor.
+    let (status, _, err) = db.run("run", &["--once", "--lock-file", lock], "cron");
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(err.contains(&format!("pid {pid}")), "{err}");
+    // As a daemon: an error, also naming it.
+    let (status, _, err) = db.run("run", &["--lock-file", lock], "daemon");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("pid {pid}")), "{err}");
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first one still works"
+    );
+
+    // SIGTERM: the batch in flight is finished, the job put back, exit 0.
+    // SAFETY: kill(2) on the pid of our own child, which has not been
+    // reaped yet.
+    assert_eq!(
+        unsafe { libc::kill(first.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let status = wait_guarded(&mut first, "the terminated processor");
+    let (_, err) = db.output("first");
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("put back in the queue at its checkpoint"),
+        "{err}"
+    );
+    let (status, holder, attempts, imported, offset): (String, Option<String>, u32, u64, u64) = db
+        .row("SELECT CAST(status AS CHAR), holder, attempts, rows_imported, byte_offset FROM import_jobs");
+    assert_eq!((status.as_str(), holder, attempts), ("pending", None, 0));
+    assert!(imported >= 1_000 && imported < good, "{imported}");
+    assert!(offset > 0);
+
+    let (status, _, err) = db.run("run", &["--once", "--lock-file", lock], "resume");
+    assert!(status.success(), "{err}");
+    assert!(err.contains("resuming after"), "{err}");
+    assert_imported_exactly_once(&db, good, sum, &bad, 1);
+}
