@@ -8,6 +8,7 @@
 mod bench;
 mod child;
 mod db;
+mod demo;
 mod servers;
 mod test;
 
@@ -25,6 +26,10 @@ const TASKS: &[(&str, &str)] = &[
     (
         "bench [CRITERION-ARGS]",
         "cargo bench --workspace against throwaway MySQL and Redis",
+    ),
+    (
+        "demo [--batches | --no-throttle]",
+        "the main job: 1000 workers via `dbslots spawn` against a throwaway MySQL with max_connections=151; reports refused connections, rows and wall time",
     ),
     (
         "db up [--max-connections N]",
@@ -48,6 +53,7 @@ fn main() -> ExitCode {
         Some("test") => test::run(rest),
         Some("bench") => bench::run(rest),
         Some("db") => db::run(rest),
+        Some("demo") => demo::run(rest),
         // Further tasks (such as `demo`) get an arm and a module here.
         Some(other) => Err(anyhow!(
             "unknown task `{other}`: run `cargo xtask` for the list"

@@ -1,0 +1,404 @@
+//! `dbslots-demo-worker`: the worker process of `cargo xtask demo`, and the
+//! two helpers around a run.
+//!
+//! * `prepare` (administrative account) creates the jobs table with
+//!   `--workers` × `--rows-per-worker` queued rows, resets the server's
+//!   status counters and prints the server's limits and the pool capacity
+//!   dbslots-mysql suggests, as JSON.
+//! * `work` (ordinary account) is one worker: it connects, claims the rows
+//!   of its share (`shard = DBSLOTS_WORKER_INDEX`), processes them in one
+//!   transaction, keeps its connection for `--hold-ms` in all (a realistic
+//!   job), closes it, and prints one `DEMO-RESULT {json}` line with the
+//!   refusals it met.
+//! * `report` (administrative account) prints the rows queued and processed
+//!   and the server's connection counters, as JSON.
+//!
+//! How `work` connects depends on what it was given, like any worker of
+//! `dbslots spawn`:
+//!
+//! * `DBSLOTS_SLOT` set: the spawner holds a slot for this worker, so it
+//!   connects directly and must not take a second slot;
+//! * else `DBSLOTS_POOL` set: it takes its own slot through
+//!   [`dbslots_mysql::Connector`] (the reference batch mode);
+//! * `--no-slots`: it connects directly with the reference system's retries
+//!   (5 attempts, 100 ms doubling), the way that ran into 1040.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use dbslots_core::{Pool, PoolOptions};
+use dbslots_mysql::mysql_async::prelude::Queryable;
+use dbslots_mysql::mysql_async::{self, Conn, Opts, TxOpts};
+use dbslots_mysql::{Attempt, Connector, ServerLimits, codes};
+use serde_json::json;
+
+/// The jobs table.
+const TABLE: &str = "demo_jobs";
+/// Attempts of a direct connect (the reference system's five).
+const DIRECT_ATTEMPTS: u32 = 5;
+/// The first retry delay of a direct connect; it doubles.
+const DIRECT_FIRST_DELAY: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Parser)]
+#[command(name = "dbslots-demo-worker", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create and fill the jobs table, reset the status counters
+    Prepare {
+        /// URL of an administrative account
+        #[arg(long)]
+        admin_url: String,
+        /// URL of the account the workers use (for its limits)
+        #[arg(long)]
+        url: String,
+        /// Number of workers (shards)
+        #[arg(long)]
+        workers: u32,
+        /// Rows queued for each worker
+        #[arg(long, default_value_t = 20)]
+        rows_per_worker: u32,
+    },
+    /// Be one worker
+    Work {
+        /// URL of the ordinary account
+        #[arg(long)]
+        url: String,
+        /// How long to keep the connection, in milliseconds
+        #[arg(long, default_value_t = 200)]
+        hold_ms: u64,
+        /// Connect without any slot (the unthrottled reference)
+        #[arg(long)]
+        no_slots: bool,
+    },
+    /// Print rows processed and the server's connection counters
+    Report {
+        /// URL of an administrative account
+        #[arg(long)]
+        admin_url: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dbslots-demo-worker: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Prepare {
+                admin_url,
+                url,
+                workers,
+                rows_per_worker,
+            } => prepare(&admin_url, &url, workers, rows_per_worker).await,
+            Command::Work {
+                url,
+                hold_ms,
+                no_slots,
+            } => work(&url, Duration::from_millis(hold_ms), no_slots).await,
+            Command::Report { admin_url } => report(&admin_url).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dbslots-demo-worker: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn opts(url: &str) -> Result<Opts> {
+    Opts::from_url(url).with_context(|| format!("invalid URL {}", dbslots_core::redact(url)))
+}
+
+async fn prepare(admin_url: &str, url: &str, workers: u32, per_worker: u32) -> Result<()> {
+    if workers == 0 || per_worker == 0 {
+        bail!("--workers and --rows-per-worker must be at least 1");
+    }
+    let mut conn = Conn::new(opts(admin_url)?)
+        .await
+        .context("cannot connect as the administrator")?;
+    conn.query_drop(format!("DROP TABLE IF EXISTS {TABLE}"))
+        .await?;
+    conn.query_drop(format!(
+        "CREATE TABLE {TABLE} (
+            id INT UNSIGNED NOT NULL PRIMARY KEY,
+            shard INT UNSIGNED NOT NULL,
+            payload VARCHAR(64) NOT NULL,
+            state ENUM('queued', 'done') NOT NULL DEFAULT 'queued',
+            worker INT UNSIGNED NULL,
+            result BIGINT UNSIGNED NULL,
+            processed INT UNSIGNED NOT NULL DEFAULT 0,
+            KEY by_shard (shard, state)
+        ) ENGINE=InnoDB"
+    ))
+    .await
+    .context("cannot create the jobs table")?;
+    let total = u64::from(workers) * u64::from(per_worker);
+    let mut id = 1u64;
+    while id <= total {
+        let end = (id + 1999).min(total);
+        let values: Vec<String> = (id..=end)
+            .map(|i| format!("({i},{},'job-{i}')", (i - 1) % u64::from(workers)))
+            .collect();
+        conn.query_drop(format!(
+            "INSERT INTO {TABLE} (id, shard, payload) VALUES {}",
+            values.join(",")
+        ))
+        .await
+        .context("cannot queue the jobs")?;
+        id = end + 1;
+    }
+    // Max_used_connections and the error counters start from here.
+    conn.query_drop("FLUSH STATUS").await?;
+    conn.disconnect().await?;
+
+    let mut user = Conn::new(opts(url)?)
+        .await
+        .context("cannot connect as the workers' account")?;
+    let limits = ServerLimits::read(&mut user).await?;
+    user.disconnect().await?;
+    let suggestion = limits.suggest_capacity();
+    println!(
+        "{}",
+        json!({
+            "rows": total,
+            "version": limits.version,
+            "max_connections": limits.max_connections,
+            "capacity": suggestion.capacity,
+            "reason": suggestion.reason,
+        })
+    );
+    Ok(())
+}
+
+/// Refusals met while connecting, by error code.
+#[derive(Default)]
+struct Refusals(BTreeMap<String, u32>);
+
+impl Refusals {
+    fn count(&mut self, code: Option<u16>) {
+        let key = match code {
+            Some(
+                c @ (codes::TOO_MANY_CONNECTIONS
+                | codes::TOO_MANY_USER_CONNECTIONS
+                | codes::USER_LIMIT_REACHED),
+            ) => c.to_string(),
+            _ => "other".to_string(),
+        };
+        *self.0.entry(key).or_default() += 1;
+    }
+
+    fn attempts(&mut self, attempts: &[Attempt]) {
+        for a in attempts {
+            self.count(a.code);
+        }
+    }
+}
+
+fn env_u32(name: &str) -> Result<u32> {
+    std::env::var(name)
+        .with_context(|| format!("{name} is not set: run me with `dbslots spawn`"))?
+        .parse()
+        .with_context(|| format!("{name} is not a number"))
+}
+
+/// A connection, however it was opened.
+enum Opened {
+    Direct(Conn),
+    Slotted(dbslots_mysql::Connection),
+}
+
+impl Opened {
+    fn conn(&mut self) -> &mut Conn {
+        match self {
+            Opened::Direct(c) => c,
+            Opened::Slotted(c) => c,
+        }
+    }
+
+    async fn close(self) -> Result<()> {
+        match self {
+            Opened::Direct(c) => c.disconnect().await?,
+            Opened::Slotted(c) => c.close().await?,
+        }
+        Ok(())
+    }
+}
+
+async fn connect_direct(url: &str, refusals: &mut Refusals) -> Result<Conn> {
+    let opts = opts(url)?;
+    let mut delay = DIRECT_FIRST_DELAY;
+    for attempt in 1..=DIRECT_ATTEMPTS {
+        match Conn::new(opts.clone()).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) => {
+                let code = match &e {
+                    mysql_async::Error::Server(s) => Some(s.code),
+                    _ => None,
+                };
+                refusals.count(code);
+                if attempt == DIRECT_ATTEMPTS {
+                    return Err(e).context(format!("gave up after {attempt} attempts"));
+                }
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+    bail!("no connect attempt was made")
+}
+
+async fn work(url: &str, hold: Duration, no_slots: bool) -> Result<()> {
+    let index = env_u32("DBSLOTS_WORKER_INDEX")?;
+    let started = Instant::now();
+    let mut refusals = Refusals::default();
+    let (path, opened) = if no_slots {
+        (
+            "no-slots",
+            connect_direct(url, &mut refusals).await.map(Opened::Direct),
+        )
+    } else if std::env::var_os("DBSLOTS_SLOT").is_some() {
+        // The spawner holds our slot: a second one from the same pool
+        // would be waiting for ourselves once the pool is full.
+        (
+            "spawner-slot",
+            connect_direct(url, &mut refusals).await.map(Opened::Direct),
+        )
+    } else {
+        let pool_dir = std::env::var("DBSLOTS_POOL")
+            .context("neither DBSLOTS_SLOT nor DBSLOTS_POOL is set: run me with `dbslots spawn`")?;
+        let pool = Pool::open_str(&pool_dir, &PoolOptions::new())?;
+        let connector = Connector::new(url, pool)?;
+        let opened = match connector.connect().await {
+            Ok(conn) => {
+                refusals.attempts(conn.failed_attempts());
+                Ok(Opened::Slotted(conn))
+            }
+            Err(e) => {
+                if let dbslots_mysql::Error::Connect { attempts, .. } = &e {
+                    refusals.attempts(attempts);
+                } else {
+                    refusals.count(None);
+                }
+                Err(anyhow::Error::from(e))
+            }
+        };
+        ("connector", opened)
+    };
+    let result = match opened {
+        Ok(mut conn) => {
+            let connected = Instant::now();
+            let processed = process_share(conn.conn(), index).await;
+            if let Some(rest) = hold.checked_sub(connected.elapsed()) {
+                tokio::time::sleep(rest).await;
+            }
+            let closed = conn.close().await;
+            processed.and_then(|rows| closed.map(|()| rows))
+        }
+        Err(e) => Err(e),
+    };
+    let (ok, rows, error) = match &result {
+        Ok(rows) => (true, *rows, None),
+        Err(e) => (false, 0, Some(format!("{e:#}"))),
+    };
+    println!(
+        "DEMO-RESULT {}",
+        json!({
+            "worker": index,
+            "path": path,
+            "ok": ok,
+            "rows": rows,
+            "refusals": refusals.0,
+            "ms": started.elapsed().as_millis() as u64,
+            "error": error,
+        })
+    );
+    result.map(|_| ())
+}
+
+/// Claims and processes the queued rows of shard `index`; returns how many.
+async fn process_share(conn: &mut Conn, index: u32) -> Result<u64> {
+    let mut tx = conn.start_transaction(TxOpts::default()).await?;
+    let rows: Vec<(u32, String)> = tx
+        .exec(
+            format!(
+                "SELECT id, payload FROM {TABLE} WHERE shard = ? AND state = 'queued' FOR UPDATE"
+            ),
+            (index,),
+        )
+        .await
+        .context("cannot claim the share")?;
+    let updates: Vec<(u64, u32, u32)> = rows
+        .iter()
+        .map(|(id, payload)| (checksum(payload), index, *id))
+        .collect();
+    tx.exec_batch(
+        format!(
+            "UPDATE {TABLE} SET state = 'done', result = ?, worker = ?, processed = processed + 1 WHERE id = ?"
+        ),
+        updates,
+    )
+    .await
+    .context("cannot record the results")?;
+    tx.commit().await.context("cannot commit")?;
+    Ok(rows.len() as u64)
+}
+
+/// The "work": FNV-1a of the payload.
+fn checksum(payload: &str) -> u64 {
+    payload.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+async fn report(admin_url: &str) -> Result<()> {
+    let mut conn = Conn::new(opts(admin_url)?)
+        .await
+        .context("cannot connect as the administrator")?;
+    let (queued, done, processed, twice): (u64, Option<u64>, Option<u64>, Option<u64>) = conn
+        .query_first(format!(
+            "SELECT COUNT(*), SUM(state = 'done'), SUM(processed), SUM(processed > 1) FROM {TABLE}"
+        ))
+        .await?
+        .context("no row from the jobs table")?;
+    let status: Vec<(String, String)> = conn
+        .query(
+            "SHOW GLOBAL STATUS WHERE Variable_name IN ('Max_used_connections', \
+             'Connection_errors_max_connections', 'Aborted_connects', 'Threads_connected')",
+        )
+        .await?;
+    let max_connections: Option<u64> = conn.query_first("SELECT @@max_connections").await?;
+    conn.disconnect().await?;
+    let status: BTreeMap<String, u64> = status
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+        .collect();
+    println!(
+        "{}",
+        json!({
+            "queued": queued,
+            "done": done.unwrap_or(0),
+            "processed": processed.unwrap_or(0),
+            "processed_twice": twice.unwrap_or(0),
+            "max_connections": max_connections,
+            "status": status,
+        })
+    );
+    Ok(())
+}
