@@ -13,6 +13,18 @@ use crate::error::{Error, Result, codes};
 /// Users the server shows for its own threads; never killed.
 const SYSTEM_USERS: [&str; 4] = ["system user", "event_scheduler", "unauthenticated user", ""];
 
+/// A row of `information_schema.PROCESSLIST`: ID, USER, HOST, DB, COMMAND,
+/// TIME, STATE.
+type ProcesslistRow = (
+    u64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+);
+
 /// One connection (thread) of the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Process {
@@ -85,15 +97,7 @@ impl Processlist {
             .query_map(
                 "SELECT ID, USER, HOST, DB, COMMAND, TIME, STATE \
                  FROM information_schema.PROCESSLIST ORDER BY ID",
-                |(id, user, host, db, command, seconds, state): (
-                    u64,
-                    Option<String>,
-                    Option<String>,
-                    Option<String>,
-                    Option<String>,
-                    Option<i64>,
-                    Option<String>,
-                )| Process {
+                |(id, user, host, db, command, seconds, state): ProcesslistRow| Process {
                     id,
                     user: user.unwrap_or_default(),
                     host: host.unwrap_or_default(),

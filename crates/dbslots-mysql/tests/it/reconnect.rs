@@ -1,0 +1,103 @@
+//! Connections the server drops, and connects that must not be retried.
+
+use std::time::{Duration, Instant};
+
+use dbslots_mysql::mysql_async::prelude::Queryable;
+use dbslots_mysql::{Connector, Error, Liveness, codes};
+use dbslots_testkit::shared_mysql;
+
+use crate::support::{admin, gone_from_server, pool, runtime, url_as, url_with_db};
+
+#[test]
+fn a_connection_killed_by_the_admin_is_reopened_in_the_same_slot() {
+    let Some(shared) = shared_mysql() else {
+        return;
+    };
+    runtime().block_on(async {
+        let (_dir, pool) = pool(1);
+        let connector = Connector::new(&shared.user_url, pool.clone()).expect("connector");
+        let mut conn = connector.connect().await.expect("connect");
+        assert_eq!(conn.ensure_alive().await.expect("ping"), Liveness::Alive);
+        let first_id = conn.id();
+        let slot = conn.slot().expect("holds a slot").index();
+
+        let mut admin = admin(&shared.admin_url).await;
+        admin
+            .query_drop(format!("KILL CONNECTION {first_id}"))
+            .await
+            .expect("the admin kills the connection");
+        assert!(gone_from_server(&mut admin, u64::from(first_id)).await);
+
+        let liveness = conn.ensure_alive().await.expect("re-opened");
+        assert_eq!(
+            liveness,
+            Liveness::Reopened {
+                previous_id: first_id
+            }
+        );
+        assert_ne!(conn.id(), first_id, "a new server connection");
+        assert_eq!(conn.slot().map(|s| s.index()), Some(slot), "the same slot");
+        let one: Option<u8> = conn.query_first("SELECT 1").await.expect("usable again");
+        assert_eq!(one, Some(1));
+        assert!(
+            pool.try_acquire().expect("try_acquire").is_none(),
+            "the slot stayed held throughout"
+        );
+        let second_id = conn.id();
+        conn.close().await.expect("close");
+        assert!(
+            pool.try_acquire().expect("try_acquire").is_some(),
+            "close freed the slot"
+        );
+        assert!(gone_from_server(&mut admin, u64::from(second_id)).await);
+        admin.disconnect().await.expect("disconnect");
+    });
+}
+
+#[test]
+fn access_denied_and_unknown_database_fail_at_once_with_a_clear_error_and_free_the_slot() {
+    let Some(shared) = shared_mysql() else {
+        return;
+    };
+    runtime().block_on(async {
+        let (_dir, pool) = pool(1);
+        let wrong_password = "not-the-Password-7";
+        let cases = [
+            (
+                url_as(&shared.user_url, dbslots_testkit::USER, wrong_password),
+                codes::ACCESS_DENIED,
+                "password in the URL",
+            ),
+            // The admin may use any database, so it learns that this one
+            // does not exist (an ordinary account gets 1044 instead).
+            (
+                url_with_db(&shared.admin_url, "dbslots_no_such_db"),
+                codes::UNKNOWN_DATABASE,
+                "create the database",
+            ),
+        ];
+        for (url, code, advice) in cases {
+            let connector = Connector::new(&url, pool.clone()).expect("connector");
+            let started = Instant::now();
+            let err = connector.connect().await.expect_err("the connect fails");
+            // The default backoff would wait 100 ms before a second attempt.
+            assert!(started.elapsed() < Duration::from_secs(2), "failed at once");
+            assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+            assert_eq!(err.code(), Some(code));
+            assert_eq!(err.attempts().len(), 1, "not retried");
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("not retried, error {code}")),
+                "{text}"
+            );
+            assert!(text.contains(advice), "{text}");
+            assert!(!text.contains(wrong_password), "{text}");
+            assert!(!text.contains(dbslots_testkit::PASSWORD), "{text}");
+            assert!(!text.contains(dbslots_testkit::ADMIN_PASSWORD), "{text}");
+            assert!(
+                pool.try_acquire().expect("try_acquire").is_some(),
+                "the slot was released"
+            );
+        }
+    });
+}
