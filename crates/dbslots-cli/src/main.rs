@@ -5,6 +5,7 @@
 //! library crates, which carry the logic.
 
 mod common;
+mod connections;
 mod exec;
 mod import;
 mod spawn;
@@ -34,6 +35,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Change a pool's capacity
     Resize(status::ResizeArgs),
+    /// Show a MySQL server's connection limits, usage and connections, or kill idle ones
+    Connections(connections::ConnectionsArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Command::Import(a) => import::run(a),
         Command::Status(a) => status::run(a),
         Command::Resize(a) => status::run_resize(a),
+        Command::Connections(a) => connections::run(a),
     };
     match result {
         Ok(code) => code,

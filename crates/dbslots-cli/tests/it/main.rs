@@ -1,4 +1,5 @@
 //! Integration tests of the `dbslots` binary.
 
+mod connections;
 mod import;
 mod spawn;

@@ -1,0 +1,309 @@
+//! `dbslots connections`: a server's connection limits, usage and
+//! processlist, and pt-kill style cleanup of idle connections.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use dbslots_mysql::mysql_async::Conn;
+use dbslots_mysql::{IdleRule, IdleVictim, KillOutcome, Processlist, ServerLimits};
+
+use crate::common;
+use crate::exec::parse_seconds;
+
+/// Shows a MySQL server's connection limits, usage and connections grouped
+/// by user and command, with a pool capacity that leaves headroom; or, with
+/// --kill-idle, kills connections idle longer than --max-idle.
+///
+/// The monitor takes no slot and makes one attempt. When the server refuses
+/// it for lack of connections, it says how to get in anyway. An account
+/// without the PROCESS privilege sees (and may kill) only its own
+/// connections.
+#[derive(Debug, Args)]
+pub struct ConnectionsArgs {
+    /// The server, as mysql://USER:PASSWORD@HOST:PORT/[DATABASE]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    url: String,
+
+    /// Print JSON instead of text
+    #[arg(long)]
+    json: bool,
+
+    /// Kill connections that sleep (COMMAND 'Sleep') longer than --max-idle,
+    /// never this one nor the server's own threads
+    #[arg(long, requires = "max_idle")]
+    kill_idle: bool,
+
+    /// With --kill-idle: idle seconds beyond which a connection is killed
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, requires = "kill_idle")]
+    max_idle: Option<Duration>,
+
+    /// With --kill-idle: only this user's connections
+    #[arg(long, value_name = "NAME", requires = "kill_idle")]
+    user: Option<String>,
+
+    /// With --kill-idle: print what would be killed, kill nothing
+    #[arg(long, requires = "kill_idle")]
+    dry_run: bool,
+}
+
+/// Runs `dbslots connections`.
+pub fn run(args: ConnectionsArgs) -> anyhow::Result<ExitCode> {
+    common::runtime()?.block_on(async {
+        let mut conn = dbslots_mysql::connect_monitor(&args.url).await?;
+        let result = if args.kill_idle {
+            kill(&mut conn, &args).await
+        } else {
+            report(&mut conn, &args).await
+        };
+        // Leave politely; a failure to say QUIT changes nothing for the user.
+        let _ = conn.disconnect().await;
+        result
+    })
+}
+
+async fn report(conn: &mut Conn, args: &ConnectionsArgs) -> anyhow::Result<ExitCode> {
+    let limits = ServerLimits::read(conn).await?;
+    let list = Processlist::read(conn).await?;
+    let suggestion = limits.suggest_capacity();
+    let url = dbslots_core::redact(&args.url);
+    if args.json {
+        let doc = serde_json::json!({
+            "url": url,
+            "limits": limits,
+            "suggested_capacity": suggestion,
+            "groups": list.groups(),
+            "connections": list.processes,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", render_report(&url, &limits, &list));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render_report(url: &str, limits: &ServerLimits, list: &Processlist) -> String {
+    let mut out = String::new();
+    let s = limits.suggest_capacity();
+    let _ = writeln!(
+        out,
+        "server       {} at {url}, as {}",
+        limits.version, limits.account
+    );
+    let mut extra = String::from(" (+1 for CONNECTION_ADMIN/SUPER)");
+    if let (Some(n), Some(port)) = (limits.extra_max_connections, limits.extra_port) {
+        let port = if port == 0 {
+            "extra_port off".to_string()
+        } else {
+            format!("on extra_port {port}")
+        };
+        let _ = write!(extra, ", extra_max_connections {n} ({port})");
+    }
+    let _ = writeln!(
+        out,
+        "limits       max_connections {}{extra}",
+        limits.max_connections
+    );
+    let own = match limits.account_max_user_connections {
+        Some(0) => "none of its own".to_string(),
+        Some(n) => n.to_string(),
+        None => "not visible".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "             max_user_connections {}, this account's own limit: {own}",
+        unlimited(limits.max_user_connections)
+    );
+    let percent = limits
+        .threads_connected
+        .saturating_mul(100)
+        .checked_div(limits.max_connections)
+        .unwrap_or(0);
+    let _ = write!(
+        out,
+        "usage        Threads_connected {} of {} ({percent}%), Max_used_connections {}",
+        limits.threads_connected, limits.max_connections, limits.max_used_connections
+    );
+    if let Some(n) = limits.connection_errors_max_connections {
+        let _ = write!(out, ", Connection_errors_max_connections {n}");
+    }
+    out.push('\n');
+    if percent >= 80 {
+        let _ = writeln!(
+            out,
+            "WARNING      {percent}% of max_connections in use: new clients are about to be refused"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "suggested    pool capacity {}: {}",
+        s.capacity, s.reason
+    );
+    if !limits.account_limits.is_empty() {
+        let accounts: Vec<String> = limits
+            .account_limits
+            .iter()
+            .map(|a| format!("{}@{} {}", a.user, a.host, a.max_user_connections))
+            .collect();
+        let _ = writeln!(out, "own limits   {}", accounts.join(", "));
+    }
+    let groups = list.groups();
+    let _ = writeln!(
+        out,
+        "\nconnections  {} visible (an account without PROCESS sees only its own)",
+        list.processes.len()
+    );
+    let width = groups
+        .iter()
+        .map(|g| g.user.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:<16}  {:>5}  {:>8}",
+        "USER", "COMMAND", "COUNT", "LONGEST"
+    );
+    for g in groups {
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:<16}  {:>5}  {:>7}s",
+            g.user, g.command, g.count, g.max_seconds
+        );
+    }
+    out
+}
+
+fn unlimited(n: u64) -> String {
+    if n == 0 {
+        "0 (no limit)".to_string()
+    } else {
+        n.to_string()
+    }
+}
+
+async fn kill(conn: &mut Conn, args: &ConnectionsArgs) -> anyhow::Result<ExitCode> {
+    let max_idle = args
+        .max_idle
+        .context("--kill-idle needs --max-idle SECONDS")?;
+    let rule = IdleRule {
+        max_idle,
+        user: args.user.clone(),
+    };
+    let victims = dbslots_mysql::kill_idle(conn, &rule, args.dry_run).await?;
+    if args.json {
+        let doc = serde_json::json!({
+            "dry_run": args.dry_run,
+            "max_idle_seconds": max_idle.as_secs_f64(),
+            "user": args.user,
+            "victims": victims,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", render_victims(&victims, &rule, args.dry_run));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render_victims(victims: &[IdleVictim], rule: &IdleRule, dry_run: bool) -> String {
+    let mut out = String::new();
+    let whose = rule
+        .user
+        .as_deref()
+        .map(|u| format!(" of user {u}"))
+        .unwrap_or_default();
+    if victims.is_empty() {
+        let _ = writeln!(
+            out,
+            "no connection{whose} idle longer than {:?}",
+            rule.max_idle
+        );
+        return out;
+    }
+    for v in victims {
+        let p = &v.process;
+        let what = match &v.outcome {
+            KillOutcome::Killed => "killed".to_string(),
+            KillOutcome::WouldKill => "would kill".to_string(),
+            KillOutcome::Gone => "already gone".to_string(),
+            KillOutcome::Busy => "left alone (busy again)".to_string(),
+            KillOutcome::Refused(why) => format!("not killed ({why})"),
+        };
+        let _ = writeln!(
+            out,
+            "{what}: id {} user {} host {} idle {}s",
+            p.id, p.user, p.host, p.seconds
+        );
+    }
+    let count = |o: &KillOutcome| victims.iter().filter(|v| &v.outcome == o).count();
+    if dry_run {
+        let _ = writeln!(
+            out,
+            "dry run: {} connection(s){whose} would be killed; nothing was killed",
+            count(&KillOutcome::WouldKill)
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "{} connection(s){whose} killed",
+            count(&KillOutcome::Killed)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dbslots_mysql::Process;
+
+    fn victim(id: u64, outcome: KillOutcome) -> IdleVictim {
+        IdleVictim {
+            process: Process {
+                id,
+                user: "app".into(),
+                host: "10.1.2.3:4567".into(),
+                db: None,
+                command: "Sleep".into(),
+                seconds: 240,
+                state: None,
+            },
+            outcome,
+        }
+    }
+
+    #[test]
+    fn each_victim_gets_a_line_with_id_user_host_and_idle_time() {
+        let rule = IdleRule::new(Duration::from_secs(180)).user("app");
+        let text = render_victims(
+            &[
+                victim(12, KillOutcome::WouldKill),
+                victim(13, KillOutcome::WouldKill),
+            ],
+            &rule,
+            true,
+        );
+        assert!(
+            text.contains("would kill: id 12 user app host 10.1.2.3:4567 idle 240s"),
+            "{text}"
+        );
+        assert!(text.contains("id 13"), "{text}");
+        assert!(
+            text.contains("2 connection(s) of user app would be killed; nothing was killed"),
+            "{text}"
+        );
+        let text = render_victims(&[victim(12, KillOutcome::Killed)], &rule, false);
+        assert!(text.contains("killed: id 12"), "{text}");
+        assert!(
+            text.contains("1 connection(s) of user app killed"),
+            "{text}"
+        );
+        let text = render_victims(&[], &rule, false);
+        assert!(
+            text.contains("no connection of user app idle longer than 180s"),
+            "{text}"
+        );
+    }
+}

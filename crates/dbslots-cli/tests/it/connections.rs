@@ -1,0 +1,301 @@
+//! `dbslots connections` as an operator runs it, against the shared test
+//! server (skipped without one, see dbslots-testkit). Each test works with
+//! accounts of its own, so that it kills nobody else's connections.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+
+const TEMP_PASSWORD: &str = "dbslots-cli-temp-pw";
+
+fn dbslots() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbslots"));
+    cmd.env_remove("DATABASE_URL").env("RUST_LOG", "warn");
+    cmd
+}
+
+fn run(cmd: &mut Command) -> (Output, String, String) {
+    let out = cmd.output().expect("dbslots runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stdout, stderr)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+fn url_as(url: &str, user: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL has a scheme");
+    let (_, host_and_rest) = rest.rsplit_once('@').expect("a test URL has credentials");
+    format!("{scheme}://{user}:{password}@{host_and_rest}")
+}
+
+/// An account of this test, dropped at the end.
+struct Account {
+    name: String,
+    url: String,
+    admin_url: String,
+}
+
+impl Account {
+    async fn create(admin_url: &str, purpose: &str, limit: Option<u32>) -> Account {
+        let name = format!("dbslots_cli_{purpose}_{}", std::process::id());
+        let mut admin = Conn::from_url(admin_url).await.expect("the admin connects");
+        let limit = limit
+            .map(|n| format!(" WITH MAX_USER_CONNECTIONS {n}"))
+            .unwrap_or_default();
+        for sql in [
+            format!("DROP USER IF EXISTS '{name}'@'%'"),
+            format!("CREATE USER '{name}'@'%' IDENTIFIED BY '{TEMP_PASSWORD}'{limit}"),
+            format!(
+                "GRANT SELECT ON `{}`.* TO '{name}'@'%'",
+                dbslots_testkit::DATABASE
+            ),
+        ] {
+            admin
+                .query_drop(sql)
+                .await
+                .expect("the admin manages accounts");
+        }
+        admin.disconnect().await.expect("disconnect");
+        Account {
+            url: url_as(admin_url, &name, TEMP_PASSWORD),
+            name,
+            admin_url: admin_url.to_string(),
+        }
+    }
+
+    async fn open(&self, n: usize) -> Vec<Conn> {
+        let mut conns = Vec::new();
+        for _ in 0..n {
+            conns.push(
+                Conn::from_url(&self.url)
+                    .await
+                    .expect("the account connects"),
+            );
+        }
+        conns
+    }
+}
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            runtime().block_on(async {
+                if let Ok(mut admin) = Conn::from_url(&admin_url).await {
+                    let _ = admin
+                        .query_drop(format!("DROP USER IF EXISTS '{name}'@'%'"))
+                        .await;
+                    let _ = admin.disconnect().await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+async fn listed_ids(admin_url: &str) -> BTreeSet<u64> {
+    let mut admin = Conn::from_url(admin_url).await.expect("the admin connects");
+    let ids: Vec<u64> = admin
+        .query("SELECT ID FROM information_schema.PROCESSLIST")
+        .await
+        .expect("processlist");
+    admin.disconnect().await.expect("disconnect");
+    ids.into_iter().collect()
+}
+
+fn ids(conns: &[Conn]) -> BTreeSet<u64> {
+    conns.iter().map(|c| u64::from(c.id())).collect()
+}
+
+#[test]
+fn connections_shows_limits_usage_and_connections_by_user_as_json_and_text() {
+    let Some(shared) = dbslots_testkit::shared_mysql() else {
+        return;
+    };
+    let rt = runtime();
+    let account = rt.block_on(Account::create(&shared.admin_url, "show", None));
+    let idle = rt.block_on(account.open(2));
+    let max_connections: u64 = rt.block_on(async {
+        let mut admin = Conn::from_url(&shared.admin_url).await.expect("admin");
+        let n = admin
+            .query_first("SELECT @@max_connections")
+            .await
+            .expect("query")
+            .expect("a row");
+        admin.disconnect().await.expect("disconnect");
+        n
+    });
+
+    let (out, stdout, stderr) =
+        run(dbslots().args(["connections", "--json", "--url", &shared.admin_url]));
+    assert!(out.status.success(), "{stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).expect("--json prints JSON");
+    assert_eq!(doc["limits"]["max_connections"], max_connections);
+    assert!(
+        doc["limits"]["threads_connected"]
+            .as_u64()
+            .expect("a number")
+            >= 3
+    );
+    let capacity = doc["suggested_capacity"]["capacity"]
+        .as_u64()
+        .expect("a number");
+    assert!(
+        capacity >= 1 && capacity < max_connections,
+        "headroom: {capacity}"
+    );
+    let group = doc["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .find(|g| g["user"] == account.name.as_str() && g["command"] == "Sleep")
+        .unwrap_or_else(|| panic!("the account's sleepers are grouped: {stdout}"));
+    assert_eq!(group["count"], 2);
+    assert!(!stdout.contains(dbslots_testkit::ADMIN_PASSWORD));
+    assert!(stdout.contains(":***@"), "the URL is shown redacted");
+
+    // The URL from $DATABASE_URL, as text.
+    let (out, stdout, stderr) = run(dbslots()
+        .arg("connections")
+        .env("DATABASE_URL", &shared.admin_url));
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(&format!("max_connections {max_connections}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("suggested    pool capacity {capacity}:")),
+        "{stdout}"
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(&account.name))
+        .unwrap_or_else(|| panic!("a line for the account: {stdout}"));
+    assert_eq!(
+        line.split_whitespace().take(3).collect::<Vec<_>>(),
+        [account.name.as_str(), "Sleep", "2"]
+    );
+    assert!(
+        !stdout.contains(dbslots_testkit::ADMIN_PASSWORD)
+            && !stderr.contains(dbslots_testkit::ADMIN_PASSWORD)
+    );
+    rt.block_on(async {
+        for c in idle {
+            c.disconnect().await.expect("disconnect");
+        }
+    });
+}
+
+#[test]
+fn kill_idle_prints_each_connection_and_kills_only_without_dry_run() {
+    let Some(shared) = dbslots_testkit::shared_mysql() else {
+        return;
+    };
+    let rt = runtime();
+    let account = rt.block_on(Account::create(&shared.admin_url, "kill", None));
+    let bystander = rt.block_on(Account::create(&shared.admin_url, "keep", None));
+    let idle = rt.block_on(account.open(2));
+    let kept = rt.block_on(bystander.open(1));
+    // The server counts idle time in whole seconds.
+    std::thread::sleep(Duration::from_millis(2300));
+    let kill = |dry_run: bool| {
+        let mut cmd = dbslots();
+        cmd.args([
+            "connections",
+            "--url",
+            &shared.admin_url,
+            "--kill-idle",
+            "--max-idle",
+            "1",
+        ])
+        .args(["--user", &account.name]);
+        if dry_run {
+            cmd.arg("--dry-run");
+        }
+        run(&mut cmd)
+    };
+
+    let (out, stdout, stderr) = kill(true);
+    assert!(out.status.success(), "{stderr}");
+    for id in ids(&idle) {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(&format!("id {id} ")))
+            .unwrap_or_else(|| panic!("a line for connection {id}: {stdout}"));
+        assert!(line.starts_with("would kill:"), "{line}");
+        assert!(line.contains(&format!("user {}", account.name)), "{line}");
+        assert!(
+            line.contains("host 127.0.0.1:") || line.contains("host localhost:"),
+            "{line}"
+        );
+        assert!(line.contains(" idle "), "{line}");
+    }
+    assert!(stdout.contains("nothing was killed"), "{stdout}");
+    let listed = rt.block_on(listed_ids(&shared.admin_url));
+    assert!(ids(&idle).is_subset(&listed), "the dry run killed nothing");
+
+    let (out, stdout, stderr) = kill(false);
+    assert!(out.status.success(), "{stderr}");
+    for id in ids(&idle) {
+        assert!(stdout.contains(&format!("killed: id {id} ")), "{stdout}");
+    }
+    assert!(stdout.contains("2 connection(s) of user"), "{stdout}");
+    assert!(!stdout.contains(&bystander.name), "{stdout}");
+    let mut gone = false;
+    for _ in 0..100 {
+        let listed = rt.block_on(listed_ids(&shared.admin_url));
+        assert!(
+            ids(&kept).is_subset(&listed),
+            "the other user's connection lives"
+        );
+        if listed.is_disjoint(&ids(&idle)) {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(gone, "the idle connections were killed");
+    drop((idle, kept));
+}
+
+#[test]
+fn a_refused_monitor_says_why_and_how_to_get_in() {
+    let Some(shared) = dbslots_testkit::shared_mysql() else {
+        return;
+    };
+    let rt = runtime();
+    let account = rt.block_on(Account::create(&shared.admin_url, "full", Some(1)));
+    let holder = rt.block_on(account.open(1));
+    let (out, stdout, stderr) = run(dbslots().args(["connections", "--url", &account.url]));
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stderr.contains("refused the monitor's own connection"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("error 1226"), "{stderr}");
+    assert!(stderr.contains("connect as another account"), "{stderr}");
+    assert!(stderr.contains("KILL <ID>"), "{stderr}");
+    assert!(!stderr.contains(TEMP_PASSWORD), "{stderr}");
+    drop(holder);
+}
+
+#[test]
+fn kill_idle_without_max_idle_is_a_usage_error() {
+    let (out, _, stderr) = run(dbslots().args([
+        "connections",
+        "--url",
+        "mysql://u:p@127.0.0.1:1/x",
+        "--kill-idle",
+    ]));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--max-idle"), "{stderr}");
+}
