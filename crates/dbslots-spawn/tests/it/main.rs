@@ -1,0 +1,92 @@
+//! The library API of dbslots-spawn with real processes and pools in
+//! temporary directories (the command line is tested in dbslots-cli).
+
+use std::time::Duration;
+
+use dbslots_core::{Pool, PoolOptions};
+use dbslots_spawn::{Error, Progress, SpawnOptions, Spawner, StopReason, Template};
+
+fn pool(dir: &std::path::Path, capacity: u32) -> Pool {
+    Pool::open(dir.join("pool"), &PoolOptions::new().capacity(capacity)).unwrap()
+}
+
+fn quiet(workers: u32) -> SpawnOptions {
+    SpawnOptions::new(workers)
+        .progress(Progress::Quiet)
+        .handle_signals(false)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn options_out_of_range_are_rejected_with_a_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = Template::from_argv(["true"]).unwrap();
+    let err = Spawner::new(pool(dir.path(), 1), template.clone(), quiet(0)).unwrap_err();
+    assert!(matches!(err, Error::InvalidOptions { .. }), "{err}");
+    assert!(err.to_string().contains("--workers"), "{err}");
+    let err = Spawner::new(pool(dir.path(), 1), template, quiet(1).job_id("")).unwrap_err();
+    assert!(err.to_string().contains("job id"), "{err}");
+}
+
+#[test]
+fn spawner_held_slots_are_counted_exactly_and_all_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(dir.path(), 3);
+    let template = Template::from_argv(["sh", "-c", "sleep 0.05"]).unwrap();
+    let summary = runtime()
+        .block_on(
+            Spawner::new(pool.clone(), template, quiet(12).hold_slot(true))
+                .unwrap()
+                .run(),
+        )
+        .unwrap();
+    assert!(summary.success(), "{summary}");
+    assert_eq!((summary.started, summary.succeeded), (12, 12));
+    assert!(!summary.peak_slots_sampled);
+    assert!(
+        summary.peak_slots <= 3 && summary.peak_running <= 3,
+        "{summary}"
+    );
+    assert!(summary.p50.is_some() && summary.p95 >= summary.p50);
+    assert_eq!(pool.stats().unwrap().active, 0);
+}
+
+#[test]
+fn a_stopper_terminates_the_workers_and_sets_the_exit_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("started");
+    let template = Template::from_argv([
+        "sh".into(),
+        "-c".into(),
+        format!("touch {}; sleep 30", marker.display()),
+    ])
+    .unwrap();
+    let spawner = Spawner::new(
+        pool(dir.path(), 4),
+        template,
+        quiet(20).grace(Duration::from_secs(5)),
+    )
+    .unwrap();
+    let stopper = spawner.stopper();
+    let summary = runtime().block_on(async move {
+        let stop = async {
+            while !marker.exists() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            stopper.stop(libc::SIGTERM);
+        };
+        let (summary, ()) = tokio::join!(spawner.run(), stop);
+        summary.unwrap()
+    });
+    assert_eq!(summary.stop, Some(StopReason::Signal(libc::SIGTERM)));
+    assert_eq!(summary.exit_code(), 143);
+    assert!(summary.started >= 1 && summary.started <= 4, "{summary}");
+    assert_eq!(summary.killed, summary.started, "{summary}");
+    assert_eq!(summary.not_started(), 20 - summary.started);
+}
