@@ -5,6 +5,9 @@
 //! * `handoff/*`: two processes ping-pong one slot; the time from one
 //!   process's release to the other process holding the slot. The median
 //!   and p99 of every hand-off measured are printed at the end.
+//!
+//! The Redis pool is measured beside the file pool on a throwaway loopback
+//! `redis-server` (`DBSLOTS_TEST_REDIS_URL`, or one started here).
 
 use std::hint::black_box;
 use std::io::Write;
@@ -117,10 +120,44 @@ fn record(name: &'static str, mut lat: Vec<Duration>) -> Vec<Duration> {
     lat
 }
 
+/// A Redis server for the Redis rows: the one `cargo xtask bench` started,
+/// else a private one (kept alive by the returned guard).
+fn redis_server() -> Option<(Option<dbslots_testkit::RedisServer>, String)> {
+    if let Ok(url) = std::env::var(dbslots_testkit::REDIS_URL_ENV) {
+        return Some((None, url));
+    }
+    match dbslots_testkit::RedisServer::start() {
+        Ok(s) => {
+            let url = s.url();
+            Some((Some(s), url))
+        }
+        Err(e) => {
+            eprintln!("no Redis for the Redis rows: {e:#}");
+            None
+        }
+    }
+}
+
+fn redis_pool_addr(url: &str, capacity: u32) -> String {
+    let name = format!("bench-{}-{}", std::process::id(), capacity);
+    let addr = format!("{url}?pool={name}");
+    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(capacity)).expect("redis pool");
+    // A pool created on a server that just started admits holders only once
+    // a lease time has passed since the start (see the backend's docs).
+    drop(
+        pool.acquire_timeout(Duration::from_secs(30))
+            .expect("admission opens"),
+    );
+    addr
+}
+
 fn uncontended(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pool = Pool::open(dir.path().join("pool").as_path(), &PoolOptions::new().capacity(150))
-        .expect("pool");
+    let pool = Pool::open(
+        dir.path().join("pool").as_path(),
+        &PoolOptions::new().capacity(150),
+    )
+    .expect("pool");
     let reference = ReferencePool::new(dir.path().join("reference.lock"), 150);
     let semaphore = tokio::sync::Semaphore::new(150);
 
@@ -140,6 +177,21 @@ fn uncontended(c: &mut Criterion) {
     g.bench_function("tokio Semaphore try_acquire+release", |b| {
         b.iter(|| black_box(semaphore.try_acquire().expect("permit")))
     });
+    if let Some((_server, url)) = redis_server() {
+        let redis_pool =
+            Pool::open_str(&redis_pool_addr(&url, 150), &PoolOptions::new()).expect("redis pool");
+        g.bench_function("redis try_acquire+release", |b| {
+            b.iter(|| black_box(redis_pool.try_acquire().expect("try").expect("free slot")))
+        });
+        let client = redis::Client::open(url.as_str()).expect("client");
+        let mut conn = client.get_connection().expect("connection");
+        g.bench_function("redis one round trip (PING)", |b| {
+            b.iter(|| {
+                let pong: String = redis::cmd("PING").query(&mut conn).expect("ping");
+                black_box(pong)
+            })
+        });
+    }
     g.finish();
 }
 
@@ -155,17 +207,33 @@ fn handoff(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("dbslots across processes", |b| {
         b.iter_custom(|iters| {
-            let lat = record("dbslots", handoffs("dbslots", &pool_addr, iters as usize + 1));
+            let lat = record(
+                "dbslots",
+                handoffs("dbslots", &pool_addr, iters as usize + 1),
+            );
             let mean = lat.iter().sum::<Duration>() / lat.len().max(1) as u32;
             mean * iters as u32
         })
     });
+    if let Some((_server, url)) = redis_server() {
+        let addr = redis_pool_addr(&url, 1);
+        g.bench_function("redis across processes", |b| {
+            b.iter_custom(|iters| {
+                let lat = record("redis", handoffs("dbslots", &addr, iters as usize + 1));
+                let mean = lat.iter().sum::<Duration>() / lat.len().max(1) as u32;
+                mean * iters as u32
+            })
+        });
+    }
     g.warm_up_time(Duration::from_millis(500));
     g.measurement_time(Duration::from_secs(5));
     g.bench_function("reference across processes", |b| {
         b.iter_custom(|iters| {
             let _ = std::fs::remove_file(&reference);
-            let lat = record("reference", handoffs("reference", &reference_addr, iters.min(3) as usize + 1));
+            let lat = record(
+                "reference",
+                handoffs("reference", &reference_addr, iters.min(3) as usize + 1),
+            );
             let mean = lat.iter().sum::<Duration>() / lat.len().max(1) as u32;
             mean * iters as u32
         })

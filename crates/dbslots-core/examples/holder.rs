@@ -2,7 +2,8 @@
 //! tests and benchmarks drive it, and it shows the API in a few lines.
 //!
 //! ```text
-//! holder POOL hold [TIMEOUT_MS]     acquire, print "HELD <slot>", release on a stdin line or EOF
+//! holder POOL hold [TIMEOUT_MS]     acquire, print "HELD <slot>"; then per stdin line:
+//!                                   "check" prints "OK" or "LOST", anything else or EOF releases
 //! holder POOL burst HOLD_MS COUNTER acquire, count holders in COUNTER (8-byte shared file),
 //!                                   hold, release, print "TIMES <arrived> <acquired> <released>"
 //!                                   (CLOCK_MONOTONIC nanoseconds)
@@ -43,7 +44,16 @@ fn main() {
                     writeln!(out, "HELD {}", slot.index()).ok();
                     out.flush().ok();
                     let mut line = String::new();
-                    std::io::stdin().lock().read_line(&mut line).ok();
+                    while std::io::stdin().lock().read_line(&mut line).unwrap_or(0) > 0
+                        && line.trim() == "check"
+                    {
+                        match slot.check() {
+                            Ok(()) => writeln!(out, "OK").ok(),
+                            Err(e) => writeln!(out, "LOST {e}").ok(),
+                        };
+                        out.flush().ok();
+                        line.clear();
+                    }
                     drop(slot);
                     writeln!(out, "RELEASED").ok();
                 }

@@ -8,18 +8,82 @@ use crate::error::{Error, Result};
 
 /// Where a pool lives.
 ///
-/// Today a pool is a directory on one host. The address is the one thing
-/// callers change to switch backends: every constructor and command-line
-/// flag takes a `PoolAddr`.
+/// The address is the one thing callers change to switch backends: every
+/// constructor and command-line flag takes a `PoolAddr`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum PoolAddr {
     /// A pool shared through a directory by every process that can open it.
     Dir(PathBuf),
+    /// A pool shared through a Redis server by processes on many hosts:
+    /// `redis://[:password@]host:port/db?pool=NAME[&lease_ms=N]`.
+    Redis(RedisAddr),
+}
+
+/// The address of a Redis-backed pool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RedisAddr {
+    /// The server's URL without the dbslots parameters (may hold a password:
+    /// never print it, print [`PoolAddr`]'s `Display`, which redacts it).
+    pub url: String,
+    /// The pool's name on that server.
+    pub pool: String,
+    /// How long a holder's lease lasts without renewal (10 s by default).
+    pub lease: std::time::Duration,
+}
+
+fn parse_redis(s: &str) -> Result<RedisAddr> {
+    let bad = |reason: String| Error::InvalidAddress {
+        address: redact(s),
+        reason,
+    };
+    let (base, query) = match s.split_once('?') {
+        Some((b, q)) => (b, q),
+        None => (s, ""),
+    };
+    let mut pool = None;
+    let mut lease = std::time::Duration::from_secs(10);
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "pool" => pool = Some(v.to_string()),
+            "lease_ms" => {
+                let ms: u64 = v
+                    .parse()
+                    .ok()
+                    .filter(|ms| (100..=3_600_000).contains(ms))
+                    .ok_or_else(|| bad(format!("lease_ms={v:?} must be a number of milliseconds between 100 and 3600000")))?;
+                lease = std::time::Duration::from_millis(ms);
+            }
+            _ => rest.push(pair),
+        }
+    }
+    let pool = pool.filter(|p| !p.is_empty()).ok_or_else(|| {
+        bad(
+            "it names no pool; add ?pool=NAME (for example redis://host:6379/0?pool=mysql-main)"
+                .into(),
+        )
+    })?;
+    if !pool
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+    {
+        return Err(bad(format!(
+            "pool name {pool:?} may only contain letters, digits, '-', '_', '.' and ':'"
+        )));
+    }
+    let url = if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok(RedisAddr { url, pool, lease })
 }
 
 impl PoolAddr {
-    /// Parses an address: a path, or `file:PATH` / `file://PATH`.
+    /// Parses an address: a path, `file:PATH` / `file://PATH`, or
+    /// `redis://host:port/db?pool=NAME[&lease_ms=N]`.
     pub fn parse(s: &str) -> Result<PoolAddr> {
         let trimmed = s.trim();
         if trimmed.is_empty() {
@@ -34,11 +98,17 @@ impl PoolAddr {
         {
             return Ok(PoolAddr::Dir(PathBuf::from(path)));
         }
+        if trimmed.starts_with("redis://")
+            || trimmed.starts_with("rediss://")
+            || trimmed.starts_with("redis+unix://")
+        {
+            return Ok(PoolAddr::Redis(parse_redis(trimmed)?));
+        }
         if let Some((scheme, _)) = trimmed.split_once("://") {
             return Err(Error::InvalidAddress {
                 address: redact(trimmed),
                 reason: format!(
-                    "unknown scheme {scheme:?}; use a directory path for a pool on this host"
+                    "unknown scheme {scheme:?}; use a directory path for a pool on this host, or redis://host:port/db?pool=NAME for one shared by several hosts"
                 ),
             });
         }
@@ -49,6 +119,7 @@ impl PoolAddr {
     pub fn dir(&self) -> Option<&Path> {
         match self {
             PoolAddr::Dir(p) => Some(p),
+            PoolAddr::Redis(_) => None,
         }
     }
 }
@@ -76,6 +147,15 @@ impl fmt::Display for PoolAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PoolAddr::Dir(p) => write!(f, "{}", p.display()),
+            PoolAddr::Redis(r) => {
+                let url = redact(&r.url);
+                let sep = if url.contains('?') { '&' } else { '?' };
+                write!(f, "{url}{sep}pool={}", r.pool)?;
+                if r.lease != std::time::Duration::from_secs(10) {
+                    write!(f, "&lease_ms={}", r.lease.as_millis())?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -164,5 +244,24 @@ mod tests {
         assert!(err.contains("unknown scheme"), "{err}");
         assert!(!err.contains("pw"), "{err}");
         assert!(PoolAddr::parse("  ").is_err());
+    }
+
+    #[test]
+    fn parses_redis_addresses_and_never_shows_their_password() {
+        let a = PoolAddr::parse("redis://:pw@127.0.0.1:6390/2?pool=main&lease_ms=1500").unwrap();
+        let PoolAddr::Redis(r) = &a else {
+            panic!("{a:?}")
+        };
+        assert_eq!(r.url, "redis://:pw@127.0.0.1:6390/2");
+        assert_eq!(r.pool, "main");
+        assert_eq!(r.lease, std::time::Duration::from_millis(1500));
+        assert_eq!(
+            a.to_string(),
+            "redis://:***@127.0.0.1:6390/2?pool=main&lease_ms=1500"
+        );
+        let err = PoolAddr::parse("redis://:pw@h/0").unwrap_err().to_string();
+        assert!(err.contains("?pool=NAME") && !err.contains("pw"), "{err}");
+        assert!(PoolAddr::parse("redis://h/0?pool=a b").is_err());
+        assert!(PoolAddr::parse("redis://h/0?pool=a&lease_ms=5").is_err());
     }
 }

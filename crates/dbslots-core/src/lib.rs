@@ -31,9 +31,11 @@ mod addr;
 mod error;
 mod file;
 mod pool;
+#[cfg(feature = "redis")]
+mod redis_backend;
 mod stats;
 
-pub use addr::{PoolAddr, default_pool_dir, redact};
+pub use addr::{PoolAddr, RedisAddr, default_pool_dir, redact};
 pub use error::{Error, Result};
 pub use file::MAX_CAPACITY;
 pub use pool::{Pool, PoolOptions, Slot};

@@ -83,6 +83,8 @@ fn lookup_group(name: &str) -> Option<u32> {
 #[derive(Debug)]
 enum Backend {
     File(FilePool),
+    #[cfg(feature = "redis")]
+    Redis(crate::redis_backend::RedisPool),
 }
 
 /// A counting semaphore of connection slots shared by every process that
@@ -140,6 +142,19 @@ impl Pool {
                     crash_check: options.crash_check,
                 },
             )?),
+            #[cfg(feature = "redis")]
+            PoolAddr::Redis(r) => Backend::Redis(crate::redis_backend::RedisPool::open(
+                r,
+                &addr.to_string(),
+                options.capacity,
+            )?),
+            #[cfg(not(feature = "redis"))]
+            PoolAddr::Redis(_) => {
+                return Err(Error::Unsupported {
+                    backend: "this build of dbslots-core (enable its `redis` feature)",
+                    what: "a Redis pool",
+                });
+            }
         };
         Ok(Pool {
             inner: Arc::new(Inner { addr, backend }),
@@ -160,12 +175,16 @@ impl Pool {
     pub fn capacity(&self) -> u32 {
         match &self.inner.backend {
             Backend::File(p) => p.capacity(),
+            #[cfg(feature = "redis")]
+            Backend::Redis(p) => p.capacity(),
         }
     }
 
     fn name(&self) -> &str {
         match &self.inner.backend {
             Backend::File(p) => p.name(),
+            #[cfg(feature = "redis")]
+            Backend::Redis(p) => p.name(),
         }
     }
 
@@ -174,6 +193,8 @@ impl Pool {
     pub fn try_acquire(&self) -> Result<Option<Slot>> {
         let slot = match &self.inner.backend {
             Backend::File(p) => p.try_acquire()?,
+            #[cfg(feature = "redis")]
+            Backend::Redis(p) => p.try_acquire()?,
         };
         Ok(slot.map(|index| self.guard(index)))
     }
@@ -194,6 +215,8 @@ impl Pool {
                 Some(i) => i,
                 None => p.acquire_slow(deadline, cancel)?,
             },
+            #[cfg(feature = "redis")]
+            Backend::Redis(p) => p.acquire_slow(deadline, cancel)?,
         };
         Ok(self.guard(index))
     }
@@ -213,12 +236,10 @@ impl Pool {
 
     #[cfg(feature = "tokio")]
     async fn acquire_async_until(&self, deadline: Option<Instant>) -> Result<Slot> {
-        match &self.inner.backend {
-            Backend::File(p) => {
-                if let Some(i) = p.try_acquire_fast()? {
-                    return Ok(self.guard(i));
-                }
-            }
+        if let Backend::File(p) = &self.inner.backend
+            && let Some(i) = p.try_acquire_fast()?
+        {
+            return Ok(self.guard(i));
         }
         /// Cancels the blocking acquisition when the future is dropped.
         struct CancelOnDrop(Option<CancelToken>);
@@ -237,6 +258,8 @@ impl Pool {
         let task = tokio::task::spawn_blocking(move || {
             let index = match &pool.inner.backend {
                 Backend::File(p) => p.acquire_slow(deadline, &cancel)?,
+                #[cfg(feature = "redis")]
+                Backend::Redis(p) => p.acquire_slow(deadline, &cancel)?,
             };
             Ok(pool.guard(index))
         });
@@ -252,6 +275,8 @@ impl Pool {
     pub fn stats(&self) -> Result<PoolStats> {
         match &self.inner.backend {
             Backend::File(p) => p.stats(),
+            #[cfg(feature = "redis")]
+            Backend::Redis(p) => p.stats(),
         }
     }
 
@@ -260,6 +285,8 @@ impl Pool {
     pub fn resize(&self, capacity: u32) -> Result<u32> {
         match &self.inner.backend {
             Backend::File(p) => p.resize(capacity),
+            #[cfg(feature = "redis")]
+            Backend::Redis(p) => p.resize(capacity),
         }
     }
 
@@ -313,6 +340,8 @@ impl Slot {
         tracing::trace!(pool = %self.pool.name(), slot = self.index, "slot released");
         match &self.pool.inner.backend {
             Backend::File(p) => p.release(self.index),
+            #[cfg(feature = "redis")]
+            Backend::Redis(p) => p.release(self.index),
         }
     }
 
@@ -321,6 +350,21 @@ impl Slot {
     pub fn set_holder_pid(&self, pid: u32) {
         match &self.pool.inner.backend {
             Backend::File(p) => p.set_holder_pid(self.index, pid),
+            #[cfg(feature = "redis")]
+            Backend::Redis(p) => p.set_holder_pid(self.index, pid),
+        }
+    }
+
+    /// Whether this process still holds the slot. A lock-based slot (file
+    /// pool) cannot be lost while the guard lives; a lease-based slot (Redis
+    /// pool) is lost when its lease ran out (the process was paused or cut
+    /// off from the server): then this returns [`Error::SlotLost`] and the
+    /// caller must stop using what the slot guarded.
+    pub fn check(&self) -> Result<()> {
+        match &self.pool.inner.backend {
+            Backend::File(_) => Ok(()),
+            #[cfg(feature = "redis")]
+            Backend::Redis(p) => p.check(self.index),
         }
     }
 
@@ -337,13 +381,17 @@ impl Slot {
     /// the locked file descriptor, so the slot stays held as long as the
     /// child lives, even if this process is killed. Also sets
     /// [`Slot::child_env`]. Release the guard after the child has exited.
+    ///
+    /// A lease (Redis pool) cannot be inherited: there only the environment
+    /// is set, and the slot stays held while this process renews it.
     pub fn share_with_child(&self, cmd: &mut std::process::Command) -> Result<()> {
         use std::os::unix::process::CommandExt;
-        let fd = self.inheritable_fd()?;
         cmd.envs(self.child_env());
-        // SAFETY: the closure only calls fcntl, which is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || clear_cloexec(fd));
+        if let Some(fd) = self.inheritable_fd()? {
+            // SAFETY: the closure only calls fcntl, which is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || clear_cloexec(fd));
+            }
         }
         Ok(())
     }
@@ -351,21 +399,27 @@ impl Slot {
     /// [`Slot::share_with_child`] for a tokio command.
     #[cfg(feature = "tokio")]
     pub fn share_with_tokio_child(&self, cmd: &mut tokio::process::Command) -> Result<()> {
-        let fd = self.inheritable_fd()?;
         cmd.envs(self.child_env());
-        // SAFETY: the closure only calls fcntl, which is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || clear_cloexec(fd));
+        if let Some(fd) = self.inheritable_fd()? {
+            // SAFETY: the closure only calls fcntl, which is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || clear_cloexec(fd));
+            }
         }
         Ok(())
     }
 
-    fn inheritable_fd(&self) -> Result<std::os::fd::RawFd> {
+    fn inheritable_fd(&self) -> Result<Option<std::os::fd::RawFd>> {
         match &self.pool.inner.backend {
-            Backend::File(p) => p.slot_raw_fd(self.index).ok_or(Error::Unsupported {
-                backend: "file",
-                what: "sharing a slot that is not held",
-            }),
+            Backend::File(p) => p
+                .slot_raw_fd(self.index)
+                .map(Some)
+                .ok_or(Error::Unsupported {
+                    backend: "file",
+                    what: "sharing a slot that is not held",
+                }),
+            #[cfg(feature = "redis")]
+            Backend::Redis(_) => Ok(None),
         }
     }
 }

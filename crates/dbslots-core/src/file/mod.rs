@@ -786,7 +786,7 @@ impl Drop for WaiterFile<'_> {
     }
 }
 
-fn check_capacity(capacity: u64) -> Result<()> {
+pub(crate) fn check_capacity(capacity: u64) -> Result<()> {
     if capacity == 0 || capacity > MAX_CAPACITY as u64 {
         return Err(Error::InvalidCapacity {
             requested: capacity,

@@ -3,4 +3,6 @@
 mod api;
 mod model;
 mod procs;
+#[cfg(feature = "redis")]
+mod redis;
 mod support;

@@ -38,7 +38,13 @@ pub enum Outcome {
 impl Holder {
     /// Starts a holder that acquires (with an optional timeout in ms).
     pub fn spawn(pool: &str, timeout_ms: Option<u64>) -> Holder {
+        Self::spawn_on(pool, timeout_ms, "localhost")
+    }
+
+    /// Like [`Holder::spawn`], for a process that calls itself `host`.
+    pub fn spawn_on(pool: &str, timeout_ms: Option<u64>, host: &str) -> Holder {
         let mut cmd = Command::new(holder_exe());
+        cmd.env("DBSLOTS_HOST", host);
         cmd.arg(pool).arg("hold");
         if let Some(ms) = timeout_ms {
             cmd.arg(ms.to_string());
@@ -71,6 +77,21 @@ impl Holder {
         } else {
             let status = self.child.wait();
             panic!("holder said {line:?} and exited with {status:?}");
+        }
+    }
+
+    /// Asks the holder whether it still holds its slot: `Ok(())` or the
+    /// holder's "LOST ..." line.
+    pub fn check(&mut self) -> Result<(), String> {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "check").expect("ask holder");
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .expect("read holder output");
+        match line.trim() {
+            "OK" => Ok(()),
+            other => Err(other.to_string()),
         }
     }
 

@@ -1,0 +1,231 @@
+//! The Redis backend: one limit for processes on many hosts.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dbslots_core::{Error, Pool, PoolOptions};
+use proptest::prelude::ProptestConfig;
+use proptest_state_machine::prop_state_machine;
+
+use crate::model::{Backend, System};
+use crate::support::{Holder, Outcome, holder_exe};
+
+/// Lease used by these tests: short enough to wait for, long enough for a
+/// loaded 2-core machine to renew in time.
+const LEASE_MS: u64 = 1000;
+
+fn redis_url() -> Option<String> {
+    dbslots_testkit::shared_redis()
+}
+
+fn unique_pool(base: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!(
+        "{base}{sep}pool=t{}-{n}-{nanos}&lease_ms={LEASE_MS}",
+        std::process::id()
+    )
+}
+
+/// Redis pools on the shared test server: a killed holder's slot is free
+/// once its lease has run out.
+pub struct Leases;
+
+impl Backend for Leases {
+    fn fresh() -> (Box<dyn std::any::Any>, String) {
+        let url = redis_url().expect("checked before the proptest runs");
+        (Box::new(()), unique_pool(&url))
+    }
+    fn crash_latency() -> Duration {
+        Duration::from_millis(LEASE_MS + 500)
+    }
+}
+
+#[test]
+fn redis_pool_behaves_like_a_counting_semaphore() {
+    if redis_url().is_none() {
+        return;
+    }
+    redis_model();
+}
+
+prop_state_machine! {
+    #![proptest_config(ProptestConfig {
+        cases: 10,
+        max_shrink_iters: 50,
+        failure_persistence: None,
+        .. ProptestConfig::default()
+    })]
+
+    fn redis_model(sequential 1..14 => System<Leases>);
+}
+
+#[test]
+fn capacity_contract_and_holders_by_host() {
+    let Some(url) = redis_url() else { return };
+    let addr = unique_pool(&url);
+    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(2)).expect("create");
+    let err = Pool::open_str(&addr, &PoolOptions::new().capacity(3)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::CapacityMismatch {
+                recorded: 2,
+                requested: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let mut a = Holder::spawn_on(&addr, None, "host-a");
+    let mut b = Holder::spawn_on(&addr, None, "host-b");
+    assert!(matches!(a.outcome(), Outcome::Held(_)));
+    assert!(matches!(b.outcome(), Outcome::Held(_)));
+    assert!(pool.try_acquire().expect("try").is_none());
+    let err = pool
+        .acquire_timeout(Duration::from_millis(100))
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    let stats = pool.stats().expect("stats");
+    assert_eq!(
+        (stats.backend.as_str(), stats.capacity, stats.active),
+        ("redis", 2, 2)
+    );
+    let mut hosts: Vec<_> = stats
+        .holders
+        .iter()
+        .filter_map(|h| h.host.clone())
+        .collect();
+    hosts.sort();
+    assert_eq!(hosts, ["host-a", "host-b"]);
+    assert!(stats.holders.iter().any(|h| h.pid == Some(a.child.id())));
+    assert_eq!(stats.timeouts, 1);
+    a.release();
+    assert!(pool.try_acquire().expect("try").is_some());
+    b.release();
+    assert!(!addr.contains("***"));
+}
+
+#[test]
+fn processes_on_many_hosts_never_exceed_the_capacity() {
+    let Some(url) = redis_url() else { return };
+    let addr = unique_pool(&url);
+    Pool::open_str(&addr, &PoolOptions::new().capacity(5)).expect("create");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let counter = dir.path().join("counter");
+    std::fs::write(&counter, [0u8; 8]).expect("counter");
+    let children: Vec<_> = (0..40)
+        .map(|i| {
+            Command::new(holder_exe())
+                .env("DBSLOTS_HOST", format!("host-{}", i % 4))
+                .arg(&addr)
+                .arg("burst")
+                .arg("20")
+                .arg(&counter)
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().expect("wait");
+        assert!(out.status.success(), "{out:?}");
+    }
+    let bytes = std::fs::read(&counter).expect("counter");
+    let max = u32::from_ne_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    assert!(max <= 5, "{max} holders at once on 5 slots");
+    assert!(max >= 2, "no contention seen ({max})");
+}
+
+#[test]
+fn a_killed_holder_loses_its_slot_after_the_lease_and_no_later() {
+    let Some(url) = redis_url() else { return };
+    let addr = unique_pool(&url);
+    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
+    let mut h = Holder::spawn(&addr, None);
+    assert_eq!(h.outcome(), Outcome::Held(0));
+    let killed = Instant::now();
+    h.crash();
+    assert!(
+        pool.try_acquire().expect("try").is_none(),
+        "the lease is still running"
+    );
+    let slot = pool
+        .acquire_timeout(Duration::from_millis(LEASE_MS * 5))
+        .expect("slot comes back after the lease");
+    let after = killed.elapsed();
+    assert!(
+        after >= Duration::from_millis(LEASE_MS / 2),
+        "came back too early: {after:?}"
+    );
+    assert_eq!(slot.index(), 0);
+}
+
+#[test]
+fn a_paused_holder_is_told_it_lost_its_slot() {
+    let Some(url) = redis_url() else { return };
+    let addr = unique_pool(&url);
+    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
+    let mut h = Holder::spawn(&addr, None);
+    assert_eq!(h.outcome(), Outcome::Held(0));
+    assert_eq!(h.check(), Ok(()));
+    let pid = h.child.id() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // Someone else gets the slot once the lease has run out...
+    let other = pool
+        .acquire_timeout(Duration::from_millis(LEASE_MS * 5))
+        .expect("the paused holder's lease runs out");
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // ...and the holder, resumed, is told so instead of carrying on.
+    let told = h.check();
+    assert!(
+        told.as_ref().is_err_and(|l| l.starts_with("LOST")),
+        "{told:?}"
+    );
+    assert_eq!(pool.stats().expect("stats").active, 1);
+    drop(other);
+}
+
+#[test]
+fn a_redis_restart_never_over_admits() {
+    let Some(mut server) = dbslots_testkit::private_redis() else {
+        return;
+    };
+    let addr = unique_pool(&server.url());
+    let opts = PoolOptions::new().capacity(2);
+    let pool = Pool::open_str(&addr, &opts).expect("create");
+    let mut holders: Vec<Holder> = (0..2)
+        .map(|_| {
+            let mut h = Holder::spawn(&addr, None);
+            assert!(matches!(h.outcome(), Outcome::Held(_)));
+            h
+        })
+        .collect();
+    server.restart().expect("restart redis");
+    // The pool's keys are gone with the restart; re-creating it must not
+    // hand out slots the old holders still believe they have.
+    let newcomer = Pool::open_str(&addr, &opts).expect("re-create after restart");
+    let early = newcomer.acquire_timeout(Duration::from_millis(LEASE_MS / 4));
+    let lost: Vec<bool> = holders.iter_mut().map(|h| h.check().is_err()).collect();
+    if early.is_ok() {
+        assert!(
+            lost.iter().all(|l| *l),
+            "a newcomer got a slot while old holders still held theirs"
+        );
+    }
+    drop(early);
+    let slot = newcomer
+        .acquire_timeout(Duration::from_millis(LEASE_MS * 5))
+        .expect("admission resumes after the lease time");
+    for h in &mut holders {
+        let told = h.check();
+        assert!(told.is_err(), "an old holder was not told its slot is gone");
+    }
+    drop(slot);
+    drop(pool);
+}
