@@ -58,6 +58,10 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 /// own slots.
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
+/// Failed workers reported one line each; further failures are only counted
+/// (summary, joblog), so that 1000 failures do not flood the terminal.
+const FAILURE_LINES: u32 = 10;
+
 /// The stop phase; it only moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Phase {
@@ -652,13 +656,18 @@ impl Ctx {
                         failed += 1;
                     }
                     if f.signal != 0 || f.exitval != 0 {
-                        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                        let failures = self.counters.failed.fetch_add(1, Ordering::Relaxed) + 1;
                         let how = if f.signal != 0 {
                             format!("was killed by {}", signal_name(f.signal))
                         } else {
                             format!("exited with status {}", f.exitval)
                         };
-                        self.reporter.line(&format!("worker {} {how}: {command}", f.index));
+                        if failures <= FAILURE_LINES {
+                            self.reporter.line(&format!("worker {} {how}: {command}", f.index));
+                        }
+                        if failures == FAILURE_LINES {
+                            self.reporter.line("further failures are only counted (see the summary and the joblog)");
+                        }
                     }
                     if let Some(log) = &mut joblog {
                         log.record(&Entry {

@@ -112,8 +112,9 @@ impl Template {
 
     /// Worker `index`'s command line as a shell would read it (words with
     /// special characters single-quoted), on one line: tabs, newlines and
-    /// other control characters are written as `\t`, `\n`, `\xHH`. Used for
-    /// the joblog's `Command` column and in messages.
+    /// other control characters are written as `\t`, `\n`, `\xHH`, and the
+    /// password of a URL-like word as `***`. Used for the joblog's `Command`
+    /// column and in messages.
     pub fn display(&self, index: u32, count: u32) -> String {
         let mut line = quote(&self.program);
         for arg in self.args(index, count) {
@@ -151,7 +152,7 @@ fn substitute(text: &OsStr, index: u32, count: u32) -> OsString {
 
 /// Quotes a word for a POSIX shell and keeps it on one printable line.
 fn quote(word: &OsStr) -> String {
-    let text = String::from_utf8_lossy(word.as_bytes());
+    let text = dbslots_core::redact(&String::from_utf8_lossy(word.as_bytes()));
     let plain = !text.is_empty()
         && text.chars().all(|c| {
             c.is_alphanumeric()
@@ -212,5 +213,7 @@ mod tests {
             Template::from_argv(["a", ""]).unwrap().display(0, 1),
             "a ''"
         );
+        let t = Template::from_argv(["w", "--url=mysql://app:secret@db/x"]).unwrap();
+        assert_eq!(t.display(0, 1), "w '--url=mysql://app:***@db/x'");
     }
 }
