@@ -53,6 +53,7 @@ fn steps(args: &[String], scratch: TempDir) -> Result<()> {
             "warnings",
         ]),
     )?;
+    ensure_chromium()?;
     let servers = TestServers::start(scratch)?;
     let mut test = cargo(&["test", "--workspace", "--all-targets"]);
     test.args(args);
@@ -60,4 +61,64 @@ fn steps(args: &[String], scratch: TempDir) -> Result<()> {
     let tested = child::run("`cargo test --workspace --all-targets`", test);
     let stopped = servers.stop().context("tests done, but cleaning up failed");
     tested.and(stopped)
+}
+
+// Step "ensure chromium": the dashboard test of `dbslots serve` loads the
+// page in Debian's headless Chromium, and the `dbslots watch` test drives
+// the view in tmux; both fail under DBSLOTS_TEST_REQUIRE_SERVERS=1 when
+// their program is missing, so this step installs what is missing first.
+
+/// What the browser and terminal tests need: a file, and the Debian package
+/// that provides it (a font, so that the screenshot shows text).
+const TEST_PROGRAMS: &[(&str, &str)] = &[
+    ("/usr/bin/chromium", "chromium"),
+    ("/usr/bin/tmux", "tmux"),
+    (
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "fonts-dejavu-core",
+    ),
+];
+
+/// Installs the missing [`TEST_PROGRAMS`] with apt-get as root, saying so;
+/// fails with the command to run when not root.
+fn ensure_chromium() -> Result<()> {
+    let missing = || -> Vec<&str> {
+        TEST_PROGRAMS
+            .iter()
+            .filter(|(file, _)| !std::path::Path::new(file).exists())
+            .map(|(_, package)| *package)
+            .collect()
+    };
+    let packages = missing();
+    if packages.is_empty() {
+        return Ok(());
+    }
+    let list = packages.join(" ");
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!(
+            "the browser and terminal tests need the Debian packages {list}, which are missing: \
+             run `sudo apt-get install -y {list}` and try again"
+        );
+    }
+    eprintln!("xtask: the browser and terminal tests need {list}: installing with apt-get");
+    let apt = |args: &[&str]| {
+        let mut command = std::process::Command::new("apt-get");
+        command
+            .args(["-o", "DPkg::Lock::Timeout=600", "-qq"])
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        command
+    };
+    child::run("`apt-get update`", apt(&["update"]))?;
+    let mut install = apt(&["install", "-y", "--no-install-recommends"]);
+    install.args(&packages);
+    child::run(&format!("`apt-get install -y {list}`"), install)?;
+    let still = missing();
+    anyhow::ensure!(
+        still.is_empty(),
+        "`apt-get install` did not provide {}",
+        still.join(" ")
+    );
+    Ok(())
 }

@@ -8,6 +8,7 @@ mod common;
 mod connections;
 mod exec;
 mod import;
+mod serve;
 mod spawn;
 mod status;
 
@@ -37,6 +38,8 @@ enum Command {
     Resize(status::ResizeArgs),
     /// Show a MySQL server's connection limits, usage and connections, or kill idle ones
     Connections(connections::ConnectionsArgs),
+    /// Serve pool stats, Prometheus metrics and a live dashboard over HTTP
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Status(a) => status::run(a),
         Command::Resize(a) => status::run_resize(a),
         Command::Connections(a) => connections::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,7 @@
 //! Integration tests of the `dbslots` binary.
 
+mod browser;
 mod connections;
 mod import;
+mod serve;
 mod spawn;
