@@ -11,6 +11,7 @@ mod import;
 mod serve;
 mod spawn;
 mod status;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -40,6 +41,8 @@ enum Command {
     Connections(connections::ConnectionsArgs),
     /// Serve pool stats, Prometheus metrics and a live dashboard over HTTP
     Serve(serve::ServeArgs),
+    /// Show a pool live in the terminal
+    Watch(watch::WatchArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Resize(a) => status::run_resize(a),
         Command::Connections(a) => connections::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Watch(a) => watch::run(a),
     };
     match result {
         Ok(code) => code,

@@ -5,3 +5,4 @@ mod connections;
 mod import;
 mod serve;
 mod spawn;
+mod watch;

@@ -1,0 +1,437 @@
+//! `dbslots watch`: a live terminal view of one pool (and the server's
+//! connections), redrawn every second.
+//!
+//! The screen is a pure function of the readings ([`render`]), which the
+//! unit tests call; the loop around it only reads, draws and waits for a
+//! key. The terminal is put in raw mode on the alternate screen by a guard
+//! whose `Drop` (also reached on errors and panics) puts it back; `q`,
+//! `Esc`, Ctrl-C and SIGINT/SIGTERM/SIGHUP all end the loop through that
+//! guard. The server is read on a background task, so a slow server never
+//! delays a key press.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+use crossterm::{cursor, queue, terminal};
+use dbslots_core::{Pool, PoolAddr, PoolOptions, PoolStats};
+use dbslots_mysql::ServerLimits;
+
+use crate::common::{format_unix_ms, now_unix_ms};
+use crate::serve::ServerSource;
+
+/// How often the view is redrawn.
+const REFRESH: Duration = Duration::from_secs(1);
+
+/// Shows a pool live in the terminal: capacity, slots in use, waiters,
+/// counters and holders, redrawn every second; `q` or Ctrl-C quits.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The pool
+    /// [default: $XDG_RUNTIME_DIR/dbslots/default, or /run/dbslots/default for root]
+    #[arg(long, env = "DBSLOTS_POOL", value_name = "DIR")]
+    pool: Option<String>,
+
+    /// The MySQL server whose connections to show as well (read with a
+    /// monitor connection outside any pool)
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    url: Option<String>,
+}
+
+/// Runs `dbslots watch` until `q`, Ctrl-C or a terminating signal.
+pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
+    if !std::io::stdout().is_terminal() {
+        bail!(
+            "dbslots watch draws a live view and needs a terminal; \
+             for scripts and pipes use `dbslots status` (or `dbslots status --json`)"
+        );
+    }
+    let addr = match &args.pool {
+        Some(p) => PoolAddr::parse(p)?,
+        None => PoolAddr::Dir(dbslots_core::default_pool_dir()?),
+    };
+    let shown = addr.to_string();
+    let pool = Pool::open(addr, &PoolOptions::new()).with_context(|| {
+        format!("cannot open pool {shown} (create it first, for example with `dbslots exec --pool {shown} --capacity N -- true`)")
+    })?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        // SIGINT from outside the terminal, SIGTERM and SIGHUP end the view
+        // through the same path as `q` (in raw mode Ctrl-C is a key).
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("cannot install the signal handler")?;
+    }
+
+    let server = Arc::new(Mutex::new(None::<ServerView>));
+    let runtime = match &args.url {
+        Some(url) => {
+            let rt = crate::common::runtime()?;
+            let source = Arc::new(ServerSource::new(url.clone()));
+            let slot = Arc::clone(&server);
+            let url = dbslots_core::redact(url);
+            rt.spawn(async move {
+                loop {
+                    let reading = source.read().await;
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(ServerView {
+                        url: url.clone(),
+                        reading: reading.map(|r| r.limits),
+                    });
+                    tokio::time::sleep(REFRESH).await;
+                }
+            });
+            Some(rt)
+        }
+        None => None,
+    };
+
+    let result = {
+        let _screen = Screen::enter()?;
+        view_loop(&pool, &server, &stop)
+    };
+    if let Some(rt) = runtime {
+        rt.shutdown_timeout(Duration::from_millis(200));
+    }
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+fn view_loop(
+    pool: &Pool,
+    server: &Mutex<Option<ServerView>>,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout();
+    loop {
+        let stats = pool.stats().map_err(|e| e.to_string());
+        let (width, height) = terminal::size().unwrap_or((80, 24));
+        let server_view = server.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let lines = render(&stats, server_view.as_ref(), width, height, now_unix_ms());
+        draw(&mut out, &lines)?;
+        let next = Instant::now() + REFRESH;
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let left = next.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if event::poll(left.min(Duration::from_millis(100)))? {
+                match event::read()? {
+                    Event::Key(key) if key.kind != KeyEventKind::Release => {
+                        let ctrl_c = key.modifiers.contains(KeyModifiers::CONTROL)
+                            && matches!(key.code, KeyCode::Char('c' | 'C'));
+                        if ctrl_c || matches!(key.code, KeyCode::Char('q' | 'Q') | KeyCode::Esc) {
+                            return Ok(());
+                        }
+                    }
+                    // Redraw at once for the new size.
+                    Event::Resize(..) => break,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Writes `lines` from the top-left corner, clearing what is left of the
+/// previous screen.
+fn draw(out: &mut impl Write, lines: &[String]) -> std::io::Result<()> {
+    for (row, line) in lines.iter().enumerate() {
+        let row = u16::try_from(row).unwrap_or(u16::MAX);
+        queue!(
+            out,
+            cursor::MoveTo(0, row),
+            crossterm::style::Print(line),
+            terminal::Clear(terminal::ClearType::UntilNewLine)
+        )?;
+    }
+    let below = u16::try_from(lines.len()).unwrap_or(u16::MAX);
+    queue!(
+        out,
+        cursor::MoveTo(0, below),
+        terminal::Clear(terminal::ClearType::FromCursorDown)
+    )?;
+    out.flush()
+}
+
+/// Raw mode on the alternate screen with the cursor hidden, for as long as
+/// it lives.
+struct Screen;
+
+impl Screen {
+    fn enter() -> anyhow::Result<Screen> {
+        terminal::enable_raw_mode().context("cannot put the terminal in raw mode")?;
+        // From here on, `Drop` restores the terminal whatever fails.
+        let screen = Screen;
+        let mut out = std::io::stdout();
+        crossterm::execute!(out, terminal::EnterAlternateScreen, cursor::Hide)
+            .context("cannot switch to the alternate screen")?;
+        Ok(screen)
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        let mut out = std::io::stdout();
+        let _ = crossterm::execute!(out, cursor::Show, terminal::LeaveAlternateScreen);
+        let _ = terminal::disable_raw_mode();
+    }
+}
+
+/// What the view shows of the server.
+#[derive(Debug, Clone)]
+pub struct ServerView {
+    /// The server's URL, redacted.
+    pub url: String,
+    /// Its latest reading.
+    pub reading: Result<ServerLimits, String>,
+}
+
+/// A bar of `width` cells (plus brackets) with `used` of `total` filled.
+pub fn bar(used: u64, total: u64, width: usize) -> String {
+    let filled = if total == 0 {
+        0
+    } else {
+        let cells = (used.min(total) as u128 * width as u128).div_ceil(total as u128);
+        usize::try_from(cells).unwrap_or(width).min(width)
+    };
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
+}
+
+fn held_for(now_ms: u64, since: Option<u64>) -> String {
+    match since {
+        Some(s) => format!("{:.1}s", now_ms.saturating_sub(s) as f64 / 1000.0),
+        None => "-".into(),
+    }
+}
+
+/// The screen: one string per line, none wider than `width`, at most
+/// `height` lines (holders and waiters are cut with a "... more" line).
+pub fn render(
+    stats: &Result<PoolStats, String>,
+    server: Option<&ServerView>,
+    width: u16,
+    height: u16,
+    now_ms: u64,
+) -> Vec<String> {
+    let width = usize::from(width.max(20));
+    let height = usize::from(height.max(5));
+    let bar_width = width.saturating_sub(40).clamp(10, 50);
+    let mut top = Vec::new();
+    let mut lists: Vec<String> = Vec::new();
+    top.push(format!(
+        "dbslots watch  {}   q: quit",
+        format_unix_ms(now_ms)
+    ));
+    top.push(String::new());
+    match stats {
+        Ok(s) => {
+            top.push(format!("pool      {} ({})", s.pool, s.backend));
+            top.push(format!(
+                "slots     {} {} of {} in use",
+                bar(u64::from(s.active), u64::from(s.capacity), bar_width),
+                s.active,
+                s.capacity
+            ));
+            top.push(format!(
+                "          capacity {}  active {}  waiting {}  free {}  peak {}",
+                s.capacity,
+                s.active,
+                s.waiting,
+                s.free(),
+                s.peak
+            ));
+            let h = &s.wait_histogram;
+            let mean = if h.count > 0 {
+                format!("{:.3}s", h.sum_seconds / h.count as f64)
+            } else {
+                "-".into()
+            };
+            top.push(format!(
+                "counters  acquisitions {}  timeouts {}  mean wait {}",
+                s.acquisitions, s.timeouts, mean
+            ));
+            lists.push(String::new());
+            lists.push(format!("holders ({})", s.holders.len()));
+            lists.push("  SLOT  PID       SINCE                  HELD".into());
+            for holder in &s.holders {
+                lists.push(format!(
+                    "  {:<5} {:<9} {:<22} {}",
+                    holder.slot,
+                    holder.pid.map_or("?".into(), |p| p.to_string()),
+                    holder.since_unix_ms.map_or("-".into(), format_unix_ms),
+                    held_for(now_ms, holder.since_unix_ms)
+                ));
+            }
+            if !s.waiters.is_empty() {
+                lists.push(String::new());
+                lists.push(format!("waiters ({})", s.waiters.len()));
+                lists.push("  PID       SINCE                  WAITED".into());
+                for w in &s.waiters {
+                    lists.push(format!(
+                        "  {:<9} {:<22} {}",
+                        w.pid.map_or("?".into(), |p| p.to_string()),
+                        w.since_unix_ms.map_or("-".into(), format_unix_ms),
+                        held_for(now_ms, w.since_unix_ms)
+                    ));
+                }
+            }
+        }
+        Err(e) => top.push(format!("pool      cannot read the stats: {e}")),
+    }
+    if let Some(server) = server {
+        top.push(String::new());
+        top.push(format!("server    {}", server.url));
+        match &server.reading {
+            Ok(l) => {
+                top.push(format!(
+                    "conns     {} {} of {} connected",
+                    bar(l.threads_connected, l.max_connections, bar_width),
+                    l.threads_connected,
+                    l.max_connections
+                ));
+                top.push(format!(
+                    "          threads_connected {}  max_connections {}  max_used_connections {}  account limit {}",
+                    l.threads_connected,
+                    l.max_connections,
+                    l.max_used_connections,
+                    l.user_limit().map_or("none".into(), |n| n.to_string())
+                ));
+            }
+            Err(e) => top.push(format!("          cannot read the server: {e}")),
+        }
+    }
+    let room = height.saturating_sub(top.len());
+    if lists.len() > room {
+        let keep = room.saturating_sub(1);
+        let hidden = lists.len() - keep;
+        lists.truncate(keep);
+        lists.push(format!("  ... {hidden} more lines (enlarge the terminal)"));
+    }
+    top.extend(lists);
+    top.truncate(height);
+    top.into_iter()
+        .map(|line| line.chars().take(width).collect())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dbslots_core::{Holder, WaitHistogram, Waiter};
+
+    fn stats(holders: u32) -> PoolStats {
+        PoolStats {
+            pool: "/run/x".into(),
+            backend: "file".into(),
+            capacity: 4,
+            active: holders,
+            waiting: 1,
+            peak: 4,
+            acquisitions: 17,
+            timeouts: 2,
+            holders: (0..holders)
+                .map(|i| Holder {
+                    slot: i,
+                    pid: Some(100 + i),
+                    host: None,
+                    since_unix_ms: Some(1_000),
+                })
+                .collect(),
+            waiters: vec![Waiter {
+                pid: Some(555),
+                host: None,
+                since_unix_ms: Some(2_000),
+            }],
+            wait_histogram: WaitHistogram {
+                bounds_seconds: vec![1.0],
+                counts: vec![16, 1],
+                sum_seconds: 3.4,
+                count: 17,
+            },
+        }
+    }
+
+    #[test]
+    fn bars_fill_in_proportion_and_never_overflow() {
+        assert_eq!(bar(0, 4, 8), "[........]");
+        assert_eq!(bar(2, 4, 8), "[####....]");
+        assert_eq!(bar(1, 3, 8), "[###.....]");
+        assert_eq!(bar(4, 4, 8), "[########]");
+        assert_eq!(bar(9, 4, 8), "[########]");
+        assert_eq!(bar(3, 0, 4), "[....]");
+    }
+
+    #[test]
+    fn the_screen_shows_the_numbers_holders_and_waiters() {
+        let lines = render(&Ok(stats(3)), None, 100, 40, 4_500);
+        let text = lines.join("\n");
+        assert!(text.contains("3 of 4 in use"), "{text}");
+        assert!(
+            text.contains("capacity 4  active 3  waiting 1  free 1  peak 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("acquisitions 17  timeouts 2  mean wait 0.200s"),
+            "{text}"
+        );
+        assert!(text.contains("holders (3)"), "{text}");
+        for pid in [100, 101, 102, 555] {
+            assert!(text.contains(&format!(" {pid} ")), "{pid} in {text}");
+        }
+        assert!(text.contains("3.5s"), "held for: {text}");
+        assert!(!text.contains("server"), "{text}");
+    }
+
+    #[test]
+    fn the_screen_fits_the_terminal() {
+        let lines = render(&Ok(stats(30)), None, 40, 15, 4_500);
+        assert_eq!(lines.len(), 15);
+        assert!(lines.iter().all(|l| l.chars().count() <= 40));
+        assert!(lines.last().unwrap().contains("more lines"), "{lines:#?}");
+    }
+
+    #[test]
+    fn the_screen_shows_the_server_or_why_not() {
+        let limits = ServerLimits {
+            version: "8.4".into(),
+            account: "app@%".into(),
+            connection_id: 1,
+            max_connections: 151,
+            max_user_connections: 0,
+            session_max_user_connections: 10,
+            account_max_user_connections: Some(10),
+            extra_max_connections: None,
+            extra_port: None,
+            threads_connected: 7,
+            max_used_connections: 30,
+            connection_errors_max_connections: None,
+            account_limits: Vec::new(),
+        };
+        let view = ServerView {
+            url: "mysql://app:***@db/x".into(),
+            reading: Ok(limits),
+        };
+        let text = render(&Ok(stats(1)), Some(&view), 160, 40, 0).join("\n");
+        assert!(text.contains("7 of 151 connected"), "{text}");
+        assert!(
+            text.contains("max_used_connections 30  account limit 10"),
+            "{text}"
+        );
+        assert!(text.contains("mysql://app:***@db/x"), "{text}");
+        let view = ServerView {
+            url: "mysql://db/x".into(),
+            reading: Err("refused".into()),
+        };
+        let text = render(&Err("gone".into()), Some(&view), 100, 40, 0).join("\n");
+        assert!(text.contains("cannot read the stats: gone"), "{text}");
+        assert!(text.contains("cannot read the server: refused"), "{text}");
+    }
+}

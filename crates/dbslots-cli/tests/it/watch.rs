@@ -1,0 +1,232 @@
+//! `dbslots watch` in a real terminal: tmux runs it, `capture-pane` reads
+//! the screen, `send-keys` quits, and the shell after it checks that the
+//! terminal is back in cooked mode on the main screen.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::serve::{BusyPool, dbslots, status, wait_for};
+
+/// A private tmux server (its own socket) with one 120x40 session, killed
+/// when dropped.
+struct Tmux {
+    socket: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmux {
+    /// Runs `script` (a shell script) as the session's only pane, or skips
+    /// visibly when tmux is missing.
+    fn start(script: &str) -> Option<Tmux> {
+        if Command::new("tmux").arg("-V").output().is_err() {
+            let test = std::thread::current().name().unwrap_or("?").to_string();
+            assert!(
+                !dbslots_testkit::servers_required(),
+                "{test}: tmux is missing; `cargo xtask test` installs it (as root), or run `apt-get install -y tmux`"
+            );
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: no tmux (apt-get install tmux, or run under cargo xtask test)"
+            );
+            return None;
+        }
+        static N: AtomicU32 = AtomicU32::new(0);
+        let socket = format!(
+            "dbslots-watch-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("run.sh");
+        std::fs::write(&file, script).expect("write the script");
+        let tmux = Tmux { socket, _dir: dir };
+        let out = tmux.run(&[
+            "-f",
+            "/dev/null",
+            "new-session",
+            "-d",
+            "-x",
+            "120",
+            "-y",
+            "40",
+            "-s",
+            "w",
+            &format!("sh {}", file.display()),
+        ]);
+        assert!(out.status.success(), "tmux new-session: {out:?}");
+        Some(tmux)
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .env_remove("TMUX")
+            .output()
+            .expect("run tmux")
+    }
+
+    fn screen(&self) -> String {
+        let out = self.run(&["capture-pane", "-p", "-J", "-t", "w"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn alternate_on(&self) -> bool {
+        let out = self.run(&["display-message", "-p", "-t", "w", "#{alternate_on}"]);
+        String::from_utf8_lossy(&out.stdout).trim() == "1"
+    }
+
+    fn keys(&self, keys: &str) {
+        let out = self.run(&["send-keys", "-t", "w", keys]);
+        assert!(out.status.success(), "send-keys: {out:?}");
+    }
+
+    /// Waits until the screen contains every one of `needles`.
+    #[track_caller]
+    fn wait_screen(&self, needles: &[&str]) -> String {
+        let mut last = String::new();
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_for("the screen", Duration::from_secs(20), || {
+                last = self.screen();
+                needles
+                    .iter()
+                    .all(|n| last.contains(n))
+                    .then(|| last.clone())
+            })
+        }));
+        found.unwrap_or_else(|_| panic!("the screen never showed {needles:?}:\n{last}"))
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+/// The script the pane runs: the view, then a report of how it ended and of
+/// the terminal's modes, then a pause so that the pane stays readable.
+fn script(pool: &str, extra: &str) -> String {
+    format!(
+        "'{}' watch --pool '{pool}' {extra}\n\
+         echo \"watch-exit=$?\"\n\
+         echo \"modes: $(stty -a | tr -s ' ;\\n' '   ')\"\n\
+         sleep 120\n",
+        env!("CARGO_BIN_EXE_dbslots")
+    )
+}
+
+/// The terminal came back: cooked mode with echo (the modes line of
+/// [`script`]) and the main screen.
+#[track_caller]
+fn assert_restored(tmux: &Tmux, screen: &str) {
+    let modes = screen
+        .lines()
+        .find(|l| l.starts_with("modes: "))
+        .unwrap_or_else(|| panic!("no modes line:\n{screen}"));
+    let modes: Vec<&str> = modes.split_whitespace().collect();
+    for flag in ["icanon", "echo", "isig", "opost"] {
+        assert!(modes.contains(&flag), "{flag} not restored: {modes:?}");
+    }
+    assert!(!tmux.alternate_on(), "still on the alternate screen");
+    assert!(
+        !screen.contains("q: quit"),
+        "the view was left on screen:\n{screen}"
+    );
+}
+
+#[test]
+fn watch_shows_the_numbers_live_and_quits_on_q() {
+    let mut busy = BusyPool::start(2, 2);
+    let Some(tmux) = Tmux::start(&script(&busy.path, "")) else {
+        return;
+    };
+    let holders = busy.holder_pids();
+    let waiters = busy.waiter_pids();
+    let screen = tmux.wait_screen(&["2 of 2 in use"]);
+    assert!(tmux.alternate_on(), "the view uses the alternate screen");
+    assert!(
+        screen.contains("capacity 2  active 2  waiting 2  free 0  peak 2"),
+        "{screen}"
+    );
+    assert!(screen.contains("acquisitions 2  timeouts 0"), "{screen}");
+    assert!(screen.contains("[##########"), "a full bar: {screen}");
+    assert!(screen.contains(&busy.path), "{screen}");
+    assert!(
+        screen.contains("holders (2)") && screen.contains("waiters (2)"),
+        "{screen}"
+    );
+    for pid in holders.iter().chain(&waiters) {
+        assert!(screen.contains(&format!(" {pid} ")), "pid {pid}:\n{screen}");
+    }
+
+    // It follows the pool: a holder goes, both waiters run and leave.
+    busy.release_one();
+    busy.wait_for_waiters();
+    assert_eq!(status(&busy.path).expect("status")["active"], 1);
+    let screen = tmux.wait_screen(&["1 of 2 in use", "acquisitions 4"]);
+    assert!(screen.contains("waiting 0"), "{screen}");
+    assert!(!screen.contains("waiters ("), "{screen}");
+
+    tmux.keys("q");
+    let screen = tmux.wait_screen(&["watch-exit=0", "modes: "]);
+    assert_restored(&tmux, &screen);
+}
+
+#[test]
+fn watch_quits_on_ctrl_c_and_restores_the_terminal() {
+    let busy = BusyPool::start(1, 0);
+    let Some(tmux) = Tmux::start(&script(&busy.path, "")) else {
+        return;
+    };
+    tmux.wait_screen(&["1 of 1 in use"]);
+    tmux.keys("C-c");
+    let screen = tmux.wait_screen(&["watch-exit=0", "modes: "]);
+    assert_restored(&tmux, &screen);
+}
+
+#[test]
+fn watch_shows_the_server_with_url() {
+    let Some(mysql) = dbslots_testkit::shared_mysql() else {
+        return;
+    };
+    let busy = BusyPool::start(1, 0);
+    let Some(tmux) = Tmux::start(&script(&busy.path, &format!("--url '{}'", mysql.user_url)))
+    else {
+        return;
+    };
+    let screen = tmux.wait_screen(&["1 of 1 in use", " connected", "max_connections "]);
+    assert!(!screen.contains(dbslots_testkit::PASSWORD), "{screen}");
+    assert!(screen.contains(":***@"), "the redacted URL: {screen}");
+    let line = screen
+        .lines()
+        .find(|l| l.contains(" connected"))
+        .expect("the connections line");
+    let of: Vec<&str> = line.split_whitespace().collect();
+    let i = of.iter().position(|w| *w == "of").expect("N of M");
+    let (used, max): (u64, u64) = (of[i - 1].parse().unwrap(), of[i + 1].parse().unwrap());
+    assert!(used >= 1 && max >= used, "{line}");
+    tmux.keys("q");
+    let screen = tmux.wait_screen(&["watch-exit=0", "modes: "]);
+    assert_restored(&tmux, &screen);
+}
+
+#[test]
+fn watch_refuses_without_a_terminal_and_points_to_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = dir.path().join("p").display().to_string();
+    let out = dbslots()
+        .args(["watch", "--pool", &pool])
+        .output()
+        .expect("run watch");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("needs a terminal") && err.contains("dbslots status"),
+        "{err}"
+    );
+    assert!(!Path::new(&pool).exists(), "it did not create the pool");
+}
