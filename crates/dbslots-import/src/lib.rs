@@ -25,7 +25,7 @@
 //!   the job ends `completed_with_errors`. A file that cannot be imported at
 //!   all (missing, unreadable, empty, wrong header) fails its job with a
 //!   `last_error` that says what to do.
-//! * Readings go in as multi-row statements of literals (2000 lines by
+//! * Readings go in as multi-row statements of literals (10,000 lines by
 //!   default, under half of `max_allowed_packet`), built on a reader thread
 //!   while the previous batch is inserted; memory stays flat whatever the
 //!   file's size.

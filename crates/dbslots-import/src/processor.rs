@@ -52,7 +52,7 @@ pub struct ProcessorOptions {
 impl Default for ProcessorOptions {
     fn default() -> Self {
         ProcessorOptions {
-            batch_rows: 2000,
+            batch_rows: 10_000,
             stale_after: Duration::from_secs(60),
             max_attempts: 3,
             reconnect_for: Duration::from_secs(120),
@@ -62,13 +62,14 @@ impl Default for ProcessorOptions {
 }
 
 impl ProcessorOptions {
-    /// The defaults: batches of 2000 lines, jobs stale after 60 s without a
+    /// The defaults: batches of 10,000 lines, jobs stale after 60 s without a
     /// heartbeat, 3 attempts per job, reconnecting for up to 120 s.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Lines per batch (one transaction), 1 to 100,000; 2000 by default.
+    /// Lines per batch (one transaction), 1 to 100,000; 10,000 by default
+    /// (fewer, larger transactions: 2000 measured about 20% slower).
     /// Statements are also kept under half the server's
     /// `max_allowed_packet`.
     pub fn batch_rows(mut self, rows: usize) -> Self {
@@ -443,7 +444,7 @@ impl Processor {
                     }
                 }
                 Err(ClaimFailure::Lost(e)) => {
-                    drop(conn);
+                    close_quickly(conn).await;
                     let since = *failures_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > self.options.reconnect_for {
                         return Err(self.query_error("claiming a job", e));
@@ -605,7 +606,7 @@ impl Processor {
                         reconnects,
                         "lost the connection mid-job; re-opening it to resume from the checkpoint"
                     );
-                    drop(conn);
+                    close_quickly(conn).await;
                     conn = match self.connect(stop).await? {
                         Some(conn) => conn,
                         None => {
@@ -624,7 +625,7 @@ impl Processor {
                         );
                         match self.fail(&mut conn, &job, &message).await {
                             Step::Lost(e) => {
-                                drop(conn);
+                                close_quickly(conn).await;
                                 return Err(self.query_error("failing a stalled job", e));
                             }
                             Step::Fatal(e) => {
@@ -850,6 +851,12 @@ impl Processor {
             Err(e) => Step::Fatal(self.query_error("putting a job back", e)),
         }
     }
+}
+
+/// Closes a connection that may be dead without waiting on it for long
+/// (the socket is closed, and the slot released, either way).
+async fn close_quickly(conn: Connection) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.close()).await;
 }
 
 /// `HOSTNAME:PID:RANDOM`: unique among processors, readable in `status`.

@@ -266,36 +266,40 @@ pub(crate) async fn recover_stale(
 /// pending (or every pending one is being claimed by someone else).
 pub(crate) async fn claim(conn: &mut Conn, holder: &str) -> DbResult<Option<JobRow>> {
     conn.query_drop("START TRANSACTION").await?;
-    let picked: Option<Row> = match conn
-        .query_first(format!(
-            "SELECT {JOB_COLUMNS} FROM import_jobs WHERE status = 'pending' \
-             ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
-        ))
-        .await
-    {
-        Ok(row) => row,
+    let claimed = async {
+        let picked: Option<Row> = conn
+            .query_first(format!(
+                "SELECT {JOB_COLUMNS} FROM import_jobs WHERE status = 'pending' \
+                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
+            ))
+            .await?;
+        let Some(row) = picked else {
+            return Ok(None);
+        };
+        let mut job = job_row(row)?;
+        let mut sql = String::from(
+            "UPDATE import_jobs SET status = 'processing', attempts = attempts + 1, \
+             heartbeat_at = UTC_TIMESTAMP(6), started_at = COALESCE(started_at, UTC_TIMESTAMP(6)), holder = ",
+        );
+        push_text(&mut sql, holder);
+        sql.push_str(&format!(" WHERE id = {}", job.id));
+        conn.query_drop(sql).await?;
+        job.status = Status::Processing;
+        job.holder = Some(holder.to_owned());
+        job.attempts += 1;
+        Ok(Some(job))
+    }
+    .await;
+    match claimed {
+        Ok(job) => {
+            conn.query_drop("COMMIT").await?;
+            Ok(job)
+        }
         Err(e) => {
             let _ = conn.query_drop("ROLLBACK").await;
-            return Err(e);
+            Err(e)
         }
-    };
-    let Some(row) = picked else {
-        conn.query_drop("COMMIT").await?;
-        return Ok(None);
-    };
-    let mut job = job_row(row)?;
-    let mut sql = String::from(
-        "UPDATE import_jobs SET status = 'processing', attempts = attempts + 1, \
-         heartbeat_at = UTC_TIMESTAMP(6), started_at = COALESCE(started_at, UTC_TIMESTAMP(6)), holder = ",
-    );
-    push_text(&mut sql, holder);
-    sql.push_str(&format!(" WHERE id = {}", job.id));
-    conn.query_drop(sql).await?;
-    conn.query_drop("COMMIT").await?;
-    job.status = Status::Processing;
-    job.holder = Some(holder.to_owned());
-    job.attempts += 1;
-    Ok(Some(job))
+    }
 }
 
 /// Reads a job's row.

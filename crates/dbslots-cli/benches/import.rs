@@ -1,0 +1,307 @@
+//! `dbslots import` against `LOAD DATA LOCAL INFILE`: the same generated
+//! CSV into the same (emptied) table on the same server, alternating, in
+//! one run. Also samples the processor's resident memory through the file.
+//!
+//! `cargo bench --bench import` (or `cargo xtask bench`) imports 1,000,000
+//! rows three times each way; under `cargo test --all-targets` (no `--bench`
+//! argument) it imports 2,000 rows once, as a smoke test. The server comes
+//! from `DBSLOTS_TEST_MYSQL_URL` (see dbslots-testkit); without one the
+//! benchmark says SKIPPED and exits 0. A filter argument that does not
+//! match "import" skips it too, as criterion would.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, OptsBuilder, WhiteListFsHandler};
+
+const METERS: u64 = 1000;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let bench_mode = args.iter().any(|a| a == "--bench");
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    if !filters.is_empty() && !filters.iter().any(|f| "import".contains(f.as_str())) {
+        return;
+    }
+    let Some(shared) = dbslots_testkit::shared_mysql() else {
+        return;
+    };
+    let (rows, rounds) = if bench_mode {
+        (1_000_000, 2)
+    } else {
+        (2_000, 1)
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let csv = dir.path().join("readings.csv");
+    let bytes = generate(&csv, rows);
+    let db = format!("dbslots_scratch_bench_import_{}", std::process::id());
+    let url = with_database(&shared.user_url, &db);
+    let version = rt.block_on(async {
+        // LOAD DATA LOCAL needs the server's consent (off by default in
+        // MySQL 8); the test server's admin account may give it.
+        if let Ok(mut admin) = Conn::from_url(&shared.admin_url).await {
+            let _ = admin.query_drop("SET GLOBAL local_infile = 1").await;
+            let _ = admin.disconnect().await;
+        }
+        let mut conn = Conn::from_url(&shared.user_url).await.expect("connect");
+        conn.query_drop(format!("DROP DATABASE IF EXISTS `{db}`"))
+            .await
+            .unwrap();
+        conn.query_drop(format!("CREATE DATABASE `{db}`"))
+            .await
+            .unwrap();
+        let version: String = conn.query_first("SELECT VERSION()").await.unwrap().unwrap();
+        conn.disconnect().await.unwrap();
+        dbslots_import::Queue::new(&url, None)
+            .unwrap()
+            .create_tables()
+            .await
+            .expect("create the import tables");
+        version
+    });
+    println!(
+        "import benchmark: {rows} rows, {:.1} MB CSV, server {version}",
+        bytes as f64 / 1e6
+    );
+
+    let mut load = Vec::new();
+    let mut import = Vec::new();
+    for round in 1..=rounds {
+        rt.block_on(reset(&url));
+        let secs = rt.block_on(load_data(&url, &csv));
+        assert_eq!(rt.block_on(count(&url)), rows, "LOAD DATA loaded every row");
+        println!(
+            "  round {round}: LOAD DATA LOCAL INFILE   {secs:7.2} s  {:>9.0} rows/s",
+            rows as f64 / secs
+        );
+        load.push(secs);
+
+        rt.block_on(reset(&url));
+        let run = run_import(&url, &csv, dir.path());
+        assert_eq!(
+            rt.block_on(count(&url)),
+            rows,
+            "dbslots import imported every row"
+        );
+        println!(
+            "  round {round}: dbslots import run --once {:7.2} s  {:>9.0} rows/s  peak RSS {:.1} MB",
+            run.secs,
+            rows as f64 / run.secs,
+            run.peak_rss_kb as f64 / 1024.0
+        );
+        println!("           RSS through the run (MB): {}", run.rss_profile());
+        import.push(run);
+    }
+    let import_secs: Vec<f64> = import.iter().map(|r| r.secs).collect();
+    let (best_load, best_import) = (best(&load), best(&import_secs));
+    let (median_load, median_import) = (median(&load), median(&import_secs));
+    let peak = import.iter().map(|r| r.peak_rss_kb).max().unwrap_or(0);
+    println!(
+        "best of {rounds}: LOAD DATA {:.0} rows/s, dbslots import {:.0} rows/s = {:.0}% of LOAD DATA",
+        rows as f64 / best_load,
+        rows as f64 / best_import,
+        100.0 * best_load / best_import,
+    );
+    println!(
+        "median of {rounds}: LOAD DATA {:.0} rows/s, dbslots import {:.0} rows/s = {:.0}% of LOAD DATA",
+        rows as f64 / median_load,
+        rows as f64 / median_import,
+        100.0 * median_load / median_import,
+    );
+    println!(
+        "processor peak RSS {:.1} MB over {rounds} runs",
+        peak as f64 / 1024.0
+    );
+    rt.block_on(async {
+        let mut conn = Conn::from_url(&shared.user_url).await.unwrap();
+        conn.query_drop(format!("DROP DATABASE IF EXISTS `{db}`"))
+            .await
+            .unwrap();
+        conn.disconnect().await.unwrap();
+    });
+}
+
+fn best(secs: &[f64]) -> f64 {
+    secs.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn median(secs: &[f64]) -> f64 {
+    let mut sorted = secs.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+/// Writes `rows` readings: meter `i % 1000`, one reading every 15 minutes
+/// per meter from 2024-01-01, kWh with three decimals. Returns the size.
+fn generate(path: &Path, rows: u64) -> u64 {
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(path).unwrap());
+    out.write_all(b"meter_id,reading_at,kwh\n").unwrap();
+    for i in 0..rows {
+        let minutes = (i / METERS) * 15;
+        let (day, hour, minute) = (minutes / 1440, minutes % 1440 / 60, minutes % 60);
+        let (month, day) = (1 + day / 28, 1 + day % 28);
+        writeln!(
+            out,
+            "meter-{:05},2024-{month:02}-{day:02} {hour:02}:{minute:02}:00,{}.{:03}",
+            i % METERS,
+            (i * 7) % 100,
+            (i * 13) % 1000
+        )
+        .unwrap();
+    }
+    out.flush().unwrap();
+    std::fs::metadata(path).unwrap().len()
+}
+
+async fn reset(url: &str) {
+    let mut conn = Conn::from_url(url).await.unwrap();
+    for sql in [
+        "TRUNCATE TABLE meter_readings",
+        "TRUNCATE TABLE import_errors",
+        "DELETE FROM import_jobs",
+    ] {
+        conn.query_drop(sql).await.unwrap();
+    }
+    conn.disconnect().await.unwrap();
+}
+
+async fn count(url: &str) -> u64 {
+    let mut conn = Conn::from_url(url).await.unwrap();
+    let n: Option<u64> = conn
+        .query_first("SELECT COUNT(*) FROM meter_readings")
+        .await
+        .unwrap();
+    conn.disconnect().await.unwrap();
+    n.unwrap_or(0)
+}
+
+/// `LOAD DATA LOCAL INFILE` into the same table; seconds for the statement.
+async fn load_data(url: &str, csv: &Path) -> f64 {
+    let opts = OptsBuilder::from_opts(Opts::from_url(url).unwrap())
+        .local_infile_handler(Some(WhiteListFsHandler::new([csv.to_path_buf()])));
+    let mut conn = Conn::new(opts).await.unwrap();
+    let started = Instant::now();
+    conn.query_drop(format!(
+        "LOAD DATA LOCAL INFILE '{}' INTO TABLE meter_readings \
+         FIELDS TERMINATED BY ',' LINES TERMINATED BY '\\n' IGNORE 1 LINES \
+         (meter_id, reading_at, kwh)",
+        csv.display()
+    ))
+    .await
+    .expect("LOAD DATA LOCAL INFILE (is local_infile on at the server?)");
+    let secs = started.elapsed().as_secs_f64();
+    conn.disconnect().await.unwrap();
+    secs
+}
+
+struct ImportRun {
+    secs: f64,
+    peak_rss_kb: u64,
+    /// (seconds since start, resident KB), sampled every 20 ms.
+    samples: Vec<(f64, u64)>,
+}
+
+impl ImportRun {
+    /// Resident memory at each fifth of the run.
+    fn rss_profile(&self) -> String {
+        let at = |fraction: f64| {
+            let t = self.secs * fraction;
+            self.samples
+                .iter()
+                .filter(|(s, _)| *s <= t)
+                .next_back()
+                .map_or(0, |(_, kb)| *kb)
+        };
+        [0.2, 0.4, 0.6, 0.8, 1.0]
+            .iter()
+            .map(|f| format!("{:.0}%: {:.1}", f * 100.0, at(*f) as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Enqueues the file, then times `dbslots import run --once` as a process,
+/// sampling its RSS; the peak comes from the kernel (`ru_maxrss`).
+fn run_import(url: &str, csv: &Path, dir: &Path) -> ImportRun {
+    let dbslots = env!("CARGO_BIN_EXE_dbslots");
+    let enqueued = Command::new(dbslots)
+        .args(["import", "enqueue", "--url", url])
+        .arg(csv)
+        .output()
+        .unwrap();
+    assert!(
+        enqueued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&enqueued.stderr)
+    );
+    let lock = dir.join("bench.lock");
+    let started = Instant::now();
+    let child = Command::new(dbslots)
+        .args(["import", "run", "--once", "--url", url, "--lock-file"])
+        .arg(&lock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let sampler = {
+        let samples = samples.clone();
+        std::thread::spawn(move || {
+            let status = format!("/proc/{pid}/status");
+            while let Ok(text) = std::fs::read_to_string(&status) {
+                if let Some(kb) = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                {
+                    samples
+                        .lock()
+                        .unwrap()
+                        .push((started.elapsed().as_secs_f64(), kb));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, which nothing else reaps.
+    let reaped = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(reaped, pid as libc::pid_t, "wait4");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "dbslots import run failed: {status}"
+    );
+    drop(child);
+    sampler.join().unwrap();
+    let samples = Arc::try_unwrap(samples).unwrap().into_inner().unwrap();
+    ImportRun {
+        secs,
+        peak_rss_kb: usage.ru_maxrss as u64,
+        samples,
+    }
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let path_start = url[authority_start..]
+        .find('/')
+        .map_or(url.len(), |i| authority_start + i);
+    let query_start = url[path_start..]
+        .find('?')
+        .map_or(url.len(), |i| path_start + i);
+    format!("{}/{db}{}", &url[..path_start], &url[query_start..])
+}
