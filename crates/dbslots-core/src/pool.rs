@@ -387,10 +387,12 @@ impl Slot {
     pub fn share_with_child(&self, cmd: &mut std::process::Command) -> Result<()> {
         use std::os::unix::process::CommandExt;
         cmd.envs(self.child_env());
-        if let Some(fd) = self.inheritable_fd()? {
-            // SAFETY: the closure only calls fcntl, which is async-signal-safe.
+        if let Some((fd, pid_word)) = self.inheritable()? {
+            // SAFETY: the closure only calls fcntl, getpid and an atomic
+            // store into the shared mapping, all async-signal-safe; the
+            // mapping outlives the child's exec because `self` does.
             unsafe {
-                cmd.pre_exec(move || clear_cloexec(fd));
+                cmd.pre_exec(move || claim_in_child(fd, pid_word));
             }
         }
         Ok(())
@@ -400,28 +402,44 @@ impl Slot {
     #[cfg(feature = "tokio")]
     pub fn share_with_tokio_child(&self, cmd: &mut tokio::process::Command) -> Result<()> {
         cmd.envs(self.child_env());
-        if let Some(fd) = self.inheritable_fd()? {
-            // SAFETY: the closure only calls fcntl, which is async-signal-safe.
+        if let Some((fd, pid_word)) = self.inheritable()? {
+            // SAFETY: as in `share_with_child`.
             unsafe {
-                cmd.pre_exec(move || clear_cloexec(fd));
+                cmd.pre_exec(move || claim_in_child(fd, pid_word));
             }
         }
         Ok(())
     }
 
-    fn inheritable_fd(&self) -> Result<Option<std::os::fd::RawFd>> {
+    /// The locked descriptor a child must inherit, and the record word where
+    /// it writes its pid (as an address: it is used in the forked child).
+    fn inheritable(&self) -> Result<Option<(std::os::fd::RawFd, usize)>> {
         match &self.pool.inner.backend {
-            Backend::File(p) => p
-                .slot_raw_fd(self.index)
-                .map(Some)
-                .ok_or(Error::Unsupported {
+            Backend::File(p) => {
+                let fd = p.slot_raw_fd(self.index).ok_or(Error::Unsupported {
                     backend: "file",
                     what: "sharing a slot that is not held",
-                }),
+                })?;
+                let word = p.holder_pid_word(self.index) as *const _ as usize;
+                Ok(Some((fd, word)))
+            }
             #[cfg(feature = "redis")]
             Backend::Redis(_) => Ok(None),
         }
     }
+}
+
+/// Runs in the child between `fork` and `exec`: keep the slot's descriptor
+/// across `exec`, and record this process as the holder before it runs a
+/// single instruction of the command (so stats never show the parent for a
+/// slot whose command is running).
+fn claim_in_child(fd: std::os::fd::RawFd, pid_word: usize) -> std::io::Result<()> {
+    clear_cloexec(fd)?;
+    // SAFETY: `pid_word` points into the board mapping, which the child
+    // inherited from the parent, where it is alive.
+    let word = unsafe { &*(pid_word as *const std::sync::atomic::AtomicU32) };
+    word.store(std::process::id(), std::sync::atomic::Ordering::Release);
+    Ok(())
 }
 
 fn clear_cloexec(fd: std::os::fd::RawFd) -> std::io::Result<()> {

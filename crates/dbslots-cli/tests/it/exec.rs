@@ -226,3 +226,47 @@ fn a_terminated_dbslots_passes_the_signal_to_the_command() {
     );
     assert_eq!(status_json(&p)["active"], 0);
 }
+
+#[test]
+fn a_redis_pool_works_wherever_a_pool_is_accepted() {
+    let Some(url) = dbslots_testkit::shared_redis() else {
+        return;
+    };
+    let name = format!("cli-{}-{}", std::process::id(), crate::exec::now_nanos());
+    let addr = format!("{url}?pool={name}&lease_ms=1000");
+    let out = dbslots()
+        .env("DBSLOTS_POOL", &addr)
+        .args([
+            "exec",
+            "--capacity",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            "echo $DBSLOTS_SLOT",
+        ])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u32>()
+            .expect("slot")
+            < 2
+    );
+    let s = status_json(&addr);
+    assert_eq!(s["backend"], "redis");
+    assert_eq!(
+        (s["capacity"].as_u64(), s["active"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(s["acquisitions"], 1);
+}
+
+pub fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos()
+}
