@@ -2,6 +2,7 @@
 
 mod browser;
 mod connections;
+mod exec;
 mod import;
 mod serve;
 mod spawn;
