@@ -411,6 +411,33 @@ impl Slot {
         Ok(())
     }
 
+    /// A duplicate of the descriptor whose lock is this slot (`None` for a
+    /// lease-based slot, which cannot be inherited).
+    ///
+    /// The duplicate shares the lock: whoever keeps any copy open keeps the
+    /// slot held. Handing it to a child as a standard stream (an empty,
+    /// read-only file: a fine stdin) makes the child hold the slot for its
+    /// whole life without a `pre_exec` hook, so the spawn can take the
+    /// fast `posix_spawn` path. Record the child with
+    /// [`Slot::set_holder_pid`] and release the guard after it exited.
+    pub fn lock_fd_for_child(&self) -> Result<Option<std::os::fd::OwnedFd>> {
+        match self.inheritable()? {
+            Some((fd, _)) => {
+                // SAFETY: `fd` is open for as long as `self` holds the slot.
+                let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                borrowed
+                    .try_clone_to_owned()
+                    .map(Some)
+                    .map_err(|e| Error::Io {
+                        op: "duplicating the lock of",
+                        path: format!("slot {}", self.index).into(),
+                        source: e,
+                    })
+            }
+            None => Ok(None),
+        }
+    }
+
     /// The locked descriptor a child must inherit, and the record word where
     /// it writes its pid (as an address: it is used in the forked child).
     fn inheritable(&self) -> Result<Option<(std::os::fd::RawFd, usize)>> {

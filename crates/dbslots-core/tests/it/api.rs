@@ -266,3 +266,32 @@ fn newcomers_queue_behind_waiters() {
     assert!(pool.try_acquire().expect("try").is_none());
     assert_eq!(waiter.join().expect("join").expect("waiter got it"), 0);
 }
+
+#[test]
+fn a_child_given_the_lock_as_stdin_shares_the_slot() {
+    let (_dir, addr) = pool_dir();
+    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
+    let slot = pool.acquire().expect("slot");
+    let fd = slot
+        .lock_fd_for_child()
+        .expect("dup")
+        .expect("a file slot has a lock fd");
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        // The child's stdin is the slot file: empty, so reading it ends at once.
+        .arg("test -z \"$(cat)\" && exec sleep 30")
+        .stdin(std::process::Stdio::from(fd))
+        .spawn()
+        .expect("spawn");
+    slot.set_holder_pid(child.id());
+    let other = Pool::open_str(&addr, &PoolOptions::new()).expect("second handle");
+    assert!(other.try_acquire().expect("try").is_none());
+    assert_eq!(
+        other.stats().expect("stats").holders[0].pid,
+        Some(child.id())
+    );
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+    drop(slot);
+    assert!(other.try_acquire().expect("try").is_some());
+}
