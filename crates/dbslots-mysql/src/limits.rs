@@ -47,6 +47,9 @@ pub struct ServerLimits {
     pub max_used_connections: u64,
     /// `Connection_errors_max_connections`: connects refused for lack of
     /// connections since the start; `None` where the server lacks it.
+    /// MariaDB counts only refusals at accept time (once even the extra
+    /// administrator connection is taken), not the 1040 an ordinary account
+    /// gets after logging in: a 0 there does not prove nobody was refused.
     pub connection_errors_max_connections: Option<u64>,
     /// Accounts with their own `MAX_USER_CONNECTIONS`, where `mysql.user` is
     /// readable; empty otherwise.
