@@ -32,7 +32,7 @@ fn main() {
         return;
     };
     let (rows, rounds) = if bench_mode {
-        (1_000_000, 2)
+        (1_000_000, 3)
     } else {
         (2_000, 1)
     };

@@ -18,7 +18,10 @@
 //! processor derives from the server's `max_allowed_packet`.
 //!
 //! Literals are safe by construction. Timestamps and kWh values reach this
-//! module only as validated digits (see [`crate::parse`]). Text is written
+//! module only as validated digits (see [`crate::parse`]); a timestamp is
+//! written as the number `YYYYMMDDhhmmss`, which the server turns into a
+//! `DATETIME` much faster than it parses the string form (the server's CPU,
+//! not the client's, bounds an import). Text is written
 //! between single quotes only when every byte is printable ASCII other than
 //! `'` and `\`, which reads the same under every `sql_mode` and connection
 //! character set; any other text is written as a hexadecimal literal with a
@@ -105,10 +108,17 @@ impl BatchBuilder {
         }
         sql.push('(');
         push_text(sql, &reading.meter_id);
-        sql.push_str(",'");
-        // Validated ASCII digits and separators.
-        sql.push_str(std::str::from_utf8(&reading.reading_at).unwrap_or("invalid"));
-        sql.push_str("',");
+        sql.push(',');
+        // The validated timestamp as the number YYYYMMDDhhmmss, which the
+        // server converts to DATETIME without parsing a string.
+        sql.extend(
+            reading
+                .reading_at
+                .iter()
+                .filter(|b| b.is_ascii_digit())
+                .map(|&b| char::from(b)),
+        );
+        sql.push(',');
         sql.push_str(reading.kwh.as_str());
         sql.push(')');
         self.rows += 1;
@@ -248,7 +258,7 @@ mod tests {
             batch.readings_sql.as_deref(),
             Some(
                 "INSERT INTO meter_readings (meter_id,reading_at,kwh) VALUES \
-                 ('m1','2024-01-01 00:00:00',1.5),(_utf8mb4 X'6D2732','2024-01-01 00:00:01',0) \
+                 ('m1',20240101000000,1.5),(_utf8mb4 X'6D2732',20240101000001,0) \
                  ON DUPLICATE KEY UPDATE kwh=VALUES(kwh)"
             )
         );

@@ -131,16 +131,16 @@ impl fmt::Display for Reject {
             Reject::MeterIdControl => write!(f, "meter_id contains a control character"),
             Reject::TimestampFormat { value } => write!(
                 f,
-                "reading_at {value:?} is not a timestamp (expected YYYY-MM-DD HH:MM:SS or YYYY-MM-DDTHH:MM:SS[Z])"
+                "reading_at \"{value}\" is not a timestamp (expected YYYY-MM-DD HH:MM:SS or YYYY-MM-DDTHH:MM:SS[Z])"
             ),
             Reject::TimestampRange { value } => write!(
                 f,
-                "reading_at {value:?} is not a valid date and time (years 1000 to 9999)"
+                "reading_at \"{value}\" is not a valid date and time (years 1000 to 9999)"
             ),
             Reject::KwhNotANumber { value } => {
-                write!(f, "kwh {value:?} is not a non-negative decimal number")
+                write!(f, "kwh \"{value}\" is not a non-negative decimal number")
             }
-            Reject::KwhNegative { value } => write!(f, "kwh {value:?} is negative"),
+            Reject::KwhNegative { value } => write!(f, "kwh \"{value}\" is negative"),
             Reject::KwhTooLarge { digits } => write!(
                 f,
                 "kwh has {digits} digits before the decimal point; at most {KWH_INT_DIGITS} fit"
@@ -260,9 +260,7 @@ fn meter_id(field: Cow<'_, str>) -> Result<Cow<'_, str>, Reject> {
 /// Parses `YYYY-MM-DD HH:MM:SS`, `YYYY-MM-DDTHH:MM:SS` or
 /// `YYYY-MM-DDTHH:MM:SSZ` into the first form.
 fn parse_timestamp(s: &str) -> Result<[u8; 19], Reject> {
-    let format_err = || Reject::TimestampFormat {
-        value: shorten(s, QUOTED_VALUE_CHARS),
-    };
+    let format_err = || Reject::TimestampFormat { value: quoted(s) };
     let b = s.as_bytes();
     let b = match b {
         [rest @ .., b'Z'] if rest.get(10) == Some(&b'T') => rest,
@@ -294,9 +292,7 @@ fn parse_timestamp(s: &str) -> Result<[u8; 19], Reject> {
         && minute < 60
         && second < 60;
     if !valid {
-        return Err(Reject::TimestampRange {
-            value: shorten(s, QUOTED_VALUE_CHARS),
-        });
+        return Err(Reject::TimestampRange { value: quoted(s) });
     }
     let mut out = *b;
     out[10] = b' ';
@@ -317,9 +313,7 @@ fn days_in_month(year: u32, month: u32) -> u32 {
 /// Parses a non-negative decimal: optional sign, digits, optional point and
 /// digits, at least one digit. `-0` is zero, not negative.
 fn parse_kwh(s: &str) -> Result<Kwh, Reject> {
-    let not_a_number = || Reject::KwhNotANumber {
-        value: shorten(s, QUOTED_VALUE_CHARS),
-    };
+    let not_a_number = || Reject::KwhNotANumber { value: quoted(s) };
     let (negative, unsigned) = match s.as_bytes().first() {
         Some(b'-') => (true, &s[1..]),
         Some(b'+') => (false, &s[1..]),
@@ -333,9 +327,7 @@ fn parse_kwh(s: &str) -> Result<Kwh, Reject> {
     let int = int.trim_start_matches('0');
     let frac_significant = frac.trim_end_matches('0');
     if negative && !(int.is_empty() && frac_significant.is_empty()) {
-        return Err(Reject::KwhNegative {
-            value: shorten(s, QUOTED_VALUE_CHARS),
-        });
+        return Err(Reject::KwhNegative { value: quoted(s) });
     }
     if int.len() > KWH_INT_DIGITS {
         return Err(Reject::KwhTooLarge { digits: int.len() });
@@ -360,6 +352,16 @@ fn parse_kwh(s: &str) -> Result<Kwh, Reject> {
         push(frac_significant.as_bytes());
     }
     Ok(kwh)
+}
+
+/// An offending value as a reason quotes it: control characters replaced,
+/// at most [`QUOTED_VALUE_CHARS`] characters.
+fn quoted(s: &str) -> String {
+    let clean: String = s
+        .chars()
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect();
+    shorten(&clean, QUOTED_VALUE_CHARS)
 }
 
 /// At most `max` characters of `s`, with `...` when cut.
@@ -507,6 +509,47 @@ mod tests {
             Reject::WrongColumnCount { found: 2 }.to_string(),
             "wrong column count: expected 3 (meter_id,reading_at,kwh), found 2"
         );
+    }
+
+    proptest::proptest! {
+        /// Any bytes at all: a reading in canonical form, or a reason that
+        /// fits the `reason` column; never a panic.
+        #[test]
+        fn any_line_is_a_reading_or_a_reason(line in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            match parse_line(&line) {
+                Ok(r) => {
+                    proptest::prop_assert!(!r.meter_id.is_empty());
+                    proptest::prop_assert!(r.meter_id.chars().count() <= MAX_METER_ID_CHARS);
+                    proptest::prop_assert!(r.reading_at.iter().all(|b| b.is_ascii_digit() || b"- :".contains(b)));
+                    proptest::prop_assert!(r.kwh.as_str().bytes().all(|b| b.is_ascii_digit() || b == b'.'));
+                }
+                Err(reason) => proptest::prop_assert!(reason.to_string().chars().count() <= 200),
+            }
+            let _ = check_header(&line);
+        }
+
+        /// Lines built from the accepted grammar are accepted, with the
+        /// values they were built from.
+        #[test]
+        fn well_formed_lines_round_trip(
+            meter in "[A-Za-z0-9_.-]{1,32}",
+            (y, mo, d, h, mi, s) in (1000u32..=9999, 1u32..=12, 1u32..=28, 0u32..24, 0u32..60, 0u32..60),
+            iso in proptest::bool::ANY,
+            (int, frac) in (0u64..1_000_000_000_000, 0u32..1_000_000),
+        ) {
+            let sep = if iso { 'T' } else { ' ' };
+            let line = format!("{meter},{y:04}-{mo:02}-{d:02}{sep}{h:02}:{mi:02}:{s:02},{int}.{frac:06}");
+            let r = parse_line(line.as_bytes()).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            proptest::prop_assert_eq!(r.meter_id.as_ref(), meter.as_str());
+            proptest::prop_assert_eq!(
+                String::from_utf8(r.reading_at.to_vec()).unwrap(),
+                format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}")
+            );
+            let frac_text = format!("{frac:06}");
+            let frac_text = frac_text.trim_end_matches('0');
+            let expected = if frac_text.is_empty() { int.to_string() } else { format!("{int}.{frac_text}") };
+            proptest::prop_assert_eq!(r.kwh.as_str(), expected.as_str());
+        }
     }
 
     #[test]
