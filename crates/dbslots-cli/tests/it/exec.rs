@@ -18,6 +18,23 @@ fn status_json(pool: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("status --json is JSON")
 }
 
+/// A `dbslots exec -- sleep 30` that holds one slot of a pool of `capacity`
+/// (created by it), returned once the slot is taken.
+fn holding_process(pool: &str, capacity: u32) -> std::process::Child {
+    let holder = dbslots()
+        .args(["exec", "--pool", pool, "--capacity", &capacity.to_string()])
+        .args(["--", "sleep", "30"])
+        .spawn()
+        .expect("holder");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::path::Path::new(pool).join("pool.json").exists() || status_json(pool)["active"] != 1
+    {
+        assert!(Instant::now() < deadline, "holder never got its slot");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    holder
+}
+
 fn pool() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path().join("pool").display().to_string();
@@ -70,15 +87,7 @@ fn exec_reports_signals_and_missing_commands_like_a_shell() {
 #[test]
 fn exec_times_out_with_status_75_and_one_line_naming_the_counts() {
     let (_d, p) = pool();
-    let mut holder = dbslots()
-        .args(["exec", "--pool", &p, "--capacity", "1", "--", "sleep", "30"])
-        .spawn()
-        .expect("holder");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::path::Path::new(&p).join("pool.json").exists() || status_json(&p)["active"] != 1 {
-        assert!(Instant::now() < deadline, "holder never got its slot");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut holder = holding_process(&p, 1);
     let start = Instant::now();
     let out = dbslots()
         .args(["exec", "--pool", &p, "--timeout", "0.3", "--", "true"])
@@ -144,15 +153,7 @@ fn killing_dbslots_does_not_free_the_slot_while_the_command_runs() {
 #[test]
 fn status_shows_holders_as_a_table_and_as_json() {
     let (_d, p) = pool();
-    let mut holder = dbslots()
-        .args(["exec", "--pool", &p, "--capacity", "4", "--", "sleep", "30"])
-        .spawn()
-        .expect("holder");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::path::Path::new(&p).join("pool.json").exists() || status_json(&p)["active"] != 1 {
-        assert!(Instant::now() < deadline, "holder never got its slot");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut holder = holding_process(&p, 4);
     let s = status_json(&p);
     assert_eq!(s["capacity"], 4);
     assert_eq!(s["waiting"], 0);
