@@ -217,8 +217,7 @@ impl ImportRun {
             let t = self.secs * fraction;
             self.samples
                 .iter()
-                .filter(|(s, _)| *s <= t)
-                .next_back()
+                .rfind(|(s, _)| *s <= t)
                 .map_or(0, |(_, kb)| *kb)
         };
         [0.2, 0.4, 0.6, 0.8, 1.0]

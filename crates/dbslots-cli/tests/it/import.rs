@@ -239,12 +239,30 @@ fn a_processor_killed_mid_job_is_resumed_without_duplicates_or_gaps() {
     enqueue(&db, &path);
     let lock = db.dir.path().join("import.lock");
     let lock = lock.to_str().unwrap();
-    let args = ["--once", "--lock-file", lock, "--batch-rows", "100"];
+    // Through a pool of one slot: the killed processor's slot must come back
+    // (the kernel frees its lock) for the second run to connect at all.
+    let pool = db.dir.path().join("pool");
+    let pool = pool.to_str().unwrap();
+    let args = [
+        "--once",
+        "--lock-file",
+        lock,
+        "--batch-rows",
+        "100",
+        "--pool",
+        pool,
+        "--capacity",
+        "1",
+    ];
 
     let mut first = db.dbslots("run", &args, "first").spawn().unwrap();
     wait_for_progress(&db, &mut first, 3_000);
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
+    assert!(
+        Path::new(pool).join("slots").is_dir(),
+        "the processor used the pool"
+    );
     let (status, imported): (String, u64) =
         db.row("SELECT CAST(status AS CHAR), rows_imported FROM import_jobs");
     assert_eq!(status, "processing", "killed mid-job");
