@@ -16,7 +16,8 @@
 //!
 //! * Jobs are claimed with `SELECT ... FOR UPDATE SKIP LOCKED` (MySQL 8.0.1+,
 //!   MariaDB 10.6+) and every later write is conditional on still holding
-//!   the job ([`queue`](crate) invariants are listed in its module docs).
+//!   the job; a holder that stops heartbeating loses it (the invariants are
+//!   listed in the documentation of the `queue` module).
 //! * A processor holds a connection (and, with a [`dbslots_core::Pool`], a
 //!   slot) only while it works on a job; it closes it between jobs and
 //!   before sleeping.
