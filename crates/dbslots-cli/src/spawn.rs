@@ -16,23 +16,31 @@ use crate::exec::parse_seconds;
 /// Starts N workers from one command, each as soon as a slot is free.
 ///
 /// By default (adaptive) the spawner takes a slot for each worker before
-/// starting it and releases it once the worker has exited, so at most
-/// `capacity` workers run at once and the next one starts the moment one
-/// ends. If the spawner is killed, the slots it holds are freed and the
-/// kernel kills the workers with it (no worker runs without its slot).
-/// With --hold-slot each worker also inherits its slot's lock: the slot
-/// stays held until the worker exits, even if the spawner dies, and the
-/// workers are then left to finish. With --batch-size the reference
-/// behaviour is used instead: batches of B workers, each batch started
-/// --batch-delay seconds after the previous one, without waiting for slots
-/// (workers take their own), unless --hold-slot is also given.
+/// starting it and hands it over: the worker's stdin is the slot's locked
+/// file (empty and read-only: reading it gives end of file, as from
+/// /dev/null), so the worker holds its slot until it exits, even if the
+/// spawner is killed, and is then left to finish. The spawner gives the
+/// slot back once it has reaped the worker, so at most `capacity` workers
+/// run at once and the next one starts the moment one ends. A worker that
+/// closes or redirects its stdin keeps its slot only while the spawner
+/// lives. With --batch-size the reference behaviour is used instead:
+/// batches of B workers, each batch started --batch-delay seconds after the
+/// previous one, without waiting for slots (workers take their own), unless
+/// --hold-slot is given, which makes the spawner take and hand over a slot
+/// for each worker as in adaptive mode.
+///
+/// A Redis pool's slots are leases, which cannot be handed over: the
+/// spawner renews them until it has reaped the workers. If the spawner is
+/// killed, the kernel kills the workers with it (no worker runs without
+/// its slot); with --hold-slot they are left to finish, and their slots
+/// are lost once the leases run out.
 ///
 /// In CMD's arguments, {index} becomes the worker's 0-based index and
 /// {count} the number of workers. Each worker sees DBSLOTS_WORKER_INDEX,
 /// DBSLOTS_WORKER_COUNT, DBSLOTS_POOL, DBSLOTS_JOB_ID (with --job-id), and
 /// DBSLOTS_SLOT when a slot was taken for it: it must then not take another
-/// from the same pool. Workers run in their own process groups with stdin
-/// from /dev/null.
+/// from the same pool. Workers run in their own process groups, with stdin
+/// from their slot or from /dev/null.
 ///
 /// Ctrl-C, SIGTERM or SIGHUP: nothing new starts, every worker (with its
 /// children) gets SIGTERM, and SIGKILL after --grace seconds or at a second
@@ -62,8 +70,9 @@ pub struct SpawnArgs {
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, requires = "batch_size")]
     batch_delay: Option<Duration>,
 
-    /// Each worker inherits its slot and keeps it until it exits, even if
-    /// dbslots dies (workers need not link dbslots to stay under the limit)
+    /// Take a slot for every worker, also with --batch-size, and let
+    /// workers run to their end if dbslots dies (the default in adaptive
+    /// mode on a directory pool, where workers hold their slots)
     #[arg(long)]
     hold_slot: bool,
 
@@ -152,8 +161,9 @@ fn spawn(args: SpawnArgs) -> anyhow::Result<ExitCode> {
     }
     let pool = args.pool.open()?;
     let spawner = Spawner::new(pool, template, options)?;
-    // One thread: every worker is forked from the thread that lives as long
-    // as the spawner (PR_SET_PDEATHSIG follows the forking thread).
+    // One thread: every worker is started from the thread that lives as
+    // long as the spawner (PR_SET_PDEATHSIG, for the workers that get it,
+    // follows the forking thread).
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -13,17 +13,40 @@
 //!
 //! # Who holds a worker's slot
 //!
-//! | mode | slot taken by the spawner | worker inherits the lock | if the spawner is SIGKILLed |
-//! | --- | --- | --- | --- |
-//! | adaptive | yes, held for the worker until it is reaped | no | the kernel frees the slot and kills the worker (`PR_SET_PDEATHSIG`, SIGKILL): a worker must never run without its slot |
-//! | adaptive, [`hold_slot`](SpawnOptions::hold_slot) | yes, and held until it is reaped | yes | the worker keeps its slot and runs to its end; it is not signalled |
-//! | batches | no: workers take their own (reference behaviour) | no | workers get SIGTERM and close their connections |
-//! | batches, [`hold_slot`](SpawnOptions::hold_slot) | yes, each worker of a batch waits for one | yes | as adaptive with `hold_slot` |
+//! Whenever the spawner takes a slot for a worker, it takes it before the
+//! worker starts and hands it over: the worker's stdin is a duplicate of
+//! the slot's locked descriptor (the slot file is empty and read-only, so
+//! reading stdin gives end of file, as from `/dev/null`). The worker then
+//! holds the slot for its whole life, even if the spawner dies; the spawner
+//! keeps its own guard until it has reaped the worker, and only then gives
+//! the slot back. A worker that closes or replaces its stdin keeps its slot
+//! only while the spawner lives.
+//!
+//! A slot of a Redis pool is a lease, which cannot be handed over: the
+//! spawner renews it until it has reaped the worker, and the worker's stdin
+//! is `/dev/null`. If the spawner dies, the lease runs out (`lease_ms`)
+//! while the worker may still run, so by default such a worker is killed
+//! with the spawner.
+//!
+//! | mode | slot taken by the spawner | if the spawner is SIGKILLed |
+//! | --- | --- | --- |
+//! | adaptive (default) | yes, before the worker starts; the worker holds it | the worker keeps its slot and runs to its end; it is not signalled |
+//! | adaptive, Redis pool | yes; the spawner renews the lease | the kernel kills the worker (`PR_SET_PDEATHSIG`, SIGKILL): a worker must never run without its slot |
+//! | adaptive, Redis pool, [`hold_slot`](SpawnOptions::hold_slot) | yes; the spawner renews the lease | the worker runs to its end; its slot is lost when the lease runs out |
+//! | batches | no: workers take their own (reference behaviour) | workers get SIGTERM and close their connections |
+//! | batches, [`hold_slot`](SpawnOptions::hold_slot) | yes, each worker of a batch waits for one | as adaptive (with `hold_slot`) |
+//!
+//! So on a file pool, adaptive mode is the same with or without
+//! [`hold_slot`](SpawnOptions::hold_slot); the option makes batch mode take
+//! slots, and lets workers of a Redis pool outlive a killed spawner. Only
+//! the workers that get a death signal are started with a `pre_exec` hook
+//! (fork + exec); all others take std's faster `posix_spawn` path.
 //!
 //! A worker learns what it holds from its environment ([`ENV_SLOT`]): when
 //! `DBSLOTS_SLOT` is set, a slot of `DBSLOTS_POOL` is already taken on its
 //! behalf and it must not take a second one from the same pool for the same
-//! connection (it would wait for itself once the pool is full).
+//! connection (it would wait for itself once the pool is full). The pool's
+//! stats show the worker as the slot's holder.
 //!
 //! # Stopping
 //!
@@ -42,7 +65,7 @@
 //!
 //! let pool = Pool::open(std::path::Path::new("/run/myapp/db-slots"), &PoolOptions::new().capacity(150))?;
 //! let template = Template::from_argv(["php", "worker.php", "--shard={index}/{count}"])?;
-//! let summary = Spawner::new(pool, template, SpawnOptions::new(1000).hold_slot(true))?
+//! let summary = Spawner::new(pool, template, SpawnOptions::new(1000))?
 //!     .run()
 //!     .await?;
 //! eprintln!("{summary}");

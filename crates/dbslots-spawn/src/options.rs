@@ -11,7 +11,8 @@ use crate::error::{Error, Result};
 #[non_exhaustive]
 pub enum Mode {
     /// A worker starts as soon as the spawner has a slot for it: no fixed
-    /// delay, never more workers than free slots. The default.
+    /// delay, never more workers than free slots. The worker holds its slot
+    /// until it exits (see the crate documentation). The default.
     #[default]
     Adaptive,
     /// The reference behaviour: `size` workers at a time, batch `k` started
@@ -94,9 +95,17 @@ impl SpawnOptions {
         self
     }
 
-    /// Whether each worker inherits its slot's lock, so the slot stays held
-    /// until the worker exits even if the spawner dies (see the crate
+    /// Whether the spawner takes a slot for every worker and lets workers
+    /// run to their end even if the spawner dies (see the crate
     /// documentation). Off by default.
+    ///
+    /// In adaptive mode on a file pool this changes nothing: the spawner
+    /// always takes the slots there, and the workers hold them (the slot
+    /// stays held until the worker exits, even if the spawner dies). It
+    /// makes [`Mode::Batches`] take a slot for each worker too, and it lets
+    /// workers of a Redis pool, whose leases cannot be handed over, outlive
+    /// a killed spawner instead of being killed with it (their slots are
+    /// then lost when the leases run out).
     pub fn hold_slot(mut self, hold: bool) -> Self {
         self.hold_slot = hold;
         self

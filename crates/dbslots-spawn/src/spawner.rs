@@ -7,10 +7,15 @@
 //! * the *starter* walks the worker indices in order. For each worker that
 //!   needs a slot it waits in the pool's FIFO queue (`acquire_async`), then
 //!   starts the worker and hands the `Slot` guard to the worker's
-//!   supervisor task. It is the only place that starts processes, so every
-//!   worker is forked from the thread that polls [`Spawner::run`], which
-//!   matters for `PR_SET_PDEATHSIG` (it fires when the forking *thread*
-//!   exits);
+//!   supervisor task. A lock-based slot goes to the worker as its stdin, a
+//!   duplicate of the locked descriptor: no `pre_exec` hook, so std starts
+//!   the worker with `posix_spawn` (a vfork), not fork + exec (see
+//!   "Spawning workers" in `docs/benchmarks.md`). Only workers that get a
+//!   death signal (`PR_SET_PDEATHSIG`: batch mode, and lease-based slots
+//!   without `hold_slot`) need the hook and take the slower path. The
+//!   starter is the only place that starts processes, so every worker is
+//!   started from the thread that polls [`Spawner::run`], which matters for
+//!   the death signal (it fires when the forking *thread* exits);
 //! * one *supervisor* task per running worker waits for the process,
 //!   relays the stop phase to the worker's process group as signals, and
 //!   drops the `Slot` right after reaping, never before: a slot is free only
@@ -142,10 +147,11 @@ impl Spawner {
     /// Starts the workers, waits for all of them, and sums the run up.
     ///
     /// Must be polled inside a tokio runtime with I/O, time and signals
-    /// enabled. Workers are forked from the thread that polls this future:
+    /// enabled. Workers are started from the thread that polls this future:
     /// do not poll it from a thread that may exit before the workers do
     /// (such as a `spawn_blocking` thread), or the kernel would signal the
-    /// workers as if the spawner had died.
+    /// workers that have a death signal (see the crate documentation) as if
+    /// the spawner had died.
     ///
     /// # Errors
     ///
@@ -173,11 +179,6 @@ impl Spawner {
         let capacity = self.pool.capacity();
         let reporter = Reporter::new(self.options.progress, self.options.workers, capacity);
         let sink = Sink::new(reporter.bar());
-        let death_signal = match (self.options.hold_slot, self.options.mode) {
-            (true, _) => None,
-            (false, Mode::Adaptive) => Some(libc::SIGKILL),
-            (false, Mode::Batches { .. }) => Some(libc::SIGTERM),
-        };
         let pool_addr = self.pool.addr().to_string();
         let ctx = Arc::new(Ctx {
             pool: self.pool,
@@ -188,7 +189,6 @@ impl Spawner {
             counters: Counters::default(),
             reporter,
             sink,
-            death_signal,
         });
         tracing::info!(
             pool = %ctx.pool_addr,
@@ -314,7 +314,6 @@ struct Ctx {
     counters: Counters,
     reporter: Reporter,
     sink: Sink,
-    death_signal: Option<i32>,
 }
 
 impl Ctx {
@@ -458,7 +457,6 @@ impl Ctx {
             .env(ENV_WORKER_COUNT, n.to_string())
             .env(ENV_POOL, &self.pool_addr)
             .env_remove(ENV_SLOT)
-            .stdin(Stdio::null())
             .process_group(0)
             .kill_on_drop(false);
         match &self.options.job_id {
@@ -479,15 +477,40 @@ impl Ctx {
                 cmd.stdout(file).stderr(copy);
             }
         }
-        if let Some(slot) = slot {
-            if self.options.hold_slot {
-                slot.share_with_tokio_child(&mut cmd)
-                    .map_err(|e| fail(io::Error::other(e.to_string()), "sharing the slot"))?;
-            } else {
-                cmd.env(ENV_SLOT, slot.index().to_string());
+        // The slot goes to the worker as its stdin: a duplicate of the
+        // locked descriptor (the same open file description, so the same
+        // lock) of an empty read-only file, which reads as end of file like
+        // /dev/null. The worker then holds the slot for its whole life, even
+        // if the spawner dies. No `pre_exec` hook is needed, so std starts
+        // the worker with posix_spawn (vfork) rather than fork + exec; the
+        // parent's copy closes with `cmd`. The spawner's own guard stays
+        // with the supervisor until the worker is reaped: dropping it would
+        // unlock the shared description and free the slot under the worker.
+        let handed_over = match slot {
+            Some(slot) => {
+                cmd.envs(slot.child_env());
+                slot.lock_fd_for_child()
+                    .map_err(|e| fail(io::Error::other(e.to_string()), "handing over the slot"))?
             }
-        }
-        if let Some(sig) = self.death_signal {
+            None => None,
+        };
+        let death_signal = match (slot, &handed_over) {
+            // The worker holds its slot itself: if the spawner dies, the
+            // slot stays held until the worker exits. Nothing to do.
+            (Some(_), Some(_)) => None,
+            // A lease (Redis pool) cannot be inherited: it lives only while
+            // the spawner renews it. Unless told to let workers outlive it
+            // (`hold_slot`), a worker must not outlive its slot.
+            (Some(_), None) if self.options.hold_slot => None,
+            (Some(_), None) => Some(libc::SIGKILL),
+            // Workers take their own slots (batches): no orphans.
+            (None, _) => Some(libc::SIGTERM),
+        };
+        match handed_over {
+            Some(fd) => cmd.stdin(Stdio::from(fd)),
+            None => cmd.stdin(Stdio::null()),
+        };
+        if let Some(sig) = death_signal {
             // SAFETY: getpid is async-signal-safe and is called here, in the
             // parent.
             let parent = unsafe { libc::getpid() };
@@ -531,9 +554,9 @@ impl Ctx {
         c.peak_running.fetch_max(running, Ordering::Relaxed);
         let slot_index = slot.as_ref().map(Slot::index);
         if let Some(slot) = &slot {
-            if self.options.hold_slot {
-                slot.set_holder_pid(pid);
-            }
+            // The worker holds the slot (or, for a lease, uses it): status
+            // shows the worker, not the spawner.
+            slot.set_holder_pid(pid);
             let held = c.slots.fetch_add(1, Ordering::Relaxed) + 1;
             c.peak_slots.fetch_max(held, Ordering::Relaxed);
         }

@@ -86,7 +86,7 @@ pub struct Summary {
     pub wall: Duration,
     /// The mode of the run.
     pub mode: Mode,
-    /// Whether workers held their slots themselves.
+    /// Whether [`hold_slot`](crate::SpawnOptions::hold_slot) was set.
     pub hold_slot: bool,
     /// Why the run ended early, if it did.
     pub stop: Option<StopReason>,
@@ -130,11 +130,7 @@ impl fmt::Display for Summary {
                 format!("batches of {size} every {:.1} s", delay.as_secs_f64())
             }
         };
-        let hold = if self.hold_slot {
-            ", workers hold their slots"
-        } else {
-            ""
-        };
+        let hold = if self.hold_slot { ", hold-slot" } else { "" };
         writeln!(
             f,
             "{} of {} workers started in {:.2} s ({mode}{hold})",

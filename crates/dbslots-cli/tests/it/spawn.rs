@@ -323,6 +323,22 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 /// pids in `dir/workers` and those of their children (a `sleep 60` each) in
 /// `dir/children`, and waits until ten are running.
 fn start_sleepers(dir: &Path, extra: &[&str], ignore_term: bool) -> (Child, Sleepers) {
+    let pool = dir.join("pool");
+    start_sleepers_on(
+        dir,
+        pool.to_str().expect("a UTF-8 path"),
+        extra,
+        ignore_term,
+    )
+}
+
+/// [`start_sleepers`] on the pool at `pool`.
+fn start_sleepers_on(
+    dir: &Path,
+    pool: &str,
+    extra: &[&str],
+    ignore_term: bool,
+) -> (Child, Sleepers) {
     let sleepers = Sleepers {
         workers: dir.join("workers"),
         children: dir.join("children"),
@@ -330,8 +346,15 @@ fn start_sleepers(dir: &Path, extra: &[&str], ignore_term: bool) -> (Child, Slee
     let trap = if ignore_term { "trap '' TERM; " } else { "" };
     let script = format!("{trap}sleep 60 & echo $! >> \"$C\"; echo $$ >> \"$W\"; wait");
     let child = dbslots()
-        .args(["spawn", "--workers", "40", "--capacity", "10", "--pool"])
-        .arg(dir.join("pool"))
+        .args([
+            "spawn",
+            "--workers",
+            "40",
+            "--capacity",
+            "10",
+            "--pool",
+            pool,
+        ])
         .args(extra)
         .args(["--", "sh", "-c", &script])
         .env("W", &sleepers.workers)
@@ -413,37 +436,72 @@ fn ctrl_c_leaves_no_worker_running() {
 }
 
 #[test]
-fn workers_die_with_a_killed_spawner_unless_they_hold_their_slots() {
-    // Without --hold-slot the slots die with the spawner, so must the
-    // workers. (Their own children are not the kernel's business: only a
-    // stop the spawner lives through reaches whole process groups.)
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, sleepers) = start_sleepers(dir.path(), &[], false);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let workers = sleepers.workers();
-    wait_for("the workers to die", Duration::from_secs(30), || {
-        workers.iter().all(|p| !alive(*p))
-    });
-    kill_all(&sleepers.all());
+fn a_killed_spawner_leaves_every_worker_holding_its_slot() {
+    // No worker may run without its slot. Adaptive workers hold their slots
+    // themselves (their stdin is the slot's locked file), with or without
+    // --hold-slot: a SIGKILLed spawner leaves them running with their slots
+    // held, and each slot is freed when its worker exits.
+    for extra in [&[][..], &["--hold-slot"][..]] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut child, sleepers) = start_sleepers(dir.path(), extra, false);
+        child.kill().unwrap();
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+        let mut workers = sleepers.workers();
+        assert_eq!(workers.len(), 10, "{extra:?}");
+        thread::sleep(Duration::from_millis(300));
+        let still: Vec<i32> = workers.iter().copied().filter(|p| alive(*p)).collect();
+        let pool = Pool::open(dir.path().join("pool"), &PoolOptions::new()).unwrap();
+        let stats = pool.stats().unwrap();
+        let mut holders: Vec<i32> = stats
+            .holders
+            .iter()
+            .filter_map(|h| h.pid.map(|p| p as i32))
+            .collect();
+        // One worker first: its slot alone is freed.
+        kill_all(&workers[..1]);
+        wait_for("the first worker's slot", Duration::from_secs(30), || {
+            pool.stats().unwrap().active == 9
+        });
+        kill_all(&sleepers.all());
+        assert_eq!(still.len(), 10, "{extra:?}: workers died with the spawner");
+        assert_eq!(stats.active, 10, "{extra:?}: the workers' slots were freed");
+        workers.sort_unstable();
+        holders.sort_unstable();
+        assert_eq!(holders, workers, "{extra:?}: status shows the workers");
+        wait_for("the slots to be freed", Duration::from_secs(30), || {
+            pool.stats().unwrap().active == 0
+        });
+    }
+}
 
-    // With --hold-slot every worker keeps its slot and goes on.
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, sleepers) = start_sleepers(dir.path(), &["--hold-slot"], false);
-    child.kill().unwrap();
-    assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
-    let workers = sleepers.workers();
-    assert_eq!(workers.len(), 10);
-    thread::sleep(Duration::from_millis(300));
-    let still: Vec<i32> = workers.iter().copied().filter(|p| alive(*p)).collect();
-    let pool = Pool::open(dir.path().join("pool"), &PoolOptions::new()).unwrap();
-    let active = pool.stats().unwrap().active;
-    kill_all(&sleepers.all());
-    assert_eq!(still.len(), 10, "workers died with the spawner");
-    assert_eq!(active, 10, "the workers' slots were freed");
-    wait_for("the slots to be freed", Duration::from_secs(30), || {
-        pool.stats().unwrap().active == 0
-    });
+#[test]
+fn workers_of_a_redis_pool_die_with_a_killed_spawner_unless_they_hold_their_slots() {
+    // A lease cannot be handed over: it dies with the spawner (after the
+    // lease), so must its worker, unless --hold-slot lets it run on.
+    let Some(url) = dbslots_testkit::shared_redis() else {
+        return;
+    };
+    for (extra, survive) in [(&[][..], false), (&["--hold-slot"][..], true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("spawn-{}-{}", std::process::id(), crate::exec::now_nanos());
+        let addr = format!("{url}?pool={name}&lease_ms=1000");
+        let (mut child, sleepers) = start_sleepers_on(dir.path(), &addr, extra, false);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let workers = sleepers.workers();
+        assert_eq!(workers.len(), 10, "{extra:?}");
+        if survive {
+            thread::sleep(Duration::from_millis(300));
+            let still = workers.iter().filter(|p| alive(**p)).count();
+            kill_all(&sleepers.all());
+            assert_eq!(still, 10, "{extra:?}: workers died with the spawner");
+        } else {
+            wait_for("the workers to die", Duration::from_secs(30), || {
+                workers.iter().all(|p| !alive(*p))
+            });
+            kill_all(&sleepers.all());
+        }
+    }
 }
 
 #[test]

@@ -90,3 +90,47 @@ fn a_stopper_terminates_the_workers_and_sets_the_exit_status() {
     assert_eq!(summary.killed, summary.started, "{summary}");
     assert_eq!(summary.not_started(), 20 - summary.started);
 }
+
+#[test]
+fn a_worker_holds_its_slot_through_an_empty_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    // `cat` must see end of file at once; then each worker records its slot
+    // and what its stdin is.
+    let script = format!(
+        "cat; echo \"${{DBSLOTS_SLOT:-none}} $(readlink /proc/self/fd/0)\" > {}/{{index}}",
+        out.display()
+    );
+    let run = |options: SpawnOptions| {
+        let template = Template::from_argv(["sh", "-c", &script]).unwrap();
+        let summary = runtime()
+            .block_on(
+                Spawner::new(pool(dir.path(), 2), template, options)
+                    .unwrap()
+                    .run(),
+            )
+            .unwrap();
+        assert!(summary.success(), "{summary}");
+    };
+    let seen = |i: u32| std::fs::read_to_string(out.join(i.to_string())).unwrap();
+
+    run(quiet(6).grace(Duration::from_secs(5)));
+    let slots = dir.path().join("pool").join("slots");
+    for i in 0..6 {
+        let line = seen(i);
+        let (slot, stdin) = line.trim().split_once(' ').unwrap();
+        let slot: u32 = slot.parse().unwrap();
+        assert!(slot < 2, "{line}");
+        assert_eq!(stdin, slots.join(slot.to_string()).to_str().unwrap());
+    }
+
+    // Workers that take their own slots get /dev/null.
+    run(quiet(2).mode(dbslots_spawn::Mode::Batches {
+        size: std::num::NonZeroU32::new(2).unwrap(),
+        delay: Duration::ZERO,
+    }));
+    for i in 0..2 {
+        assert_eq!(seen(i).trim(), "none /dev/null");
+    }
+}
