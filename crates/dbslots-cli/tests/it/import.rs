@@ -234,7 +234,7 @@ fn a_processor_killed_mid_job_is_resumed_without_duplicates_or_gaps() {
     let Some(db) = TestDb::create("kill9") else {
         return;
     };
-    let (csv, good, sum, bad) = readings(60_000, 997);
+    let (csv, good, sum, bad) = readings(120_000, 997);
     let path = db.write("readings.csv", &csv);
     enqueue(&db, &path);
     let lock = db.dir.path().join("import.lock");
@@ -284,7 +284,7 @@ fn a_second_processor_on_the_same_lock_exits_at_once_and_sigterm_leaves_the_job_
     let Some(db) = TestDb::create("lock") else {
         return;
     };
-    let (csv, good, sum, bad) = readings(60_000, 1009);
+    let (csv, good, sum, bad) = readings(150_000, 1009);
     let path = db.write("readings.csv", &csv);
     enqueue(&db, &path);
     let lock_path = db.dir.path().join("import.lock");
