@@ -70,47 +70,6 @@ fn age(now_ms: u64, since_ms: Option<u64>) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::render_table;
-    use dbslots_core::{Holder, PoolStats, WaitHistogram};
-
-    fn stats(host: Option<&str>) -> PoolStats {
-        PoolStats {
-            pool: "p".into(),
-            backend: "file".into(),
-            capacity: 3,
-            active: 1,
-            waiting: 0,
-            peak: 2,
-            acquisitions: 9,
-            timeouts: 1,
-            holders: vec![Holder {
-                slot: 2,
-                pid: Some(42),
-                host: host.map(str::to_string),
-                since_unix_ms: Some(1_000),
-            }],
-            waiters: vec![],
-            wait_histogram: WaitHistogram::default(),
-        }
-    }
-
-    #[test]
-    fn the_table_shows_counts_holders_and_hosts_when_known() {
-        let t = render_table(&stats(None), 3_500);
-        assert!(t.contains("1 of 3 in use, 0 waiting, peak 2"), "{t}");
-        assert!(t.contains("9 acquisitions, 1 timeouts"), "{t}");
-        assert!(
-            t.contains("2     42       1970-01-01 00:00:01Z   2.5s"),
-            "{t}"
-        );
-        assert!(!t.contains("HOST"), "{t}");
-        let t = render_table(&stats(Some("web-3")), 3_500);
-        assert!(t.contains("HOST") && t.contains("web-3"), "{t}");
-    }
-}
-
 /// The human table of `dbslots status`.
 pub fn render_table(s: &PoolStats, now_ms: u64) -> String {
     let mut t = String::new();
@@ -155,4 +114,45 @@ pub fn render_table(s: &PoolStats, now_ms: u64) -> String {
         }
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render_table;
+    use dbslots_core::{Holder, PoolStats, WaitHistogram};
+
+    fn stats(host: Option<&str>) -> PoolStats {
+        PoolStats {
+            pool: "p".into(),
+            backend: "file".into(),
+            capacity: 3,
+            active: 1,
+            waiting: 0,
+            peak: 2,
+            acquisitions: 9,
+            timeouts: 1,
+            holders: vec![Holder {
+                slot: 2,
+                pid: Some(42),
+                host: host.map(str::to_string),
+                since_unix_ms: Some(1_000),
+            }],
+            waiters: vec![],
+            wait_histogram: WaitHistogram::default(),
+        }
+    }
+
+    #[test]
+    fn the_table_shows_counts_holders_and_hosts_when_known() {
+        let t = render_table(&stats(None), 3_500);
+        assert!(t.contains("1 of 3 in use, 0 waiting, peak 2"), "{t}");
+        assert!(t.contains("9 acquisitions, 1 timeouts"), "{t}");
+        assert!(
+            t.contains("2     42       1970-01-01 00:00:01Z   2.5s"),
+            "{t}"
+        );
+        assert!(!t.contains("HOST"), "{t}");
+        let t = render_table(&stats(Some("web-3")), 3_500);
+        assert!(t.contains("HOST") && t.contains("web-3"), "{t}");
+    }
 }
