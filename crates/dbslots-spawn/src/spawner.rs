@@ -7,15 +7,18 @@
 //! * the *starter* walks the worker indices in order. For each worker that
 //!   needs a slot it waits in the pool's FIFO queue (`acquire_async`), then
 //!   starts the worker and hands the `Slot` guard to the worker's
-//!   supervisor task. A lock-based slot goes to the worker as its stdin, a
-//!   duplicate of the locked descriptor: no `pre_exec` hook, so std starts
-//!   the worker with `posix_spawn` (a vfork), not fork + exec (see
-//!   "Spawning workers" in `docs/benchmarks.md`). Only workers that get a
-//!   death signal (`PR_SET_PDEATHSIG`: batch mode, and lease-based slots
-//!   without `hold_slot`) need the hook and take the slower path. The
-//!   starter is the only place that starts processes, so every worker is
-//!   started from the thread that polls [`Spawner::run`], which matters for
-//!   the death signal (it fires when the forking *thread* exits);
+//!   supervisor task, then yields once so that workers that exited
+//!   meanwhile are reaped and their slots freed (otherwise zombies would
+//!   hold slots until the pool is full). A lock-based slot goes to the
+//!   worker as its stdin, a duplicate of the locked descriptor: no
+//!   `pre_exec` hook, so std starts the worker with `posix_spawn` (a
+//!   vfork), not fork + exec (see "Spawning workers" in
+//!   `docs/benchmarks.md`). Only workers that get a death signal
+//!   (`PR_SET_PDEATHSIG`: batch mode, and lease-based slots without
+//!   `hold_slot`) need the hook and take the slower path. The starter is
+//!   the only place that starts processes, so every worker is started from
+//!   the thread that polls [`Spawner::run`], which matters for the death
+//!   signal (it fires when the forking *thread* exits);
 //! * one *supervisor* task per running worker waits for the process,
 //!   relays the stop phase to the worker's process group as signals, and
 //!   drops the `Slot` right after reaping, never before: a slot is free only
@@ -412,6 +415,13 @@ impl Ctx {
         match self.spawn_worker(index, slot.as_ref()) {
             Ok(child) => {
                 self.supervise(child, index, slot, done.clone());
+                // Let the supervisors reap the workers that exited meanwhile
+                // and give their slots back. Without this, a free slot makes
+                // `acquire_async` ready at once, the starter never yields,
+                // and nobody is reaped until the pool is full: slots held by
+                // zombies, and every further start on the slow path of the
+                // pool (a waiter file, a thread, a futex wake-up).
+                tokio::task::yield_now().await;
                 Flow::Next
             }
             Err(reason) => {
