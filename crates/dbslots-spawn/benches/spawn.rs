@@ -5,7 +5,9 @@
 //! The ideal is the longer of 1000 × 50 ms / 150 (the work itself) and the
 //! time this machine needs to start and reap 1000 such processes with no
 //! limit at all (measured here, each round). Goals: adaptive within 1.2× the
-//! ideal and at least 5× faster than batches.
+//! ideal and at least 5× faster than batches. Adaptive mode is measured with
+//! and without `hold_slot`, which on a directory pool run the same code
+//! (each worker gets its slot as stdin and is started with posix_spawn).
 //!
 //! A plain harness (`harness = false`): one figure per mode per round, the
 //! median over rounds (`DBSLOTS_BENCH_ROUNDS`, default 3; batches run once,
