@@ -236,15 +236,7 @@ impl Connector {
     /// connection without one: a connection opened after the drop is closed
     /// before its slot is released.
     pub async fn connect(&self) -> Result<Connection> {
-        let shared = &self.inner;
-        let slot = shared
-            .pool
-            .acquire_async_timeout(shared.options.slot_timeout)
-            .await
-            .map_err(|source| Error::Slot {
-                url: shared.url.clone(),
-                source,
-            })?;
+        let slot = self.take_slot().await?;
         let (conn, slot, failed) = self.open(slot).await.map_err(|(e, _slot)| e)?;
         Ok(Connection {
             conn: Some(conn),
@@ -252,6 +244,19 @@ impl Connector {
             connector: self.clone(),
             failed_attempts: failed,
         })
+    }
+
+    /// Waits for a slot of the pool, up to the slot timeout.
+    async fn take_slot(&self) -> Result<Slot> {
+        let shared = &self.inner;
+        shared
+            .pool
+            .acquire_async_timeout(shared.options.slot_timeout)
+            .await
+            .map_err(|source| Error::Slot {
+                url: shared.url.clone(),
+                source,
+            })
     }
 
     /// Opens a connection for `slot`, inline on the caller's task.
@@ -548,15 +553,7 @@ impl Connection {
     }
 
     async fn acquire_new_slot(&self) -> Result<Slot> {
-        let shared = &self.connector.inner;
-        shared
-            .pool
-            .acquire_async_timeout(shared.options.slot_timeout)
-            .await
-            .map_err(|source| Error::Slot {
-                url: shared.url.clone(),
-                source,
-            })
+        self.connector.take_slot().await
     }
 }
 
