@@ -53,6 +53,13 @@ fn steps(args: &[String], scratch: TempDir) -> Result<()> {
             "warnings",
         ]),
     )?;
+    // The multi-process tests drive example programs (dbslots-core's
+    // `holder`), and `cargo test --all-targets` builds examples only as test
+    // harnesses: build the real programs first.
+    child::run(
+        "`cargo build --workspace --examples`",
+        cargo(&["build", "--workspace", "--examples"]),
+    )?;
     ensure_chromium()?;
     let servers = TestServers::start(scratch)?;
     let mut test = cargo(&["test", "--workspace", "--all-targets"]);

@@ -15,7 +15,7 @@ pub fn holder_exe() -> PathBuf {
     let holder = dir.join("examples").join("holder");
     assert!(
         holder.exists(),
-        "{} is missing: run the tests with cargo test (it builds examples)",
+        "{} is missing: run `cargo build --workspace --examples` first (cargo xtask test does; `cargo test --all-targets` builds examples only as test harnesses)",
         holder.display()
     );
     holder
