@@ -502,7 +502,10 @@ impl RedisPool {
             let period = self.shared.lease / 3;
             let spawned = std::thread::Builder::new()
                 .name("dbslots-lease-renewer".into())
-                .spawn(move || renewer(weak, period));
+                .spawn(move || {
+                    crate::file::interrupt::block_process_signals();
+                    renewer(weak, period)
+                });
             if let Err(e) = spawned {
                 *running = false;
                 tracing::error!(error = %e, "cannot start the lease renewer; leases will expire");

@@ -271,3 +271,36 @@ pub fn now_nanos() -> u128 {
         .expect("clock")
         .as_nanos()
 }
+
+#[test]
+fn a_dbslots_that_had_to_wait_still_passes_signals_to_the_command() {
+    // Waiting starts dbslots' helper thread; a SIGTERM for the process must
+    // still reach the forwarder, not kill dbslots in that thread.
+    let (dir, p) = pool();
+    let mut first = holding_process(&p, 1);
+    let marker = dir.path().join("started");
+    let mut exec = dbslots()
+        .args(["exec", "--pool", &p, "--", "sh", "-c"])
+        .arg(format!("touch {}; exec sleep 30", marker.display()))
+        .spawn()
+        .expect("exec");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_json(&p)["waiting"] != 1 {
+        assert!(Instant::now() < deadline, "the second exec never queued");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SIGTERM (not SIGKILL, which would leave its command holding the slot).
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    first.wait().expect("reap");
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "command never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    unsafe { libc::kill(exec.id() as i32, libc::SIGTERM) };
+    let status = exec.wait().expect("reap");
+    assert_eq!(
+        status.code(),
+        Some(128 + 15),
+        "the command died of the forwarded SIGTERM"
+    );
+}

@@ -53,6 +53,19 @@ fn install_handler() {
     });
 }
 
+/// Blocks every signal in the calling thread, a helper thread of ours: a
+/// signal sent to the process (Ctrl-C, a supervisor's SIGTERM) must reach
+/// the application's own threads and handlers, never be taken, and acted on
+/// by default, in a thread the application does not know about.
+pub(crate) fn block_process_signals() {
+    // SAFETY: sigfillset on a local set, then this thread's mask.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
+}
+
 /// Cancels an acquisition from another thread (or from a dropped future).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct CancelToken(Arc<AtomicBool>);
@@ -104,7 +117,10 @@ fn interrupter() -> &'static Interrupter {
         }));
         std::thread::Builder::new()
             .name("dbslots-interrupter".into())
-            .spawn(move || it.run())
+            .spawn(move || {
+                block_process_signals();
+                it.run()
+            })
             .map_err(|e| tracing::error!(error = %e, "cannot start the dbslots interrupter thread; timed waits may overrun"))
             .ok();
         it
