@@ -43,6 +43,7 @@
 #![deny(missing_docs)]
 
 mod connector;
+mod deadline;
 mod error;
 mod limits;
 mod monitor;
