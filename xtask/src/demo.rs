@@ -10,8 +10,8 @@
 //! against the ideal. The pool capacity is the one dbslots-mysql suggests
 //! for the server.
 //!
-//! * default: adaptive mode with `--hold-slot` (the spawner takes a slot per
-//!   worker; the worker keeps it until it exits);
+//! * default: adaptive mode (the spawner takes a slot per worker and hands
+//!   it over as the worker's stdin; the worker keeps it until it exits);
 //! * `--batches`: the reference system's batches of 150 every 2 s, each
 //!   worker taking its own slot through `dbslots_mysql::Connector`;
 //! * `--no-throttle`: all workers at once, no slots, the reference's five
@@ -162,10 +162,7 @@ fn demo(
         .arg("--joblog")
         .arg(dir.join("joblog.tsv"));
     let what = match args.mode {
-        Mode::Adaptive => {
-            spawn.arg("--hold-slot");
-            "adaptive (dbslots spawn --hold-slot)"
-        }
+        Mode::Adaptive => "adaptive (dbslots spawn: a worker starts the moment a slot is free)",
         Mode::Batches => {
             spawn.args(["--batch-size", "150", "--batch-delay", "2"]);
             "reference batches of 150 every 2 s, workers take their own slots"
