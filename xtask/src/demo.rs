@@ -14,8 +14,9 @@
 //!   it over as the worker's stdin; the worker keeps it until it exits);
 //! * `--batches`: the reference system's batches of 150 every 2 s, each
 //!   worker taking its own slot through `dbslots_mysql::Connector`;
-//! * `--no-throttle`: all workers at once, no slots, the reference's five
-//!   connect attempts: shows the errors the reference systems suffered.
+//! * `--no-throttle`: all workers at once (they all connect at the same
+//!   moment once started), no slots, the reference's five connect attempts:
+//!   shows the errors the reference systems suffered.
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -179,7 +180,18 @@ fn demo(
         .args(["work", "--url", &server.user_url()])
         .args(["--hold-ms", &args.hold_ms.to_string()]);
     if args.mode == Mode::NoThrottle {
-        spawn.arg("--no-slots");
+        // Like the reference: every worker connects at the same moment, once
+        // all of them have been started (about 2 ms a process here).
+        let start_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+            + 1_000
+            + 3 * u64::from(args.workers);
+        spawn
+            .arg("--no-slots")
+            .arg("--start-at")
+            .arg(start_at.to_string());
     }
     println!(
         "demo: {what}: {} workers holding their connection {} ms, {} rows each",

@@ -38,6 +38,8 @@ use serde_json::json;
 const TABLE: &str = "demo_jobs";
 /// Attempts of a direct connect (the reference system's five).
 const DIRECT_ATTEMPTS: u32 = 5;
+/// How long one direct connect attempt may take.
+const DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The first retry delay of a direct connect; it doubles.
 const DIRECT_FIRST_DELAY: Duration = Duration::from_millis(100);
 
@@ -76,6 +78,11 @@ enum Command {
         /// Connect without any slot (the unthrottled reference)
         #[arg(long)]
         no_slots: bool,
+        /// Wait until this moment (milliseconds since the Unix epoch) before
+        /// connecting, so that workers started one after another all connect
+        /// at once, as the reference's 1000 workers did
+        #[arg(long, value_name = "UNIX_MS")]
+        start_at: Option<u64>,
     },
     /// Print rows processed and the server's connection counters
     Report {
@@ -109,7 +116,13 @@ fn main() -> std::process::ExitCode {
                 url,
                 hold_ms,
                 no_slots,
-            } => work(&url, Duration::from_millis(hold_ms), no_slots).await,
+                start_at,
+            } => {
+                if let Some(at) = start_at {
+                    wait_until_unix_ms(at).await;
+                }
+                work(&url, Duration::from_millis(hold_ms), no_slots).await
+            }
             Command::Report { admin_url } => report(&admin_url).await,
         }
     });
@@ -245,9 +258,11 @@ async fn connect_direct(url: &str, refusals: &mut Refusals) -> Result<Conn> {
     let opts = opts(url)?;
     let mut delay = DIRECT_FIRST_DELAY;
     for attempt in 1..=DIRECT_ATTEMPTS {
-        match Conn::new(opts.clone()).await {
-            Ok(conn) => return Ok(conn),
-            Err(e) => {
+        // Like PDO's ATTR_TIMEOUT in the reference: a connect lost in an
+        // overflowing listen backlog would otherwise wait forever.
+        match tokio::time::timeout(DIRECT_TIMEOUT, Conn::new(opts.clone())).await {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(e)) => {
                 let code = match &e {
                     mysql_async::Error::Server(s) => Some(s.code),
                     _ => None,
@@ -257,11 +272,29 @@ async fn connect_direct(url: &str, refusals: &mut Refusals) -> Result<Conn> {
                     return Err(e).context(format!("gave up after {attempt} attempts"));
                 }
             }
+            Err(_) => {
+                refusals.count(None);
+                if attempt == DIRECT_ATTEMPTS {
+                    bail!(
+                        "gave up after {attempt} attempts: the last one found no answer within {DIRECT_TIMEOUT:?}"
+                    );
+                }
+            }
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(1));
     }
     bail!("no connect attempt was made")
+}
+
+/// Sleeps until the wall clock reads `at` (milliseconds since the epoch);
+/// returns at once when that moment has passed.
+async fn wait_until_unix_ms(at: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(at);
+    tokio::time::sleep(Duration::from_millis(at.saturating_sub(now))).await;
 }
 
 async fn work(url: &str, hold: Duration, no_slots: bool) -> Result<()> {
