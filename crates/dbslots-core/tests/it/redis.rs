@@ -48,6 +48,7 @@ impl Backend for Leases {
 
 #[test]
 fn redis_pool_behaves_like_a_counting_semaphore() {
+    let _serial = crate::support::timing_sensitive();
     if redis_url().is_none() {
         return;
     }
@@ -67,6 +68,7 @@ prop_state_machine! {
 
 #[test]
 fn capacity_contract_and_holders_by_host() {
+    let _serial = crate::support::timing_sensitive();
     let Some(url) = redis_url() else { return };
     let addr = unique_pool(&url);
     let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(2)).expect("create");
@@ -113,6 +115,7 @@ fn capacity_contract_and_holders_by_host() {
 
 #[test]
 fn processes_on_many_hosts_never_exceed_the_capacity() {
+    let _serial = crate::support::timing_sensitive();
     let Some(url) = redis_url() else { return };
     let addr = unique_pool(&url);
     Pool::open_str(&addr, &PoolOptions::new().capacity(5)).expect("create");
@@ -144,6 +147,7 @@ fn processes_on_many_hosts_never_exceed_the_capacity() {
 
 #[test]
 fn a_killed_holder_loses_its_slot_after_the_lease_and_no_later() {
+    let _serial = crate::support::timing_sensitive();
     let Some(url) = redis_url() else { return };
     let addr = unique_pool(&url);
     let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
@@ -168,6 +172,7 @@ fn a_killed_holder_loses_its_slot_after_the_lease_and_no_later() {
 
 #[test]
 fn a_paused_holder_is_told_it_lost_its_slot() {
+    let _serial = crate::support::timing_sensitive();
     let Some(url) = redis_url() else { return };
     let addr = unique_pool(&url);
     let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
@@ -193,6 +198,7 @@ fn a_paused_holder_is_told_it_lost_its_slot() {
 
 #[test]
 fn a_redis_restart_never_over_admits() {
+    let _serial = crate::support::timing_sensitive();
     let Some(mut server) = dbslots_testkit::private_redis() else {
         return;
     };

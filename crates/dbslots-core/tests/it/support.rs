@@ -128,3 +128,11 @@ pub fn pool_dir() -> (tempfile::TempDir, String) {
     let pool = dir.path().join("pool").display().to_string();
     (dir, pool)
 }
+
+/// Serialises the tests whose assertions involve timing (fairness, leases)
+/// or that start hundreds of processes: on a 2-core machine, two of them at
+/// once starve each other's lease renewals and blur each other's waits.
+pub fn timing_sensitive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
