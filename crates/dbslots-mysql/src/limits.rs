@@ -9,7 +9,15 @@ use crate::error::{Error, Result};
 
 /// The reserve kept free by [`ServerLimits::suggest_capacity`] is at least
 /// this many connections.
-pub const MIN_RESERVE: u64 = 3;
+///
+/// Besides administrators and monitoring, the reserve absorbs connections a
+/// holder has closed but the server has not yet counted out: `COM_QUIT` is
+/// sent and the socket closed without waiting for the server's thread, so
+/// under load a few closed connections can still be counted when their
+/// slots are already taken again. Three proved too few on a small server
+/// (2 refusals in 200 connects at `max_connections` 20 on a busy 2-core
+/// machine).
+pub const MIN_RESERVE: u64 = 5;
 
 /// The connection limits and usage of a server, as one account sees them.
 ///
@@ -246,11 +254,11 @@ mod tests {
     }
 
     #[test]
-    fn capacity_keeps_a_reserve_of_ten_percent_and_at_least_three() {
+    fn capacity_keeps_a_reserve_of_ten_percent_and_at_least_five() {
         let s = limits(151, 0, Some(0)).suggest_capacity();
         assert_eq!((s.capacity, s.reserve), (135, 16));
         let s = limits(20, 0, None).suggest_capacity();
-        assert_eq!((s.capacity, s.reserve), (17, 3));
+        assert_eq!((s.capacity, s.reserve), (15, 5));
         assert!(s.reason.contains("max_connections 20"), "{}", s.reason);
         assert_eq!(limits(2, 0, None).suggest_capacity().capacity, 1);
     }

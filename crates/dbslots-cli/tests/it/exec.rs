@@ -35,6 +35,26 @@ fn holding_process(pool: &str, capacity: u32) -> std::process::Child {
     holder
 }
 
+/// Waits (up to 10 s) until the command under test has created `marker`.
+fn wait_for_file(marker: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "command never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sends SIGTERM to a `dbslots exec` and checks that its command died of it.
+fn assert_sigterm_reaches_the_command(mut exec: std::process::Child) {
+    unsafe { libc::kill(exec.id() as i32, libc::SIGTERM) };
+    let status = exec.wait().expect("reap");
+    assert_eq!(
+        status.code(),
+        Some(128 + 15),
+        "the command died of the forwarded SIGTERM"
+    );
+}
+
 fn pool() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path().join("pool").display().to_string();
@@ -208,23 +228,13 @@ fn the_pool_comes_from_the_environment_and_bad_input_is_explained() {
 fn a_terminated_dbslots_passes_the_signal_to_the_command() {
     let (dir, p) = pool();
     let marker = dir.path().join("started");
-    let mut exec = dbslots()
+    let exec = dbslots()
         .args(["exec", "--pool", &p, "--capacity", "1", "--", "sh", "-c"])
         .arg(format!("touch {}; exec sleep 30", marker.display()))
         .spawn()
         .expect("exec");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !marker.exists() {
-        assert!(Instant::now() < deadline, "command never started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    unsafe { libc::kill(exec.id() as i32, libc::SIGTERM) };
-    let status = exec.wait().expect("reap");
-    assert_eq!(
-        status.code(),
-        Some(128 + 15),
-        "the command died of the forwarded SIGTERM"
-    );
+    wait_for_file(&marker);
+    assert_sigterm_reaches_the_command(exec);
     assert_eq!(status_json(&p)["active"], 0);
 }
 
@@ -279,7 +289,7 @@ fn a_dbslots_that_had_to_wait_still_passes_signals_to_the_command() {
     let (dir, p) = pool();
     let mut first = holding_process(&p, 1);
     let marker = dir.path().join("started");
-    let mut exec = dbslots()
+    let exec = dbslots()
         .args(["exec", "--pool", &p, "--", "sh", "-c"])
         .arg(format!("touch {}; exec sleep 30", marker.display()))
         .spawn()
@@ -292,15 +302,6 @@ fn a_dbslots_that_had_to_wait_still_passes_signals_to_the_command() {
     // SIGTERM (not SIGKILL, which would leave its command holding the slot).
     unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
     first.wait().expect("reap");
-    while !marker.exists() {
-        assert!(Instant::now() < deadline, "command never started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    unsafe { libc::kill(exec.id() as i32, libc::SIGTERM) };
-    let status = exec.wait().expect("reap");
-    assert_eq!(
-        status.code(),
-        Some(128 + 15),
-        "the command died of the forwarded SIGTERM"
-    );
+    wait_for_file(&marker);
+    assert_sigterm_reaches_the_command(exec);
 }

@@ -13,6 +13,7 @@ const WORKERS: usize = 200;
 
 #[test]
 fn two_hundred_workers_through_the_connector_never_meet_1040_while_raw_connects_do() {
+    let _serial = crate::support::load_test();
     let Some(server) = private_mysql(MysqlOptions {
         max_connections: Some(20),
         ..Default::default()

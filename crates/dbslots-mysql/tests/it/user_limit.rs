@@ -11,6 +11,7 @@ use crate::support::{TempAccount, pool, runtime};
 
 #[test]
 fn user_limit_refusals_are_retried_and_all_work_completes_through_a_pool_of_five() {
+    let _serial = crate::support::load_test();
     let Some(shared) = shared_mysql() else {
         return;
     };
