@@ -359,7 +359,8 @@ impl Slot {
     /// pool) cannot be lost while the guard lives; a lease-based slot (Redis
     /// pool) is lost when its lease ran out (the process was paused or cut
     /// off from the server): then this returns [`Error::SlotLost`] and the
-    /// caller must stop using what the slot guarded.
+    /// caller must stop using what the slot guarded. For a lease this asks
+    /// the server (one round trip, which also renews the lease).
     pub fn check(&self) -> Result<()> {
         match &self.pool.inner.backend {
             Backend::File(_) => Ok(()),

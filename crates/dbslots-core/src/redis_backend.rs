@@ -674,8 +674,7 @@ impl RedisPool {
         }
     }
 
-    /// Whether the lease behind `slot` is gone. Checks with the server when
-    /// the last renewal is older than a lease time (a paused process).
+    /// Whether the lease behind `slot` is gone, as the server says now.
     pub(crate) fn check(&self, slot: u32) -> Result<()> {
         let lease = self
             .shared
@@ -687,13 +686,10 @@ impl RedisPool {
         let Some(lease) = lease else {
             return Ok(());
         };
-        let stale = lease
-            .renewed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed()
-            >= self.shared.lease / 2;
-        if !lease.lost.load(Ordering::SeqCst) && stale {
+        // Asked of the server every time (one round trip, which also renews
+        // the lease): only the server knows whether it restarted or let the
+        // lease run out while this process was paused.
+        if !lease.lost.load(Ordering::SeqCst) {
             match self.shared.renew(slot, &lease) {
                 Ok(true) => {}
                 Ok(false) => {

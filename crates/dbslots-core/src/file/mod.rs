@@ -249,6 +249,7 @@ impl FilePool {
             }
         };
         let _ = created;
+        unlock(&init);
         drop(init);
 
         let pid = std::process::id();
@@ -404,6 +405,7 @@ impl FilePool {
                     self.board
                         .head()
                         .compare_exchange(head, 0, Ordering::SeqCst, Ordering::SeqCst);
+                unlock(&gate);
                 Ok(false)
             }
             Err(Errno::WOULDBLOCK) => Ok(true),
@@ -514,8 +516,8 @@ impl FilePool {
             }
         };
         self.board.head().store(0, Ordering::SeqCst);
-        // Closing the gate descriptor releases the gate to the next waiter.
-        drop(gate);
+        // Releases the gate to the next waiter.
+        unlock(&gate);
         result
     }
 
@@ -627,6 +629,9 @@ impl FilePool {
             };
             let file = File::from(fd);
             let locked = rfs::flock(&file, FlockOperation::NonBlockingLockShared).is_err();
+            if !locked {
+                unlock(&file);
+            }
             if name.starts_with('.') {
                 // Still being created, or its creator died before renaming
                 // it; only the latter leaves it unlocked for long.
@@ -694,6 +699,7 @@ impl FilePool {
                             record.since_ns.store(0, Ordering::Relaxed);
                             self.board.vacate(slot);
                         }
+                        unlock(&fd);
                         false
                     }
                     Err(Errno::WOULDBLOCK) => true,
@@ -773,10 +779,21 @@ impl FilePool {
         meta.capacity = capacity;
         write_meta(&self.dirfd, &self.dir, &meta, self.file_mode)?;
         self.board.capacity().store(capacity, Ordering::SeqCst);
+        unlock(&init);
         tracing::info!(pool = %self.name, old, new = capacity, "resized slot pool");
         self.wake_head();
         Ok(old)
     }
+}
+
+/// Releases a lock this process took only for a moment (a probe, the gate).
+///
+/// Explicitly, not by closing the descriptor: a thread of this process that
+/// forks in the meantime gives the child a copy of every descriptor until
+/// the child's `exec`, and a lock released by closing would stay held by
+/// that copy. `LOCK_UN` releases it for every copy at once.
+fn unlock(fd: impl AsFd) {
+    let _ = rfs::flock(fd, FlockOperation::Unlock);
 }
 
 /// A waiter's registration; unregisters on drop.
