@@ -145,14 +145,22 @@ fn processes_on_many_hosts_never_exceed_the_capacity() {
     assert!(max >= 2, "no contention seen ({max})");
 }
 
-#[test]
-fn a_killed_holder_loses_its_slot_after_the_lease_and_no_later() {
-    let _serial = crate::support::timing_sensitive();
-    let Some(url) = redis_url() else { return };
+/// A fresh one-slot Redis pool whose slot a holder process has taken.
+fn one_slot_held_by_another_process() -> Option<(Pool, Holder)> {
+    let url = redis_url()?;
     let addr = unique_pool(&url);
     let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
     let mut h = Holder::spawn(&addr, None);
     assert_eq!(h.outcome(), Outcome::Held(0));
+    Some((pool, h))
+}
+
+#[test]
+fn a_killed_holder_loses_its_slot_after_the_lease_and_no_later() {
+    let _serial = crate::support::timing_sensitive();
+    let Some((pool, h)) = one_slot_held_by_another_process() else {
+        return;
+    };
     let killed = Instant::now();
     h.crash();
     assert!(
@@ -173,11 +181,9 @@ fn a_killed_holder_loses_its_slot_after_the_lease_and_no_later() {
 #[test]
 fn a_paused_holder_is_told_it_lost_its_slot() {
     let _serial = crate::support::timing_sensitive();
-    let Some(url) = redis_url() else { return };
-    let addr = unique_pool(&url);
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
-    let mut h = Holder::spawn(&addr, None);
-    assert_eq!(h.outcome(), Outcome::Held(0));
+    let Some((pool, mut h)) = one_slot_held_by_another_process() else {
+        return;
+    };
     assert_eq!(h.check(), Ok(()));
     let pid = h.child.id() as i32;
     unsafe { libc::kill(pid, libc::SIGSTOP) };
