@@ -35,7 +35,7 @@ mod pool;
 mod redis_backend;
 mod stats;
 
-pub use addr::{PoolAddr, RedisAddr, default_pool_dir, redact};
+pub use addr::{PoolAddr, RedisAddr, default_pool_dir, redact, redact_text, url_secrets};
 pub use error::{Error, Result};
 pub use file::MAX_CAPACITY;
 pub use pool::{Pool, PoolOptions, Slot};
