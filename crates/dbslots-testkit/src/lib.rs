@@ -87,7 +87,7 @@ pub use env::{
 };
 pub use mysql::{
     ADMIN_PASSWORD, ADMIN_USER, DATABASE, DEFAULT_MYSQL_IMAGE, MYSQL_IMAGE_ENV, MysqlOptions,
-    MysqlServer, PASSWORD, USER,
+    MysqlServer, PASSWORD, TlsFiles, USER, make_certificates,
 };
 pub use process::TMPDIR_ENV;
 pub use redis::{DEFAULT_REDIS_IMAGE, REDIS_IMAGE_ENV, RedisOptions, RedisServer};

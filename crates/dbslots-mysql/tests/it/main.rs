@@ -7,4 +7,5 @@ mod idle;
 mod max_connections;
 mod reconnect;
 mod support;
+mod tls;
 mod user_limit;
