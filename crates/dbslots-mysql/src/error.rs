@@ -178,6 +178,15 @@ impl Error {
         }
     }
 
+    /// True for a failed connect that another try later may fix: the last
+    /// attempt was refused for lack of connections (1040, 1203, 1226) or
+    /// failed on the network. False for TLS failures, 3159, access denied
+    /// and everything else that needs a change first.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Connect { .. } | Error::MonitorRefused { .. })
+            && is_retryable(self.code())
+    }
+
     /// True when no slot came before the slot timeout.
     pub fn is_slot_timeout(&self) -> bool {
         matches!(self, Error::Slot { source, .. } if source.is_timeout())

@@ -303,6 +303,36 @@ impl ServerUrl {
     }
 }
 
+impl ServerUrl {
+    /// [`ServerUrl::connect`], with a failure described as
+    /// [`Error::Connect`] (one attempt, what to do, URL redacted), for
+    /// callers outside a pool that make their own rounds
+    /// ([`Error::is_retryable`] says whether another round may help).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`].
+    pub async fn connect_once(&self) -> Result<Conn> {
+        let via_socket = self.opts().socket().is_some();
+        let failure = match self.connect().await {
+            Ok(conn) => return Ok(conn),
+            Err(e) => crate::retry::Failure::from_driver(&e, via_socket),
+        };
+        Err(Error::Connect {
+            url: self.inner.redacted.clone(),
+            pool: None,
+            slot: None,
+            attempts: vec![crate::error::Attempt {
+                number: 1,
+                code: failure.code,
+                message: failure.message,
+                delay: None,
+                advice: failure.advice.map(str::to_string),
+            }],
+        })
+    }
+}
+
 /// A connect in progress whose socket is closed, not handed to a background
 /// task, when it is dropped unfinished.
 pub(crate) struct Connecting {
