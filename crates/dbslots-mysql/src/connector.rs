@@ -17,14 +17,20 @@
 //!   order.
 //! * Opening runs inline on the caller's task, with the slot bound before
 //!   the connect is awaited. If the caller stops waiting (its future is
-//!   dropped, say by a timeout), the connect in progress is dropped first,
-//!   closing its socket, and the slot after it. (A helper task would cost a
-//!   hand-back on every connect: measured +3.5 % of connect latency.)
+//!   dropped, say by a timeout) or the connect deadline fires, the connect
+//!   in progress is dropped first and the slot after it. The driver would
+//!   hand such a half-open connection to a background task to close;
+//!   [`ServerUrl::connect`](crate::ServerUrl::connect) drops it on a thread
+//!   without a runtime instead, where the socket is closed at once, and
+//!   waits for that. (A helper task per connect would cost a hand-back on
+//!   every connect: measured +3.5 % of connect latency; the thread is paid
+//!   only by abandoned connects.)
 //!
 //! What stays outside the client's control: the server tears a closed
-//! connection down a few microseconds after the socket closes, and a
-//! connect attempt abandoned after the connect timeout is closed by the
-//! driver in the background. The reserve kept by
+//! connection down a few microseconds after the socket closes, and with
+//! `ssl-mode=PREFERRED` the one TLS attempt that finds a server without TLS
+//! is closed by the driver in the background (once per [`ServerUrl`]). The
+//! reserve kept by
 //! [`ServerLimits::suggest_capacity`](crate::ServerLimits::suggest_capacity)
 //! covers both.
 
