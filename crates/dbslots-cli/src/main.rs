@@ -46,8 +46,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    common::init_tracing("warn");
     let cli = Cli::parse();
+    let _log = common::init_tracing("warn", matches!(cli.command, Command::Spawn(_)));
     let result = match cli.command {
         Command::Exec(a) => exec::run(a),
         Command::Spawn(a) => spawn::run(a),
