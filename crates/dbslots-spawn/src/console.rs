@@ -276,16 +276,16 @@ fn run(
             }
             // Say how many lines were lost once the stream takes writes
             // again.
-            for which in 0..2 {
+            for (which, seen) in reported.iter_mut().enumerate() {
                 let now = shared.dropped[which].load(Ordering::Relaxed);
-                if now > reported[which] && !broken[1] {
+                if now > *seen && !broken[1] {
                     let name = if which == 0 { "stdout" } else { "stderr" };
                     let mut note = format!(
                         "dbslots spawn: dropped {} lines of workers' output to {name}: it was not read fast enough (--log-dir keeps every line)\n",
-                        now - reported[which]
+                        now - *seen
                     )
                     .into_bytes();
-                    reported[which] = now;
+                    *seen = now;
                     write_stream(&mut streams[1], &mut note, &mut broken[1], 1);
                 }
             }
