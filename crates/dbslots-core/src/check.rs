@@ -180,7 +180,10 @@ fn format_number(v: f64) -> String {
 
 /// Seconds as `12s` or `2.5s`.
 pub fn format_seconds(d: Duration) -> String {
-    format!("{}s", format_number((d.as_secs_f64() * 10.0).round() / 10.0))
+    format!(
+        "{}s",
+        format_number((d.as_secs_f64() * 10.0).round() / 10.0)
+    )
 }
 
 /// The outcome of a check: its status, what was measured in words (the
@@ -193,8 +196,8 @@ pub fn format_seconds(d: Duration) -> String {
 pub struct CheckResult {
     /// The verdict.
     pub status: CheckStatus,
-    /// What passed a threshold, worst first: one phrase each.
-    pub problems: Vec<String>,
+    /// What passed a threshold, worst first.
+    pub problems: Vec<Problem>,
     /// What was measured besides: one phrase each.
     pub details: Vec<String>,
     /// The performance data.
@@ -217,16 +220,31 @@ impl CheckResult {
     pub fn unknown(why: impl Into<String>) -> CheckResult {
         CheckResult {
             status: CheckStatus::Unknown,
-            problems: vec![why.into()],
+            problems: vec![Problem {
+                status: CheckStatus::Unknown,
+                text: why.into(),
+            }],
             details: Vec::new(),
             perfdata: Vec::new(),
         }
     }
 
-    /// Adds a problem of the given severity, raising the status.
+    /// Adds a problem of the given severity, raising the status; it goes
+    /// after the problems at least as severe.
     pub fn problem(&mut self, status: CheckStatus, text: impl Into<String>) {
         self.status = self.status.worst(status);
-        self.problems.push(text.into());
+        let at = self
+            .problems
+            .iter()
+            .position(|p| p.status.worst(status) != p.status)
+            .unwrap_or(self.problems.len());
+        self.problems.insert(
+            at,
+            Problem {
+                status,
+                text: text.into(),
+            },
+        );
     }
 
     /// Adds a measurement in words.
@@ -244,6 +262,7 @@ impl CheckResult {
         let text: Vec<String> = self
             .problems
             .iter()
+            .map(|p| &p.text)
             .chain(&self.details)
             .map(|t| one_line(t))
             .filter(|t| !t.is_empty())
@@ -258,6 +277,15 @@ impl CheckResult {
         }
         line
     }
+}
+
+/// A threshold passed, in words.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Problem {
+    /// How bad it is.
+    pub status: CheckStatus,
+    /// What was measured and why it matters, as one phrase.
+    pub text: String,
 }
 
 /// `text` on one line: line breaks and runs of white space become one
@@ -454,7 +482,7 @@ mod tests {
         r.detail("measured");
         r.perfdata.push(PerfData::new("x", 1.0));
         assert_eq!(r.exit_code(), 2);
-        assert_eq!(r.line(), "CRITICAL: a / b c; worse; measured | 'x'=1;;;0;");
+        assert_eq!(r.line(), "CRITICAL: worse; a / b c; measured | 'x'=1;;;0;");
         let u = CheckResult::unknown("cannot connect\nwhat to do: start it");
         assert_eq!(u.exit_code(), 3);
         assert_eq!(u.line(), "UNKNOWN: cannot connect what to do: start it");
@@ -481,7 +509,8 @@ mod tests {
         assert_eq!(r.status, CheckStatus::Warning, "{}", r.line());
         assert!(
             r.line().contains("3 waiting (more than 2)")
-                && r.line().contains("oldest holder pid 42 has held slot 1 for 95s"),
+                && r.line()
+                    .contains("oldest holder pid 42 has held slot 1 for 95s"),
             "{}",
             r.line()
         );
@@ -500,6 +529,10 @@ mod tests {
             "{}",
             r.line()
         );
-        assert!(r.line().contains("'oldest_wait'=40s;;30;0;"), "{}", r.line());
+        assert!(
+            r.line().contains("'oldest_wait'=40s;;30;0;"),
+            "{}",
+            r.line()
+        );
     }
 }

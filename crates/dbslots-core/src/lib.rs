@@ -38,7 +38,8 @@ mod stats;
 
 pub use addr::{PoolAddr, RedisAddr, default_pool_dir, redact};
 pub use check::{
-    CheckResult, CheckStatus, PerfData, PoolCheck, format_seconds, judge, percent_threshold,
+    CheckResult, CheckStatus, PerfData, PoolCheck, Problem, format_seconds, judge,
+    percent_threshold,
 };
 pub use error::{Error, Result};
 pub use file::MAX_CAPACITY;
