@@ -153,8 +153,8 @@ impl PerfData {
 impl fmt::Display for PerfData {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let num = |v: Option<f64>| v.map(format_number).unwrap_or_default();
-        write!(
-            f,
+        // Trailing empty fields may be left out, and are.
+        let text = format!(
             "'{}'={}{};{};{};{};{}",
             self.label.replace('\'', "''"),
             format_number(self.value),
@@ -163,7 +163,8 @@ impl fmt::Display for PerfData {
             num(self.crit),
             num(self.min),
             num(self.max)
-        )
+        );
+        f.write_str(text.trim_end_matches(';'))
     }
 }
 
@@ -288,10 +289,15 @@ pub struct Problem {
     pub text: String,
 }
 
-/// `text` on one line: line breaks and runs of white space become one
+/// `text` on one line: line breaks become `; `, runs of white space one
 /// space, and `|` (the start of the performance data) becomes `/`.
 fn one_line(text: &str) -> String {
     text.replace('|', "/")
+        .lines()
+        .map(|l| l.trim().trim_end_matches(';'))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
@@ -459,7 +465,7 @@ mod tests {
             .max(10.0);
         assert_eq!(p.to_string(), "'account o''neil'=9;6;8;0;10");
         let p = PerfData::new("oldest_wait", 2.25).unit("s");
-        assert_eq!(p.to_string(), "'oldest_wait'=2.25s;;;0;");
+        assert_eq!(p.to_string(), "'oldest_wait'=2.25s;;;0");
     }
 
     #[test]
@@ -482,10 +488,10 @@ mod tests {
         r.detail("measured");
         r.perfdata.push(PerfData::new("x", 1.0));
         assert_eq!(r.exit_code(), 2);
-        assert_eq!(r.line(), "CRITICAL: worse; a / b c; measured | 'x'=1;;;0;");
+        assert_eq!(r.line(), "CRITICAL: worse; a / b; c; measured | 'x'=1;;;0");
         let u = CheckResult::unknown("cannot connect\nwhat to do: start it");
         assert_eq!(u.exit_code(), 3);
-        assert_eq!(u.line(), "UNKNOWN: cannot connect what to do: start it");
+        assert_eq!(u.line(), "UNKNOWN: cannot connect; what to do: start it");
     }
 
     #[test]
@@ -494,7 +500,7 @@ mod tests {
         assert_eq!(r.status, CheckStatus::Ok, "{}", r.line());
         assert!(r.line().starts_with("OK: pool /run/app/db: 2 of 2 slots in use, 0 waiting; oldest holder pid 42 has held slot 1 for 95s |"), "{}", r.line());
         assert!(r.line().contains("'active'=2;;;0;2"), "{}", r.line());
-        assert!(r.line().contains("'timeouts'=1c;;;0;"), "{}", r.line());
+        assert!(r.line().contains("'timeouts'=1c;;;0"), "{}", r.line());
     }
 
     #[test]
@@ -529,10 +535,6 @@ mod tests {
             "{}",
             r.line()
         );
-        assert!(
-            r.line().contains("'oldest_wait'=40s;;30;0;"),
-            "{}",
-            r.line()
-        );
+        assert!(r.line().contains("'oldest_wait'=40s;;30;0"), "{}", r.line());
     }
 }

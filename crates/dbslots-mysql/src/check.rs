@@ -495,7 +495,7 @@ mod tests {
             r.line()
         );
         assert!(
-            r.line().contains("'oldest_idle'=240s;180;;0;"),
+            r.line().contains("'oldest_idle'=240s;180;;0"),
             "{}",
             r.line()
         );
