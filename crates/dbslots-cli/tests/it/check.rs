@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
-use crate::serve::{BusyPool, dbslots};
+use crate::support::{BusyPool, dbslots};
 
 const LIMITED: &str = "lim10";
 const LIMITED_PASSWORD: &str = "dbslots-lim10-pw";
