@@ -4,6 +4,7 @@ mod browser;
 mod connections;
 mod exec;
 mod import;
+mod lease;
 mod serve;
 mod spawn;
 mod watch;
