@@ -7,4 +7,5 @@ mod import;
 mod lease;
 mod serve;
 mod spawn;
+mod support;
 mod watch;
