@@ -33,7 +33,7 @@ mod error;
 mod file;
 mod pool;
 #[cfg(feature = "redis")]
-mod redis_backend;
+mod redis;
 mod stats;
 
 pub use addr::{PoolAddr, RedisAddr, default_pool_dir, redact};

@@ -5,6 +5,7 @@ mod check;
 mod connections;
 mod exec;
 mod import;
+mod lease;
 mod serve;
 mod spawn;
 mod support;
