@@ -1,6 +1,7 @@
 //! Integration tests of the `dbslots` binary.
 
 mod browser;
+mod check;
 mod connections;
 mod exec;
 mod import;
