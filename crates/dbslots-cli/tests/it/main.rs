@@ -6,4 +6,5 @@ mod exec;
 mod import;
 mod serve;
 mod spawn;
+mod support;
 mod watch;
