@@ -101,7 +101,9 @@ fn parse_delimiter(text: &str) -> Result<u8, String> {
         "," => Ok(b','),
         ";" => Ok(b';'),
         "tab" | "\\t" | "\t" => Ok(b'\t'),
-        other => Err(format!("{other:?} is not a supported delimiter; use ',', ';' or 'tab'")),
+        other => Err(format!(
+            "{other:?} is not a supported delimiter; use ',', ';' or 'tab'"
+        )),
     }
 }
 
@@ -225,13 +227,15 @@ fn run_processor(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let queue = Queue::new(&args.url.url, pool)?;
-    let processor = queue.processor(args.source_dir.iter().fold(
-        ProcessorOptions::new()
-            .batch_rows(args.batch_rows as usize)
-            .stale_after(args.stale_after)
-            .max_attempts(args.max_attempts),
-        |options, dir| options.source_dir(dir),
-    ));
+    let processor = queue.processor(
+        args.source_dir.iter().fold(
+            ProcessorOptions::new()
+                .batch_rows(args.batch_rows as usize)
+                .stale_after(args.stale_after)
+                .max_attempts(args.max_attempts),
+            |options, dir| options.source_dir(dir),
+        ),
+    );
     let run = RunOptions::new()
         .once(args.once)
         .sleep(args.sleep)
@@ -530,7 +534,9 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 fn escape_controls(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c.is_control() || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}') {
+        if c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+        {
             out.extend(c.escape_unicode());
         } else {
             out.push(c);
@@ -545,7 +551,10 @@ mod tests {
 
     #[test]
     fn control_characters_are_escaped() {
-        assert_eq!(escape_controls("a\u{1b}[31mb\n\u{9b}c"), "a\\u{1b}[31mb\\u{a}\\u{9b}c");
+        assert_eq!(
+            escape_controls("a\u{1b}[31mb\n\u{9b}c"),
+            "a\\u{1b}[31mb\\u{a}\\u{9b}c"
+        );
         assert_eq!(escape_controls("Zürich ok"), "Zürich ok");
         assert_eq!(escape_controls("x\u{202e}y"), "x\\u{202e}y");
     }

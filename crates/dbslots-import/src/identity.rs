@@ -111,7 +111,11 @@ fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
 fn format_ns(ns: i64) -> String {
     let seconds = ns.div_euclid(1_000_000_000);
     match jiff::Timestamp::from_second(seconds) {
-        Ok(t) => format!("{} UTC + {} ns", t.strftime("%Y-%m-%d %H:%M:%S"), ns.rem_euclid(1_000_000_000)),
+        Ok(t) => format!(
+            "{} UTC + {} ns",
+            t.strftime("%Y-%m-%d %H:%M:%S"),
+            ns.rem_euclid(1_000_000_000)
+        ),
         Err(_) => format!("{ns} ns"),
     }
 }
@@ -172,7 +176,11 @@ mod tests {
         assert!(then.difference(&now).unwrap().contains("last 64 KiB"));
         std::fs::write(&path, b"short").unwrap();
         let now = FileIdentity::of(&File::open(&path).unwrap()).unwrap();
-        assert!(then.difference(&now).unwrap().contains("size changed from 200000 to 5"));
+        assert!(
+            then.difference(&now)
+                .unwrap()
+                .contains("size changed from 200000 to 5")
+        );
         assert_eq!(parse_hex(&hex(then.edges_hash)), Some(then.edges_hash));
     }
 }

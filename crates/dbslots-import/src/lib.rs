@@ -322,7 +322,8 @@ impl Queue {
                 ));
             }
             let opened = source::open_checked(&absolute, &[]).map_err(|p| refuse(p.to_string()))?;
-            let identity = FileIdentity::of(&opened).map_err(|e| refuse(format!("cannot read it: {e}")))?;
+            let identity =
+                FileIdentity::of(&opened).map_err(|e| refuse(format!("cannot read it: {e}")))?;
             let (header, _) = source::read_header(&absolute, &opened, options.delimiter)
                 .map_err(|p| refuse(p.to_string()))?;
             headers.push((file.to_path_buf(), header));

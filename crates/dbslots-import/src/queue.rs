@@ -92,8 +92,16 @@ const SCHEMA: [&str; 2] = [
 /// Columns added since the first release, added to older tables.
 const ADDED_COLUMNS: [(&str, &str, &str); 10] = [
     ("import_jobs", "target_table", "VARCHAR(64) NULL"),
-    ("import_jobs", "time_zone", "VARCHAR(64) NOT NULL DEFAULT 'UTC'"),
-    ("import_jobs", "delimiter", "TINYINT UNSIGNED NOT NULL DEFAULT 44"),
+    (
+        "import_jobs",
+        "time_zone",
+        "VARCHAR(64) NOT NULL DEFAULT 'UTC'",
+    ),
+    (
+        "import_jobs",
+        "delimiter",
+        "TINYINT UNSIGNED NOT NULL DEFAULT 44",
+    ),
     ("import_jobs", "no_key", "TINYINT(1) NOT NULL DEFAULT 0"),
     ("import_jobs", "file_dev", "BIGINT UNSIGNED NULL"),
     ("import_jobs", "file_ino", "BIGINT UNSIGNED NULL"),
@@ -253,9 +261,14 @@ fn job_spec(row: &mut Row) -> DbResult<Option<JobSpec>> {
     let ino: Option<u64> = take(row, 15)?;
     let mtime_ns: Option<i64> = take(row, 16)?;
     let edges: Option<String> = take(row, 17)?;
-    let (Some(size), Some(table), Some(dev), Some(ino), Some(mtime_ns), Some(edges)) =
-        (size, table, dev, ino, mtime_ns, edges.as_deref().and_then(parse_hex))
-    else {
+    let (Some(size), Some(table), Some(dev), Some(ino), Some(mtime_ns), Some(edges)) = (
+        size,
+        table,
+        dev,
+        ino,
+        mtime_ns,
+        edges.as_deref().and_then(parse_hex),
+    ) else {
         return Ok(None);
     };
     Ok(Some(JobSpec {

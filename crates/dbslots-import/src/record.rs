@@ -86,9 +86,7 @@ impl<R: Read> RecordReader<R> {
     /// A reader of `inner`, which is positioned at `at`; `hash` is the hash
     /// of the file's first `at.offset` bytes.
     pub fn new(inner: R, delimiter: u8, at: Checkpoint, hash: Xxh3) -> Self {
-        let parser = csv_core::ReaderBuilder::new()
-            .delimiter(delimiter)
-            .build();
+        let parser = csv_core::ReaderBuilder::new().delimiter(delimiter).build();
         RecordReader {
             inner,
             parser,
@@ -212,11 +210,8 @@ impl<R: Read> RecordReader<R> {
             self.fill()?;
             let input = &self.input[self.pos..self.len];
             let (result, nin, written, nend) = if oversize.is_none() {
-                self.parser.read_record(
-                    input,
-                    &mut self.out[nout..],
-                    &mut self.ends[self.fields..],
-                )
+                self.parser
+                    .read_record(input, &mut self.out[nout..], &mut self.ends[self.fields..])
             } else {
                 // Read the rest of a record that does not fit, keeping
                 // nothing of it.

@@ -283,14 +283,16 @@ fn read(plan: &ReadPlan, tx: &mpsc::Sender<Message>) -> Result<(), FileProblem> 
     // per field; while one that large surely fits, no earlier boundary is
     // ever needed.
     let largest_row = 2 * MAX_RECORD_BYTES + 16 * MAX_FIELDS;
-    let hand_out = |batch: &mut BatchBuilder, end: Checkpoint, hash: u128| -> Result<bool, FileProblem> {
-        if let Some(what) = plan.identity.still_matches(&file).map_err(unreadable)? {
-            return Err(changed(what));
-        }
-        Ok(send(tx, Chunk::Batch(batch.take(end, hash))))
-    };
+    let hand_out =
+        |batch: &mut BatchBuilder, end: Checkpoint, hash: u128| -> Result<bool, FileProblem> {
+            if let Some(what) = plan.identity.still_matches(&file).map_err(unreadable)? {
+                return Err(changed(what));
+            }
+            Ok(send(tx, Chunk::Batch(batch.take(end, hash))))
+        };
     loop {
-        let before = (!batch.room_for(largest_row)).then(|| (reader.checkpoint(), reader.hash_state()));
+        let before =
+            (!batch.room_for(largest_row)).then(|| (reader.checkpoint(), reader.hash_state()));
         let Some(info) = reader.next_record().map_err(unreadable)? else {
             break;
         };
@@ -320,7 +322,10 @@ fn read(plan: &ReadPlan, tx: &mpsc::Sender<Message>) -> Result<(), FileProblem> 
                         row.push(',');
                     }
                     if let Err(reason) = value::write(column, reader.field(i), &plan.zone, row) {
-                        failed = Some((Some(column.name.as_str()), format!("{}: {reason}", column.name)));
+                        failed = Some((
+                            Some(column.name.as_str()),
+                            format!("{}: {reason}", column.name),
+                        ));
                         break;
                     }
                 }

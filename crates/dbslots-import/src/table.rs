@@ -145,7 +145,11 @@ impl Table {
             picked.push(c);
         }
         if let Some(missing) = self.columns.iter().enumerate().find(|(i, c)| {
-            !picked.contains(i) && !c.nullable && !c.has_default && !c.auto_increment && !c.generated
+            !picked.contains(i)
+                && !c.nullable
+                && !c.has_default
+                && !c.auto_increment
+                && !c.generated
         }) {
             return Err(MappingProblem::MissingRequired(missing.1.name.clone()));
         }
@@ -269,7 +273,18 @@ pub(crate) async fn load(conn: &mut Conn, name: &str) -> DbResult<Result<Table, 
     let columns: Vec<Column> = rows
         .into_iter()
         .map(
-            |(col, data_type, column_type, nullable, default, chars, octets, charset, extra, collation)| {
+            |(
+                col,
+                data_type,
+                column_type,
+                nullable,
+                default,
+                chars,
+                octets,
+                charset,
+                extra,
+                collation,
+            )| {
                 let json_check = format!("json_valid(`{}`)", col.replace('`', "``")).to_lowercase();
                 let is_json = data_type == "json"
                     || checks
@@ -381,7 +396,9 @@ mod tests {
 
     #[test]
     fn maps_names_case_insensitively_and_picks_a_key_of_file_columns() {
-        let m = table().map_header(&names(&["code", " QTY"]), false).unwrap();
+        let m = table()
+            .map_header(&names(&["code", " QTY"]), false)
+            .unwrap();
         assert_eq!(m.head, "INSERT INTO `orders` (`Code`,`qty`) VALUES ");
         assert_eq!(m.tail, " ON DUPLICATE KEY UPDATE `qty`=VALUES(`qty`)");
         assert_eq!(m.key.as_deref(), Some("by_code"));
@@ -390,15 +407,33 @@ mod tests {
     #[test]
     fn names_what_is_wrong() {
         let t = table();
-        let e = t.map_header(&names(&["code", "qty", "colour"]), false).unwrap_err();
-        assert!(e.to_string().starts_with("header field 3 (\"colour\") is not a column of table `orders`"), "{e}");
+        let e = t
+            .map_header(&names(&["code", "qty", "colour"]), false)
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("header field 3 (\"colour\") is not a column of table `orders`"),
+            "{e}"
+        );
         let e = t.map_header(&names(&["code"]), false).unwrap_err();
         assert_eq!(e, MappingProblem::MissingRequired("qty".into()));
         let e = t.map_header(&names(&["qty", "note"]), false).unwrap_err();
-        assert!(e.to_string().contains("it has PRIMARY(id), by_code(Code)"), "{e}");
+        assert!(
+            e.to_string().contains("it has PRIMARY(id), by_code(Code)"),
+            "{e}"
+        );
         let m = t.map_header(&names(&["qty", "note"]), true).unwrap();
         assert_eq!(m.tail, "");
-        let e = t.map_header(&names(&["code", "CODE", "qty"]), false).unwrap_err();
-        assert!(matches!(e, MappingProblem::Duplicate { first: 1, second: 2, .. }));
+        let e = t
+            .map_header(&names(&["code", "CODE", "qty"]), false)
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            MappingProblem::Duplicate {
+                first: 1,
+                second: 2,
+                ..
+            }
+        ));
     }
 }

@@ -218,23 +218,23 @@ impl Kind {
                 unsigned,
             },
             "char" | "varchar" => match charset {
-                Some(cs @ (Charset::Utf8mb4 | Charset::Utf8mb3 | Charset::Latin1 | Charset::Ascii)) => {
-                    Kind::Text {
-                        max_chars: chars,
-                        max_bytes: None,
-                        charset: cs,
-                    }
-                }
+                Some(
+                    cs @ (Charset::Utf8mb4 | Charset::Utf8mb3 | Charset::Latin1 | Charset::Ascii),
+                ) => Kind::Text {
+                    max_chars: chars,
+                    max_bytes: None,
+                    charset: cs,
+                },
                 _ => Kind::Unsupported(column_type.to_owned()),
             },
             "tinytext" | "text" | "mediumtext" | "longtext" => match charset {
-                Some(cs @ (Charset::Utf8mb4 | Charset::Utf8mb3 | Charset::Latin1 | Charset::Ascii)) => {
-                    Kind::Text {
-                        max_chars: None,
-                        max_bytes: octets,
-                        charset: cs,
-                    }
-                }
+                Some(
+                    cs @ (Charset::Utf8mb4 | Charset::Utf8mb3 | Charset::Latin1 | Charset::Ascii),
+                ) => Kind::Text {
+                    max_chars: None,
+                    max_bytes: octets,
+                    charset: cs,
+                },
                 _ => Kind::Unsupported(column_type.to_owned()),
             },
             "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => {
@@ -264,7 +264,10 @@ impl Kind {
     }
 
     fn is_texty(&self) -> bool {
-        matches!(self, Kind::Text { .. } | Kind::Binary { .. } | Kind::Set { .. })
+        matches!(
+            self,
+            Kind::Text { .. } | Kind::Binary { .. } | Kind::Set { .. }
+        )
     }
 }
 
@@ -414,10 +417,7 @@ pub(crate) fn write(
                 parse_int(trimmed).ok_or_else(|| format!("{} is not an integer", quoted(text)))?
             };
             if value < *min || value > *max {
-                return Err(format!(
-                    "{} is out of range ({min} to {max})",
-                    quoted(text)
-                ));
+                return Err(format!("{} is out of range ({min} to {max})", quoted(text)));
             }
             write!(sql, "{value}").expect("writing to a String cannot fail");
         }
@@ -434,12 +434,19 @@ pub(crate) fn write(
             let v: f64 = trimmed
                 .parse()
                 .map_err(|_| format!("{} is not a number", quoted(text)))?;
-            let limit = if *single { f64::from(f32::MAX) } else { f64::MAX };
+            let limit = if *single {
+                f64::from(f32::MAX)
+            } else {
+                f64::MAX
+            };
             if !v.is_finite() || v.abs() > limit {
                 return Err(format!("{} is out of range", quoted(text)));
             }
             if *unsigned && v < 0.0 {
-                return Err(format!("{} is negative in an UNSIGNED column", quoted(text)));
+                return Err(format!(
+                    "{} is negative in an UNSIGNED column",
+                    quoted(text)
+                ));
             }
             write!(sql, "{v:e}").expect("writing to a String cannot fail");
         }
@@ -466,7 +473,9 @@ pub(crate) fn write(
                 ));
             }
             if let Some(max) = max_bytes.filter(|&m| bytes > m) {
-                return Err(format!("{bytes} bytes long; the column holds at most {max}"));
+                return Err(format!(
+                    "{bytes} bytes long; the column holds at most {max}"
+                ));
             }
             push_text(sql, text);
         }
@@ -619,8 +628,9 @@ fn parse_datetime(s: &str) -> Option<Written<'_>> {
     let b = s.as_bytes();
     let num = |range: std::ops::Range<usize>| -> Option<i32> {
         let d = b.get(range)?;
-        d.iter()
-            .try_fold(0i32, |acc, c| c.is_ascii_digit().then(|| acc * 10 + i32::from(c - b'0')))
+        d.iter().try_fold(0i32, |acc, c| {
+            c.is_ascii_digit().then(|| acc * 10 + i32::from(c - b'0'))
+        })
     };
     if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
         return None;
@@ -656,7 +666,12 @@ fn parse_datetime(s: &str) -> Option<Written<'_>> {
     } else {
         return None;
     };
-    t.time = Some((num(11..13)? as i8, num(14..16)? as i8, num(17..19)? as i8, frac));
+    t.time = Some((
+        num(11..13)? as i8,
+        num(14..16)? as i8,
+        num(17..19)? as i8,
+        frac,
+    ));
     let rest = &b[end..];
     if rest.is_empty() {
         return Some(t);
@@ -747,7 +762,10 @@ fn write_datetime(
             },
         };
         if timestamp && !TIMESTAMP_RANGE.contains(&instant.as_second()) {
-            return Err("is outside the TIMESTAMP range 1970-01-01 00:00:01 to 2038-01-19 03:14:07 UTC".into());
+            return Err(
+                "is outside the TIMESTAMP range 1970-01-01 00:00:01 to 2038-01-19 03:14:07 UTC"
+                    .into(),
+            );
         }
         let local = zone.tz.to_datetime(instant);
         if timestamp
@@ -781,7 +799,10 @@ fn write_datetime(
             .map_err(|e| format!("is out of range ({e})"))?
             .as_second();
         if !TIMESTAMP_RANGE.contains(&seconds) {
-            return Err("is outside the TIMESTAMP range 1970-01-01 00:00:01 to 2038-01-19 03:14:07 UTC".into());
+            return Err(
+                "is outside the TIMESTAMP range 1970-01-01 00:00:01 to 2038-01-19 03:14:07 UTC"
+                    .into(),
+            );
         }
     }
     write!(
@@ -865,7 +886,12 @@ mod tests {
 
     fn lit(kind: &Kind, nullable: bool, zone: &str, field: &str) -> Result<String, String> {
         let mut sql = String::new();
-        write(&col(kind.clone(), nullable), field.as_bytes(), &Zone::parse(zone).unwrap(), &mut sql)?;
+        write(
+            &col(kind.clone(), nullable),
+            field.as_bytes(),
+            &Zone::parse(zone).unwrap(),
+            &mut sql,
+        )?;
         Ok(sql)
     }
 
@@ -875,11 +901,22 @@ mod tests {
         let u = Kind::from_schema("bigint", "bigint(20) unsigned", None, None, None, true);
         let b = Kind::from_schema("tinyint", "tinyint(1)", None, None, None, true);
         assert_eq!(lit(&t, false, "UTC", " -128 ").unwrap(), "-128");
-        assert!(lit(&t, false, "UTC", "128").unwrap_err().contains("out of range (-128 to 127)"));
-        assert_eq!(lit(&u, false, "UTC", "18446744073709551615").unwrap(), "18446744073709551615");
+        assert!(
+            lit(&t, false, "UTC", "128")
+                .unwrap_err()
+                .contains("out of range (-128 to 127)")
+        );
+        assert_eq!(
+            lit(&u, false, "UTC", "18446744073709551615").unwrap(),
+            "18446744073709551615"
+        );
         assert!(lit(&u, false, "UTC", "18446744073709551616").is_err());
         assert!(lit(&u, false, "UTC", "-1").is_err());
-        assert!(lit(&t, false, "UTC", "1.0").unwrap_err().contains("not an integer"));
+        assert!(
+            lit(&t, false, "UTC", "1.0")
+                .unwrap_err()
+                .contains("not an integer")
+        );
         assert_eq!(lit(&b, false, "UTC", "TRUE").unwrap(), "1");
         assert!(lit(&t, false, "UTC", "true").is_err());
     }
@@ -890,8 +927,16 @@ mod tests {
         assert_eq!(lit(&d, false, "UTC", "-001.50").unwrap(), "-1.5");
         assert_eq!(lit(&d, false, "UTC", "999.99").unwrap(), "999.99");
         assert_eq!(lit(&d, false, "UTC", ".5").unwrap(), "0.5");
-        assert!(lit(&d, false, "UTC", "1000").unwrap_err().contains("4 digits before"));
-        assert!(lit(&d, false, "UTC", "1.005").unwrap_err().contains("would round"));
+        assert!(
+            lit(&d, false, "UTC", "1000")
+                .unwrap_err()
+                .contains("4 digits before")
+        );
+        assert!(
+            lit(&d, false, "UTC", "1.005")
+                .unwrap_err()
+                .contains("would round")
+        );
         assert!(lit(&d, false, "UTC", "1e2").is_err());
         let f = Kind::from_schema("float", "float", None, None, None, true);
         assert_eq!(lit(&f, false, "UTC", "1.5").unwrap(), "1.5e0");
@@ -902,13 +947,45 @@ mod tests {
 
     #[test]
     fn text_lengths_and_character_sets() {
-        let v = Kind::from_schema("varchar", "varchar(3)", Some(3), Some(12), Some(Charset::Utf8mb4), true);
-        assert_eq!(lit(&v, false, "UTC", "äöü").unwrap(), "_utf8mb4 X'C3A4C3B6C3BC'");
-        assert!(lit(&v, false, "UTC", "abcd").unwrap_err().contains("4 characters long"));
-        let m3 = Kind::from_schema("varchar", "varchar(3)", Some(3), Some(9), Some(Charset::Utf8mb3), true);
+        let v = Kind::from_schema(
+            "varchar",
+            "varchar(3)",
+            Some(3),
+            Some(12),
+            Some(Charset::Utf8mb4),
+            true,
+        );
+        assert_eq!(
+            lit(&v, false, "UTC", "äöü").unwrap(),
+            "_utf8mb4 X'C3A4C3B6C3BC'"
+        );
+        assert!(
+            lit(&v, false, "UTC", "abcd")
+                .unwrap_err()
+                .contains("4 characters long")
+        );
+        let m3 = Kind::from_schema(
+            "varchar",
+            "varchar(3)",
+            Some(3),
+            Some(9),
+            Some(Charset::Utf8mb3),
+            true,
+        );
         assert!(lit(&m3, false, "UTC", "😀").is_err());
-        let t = Kind::from_schema("tinytext", "tinytext", Some(255), Some(255), Some(Charset::Utf8mb4), true);
-        assert!(lit(&t, false, "UTC", &"é".repeat(128)).unwrap_err().contains("256 bytes"));
+        let t = Kind::from_schema(
+            "tinytext",
+            "tinytext",
+            Some(255),
+            Some(255),
+            Some(Charset::Utf8mb4),
+            true,
+        );
+        assert!(
+            lit(&t, false, "UTC", &"é".repeat(128))
+                .unwrap_err()
+                .contains("256 bytes")
+        );
         assert_eq!(lit(&v, false, "UTC", "").unwrap(), "''");
         assert_eq!(lit(&v, true, "UTC", "").unwrap(), "NULL");
         assert_eq!(lit(&v, true, "UTC", "\\N").unwrap(), "NULL");
@@ -921,7 +998,10 @@ mod tests {
     fn enums_and_sets() {
         let e = Kind::from_schema("enum", "enum('red','it''s')", None, None, None, true);
         assert_eq!(lit(&e, false, "UTC", "RED").unwrap(), "'red'");
-        assert_eq!(lit(&e, false, "UTC", "it's").unwrap(), "_utf8mb4 X'69742773'");
+        assert_eq!(
+            lit(&e, false, "UTC", "it's").unwrap(),
+            "_utf8mb4 X'69742773'"
+        );
         assert!(lit(&e, false, "UTC", "blue").is_err());
         assert!(lit(&e, false, "UTC", "1").is_err());
         let s = Kind::from_schema("set", "set('a','b')", None, None, None, false);
@@ -936,39 +1016,90 @@ mod tests {
         assert!(lit(&d, false, "UTC", "2023-02-29").is_err());
         assert!(lit(&d, false, "UTC", "0000-00-00").is_err());
         let dt3 = Kind::DateTime { fsp: 3 };
-        assert_eq!(lit(&dt3, false, "UTC", "2024-01-01T10:00:00.120").unwrap(), "20240101100000.12");
-        assert!(lit(&dt3, false, "UTC", "2024-01-01 10:00:00.1234").unwrap_err().contains("4 fractional"));
-        assert_eq!(lit(&dt3, false, "UTC", "2024-01-01T10:00:00Z").unwrap(), "20240101100000");
-        assert_eq!(lit(&dt3, false, "UTC", "2024-01-01T10:00:00+01:00").unwrap(), "20240101090000");
+        assert_eq!(
+            lit(&dt3, false, "UTC", "2024-01-01T10:00:00.120").unwrap(),
+            "20240101100000.12"
+        );
+        assert!(
+            lit(&dt3, false, "UTC", "2024-01-01 10:00:00.1234")
+                .unwrap_err()
+                .contains("4 fractional")
+        );
+        assert_eq!(
+            lit(&dt3, false, "UTC", "2024-01-01T10:00:00Z").unwrap(),
+            "20240101100000"
+        );
+        assert_eq!(
+            lit(&dt3, false, "UTC", "2024-01-01T10:00:00+01:00").unwrap(),
+            "20240101090000"
+        );
         assert_eq!(
             lit(&dt3, false, "Europe/Berlin", "2024-07-01T10:00:00.5Z").unwrap(),
             "20240701120000.5"
         );
         assert!(lit(&dt3, false, "UTC", "2024-01-01 24:00:00").is_err());
         let ts = Kind::Timestamp { fsp: 0 };
-        assert!(lit(&ts, false, "UTC", "1970-01-01 00:00:00").unwrap_err().contains("TIMESTAMP range"));
+        assert!(
+            lit(&ts, false, "UTC", "1970-01-01 00:00:00")
+                .unwrap_err()
+                .contains("TIMESTAMP range")
+        );
         assert!(lit(&ts, false, "UTC", "2038-01-19 03:14:08").is_err());
-        assert_eq!(lit(&ts, false, "UTC", "2038-01-19 03:14:07").unwrap(), "20380119031407");
+        assert_eq!(
+            lit(&ts, false, "UTC", "2038-01-19 03:14:07").unwrap(),
+            "20380119031407"
+        );
         // Berlin skips 02:00-03:00 on 2024-03-31 and repeats 02:00-03:00 on
         // 2024-10-27.
         let berlin = "Europe/Berlin";
-        assert!(lit(&ts, false, berlin, "2024-03-31 02:30:00").unwrap_err().contains("does not exist"));
-        assert!(lit(&ts, false, berlin, "2024-10-27 02:30:00").unwrap_err().contains("ambiguous"));
-        assert_eq!(lit(&ts, false, berlin, "2024-10-27 03:30:00").unwrap(), "20241027033000");
-        assert!(lit(&ts, false, berlin, "2024-10-27T00:30:00Z").unwrap_err().contains("repeats"));
-        assert_eq!(lit(&ts, false, berlin, "2024-03-31T01:30:00Z").unwrap(), "20240331033000");
+        assert!(
+            lit(&ts, false, berlin, "2024-03-31 02:30:00")
+                .unwrap_err()
+                .contains("does not exist")
+        );
+        assert!(
+            lit(&ts, false, berlin, "2024-10-27 02:30:00")
+                .unwrap_err()
+                .contains("ambiguous")
+        );
+        assert_eq!(
+            lit(&ts, false, berlin, "2024-10-27 03:30:00").unwrap(),
+            "20241027033000"
+        );
+        assert!(
+            lit(&ts, false, berlin, "2024-10-27T00:30:00Z")
+                .unwrap_err()
+                .contains("repeats")
+        );
+        assert_eq!(
+            lit(&ts, false, berlin, "2024-03-31T01:30:00Z").unwrap(),
+            "20240331033000"
+        );
         // DATETIME is a wall clock: a skipped local time is stored as
         // written.
         let dt = Kind::DateTime { fsp: 0 };
-        assert_eq!(lit(&dt, false, berlin, "2024-03-31 02:30:00").unwrap(), "20240331023000");
+        assert_eq!(
+            lit(&dt, false, berlin, "2024-03-31 02:30:00").unwrap(),
+            "20240331023000"
+        );
     }
 
     #[test]
     fn json_and_binary() {
         let j = Kind::Json;
-        assert_eq!(lit(&j, false, "UTC", "{\"a\":[1,2]}").unwrap(), "'{\"a\":[1,2]}'");
-        assert_eq!(lit(&j, false, "UTC", "\"é\"").unwrap(), "_utf8mb4 X'22C3A922'");
-        assert!(lit(&j, false, "UTC", "{a:1}").unwrap_err().contains("not valid JSON"));
+        assert_eq!(
+            lit(&j, false, "UTC", "{\"a\":[1,2]}").unwrap(),
+            "'{\"a\":[1,2]}'"
+        );
+        assert_eq!(
+            lit(&j, false, "UTC", "\"é\"").unwrap(),
+            "_utf8mb4 X'22C3A922'"
+        );
+        assert!(
+            lit(&j, false, "UTC", "{a:1}")
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
         let b = Kind::from_schema("varbinary", "varbinary(2)", Some(2), Some(2), None, false);
         assert_eq!(lit(&b, false, "UTC", "ab").unwrap(), "X'6162'");
         assert!(lit(&b, false, "UTC", "abc").is_err());
@@ -978,7 +1109,11 @@ mod tests {
     fn zones() {
         assert_eq!(Zone::parse("utc").unwrap().session(), "+00:00");
         assert_eq!(Zone::parse("-05:30").unwrap().session(), "-05:30");
-        assert!(Zone::parse("Mars/Olympus").unwrap_err().contains("unknown time zone"));
+        assert!(
+            Zone::parse("Mars/Olympus")
+                .unwrap_err()
+                .contains("unknown time zone")
+        );
         assert!(Zone::parse("+25:00").is_err());
     }
 }

@@ -515,12 +515,20 @@ impl Processor {
                 );
                 return self.fail(conn, job, &message).await;
             }
-            Err(e) => return self.on_error(conn, job, "setting the session time zone", e).await,
+            Err(e) => {
+                return self
+                    .on_error(conn, job, "setting the session time zone", e)
+                    .await;
+            }
         }
         let table = match table::load(conn, &spec.table).await {
             Ok(Ok(table)) => table,
             Ok(Err(problem)) => return self.fail(conn, job, &problem.to_string()).await,
-            Err(e) => return self.on_error(conn, job, "reading the table's columns", e).await,
+            Err(e) => {
+                return self
+                    .on_error(conn, job, "reading the table's columns", e)
+                    .await;
+            }
         };
         let source_dirs = match canonical_dirs(&self.options.source_dirs) {
             Ok(dirs) => dirs,
