@@ -66,8 +66,8 @@ fn signal_set() -> libc::sigset_t {
 pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let pool = args.pool.open()?;
     let acquired = match args.timeout {
-        Some(t) => pool.acquire_timeout(t),
-        None => pool.acquire(),
+        Some(t) => pool.blocking_acquire_timeout(t),
+        None => pool.blocking_acquire(),
     };
     let slot = match acquired {
         Ok(slot) => slot,

@@ -430,7 +430,7 @@ fn ctrl_c_leaves_no_worker_running() {
         );
         let workers = sleepers.workers().len();
         assert!((10..40).contains(&workers), "{workers} workers started");
-        let pool = Pool::open(dir.path().join("pool"), &PoolOptions::new()).unwrap();
+        let pool = Pool::open(dir.path().join("pool"), PoolOptions::new()).unwrap();
         assert_eq!(pool.stats().unwrap().active, 0, "{extra:?}");
     }
 }
@@ -450,7 +450,7 @@ fn a_killed_spawner_leaves_every_worker_holding_its_slot() {
         assert_eq!(workers.len(), 10, "{extra:?}");
         thread::sleep(Duration::from_millis(300));
         let still: Vec<i32> = workers.iter().copied().filter(|p| alive(*p)).collect();
-        let pool = Pool::open(dir.path().join("pool"), &PoolOptions::new()).unwrap();
+        let pool = Pool::open(dir.path().join("pool"), PoolOptions::new()).unwrap();
         let stats = pool.stats().unwrap();
         let mut holders: Vec<i32> = stats
             .holders
