@@ -9,13 +9,7 @@ use std::time::{Duration, Instant};
 
 use dbslots_core::{Pool, PoolOptions};
 
-fn dbslots() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbslots"));
-    cmd.env_remove("DBSLOTS_POOL")
-        .env_remove("DBSLOTS_SLOT")
-        .env_remove("RUST_LOG");
-    cmd
-}
+use crate::support::dbslots;
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("the dbslots binary runs")

@@ -49,7 +49,10 @@ fn open_takes_a_string_a_path_or_an_address() {
         assert_eq!(handle.addr(), created.addr(), "one pool, whatever the form");
     }
     let _held = handles[0].try_acquire().expect("try").expect("a slot");
-    let _other = handles[5].try_acquire().expect("try").expect("another slot");
+    let _other = handles[5]
+        .try_acquire()
+        .expect("try")
+        .expect("another slot");
     assert!(created.try_acquire().expect("try").is_none(), "both held");
     let err = Pool::open("ftp://u:pw@h/x", PoolOptions::new()).unwrap_err();
     assert!(matches!(err, Error::InvalidAddress { .. }), "{err}");
