@@ -10,9 +10,16 @@
 //!   restored, quarantined from now;
 //! - the server's `run_id` differs from the one recorded in `meta` (a
 //!   restart with a restored RDB/AOF, a failover to a replica);
+//! - `leases` and `owners` disagree (they always change together): one of
+//!   them was evicted or restored from another moment;
 //! - a holder finds its lease gone while it must still be running (the
 //!   caller says so with `live`): an eviction of `leases` or `owners`, a
 //!   stale restore, a failover that lost the last writes.
+//!
+//! The pool's keys have no TTL, so `maxmemory-policy noeviction` or any
+//! `volatile-*` policy never evicts them; under `allkeys-*` an eviction of
+//! both `leases` and `owners` is noticed only at the holders' next renewal
+//! (a sixth of the lease).
 //!
 //! `max_lease` in `meta` is the longest lease any client has used; every
 //! client passes the longest one it has seen, so a `meta` restored by a
@@ -98,6 +105,21 @@ local token, lease, wttl, try_only, info, chan = ARGV[1], tonumber(ARGV[2]), ton
 local cap, admit, maxl = guard(KEYS[1], KEYS[8], now, tonumber(ARGV[7]), math.max(tonumber(ARGV[8]), lease))
 if not cap then return {-2, now, 0, maxl, 0} end
 local changed = false
+if redis.call('ZCARD', KEYS[2]) ~= redis.call('HLEN', KEYS[3]) then
+  -- leases and owners always change together: a difference means the
+  -- server lost one of them (an eviction, a partial restore)
+  if now + maxl > admit then
+    admit = now + maxl
+    redis.call('HSET', KEYS[1], 'admit_after', admit)
+    redis.call('HINCRBY', KEYS[8], 'quarantines', 1)
+  end
+  for _, s in ipairs(redis.call('HKEYS', KEYS[3])) do
+    if not redis.call('ZSCORE', KEYS[2], s) then redis.call('HDEL', KEYS[3], s) end
+  end
+  for _, s in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    if redis.call('HEXISTS', KEYS[3], s) == 0 then redis.call('ZREM', KEYS[2], s) end
+  end
+end
 for _, s in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
   redis.call('ZREM', KEYS[2], s); redis.call('HDEL', KEYS[3], s); changed = true
 end

@@ -12,13 +12,13 @@ use crate::support::{Holder, Outcome, holder_exe};
 
 /// Lease used by these tests: short enough to wait for, long enough for a
 /// loaded 2-core machine to renew in time.
-const LEASE_MS: u64 = 1000;
+pub const LEASE_MS: u64 = 1000;
 
-fn redis_url() -> Option<String> {
+pub fn redis_url() -> Option<String> {
     dbslots_testkit::shared_redis()
 }
 
-fn unique_pool(base: &str) -> String {
+pub fn unique_pool(base: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
