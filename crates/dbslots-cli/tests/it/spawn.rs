@@ -606,7 +606,7 @@ fn a_stalled_reader_never_stalls_the_workers() {
         Duration::from_secs(30),
         || read_pids(&finished).len() == 200,
     );
-    let pool = Pool::open(dir.path().join("pool"), &PoolOptions::new()).unwrap();
+    let pool = Pool::open(dir.path().join("pool"), PoolOptions::new()).unwrap();
     wait_for("every slot to be freed", Duration::from_secs(2), || {
         pool.stats().unwrap().active == 0
     });
