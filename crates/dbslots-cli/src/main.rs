@@ -63,11 +63,11 @@ fn usage_error(e: clap::Error) -> ! {
 }
 
 fn main() -> ExitCode {
-    common::init_tracing("warn");
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => usage_error(e),
     };
+    let _log = common::init_tracing("warn", matches!(cli.command, Command::Spawn(_)));
     let result = match cli.command {
         Command::Exec(a) => exec::run(a),
         Command::Spawn(a) => spawn::run(a),
