@@ -52,7 +52,7 @@ mod monitor;
 mod processlist;
 mod retry;
 
-pub use check::ServerCheck;
+pub use check::{AccountUsage, LimitSource, ServerCheck};
 pub use connector::{Connection, Connector, ConnectorOptions, Liveness};
 pub use error::{Attempt, Error, Result, codes};
 pub use limits::{AccountLimit, CapacitySuggestion, MIN_RESERVE, ServerLimits};
