@@ -5,7 +5,6 @@ use std::io;
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 
 use crate::common::{EXIT_TIMEOUT, PoolArgs};
@@ -113,7 +112,11 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let pid = child.id();
     slot.set_holder_pid(pid);
 
-    std::thread::Builder::new()
+    // From here on the command runs holding the slot through the descriptor
+    // it inherited. Whatever fails in dbslots now, the slot must stay with
+    // the command: never unlock it (that would free it for every copy of
+    // the descriptor) before the command has exited.
+    let started = std::thread::Builder::new()
         .name("signal-forwarder".into())
         .spawn(move || {
             loop {
@@ -127,10 +130,22 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
                 // the main thread reaps it, after which we exit).
                 unsafe { libc::kill(pid as libc::pid_t, sig) };
             }
-        })
-        .context("cannot start the signal forwarder")?;
+        });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, pid, "cannot start the signal forwarder; signals sent to dbslots are not passed on to the command");
+    }
 
-    let status = child.wait().context("waiting for the command")?;
+    let status = match child.wait() {
+        Ok(status) => status,
+        Err(e) => {
+            // The command may still run: leave the slot with it (our copy
+            // of the descriptor closes when we exit; the command's stays).
+            std::mem::forget(slot);
+            return Err(anyhow::Error::new(e).context(format!(
+                "waiting for the command (pid {pid}); it keeps its slot until it exits"
+            )));
+        }
+    };
     drop(slot);
     use std::os::unix::process::ExitStatusExt;
     let code = match (status.code(), status.signal()) {
@@ -153,5 +168,9 @@ mod tests {
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("soon").is_err());
         assert!(parse_seconds("inf").is_err());
+        // Huge but finite: accepted (a deadline too far to represent means
+        // no deadline), never a panic.
+        assert!(parse_seconds("1e19").is_ok());
+        assert!(parse_seconds("1e30").is_err());
     }
 }

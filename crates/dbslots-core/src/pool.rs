@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::addr::PoolAddr;
 use crate::error::{Error, Result};
-use crate::file::interrupt::CancelToken;
+use crate::file::cancel::CancelToken;
 use crate::file::{FileOptions, FilePool};
 use crate::stats::PoolStats;
 
@@ -107,8 +107,9 @@ enum Backend {
 ///   leaks a slot: a slot obtained after the drop is released at once.
 ///
 /// A `Pool` is cheap to clone (an `Arc`); clones share file descriptors.
-/// Do not use a `Pool` across `fork` without `exec`: open it again in the
-/// child.
+/// A `Pool` does not survive `fork` without `exec`: used in a forked child
+/// it fails with [`Error::Forked`] (and a [`Slot`] dropped there leaves the
+/// parent's slot alone); open the pool again in the child.
 #[derive(Clone)]
 pub struct Pool {
     inner: Arc<Inner>,
@@ -206,7 +207,7 @@ impl Pool {
 
     /// Waits up to `timeout` for a slot; [`Error::Timeout`] after that.
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<Slot> {
-        self.acquire_until(Some(Instant::now() + timeout), &CancelToken::new())
+        self.acquire_until(deadline_after(timeout), &CancelToken::new())
     }
 
     fn acquire_until(&self, deadline: Option<Instant>, cancel: &CancelToken) -> Result<Slot> {
@@ -230,8 +231,7 @@ impl Pool {
     /// Async form of [`Pool::acquire_timeout`] (tokio). Cancellation-safe.
     #[cfg(feature = "tokio")]
     pub async fn acquire_async_timeout(&self, timeout: Duration) -> Result<Slot> {
-        self.acquire_async_until(Some(Instant::now() + timeout))
-            .await
+        self.acquire_async_until(deadline_after(timeout)).await
     }
 
     #[cfg(feature = "tokio")]
@@ -298,6 +298,12 @@ impl Pool {
             released: false,
         }
     }
+}
+
+/// The deadline `timeout` from now; `None` (no deadline) for a timeout too
+/// long to represent, such as `Duration::MAX`.
+fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
 }
 
 /// A held slot; released when dropped.

@@ -41,7 +41,7 @@ use redis::{Commands, Script};
 
 use crate::addr::{RedisAddr, redact};
 use crate::error::{Error, Result};
-use crate::file::interrupt::CancelToken;
+use crate::file::cancel::CancelToken;
 use crate::stats::{Holder, PoolStats, WaitHistogram, Waiter};
 
 const WAIT_BOUNDS_MS: [u64; 10] = [
@@ -503,7 +503,7 @@ impl RedisPool {
             let spawned = std::thread::Builder::new()
                 .name("dbslots-lease-renewer".into())
                 .spawn(move || {
-                    crate::file::interrupt::block_process_signals();
+                    crate::file::cancel::block_process_signals();
                     renewer(weak, period)
                 });
             if let Err(e) = spawned {
