@@ -60,7 +60,9 @@ impl Foreign {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("{lang:?} runs (cargo xtask test installs php-cli and python3): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("{lang:?} runs (cargo xtask test installs php-cli and python3): {e}")
+            });
         let out = BufReader::new(child.stdout.take().expect("stdout"));
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -97,7 +99,10 @@ impl Foreign {
 
     fn signal(&self, sig: libc::c_int) {
         // SAFETY: kill on our own, not yet reaped child.
-        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, sig) }, 0);
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, sig) },
+            0
+        );
     }
 }
 
@@ -152,7 +157,11 @@ fn a_foreign_waiter_gets_the_slot_dbslots_releases() {
         drop(held);
         f.expect_line("HELD");
         f.release();
-        assert_eq!(pool.stats().expect("stats").waiting, 0, "{lang:?} left the waiters");
+        assert_eq!(
+            pool.stats().expect("stats").waiting,
+            0,
+            "{lang:?} left the waiters"
+        );
     }
 }
 
@@ -184,13 +193,16 @@ fn a_stopped_foreign_waiter_stalls_nobody() {
         let p2 = pool.clone();
         let waiter = std::thread::spawn(move || {
             let slot = p2.acquire_timeout(Duration::from_secs(30));
-            (Instant::now(), slot.map(|s| {
-                let i = s.index();
-                // Hold it a moment, so the foreign client has to wait for it.
-                std::thread::sleep(Duration::from_millis(200));
-                drop(s);
-                i
-            }))
+            (
+                Instant::now(),
+                slot.map(|s| {
+                    let i = s.index();
+                    // Hold it a moment, so the foreign client has to wait for it.
+                    std::thread::sleep(Duration::from_millis(200));
+                    drop(s);
+                    i
+                }),
+            )
         });
         wait_for_waiters(&pool, 2);
         let freed = Instant::now();

@@ -80,6 +80,9 @@ fn steps(args: &[String], scratch: TempDir) -> Result<()> {
 const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("/usr/bin/chromium", "chromium"),
     ("/usr/bin/tmux", "tmux"),
+    // tests/foreign.rs runs the PHP and Python clients of docs/protocol.md.
+    ("/usr/bin/php", "php-cli"),
+    ("/usr/bin/python3", "python3"),
     (
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
         "fonts-dejavu-core",

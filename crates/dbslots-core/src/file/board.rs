@@ -123,7 +123,12 @@ impl Board {
     /// be backed when it is first written (a full tmpfs) kills the writer
     /// with SIGBUS, so a full filesystem must fail here, cleanly.
     pub(crate) fn initialise(file: &File, path: &Path, capacity: u32) -> Result<()> {
-        match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, BOARD_LEN as u64) {
+        match rustix::fs::fallocate(
+            file,
+            rustix::fs::FallocateFlags::empty(),
+            0,
+            BOARD_LEN as u64,
+        ) {
             Ok(()) => {}
             Err(rustix::io::Errno::NOSPC) | Err(rustix::io::Errno::DQUOT) => {
                 return Err(Error::Location {
@@ -396,7 +401,10 @@ mod tests {
         assert!(OFF_WAIT_BUCKETS + 8 * (WAIT_BUCKETS_US.len() + 1) <= OFF_BITMAP);
         assert_eq!((OFF_BITMAP, OFF_RECORDS, RECORD_SIZE), (1024, 4096, 64));
         assert_eq!(OFF_BITMAP + 8 * BITMAP_WORDS, 1536);
-        assert_eq!((OFF_QUEUE_BITMAP, OFF_ENTRIES, ENTRY_SIZE), (1536, 266_240, 64));
+        assert_eq!(
+            (OFF_QUEUE_BITMAP, OFF_ENTRIES, ENTRY_SIZE),
+            (1536, 266_240, 64)
+        );
         assert_eq!(OFF_QUEUE_BITMAP + QUEUE_LEN as usize / 8, 2048);
         assert_eq!(BOARD_LEN, 4096 + 64 * 4096 + 64 * 4096);
         assert_eq!(std::mem::size_of::<Record>(), 16);

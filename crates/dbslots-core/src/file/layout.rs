@@ -104,7 +104,8 @@ pub(super) fn open_root(
             }
             Err(Errno::NOTDIR) => {
                 // O_DIRECTORY | O_NOFOLLOW on a symlink says ENOTDIR too.
-                let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+                let link =
+                    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
                 return Err(location(
                     path,
                     if link {
@@ -254,12 +255,24 @@ pub(super) fn open_in(
 }
 
 /// Makes (if needed) and opens the subdirectory `name`.
-fn subdir(root: &OwnedFd, dir: &Path, name: &str, group: Option<u32>, create: bool) -> Result<OwnedFd> {
+fn subdir(
+    root: &OwnedFd,
+    dir: &Path,
+    name: &str,
+    group: Option<u32>,
+    create: bool,
+) -> Result<OwnedFd> {
     let mode = dir_mode(group);
     if create {
         match rfs::mkdirat(root, name, mode) {
             Ok(()) => {
-                let fd = open_in(root, dir, name, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())?;
+                let fd = open_in(
+                    root,
+                    dir,
+                    name,
+                    OFlags::DIRECTORY | OFlags::RDONLY,
+                    Mode::empty(),
+                )?;
                 rfs::fchmod(&fd, mode)
                     .map_err(|e| Error::io("setting the mode of", dir.join(name), errno_io(e)))?;
                 return Ok(fd);
@@ -268,12 +281,23 @@ fn subdir(root: &OwnedFd, dir: &Path, name: &str, group: Option<u32>, create: bo
             Err(e) => return Err(Error::io("creating", dir.join(name), errno_io(e))),
         }
     }
-    open_in(root, dir, name, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
+    open_in(
+        root,
+        dir,
+        name,
+        OFlags::DIRECTORY | OFlags::RDONLY,
+        Mode::empty(),
+    )
 }
 
 impl Dirs {
     /// Opens `slots/` and `waiters/` of an existing (or just created) pool.
-    pub(super) fn open(path: &Path, root: OwnedFd, group: Option<u32>, create: bool) -> Result<Dirs> {
+    pub(super) fn open(
+        path: &Path,
+        root: OwnedFd,
+        group: Option<u32>,
+        create: bool,
+    ) -> Result<Dirs> {
         let slots = subdir(&root, path, SLOTS, group, create)?;
         let waiters = subdir(&root, path, WAITERS, group, create)?;
         Ok(Dirs {
@@ -309,7 +333,8 @@ impl Dirs {
     /// The names in `waiters/`.
     pub(super) fn waiter_names(&self) -> Result<Vec<String>> {
         let path = self.path.join(WAITERS);
-        let dir = rfs::Dir::read_from(&self.waiters).map_err(|e| Error::io("listing", &path, errno_io(e)))?;
+        let dir = rfs::Dir::read_from(&self.waiters)
+            .map_err(|e| Error::io("listing", &path, errno_io(e)))?;
         let mut names = Vec::new();
         for entry in dir {
             let entry = entry.map_err(|e| Error::io("listing", &path, errno_io(e)))?;

@@ -61,8 +61,8 @@ use rustix::fs::{self as rfs, FlockOperation, OFlags};
 use rustix::io::Errno;
 use rustix::thread::futex;
 
-pub use board::MAX_CAPACITY;
 use board::Board;
+pub use board::MAX_CAPACITY;
 use cancel::CancelToken;
 use fds::{SlotFds, Try};
 use layout::{Dirs, INIT_LOCK, STATE};
@@ -139,8 +139,19 @@ impl FilePool {
         }
         let name = dir.display().to_string();
         let (root, created, group) = layout::open_root(dir, opts.capacity.is_some(), opts.group)?;
-        let has_meta = rfs::accessat(&root, layout::META, rfs::Access::EXISTS, rfs::AtFlags::SYMLINK_NOFOLLOW).is_ok();
-        let dirs = Dirs::open(dir, root, group, created || (!has_meta && opts.capacity.is_some()))?;
+        let has_meta = rfs::accessat(
+            &root,
+            layout::META,
+            rfs::Access::EXISTS,
+            rfs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .is_ok();
+        let dirs = Dirs::open(
+            dir,
+            root,
+            group,
+            created || (!has_meta && opts.capacity.is_some()),
+        )?;
 
         let init = dirs.open_root_file(INIT_LOCK, OFlags::CREATE | OFlags::RDWR)?;
         rfs::flock(&init, FlockOperation::LockExclusive)
@@ -282,12 +293,18 @@ impl FilePool {
     /// and takes one below the capacity only if fewer than `capacity` are
     /// held. Ends the drain when no slot above the capacity is held.
     fn claim_draining(&self, capacity: u32) -> Result<Option<u32>> {
-        let init = self.dirs.open_root_file(INIT_LOCK, OFlags::CREATE | OFlags::RDWR)?;
+        let init = self
+            .dirs
+            .open_root_file(INIT_LOCK, OFlags::CREATE | OFlags::RDWR)?;
         match rfs::flock(&init, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
             Err(Errno::WOULDBLOCK) => return Ok(None),
             Err(e) => {
-                return Err(Error::io("locking", self.dirs.path.join(INIT_LOCK), errno_io(e)));
+                return Err(Error::io(
+                    "locking",
+                    self.dirs.path.join(INIT_LOCK),
+                    errno_io(e),
+                ));
             }
         }
         let result = (|| {
@@ -456,6 +473,7 @@ impl FilePool {
             let tick = match pos {
                 0 => Some(head_tick),
                 p if p < queue::WINDOW_LEN => Some(queue::WATCH_TICK),
+                p if p < queue::FRONT => Some(queue::RESERVE_TICK),
                 _ => None,
             };
             let left = deadline.map(|d| d.saturating_duration_since(now));
@@ -555,7 +573,9 @@ impl FilePool {
     pub(crate) fn resize(&self, capacity: u32) -> Result<u32> {
         self.check_fork()?;
         check_capacity(capacity as u64)?;
-        let init = self.dirs.open_root_file(INIT_LOCK, OFlags::CREATE | OFlags::RDWR)?;
+        let init = self
+            .dirs
+            .open_root_file(INIT_LOCK, OFlags::CREATE | OFlags::RDWR)?;
         rfs::flock(&init, FlockOperation::LockExclusive)
             .map_err(|e| Error::io("locking", self.dirs.path.join(INIT_LOCK), errno_io(e)))?;
         let result = (|| {

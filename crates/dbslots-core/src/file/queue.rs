@@ -32,10 +32,11 @@
 //!   `SKIPPED` mark whenever it runs, so when it resumes it is the earliest
 //!   ticket again and takes the next free slot.
 //! * **Liveness** needs one running process to look: the window keeps
-//!   three timers, releasers and new waiters look too. Only if all three
-//!   window waiters stop within [`STALE`] of each other and no dbslots
-//!   process releases or queues afterwards does a slot freed by a crash or
-//!   a foreign client wait for one of them to resume.
+//!   three timers, the next five waiters (the reserve) wake every
+//!   [`RESERVE_TICK`], and releasers and new waiters look too. Only if the
+//!   first eight waiters all stop within [`STALE`] of each other and no
+//!   dbslots process releases or queues afterwards does a slot freed by a
+//!   crash or a foreign client wait for one of them to resume.
 //! * **Deadlines and cancellation** are futex timeouts and a wake of the
 //!   waiter's own word (see `cancel`): no signal, no helper thread.
 //! * **A full table** (more than `QUEUE_LEN` waiters) makes the extra
@@ -67,14 +68,18 @@ pub(super) const SKIPPED: u32 = 1;
 pub(super) const WINDOW: u32 = 2;
 /// Waiters at the front that keep a timer.
 pub(super) const WINDOW_LEN: usize = 3;
-/// Entries `refresh` keeps in order: the window and room for passing over.
-const FRONT: usize = 8;
+/// Entries `refresh` keeps in order: the window and room for passing over;
+/// also the end of the reserve (see [`RESERVE_TICK`]).
+pub(super) const FRONT: usize = 8;
 /// A window waiter that has not run for this long is passed over.
 pub(super) const STALE: Duration = Duration::from_millis(30);
 /// The longest the head sleeps between probes for slots freed silently.
 pub(super) const HEAD_TICK: Duration = Duration::from_millis(10);
 /// How often the window waiters behind the head look at those ahead.
 pub(super) const WATCH_TICK: Duration = Duration::from_millis(10);
+/// How often the few waiters right behind the window look (a backstop for
+/// a window whose waiters all stopped at once).
+pub(super) const RESERVE_TICK: Duration = Duration::from_millis(50);
 
 /// CLOCK_MONOTONIC in nanoseconds (system-wide, like `beat_ns`).
 pub(super) fn mono_ns() -> u64 {
@@ -108,7 +113,10 @@ fn proc_state(e: &Entry) -> ProcState {
         return ProcState::Stopped;
     };
     // "pid (comm) S ...": the state follows the last ')'.
-    match text.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()) {
+    match text
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+    {
         Some('T' | 't' | 'Z' | 'X') => ProcState::Stopped,
         Some(_) => ProcState::Running,
         None => ProcState::Unknown,
@@ -170,8 +178,13 @@ impl FilePool {
             .map_err(|e| Error::io("locking", wdir.join(&tmp), errno_io(e)))?;
         let mut file = File::from(fd);
         let _ = writeln!(file, "{} {}", self.pid, since);
-        rfs::renameat(&self.dirs.waiters, tmp.as_str(), &self.dirs.waiters, name.as_str())
-            .map_err(|e| Error::io("renaming", wdir.join(&tmp), errno_io(e)))?;
+        rfs::renameat(
+            &self.dirs.waiters,
+            tmp.as_str(),
+            &self.dirs.waiters,
+            name.as_str(),
+        )
+        .map_err(|e| Error::io("renaming", wdir.join(&tmp), errno_io(e)))?;
         let dir = self
             .dirs
             .waiters
@@ -219,7 +232,12 @@ impl FilePool {
                 let mut cur = word.load(Ordering::Relaxed);
                 while cur != u64::MAX {
                     let b = (!cur).trailing_zeros();
-                    match word.compare_exchange(cur, cur | (1 << b), Ordering::SeqCst, Ordering::Relaxed) {
+                    match word.compare_exchange(
+                        cur,
+                        cur | (1 << b),
+                        Ordering::SeqCst,
+                        Ordering::Relaxed,
+                    ) {
                         Ok(_) => return Some(w as u32 * 64 + b),
                         Err(now) => cur = now,
                     }
@@ -276,15 +294,16 @@ impl FilePool {
 
     fn free_dead(&self, i: u32, ticket: u64) {
         let e = self.board.entry(i);
-        if e
-            .ticket
+        if e.ticket
             .compare_exchange(ticket, 0, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
         {
             tracing::debug!(pool = %self.name, entry = i, "freed the queue entry of a dead waiter");
             e.flags.store(0, Ordering::Relaxed);
             let (w, b) = (i as usize / 64, i % 64);
-            self.board.queue_word(w).fetch_and(!(1 << b), Ordering::SeqCst);
+            self.board
+                .queue_word(w)
+                .fetch_and(!(1 << b), Ordering::SeqCst);
         }
     }
 
@@ -304,9 +323,11 @@ impl FilePool {
             return;
         }
         tracing::debug!(pool = %self.name, pid = e.pid.load(Ordering::Relaxed), "passing over a waiter that does not run");
-        let _ = e.flags.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| {
-            Some((f | SKIPPED) & !WINDOW)
-        });
+        let _ = e
+            .flags
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| {
+                Some((f | SKIPPED) & !WINDOW)
+            });
         self.wake_entry(i);
     }
 

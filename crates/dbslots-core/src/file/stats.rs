@@ -133,11 +133,10 @@ impl FilePool {
                 });
             }
         }
-        // A probe may have made an acquirer miss a slot for a moment, and a
-        // dead head may be named on the board: look at the queue again.
+        // Only dead waiters' entries are freed here; the queue itself is
+        // left to the waiters (a probe that made the head miss a slot costs
+        // it one tick at most).
         self.reap_dead_entries();
-        self.refresh(None);
-        self.wake_head();
         let waiters = self.live_waiters()?;
         let acquisitions = self.board.acquisitions().load(Ordering::Relaxed);
         let waited = self.board.waited().load(Ordering::Relaxed);
