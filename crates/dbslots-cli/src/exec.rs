@@ -20,7 +20,8 @@ pub struct ExecArgs {
     #[command(flatten)]
     pool: PoolArgs,
 
-    /// Give up after this many seconds without a slot (exit status 75)
+    /// Give up after this many seconds without a slot (exit status 75); 0
+    /// still takes a free slot (also one whose holder crashed)
     /// [default: wait as long as it takes]
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     timeout: Option<Duration>,
@@ -44,7 +45,9 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
     if !v.is_finite() || v < 0.0 {
         return Err(format!("{s:?} must be a non-negative number of seconds"));
     }
-    Duration::try_from_secs_f64(v).map_err(|_| format!("{s:?} is too large"))
+    // Longer than a Duration holds (about 585 billion years): as good as
+    // no limit, which is what Duration::MAX means to the pool.
+    Ok(Duration::try_from_secs_f64(v).unwrap_or(Duration::MAX))
 }
 
 const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
@@ -171,6 +174,6 @@ mod tests {
         // Huge but finite: accepted (a deadline too far to represent means
         // no deadline), never a panic.
         assert!(parse_seconds("1e19").is_ok());
-        assert!(parse_seconds("1e30").is_err());
+        assert_eq!(parse_seconds("1e30"), Ok(Duration::MAX));
     }
 }
