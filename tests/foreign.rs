@@ -116,7 +116,7 @@ impl Drop for Foreign {
 fn pool(capacity: u32) -> (tempfile::TempDir, String, Pool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let addr = dir.path().join("pool").display().to_string();
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(capacity)).expect("pool");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(capacity)).expect("pool");
     (dir, addr, pool)
 }
 
@@ -151,7 +151,7 @@ fn a_foreign_holder_counts_against_the_capacity() {
 fn a_foreign_waiter_gets_the_slot_dbslots_releases() {
     for lang in LANGS {
         let (_d, addr, pool) = pool(1);
-        let held = pool.acquire().expect("hold");
+        let held = pool.blocking_acquire().expect("hold");
         let mut f = Foreign::spawn(lang, &addr);
         wait_for_waiters(&pool, 1);
         drop(held);
@@ -172,7 +172,7 @@ fn dbslots_waiters_get_the_slot_of_a_killed_foreign_holder() {
         let mut f = Foreign::spawn(lang, &addr);
         f.expect_line("HELD");
         let waiter = std::thread::spawn(move || {
-            pool.acquire_timeout(Duration::from_secs(30))
+            pool.blocking_acquire_timeout(Duration::from_secs(30))
                 .map(|s| s.index())
         });
         std::thread::sleep(Duration::from_millis(50));
@@ -186,13 +186,13 @@ fn dbslots_waiters_get_the_slot_of_a_killed_foreign_holder() {
 fn a_stopped_foreign_waiter_stalls_nobody() {
     for lang in LANGS {
         let (_d, addr, pool) = pool(1);
-        let held = pool.acquire().expect("hold");
+        let held = pool.blocking_acquire().expect("hold");
         let mut f = Foreign::spawn(lang, &addr);
         wait_for_waiters(&pool, 1);
         f.signal(libc::SIGSTOP);
         let p2 = pool.clone();
         let waiter = std::thread::spawn(move || {
-            let slot = p2.acquire_timeout(Duration::from_secs(30));
+            let slot = p2.blocking_acquire_timeout(Duration::from_secs(30));
             (
                 Instant::now(),
                 slot.map(|s| {
@@ -225,8 +225,8 @@ fn a_stopped_foreign_waiter_stalls_nobody() {
 fn a_foreign_client_waits_for_a_shrink_to_drain() {
     for lang in LANGS {
         let (_d, addr, pool) = pool(2);
-        let a = pool.acquire().expect("a");
-        let b = pool.acquire().expect("b");
+        let a = pool.blocking_acquire().expect("a");
+        let b = pool.blocking_acquire().expect("b");
         let (low, high) = if a.index() == 0 { (a, b) } else { (b, a) };
         pool.resize(1).expect("shrink to 1");
         drop(low);

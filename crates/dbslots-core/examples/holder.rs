@@ -29,7 +29,7 @@ fn main() {
         eprintln!("usage: holder POOL hold [TIMEOUT_MS] | holder POOL burst HOLD_MS COUNTER");
         std::process::exit(2);
     }
-    let pool = match Pool::open_str(&args[1], &PoolOptions::new()) {
+    let pool = match Pool::open(&args[1], PoolOptions::new()) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("holder: {e}");
@@ -40,8 +40,8 @@ fn main() {
     match args[2].as_str() {
         "hold" => {
             let acquired = match args.get(3).and_then(|t| t.parse::<u64>().ok()) {
-                Some(ms) => pool.acquire_timeout(Duration::from_millis(ms)),
-                None => pool.acquire(),
+                Some(ms) => pool.blocking_acquire_timeout(Duration::from_millis(ms)),
+                None => pool.blocking_acquire(),
             };
             match acquired {
                 Ok(slot) => {
@@ -85,7 +85,7 @@ fn main() {
                 (&*p, &*p.add(1))
             };
             let arrived = mono_ns();
-            let slot = pool.acquire().expect("acquire");
+            let slot = pool.blocking_acquire().expect("acquire");
             let acquired = mono_ns();
             let inside = now.fetch_add(1, Ordering::SeqCst) + 1;
             max.fetch_max(inside, Ordering::SeqCst);
@@ -98,7 +98,7 @@ fn main() {
         "many" => {
             let n: u32 = args[3].parse().expect("N is a number");
             let slots: Vec<_> = (0..n)
-                .map(|_| pool.acquire().expect("acquire one of many"))
+                .map(|_| pool.blocking_acquire().expect("acquire one of many"))
                 .collect();
             writeln!(out, "HELD {}", slots.len()).ok();
             out.flush().ok();
@@ -138,7 +138,7 @@ fn chaos(pool: &Pool, args: &[String]) {
         seed % n
     };
     for _ in 0..rounds {
-        let slot = match pool.acquire_timeout(Duration::from_secs(40)) {
+        let slot = match pool.blocking_acquire_timeout(Duration::from_secs(40)) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("holder {index}: {e}");

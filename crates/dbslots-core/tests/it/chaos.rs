@@ -58,7 +58,7 @@ fn a_hundred_processes_under_kills_stops_and_resizes() {
     let started = Instant::now();
     let (dir, addr) = pool_dir();
     let mut capacity = 8u32;
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(capacity)).expect("create");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(capacity)).expect("create");
     let path = dir.path().join("shared");
     std::fs::write(&path, vec![0u8; 4 * (4 + PROCESSES)]).expect("shared file");
     let file = std::fs::OpenOptions::new()

@@ -29,9 +29,9 @@ fn wait_for_waiters(pool: &Pool, n: u32) {
 fn a_stopped_waiter_delays_nobody_and_keeps_its_place() {
     let _serial = crate::support::timing_sensitive();
     let (_dir, addr) = pool_dir();
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
     for stopped_before_release in [Duration::ZERO, Duration::from_millis(200)] {
-        let held = pool.acquire().expect("fill");
+        let held = pool.blocking_acquire().expect("fill");
         // A queues first (the head), then is stopped; B and C queue behind.
         let mut a = Holder::spawn(&addr, None);
         wait_for_waiters(&pool, 1);
@@ -66,7 +66,7 @@ fn a_stopped_waiter_delays_nobody_and_keeps_its_place() {
 #[test]
 fn a_shrink_admits_nobody_until_the_holders_fit() {
     let (_dir, addr) = pool_dir();
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(4)).expect("create");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(4)).expect("create");
     let mut holders: Vec<(u32, Holder)> = (0..4)
         .map(|_| {
             let mut h = Holder::spawn(&addr, None);
@@ -170,7 +170,7 @@ fn symlinks_at_every_component_are_refused_and_nothing_outside_is_touched() {
     ] {
         let (_dir, addr) = pool_dir();
         let root = Path::new(&addr);
-        let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(2)).expect("create");
+        let pool = Pool::open(&addr, PoolOptions::new().capacity(2)).expect("create");
         let waiter_pool = pool.clone();
         let bait = Bait::new();
         std::fs::set_permissions(bait.file(), std::fs::Permissions::from_mode(0o644))
@@ -195,7 +195,7 @@ fn symlinks_at_every_component_are_refused_and_nothing_outside_is_touched() {
         let ops = |p: &Pool| -> Vec<Option<String>> {
             vec![
                 p.try_acquire().map(|_| ()).err().map(|e| e.to_string()),
-                p.acquire_timeout(Duration::from_millis(50))
+                p.blocking_acquire_timeout(Duration::from_millis(50))
                     .map(|_| ())
                     .err()
                     .map(|e| e.to_string()),
@@ -204,11 +204,11 @@ fn symlinks_at_every_component_are_refused_and_nothing_outside_is_touched() {
             ]
         };
         let mut errors = vec![
-            Pool::open_str(&addr, &PoolOptions::new().capacity(2))
+            Pool::open(&addr, PoolOptions::new().capacity(2))
                 .err()
                 .map(|e| e.to_string()),
         ];
-        match Pool::open_str(&addr, &PoolOptions::new()) {
+        match Pool::open(&addr, PoolOptions::new()) {
             Ok(fresh) => errors.extend(ops(&fresh)),
             Err(e) => errors.push(Some(e.to_string())),
         }
@@ -235,7 +235,7 @@ fn a_pool_directory_others_could_have_prepared_is_refused() {
     let pool = dir.path().join("pool");
     std::fs::create_dir(&pool).expect("dir");
     std::fs::set_permissions(&pool, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-    let err = Pool::open(pool.as_path(), &PoolOptions::new().capacity(1))
+    let err = Pool::open(pool.as_path(), PoolOptions::new().capacity(1))
         .expect_err("world-writable directory")
         .to_string();
     assert!(
@@ -252,7 +252,7 @@ fn a_pool_directory_others_could_have_prepared_is_refused() {
         // SAFETY: chown on a path we own; 65534 is "nobody" on Debian.
         let c = std::ffi::CString::new(pool.to_str().expect("utf-8")).expect("path");
         assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
-        let err = Pool::open(pool.as_path(), &PoolOptions::new().capacity(1))
+        let err = Pool::open(pool.as_path(), PoolOptions::new().capacity(1))
             .expect_err("foreign-owned directory")
             .to_string();
         assert!(
@@ -290,7 +290,7 @@ fn a_full_filesystem_fails_the_creation_cleanly() {
         }
     }
     let _unmount = Unmount(&mnt);
-    let err = Pool::open(mnt.join("pool").as_path(), &PoolOptions::new().capacity(4))
+    let err = Pool::open(mnt.join("pool").as_path(), PoolOptions::new().capacity(4))
         .expect_err("the board does not fit in 128 KiB")
         .to_string();
     assert!(err.contains("filesystem is full"), "{err}");
@@ -323,7 +323,7 @@ fn spawn_limited(addr: &str, args: &[&str]) -> std::process::Child {
 fn more_than_1024_slots_work_under_the_default_open_file_limit() {
     let _serial = crate::support::timing_sensitive();
     let (_dir, addr) = pool_dir();
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1100)).expect("create");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1100)).expect("create");
     // Two processes hold 550 slots each: 1100 held at once.
     let mut many: Vec<_> = (0..2)
         .map(|_| {
@@ -358,8 +358,8 @@ fn more_than_1024_slots_work_under_the_default_open_file_limit() {
 #[test]
 fn a_handle_used_in_a_forked_child_fails_clearly_and_deadlines_work_there() {
     let (_dir, addr) = pool_dir();
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
-    let held = pool.acquire().expect("hold the only slot");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let held = pool.blocking_acquire().expect("hold the only slot");
     // SAFETY: the child only calls into the pool and _exit; the test
     // harness's other threads are not touched in the child.
     let pid = unsafe { libc::fork() };
@@ -373,12 +373,12 @@ fn a_handle_used_in_a_forked_child_fails_clearly_and_deadlines_work_there() {
             std::mem::drop(unsafe { std::ptr::read(&held) });
             // A handle opened in the child works, deadlines included (no
             // helper thread is needed for them).
-            let own = match Pool::open_str(&addr, &PoolOptions::new()) {
+            let own = match Pool::open(&addr, PoolOptions::new()) {
                 Ok(p) => p,
                 Err(_) => return 11,
             };
             let start = Instant::now();
-            match own.acquire_timeout(Duration::from_millis(200)) {
+            match own.blocking_acquire_timeout(Duration::from_millis(200)) {
                 Err(Error::Timeout { .. }) if start.elapsed() < Duration::from_secs(3) => 0,
                 _ => 12,
             }
@@ -403,8 +403,8 @@ fn a_handle_used_in_a_forked_child_fails_clearly_and_deadlines_work_there() {
 #[test]
 fn deadlines_work_in_threads_that_block_every_signal() {
     let (_dir, addr) = pool_dir();
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
-    let _held = pool.acquire().expect("fill");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let _held = pool.blocking_acquire().expect("fill");
     let p = pool.clone();
     let waited = std::thread::spawn(move || {
         // SAFETY: blocks every signal in this thread only.
@@ -415,7 +415,7 @@ fn deadlines_work_in_threads_that_block_every_signal() {
         }
         let start = Instant::now();
         let err = p
-            .acquire_timeout(Duration::from_millis(200))
+            .blocking_acquire_timeout(Duration::from_millis(200))
             .expect_err("full");
         assert!(err.is_timeout(), "{err}");
         start.elapsed()
@@ -431,15 +431,16 @@ fn deadlines_work_in_threads_that_block_every_signal() {
 #[test]
 fn no_timeout_panics_and_a_zero_timeout_takes_a_crashed_holders_slot() {
     let (_dir, addr) = pool_dir();
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
     drop(
-        pool.acquire_timeout(Duration::MAX)
+        pool.blocking_acquire_timeout(Duration::MAX)
             .expect("a free slot, no deadline"),
     );
     let mut holder = Holder::spawn(&addr, None);
     assert_eq!(holder.outcome(), Outcome::Held(0));
     let p = pool.clone();
-    let waiter = std::thread::spawn(move || p.acquire_timeout(Duration::MAX).map(|s| s.index()));
+    let waiter =
+        std::thread::spawn(move || p.blocking_acquire_timeout(Duration::MAX).map(|s| s.index()));
     wait_for_waiters(&pool, 1);
     holder.release();
     assert_eq!(waiter.join().expect("join").expect("slot"), 0);
@@ -449,7 +450,7 @@ fn no_timeout_panics_and_a_zero_timeout_takes_a_crashed_holders_slot() {
     assert_eq!(holder.outcome(), Outcome::Held(0));
     holder.crash();
     let slot = pool
-        .acquire_timeout(Duration::ZERO)
+        .blocking_acquire_timeout(Duration::ZERO)
         .expect("the crashed holder's slot");
     assert_eq!(slot.index(), 0);
 }
