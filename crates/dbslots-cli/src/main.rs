@@ -7,6 +7,7 @@
 mod common;
 mod connections;
 mod exec;
+mod gate;
 mod import;
 mod serve;
 mod spawn;
@@ -43,11 +44,18 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Show a pool live in the terminal
     Watch(watch::WatchArgs),
+    /// Relay MySQL clients to a server, each holding a slot of the pool
+    Gate(gate::GateArgs),
 }
 
 fn main() -> ExitCode {
-    common::init_tracing("warn");
     let cli = Cli::parse();
+    // The gate is a service: its start, drains and idle closes are news.
+    common::init_tracing(if matches!(cli.command, Command::Gate(_)) {
+        "info"
+    } else {
+        "warn"
+    });
     let result = match cli.command {
         Command::Exec(a) => exec::run(a),
         Command::Spawn(a) => spawn::run(a),
@@ -57,6 +65,7 @@ fn main() -> ExitCode {
         Command::Connections(a) => connections::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Watch(a) => watch::run(a),
+        Command::Gate(a) => gate::run(a),
     };
     match result {
         Ok(code) => code,
