@@ -17,12 +17,12 @@ pub enum Error {
         reason: String,
     },
     /// A listening address cannot be bound.
-    #[error("cannot listen on {endpoint}: {source}; pick a free address or stop what uses it")]
+    #[error("cannot listen on {endpoint}: {error}; pick a free address or stop what uses it")]
     Bind {
         /// The address.
         endpoint: String,
         /// Why the kernel refused.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The gate was given nothing to listen on.
     #[error("the gate needs at least one --listen address")]

@@ -235,13 +235,13 @@ impl Gate {
         for endpoint in &options.listen {
             let l = Listener::bind(endpoint)
                 .await
-                .map_err(|source| Error::Bind {
+                .map_err(|error| Error::Bind {
                     endpoint: endpoint.to_string(),
-                    source,
+                    error,
                 })?;
-            bound.push(l.local_endpoint().map_err(|source| Error::Bind {
+            bound.push(l.local_endpoint().map_err(|error| Error::Bind {
                 endpoint: endpoint.to_string(),
-                source,
+                error,
             })?);
             listeners.push(l);
         }
@@ -387,7 +387,10 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, phase: watch::Rece
                 Ok((stream, peer)) => {
                     shared.open.fetch_add(1, Ordering::Relaxed);
                     bump(&shared.counters.accepted);
-                    tokio::spawn(serve_client(shared.clone(), stream, peer, phase.clone()));
+                    // Queue here, not in the task: tasks start in any
+                    // order, clients must be served in accept order.
+                    let ticket = shared.admission.enqueue();
+                    tokio::spawn(serve_client(shared.clone(), stream, peer, ticket, phase.clone()));
                 }
                 Err(e) => {
                     // Out of descriptors, or a client that reset before we
@@ -416,11 +419,11 @@ async fn serve_client(
     shared: Arc<Shared>,
     mut client: Stream,
     peer: String,
+    mut ticket: Ticket,
     mut phase: watch::Receiver<Phase>,
 ) {
     let _open = OpenGuard(shared.clone());
-    let queued_at = Instant::now();
-    let mut ticket: Ticket = shared.admission.enqueue();
+    let queued_at = ticket.queued_at;
     enum Waited {
         Admitted(queue::Admit),
         TimedOut,

@@ -54,6 +54,8 @@ struct Waiter {
 /// A client's place in the queue. Dropping it leaves the queue.
 pub(crate) struct Ticket {
     id: u64,
+    /// When the client queued.
+    pub(crate) queued_at: std::time::Instant,
     pub(crate) rx: oneshot::Receiver<Admit>,
     admission: Arc<Admission>,
     left: bool,
@@ -94,6 +96,7 @@ impl Admission {
         self.demand.notify_waiters();
         Ticket {
             id,
+            queued_at: std::time::Instant::now(),
             rx,
             admission: self.clone(),
             left: false,

@@ -3,6 +3,7 @@
 mod browser;
 mod connections;
 mod exec;
+mod gate;
 mod import;
 mod serve;
 mod spawn;
