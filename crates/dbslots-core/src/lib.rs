@@ -28,14 +28,19 @@
 #![deny(missing_docs)]
 
 mod addr;
+mod check;
 mod error;
 mod file;
 mod pool;
 #[cfg(feature = "redis")]
-mod redis_backend;
+mod redis;
 mod stats;
 
 pub use addr::{PoolAddr, RedisAddr, default_pool_dir, redact};
+pub use check::{
+    CheckResult, CheckStatus, PerfData, PoolCheck, Problem, format_seconds, judge,
+    percent_threshold,
+};
 pub use error::{Error, Result};
 pub use file::MAX_CAPACITY;
 pub use pool::{Pool, PoolOptions, Slot};

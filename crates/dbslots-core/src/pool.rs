@@ -84,7 +84,7 @@ fn lookup_group(name: &str) -> Option<u32> {
 enum Backend {
     File(FilePool),
     #[cfg(feature = "redis")]
-    Redis(crate::redis_backend::RedisPool),
+    Redis(crate::redis::RedisPool),
 }
 
 /// A counting semaphore of connection slots shared by every process that
@@ -143,7 +143,7 @@ impl Pool {
                 },
             )?),
             #[cfg(feature = "redis")]
-            PoolAddr::Redis(r) => Backend::Redis(crate::redis_backend::RedisPool::open(
+            PoolAddr::Redis(r) => Backend::Redis(crate::redis::RedisPool::open(
                 r,
                 &addr.to_string(),
                 options.capacity,
@@ -185,6 +185,18 @@ impl Pool {
             Backend::File(p) => p.name(),
             #[cfg(feature = "redis")]
             Backend::Redis(p) => p.name(),
+        }
+    }
+
+    /// For a pool of leases (Redis), how long before the server could hand
+    /// a lease on its holder counts it lost: the time a holder has to stop
+    /// using what the slot guarded (see [`Slot::wait_lost`]). `None` for a
+    /// pool of locks, whose slots cannot be lost.
+    pub fn lease_margin(&self) -> Option<Duration> {
+        match &self.inner.backend {
+            Backend::File(_) => None,
+            #[cfg(feature = "redis")]
+            Backend::Redis(p) => Some(p.safety_margin()),
         }
     }
 
@@ -359,13 +371,35 @@ impl Slot {
     /// pool) cannot be lost while the guard lives; a lease-based slot (Redis
     /// pool) is lost when its lease ran out (the process was paused or cut
     /// off from the server): then this returns [`Error::SlotLost`] and the
-    /// caller must stop using what the slot guarded. For a lease this asks
-    /// the server (one round trip, which also renews the lease).
+    /// caller must stop using what the slot guarded. For a lease this also
+    /// asks the server (one round trip, which also renews the lease) unless
+    /// another check of the same pool handle is in flight; it never waits
+    /// longer than the lease's safety margin, whatever the network does.
     pub fn check(&self) -> Result<()> {
         match &self.pool.inner.backend {
             Backend::File(_) => Ok(()),
             #[cfg(feature = "redis")]
             Backend::Redis(p) => p.check(self.index),
+        }
+    }
+
+    /// Waits up to `timeout` for this slot to be lost; true when it is.
+    ///
+    /// Never asks the network: a lease-based slot counts as lost once its
+    /// holder failed to renew it for the lease time minus the safety
+    /// margin ([`Pool::lease_margin`]), or when a renewal found it gone.
+    /// That is before the server can give it to anyone else, so a caller
+    /// that stops what the slot guards within the margin never overlaps
+    /// with the next holder. A lock-based slot cannot be lost: this sleeps
+    /// for `timeout` and returns false.
+    pub fn wait_lost(&self, timeout: Duration) -> bool {
+        match &self.pool.inner.backend {
+            Backend::File(_) => {
+                std::thread::sleep(timeout);
+                false
+            }
+            #[cfg(feature = "redis")]
+            Backend::Redis(p) => p.wait_lost(self.index, timeout),
         }
     }
 

@@ -74,6 +74,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod console;
 mod error;
 mod joblog;
 mod options;

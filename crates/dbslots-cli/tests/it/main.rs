@@ -1,10 +1,13 @@
 //! Integration tests of the `dbslots` binary.
 
 mod browser;
+mod check;
 mod connections;
 mod exec;
 mod gate;
 mod import;
+mod lease;
 mod serve;
 mod spawn;
+mod support;
 mod watch;

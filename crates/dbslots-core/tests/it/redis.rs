@@ -12,13 +12,13 @@ use crate::support::{Holder, Outcome, holder_exe};
 
 /// Lease used by these tests: short enough to wait for, long enough for a
 /// loaded 2-core machine to renew in time.
-const LEASE_MS: u64 = 1000;
+pub const LEASE_MS: u64 = 1000;
 
-fn redis_url() -> Option<String> {
+pub fn redis_url() -> Option<String> {
     dbslots_testkit::shared_redis()
 }
 
-fn unique_pool(base: &str) -> String {
+pub fn unique_pool(base: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
@@ -240,4 +240,80 @@ fn a_redis_restart_never_over_admits() {
     }
     drop(slot);
     drop(pool);
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the test Redis URL is redis://127.0.0.1:PORT/0")
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos()
+}
+
+#[test]
+fn a_holder_cut_off_by_a_black_hole_knows_before_anyone_else_gets_its_slot() {
+    let _serial = crate::support::timing_sensitive();
+    let Some(url) = redis_url() else { return };
+    let lease = Duration::from_millis(2000);
+    let proxy = dbslots_testkit::FreezableProxy::start(std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        port_of(&url),
+    )))
+    .expect("proxy");
+    let name = format!("blackhole-{}-{}", std::process::id(), nanos());
+    let direct = format!("{url}?pool={name}&lease_ms={}", lease.as_millis());
+    let cut_off = format!(
+        "redis://127.0.0.1:{}/0?pool={name}&lease_ms={}",
+        proxy.port(),
+        lease.as_millis()
+    );
+    let opts = PoolOptions::new().capacity(1);
+    let holder_pool = Pool::open_str(&cut_off, &opts).expect("open through the proxy");
+    let margin = holder_pool.lease_margin().expect("a Redis pool has leases");
+    let slot = holder_pool.try_acquire().expect("try").expect("free slot");
+    let other = Pool::open_str(&direct, &opts).expect("open directly");
+    std::thread::sleep(lease / 2);
+    assert!(slot.check().is_ok(), "renewed through the proxy");
+
+    let frozen = Instant::now();
+    proxy.freeze();
+    let waiter = std::thread::spawn(move || {
+        let got = other
+            .acquire_timeout(lease * 3)
+            .expect("the slot comes back");
+        (Instant::now(), got)
+    });
+    // The holder keeps asking; no check may block longer than the margin.
+    let lost_at = loop {
+        let asked = Instant::now();
+        let answer = slot.check();
+        let took = asked.elapsed();
+        assert!(
+            took <= margin,
+            "Slot::check blocked {took:?} (margin {margin:?})"
+        );
+        if let Err(e) = answer {
+            assert!(matches!(e, Error::SlotLost { .. }), "{e}");
+            break Instant::now();
+        }
+        assert!(frozen.elapsed() < lease * 2, "never told");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (got_at, got) = waiter.join().expect("waiter");
+    assert!(
+        lost_at < got_at,
+        "the slot was handed on before its holder knew"
+    );
+    assert!(
+        got_at - frozen <= lease + Duration::from_secs(1),
+        "handed on {:?} after the cut",
+        got_at - frozen
+    );
+    assert_eq!(got.index(), 0);
 }
