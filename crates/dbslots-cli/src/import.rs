@@ -173,7 +173,7 @@ fn run_processor(args: RunArgs) -> anyhow::Result<ExitCode> {
     let pool = match &args.pool {
         Some(addr) => Some(Pool::open(
             PoolAddr::parse(addr)?,
-            &PoolOptions::new().capacity_opt(args.capacity),
+            PoolOptions::new().capacity_opt(args.capacity),
         )?),
         None => None,
     };
