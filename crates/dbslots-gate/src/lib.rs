@@ -21,7 +21,7 @@
 //! use dbslots_gate::{Gate, GateOptions};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let pool = Pool::open_str("/run/myapp/db-slots", &PoolOptions::new().capacity(140))?;
+//! let pool = Pool::open("/run/myapp/db-slots", PoolOptions::new().capacity(140))?;
 //! let options = GateOptions::new(
 //!     vec!["127.0.0.1:3307".parse()?, "unix:/run/dbslots-gate/mysql.sock".parse()?],
 //!     "127.0.0.1:3306".parse()?,

@@ -136,7 +136,7 @@ impl Admission {
     async fn agent(self: Arc<Self>, id: u64) {
         let mut backoff = Duration::from_millis(50);
         loop {
-            let got = self.pool.acquire_async().await;
+            let got = self.pool.acquire().await;
             let failed = got.is_err();
             let admit = got.map_err(|e| e.to_string());
             let leftover = {

@@ -398,7 +398,7 @@ fn a_queue_timeout_reaches_php_and_mariadb_as_error_1040_with_the_gates_message(
     let upstream = format!("{}:{}", upstream.ip_or_hostname(), upstream.tcp_port());
     let dir = tempfile::tempdir().unwrap();
     let pool_dir = dir.path().join("pool");
-    let pool = Pool::open(pool_dir.as_path(), &PoolOptions::new().capacity(1)).unwrap();
+    let pool = Pool::open(pool_dir.as_path(), PoolOptions::new().capacity(1)).unwrap();
     let held = pool.try_acquire().unwrap().expect("the only slot");
     let gate = GateProc::start(
         dir.path(),
@@ -484,7 +484,7 @@ fn an_unreachable_server_is_an_error_packet_and_the_slot_comes_back_at_once() {
     }
     let r = gate.report_when("three failures", |r| r.upstream_failures == 3);
     assert_eq!(r.queue_timeouts, 0);
-    let pool = Pool::open(pool_dir.as_path(), &PoolOptions::new()).unwrap();
+    let pool = Pool::open(pool_dir.as_path(), PoolOptions::new()).unwrap();
     assert_eq!(pool.stats().unwrap().active, 0);
 }
 
@@ -734,7 +734,7 @@ fn sigkill_of_the_gate_frees_its_slots_and_sigterm_drains() {
 
     // SIGKILL: three connections hold three slots; the kernel frees them.
     let mut gate = GateProc::start(dir.path(), &upstream, &pool_arg, &["--capacity", "3"]);
-    let pool = Pool::open(pool_dir.as_path(), &PoolOptions::new()).unwrap();
+    let pool = Pool::open(pool_dir.as_path(), PoolOptions::new()).unwrap();
     let url = gate.url();
     let conns = rt.block_on(async {
         let mut v = Vec::new();
@@ -899,7 +899,7 @@ fn ten_thousand_queued_clients_are_held_and_served_in_order() {
     let (upstream, _server) = numbering_server();
     let dir = tempfile::tempdir().unwrap();
     let pool_dir = dir.path().join("pool");
-    let pool = Pool::open(pool_dir.as_path(), &PoolOptions::new().capacity(1)).unwrap();
+    let pool = Pool::open(pool_dir.as_path(), PoolOptions::new().capacity(1)).unwrap();
     let held = pool.try_acquire().unwrap().expect("the only slot");
     let gate = GateProc::start(
         dir.path(),
