@@ -267,9 +267,7 @@ pub fn pool_stats_json(readings: &[PoolReading], now_ms: u64) -> Value {
     let pools: Vec<Value> = readings
         .iter()
         .map(|r| match &r.stats {
-            Ok(s) => serde_json::to_value(s).unwrap_or_else(
-                |e| json!({ "pool": r.name, "error": format!("cannot show the stats: {e}") }),
-            ),
+            Ok(s) => s.to_json(),
             Err(e) => json!({ "pool": r.name, "error": e }),
         })
         .collect();
@@ -398,6 +396,14 @@ pub fn render_metrics(
         "gauge",
         "Slots held right now.",
         |s| f64::from(s.active),
+    );
+    pool_family(
+        &mut out,
+        readings,
+        "dbslots_pool_over_capacity",
+        "gauge",
+        "Slots held beyond the capacity while a shrink drains.",
+        |s| f64::from(s.over_capacity()),
     );
     pool_family(
         &mut out,
