@@ -53,7 +53,7 @@ mod processlist;
 mod retry;
 mod server_url;
 
-pub use check::ServerCheck;
+pub use check::{AccountUsage, LimitSource, ServerCheck};
 pub use connector::{Connection, Connector, ConnectorOptions, Liveness};
 pub use error::{Attempt, Error, Result, codes};
 pub use limits::{AccountLimit, CapacitySuggestion, MIN_RESERVE, ServerLimits};
