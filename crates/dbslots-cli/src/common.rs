@@ -41,7 +41,7 @@ impl PoolArgs {
             opts = opts.group_name(g)?;
         }
         let addr = self.addr()?;
-        Pool::open(addr, &opts).map_err(anyhow::Error::from)
+        Pool::open(addr, opts).map_err(anyhow::Error::from)
     }
 }
 

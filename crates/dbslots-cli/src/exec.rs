@@ -109,8 +109,8 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let acquired = match args.timeout {
-        Some(t) => pool.acquire_timeout(t),
-        None => pool.acquire(),
+        Some(t) => pool.blocking_acquire_timeout(t),
+        None => pool.blocking_acquire(),
     };
     let slot = match acquired {
         Ok(slot) => slot,

@@ -159,6 +159,44 @@ impl From<&Path> for PoolAddr {
     }
 }
 
+/// Anything [`Pool::open`](crate::Pool::open) accepts as an address: a
+/// [`PoolAddr`], a path (`&Path`, `PathBuf`: always a directory), or a string
+/// (`&str`, `String`: parsed with [`PoolAddr::parse`], so it may also be a
+/// `redis://` address).
+///
+/// The trait is sealed: the list above is the whole list.
+pub trait IntoPoolAddr: sealed::Sealed {
+    /// The address, or [`Error::InvalidAddress`] for a string that is none.
+    fn into_pool_addr(self) -> Result<PoolAddr>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+macro_rules! into_pool_addr {
+    ($($t:ty => |$v:ident| $e:expr;)*) => {$(
+        impl sealed::Sealed for $t {}
+        impl IntoPoolAddr for $t {
+            fn into_pool_addr(self) -> Result<PoolAddr> {
+                let $v = self;
+                $e
+            }
+        }
+    )*};
+}
+
+into_pool_addr! {
+    PoolAddr => |a| Ok(a);
+    &PoolAddr => |a| Ok(a.clone());
+    PathBuf => |p| Ok(PoolAddr::Dir(p));
+    &PathBuf => |p| Ok(PoolAddr::Dir(p.clone()));
+    &Path => |p| Ok(PoolAddr::Dir(p.to_path_buf()));
+    &str => |s| PoolAddr::parse(s);
+    String => |s| PoolAddr::parse(&s);
+    &String => |s| PoolAddr::parse(s);
+}
+
 impl fmt::Display for PoolAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

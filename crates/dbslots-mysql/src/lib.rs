@@ -33,7 +33,7 @@
 //! use mysql_async::prelude::Queryable;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let pool = Pool::open(std::path::Path::new("/run/myapp/db-slots"), &PoolOptions::new().capacity(100))?;
+//! let pool = Pool::open("/run/myapp/db-slots", PoolOptions::new().capacity(100))?;
 //! let connector = Connector::new("mysql://app:secret@db:3306/app?prefer_socket=false", pool)?;
 //! let mut conn = connector.connect().await?;
 //! let n: Option<u64> = conn.query_first("SELECT COUNT(*) FROM jobs").await?;

@@ -5,7 +5,7 @@
 //! A run is three futures polled together by the caller's task:
 //!
 //! * the *starter* walks the worker indices in order. For each worker that
-//!   needs a slot it waits in the pool's FIFO queue (`acquire_async`), then
+//!   needs a slot it waits in the pool's FIFO queue (`acquire`), then
 //!   starts the worker and hands the `Slot` guard to the worker's
 //!   supervisor task, then yields once so that workers that exited
 //!   meanwhile are reaped and their slots freed (otherwise zombies would
@@ -441,7 +441,7 @@ impl Ctx {
             let acquired = tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| s.phase != Phase::Running) => return Flow::Stopped,
-                r = self.pool.acquire_async() => r,
+                r = self.pool.acquire() => r,
             };
             self.counters.waiting.store(false, Ordering::Relaxed);
             match acquired {
@@ -465,7 +465,7 @@ impl Ctx {
                 self.supervise(child, index, slot, done.clone());
                 // Let the supervisors reap the workers that exited meanwhile
                 // and give their slots back. Without this, a free slot makes
-                // `acquire_async` ready at once, the starter never yields,
+                // `acquire` ready at once, the starter never yields,
                 // and nobody is reaped until the pool is full: slots held by
                 // zombies, and every further start on the slow path of the
                 // pool (a waiter file, a thread, a futex wake-up).

@@ -1,5 +1,6 @@
 //! Integration tests of the `dbslots` binary.
 
+mod alerts;
 mod browser;
 mod check;
 mod connections;

@@ -424,7 +424,7 @@ fn ctrl_c_leaves_no_worker_running() {
         );
         let workers = sleepers.workers().len();
         assert!((10..40).contains(&workers), "{workers} workers started");
-        let pool = Pool::open(dir.path().join("pool"), &PoolOptions::new()).unwrap();
+        let pool = Pool::open(dir.path().join("pool"), PoolOptions::new()).unwrap();
         assert_eq!(pool.stats().unwrap().active, 0, "{extra:?}");
     }
 }
@@ -444,7 +444,7 @@ fn a_killed_spawner_leaves_every_worker_holding_its_slot() {
         assert_eq!(workers.len(), 10, "{extra:?}");
         thread::sleep(Duration::from_millis(300));
         let still: Vec<i32> = workers.iter().copied().filter(|p| alive(*p)).collect();
-        let pool = Pool::open(dir.path().join("pool"), &PoolOptions::new()).unwrap();
+        let pool = Pool::open(dir.path().join("pool"), PoolOptions::new()).unwrap();
         let stats = pool.stats().unwrap();
         let mut holders: Vec<i32> = stats
             .holders
@@ -606,7 +606,7 @@ fn a_stalled_reader_never_stalls_the_workers() {
         Duration::from_secs(30),
         || read_pids(&finished).len() == 200,
     );
-    let pool = Pool::open(dir.path().join("pool"), &PoolOptions::new()).unwrap();
+    let pool = Pool::open(dir.path().join("pool"), PoolOptions::new()).unwrap();
     wait_for("every slot to be freed", Duration::from_secs(2), || {
         pool.stats().unwrap().active == 0
     });
