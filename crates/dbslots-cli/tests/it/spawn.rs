@@ -730,7 +730,7 @@ fn a_slot_is_freed_only_when_the_workers_group_is_gone() {
         "workers started while an earlier worker's sleep ran"
     );
     assert!(wall >= Duration::from_secs(3), "{wall:?}");
-    let pool = Pool::open(dir.path().join("pool"), &PoolOptions::new()).unwrap();
+    let pool = Pool::open(dir.path().join("pool"), PoolOptions::new()).unwrap();
     assert_eq!(pool.stats().unwrap().active, 0);
 }
 
@@ -753,7 +753,7 @@ fn stopping_reaches_what_a_worker_left_behind() {
         read_pids(&left).len() == 1
     });
     let sleep = read_pids(&left)[0];
-    let pool = Pool::open(pool_dir.as_path(), &PoolOptions::new()).unwrap();
+    let pool = Pool::open(&pool_dir, PoolOptions::new()).unwrap();
     // The worker is gone, its sleep holds the slot, the second worker waits.
     thread::sleep(Duration::from_millis(300));
     assert!(alive(sleep));
@@ -807,7 +807,7 @@ echo $$ >> "$D/finished"
     });
     child.kill().unwrap();
     child.wait().unwrap();
-    let pool = Pool::open(pool_dir.as_path(), &PoolOptions::new()).unwrap();
+    let pool = Pool::open(&pool_dir, PoolOptions::new()).unwrap();
     let finished = dir.path().join("finished");
     let held = pool.stats().unwrap().active;
     wait_for("every worker to finish", Duration::from_secs(30), || {
