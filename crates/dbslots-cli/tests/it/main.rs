@@ -5,6 +5,7 @@ mod browser;
 mod check;
 mod connections;
 mod exec;
+mod gate;
 mod import;
 mod lease;
 mod serve;
