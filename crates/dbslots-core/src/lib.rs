@@ -42,7 +42,9 @@ mod pool;
 mod redis;
 mod stats;
 
-pub use addr::{IntoPoolAddr, PoolAddr, RedisAddr, default_pool_dir, redact};
+pub use addr::{
+    IntoPoolAddr, PoolAddr, RedisAddr, default_pool_dir, redact, redact_text, url_secrets,
+};
 pub use check::{
     CheckResult, CheckStatus, PerfData, PoolCheck, Problem, format_seconds, judge,
     percent_threshold,
