@@ -34,6 +34,7 @@
 
 mod addr;
 mod check;
+pub mod env;
 mod error;
 mod file;
 mod pool;

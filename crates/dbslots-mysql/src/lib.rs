@@ -29,7 +29,7 @@
 //!
 //! ```no_run
 //! use dbslots_core::{Pool, PoolOptions};
-//! use dbslots_mysql::Connector;
+//! use dbslots_mysql::{Connection, Connector};
 //! use mysql_async::prelude::Queryable;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -37,7 +37,7 @@
 //! let connector = Connector::new("mysql://app:secret@db:3306/app?prefer_socket=false", pool)?;
 //! let mut conn = connector.connect().await?;
 //! let n: Option<u64> = conn.query_first("SELECT COUNT(*) FROM jobs").await?;
-//! conn.close().await?;
+//! Connection::close(conn).await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -53,7 +53,7 @@ mod processlist;
 mod retry;
 
 pub use check::ServerCheck;
-pub use connector::{Connection, Connector, ConnectorOptions, Liveness};
+pub use connector::{Connection, Connector, ConnectorOptions, Liveness, connection_is_gone};
 pub use error::{Attempt, Error, Result, codes};
 pub use limits::{AccountLimit, CapacitySuggestion, MIN_RESERVE, ServerLimits};
 pub use monitor::connect_monitor;

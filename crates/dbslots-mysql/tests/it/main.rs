@@ -3,6 +3,7 @@
 //! and private servers for tests that need their own limits.
 
 mod dropped;
+mod from_env;
 mod idle;
 mod max_connections;
 mod reconnect;
