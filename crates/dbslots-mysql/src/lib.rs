@@ -56,10 +56,13 @@ mod server_url;
 pub use check::{AccountUsage, LimitSource, ServerCheck};
 pub use connector::{Connection, Connector, ConnectorOptions, Liveness, connection_is_gone};
 pub use error::{Attempt, Error, Result, codes};
-pub use limits::{AccountLimit, CapacitySuggestion, MIN_RESERVE, ServerLimits};
+pub use limits::{
+    AccountLimit, CapacityBound, CapacitySuggestion, Fleet, MIN_RESERVE, ServerLimits,
+};
 pub use monitor::{connect_monitor, connect_monitor_to};
 pub use mysql_async;
 pub use processlist::{
-    IdleRule, IdleVictim, KillOutcome, Process, ProcessGroup, Processlist, kill_idle,
+    IdleAccounts, IdleKills, IdleRule, IdleVictim, KillOutcome, MIN_MAX_IDLE, Process,
+    ProcessGroup, Processlist, kill_idle,
 };
 pub use server_url::{ServerUrl, SslMode};

@@ -372,3 +372,66 @@ fn pool_check_of_a_missing_pool_is_unknown() {
         "{line}"
     );
 }
+
+/// A `dbslots` process in its own process group, killed with it on drop.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's process group.
+        unsafe {
+            libc::kill(-(self.0.id() as libc::pid_t), libc::SIGKILL);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn pool_check_of_a_redis_pool_names_hosts() {
+    use std::os::unix::process::CommandExt;
+    let Some(url) = dbslots_testkit::shared_redis() else {
+        return;
+    };
+    let pool = format!("{url}?pool=check-{}", std::process::id());
+    let start = |host: &str, command: &[&str]| {
+        Killed(
+            dbslots()
+                .args(["exec", "--pool", &pool, "--capacity", "1", "--"])
+                .args(command)
+                .env("DBSLOTS_HOST", host)
+                .process_group(0)
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn dbslots exec"),
+        )
+    };
+    let _holder = start("web-1", &["sleep", "60"]);
+    crate::support::wait_for("the holder", Duration::from_secs(20), || {
+        (crate::support::status(&pool)?["active"] == 1).then_some(())
+    });
+    let mut waiters = Vec::new();
+    for i in 0..2 {
+        waiters.push(start("web-2", &["true"]));
+        crate::support::wait_for("a waiter", Duration::from_secs(20), || {
+            (crate::support::status(&pool)?["waiting"] == i + 1).then_some(())
+        });
+    }
+    let (code, line, _) =
+        check(dbslots().args(["status", "--check", "--pool", &pool, "--warn-waiting", "1"]));
+    assert_eq!(code, 1, "{line}");
+    assert!(line.contains("2 waiting (more than 1)"), "{line}");
+    assert!(line.contains(" on web-1 has held slot 0 for "), "{line}");
+    // The password-free address, never more.
+    assert!(line.starts_with("WARNING: pool redis://"), "{line}");
+    std::thread::sleep(Duration::from_millis(1200));
+    let (code, line, _) =
+        check(dbslots().args(["status", "--check", "--pool", &pool, "--crit-wait", "1"]));
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.contains(&format!(
+            "the oldest waiter (pid {} on web-2) has waited ",
+            waiters[0].0.id()
+        )),
+        "{line}"
+    );
+}
