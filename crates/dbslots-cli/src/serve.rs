@@ -288,10 +288,20 @@ pub struct ServerReading {
 /// `connections`), plus `user_limit` ([`ServerLimits::user_limit`]).
 pub fn server_json(url: &str, reading: &ServerReading) -> Value {
     let limits = &reading.limits;
+    // As `dbslots connections` without --for-user: the workers are the
+    // URL's (the monitor's) account; the others' connections are counted.
+    let fleet = dbslots_mysql::Fleet {
+        user: limits
+            .account
+            .rsplit_once('@')
+            .map_or(limits.account.as_str(), |(user, _)| user)
+            .to_string(),
+        hosts: 1,
+    };
     json!({
         "url": url,
         "limits": limits,
-        "suggested_capacity": limits.suggest_capacity(),
+        "suggested_capacity": limits.suggest_capacity_for(&reading.processlist, &fleet),
         "groups": reading.processlist.groups(),
         "connections": reading.processlist.processes,
         "user_limit": limits.user_limit(),
