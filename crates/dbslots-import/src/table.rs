@@ -245,7 +245,7 @@ pub(crate) async fn load(conn: &mut Conn, name: &str) -> DbResult<Result<Table, 
     );
     let rows: Vec<ColumnRow> = conn
         .exec(
-            "SELECT COLUMN_NAME, LOWER(DATA_TYPE), LOWER(COLUMN_TYPE), IS_NULLABLE, COLUMN_DEFAULT, \
+            "SELECT COLUMN_NAME, LOWER(DATA_TYPE), COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, \
                CHARACTER_MAXIMUM_LENGTH, CHARACTER_OCTET_LENGTH, LOWER(CHARACTER_SET_NAME), LOWER(EXTRA), \
                LOWER(COLLATION_NAME) \
              FROM information_schema.COLUMNS \
