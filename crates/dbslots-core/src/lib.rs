@@ -35,6 +35,7 @@
 
 mod addr;
 mod check;
+pub mod env;
 mod error;
 mod file;
 mod pool;

@@ -11,4 +11,5 @@ mod lease;
 mod serve;
 mod spawn;
 mod support;
+mod tls;
 mod watch;
