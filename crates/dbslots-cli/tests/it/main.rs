@@ -8,6 +8,7 @@ mod exec;
 mod gate;
 mod import;
 mod lease;
+mod redaction;
 mod serve;
 mod spawn;
 mod support;
