@@ -72,21 +72,31 @@ fn steps(args: &[String], scratch: TempDir) -> Result<()> {
 
 // Step "ensure chromium": the dashboard test of `dbslots serve` loads the
 // page in Debian's headless Chromium, the `dbslots watch` test drives
-// the view in tmux, and the alert rules test runs promtool; they fail under
+// the view in tmux, the alert rules test runs promtool, and the gate tests
+// drive PHP PDO and the mariadb client; they fail under
 // DBSLOTS_TEST_REQUIRE_SERVERS=1 when their program is missing, so this
 // step installs what is missing first.
 
-/// What the browser, terminal and alert rules tests need: a file, and the
+/// What the browser, terminal, alert rules and gate tests need: a file, and the
 /// Debian package that provides it (a font, so that the screenshot shows
 /// text).
 const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("/usr/bin/chromium", "chromium"),
     ("/usr/bin/tmux", "tmux"),
+    // tests/foreign.rs runs the PHP and Python clients of docs/protocol.md.
+    ("/usr/bin/php", "php-cli"),
+    ("/usr/bin/python3", "python3"),
     ("/usr/bin/promtool", "prometheus"),
     (
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
         "fonts-dejavu-core",
     ),
+    // The gate's tests drive real clients: PHP PDO (pcntl is built into
+    // Debian's php-cli), the mariadb client, and openssl for TLS certificates.
+    ("/usr/share/doc/php-cli/copyright", "php-cli"),
+    ("/usr/share/doc/php-mysql/copyright", "php-mysql"),
+    ("/usr/bin/mariadb", "mariadb-client"),
+    ("/usr/bin/openssl", "openssl"),
 ];
 
 /// Installs the missing [`TEST_PROGRAMS`] with apt-get as root, saying so;
@@ -107,12 +117,12 @@ fn ensure_chromium() -> Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         anyhow::bail!(
-            "the browser, terminal and alert rules tests need the Debian packages {list}, which are missing: \
+            "the browser, terminal, alert rules and gate tests need the Debian packages {list}, which are missing: \
              run `sudo apt-get install -y {list}` and try again"
         );
     }
     eprintln!(
-        "xtask: the browser, terminal and alert rules tests need {list}: installing with apt-get"
+        "xtask: the browser, terminal, alert rules and gate tests need {list}: installing with apt-get"
     );
     let apt = |args: &[&str]| {
         let mut command = std::process::Command::new("apt-get");

@@ -13,25 +13,21 @@
 //! * `report` (administrative account) prints the rows queued and processed
 //!   and the server's connection counters, as JSON.
 //!
-//! How `work` connects depends on what it was given, like any worker of
-//! `dbslots spawn`:
-//!
-//! * `DBSLOTS_SLOT` set: the spawner holds a slot for this worker, so it
-//!   connects directly and must not take a second slot;
-//! * else `DBSLOTS_POOL` set: it takes its own slot through
-//!   [`dbslots_mysql::Connector`] (the reference batch mode);
-//! * `--no-slots`: it connects directly with the reference system's retries
-//!   (5 attempts, 100 ms doubling), the way that ran into 1040.
+//! `work` connects the way any worker of `dbslots spawn` should, with
+//! [`Connector::from_env`]: through the slot the spawner holds for it when
+//! `DBSLOTS_SLOT` is set, else through a slot of its own from the pool
+//! `DBSLOTS_POOL` names (the reference batch mode). Under `--no-slots` it
+//! connects directly with the reference system's retries (5 attempts,
+//! 100 ms doubling), the way that ran into 1040.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use dbslots_core::{Pool, PoolOptions};
 use dbslots_mysql::mysql_async::prelude::Queryable;
-use dbslots_mysql::mysql_async::{self, Conn, Opts, TxOpts};
-use dbslots_mysql::{Attempt, Connector, ServerLimits, codes};
+use dbslots_mysql::mysql_async::{self, Conn, TxOpts};
+use dbslots_mysql::{Attempt, Connection, Connector, ConnectorOptions, ServerLimits, codes};
 use serde_json::json;
 
 /// The jobs table.
@@ -135,15 +131,17 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn opts(url: &str) -> Result<Opts> {
-    Opts::from_url(url).with_context(|| format!("invalid URL {}", dbslots_core::redact(url)))
+/// The server of `url`, TLS as its `ssl-mode` says (PREFERRED by default).
+fn server(url: &str) -> Result<dbslots_mysql::ServerUrl> {
+    dbslots_mysql::ServerUrl::parse(url).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 async fn prepare(admin_url: &str, url: &str, workers: u32, per_worker: u32) -> Result<()> {
     if workers == 0 || per_worker == 0 {
         bail!("--workers and --rows-per-worker must be at least 1");
     }
-    let mut conn = Conn::new(opts(admin_url)?)
+    let mut conn = server(admin_url)?
+        .connect()
         .await
         .context("cannot connect as the administrator")?;
     conn.query_drop(format!("DROP TABLE IF EXISTS {TABLE}"))
@@ -181,7 +179,8 @@ async fn prepare(admin_url: &str, url: &str, workers: u32, per_worker: u32) -> R
     conn.query_drop("FLUSH STATUS").await?;
     conn.disconnect().await?;
 
-    let mut user = Conn::new(opts(url)?)
+    let mut user = server(url)?
+        .connect()
         .await
         .context("cannot connect as the workers' account")?;
     let limits = ServerLimits::read(&mut user).await?;
@@ -248,19 +247,19 @@ impl Opened {
     async fn close(self) -> Result<()> {
         match self {
             Opened::Direct(c) => c.disconnect().await?,
-            Opened::Slotted(c) => c.close().await?,
+            Opened::Slotted(c) => Connection::close(c).await?,
         }
         Ok(())
     }
 }
 
 async fn connect_direct(url: &str, refusals: &mut Refusals) -> Result<Conn> {
-    let opts = opts(url)?;
+    let server = server(url)?;
     let mut delay = DIRECT_FIRST_DELAY;
     for attempt in 1..=DIRECT_ATTEMPTS {
         // Like PDO's ATTR_TIMEOUT in the reference: a connect lost in an
         // overflowing listen backlog would otherwise wait forever.
-        match tokio::time::timeout(DIRECT_TIMEOUT, Conn::new(opts.clone())).await {
+        match tokio::time::timeout(DIRECT_TIMEOUT, server.connect()).await {
             Ok(Ok(conn)) => return Ok(conn),
             Ok(Err(e)) => {
                 let code = match &e {
@@ -298,7 +297,7 @@ async fn wait_until_unix_ms(at: u64) {
 }
 
 async fn work(url: &str, hold: Duration, no_slots: bool) -> Result<()> {
-    let index = env_u32("DBSLOTS_WORKER_INDEX")?;
+    let index = env_u32(dbslots_core::env::WORKER_INDEX)?;
     let started = Instant::now();
     let mut refusals = Refusals::default();
     let (path, opened) = if no_slots {
@@ -306,18 +305,13 @@ async fn work(url: &str, hold: Duration, no_slots: bool) -> Result<()> {
             "no-slots",
             connect_direct(url, &mut refusals).await.map(Opened::Direct),
         )
-    } else if std::env::var_os("DBSLOTS_SLOT").is_some() {
-        // The spawner holds our slot: a second one from the same pool
-        // would be waiting for ourselves once the pool is full.
-        (
-            "spawner-slot",
-            connect_direct(url, &mut refusals).await.map(Opened::Direct),
-        )
     } else {
-        let pool_dir = std::env::var("DBSLOTS_POOL")
-            .context("neither DBSLOTS_SLOT nor DBSLOTS_POOL is set: run me with `dbslots spawn`")?;
-        let pool = Pool::open(&pool_dir, PoolOptions::new())?;
-        let connector = Connector::new(url, pool)?;
+        let path = if std::env::var_os(dbslots_core::env::SLOT).is_some() {
+            "spawner-slot"
+        } else {
+            "connector"
+        };
+        let connector = Connector::from_env(url, ConnectorOptions::new())?;
         let opened = match connector.connect().await {
             Ok(conn) => {
                 refusals.attempts(conn.failed_attempts());
@@ -332,7 +326,7 @@ async fn work(url: &str, hold: Duration, no_slots: bool) -> Result<()> {
                 Err(anyhow::Error::from(e))
             }
         };
-        ("connector", opened)
+        (path, opened)
     };
     let result = match opened {
         Ok(mut conn) => {
@@ -401,7 +395,8 @@ fn checksum(payload: &str) -> u64 {
 }
 
 async fn report(admin_url: &str) -> Result<()> {
-    let mut conn = Conn::new(opts(admin_url)?)
+    let mut conn = server(admin_url)?
+        .connect()
         .await
         .context("cannot connect as the administrator")?;
     let (queued, done, processed, twice): (u64, Option<u64>, Option<u64>, Option<u64>) = conn
