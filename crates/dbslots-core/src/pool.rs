@@ -470,8 +470,8 @@ impl Slot {
     /// `DBSLOTS_SLOT` (the slot number) and `DBSLOTS_POOL` (the address).
     pub fn child_env(&self) -> [(&'static str, String); 2] {
         [
-            ("DBSLOTS_SLOT", self.index.to_string()),
-            ("DBSLOTS_POOL", self.pool.addr().to_string()),
+            (crate::env::SLOT, self.index.to_string()),
+            (crate::env::POOL, self.pool.addr().to_string()),
         ]
     }
 
