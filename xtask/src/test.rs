@@ -84,6 +84,8 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
         "fonts-dejavu-core",
     ),
+    // The Redis TLS tests make their certificates with openssl.
+    ("/usr/bin/openssl", "openssl"),
 ];
 
 /// Installs the missing [`TEST_PROGRAMS`] with apt-get as root, saying so;

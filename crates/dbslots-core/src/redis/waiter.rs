@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use super::{RedisPool, WAIT_BOUNDS_MS, token};
-use crate::addr::redact;
+use crate::addr::redact_redis;
 use crate::error::{Error, Result};
 use crate::file::interrupt::CancelToken;
 
@@ -61,7 +61,7 @@ impl RedisPool {
             let mut conn = match shared.connector.connect() {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    tracing::warn!(pool = %shared.name, error = %redact(&e.to_string()), "cannot subscribe to slot notifications; polling");
+                    tracing::warn!(pool = %shared.name, error = %redact_redis(&e.to_string()), "cannot subscribe to slot notifications; polling");
                     None
                 }
             };
@@ -70,7 +70,7 @@ impl RedisPool {
                 match ps.subscribe(&shared.keys.channel) {
                     Ok(()) => Some(ps),
                     Err(e) => {
-                        tracing::warn!(pool = %shared.name, error = %redact(&e.to_string()), "cannot subscribe to slot notifications; polling");
+                        tracing::warn!(pool = %shared.name, error = %redact_redis(&e.to_string()), "cannot subscribe to slot notifications; polling");
                         None
                     }
                 }
@@ -145,7 +145,7 @@ impl RedisPool {
                         }
                         Err(e) if e.is_timeout() => {}
                         Err(e) => {
-                            tracing::warn!(pool = %shared.name, error = %redact(&e.to_string()), "lost the slot notification channel; subscribing again");
+                            tracing::warn!(pool = %shared.name, error = %redact_redis(&e.to_string()), "lost the slot notification channel; subscribing again");
                             resubscribe = true;
                             break;
                         }
