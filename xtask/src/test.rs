@@ -71,20 +71,32 @@ fn steps(args: &[String], scratch: TempDir) -> Result<()> {
 }
 
 // Step "ensure chromium": the dashboard test of `dbslots serve` loads the
-// page in Debian's headless Chromium, and the `dbslots watch` test drives
-// the view in tmux; both fail under DBSLOTS_TEST_REQUIRE_SERVERS=1 when
-// their program is missing, so this step installs what is missing first.
+// page in Debian's headless Chromium, the `dbslots watch` test drives
+// the view in tmux, the alert rules test runs promtool, and the gate tests
+// drive PHP PDO and the mariadb client; they fail under
+// DBSLOTS_TEST_REQUIRE_SERVERS=1 when their program is missing, so this
+// step installs what is missing first.
 
-/// What the browser and terminal tests need: a file, and the Debian package
-/// that provides it (a font, so that the screenshot shows text).
+/// What the browser, terminal, alert rules and gate tests need: a file, and the
+/// Debian package that provides it (a font, so that the screenshot shows
+/// text).
 const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("/usr/bin/chromium", "chromium"),
     ("/usr/bin/tmux", "tmux"),
+    // tests/foreign.rs runs the PHP and Python clients of docs/protocol.md.
+    ("/usr/bin/php", "php-cli"),
+    ("/usr/bin/python3", "python3"),
+    ("/usr/bin/promtool", "prometheus"),
     (
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
         "fonts-dejavu-core",
     ),
-    // The Redis TLS tests make their certificates with openssl.
+    // The gate's tests drive real clients: PHP PDO (pcntl is built into
+    // Debian's php-cli), the mariadb client, and openssl for TLS certificates
+    // (the Redis TLS tests make theirs with it too).
+    ("/usr/share/doc/php-cli/copyright", "php-cli"),
+    ("/usr/share/doc/php-mysql/copyright", "php-mysql"),
+    ("/usr/bin/mariadb", "mariadb-client"),
     ("/usr/bin/openssl", "openssl"),
 ];
 
@@ -106,11 +118,13 @@ fn ensure_chromium() -> Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         anyhow::bail!(
-            "the browser and terminal tests need the Debian packages {list}, which are missing: \
+            "the browser, terminal, alert rules and gate tests need the Debian packages {list}, which are missing: \
              run `sudo apt-get install -y {list}` and try again"
         );
     }
-    eprintln!("xtask: the browser and terminal tests need {list}: installing with apt-get");
+    eprintln!(
+        "xtask: the browser, terminal, alert rules and gate tests need {list}: installing with apt-get"
+    );
     let apt = |args: &[&str]| {
         let mut command = std::process::Command::new("apt-get");
         command

@@ -42,9 +42,21 @@ use crate::exec::parse_seconds;
 /// from the same pool. Workers run in their own process groups, with stdin
 /// from their slot or from /dev/null.
 ///
-/// Ctrl-C, SIGTERM or SIGHUP: nothing new starts, every worker (with its
-/// children) gets SIGTERM, and SIGKILL after --grace seconds or at a second
-/// signal. A summary goes to stderr at the end.
+/// A worker's slot is given back only when no process of the worker's
+/// process group is left: a worker that exits but leaves a child behind
+/// keeps its slot until the child ends too.
+///
+/// Workers' lines (prefixed with [INDEX]) are written by a thread of their
+/// own: when stdout or stderr is not read (a pager left on a page, a
+/// stalled terminal), lines that do not fit in 2 MiB are dropped and
+/// counted, and the fleet runs on. --log-dir keeps every line. If dbslots
+/// dies, the workers' output pipes break: workers start with SIGPIPE
+/// ignored, so they run on (a failed write of theirs is theirs to handle).
+///
+/// Ctrl-C, SIGTERM or SIGHUP: nothing new starts, every worker's process
+/// group (with what a worker left behind) gets SIGTERM, and SIGKILL after
+/// --grace seconds or at a second signal. A summary goes to stderr at the
+/// end.
 ///
 /// Exit status: 0 when every worker exited with 0; 1 when any failed or was
 /// killed by a signal; 2 on a usage error or when the pool, the joblog or
@@ -169,6 +181,22 @@ fn spawn(args: SpawnArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let summary = runtime.block_on(spawner.run())?;
-    eprintln!("dbslots spawn: {summary}");
+    print_summary(format!("dbslots spawn: {summary}\n"));
     Ok(ExitCode::from(summary.exit_code()))
+}
+
+/// How long the summary may take to write before dbslots exits without it.
+const SUMMARY_WAIT: Duration = Duration::from_millis(250);
+
+/// Writes the summary to stderr from a thread of its own: when nobody
+/// reads stderr (the run then ended by a signal, see `Output::Prefixed`),
+/// dbslots exits after [`SUMMARY_WAIT`] rather than hang in the write.
+fn print_summary(text: String) {
+    use std::io::Write as _;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = std::io::stderr().write_all(text.as_bytes());
+        let _ = tx.send(());
+    });
+    let _ = rx.recv_timeout(SUMMARY_WAIT);
 }

@@ -292,15 +292,20 @@ pub struct Problem {
 /// `text` on one line: line breaks become `; `, runs of white space one
 /// space, and `|` (the start of the performance data) becomes `/`.
 fn one_line(text: &str) -> String {
-    text.replace('|', "/")
-        .lines()
-        .map(|l| l.trim().trim_end_matches(';'))
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+    let mut out = String::new();
+    for line in text.replace('|', "/").lines() {
+        let line = line.split_whitespace().collect::<Vec<_>>().join(" ");
+        let line = line.trim_end_matches(';');
+        if line.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            // A line that introduces the next (ends with ':') needs no ';'.
+            out.push_str(if out.ends_with(':') { " " } else { "; " });
+        }
+        out.push_str(line);
+    }
+    out
 }
 
 /// When a pool needs attention: too many waiters, or a waiter waiting too
@@ -490,6 +495,10 @@ mod tests {
         assert_eq!(r.exit_code(), 2);
         assert_eq!(r.line(), "CRITICAL: worse; a / b; c; measured | 'x'=1;;;0");
         let u = CheckResult::unknown("cannot connect\nwhat to do: start it");
+        assert_eq!(
+            CheckResult::unknown("to get in:\n  1. a\n  2. b").line(),
+            "UNKNOWN: to get in: 1. a; 2. b"
+        );
         assert_eq!(u.exit_code(), 3);
         assert_eq!(u.line(), "UNKNOWN: cannot connect; what to do: start it");
     }

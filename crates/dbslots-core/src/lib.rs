@@ -9,22 +9,28 @@
 //! directory (in any container on the host) takes part, including PHP or
 //! Python workers with their own `flock` (see `docs/protocol.md`).
 //!
-//! Waiting is built around that: an acquirer that finds no free slot queues
-//! on the pool's `gate` file with a blocking `flock` (the kernel serves those
-//! in arrival order), and the head of the queue sleeps on a futex in a shared
-//! memory-mapped board that every release bumps. A freed slot reaches the
-//! next waiter in one futex wake-up instead of a polling interval.
+//! Waiting is built around that: an acquirer that finds no free slot takes a
+//! ticket in a shared memory-mapped board and sleeps on its own futex word
+//! there; a release wakes the head of the queue directly, so a freed slot
+//! reaches the next waiter in one futex wake-up instead of a polling
+//! interval. A waiter that is not running (stopped, frozen) is passed over
+//! within tens of milliseconds and keeps its place for when it resumes.
 //!
 //! ```no_run
 //! use dbslots_core::{Pool, PoolOptions};
 //! use std::time::Duration;
 //!
-//! let pool = Pool::open(std::path::Path::new("/run/myapp/db-slots"), &PoolOptions::new().capacity(150))?;
-//! let slot = pool.acquire_timeout(Duration::from_secs(30))?;
+//! # async fn work() -> dbslots_core::Result<()> {
+//! let pool = Pool::open("/run/myapp/db-slots", PoolOptions::new().capacity(150))?;
+//! let slot = pool.acquire_timeout(Duration::from_secs(30)).await?;
 //! // ... connect to MySQL, work, disconnect ...
 //! drop(slot);
-//! # Ok::<(), dbslots_core::Error>(())
+//! # Ok(())
+//! # }
 //! ```
+//!
+//! Threads without an async runtime use the blocking forms,
+//! [`Pool::blocking_acquire`] and [`Pool::blocking_acquire_timeout`].
 #![deny(missing_docs)]
 
 mod addr;
@@ -36,7 +42,9 @@ mod pool;
 mod redis;
 mod stats;
 
-pub use addr::{PoolAddr, RedisAddr, default_pool_dir, redact};
+pub use addr::{
+    IntoPoolAddr, PoolAddr, RedisAddr, default_pool_dir, redact, redact_text, url_secrets,
+};
 pub use check::{
     CheckResult, CheckStatus, PerfData, PoolCheck, Problem, format_seconds, judge,
     percent_threshold,

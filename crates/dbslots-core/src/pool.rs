@@ -4,9 +4,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::addr::PoolAddr;
+use crate::addr::{IntoPoolAddr, PoolAddr};
 use crate::error::{Error, Result};
-use crate::file::interrupt::CancelToken;
+use crate::file::cancel::CancelToken;
 use crate::file::{FileOptions, FilePool};
 use crate::stats::PoolStats;
 
@@ -103,12 +103,34 @@ enum Backend {
 ///   newcomers queue behind instead of taking a slot that was just freed.
 /// * **Hand-off.** A release wakes the head waiter directly (a futex
 ///   wake-up, tens of microseconds); nobody sleeps and polls.
-/// * **Cancellation.** Dropping the future of [`Pool::acquire_async`] never
+/// * **Cancellation.** Dropping the future of [`Pool::acquire`] never
 ///   leaks a slot: a slot obtained after the drop is released at once.
 ///
+/// # Async first
+///
+/// [`Pool::acquire`] and [`Pool::acquire_timeout`] are `async` (tokio, the
+/// default `tokio` feature); [`Pool::try_acquire`] never waits; the forms
+/// that block the calling thread say so: [`Pool::blocking_acquire`] and
+/// [`Pool::blocking_acquire_timeout`].
+///
+/// # What a waiter costs
+///
+/// A waiter sleeps in the kernel (a futex word of its own on the pool's
+/// shared board; a blocking subscription for a Redis pool),
+/// so every acquisition that has to wait occupies one thread while it
+/// waits: an async one occupies a thread of tokio's blocking pool
+/// (`spawn_blocking`), which is returned when the wait ends or the future
+/// is dropped. An acquisition that finds a free slot nobody queues for
+/// takes it without a thread. tokio caps its blocking pool at 512 threads
+/// by default (`Builder::max_blocking_threads`): a process that keeps more
+/// acquisitions waiting at once queues the excess in tokio before they
+/// reach the pool's queue (their deadlines still count from the call), and
+/// other `spawn_blocking` work (`tokio::fs`) waits behind them.
+///
 /// A `Pool` is cheap to clone (an `Arc`); clones share file descriptors.
-/// Do not use a `Pool` across `fork` without `exec`: open it again in the
-/// child.
+/// A `Pool` does not survive `fork` without `exec`: used in a forked child
+/// it fails with [`Error::Forked`] (and a [`Slot`] dropped there leaves the
+/// parent's slot alone); open the pool again in the child.
 #[derive(Clone)]
 pub struct Pool {
     inner: Arc<Inner>,
@@ -131,8 +153,18 @@ impl fmt::Debug for Pool {
 impl Pool {
     /// Opens the pool at `addr`, creating it when `options` has a capacity
     /// and the pool does not exist yet.
-    pub fn open(addr: impl Into<PoolAddr>, options: &PoolOptions) -> Result<Pool> {
-        let addr = addr.into();
+    ///
+    /// `addr` is a [`PoolAddr`], a path (`&Path`, `PathBuf`) or a string
+    /// (`&str`, `String`, parsed with [`PoolAddr::parse`]):
+    ///
+    /// ```no_run
+    /// use dbslots_core::{Pool, PoolOptions};
+    ///
+    /// let pool = Pool::open("/run/app/db", PoolOptions::new().capacity(150))?;
+    /// # Ok::<(), dbslots_core::Error>(())
+    /// ```
+    pub fn open(addr: impl IntoPoolAddr, options: PoolOptions) -> Result<Pool> {
+        let addr = addr.into_pool_addr()?;
         let backend = match &addr {
             PoolAddr::Dir(dir) => Backend::File(FilePool::open(
                 dir,
@@ -159,11 +191,6 @@ impl Pool {
         Ok(Pool {
             inner: Arc::new(Inner { addr, backend }),
         })
-    }
-
-    /// Parses `addr` (see [`PoolAddr::parse`]) and opens it.
-    pub fn open_str(addr: &str, options: &PoolOptions) -> Result<Pool> {
-        Pool::open(PoolAddr::parse(addr)?, options)
     }
 
     /// The pool's address.
@@ -212,13 +239,56 @@ impl Pool {
     }
 
     /// Waits as long as it takes for a slot.
-    pub fn acquire(&self) -> Result<Slot> {
-        self.acquire_until(None, &CancelToken::new())
+    ///
+    /// Waiters are served in arrival order (see the [contract](Pool#contract)).
+    /// A free slot nobody queues for is taken on the calling task without a
+    /// thread hop; otherwise the wait runs on tokio's blocking pool (see
+    /// [what a waiter costs](Pool#what-a-waiter-costs)).
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: dropping the future never leaks a slot. A
+    /// waiter that is dropped leaves the queue (its thread is woken),
+    /// and a slot it obtained in the meantime is released at once. Like
+    /// tokio's `Semaphore::acquire`, cancelling loses the place in the queue.
+    ///
+    /// # Panics
+    ///
+    /// When called outside a tokio runtime and no slot is free.
+    #[cfg(feature = "tokio")]
+    pub async fn acquire(&self) -> Result<Slot> {
+        self.acquire_until_async(None).await
     }
 
     /// Waits up to `timeout` for a slot; [`Error::Timeout`] after that.
-    pub fn acquire_timeout(&self, timeout: Duration) -> Result<Slot> {
-        self.acquire_until(Some(Instant::now() + timeout), &CancelToken::new())
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe, as [`Pool::acquire`] is: dropping the
+    /// future never leaks a slot, and loses the place in the queue.
+    ///
+    /// # Panics
+    ///
+    /// When called outside a tokio runtime and no slot is free.
+    #[cfg(feature = "tokio")]
+    pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Slot> {
+        self.acquire_until_async(deadline_after(timeout)).await
+    }
+
+    /// Blocks the calling thread until a slot is free.
+    ///
+    /// For threads and programs without an async runtime. Do not call it
+    /// from async code: it stalls a runtime worker for as long as it waits;
+    /// use [`Pool::acquire`] there.
+    pub fn blocking_acquire(&self) -> Result<Slot> {
+        self.acquire_until(None, &CancelToken::new())
+    }
+
+    /// Blocks the calling thread up to `timeout` for a slot;
+    /// [`Error::Timeout`] after that. The blocking form of
+    /// [`Pool::acquire_timeout`]; not for async code.
+    pub fn blocking_acquire_timeout(&self, timeout: Duration) -> Result<Slot> {
+        self.acquire_until(deadline_after(timeout), &CancelToken::new())
     }
 
     fn acquire_until(&self, deadline: Option<Instant>, cancel: &CancelToken) -> Result<Slot> {
@@ -233,21 +303,8 @@ impl Pool {
         Ok(self.guard(index))
     }
 
-    /// Async form of [`Pool::acquire`] (tokio). Cancellation-safe.
     #[cfg(feature = "tokio")]
-    pub async fn acquire_async(&self) -> Result<Slot> {
-        self.acquire_async_until(None).await
-    }
-
-    /// Async form of [`Pool::acquire_timeout`] (tokio). Cancellation-safe.
-    #[cfg(feature = "tokio")]
-    pub async fn acquire_async_timeout(&self, timeout: Duration) -> Result<Slot> {
-        self.acquire_async_until(Some(Instant::now() + timeout))
-            .await
-    }
-
-    #[cfg(feature = "tokio")]
-    async fn acquire_async_until(&self, deadline: Option<Instant>) -> Result<Slot> {
+    async fn acquire_until_async(&self, deadline: Option<Instant>) -> Result<Slot> {
         if let Backend::File(p) = &self.inner.backend
             && let Some(i) = p.try_acquire_fast()?
         {
@@ -310,6 +367,12 @@ impl Pool {
             released: false,
         }
     }
+}
+
+/// The deadline `timeout` from now; `None` (no deadline) for a timeout too
+/// long to represent, such as `Duration::MAX`.
+fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
 }
 
 /// A held slot; released when dropped.

@@ -33,7 +33,7 @@
 //! use mysql_async::prelude::Queryable;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let pool = Pool::open(std::path::Path::new("/run/myapp/db-slots"), &PoolOptions::new().capacity(100))?;
+//! let pool = Pool::open("/run/myapp/db-slots", PoolOptions::new().capacity(100))?;
 //! let connector = Connector::new("mysql://app:secret@db:3306/app?prefer_socket=false", pool)?;
 //! let mut conn = connector.connect().await?;
 //! let n: Option<u64> = conn.query_first("SELECT COUNT(*) FROM jobs").await?;
@@ -51,13 +51,15 @@ mod limits;
 mod monitor;
 mod processlist;
 mod retry;
+mod server_url;
 
-pub use check::ServerCheck;
+pub use check::{AccountUsage, LimitSource, ServerCheck};
 pub use connector::{Connection, Connector, ConnectorOptions, Liveness};
 pub use error::{Attempt, Error, Result, codes};
 pub use limits::{AccountLimit, CapacitySuggestion, MIN_RESERVE, ServerLimits};
-pub use monitor::connect_monitor;
+pub use monitor::{connect_monitor, connect_monitor_to};
 pub use mysql_async;
 pub use processlist::{
     IdleRule, IdleVictim, KillOutcome, Process, ProcessGroup, Processlist, kill_idle,
 };
+pub use server_url::{ServerUrl, SslMode};

@@ -5,7 +5,7 @@
 //! A run is three futures polled together by the caller's task:
 //!
 //! * the *starter* walks the worker indices in order. For each worker that
-//!   needs a slot it waits in the pool's FIFO queue (`acquire_async`), then
+//!   needs a slot it waits in the pool's FIFO queue (`acquire`), then
 //!   starts the worker and hands the `Slot` guard to the worker's
 //!   supervisor task, then yields once so that workers that exited
 //!   meanwhile are reaped and their slots freed (otherwise zombies would
@@ -21,8 +21,9 @@
 //!   signal (it fires when the forking *thread* exits);
 //! * one *supervisor* task per running worker waits for the process,
 //!   relays the stop phase to the worker's process group as signals, and
-//!   drops the `Slot` right after reaping, never before: a slot is free only
-//!   once its worker is gone. It then streams the remaining output and
+//!   drops the `Slot` once the worker is reaped and its process group is
+//!   empty (`group.rs`), never before: a slot is free only once every
+//!   process that may use it is gone. It then streams the remaining output and
 //!   reports a small `Finished` record;
 //! * the *collector* turns `Finished` records into the joblog, the progress
 //!   display and the tallies of the summary. Memory per worker is a few
@@ -48,11 +49,13 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::console::{BarStatus, Console, Stream};
 use crate::error::{Error, Result};
+use crate::group;
 use crate::joblog::{Entry, Joblog};
 use crate::options::{Mode, Output, SpawnOptions};
-use crate::output::{Sink, Stream, pump};
-use crate::progress::{Counts, Reporter};
+use crate::output::pump;
+use crate::progress::{self, Counts, Reporter};
 use crate::summary::{Durations, StopReason, Summary, signal_name};
 use crate::template::{
     ENV_JOB_ID, ENV_POOL, ENV_SLOT, ENV_WORKER_COUNT, ENV_WORKER_INDEX, Template,
@@ -61,6 +64,16 @@ use crate::template::{
 /// How long a worker's output is still read after the worker exited (its
 /// children may hold the pipes open); after that the pipes are closed.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// How long output is still written after a stop once every worker is
+/// reaped (a stalled reader must not keep a stopped spawner alive).
+const OUTPUT_AFTER_STOP: Duration = Duration::from_millis(300);
+
+/// How soon after a worker's exit its group is checked again when
+/// processes it started still run; the pause doubles up to
+/// [`LINGER_POLL_MAX`]. Only workers that leave processes behind pay this.
+const LINGER_POLL_FIRST: Duration = Duration::from_millis(10);
+const LINGER_POLL_MAX: Duration = Duration::from_millis(200);
 
 /// How often the pool is sampled for `peak_slots` when workers take their
 /// own slots.
@@ -164,6 +177,7 @@ impl Spawner {
     /// [`Summary::stop`].
     pub async fn run(self) -> Result<Summary> {
         raise_open_file_limit();
+        group::become_subreaper();
         let joblog = match &self.options.joblog {
             Some(path) => Some(Joblog::create(path)?),
             None => None,
@@ -179,9 +193,25 @@ impl Spawner {
         } else {
             None
         };
+        let mut signals = signals;
         let capacity = self.pool.capacity();
-        let reporter = Reporter::new(self.options.progress, self.options.workers, capacity);
-        let sink = Sink::new(reporter.bar());
+        let counters = Arc::new(Counters::default());
+        let (bar, lines) = progress::choose(self.options.progress);
+        let bar = bar.then(|| {
+            let counters = Arc::clone(&counters);
+            let status: BarStatus =
+                Box::new(move || progress::bar_status(&counters.snapshot(), capacity));
+            (progress::new_bar(self.options.workers), status)
+        });
+        let shows_bar = bar.is_some();
+        let (console, writer) = Console::start(bar).map_err(|source| Error::Console { source })?;
+        let reporter = Reporter::new(
+            console.clone(),
+            shows_bar,
+            lines,
+            self.options.workers,
+            capacity,
+        );
         let pool_addr = self.pool.addr().to_string();
         let ctx = Arc::new(Ctx {
             pool: self.pool,
@@ -189,9 +219,9 @@ impl Spawner {
             template: self.template,
             options: self.options,
             stop: self.stop,
-            counters: Counters::default(),
+            counters,
             reporter,
-            sink,
+            console,
         });
         tracing::info!(
             pool = %ctx.pool_addr,
@@ -211,10 +241,32 @@ impl Spawner {
         };
         let (start_stop, tally) = tokio::select! {
             r = main => r,
-            never = ctx.watch_stop(signals) => match never {},
+            never = ctx.watch_stop(&mut signals) => match never {},
         };
         let wall = started_at.elapsed();
-        ctx.reporter.finish();
+        // Everything is reaped; what is left is output. Wait for it unless
+        // nobody reads it: after a stop, for at most `OUTPUT_AFTER_STOP`;
+        // at any time, no longer than the next signal.
+        let stopped = ctx.stopping();
+        let give_up = async {
+            let next_signal = async {
+                match &mut signals {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            if stopped {
+                tokio::select! {
+                    () = next_signal => {}
+                    () = tokio::time::sleep(OUTPUT_AFTER_STOP) => {}
+                }
+            } else {
+                next_signal.await;
+            }
+        };
+        let dropped = writer.finish(give_up).await;
 
         let signal = ctx.stop.borrow().signal;
         let stop = match signal {
@@ -240,6 +292,7 @@ impl Spawner {
             mode: ctx.options.mode,
             hold_slot: ctx.options.hold_slot,
             stop,
+            dropped_lines: dropped.stdout + dropped.stderr,
         };
         tracing::info!(
             started = summary.started,
@@ -314,18 +367,14 @@ struct Ctx {
     template: Template,
     options: SpawnOptions,
     stop: Arc<watch::Sender<StopState>>,
-    counters: Counters,
+    counters: Arc<Counters>,
     reporter: Reporter,
-    sink: Sink,
+    console: Console,
 }
 
 impl Ctx {
     fn stopping(&self) -> bool {
         self.stop.borrow().phase != Phase::Running
-    }
-
-    fn update(&self) {
-        self.reporter.update(&self.counters.snapshot());
     }
 
     /// Starts every worker in the order of the mode; returns why it stopped
@@ -367,7 +416,7 @@ impl Ctx {
                         }
                     }
                     tracing::info!(batch = batch + 1, batches, first, last, "batch started");
-                    if self.reporter.lines() || self.reporter.bar().is_some() {
+                    if self.reporter.shows_batches() {
                         self.reporter
                             .batch(batch + 1, batches, first, last, self.pool.stats());
                     }
@@ -389,11 +438,10 @@ impl Ctx {
         let slot = if self.options.takes_slots() {
             let mut stop = self.stop.subscribe();
             self.counters.waiting.store(true, Ordering::Relaxed);
-            self.update();
             let acquired = tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| s.phase != Phase::Running) => return Flow::Stopped,
-                r = self.pool.acquire_async() => r,
+                r = self.pool.acquire() => r,
             };
             self.counters.waiting.store(false, Ordering::Relaxed);
             match acquired {
@@ -417,7 +465,7 @@ impl Ctx {
                 self.supervise(child, index, slot, done.clone());
                 // Let the supervisors reap the workers that exited meanwhile
                 // and give their slots back. Without this, a free slot makes
-                // `acquire_async` ready at once, the starter never yields,
+                // `acquire` ready at once, the starter never yields,
                 // and nobody is reaped until the pool is full: slots held by
                 // zombies, and every further start on the slow path of the
                 // pool (a waiter file, a thread, a futex wake-up).
@@ -521,21 +569,34 @@ impl Ctx {
             Some(fd) => cmd.stdin(Stdio::from(fd)),
             None => cmd.stdin(Stdio::null()),
         };
-        if let Some(sig) = death_signal {
+        // Prefixed output goes through pipes to this process: if it dies,
+        // a worker's next line would kill the worker with SIGPIPE. Workers
+        // start with SIGPIPE ignored instead (their writes then fail with
+        // EPIPE), so that they can run to their end. std resets SIGPIPE to
+        // its default in children, so this needs the hook (fork + exec);
+        // workers with --log-dir keep posix_spawn.
+        let ignore_sigpipe = matches!(self.options.output, Output::Prefixed);
+        if death_signal.is_some() || ignore_sigpipe {
             // SAFETY: getpid is async-signal-safe and is called here, in the
             // parent.
             let parent = unsafe { libc::getpid() };
             // SAFETY: the closure runs between fork and exec and only makes
-            // async-signal-safe calls (prctl, getppid, _exit); it allocates
-            // nothing.
+            // async-signal-safe calls (signal, prctl, getppid, _exit); it
+            // allocates nothing.
             unsafe {
                 cmd.pre_exec(move || {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) != 0 {
+                    if ignore_sigpipe && libc::signal(libc::SIGPIPE, libc::SIG_IGN) == libc::SIG_ERR
+                    {
                         return Err(io::Error::last_os_error());
                     }
-                    // The spawner died before prctl: do not run orphaned.
-                    if libc::getppid() != parent {
-                        libc::_exit(128 + sig);
+                    if let Some(sig) = death_signal {
+                        if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) != 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                        // The spawner died before prctl: do not run orphaned.
+                        if libc::getppid() != parent {
+                            libc::_exit(128 + sig);
+                        }
                     }
                     Ok(())
                 });
@@ -572,7 +633,6 @@ impl Ctx {
             c.peak_slots.fetch_max(held, Ordering::Relaxed);
         }
         tracing::debug!(worker = index, pid, slot = ?slot_index, "worker started");
-        self.update();
 
         let ctx = self.clone();
         let stdout = child.stdout.take();
@@ -580,12 +640,13 @@ impl Ctx {
         tokio::spawn(async move {
             let (exited_tx, exited_rx) = oneshot::channel::<()>();
             let mut stop = ctx.stop.subscribe();
+            let pgid = libc::pid_t::try_from(pid).unwrap_or(0);
             let waiter = async {
                 let mut sent = Phase::Running;
                 let status = loop {
                     let wanted = stop.borrow_and_update().phase;
                     if wanted > sent {
-                        signal_group(pid, wanted, index);
+                        signal_phase(pgid, wanted, index);
                         sent = wanted;
                     }
                     tokio::select! {
@@ -596,7 +657,35 @@ impl Ctx {
                     }
                 };
                 let runtime = started.elapsed();
-                // Reaped: only now may the slot go to the next worker.
+                // The worker is reaped; processes it started may still use
+                // its slot. Keep the slot (and relay the stop phases to
+                // them) until none of its group is left.
+                if slot.is_some() {
+                    let mut pause = LINGER_POLL_FIRST;
+                    let mut announced = false;
+                    while group::alive(pgid) {
+                        if !announced {
+                            announced = true;
+                            tracing::debug!(
+                                worker = index,
+                                pid,
+                                "the worker exited but processes of its group still run; keeping its slot until they end"
+                            );
+                        }
+                        let wanted = stop.borrow_and_update().phase;
+                        if wanted > sent {
+                            signal_phase(pgid, wanted, index);
+                            sent = wanted;
+                        }
+                        tokio::select! {
+                            () = tokio::time::sleep(pause) => {}
+                            _ = stop.changed() => {}
+                        }
+                        pause = (pause * 2).min(LINGER_POLL_MAX);
+                    }
+                }
+                // Reaped, and nothing of its group left: only now may the
+                // slot go to the next worker.
                 if let Some(slot) = slot {
                     drop(slot);
                     ctx.counters.slots.fetch_sub(1, Ordering::Relaxed);
@@ -608,12 +697,12 @@ impl Ctx {
             let readers = async {
                 let out = async {
                     if let Some(r) = stdout {
-                        pump(r, index, Stream::Out, &ctx.sink).await;
+                        pump(r, index, Stream::Out, &ctx.console).await;
                     }
                 };
                 let err = async {
                     if let Some(r) = stderr {
-                        pump(r, index, Stream::Err, &ctx.sink).await;
+                        pump(r, index, Stream::Err, &ctx.console).await;
                     }
                 };
                 let both = async { tokio::join!(out, err) };
@@ -714,8 +803,7 @@ impl Ctx {
                         });
                     }
                     self.counters.finished.fetch_add(1, Ordering::Relaxed);
-                    self.update();
-                }
+                            }
                 _ = tick.tick() => {
                     if sample
                         && let Ok(stats) = self.pool.stats()
@@ -744,7 +832,7 @@ impl Ctx {
     }
 
     /// Obeys signals and the grace period; never returns.
-    async fn watch_stop(&self, mut signals: Option<Signals>) -> Infallible {
+    async fn watch_stop(&self, signals: &mut Option<Signals>) -> Infallible {
         let stopper = Stopper {
             tx: self.stop.clone(),
         };
@@ -782,7 +870,7 @@ impl Ctx {
                 }
             };
             let next_signal = async {
-                match &mut signals {
+                match signals {
                     Some(s) => s.recv().await,
                     None => std::future::pending().await,
                 }
@@ -801,28 +889,22 @@ impl Ctx {
     }
 }
 
-/// Sends the signal of `phase` to worker `pid`'s process group (the worker
-/// and its children), or to the worker alone if it left its group.
-fn signal_group(pid: u32, phase: Phase, index: u32) {
+/// Sends the signal of `phase` to the worker's process group (the worker
+/// and every process it started that stayed in its group).
+fn signal_phase(pgid: libc::pid_t, phase: Phase, index: u32) {
     let sig = match phase {
         Phase::Running => return,
         Phase::Terminate => libc::SIGTERM,
         Phase::Kill => libc::SIGKILL,
     };
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    if pid <= 0 {
-        return;
-    }
-    // SAFETY: plain kill(2); the worker is not reaped yet, so neither its
-    // pid nor its process group id can belong to anybody else.
-    let group = unsafe { libc::kill(-pid, sig) };
-    if group != 0 {
-        // SAFETY: as above.
-        unsafe { libc::kill(pid, sig) };
-    }
-    tracing::debug!(worker = index, pid, signal = sig, "signalled worker");
+    let reached = group::signal(pgid, sig);
+    tracing::debug!(
+        worker = index,
+        pgid,
+        signal = sig,
+        reached,
+        "signalled the worker's group"
+    );
 }
 
 /// SIGINT, SIGTERM and SIGHUP as one stream.

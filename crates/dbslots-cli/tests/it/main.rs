@@ -1,9 +1,11 @@
 //! Integration tests of the `dbslots` binary.
 
+mod alerts;
 mod browser;
 mod check;
 mod connections;
 mod exec;
+mod gate;
 mod import;
 mod lease;
 mod serve;

@@ -126,8 +126,8 @@ fn capacity_contract_and_holders_by_host() {
     let _serial = crate::support::timing_sensitive();
     let Some(url) = redis_url() else { return };
     let addr = unique_pool(&url);
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(2)).expect("create");
-    let err = Pool::open_str(&addr, &PoolOptions::new().capacity(3)).unwrap_err();
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(2)).expect("create");
+    let err = Pool::open(&addr, PoolOptions::new().capacity(3)).unwrap_err();
     assert!(
         matches!(
             err,
@@ -145,7 +145,7 @@ fn capacity_contract_and_holders_by_host() {
     assert!(matches!(b.outcome(), Outcome::Held(_)));
     assert!(pool.try_acquire().expect("try").is_none());
     let err = pool
-        .acquire_timeout(Duration::from_millis(100))
+        .blocking_acquire_timeout(Duration::from_millis(100))
         .unwrap_err();
     assert!(err.is_timeout(), "{err}");
     let stats = pool.stats().expect("stats");
@@ -186,7 +186,7 @@ fn processes_on_many_hosts_never_exceed_the_capacity_over_tls() {
 
 pub fn forty_processes_on_four_hosts_never_exceed_five_slots(url: &str) {
     let addr = unique_pool(url);
-    Pool::open_str(&addr, &PoolOptions::new().capacity(5)).expect("create");
+    Pool::open(&addr, PoolOptions::new().capacity(5)).expect("create");
     let dir = tempfile::tempdir().expect("tempdir");
     let counter = dir.path().join("counter");
     std::fs::write(&counter, [0u8; 8]).expect("counter");
@@ -217,7 +217,7 @@ pub fn forty_processes_on_four_hosts_never_exceed_five_slots(url: &str) {
 fn one_slot_held_by_another_process() -> Option<(Pool, Holder)> {
     let url = redis_url()?;
     let addr = unique_pool(&url);
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
     let mut h = Holder::spawn(&addr, None);
     assert_eq!(h.outcome(), Outcome::Held(0));
     Some((pool, h))
@@ -236,7 +236,7 @@ fn a_killed_holder_loses_its_slot_after_the_lease_and_no_later() {
         "the lease is still running"
     );
     let slot = pool
-        .acquire_timeout(Duration::from_millis(LEASE_MS * 5))
+        .blocking_acquire_timeout(Duration::from_millis(LEASE_MS * 5))
         .expect("slot comes back after the lease");
     let after = killed.elapsed();
     assert!(
@@ -257,7 +257,7 @@ fn a_paused_holder_is_told_it_lost_its_slot() {
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     // Someone else gets the slot once the lease has run out...
     let other = pool
-        .acquire_timeout(Duration::from_millis(LEASE_MS * 5))
+        .blocking_acquire_timeout(Duration::from_millis(LEASE_MS * 5))
         .expect("the paused holder's lease runs out");
     unsafe { libc::kill(pid, libc::SIGCONT) };
     // ...and the holder, resumed, is told so instead of carrying on.
@@ -278,7 +278,7 @@ fn a_redis_restart_never_over_admits() {
     };
     let addr = unique_pool(&server.url());
     let opts = PoolOptions::new().capacity(2);
-    let pool = Pool::open_str(&addr, &opts).expect("create");
+    let pool = Pool::open(&addr, opts.clone()).expect("create");
     let mut holders: Vec<Holder> = (0..2)
         .map(|_| {
             let mut h = Holder::spawn(&addr, None);
@@ -289,8 +289,8 @@ fn a_redis_restart_never_over_admits() {
     server.restart().expect("restart redis");
     // The pool's keys are gone with the restart; re-creating it must not
     // hand out slots the old holders still believe they have.
-    let newcomer = Pool::open_str(&addr, &opts).expect("re-create after restart");
-    let early = newcomer.acquire_timeout(Duration::from_millis(LEASE_MS / 4));
+    let newcomer = Pool::open(&addr, opts.clone()).expect("re-create after restart");
+    let early = newcomer.blocking_acquire_timeout(Duration::from_millis(LEASE_MS / 4));
     let lost: Vec<bool> = holders.iter_mut().map(|h| h.check().is_err()).collect();
     if early.is_ok() {
         assert!(
@@ -300,7 +300,7 @@ fn a_redis_restart_never_over_admits() {
     }
     drop(early);
     let slot = newcomer
-        .acquire_timeout(Duration::from_millis(LEASE_MS * 5))
+        .blocking_acquire_timeout(Duration::from_millis(LEASE_MS * 5))
         .expect("admission resumes after the lease time");
     for h in &mut holders {
         let told = h.check();
@@ -342,10 +342,10 @@ fn a_holder_cut_off_by_a_black_hole_knows_before_anyone_else_gets_its_slot() {
         lease.as_millis()
     );
     let opts = PoolOptions::new().capacity(1);
-    let holder_pool = Pool::open_str(&cut_off, &opts).expect("open through the proxy");
+    let holder_pool = Pool::open(&cut_off, opts.clone()).expect("open through the proxy");
     let margin = holder_pool.lease_margin().expect("a Redis pool has leases");
     let slot = holder_pool.try_acquire().expect("try").expect("free slot");
-    let other = Pool::open_str(&direct, &opts).expect("open directly");
+    let other = Pool::open(&direct, opts.clone()).expect("open directly");
     std::thread::sleep(lease / 2);
     assert!(slot.check().is_ok(), "renewed through the proxy");
 
@@ -353,7 +353,7 @@ fn a_holder_cut_off_by_a_black_hole_knows_before_anyone_else_gets_its_slot() {
     proxy.freeze();
     let waiter = std::thread::spawn(move || {
         let got = other
-            .acquire_timeout(lease * 3)
+            .blocking_acquire_timeout(lease * 3)
             .expect("the slot comes back");
         (Instant::now(), got)
     });

@@ -11,11 +11,11 @@ const APP_PASSWORD: &str = "app-s3cret";
 /// Opens the pool at `addr` (creating it), takes a slot, checks it, reads
 /// stats and returns the address as the pool shows it.
 fn works(addr: &str) -> String {
-    let pool = Pool::open_str(addr, &PoolOptions::new().capacity(2)).expect("open");
+    let pool = Pool::open(addr, PoolOptions::new().capacity(2)).expect("open");
     // A server that started less than a lease ago may have forgotten
     // holders: a new pool waits that long before it admits anyone.
     let slot = pool
-        .acquire_timeout(std::time::Duration::from_secs(5))
+        .blocking_acquire_timeout(std::time::Duration::from_secs(5))
         .expect("a slot");
     assert!(slot.check().is_ok());
     let stats = pool.stats().expect("stats");
@@ -92,7 +92,7 @@ fn wrong_credentials_and_unknown_certificates_fail_clearly_without_secrets() {
         ),
     ];
     for (addr, secret) in cases {
-        let err = Pool::open_str(&unique_pool(&addr), &PoolOptions::new().capacity(1))
+        let err = Pool::open(&unique_pool(&addr), PoolOptions::new().capacity(1))
             .expect_err("must not open")
             .to_string();
         if secret == "NOAUTH" {

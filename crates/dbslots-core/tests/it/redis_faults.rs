@@ -47,7 +47,7 @@ fn assert_quarantined_then_admitted(newcomer: &Pool, holder: &mut Holder, longes
         "a newcomer got a slot while the old holder still believes it holds one"
     );
     let slot = newcomer
-        .acquire_timeout(longest * 4)
+        .blocking_acquire_timeout(longest * 4)
         .expect("admission resumes after the quarantine");
     let after = lost_at.elapsed();
     assert!(
@@ -77,14 +77,14 @@ fn open_handles_recover_from_a_restart_and_quarantine_for_the_longest_lease() {
     let opts = PoolOptions::new().capacity(1);
     let mut holder = Holder::spawn(
         &{
-            Pool::open_str(&holder_addr, &opts).expect("create");
+            Pool::open(&holder_addr, opts.clone()).expect("create");
             holder_addr.clone()
         },
         None,
     );
     assert_eq!(holder.outcome(), Outcome::Held(0));
     // Opened before the restart: it has read the pool's longest lease.
-    let newcomer = Pool::open_str(&base, &PoolOptions::new()).expect("open");
+    let newcomer = Pool::open(&base, PoolOptions::new()).expect("open");
     server.restart().expect("restart redis");
     assert_eq!(
         newcomer
@@ -103,7 +103,7 @@ fn a_restore_of_an_older_snapshot_quarantines() {
         return;
     };
     let addr = unique_pool(&server.url());
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
     // The snapshot has the pool, but not the acquisition that follows.
     let _: () = ::redis::cmd("SAVE")
         .query(&mut admin(&server.url()))
@@ -129,7 +129,7 @@ fn an_evicted_lease_quarantines() {
     let _serial = crate::support::timing_sensitive();
     let Some(url) = redis_url() else { return };
     let addr = unique_pool(&url);
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
     let mut holder = Holder::spawn(&addr, None);
     assert_eq!(holder.outcome(), Outcome::Held(0));
     let mut conn = admin(&url);
@@ -145,7 +145,7 @@ fn resize_after_the_keys_vanished_quarantines() {
     let _serial = crate::support::timing_sensitive();
     let Some(url) = redis_url() else { return };
     let addr = unique_pool(&url);
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
     let mut holder = Holder::spawn(&addr, None);
     assert_eq!(holder.outcome(), Outcome::Held(0));
     let mut conn = admin(&url);
@@ -167,7 +167,7 @@ fn a_dead_waiter_gives_up_its_place_within_two_seconds() {
     let _serial = crate::support::timing_sensitive();
     let Some(url) = redis_url() else { return };
     let addr = unique_pool(&url);
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
     let slot = pool.try_acquire().expect("try").expect("free");
     let waiter = Holder::spawn(&addr, None);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -180,7 +180,7 @@ fn a_dead_waiter_gives_up_its_place_within_two_seconds() {
     drop(slot);
     // The dead waiter was first in line; the next one gets past it.
     let next = pool
-        .acquire_timeout(Duration::from_secs(5))
+        .blocking_acquire_timeout(Duration::from_secs(5))
         .expect("the dead waiter's place lapses");
     let after = killed.elapsed();
     assert!(
@@ -196,7 +196,7 @@ fn a_waiter_subscribes_again_after_its_connection_dies_and_is_woken_by_notificat
     let Some(url) = redis_url() else { return };
     let addr = unique_pool(&url);
     let channel = format!("dbslots:{{{}}}:events", pool_name(&addr));
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
     let mut conn = admin(&url);
     let subscribers = |conn: &mut ::redis::Connection| -> i64 {
         let v: (String, i64) = ::redis::cmd("PUBSUB")
@@ -218,7 +218,9 @@ fn a_waiter_subscribes_again_after_its_connection_dies_and_is_woken_by_notificat
     for _ in 0..5 {
         let p = pool.clone();
         let waiter = std::thread::spawn(move || {
-            let s = p.acquire_timeout(Duration::from_secs(10)).expect("woken");
+            let s = p
+                .blocking_acquire_timeout(Duration::from_secs(10))
+                .expect("woken");
             (Instant::now(), s)
         });
         wait_for(&mut conn, 1);
