@@ -13,7 +13,7 @@
 //! what the slot guards (`dbslots exec` stops its command inside it).
 //!
 //! Every Redis call of a holder is bounded: a quarter of the margin per
-//! read or write, half of it for a new connection (TLS handshake and
+//! read or write, a third of it for a new connection (TLS handshake and
 //! `AUTH` included), so the renewer retries several times before the local
 //! deadline, and the deadline itself needs no call at all.
 
@@ -44,7 +44,7 @@ impl Timing {
             lease,
             margin,
             call_timeout: margin / 4,
-            connect_timeout: margin / 2,
+            connect_timeout: margin / 3,
             renew_every: lease / 6,
         }
     }

@@ -51,7 +51,11 @@ impl Connector {
             .set_nodelay(true)
             .set_user_timeout(timeout)
             .set_keepalive(keepalive);
-        let info = info.set_tcp_settings(tcp);
+        // No `CLIENT SETINFO` on connect: it costs a round trip, and redis-rs
+        // reads its two replies one after the other, each with the whole
+        // connect timeout, which would double the bound on a black hole.
+        let settings = info.redis_settings().clone().set_skip_set_lib_name();
+        let info = info.set_tcp_settings(tcp).set_redis_settings(settings);
         let client = match &addr.ca {
             // rustls verifies the server against this CA only.
             Some(ca) => {

@@ -415,13 +415,24 @@ impl RedisPool {
             renewer: Mutex::new(false),
             wake_renewer: Condvar::new(),
         });
-        let (recorded, max_lease): (Option<u32>, Option<u64>) =
+        // A timeout here may be a hiccup under load: two more tries.
+        let read = || {
             shared.command("reading the pool", |c| {
                 redis::cmd("HMGET")
                     .arg(&shared.keys.meta)
                     .arg("capacity")
                     .arg("max_lease")
-                    .query(c)
+                    .query::<(Option<u32>, Option<u64>)>(c)
+            })
+        };
+        let (recorded, max_lease) = read()
+            .or_else(|_| {
+                std::thread::sleep(shared.timing.call_timeout);
+                read()
+            })
+            .or_else(|_| {
+                std::thread::sleep(shared.timing.call_timeout);
+                read()
             })?;
         let recorded = match (recorded, capacity) {
             (Some(rec), Some(req)) if rec != req => {
