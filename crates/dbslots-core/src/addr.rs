@@ -375,6 +375,102 @@ pub fn redact_text(text: &str, url: &str) -> String {
     out
 }
 
+/// A command line's words with every secret replaced by `***`, for logs
+/// such as a joblog's `Command` column.
+///
+/// Hidden: passwords in URLs ([`redact`]); the value of `--password=`,
+/// `--passwd=`, `--pass=` and any `--…-password=`; the word after a bare
+/// `--password`; what follows `-p` in a word such as `-psecret` (the
+/// `mysql` client's form); and the value of `MYSQL_PWD=`, `PGPASSWORD=`,
+/// `REDISCLI_AUTH=` and other `…PASSWORD…=`/`…PWD=`/`…_AUTH=` assignments.
+/// The rules apply to every blank-separated piece of a word too, so a
+/// `sh -c 'mysql -psecret …'` is covered. Some harmless words look like
+/// secrets (`find -path` shows as `-p***`): hiding too much is the safe
+/// side.
+pub fn redact_command<S: AsRef<str>>(words: &[S]) -> Vec<String> {
+    let mut out = Vec::with_capacity(words.len());
+    let mut hide_next = false;
+    for word in words {
+        let word = word.as_ref();
+        if std::mem::take(&mut hide_next) {
+            out.push("***".to_string());
+            continue;
+        }
+        let bare = word.trim_start_matches(['\'', '"']);
+        hide_next = matches!(bare, "--password" | "--passwd" | "--pass");
+        out.push(redact_command_word(word));
+    }
+    out
+}
+
+/// One word of a command line with its secrets hidden (see
+/// [`redact_command`]; a bare `--password` hides the *next* word, which
+/// only [`redact_command`] can do).
+pub fn redact_command_word(word: &str) -> String {
+    let word = redact(word);
+    // A word that is an option: its value is the rest of the word, blanks
+    // and all (`--password=a b` is one argument).
+    if word.starts_with('-') {
+        let whole = redact_token(&word);
+        if whole != word {
+            return whole;
+        }
+    }
+    let mut out = String::with_capacity(word.len());
+    let mut rest = word.as_str();
+    while !rest.is_empty() {
+        let blank = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        out.push_str(&redact_token(&rest[..blank]));
+        let after = &rest[blank..];
+        let next = after
+            .find(|c: char| !c.is_whitespace())
+            .unwrap_or(after.len());
+        out.push_str(&after[..next]);
+        rest = &after[next..];
+    }
+    out
+}
+
+/// One blank-free token: a secret option or assignment has its value
+/// replaced.
+fn redact_token(token: &str) -> String {
+    let quotes = token.len() - token.trim_start_matches(['\'', '"']).len();
+    let (lead, body) = token.split_at(quotes);
+    let hidden = |keep: &str| format!("{lead}{keep}***");
+    if let Some(long) = body.strip_prefix("--")
+        && let Some((name, _)) = long.split_once('=')
+    {
+        let name = name.to_ascii_lowercase();
+        if name.ends_with("password")
+            || name.ends_with("passwd")
+            || name == "pass"
+            || name.ends_with("-pass")
+        {
+            return hidden(&body[..2 + name.len() + 1]);
+        }
+        return token.to_string();
+    }
+    if let Some(value) = body.strip_prefix("-p")
+        && !value.is_empty()
+        && !body.starts_with("--")
+    {
+        return hidden("-p");
+    }
+    if let Some((name, _)) = body.split_once('=')
+        && !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        && (name.contains("PASSWORD")
+            || name.contains("PASSWD")
+            || name.ends_with("PWD")
+            || name.ends_with("_AUTH"))
+    {
+        return hidden(&body[..name.len() + 1]);
+    }
+    token.to_string()
+}
+
 /// Decodes `%XX` escapes; invalid ones and non-UTF-8 results stay as they
 /// are (hand-written: eight lines, and the core crate keeps no URL parser).
 fn percent_decode(s: &str) -> String {
@@ -494,6 +590,38 @@ mod tests {
         );
     }
 
+    #[test]
+    fn command_lines_lose_their_passwords() {
+        let words = [
+            "mysql",
+            "--password=s3cret",
+            "-ps3cret",
+            "--db-password=s3cret",
+            "--password",
+            "s3cret",
+            "-p",
+            "appdb",
+            "sh -c 'MYSQL_PWD=s3cret mysql -ps3cret --password=s3cret'",
+            "--url=mysql://app:s3/cret@db/x",
+            "--port=3306",
+        ];
+        let out = redact_command(&words);
+        let line = out.join(" ");
+        assert!(
+            !line.contains("s3cret") && !line.contains("s3/cret"),
+            "{line}"
+        );
+        assert_eq!(out[1], "--password=***");
+        assert_eq!(out[2], "-p***");
+        assert_eq!(out[3], "--db-password=***");
+        assert_eq!(out[5], "***");
+        // `-p` alone prompts; the next word is the database.
+        assert_eq!((out[6].as_str(), out[7].as_str()), ("-p", "appdb"));
+        assert_eq!(out[8], "sh -c 'MYSQL_PWD=*** mysql -p*** --password=***");
+        assert_eq!(out[9], "--url=mysql://app:***@db/x");
+        assert_eq!(out[10], "--port=3306");
+    }
+
     /// Characters a password may contain, the awkward ones many times over.
     fn password() -> impl proptest::strategy::Strategy<Value = String> {
         proptest::string::string_regex("[a-zA-Z0-9/?#@:% &=;!*'()\\\\$+,\\[\\]~.-]{4,24}").unwrap()
@@ -530,6 +658,19 @@ mod tests {
             let out = redact(&url);
             proptest::prop_assert!(!out.contains(&written), "{url} -> {out}");
             proptest::prop_assert!(!out.contains(&pw), "{url} -> {out}");
+            // As a command's words, in every form the joblog must mask.
+            let line = redact_command(&[
+                format!("--url={url}"),
+                format!("--password={pw}"),
+                format!("-p{pw}"),
+                "--password".to_string(),
+                pw.clone(),
+            ])
+            .join(" ");
+            proptest::prop_assert!(!line.contains(&pw) && !line.contains(&written), "{line}");
+            // No piece of it either, when the option forms hide it whole.
+            let pieces = redact_command(&[format!("--password={pw}"), format!("-p{pw}")]);
+            proptest::prop_assert_eq!(pieces, vec!["--password=***".to_string(), "-p***".to_string()]);
             // Text that quotes the decoded password is cleaned too.
             let text = format!("error near '{pw}' in {url}");
             let cleaned = redact_text(&text, &url);

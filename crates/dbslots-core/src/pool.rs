@@ -473,8 +473,8 @@ impl Slot {
     /// line; never print it).
     pub fn child_env(&self) -> [(&'static str, String); 2] {
         [
-            ("DBSLOTS_SLOT", self.index.to_string()),
-            ("DBSLOTS_POOL", self.pool.addr().to_unredacted_string()),
+            (crate::env::SLOT, self.index.to_string()),
+            (crate::env::POOL, self.pool.addr().to_unredacted_string()),
         ]
     }
 

@@ -92,7 +92,7 @@ fn wrong_credentials_and_unknown_certificates_fail_clearly_without_secrets() {
         ),
     ];
     for (addr, secret) in cases {
-        let err = Pool::open(&unique_pool(&addr), PoolOptions::new().capacity(1))
+        let err = Pool::open(unique_pool(&addr), PoolOptions::new().capacity(1))
             .expect_err("must not open")
             .to_string();
         if secret == "NOAUTH" {

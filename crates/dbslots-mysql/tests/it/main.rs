@@ -4,6 +4,7 @@
 
 mod cancelled;
 mod dropped;
+mod from_env;
 mod idle;
 mod max_connections;
 mod reconnect;
