@@ -60,6 +60,12 @@ fn steps(args: &[String], scratch: TempDir) -> Result<()> {
         "`cargo build --workspace --examples`",
         cargo(&["build", "--workspace", "--examples"]),
     )?;
+    // `--all-targets` leaves doctests out: the examples in the crates' docs
+    // and the README (through the root package) are compiled and run here.
+    child::run(
+        "`cargo test --workspace --doc`",
+        cargo(&["test", "--workspace", "--doc"]),
+    )?;
     ensure_chromium()?;
     let servers = TestServers::start(scratch)?;
     let mut test = cargo(&["test", "--workspace", "--all-targets"]);
