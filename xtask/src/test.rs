@@ -89,6 +89,8 @@ fn steps(args: &[String], scratch: TempDir) -> Result<()> {
 const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("/usr/bin/chromium", "chromium"),
     ("/usr/bin/tmux", "tmux"),
+    // `dbslots man`'s test renders the page with `man -l`.
+    ("/usr/bin/man", "man-db"),
     // tests/foreign.rs runs the PHP and Python clients of docs/protocol.md.
     ("/usr/bin/php", "php-cli"),
     ("/usr/bin/python3", "python3"),
