@@ -83,6 +83,9 @@ fn steps(args: &[String], scratch: TempDir) -> Result<()> {
 const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("/usr/bin/chromium", "chromium"),
     ("/usr/bin/tmux", "tmux"),
+    // tests/foreign.rs runs the PHP and Python clients of docs/protocol.md.
+    ("/usr/bin/php", "php-cli"),
+    ("/usr/bin/python3", "python3"),
     ("/usr/bin/promtool", "prometheus"),
     (
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",

@@ -67,7 +67,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     });
     let mut out = std::io::stdout().lock();
     if args.json {
-        let mut doc = serde_json::to_value(&stats)?;
+        let mut doc = stats.to_json();
         if !gates.is_empty()
             && let Some(map) = doc.as_object_mut()
         {
@@ -158,6 +158,13 @@ pub fn render_table(s: &PoolStats, now_ms: u64) -> String {
         "slots       {} of {} in use, {} waiting, peak {}\n",
         s.active, s.capacity, s.waiting, s.peak
     );
+    if s.over_capacity() > 0 {
+        t += &format!(
+            "            OVER CAPACITY by {}: a shrink is draining; nobody new is admitted until fewer than {} slots are held\n",
+            s.over_capacity(),
+            s.capacity
+        );
+    }
     t += &format!(
         "counters    {} acquisitions, {} timeouts\n",
         s.acquisitions, s.timeouts
@@ -234,6 +241,18 @@ mod tests {
         assert!(!t.contains("HOST"), "{t}");
         let t = render_table(&stats(Some("web-3")), 3_500);
         assert!(t.contains("HOST") && t.contains("web-3"), "{t}");
+        assert!(!t.contains("OVER CAPACITY"), "{t}");
+    }
+
+    #[test]
+    fn a_draining_shrink_is_shown_as_over_capacity() {
+        let mut s = stats(None);
+        s.capacity = 1;
+        s.active = 3;
+        let t = render_table(&s, 3_500);
+        assert!(t.contains("3 of 1 in use"), "{t}");
+        assert!(t.contains("OVER CAPACITY by 2"), "{t}");
+        assert_eq!(s.to_json()["over_capacity"], 2);
     }
 
     #[test]

@@ -235,10 +235,18 @@ pub fn render(
         Ok(s) => {
             top.push(format!("pool      {} ({})", s.pool, s.backend));
             top.push(format!(
-                "slots     {} {} of {} in use",
+                "slots     {} {} of {} in use{}",
                 bar(u64::from(s.active), u64::from(s.capacity), bar_width),
                 s.active,
-                s.capacity
+                s.capacity,
+                if s.over_capacity() > 0 {
+                    format!(
+                        "  OVER CAPACITY by {} (a shrink is draining)",
+                        s.over_capacity()
+                    )
+                } else {
+                    String::new()
+                }
             ));
             top.push(format!(
                 "          capacity {}  active {}  waiting {}  free {}  peak {}",

@@ -30,7 +30,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use dbslots_core::{Pool, PoolOptions};
 use dbslots_mysql::mysql_async::prelude::Queryable;
-use dbslots_mysql::mysql_async::{self, Conn, Opts, TxOpts};
+use dbslots_mysql::mysql_async::{self, Conn, TxOpts};
 use dbslots_mysql::{Attempt, Connector, ServerLimits, codes};
 use serde_json::json;
 
@@ -135,15 +135,17 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn opts(url: &str) -> Result<Opts> {
-    Opts::from_url(url).with_context(|| format!("invalid URL {}", dbslots_core::redact(url)))
+/// The server of `url`, TLS as its `ssl-mode` says (PREFERRED by default).
+fn server(url: &str) -> Result<dbslots_mysql::ServerUrl> {
+    dbslots_mysql::ServerUrl::parse(url).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 async fn prepare(admin_url: &str, url: &str, workers: u32, per_worker: u32) -> Result<()> {
     if workers == 0 || per_worker == 0 {
         bail!("--workers and --rows-per-worker must be at least 1");
     }
-    let mut conn = Conn::new(opts(admin_url)?)
+    let mut conn = server(admin_url)?
+        .connect()
         .await
         .context("cannot connect as the administrator")?;
     conn.query_drop(format!("DROP TABLE IF EXISTS {TABLE}"))
@@ -181,7 +183,8 @@ async fn prepare(admin_url: &str, url: &str, workers: u32, per_worker: u32) -> R
     conn.query_drop("FLUSH STATUS").await?;
     conn.disconnect().await?;
 
-    let mut user = Conn::new(opts(url)?)
+    let mut user = server(url)?
+        .connect()
         .await
         .context("cannot connect as the workers' account")?;
     let limits = ServerLimits::read(&mut user).await?;
@@ -255,12 +258,12 @@ impl Opened {
 }
 
 async fn connect_direct(url: &str, refusals: &mut Refusals) -> Result<Conn> {
-    let opts = opts(url)?;
+    let server = server(url)?;
     let mut delay = DIRECT_FIRST_DELAY;
     for attempt in 1..=DIRECT_ATTEMPTS {
         // Like PDO's ATTR_TIMEOUT in the reference: a connect lost in an
         // overflowing listen backlog would otherwise wait forever.
-        match tokio::time::timeout(DIRECT_TIMEOUT, Conn::new(opts.clone())).await {
+        match tokio::time::timeout(DIRECT_TIMEOUT, server.connect()).await {
             Ok(Ok(conn)) => return Ok(conn),
             Ok(Err(e)) => {
                 let code = match &e {
@@ -401,7 +404,8 @@ fn checksum(payload: &str) -> u64 {
 }
 
 async fn report(admin_url: &str) -> Result<()> {
-    let mut conn = Conn::new(opts(admin_url)?)
+    let mut conn = server(admin_url)?
+        .connect()
         .await
         .context("cannot connect as the administrator")?;
     let (queued, done, processed, twice): (u64, Option<u64>, Option<u64>, Option<u64>) = conn

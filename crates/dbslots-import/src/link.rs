@@ -15,7 +15,7 @@
 use std::ops::{Deref, DerefMut};
 
 use dbslots_core::Pool;
-use mysql_async::{Conn, Opts};
+use mysql_async::Conn;
 
 use crate::error::{Error, Result};
 
@@ -27,8 +27,8 @@ pub(crate) enum Connector {
     Pooled(dbslots_mysql::Connector),
     /// Straight to the server.
     Direct {
-        /// The driver's options.
-        opts: Opts,
+        /// The server, with TLS as its `ssl-mode` says.
+        server: dbslots_mysql::ServerUrl,
         /// The URL, password redacted.
         url: String,
     },
@@ -44,24 +44,27 @@ pub(crate) struct ConnectFailure {
 impl Connector {
     pub fn new(url: &str, pool: Option<Pool>) -> Result<Connector> {
         let redacted = dbslots_core::redact(url);
-        let opts = Opts::from_url(url).map_err(|e| Error::InvalidUrl {
+        let server = dbslots_mysql::ServerUrl::parse(url).map_err(|e| Error::InvalidUrl {
             url: redacted.clone(),
-            reason: e.to_string(),
+            reason: match e {
+                dbslots_mysql::Error::InvalidUrl { reason, .. } => reason,
+                other => other.to_string(),
+            },
         })?;
-        if opts.db_name().is_none_or(str::is_empty) {
+        if server.opts().db_name().is_none_or(str::is_empty) {
             return Err(Error::InvalidUrl {
                 url: redacted,
                 reason: "it names no database".into(),
             });
         }
         Ok(match pool {
-            Some(pool) => Connector::Pooled(dbslots_mysql::Connector::from_opts(
-                opts,
+            Some(pool) => Connector::Pooled(dbslots_mysql::Connector::from_server(
+                server,
                 pool,
                 dbslots_mysql::ConnectorOptions::new(),
             )),
             None => Connector::Direct {
-                opts,
+                server,
                 url: redacted,
             },
         })
@@ -91,13 +94,13 @@ impl Connector {
                     message: e.to_string(),
                 }),
             },
-            Connector::Direct { opts, url } => match Conn::new(opts.clone()).await {
+            Connector::Direct { server, url } => match server.connect_once().await {
                 Ok(conn) => {
                     tracing::debug!(url = %url, id = conn.id(), "connected");
                     Ok(Connection::Direct(DirectConn(Some(conn))))
                 }
                 Err(e) => Err(ConnectFailure {
-                    transient: is_transient_connect_error(&e),
+                    transient: is_transient_pooled(&e),
                     message: e.to_string(),
                 }),
             },
@@ -176,19 +179,9 @@ impl Drop for DirectConn {
 /// in time, or refusals and network failures that outlasted the
 /// connector's own retries; not bad credentials or an unknown database.
 fn is_transient_pooled(e: &dbslots_mysql::Error) -> bool {
-    e.is_slot_timeout()
-        || (matches!(e, dbslots_mysql::Error::Connect { .. })
-            && !matches!(e.code(), Some(1044 | 1045 | 1049 | 1129 | 1130)))
-}
-
-/// Server codes after which a new connect may succeed: too many
-/// connections (1040, 1203, 1226), the server shutting down (1053).
-fn is_transient_connect_error(e: &mysql_async::Error) -> bool {
-    match e {
-        mysql_async::Error::Server(s) => matches!(s.code, 1040 | 1203 | 1226 | 1053),
-        mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => true,
-        _ => false,
-    }
+    // Limits, network failures and a server shutting down (1053) may pass;
+    // TLS failures, 3159, access denied and the like need a change first.
+    e.is_slot_timeout() || e.is_retryable() || e.code() == Some(1053)
 }
 
 /// Whether a failed statement means the connection is gone or the

@@ -17,14 +17,20 @@
 //!   order.
 //! * Opening runs inline on the caller's task, with the slot bound before
 //!   the connect is awaited. If the caller stops waiting (its future is
-//!   dropped, say by a timeout), the connect in progress is dropped first,
-//!   closing its socket, and the slot after it. (A helper task would cost a
-//!   hand-back on every connect: measured +3.5 % of connect latency.)
+//!   dropped, say by a timeout) or the connect deadline fires, the connect
+//!   in progress is dropped first and the slot after it. The driver would
+//!   hand such a half-open connection to a background task to close;
+//!   [`ServerUrl::connect`](crate::ServerUrl::connect) drops it on a thread
+//!   without a runtime instead, where the socket is closed at once, and
+//!   waits for that. (A helper task per connect would cost a hand-back on
+//!   every connect: measured +3.5 % of connect latency; the thread is paid
+//!   only by abandoned connects.)
 //!
 //! What stays outside the client's control: the server tears a closed
-//! connection down a few microseconds after the socket closes, and a
-//! connect attempt abandoned after the connect timeout is closed by the
-//! driver in the background. The reserve kept by
+//! connection down a few microseconds after the socket closes, and with
+//! `ssl-mode=PREFERRED` the one TLS attempt that finds a server without TLS
+//! is closed by the driver in the background (once per [`ServerUrl`]). The
+//! reserve kept by
 //! [`ServerLimits::suggest_capacity`](crate::ServerLimits::suggest_capacity)
 //! covers both.
 
@@ -39,6 +45,7 @@ use mysql_async::{Conn, Opts};
 
 use crate::error::{Attempt, Error, Result, codes, is_retryable};
 use crate::retry::{Backoff, Failure};
+use crate::server_url::ServerUrl;
 
 /// How a [`Connector`] waits for slots and retries refused connects.
 #[derive(Debug, Clone)]
@@ -148,7 +155,7 @@ pub struct Connector {
 }
 
 struct Shared {
-    opts: Opts,
+    server: ServerUrl,
     url: String,
     pool: Pool,
     pool_name: String,
@@ -174,18 +181,24 @@ impl Connector {
     }
 
     /// A connector for `url` with `options`.
+    ///
+    /// TLS follows the URL's `ssl-mode` (PREFERRED by default) and `ssl-ca`;
+    /// see [`ServerUrl`].
     pub fn with_options(url: &str, pool: Pool, options: ConnectorOptions) -> Result<Connector> {
-        let opts = parse_url(url)?;
-        Ok(Self::build(opts, dbslots_core::redact(url), pool, options))
+        Ok(Self::from_server(ServerUrl::parse(url)?, pool, options))
     }
 
-    /// A connector for driver options built in code (`OptsBuilder`).
+    /// A connector for driver options built in code (`OptsBuilder`); their
+    /// own `ssl_opts` decide about TLS.
     pub fn from_opts(opts: Opts, pool: Pool, options: ConnectorOptions) -> Connector {
         let url = describe_opts(&opts);
-        Self::build(opts, url, pool, options)
+        Self::from_server(ServerUrl::from_opts(opts, url), pool, options)
     }
 
-    fn build(opts: Opts, url: String, pool: Pool, options: ConnectorOptions) -> Connector {
+    /// A connector for a parsed [`ServerUrl`].
+    pub fn from_server(server: ServerUrl, pool: Pool, options: ConnectorOptions) -> Connector {
+        let url = server.redacted().to_string();
+        let opts = server.opts();
         let via_socket = opts.socket().is_some();
         if opts.prefer_socket() && !via_socket {
             tracing::debug!(
@@ -196,7 +209,7 @@ impl Connector {
         let pool_name = pool.addr().to_string();
         Connector {
             inner: Arc::new(Shared {
-                opts,
+                server,
                 url,
                 pool,
                 pool_name,
@@ -290,6 +303,7 @@ impl Connector {
                 code: None,
                 message: "no tokio runtime is running (or it is shutting down); connect from inside a runtime, as mysql_async requires".into(),
                 delay: None,
+                advice: None,
             }],
         }
     }
@@ -304,9 +318,10 @@ impl Shared {
         let mut attempts: Vec<Attempt> = Vec::new();
         for number in 1..=options.attempts {
             let started = Instant::now();
+            // A deadline that fires drops the connect, which closes its
+            // socket before this loop goes on (see `ServerUrl::connect`).
             let outcome =
-                crate::deadline::within(options.connect_timeout, Conn::new(self.opts.clone()))
-                    .await;
+                crate::deadline::within(options.connect_timeout, self.server.connect()).await;
             let failure = match outcome {
                 Ok(Ok(conn)) => {
                     tracing::debug!(
@@ -348,6 +363,7 @@ impl Shared {
                 code: failure.code,
                 message: failure.message,
                 delay,
+                advice: failure.advice.map(str::to_string),
             });
             let Some(delay) = delay else { break };
             tokio::time::sleep(delay).await;
@@ -608,14 +624,6 @@ fn connection_is_gone(err: &mysql_async::Error) -> bool {
     }
 }
 
-/// Parses a connection URL, never repeating its password in the error.
-pub(crate) fn parse_url(url: &str) -> Result<Opts> {
-    Opts::from_url(url).map_err(|e| Error::InvalidUrl {
-        url: dbslots_core::redact(url),
-        reason: e.to_string(),
-    })
-}
-
 /// `mysql://USER@HOST:PORT/DB` for options built in code.
 fn describe_opts(opts: &Opts) -> String {
     let user = opts.user().map(|u| format!("{u}@")).unwrap_or_default();
@@ -636,7 +644,7 @@ mod tests {
 
     #[test]
     fn invalid_urls_are_reported_without_the_password() {
-        let e = parse_url("mysql://app:s3cret@db:notaport/x").unwrap_err();
+        let e = ServerUrl::parse("mysql://app:s3cret@db:notaport/x").unwrap_err();
         let text = e.to_string();
         assert!(!text.contains("s3cret"), "{text}");
         assert!(text.contains("app:***@db"), "{text}");

@@ -51,13 +51,15 @@ mod limits;
 mod monitor;
 mod processlist;
 mod retry;
+mod server_url;
 
-pub use check::ServerCheck;
+pub use check::{AccountUsage, LimitSource, ServerCheck};
 pub use connector::{Connection, Connector, ConnectorOptions, Liveness};
 pub use error::{Attempt, Error, Result, codes};
 pub use limits::{AccountLimit, CapacitySuggestion, MIN_RESERVE, ServerLimits};
-pub use monitor::connect_monitor;
+pub use monitor::{connect_monitor, connect_monitor_to};
 pub use mysql_async;
 pub use processlist::{
     IdleRule, IdleVictim, KillOutcome, Process, ProcessGroup, Processlist, kill_idle,
 };
+pub use server_url::{ServerUrl, SslMode};
