@@ -458,6 +458,19 @@ fn a_queue_timeout_reaches_php_and_mariadb_as_error_1040_with_the_gates_message(
     let doc: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
     assert_eq!(doc["gates"][0]["queue_timeouts"], 2, "{doc:#}");
     assert_eq!(doc["gates"][0]["upstream"], upstream.as_str(), "{doc:#}");
+    // `dbslots serve`: JSON and /metrics (strictly parsed).
+    let serve = crate::support::Serve::start(&["--pool", pool_dir.to_str().unwrap()]);
+    let api = serve.get("/api/pool-stats").json();
+    assert_eq!(api["gates"][0]["queue_timeouts"], 2, "{api:#}");
+    let text = serve.get("/metrics").body;
+    let families = crate::support::prom::parse(&text).expect("valid exposition");
+    let gate_name = doc["gates"][0]["name"].as_str().unwrap();
+    let labels = [("gate", gate_name)];
+    let value = |name: &str| crate::support::prom::value(&families, name, &labels);
+    assert_eq!(value("dbslots_gate_queue_timeouts_total"), 2.0);
+    assert_eq!(value("dbslots_gate_accepted_total"), 2.0);
+    assert_eq!(value("dbslots_gate_queued"), 0.0);
+    assert_eq!(value("dbslots_gate_wait_seconds_count"), 0.0);
 
     // With the slot free, the same clients get in.
     drop(held);
