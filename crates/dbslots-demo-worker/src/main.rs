@@ -13,25 +13,21 @@
 //! * `report` (administrative account) prints the rows queued and processed
 //!   and the server's connection counters, as JSON.
 //!
-//! How `work` connects depends on what it was given, like any worker of
-//! `dbslots spawn`:
-//!
-//! * `DBSLOTS_SLOT` set: the spawner holds a slot for this worker, so it
-//!   connects directly and must not take a second slot;
-//! * else `DBSLOTS_POOL` set: it takes its own slot through
-//!   [`dbslots_mysql::Connector`] (the reference batch mode);
-//! * `--no-slots`: it connects directly with the reference system's retries
-//!   (5 attempts, 100 ms doubling), the way that ran into 1040.
+//! `work` connects the way any worker of `dbslots spawn` should, with
+//! [`Connector::from_env`]: through the slot the spawner holds for it when
+//! `DBSLOTS_SLOT` is set, else through a slot of its own from the pool
+//! `DBSLOTS_POOL` names (the reference batch mode). Under `--no-slots` it
+//! connects directly with the reference system's retries (5 attempts,
+//! 100 ms doubling), the way that ran into 1040.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use dbslots_core::{Pool, PoolOptions};
 use dbslots_mysql::mysql_async::prelude::Queryable;
 use dbslots_mysql::mysql_async::{self, Conn, TxOpts};
-use dbslots_mysql::{Attempt, Connector, ServerLimits, codes};
+use dbslots_mysql::{Attempt, Connection, Connector, ConnectorOptions, ServerLimits, codes};
 use serde_json::json;
 
 /// The jobs table.
@@ -251,7 +247,7 @@ impl Opened {
     async fn close(self) -> Result<()> {
         match self {
             Opened::Direct(c) => c.disconnect().await?,
-            Opened::Slotted(c) => c.close().await?,
+            Opened::Slotted(c) => Connection::close(c).await?,
         }
         Ok(())
     }
@@ -301,7 +297,7 @@ async fn wait_until_unix_ms(at: u64) {
 }
 
 async fn work(url: &str, hold: Duration, no_slots: bool) -> Result<()> {
-    let index = env_u32("DBSLOTS_WORKER_INDEX")?;
+    let index = env_u32(dbslots_core::env::WORKER_INDEX)?;
     let started = Instant::now();
     let mut refusals = Refusals::default();
     let (path, opened) = if no_slots {
@@ -309,18 +305,13 @@ async fn work(url: &str, hold: Duration, no_slots: bool) -> Result<()> {
             "no-slots",
             connect_direct(url, &mut refusals).await.map(Opened::Direct),
         )
-    } else if std::env::var_os("DBSLOTS_SLOT").is_some() {
-        // The spawner holds our slot: a second one from the same pool
-        // would be waiting for ourselves once the pool is full.
-        (
-            "spawner-slot",
-            connect_direct(url, &mut refusals).await.map(Opened::Direct),
-        )
     } else {
-        let pool_dir = std::env::var("DBSLOTS_POOL")
-            .context("neither DBSLOTS_SLOT nor DBSLOTS_POOL is set: run me with `dbslots spawn`")?;
-        let pool = Pool::open(&pool_dir, PoolOptions::new())?;
-        let connector = Connector::new(url, pool)?;
+        let path = if std::env::var_os(dbslots_core::env::SLOT).is_some() {
+            "spawner-slot"
+        } else {
+            "connector"
+        };
+        let connector = Connector::from_env(url, ConnectorOptions::new())?;
         let opened = match connector.connect().await {
             Ok(conn) => {
                 refusals.attempts(conn.failed_attempts());
@@ -335,7 +326,7 @@ async fn work(url: &str, hold: Duration, no_slots: bool) -> Result<()> {
                 Err(anyhow::Error::from(e))
             }
         };
-        ("connector", opened)
+        (path, opened)
     };
     let result = match opened {
         Ok(mut conn) => {

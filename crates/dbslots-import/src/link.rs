@@ -57,7 +57,23 @@ impl Connector {
                 reason: "it names no database".into(),
             });
         }
+        // Started by `dbslots spawn`/`exec` holding a slot of this very
+        // pool: use that slot, never wait for a second one (which, in a
+        // full pool, would wait for this process's own slot).
+        let inherited = dbslots_core::env::inherited_slot()
+            .ok()
+            .flatten()
+            .zip(pool.as_ref())
+            .is_some_and(|(held, pool)| &held.pool == pool.addr());
         Ok(match pool {
+            Some(_) if inherited => Connector::Pooled(
+                dbslots_mysql::Connector::from_env(url, dbslots_mysql::ConnectorOptions::new())
+                    .map_err(|e| Error::Connect {
+                        url: redacted.clone(),
+                        waited: std::time::Duration::ZERO,
+                        message: e.to_string(),
+                    })?,
+            ),
             Some(pool) => Connector::Pooled(dbslots_mysql::Connector::from_server(
                 server,
                 pool,
@@ -86,7 +102,7 @@ impl Connector {
         match self {
             Connector::Pooled(c) => match c.connect().await {
                 Ok(conn) => {
-                    tracing::debug!(url = %c.url(), id = conn.id(), slot = conn.slot().map(dbslots_core::Slot::index), "connected");
+                    tracing::debug!(url = %c.url(), id = conn.id(), slot = conn.slot_index(), "connected");
                     Ok(Connection::Pooled(conn))
                 }
                 Err(e) => Err(ConnectFailure {
@@ -148,7 +164,9 @@ impl Connection {
     /// closed either way.
     pub async fn close(self) {
         let result = match self {
-            Connection::Pooled(c) => c.close().await.map_err(|e| e.to_string()),
+            Connection::Pooled(c) => dbslots_mysql::Connection::close(c)
+                .await
+                .map_err(|e| e.to_string()),
             Connection::Direct(mut c) => match c.0.take() {
                 Some(conn) => conn.disconnect().await.map_err(|e| e.to_string()),
                 None => Ok(()),
@@ -184,26 +202,11 @@ fn is_transient_pooled(e: &dbslots_mysql::Error) -> bool {
     e.is_slot_timeout() || e.is_retryable() || e.code() == Some(1053)
 }
 
-/// Whether a failed statement means the connection is gone or the
-/// transaction was aborted in a way that a fresh connection and a retry
-/// from the checkpoint fix: I/O errors, a closed connection, a server
-/// shutting down (1053), network errors (1152-1161), lock wait timeout
-/// (1205), deadlock (1213), an interrupted or killed query or session
-/// (1317, 1927, 3169), the inactivity timeout (4031).
+/// Whether a failed statement means the connection is gone
+/// ([`dbslots_mysql::connection_is_gone`], the workspace's one rule) or the
+/// transaction was aborted in a way that a retry from the checkpoint fixes:
+/// lock wait timeout (1205), deadlock (1213), an interrupted query (1317).
 pub(crate) fn is_connection_problem(e: &mysql_async::Error) -> bool {
-    use mysql_async::DriverError;
-    match e {
-        mysql_async::Error::Io(_) => true,
-        mysql_async::Error::Driver(d) => matches!(
-            d,
-            DriverError::ConnectionClosed
-                | DriverError::PacketOutOfOrder
-                | DriverError::UnexpectedPacket { .. }
-        ),
-        mysql_async::Error::Server(s) => matches!(
-            s.code,
-            1053 | 1152..=1161 | 1205 | 1213 | 1317 | 1927 | 3169 | 4031
-        ),
-        _ => false,
-    }
+    dbslots_mysql::connection_is_gone(e)
+        || matches!(e, mysql_async::Error::Server(s) if matches!(s.code, 1205 | 1213 | 1317))
 }

@@ -161,6 +161,34 @@ struct Shared {
     pool_name: String,
     options: ConnectorOptions,
     via_socket: bool,
+    /// The slot the parent holds for this process ([`Connector::from_env`]).
+    inherited: Option<Inherited>,
+}
+
+/// A slot held by the parent process: it guards one connection at a time,
+/// so connections of this process take turns on it.
+struct Inherited {
+    index: u32,
+    turn: Arc<tokio::sync::Semaphore>,
+}
+
+/// What a connection holds: its own slot, or its turn on the slot the
+/// parent holds. Dropped after the connection's socket is closed.
+enum Hold {
+    Own(Slot),
+    Inherited {
+        index: u32,
+        _turn: tokio::sync::OwnedSemaphorePermit,
+    },
+}
+
+impl Hold {
+    fn index(&self) -> u32 {
+        match self {
+            Hold::Own(slot) => slot.index(),
+            Hold::Inherited { index, .. } => *index,
+        }
+    }
 }
 
 impl fmt::Debug for Connector {
@@ -195,6 +223,72 @@ impl Connector {
         Self::from_server(ServerUrl::from_opts(opts, url), pool, options)
     }
 
+    /// The connector of a worker started by `dbslots spawn` or
+    /// `dbslots exec`: the one line a worker needs.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), dbslots_mysql::Error> {
+    /// use dbslots_mysql::{Connection, Connector, ConnectorOptions};
+    ///
+    /// let conn = Connector::from_env("mysql://app:pw@db/app", ConnectorOptions::new())?
+    ///     .connect()
+    ///     .await?;
+    /// // ... work ...
+    /// Connection::close(conn).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// When the parent holds a slot for this process
+    /// ([`dbslots_core::env::SLOT`] is set), connections use that slot, one
+    /// at a time: a second slot from the same pool would wait for this
+    /// process's own slot once the pool is full. Otherwise each connection
+    /// takes its own slot of the pool [`dbslots_core::env::POOL`] names.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`] for a bad URL; [`Error::Slot`] when the
+    /// environment names no pool (run the worker under `dbslots spawn` or
+    /// `dbslots exec`, or build the connector with [`Connector::new`]) or
+    /// the pool cannot be opened.
+    pub fn from_env(url: &str, options: ConnectorOptions) -> Result<Connector> {
+        use dbslots_core::{PoolOptions, env};
+        let server = ServerUrl::parse(url)?;
+        let redacted = server.redacted().to_string();
+        let slot_error = |source| Error::Slot {
+            url: redacted.clone(),
+            source,
+        };
+        let inherited = env::inherited_slot().map_err(slot_error)?;
+        let addr = match &inherited {
+            Some(held) => held.pool.clone(),
+            None => match std::env::var(env::POOL) {
+                Ok(pool) => dbslots_core::PoolAddr::parse(&pool).map_err(slot_error)?,
+                Err(_) => {
+                    return Err(slot_error(dbslots_core::Error::InvalidAddress {
+                        address: String::new(),
+                        reason: format!(
+                            "neither {} nor {} is set: start this worker with `dbslots spawn` or `dbslots exec`, or give the connector a pool (Connector::new)",
+                            env::SLOT,
+                            env::POOL
+                        ),
+                    }));
+                }
+            },
+        };
+        let pool = Pool::open(addr, PoolOptions::new()).map_err(slot_error)?;
+        let mut connector = Self::from_server(server, pool, options);
+        if let Some(held) = inherited {
+            let shared = Arc::get_mut(&mut connector.inner)
+                .expect("a connector just built has no other handle");
+            shared.inherited = Some(Inherited {
+                index: held.index,
+                turn: Arc::new(tokio::sync::Semaphore::new(1)),
+            });
+        }
+        Ok(connector)
+    }
+
     /// A connector for a parsed [`ServerUrl`].
     pub fn from_server(server: ServerUrl, pool: Pool, options: ConnectorOptions) -> Connector {
         let url = server.redacted().to_string();
@@ -215,6 +309,7 @@ impl Connector {
                 pool_name,
                 options,
                 via_socket,
+                inherited: None,
             }),
         }
     }
@@ -260,13 +355,39 @@ impl Connector {
         })
     }
 
-    /// Waits for a slot of the pool, up to the slot timeout.
-    async fn take_slot(&self) -> Result<Slot> {
+    /// Waits for a slot of the pool (or for this process's turn on the
+    /// slot its parent holds), up to the slot timeout.
+    async fn take_slot(&self) -> Result<Hold> {
         let shared = &self.inner;
+        let timeout = shared.options.slot_timeout;
+        if let Some(held) = &shared.inherited {
+            let started = Instant::now();
+            return match tokio::time::timeout(timeout, held.turn.clone().acquire_owned()).await {
+                Ok(Ok(turn)) => Ok(Hold::Inherited {
+                    index: held.index,
+                    _turn: turn,
+                }),
+                // The semaphore is never closed; a timeout it is.
+                Ok(Err(_)) | Err(_) => Err(Error::Slot {
+                    url: shared.url.clone(),
+                    source: dbslots_core::Error::Timeout {
+                        pool: format!(
+                            "{} (slot {} held by the parent process, in use by another connection of this process)",
+                            shared.pool_name, held.index
+                        ),
+                        waited: started.elapsed(),
+                        capacity: 1,
+                        active: 1,
+                        waiting: 1,
+                    },
+                }),
+            };
+        }
         shared
             .pool
-            .acquire_timeout(shared.options.slot_timeout)
+            .acquire_timeout(timeout)
             .await
+            .map(Hold::Own)
             .map_err(|source| Error::Slot {
                 url: shared.url.clone(),
                 source,
@@ -282,8 +403,8 @@ impl Connector {
     /// hand-back on every connect (measured: +3.5 % of connect latency).
     async fn open(
         &self,
-        slot: Slot,
-    ) -> std::result::Result<(Conn, Slot, Vec<Attempt>), (Error, Option<Slot>)> {
+        slot: Hold,
+    ) -> std::result::Result<(Conn, Hold, Vec<Attempt>), (Error, Option<Hold>)> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err((self.no_runtime(slot.index()), Some(slot)));
         }
@@ -402,7 +523,7 @@ pub struct Connection {
     conn: Option<Conn>,
     /// `None` only after an `ensure_alive` that was cancelled while
     /// re-opening (its task released the slot); the connection is dead then.
-    slot: Option<Slot>,
+    slot: Option<Hold>,
     connector: Connector,
     failed_attempts: Vec<Attempt>,
 }
@@ -411,7 +532,7 @@ impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
             .field("id", &self.conn.as_ref().map(Conn::id))
-            .field("slot", &self.slot.as_ref().map(Slot::index))
+            .field("slot", &self.slot.as_ref().map(Hold::index))
             .field("url", &self.connector.inner.url)
             .field("pool", &self.connector.inner.pool_name)
             .finish()
@@ -434,10 +555,22 @@ impl DerefMut for Connection {
 }
 
 impl Connection {
-    /// The slot this connection holds; `None` only after a cancelled
+    /// The slot this connection holds; `None` when it uses the slot its
+    /// process holds through its parent ([`Connector::from_env`]; see
+    /// [`Connection::slot_index`]) and after a cancelled
     /// [`Connection::ensure_alive`] (the next one takes a new slot).
     pub fn slot(&self) -> Option<&Slot> {
-        self.slot.as_ref()
+        match self.slot.as_ref()? {
+            Hold::Own(slot) => Some(slot),
+            Hold::Inherited { .. } => None,
+        }
+    }
+
+    /// The number of the slot this connection uses, its own or the one its
+    /// process holds through its parent; `None` only after a cancelled
+    /// [`Connection::ensure_alive`].
+    pub fn slot_index(&self) -> Option<u32> {
+        self.slot.as_ref().map(Hold::index)
     }
 
     /// The attempts that failed before this connection was opened (by
@@ -455,20 +588,30 @@ impl Connection {
     /// Sends COM_QUIT, waits until it is written and the socket closed, then
     /// releases the slot.
     ///
+    /// An associated function, called as `Connection::close(conn)`, so that
+    /// `conn.close(statement)` still reaches [`Queryable::close`] through
+    /// `Deref` (as deadpool's `Object::take(this)`).
+    ///
     /// # Errors
     ///
     /// [`Error::Close`] when QUIT could not be sent (the server was gone);
     /// the socket is closed and the slot released all the same.
-    pub async fn close(mut self) -> Result<()> {
-        let conn = self.conn.take().expect(HOLDS_CONN);
-        let slot = self.slot.take();
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future never releases the slot before the socket is
+    /// closed: the connection inside it is dropped (its socket closed)
+    /// first.
+    pub async fn close(mut this: Self) -> Result<()> {
+        let conn = this.conn.take().expect(HOLDS_CONN);
+        let slot = this.slot.take();
         let id = conn.id();
         // `slot` is declared before the disconnect future: if this future is
         // dropped mid-way, the connection (inside the disconnect future) is
         // dropped, closing its socket, before the slot.
         let result = conn.disconnect().await;
         if let Some(slot) = slot {
-            tracing::trace!(pool = %self.connector.inner.pool_name, slot = slot.index(), id, "connection closed");
+            tracing::trace!(pool = %this.connector.inner.pool_name, slot = slot.index(), id, "connection closed");
             drop(slot);
         }
         result.map_err(|source| Error::Close { id, source })
@@ -551,15 +694,7 @@ impl Connection {
         }
         let slot = match slot {
             Some(slot) => slot,
-            None => connector
-                .inner
-                .pool
-                .acquire_timeout(connector.inner.options.slot_timeout)
-                .await
-                .map_err(|source| Error::Slot {
-                    url: connector.inner.url.clone(),
-                    source,
-                })?,
+            None => connector.take_slot().await?,
         };
         let (conn, slot, failed) = connector.open(slot).await.map_err(|(e, _slot)| e)?;
         Ok(Connection {
@@ -570,7 +705,7 @@ impl Connection {
         })
     }
 
-    async fn acquire_new_slot(&self) -> Result<Slot> {
+    async fn acquire_new_slot(&self) -> Result<Hold> {
         self.connector.take_slot().await
     }
 }
@@ -606,21 +741,39 @@ impl Drop for Connection {
 /// (its socket closed) before the slot is released.
 struct Held {
     conn: Conn,
-    slot: Option<Slot>,
+    slot: Option<Hold>,
 }
 
-/// Whether a failed ping means the server no longer has the connection.
-fn connection_is_gone(err: &mysql_async::Error) -> bool {
+/// Whether `err` means the connection is gone: the server no longer has it
+/// or the driver has closed its socket, so nothing more can be sent on it
+/// and the next unit of work needs a new connection. The one rule of the
+/// workspace ([`Connection::ensure_alive`] and the importer use it).
+///
+/// Gone: I/O errors; the driver's "connection closed" and protocol
+/// desynchronisation; the server shutting down (1053), aborting the
+/// connection on a network error (1152-1161), a killed connection or
+/// session (1927, 3169), the inactivity timeout (4031). Not gone: any other
+/// server error (a syntax error, a deadlock, a lock wait timeout: the
+/// connection still works) and driver errors about the statement.
+pub fn connection_is_gone(err: &mysql_async::Error) -> bool {
+    use mysql_async::DriverError;
     match err {
+        mysql_async::Error::Io(_) => true,
+        mysql_async::Error::Driver(d) => matches!(
+            d,
+            DriverError::ConnectionClosed
+                | DriverError::PacketOutOfOrder
+                | DriverError::UnexpectedPacket { .. }
+        ),
         mysql_async::Error::Server(e) => matches!(
             e.code,
-            codes::CONNECTION_KILLED
-                | codes::SESSION_WAS_KILLED
-                | codes::CLIENT_INTERACTION_TIMEOUT
-                | codes::SERVER_SHUTDOWN
+            codes::SERVER_SHUTDOWN | 1152
+                ..=1161
+                    | codes::CONNECTION_KILLED
+                    | codes::SESSION_WAS_KILLED
+                    | codes::CLIENT_INTERACTION_TIMEOUT
         ),
-        // I/O and driver errors: the driver has closed the socket.
-        _ => true,
+        _ => false,
     }
 }
 

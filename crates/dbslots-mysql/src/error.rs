@@ -96,6 +96,12 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// An [`IdleRule`](crate::IdleRule) that would hit more than intended.
+    #[error("refusing to kill idle connections: {reason}")]
+    InvalidRule {
+        /// What is wrong, and what to give instead.
+        reason: String,
+    },
     /// No slot came in time, or the pool failed; no connection was opened.
     #[error("no connection to {url} was opened: {source}")]
     Slot {

@@ -5,18 +5,18 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use crate::error::{Error, Result};
 
-/// The worker's 0-based index, `0..count`.
-pub const ENV_WORKER_INDEX: &str = "DBSLOTS_WORKER_INDEX";
-/// How many workers the spawner starts in all.
-pub const ENV_WORKER_COUNT: &str = "DBSLOTS_WORKER_COUNT";
-/// The pool's address (as `dbslots --pool` takes it).
-pub const ENV_POOL: &str = "DBSLOTS_POOL";
-/// The job id given to the spawner; unset when none was given.
-pub const ENV_JOB_ID: &str = "DBSLOTS_JOB_ID";
-/// The slot number taken for this worker, when the spawner took one (see
-/// the crate documentation); unset otherwise. A worker that sees it must
-/// not take another slot from [`ENV_POOL`] for the same connection.
-pub const ENV_SLOT: &str = "DBSLOTS_SLOT";
+// The names live in `dbslots_core::env` (one place for every `DBSLOTS_*`
+// name); these are the spawner's names for them.
+/// The job id given to the spawner ([`dbslots_core::env::JOB_ID`]).
+pub use dbslots_core::env::JOB_ID as ENV_JOB_ID;
+/// The pool's address ([`dbslots_core::env::POOL`]).
+pub use dbslots_core::env::POOL as ENV_POOL;
+/// The slot number taken for this worker ([`dbslots_core::env::SLOT`]).
+pub use dbslots_core::env::SLOT as ENV_SLOT;
+/// How many workers the spawner starts in all ([`dbslots_core::env::WORKER_COUNT`]).
+pub use dbslots_core::env::WORKER_COUNT as ENV_WORKER_COUNT;
+/// The worker's 0-based index, `0..count` ([`dbslots_core::env::WORKER_INDEX`]).
+pub use dbslots_core::env::WORKER_INDEX as ENV_WORKER_INDEX;
 
 const INDEX: &[u8] = b"{index}";
 const COUNT: &[u8] = b"{count}";
@@ -116,10 +116,18 @@ impl Template {
     /// password of a URL-like word as `***`. Used for the joblog's `Command`
     /// column and in messages.
     pub fn display(&self, index: u32, count: u32) -> String {
-        let mut line = quote(&self.program);
-        for arg in self.args(index, count) {
-            line.push(' ');
-            line.push_str(&quote(&arg));
+        let words: Vec<String> = std::iter::once(self.program.clone())
+            .chain(self.args(index, count))
+            .map(|w| String::from_utf8_lossy(w.as_bytes()).into_owned())
+            .collect();
+        // Secrets in options (`--password=`, `-p…`, `MYSQL_PWD=`) and URLs.
+        let words = dbslots_core::redact_command(&words);
+        let mut line = String::new();
+        for word in words {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(&quote(OsStr::new(&word)));
         }
         line
     }
@@ -215,5 +223,19 @@ mod tests {
         );
         let t = Template::from_argv(["w", "--url=mysql://app:secret@db/x"]).unwrap();
         assert_eq!(t.display(0, 1), "w '--url=mysql://app:***@db/x'");
+        let t = Template::from_argv([
+            "mysql",
+            "--password=secret",
+            "-psecret",
+            "--password",
+            "secret",
+            "-e",
+            "SELECT {index}",
+        ])
+        .unwrap();
+        assert_eq!(
+            t.display(2, 3),
+            "mysql '--password=***' '-p***' --password '***' -e 'SELECT 2'"
+        );
     }
 }

@@ -31,7 +31,10 @@
 //!   locks on `slots/0..capacity` bound the holders by themselves. While a
 //!   shrink drains they do not, so an acquirer then takes `init.lock`
 //!   (without waiting), counts every held slot below `high_water` and takes
-//!   one only if fewer than `capacity` are held.
+//!   one only if fewer than `capacity` are held. An acquirer on the normal
+//!   path re-reads the capacity after taking a lock and goes the draining
+//!   way if a shrink came in between (resize stores `high_water` before the
+//!   capacity, so that re-read cannot miss it).
 //! * **No polling for a normal release.** A releaser unlocks, then wakes the
 //!   head waiter's futex word (see `queue`); with nobody queued that is one
 //!   load of the `head` word. Only slots freed without a wake-up (a killed
@@ -153,29 +156,42 @@ impl FilePool {
             created || (!has_meta && opts.capacity.is_some()),
         )?;
 
-        let init = dirs.open_root_file(INIT_LOCK, OFlags::CREATE | OFlags::RDWR)?;
-        rfs::flock(&init, FlockOperation::LockExclusive)
-            .map_err(|e| Error::io("locking", dir.join(INIT_LOCK), errno_io(e)))?;
-        let recorded = dirs.read_meta()?.map(|m| m.capacity);
-        match (recorded, opts.capacity) {
-            (Some(rec), Some(req)) if rec != req => {
-                return Err(Error::CapacityMismatch {
-                    pool: name,
-                    recorded: rec,
-                    requested: req,
-                });
-            }
-            (Some(_), _) => {}
-            (None, None) => return Err(Error::NotFound { pool: name }),
-            (None, Some(cap)) => {
-                tracing::info!(pool = %name, capacity = cap, "creating slot pool");
-                dirs.create(cap, group)?;
-            }
+        // `pool.json` is written last at creation and replaced atomically by
+        // a resize: once it exists the pool is complete, and opening needs
+        // no lock (a process stopped while holding `init.lock` must not keep
+        // others from opening the pool). Only a creation takes the lock.
+        let mut recorded = dirs.read_meta()?.map(|m| m.capacity);
+        let mut init = None;
+        if recorded.is_none() {
+            let fd = dirs.open_root_file(INIT_LOCK, OFlags::CREATE | OFlags::RDWR)?;
+            rfs::flock(&fd, FlockOperation::LockExclusive)
+                .map_err(|e| Error::io("locking", dir.join(INIT_LOCK), errno_io(e)))?;
+            init = Some(fd);
+            recorded = dirs.read_meta()?.map(|m| m.capacity);
         }
-        let state = dirs.open_root_file(STATE, OFlags::RDWR)?;
-        let board = Board::open(&std::fs::File::from(state), &dir.join(STATE))?;
-        unlock(&init);
-        drop(init);
+        let result = (|| {
+            match (recorded, opts.capacity) {
+                (Some(rec), Some(req)) if rec != req => {
+                    return Err(Error::CapacityMismatch {
+                        pool: name.clone(),
+                        recorded: rec,
+                        requested: req,
+                    });
+                }
+                (Some(_), _) => {}
+                (None, None) => return Err(Error::NotFound { pool: name.clone() }),
+                (None, Some(cap)) => {
+                    tracing::info!(pool = %name, capacity = cap, "creating slot pool");
+                    dirs.create(cap, group)?;
+                }
+            }
+            let state = dirs.open_root_file(STATE, OFlags::RDWR)?;
+            Board::open(&std::fs::File::from(state), &dir.join(STATE))
+        })();
+        if let Some(fd) = init {
+            unlock(&fd);
+        }
+        let board = result?;
 
         let pid = std::process::id();
         Ok(FilePool {
@@ -236,17 +252,6 @@ impl FilePool {
         self.board.acquisitions().fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Tries to lock `slot`; on success records the holder.
-    fn try_take(&self, slot: u32, capacity: u32) -> Result<bool> {
-        match self.fds.try_lock(&self.dirs, slot)? {
-            Try::Taken => {
-                self.taken(slot, capacity);
-                Ok(true)
-            }
-            Try::Busy => Ok(false),
-        }
-    }
-
     /// One pass over the slots. Phase one tries the slots whose occupancy
     /// bit is clear; with `probe_stale`, phase two also tries the slots whose
     /// bit is set, which finds the slots of killed holders and of foreign
@@ -278,7 +283,16 @@ impl FilePool {
                     let b = candidates.trailing_zeros();
                     candidates &= candidates - 1;
                     let slot = w as u32 * 64 + b;
-                    if self.try_take(slot, capacity)? {
+                    if let Try::Taken = self.fds.try_lock(&self.dirs, slot)? {
+                        // A shrink may have come between reading the
+                        // capacity and taking the lock: then this slot is
+                        // only ours if the drain's count allows it.
+                        let now = self.capacity();
+                        if slot >= now || self.high_water(now) > now {
+                            let _ = self.fds.unlock(slot);
+                            return self.claim_draining(now);
+                        }
+                        self.taken(slot, capacity);
                         return Ok(Some(slot));
                     }
                 }
@@ -287,7 +301,8 @@ impl FilePool {
         Ok(None)
     }
 
-    /// Claims a slot while a shrink drains: under `init.lock` (never waited
+    /// Claims a slot while a shrink drains (or when a shrink came between
+    /// reading the capacity and taking a lock): under `init.lock` (never waited
     /// for: a stopped holder of it must not stall anyone for long, the head
     /// retries on its next tick), counts every held slot below `high_water`
     /// and takes one below the capacity only if fewer than `capacity` are

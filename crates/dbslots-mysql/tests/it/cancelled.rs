@@ -67,7 +67,7 @@ fn connects_cancelled_at_random_points_never_push_the_server_over_its_limit() {
                             }
                             Ok(Ok(mut conn)) => {
                                 conn.query_drop("DO 1").await.expect("a statement runs");
-                                conn.close().await.expect("closes");
+                                dbslots_mysql::Connection::close(conn).await.expect("closes");
                                 completed.fetch_add(1, Ordering::Relaxed);
                             }
                             Ok(Err(e)) if e.code() == Some(codes::TOO_MANY_CONNECTIONS) => {

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use dbslots_mysql::mysql_async::prelude::Queryable;
-use dbslots_mysql::{Connector, Error, Liveness, codes};
+use dbslots_mysql::{Connection, Connector, Error, Liveness, codes};
 use dbslots_testkit::shared_mysql;
 
 use crate::support::{admin, gone_from_server, pool, runtime, url_as, url_with_db};
@@ -44,7 +44,7 @@ fn a_connection_killed_by_the_admin_is_reopened_in_the_same_slot() {
             "the slot stayed held throughout"
         );
         let second_id = conn.id();
-        conn.close().await.expect("close");
+        Connection::close(conn).await.expect("close");
         assert!(
             pool.try_acquire().expect("try_acquire").is_some(),
             "close freed the slot"

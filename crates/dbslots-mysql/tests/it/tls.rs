@@ -41,7 +41,9 @@ async fn cipher_through_connector(url: &str) -> String {
     let (_dir, connector) = connector(url).unwrap_or_else(|e| panic!("{e}"));
     let mut conn = connector.connect().await.unwrap_or_else(|e| panic!("{e}"));
     let c = cipher(&mut conn).await;
-    conn.close().await.expect("closes");
+    dbslots_mysql::Connection::close(conn)
+        .await
+        .expect("closes");
     c
 }
 
