@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use dbslots_core::PoolStats;
 use serde_json::{Value, json};
 
-use crate::{AccountUsage, ServerReading, ServerSnapshot};
+use crate::{AccountUsage, Fleet, ServerReading, ServerSnapshot};
 
 /// The content type of the Prometheus text exposition format 0.0.4.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -41,12 +41,14 @@ pub fn pool_stats_json(readings: &[PoolReading], now_ms: u64) -> Value {
 /// The body of `GET /api/server`: the document `dbslots connections --json`
 /// prints (`url` redacted, `limits`, `suggested_capacity`, `groups`,
 /// `connections`), plus `user_limit` ([`ServerLimits::user_limit`](crate::ServerLimits::user_limit)).
-pub fn server_json(url: &str, reading: &ServerReading) -> Value {
+/// The capacity is suggested for `fleet` (`dbslots connections`: the
+/// URL's user on one host).
+pub fn server_json(url: &str, reading: &ServerReading, fleet: &Fleet) -> Value {
     let limits = &reading.limits;
     json!({
         "url": url,
         "limits": limits,
-        "suggested_capacity": limits.suggest_capacity(),
+        "suggested_capacity": limits.suggest_capacity_for(&reading.processlist, fleet),
         "groups": reading.processlist.groups(),
         "connections": reading.processlist.processes,
         "user_limit": limits.user_limit(),
@@ -540,7 +542,11 @@ mod tests {
                 }],
             },
         };
-        let v = server_json("mysql://app:***@db/x", &reading);
+        let fleet = Fleet {
+            user: "app".into(),
+            hosts: 1,
+        };
+        let v = server_json("mysql://app:***@db/x", &reading, &fleet);
         assert_eq!(v["url"], "mysql://app:***@db/x");
         assert_eq!(v["limits"]["max_connections"], 151);
         assert_eq!(v["limits"]["threads_connected"], 12);

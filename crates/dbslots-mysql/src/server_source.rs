@@ -129,6 +129,16 @@ impl ServerSource {
         dbslots_core::redact(&self.inner.url)
     }
 
+    /// The fleet `dbslots connections` suggests a capacity for: the URL's
+    /// user, on one host.
+    pub fn fleet(&self) -> crate::Fleet {
+        let user = crate::ServerUrl::parse(&self.inner.url)
+            .ok()
+            .and_then(|u| u.opts().user().map(str::to_string))
+            .unwrap_or_default();
+        crate::Fleet { user, hosts: 1 }
+    }
+
     /// What is known about the server, refreshed if older than
     /// [`SERVER_FRESH`]: waits for a refresh at most `wait`, then answers
     /// with the last good reading, not up. Must be called inside a tokio

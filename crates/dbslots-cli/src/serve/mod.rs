@@ -239,7 +239,10 @@ async fn api_server(State(app): State<App>) -> Response {
         );
     };
     match server.read(SERVER_WAIT).await.current() {
-        Ok(reading) => json_response(StatusCode::OK, server_json(&server.shown_url(), reading)),
+        Ok(reading) => json_response(
+            StatusCode::OK,
+            server_json(&server.shown_url(), reading, &server.fleet()),
+        ),
         Err(e) => error_response(StatusCode::BAD_GATEWAY, &e),
     }
 }
