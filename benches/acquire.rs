@@ -39,9 +39,9 @@ fn child(role: &str) {
     let mut events = Vec::with_capacity(rounds);
     match role {
         "dbslots" => {
-            let pool = Pool::open_str(target, &PoolOptions::new()).expect("open pool");
+            let pool = Pool::open(target, PoolOptions::new()).expect("open pool");
             for _ in 0..rounds {
-                let slot = pool.acquire().expect("acquire");
+                let slot = pool.blocking_acquire().expect("acquire");
                 let acquired = mono_ns();
                 let released = mono_ns();
                 drop(slot);
@@ -141,11 +141,11 @@ fn redis_server() -> Option<(Option<dbslots_testkit::RedisServer>, String)> {
 fn redis_pool_addr(url: &str, capacity: u32) -> String {
     let name = format!("bench-{}-{}", std::process::id(), capacity);
     let addr = format!("{url}?pool={name}");
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(capacity)).expect("redis pool");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(capacity)).expect("redis pool");
     // A pool created on a server that just started admits holders only once
     // a lease time has passed since the start (see the backend's docs).
     drop(
-        pool.acquire_timeout(Duration::from_secs(30))
+        pool.blocking_acquire_timeout(Duration::from_secs(30))
             .expect("admission opens"),
     );
     addr
@@ -153,11 +153,7 @@ fn redis_pool_addr(url: &str, capacity: u32) -> String {
 
 fn uncontended(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pool = Pool::open(
-        dir.path().join("pool").as_path(),
-        &PoolOptions::new().capacity(150),
-    )
-    .expect("pool");
+    let pool = Pool::open(dir.path().join("pool"), PoolOptions::new().capacity(150)).expect("pool");
     let reference = ReferencePool::new(dir.path().join("reference.lock"), 150);
     let semaphore = tokio::sync::Semaphore::new(150);
 
@@ -166,7 +162,7 @@ fn uncontended(c: &mut Criterion) {
         b.iter(|| black_box(pool.try_acquire().expect("try").expect("free slot")))
     });
     g.bench_function("dbslots acquire+release", |b| {
-        b.iter(|| black_box(pool.acquire().expect("acquire")))
+        b.iter(|| black_box(pool.blocking_acquire().expect("acquire")))
     });
     g.bench_function("reference acquire+release", |b| {
         b.iter(|| {
@@ -179,7 +175,7 @@ fn uncontended(c: &mut Criterion) {
     });
     if let Some((_server, url)) = redis_server() {
         let redis_pool =
-            Pool::open_str(&redis_pool_addr(&url, 150), &PoolOptions::new()).expect("redis pool");
+            Pool::open(redis_pool_addr(&url, 150), PoolOptions::new()).expect("redis pool");
         g.bench_function("redis try_acquire+release", |b| {
             b.iter(|| black_box(redis_pool.try_acquire().expect("try").expect("free slot")))
         });
@@ -198,7 +194,7 @@ fn uncontended(c: &mut Criterion) {
 fn handoff(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let pool_dir = dir.path().join("pool");
-    Pool::open(pool_dir.as_path(), &PoolOptions::new().capacity(1)).expect("pool");
+    Pool::open(pool_dir.as_path(), PoolOptions::new().capacity(1)).expect("pool");
     let pool_addr = pool_dir.display().to_string();
     let reference = dir.path().join("reference.lock");
     let reference_addr = reference.display().to_string();

@@ -40,7 +40,7 @@ fn main() {
         .build()
         .expect("a tokio runtime");
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let pool = Pool::open(dir.path().join("pool"), &PoolOptions::new().capacity(8))
+    let pool = Pool::open(dir.path().join("pool"), PoolOptions::new().capacity(8))
         .expect("the pool opens");
     let connector =
         Connector::with_options(&url, pool.clone(), ConnectorOptions::new().attempts(1))
@@ -85,7 +85,7 @@ fn main() {
                 let start = Instant::now();
                 for _ in 0..iters {
                     let slot = pool
-                        .acquire_async_timeout(Duration::from_secs(30))
+                        .acquire_timeout(Duration::from_secs(30))
                         .await
                         .expect("a free slot");
                     black_box(slot.index());

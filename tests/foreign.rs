@@ -61,7 +61,7 @@ impl Drop for PyHolder {
 fn pool(capacity: u32) -> (tempfile::TempDir, String, Pool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let addr = dir.path().join("pool").display().to_string();
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(capacity)).expect("pool");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(capacity)).expect("pool");
     (dir, addr, pool)
 }
 
@@ -86,7 +86,7 @@ fn a_python_holder_counts_against_the_capacity() {
 #[test]
 fn a_python_waiter_gets_the_slot_dbslots_releases() {
     let (_d, addr, pool) = pool(1);
-    let held = pool.acquire().expect("hold");
+    let held = pool.blocking_acquire().expect("hold");
     let mut py = PyHolder::spawn(&addr);
     std::thread::sleep(Duration::from_millis(200));
     drop(held);
@@ -101,7 +101,7 @@ fn dbslots_waiters_get_the_slot_of_a_killed_python_holder() {
     py.expect_line("HELD");
     let start = Instant::now();
     let waiter = std::thread::spawn(move || {
-        pool.acquire_timeout(Duration::from_secs(30))
+        pool.blocking_acquire_timeout(Duration::from_secs(30))
             .map(|s| s.index())
     });
     std::thread::sleep(Duration::from_millis(50));

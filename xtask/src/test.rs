@@ -72,15 +72,18 @@ fn steps(args: &[String], scratch: TempDir) -> Result<()> {
 }
 
 // Step "ensure chromium": the dashboard test of `dbslots serve` loads the
-// page in Debian's headless Chromium, and the `dbslots watch` test drives
-// the view in tmux; both fail under DBSLOTS_TEST_REQUIRE_SERVERS=1 when
-// their program is missing, so this step installs what is missing first.
+// page in Debian's headless Chromium, the `dbslots watch` test drives
+// the view in tmux, and the alert rules test runs promtool; they fail under
+// DBSLOTS_TEST_REQUIRE_SERVERS=1 when their program is missing, so this
+// step installs what is missing first.
 
-/// What the browser and terminal tests need: a file, and the Debian package
-/// that provides it (a font, so that the screenshot shows text).
+/// What the browser, terminal and alert rules tests need: a file, and the
+/// Debian package that provides it (a font, so that the screenshot shows
+/// text).
 const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("/usr/bin/chromium", "chromium"),
     ("/usr/bin/tmux", "tmux"),
+    ("/usr/bin/promtool", "prometheus"),
     (
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
         "fonts-dejavu-core",
@@ -90,5 +93,5 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
 /// Installs the missing [`TEST_PROGRAMS`] with apt-get as root, saying so;
 /// fails with the command to run when not root.
 fn ensure_chromium() -> Result<()> {
-    packages::ensure(TEST_PROGRAMS, "the browser and terminal tests")
+    packages::ensure(TEST_PROGRAMS, "the browser, terminal and alert rules tests")
 }

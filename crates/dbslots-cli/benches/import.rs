@@ -1,10 +1,14 @@
 //! `dbslots import` against `LOAD DATA LOCAL INFILE`: the same generated
 //! CSV into the same (emptied) table on the same server, alternating, in
-//! one run. Also samples the processor's resident memory through the file.
+//! one run, for two tables: meter readings (3 columns) and a 10-column
+//! table of mixed types. Also samples the processor's resident memory
+//! through the file.
 //!
 //! `cargo bench --bench import` (or `cargo xtask bench`) imports 1,000,000
-//! rows three times each way; under `cargo test --all-targets` (no `--bench`
-//! argument) it imports 2,000 rows once, as a smoke test. The server comes
+//! rows three times each way into each table (`DBSLOTS_BENCH_IMPORT_ROWS`
+//! and `DBSLOTS_BENCH_IMPORT_ROUNDS` change that); under
+//! `cargo test --all-targets` (no `--bench` argument) it imports 2,000 rows
+//! once, as a smoke test. The server comes
 //! from `DBSLOTS_TEST_MYSQL_URL` (see dbslots-testkit); without one the
 //! benchmark says SKIPPED and exits 0. A filter argument that does not
 //! match "import" skips it too, as criterion would.
@@ -21,6 +25,47 @@ use mysql_async::{Conn, Opts, OptsBuilder, WhiteListFsHandler};
 
 const METERS: u64 = 1000;
 
+/// A table and the file that goes into it.
+struct Workload {
+    table: &'static str,
+    ddl: &'static str,
+    /// The column list of `LOAD DATA` (`SET` clauses included).
+    load_columns: &'static str,
+    generate: fn(&Path, u64) -> u64,
+}
+
+const WORKLOADS: [Workload; 2] = [
+    Workload {
+        table: "meter_readings",
+        ddl: "CREATE TABLE meter_readings (
+            meter_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            reading_at DATETIME NOT NULL,
+            kwh DECIMAL(18,6) NOT NULL,
+            PRIMARY KEY (meter_id, reading_at)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+        load_columns: "(meter_id, reading_at, kwh)",
+        generate,
+    },
+    Workload {
+        table: "bench_mixed",
+        ddl: "CREATE TABLE bench_mixed (
+            id BIGINT UNSIGNED NOT NULL,
+            small TINYINT NOT NULL,
+            counter INT UNSIGNED NOT NULL,
+            amount DECIMAL(12,2) NOT NULL,
+            ratio DOUBLE NOT NULL,
+            name VARCHAR(40) NOT NULL,
+            colour ENUM('red','green','blue') NOT NULL,
+            day DATE NOT NULL,
+            at DATETIME(3) NOT NULL,
+            doc JSON NULL,
+            PRIMARY KEY (id)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+        load_columns: "(id, small, counter, amount, ratio, name, colour, day, at, doc)",
+        generate: generate_mixed,
+    },
+];
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let bench_mode = args.iter().any(|a| a == "--bench");
@@ -31,8 +76,17 @@ fn main() {
     let Some(shared) = dbslots_testkit::shared_mysql() else {
         return;
     };
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
     let (rows, rounds) = if bench_mode {
-        (1_000_000, 3)
+        (
+            env("DBSLOTS_BENCH_IMPORT_ROWS", 1_000_000),
+            env("DBSLOTS_BENCH_IMPORT_ROUNDS", 3).max(1) as usize,
+        )
     } else {
         (2_000, 1)
     };
@@ -41,8 +95,6 @@ fn main() {
         .build()
         .expect("a tokio runtime");
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let csv = dir.path().join("readings.csv");
-    let bytes = generate(&csv, rows);
     let db = format!("dbslots_scratch_bench_import_{}", std::process::id());
     let url = with_database(&shared.user_url, &db);
     let version = rt.block_on(async {
@@ -61,6 +113,11 @@ fn main() {
             .unwrap();
         let version: String = conn.query_first("SELECT VERSION()").await.unwrap().unwrap();
         conn.disconnect().await.unwrap();
+        let mut conn = Conn::from_url(&url).await.expect("connect");
+        for w in &WORKLOADS {
+            conn.query_drop(w.ddl).await.expect("create the table");
+        }
+        conn.disconnect().await.unwrap();
         dbslots_import::Queue::new(&url, None)
             .unwrap()
             .create_tables()
@@ -68,59 +125,76 @@ fn main() {
             .expect("create the import tables");
         version
     });
-    println!(
-        "import benchmark: {rows} rows, {:.1} MB CSV, server {version}",
-        bytes as f64 / 1e6
-    );
-
-    let mut load = Vec::new();
-    let mut import = Vec::new();
-    for round in 1..=rounds {
-        rt.block_on(reset(&url));
-        let secs = rt.block_on(load_data(&url, &csv));
-        assert_eq!(rt.block_on(count(&url)), rows, "LOAD DATA loaded every row");
+    for workload in &WORKLOADS {
+        let csv = dir.path().join(format!("{}.csv", workload.table));
+        let bytes = (workload.generate)(&csv, rows);
         println!(
-            "  round {round}: LOAD DATA LOCAL INFILE   {secs:7.2} s  {:>9.0} rows/s",
-            rows as f64 / secs
+            "import benchmark, {}: {rows} rows, {:.1} MB CSV, server {version}",
+            workload.table,
+            bytes as f64 / 1e6
         );
-        load.push(secs);
+        let mut load = Vec::new();
+        let mut import = Vec::new();
+        for round in 1..=rounds {
+            rt.block_on(reset(&url, workload.table));
+            let secs = rt.block_on(load_data(&url, &csv, workload));
+            assert_eq!(
+                rt.block_on(count(&url, workload.table)),
+                rows,
+                "LOAD DATA loaded every row"
+            );
+            println!(
+                "  round {round}: LOAD DATA LOCAL INFILE   {secs:7.2} s  {:>9.0} rows/s",
+                rows as f64 / secs
+            );
+            load.push(secs);
+            let loaded = rt.block_on(checksum(&url, workload.table));
 
-        rt.block_on(reset(&url));
-        let run = run_import(&url, &csv, dir.path());
-        assert_eq!(
-            rt.block_on(count(&url)),
-            rows,
-            "dbslots import imported every row"
+            rt.block_on(reset(&url, workload.table));
+            let run = run_import(&url, &csv, dir.path(), workload.table);
+            assert_eq!(
+                rt.block_on(count(&url, workload.table)),
+                rows,
+                "dbslots import imported every row"
+            );
+            assert_eq!(
+                rt.block_on(checksum(&url, workload.table)),
+                loaded,
+                "dbslots import stored exactly what LOAD DATA stored"
+            );
+            println!(
+                "  round {round}: dbslots import run --once {:7.2} s  {:>9.0} rows/s  peak RSS {:.1} MB",
+                run.secs,
+                rows as f64 / run.secs,
+                run.peak_rss_kb as f64 / 1024.0
+            );
+            println!("           RSS through the run (MB): {}", run.rss_profile());
+            import.push(run);
+        }
+        let import_secs: Vec<f64> = import.iter().map(|r| r.secs).collect();
+        let (best_load, best_import) = (best(&load), best(&import_secs));
+        let (median_load, median_import) = (median(&load), median(&import_secs));
+        let peak = import.iter().map(|r| r.peak_rss_kb).max().unwrap_or(0);
+        println!(
+            "{}: best of {rounds}: LOAD DATA {:.0} rows/s, dbslots import {:.0} rows/s = {:.0}% of LOAD DATA",
+            workload.table,
+            rows as f64 / best_load,
+            rows as f64 / best_import,
+            100.0 * best_load / best_import,
         );
         println!(
-            "  round {round}: dbslots import run --once {:7.2} s  {:>9.0} rows/s  peak RSS {:.1} MB",
-            run.secs,
-            rows as f64 / run.secs,
-            run.peak_rss_kb as f64 / 1024.0
+            "{}: median of {rounds}: LOAD DATA {:.0} rows/s, dbslots import {:.0} rows/s = {:.0}% of LOAD DATA",
+            workload.table,
+            rows as f64 / median_load,
+            rows as f64 / median_import,
+            100.0 * median_load / median_import,
         );
-        println!("           RSS through the run (MB): {}", run.rss_profile());
-        import.push(run);
+        println!(
+            "{}: processor peak RSS {:.1} MB over {rounds} runs",
+            workload.table,
+            peak as f64 / 1024.0
+        );
     }
-    let import_secs: Vec<f64> = import.iter().map(|r| r.secs).collect();
-    let (best_load, best_import) = (best(&load), best(&import_secs));
-    let (median_load, median_import) = (median(&load), median(&import_secs));
-    let peak = import.iter().map(|r| r.peak_rss_kb).max().unwrap_or(0);
-    println!(
-        "best of {rounds}: LOAD DATA {:.0} rows/s, dbslots import {:.0} rows/s = {:.0}% of LOAD DATA",
-        rows as f64 / best_load,
-        rows as f64 / best_import,
-        100.0 * best_load / best_import,
-    );
-    println!(
-        "median of {rounds}: LOAD DATA {:.0} rows/s, dbslots import {:.0} rows/s = {:.0}% of LOAD DATA",
-        rows as f64 / median_load,
-        rows as f64 / median_import,
-        100.0 * median_load / median_import,
-    );
-    println!(
-        "processor peak RSS {:.1} MB over {rounds} runs",
-        peak as f64 / 1024.0
-    );
     rt.block_on(async {
         let mut conn = Conn::from_url(&shared.user_url).await.unwrap();
         conn.query_drop(format!("DROP DATABASE IF EXISTS `{db}`"))
@@ -162,22 +236,66 @@ fn generate(path: &Path, rows: u64) -> u64 {
     std::fs::metadata(path).unwrap().len()
 }
 
-async fn reset(url: &str) {
+/// Writes `rows` records of 10 mixed columns: ids in order, every value
+/// valid (multibyte names, quoted JSON). Returns the size.
+fn generate_mixed(path: &Path, rows: u64) -> u64 {
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(path).unwrap());
+    out.write_all(b"id,small,counter,amount,ratio,name,colour,day,at,doc\n")
+        .unwrap();
+    for i in 0..rows {
+        let (day, ms) = (i / 86_400 % 365, i % 86_400_000);
+        writeln!(
+            out,
+            "{i},{},{},{}.{:02},{}.{:04},{}-{},{},2024-{:02}-{:02},2024-06-01 {:02}:{:02}:{:02}.{:03},\"{{\"\"k\"\":{}}}\"",
+            (i % 256) as i64 - 128,
+            i * 7 % 4_000_000_000,
+            i % 10_000_000,
+            i % 100,
+            i % 1000,
+            i % 10_000,
+            ["Zürich", "Oslo", "Kraków", "Lyon"][(i % 4) as usize],
+            i,
+            ["red", "green", "blue"][(i % 3) as usize],
+            1 + day / 31 % 12,
+            1 + day % 28,
+            ms / 3_600_000 % 24,
+            ms / 60_000 % 60,
+            ms / 1000 % 60,
+            ms % 1000,
+            i % 97
+        )
+        .unwrap();
+    }
+    out.flush().unwrap();
+    std::fs::metadata(path).unwrap().len()
+}
+
+async fn reset(url: &str, table: &str) {
     let mut conn = Conn::from_url(url).await.unwrap();
     for sql in [
-        "TRUNCATE TABLE meter_readings",
-        "TRUNCATE TABLE import_errors",
-        "DELETE FROM import_jobs",
+        format!("TRUNCATE TABLE {table}"),
+        "TRUNCATE TABLE import_errors".into(),
+        "DELETE FROM import_jobs".into(),
     ] {
         conn.query_drop(sql).await.unwrap();
     }
     conn.disconnect().await.unwrap();
 }
 
-async fn count(url: &str) -> u64 {
+async fn checksum(url: &str, table: &str) -> u64 {
+    let mut conn = Conn::from_url(url).await.unwrap();
+    let row: Option<(String, u64)> = conn
+        .query_first(format!("CHECKSUM TABLE {table}"))
+        .await
+        .unwrap();
+    conn.disconnect().await.unwrap();
+    row.expect("CHECKSUM TABLE answers").1
+}
+
+async fn count(url: &str, table: &str) -> u64 {
     let mut conn = Conn::from_url(url).await.unwrap();
     let n: Option<u64> = conn
-        .query_first("SELECT COUNT(*) FROM meter_readings")
+        .query_first(format!("SELECT COUNT(*) FROM {table}"))
         .await
         .unwrap();
     conn.disconnect().await.unwrap();
@@ -185,16 +303,18 @@ async fn count(url: &str) -> u64 {
 }
 
 /// `LOAD DATA LOCAL INFILE` into the same table; seconds for the statement.
-async fn load_data(url: &str, csv: &Path) -> f64 {
+async fn load_data(url: &str, csv: &Path, workload: &Workload) -> f64 {
     let opts = OptsBuilder::from_opts(Opts::from_url(url).unwrap())
         .local_infile_handler(Some(WhiteListFsHandler::new([csv.to_path_buf()])));
     let mut conn = Conn::new(opts).await.unwrap();
     let started = Instant::now();
     conn.query_drop(format!(
-        "LOAD DATA LOCAL INFILE '{}' INTO TABLE meter_readings \
-         FIELDS TERMINATED BY ',' LINES TERMINATED BY '\\n' IGNORE 1 LINES \
-         (meter_id, reading_at, kwh)",
-        csv.display()
+        "LOAD DATA LOCAL INFILE '{}' INTO TABLE {} CHARACTER SET utf8mb4 \
+         FIELDS TERMINATED BY ',' OPTIONALLY ENCLOSED BY '\"' LINES TERMINATED BY '\\n' IGNORE 1 LINES \
+         {}",
+        csv.display(),
+        workload.table,
+        workload.load_columns
     ))
     .await
     .expect("LOAD DATA LOCAL INFILE (is local_infile on at the server?)");
@@ -230,10 +350,10 @@ impl ImportRun {
 
 /// Enqueues the file, then times `dbslots import run --once` as a process,
 /// sampling its RSS; the peak comes from the kernel (`ru_maxrss`).
-fn run_import(url: &str, csv: &Path, dir: &Path) -> ImportRun {
+fn run_import(url: &str, csv: &Path, dir: &Path, table: &str) -> ImportRun {
     let dbslots = env!("CARGO_BIN_EXE_dbslots");
     let enqueued = Command::new(dbslots)
-        .args(["import", "enqueue", "--url", url])
+        .args(["import", "enqueue", "--url", url, "--table", table])
         .arg(csv)
         .output()
         .unwrap();

@@ -41,19 +41,35 @@ impl PoolArgs {
             opts = opts.group_name(g)?;
         }
         let addr = self.addr()?;
-        Pool::open(addr, &opts).map_err(anyhow::Error::from)
+        Pool::open(addr, opts).map_err(anyhow::Error::from)
     }
 }
 
 /// Sets up `tracing` to stderr; `RUST_LOG` overrides `default`.
-pub fn init_tracing(default: &str) {
+///
+/// With `lossy`, log lines are written by a thread of their own and
+/// dropped when stderr is not read (`dbslots spawn`: a stalled terminal
+/// must never block the thread that reaps workers); keep the returned
+/// guard until the end, it writes what is queued when dropped.
+pub fn init_tracing(
+    default: &str,
+    lossy: bool,
+) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    if lossy {
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(true)
+            .finish(std::io::stderr());
+        let _ = builder.with_writer(writer).try_init();
+        Some(guard)
+    } else {
+        let _ = builder.with_writer(std::io::stderr).try_init();
+        None
+    }
 }
 
 /// Formats milliseconds since the epoch as a local-free UTC timestamp.

@@ -1,14 +1,15 @@
 //! `dbslots connections`: a server's connection limits, usage and
-//! processlist, and pt-kill style cleanup of idle connections.
+//! processlist, pt-kill style cleanup of idle connections, and `--check`
+//! for cron and monitoring systems.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{ArgGroup, Args};
 use dbslots_mysql::mysql_async::Conn;
-use dbslots_mysql::{IdleRule, IdleVictim, KillOutcome, Processlist, ServerLimits};
+use dbslots_mysql::{IdleRule, IdleVictim, KillOutcome, Processlist, ServerCheck, ServerLimits};
 
 use crate::common;
 use crate::exec::parse_seconds;
@@ -21,7 +22,12 @@ use crate::exec::parse_seconds;
 /// it for lack of connections, it says how to get in anyway. An account
 /// without the PROCESS privilege sees (and may kill) only its own
 /// connections.
+///
+/// With --check it prints one line in the convention of monitoring plugins
+/// (OK, WARNING, CRITICAL or UNKNOWN, what was measured, performance data
+/// after a |) and exits 0, 1, 2 or 3.
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("idle_mode").args(["kill_idle", "check"]).multiple(false)))]
 pub struct ConnectionsArgs {
     /// The server, as mysql://USER:PASSWORD@HOST:PORT/[DATABASE]
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
@@ -36,8 +42,9 @@ pub struct ConnectionsArgs {
     #[arg(long, requires = "max_idle")]
     kill_idle: bool,
 
-    /// With --kill-idle: idle seconds beyond which a connection is killed
-    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, requires = "kill_idle")]
+    /// With --kill-idle: idle seconds beyond which a connection is killed;
+    /// with --check: beyond which a connection warns (a leak)
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, requires = "idle_mode")]
     max_idle: Option<Duration>,
 
     /// With --kill-idle: only this user's connections
@@ -47,10 +54,40 @@ pub struct ConnectionsArgs {
     /// With --kill-idle: print what would be killed, kill nothing
     #[arg(long, requires = "kill_idle")]
     dry_run: bool,
+
+    /// Check mode for cron and monitoring systems (Nagios, Icinga, Sensu):
+    /// one line, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN. Every limit
+    /// counts: max_connections, and each account's MAX_USER_CONNECTIONS or
+    /// the global max_user_connections
+    #[arg(long, conflicts_with = "json")]
+    check: bool,
+
+    /// With --check: WARNING when usage is over this percentage of a limit
+    /// [default: 60]
+    #[arg(long, value_name = "PERCENT", requires = "check")]
+    warn: Option<f64>,
+
+    /// With --check: CRITICAL when usage is over this percentage of a limit
+    /// [default: 85]
+    #[arg(long, value_name = "PERCENT", requires = "check")]
+    crit: Option<f64>,
+
+    /// With --check: WARNING when an account has more than N sleeping
+    /// connections (a leak)
+    #[arg(long, value_name = "N", requires = "check")]
+    max_idle_count: Option<usize>,
+
+    /// With --check: UNKNOWN when connecting and reading take longer than
+    /// this [default: 10]
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, requires = "check")]
+    timeout: Option<Duration>,
 }
 
 /// Runs `dbslots connections`.
 pub fn run(args: ConnectionsArgs) -> anyhow::Result<ExitCode> {
+    if args.check {
+        return Ok(check(&args));
+    }
     common::runtime()?.block_on(async {
         let mut conn = dbslots_mysql::connect_monitor(&args.url).await?;
         let result = if args.kill_idle {
@@ -82,6 +119,25 @@ async fn report(conn: &mut Conn, args: &ConnectionsArgs) -> anyhow::Result<ExitC
         print!("{}", render_report(&url, &limits, &list));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--check`: prints the line and returns its exit status; every failure
+/// is an UNKNOWN line, never another status.
+fn check(args: &ConnectionsArgs) -> ExitCode {
+    let defaults = ServerCheck::default();
+    let check = ServerCheck {
+        warn_percent: args.warn.unwrap_or(defaults.warn_percent),
+        crit_percent: args.crit.unwrap_or(defaults.crit_percent),
+        max_idle_count: args.max_idle_count,
+        max_idle: args.max_idle,
+        timeout: args.timeout.unwrap_or(defaults.timeout),
+    };
+    let result = match common::runtime() {
+        Ok(rt) => rt.block_on(check.run(&args.url)),
+        Err(e) => dbslots_core::CheckResult::unknown(format!("{e:#}")),
+    };
+    println!("{}", result.line());
+    ExitCode::from(result.exit_code())
 }
 
 fn render_report(url: &str, limits: &ServerLimits, list: &Processlist) -> String {

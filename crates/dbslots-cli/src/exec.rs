@@ -13,9 +13,17 @@ use crate::common::{EXIT_TIMEOUT, PoolArgs};
 /// Waits for a slot, runs CMD holding it, and releases it when CMD ends.
 ///
 /// The exit status is CMD's (128+N when CMD is killed by signal N); 75 when
-/// no slot came in time; 126/127 when CMD cannot be run. CMD inherits the
-/// slot's lock, so the slot stays held while CMD runs even if `dbslots`
-/// itself is killed. CMD sees DBSLOTS_SLOT and DBSLOTS_POOL.
+/// no slot came in time; 126/127 when CMD cannot be run. CMD sees
+/// DBSLOTS_SLOT and DBSLOTS_POOL.
+///
+/// On a file pool CMD inherits the slot's lock, so the slot stays held
+/// while CMD runs even if `dbslots` itself is killed. On a Redis pool the
+/// slot is a lease that `dbslots` renews; when it is lost (`dbslots` was
+/// cut off from Redis, paused, or Redis lost it), CMD gets SIGTERM and,
+/// if still running --kill-after later, SIGKILL, both before the server
+/// can give the slot to anyone else (like `consul lock`);
+/// `--on-lost-lease keep` lets CMD run on instead. If `dbslots` itself is
+/// killed, CMD on a Redis pool is killed with it (SIGKILL).
 #[derive(Debug, Args)]
 pub struct ExecArgs {
     #[command(flatten)]
@@ -26,6 +34,18 @@ pub struct ExecArgs {
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     timeout: Option<Duration>,
 
+    /// What to do with CMD when the slot's lease is lost (Redis pools):
+    /// stop it (SIGTERM, then SIGKILL after --kill-after), or keep it
+    /// running without a slot
+    #[arg(long, value_enum, default_value_t = OnLostLease::Stop, value_name = "WHAT")]
+    on_lost_lease: OnLostLease,
+
+    /// Seconds between SIGTERM and SIGKILL when the lease is lost
+    /// [default: half the lease's safety margin, which is a third of the
+    /// lease: 1.67 s for the default 10 s lease; at most the margin]
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    kill_after: Option<Duration>,
+
     /// The command and its arguments
     #[arg(
         required = true,
@@ -34,6 +54,15 @@ pub struct ExecArgs {
         value_name = "CMD"
     )]
     command: Vec<OsString>,
+}
+
+/// What `dbslots exec` does with its command when the slot's lease is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnLostLease {
+    /// SIGTERM, then SIGKILL after --kill-after
+    Stop,
+    /// Let the command run on without a slot
+    Keep,
 }
 
 /// Parses a non-negative number of seconds (fractions allowed).
@@ -65,9 +94,23 @@ fn signal_set() -> libc::sigset_t {
 /// Runs `dbslots exec`.
 pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let pool = args.pool.open()?;
+    // The grace between SIGTERM and SIGKILL when a lease is lost; `None`
+    // when the slot cannot be lost (a lock) or the command keeps running.
+    let stop_grace = match (pool.lease_margin(), args.on_lost_lease) {
+        (Some(margin), OnLostLease::Stop) => {
+            let grace = args.kill_after.unwrap_or(margin / 2);
+            anyhow::ensure!(
+                grace <= margin,
+                "--kill-after {grace:?} is longer than the lease's safety margin {margin:?}: the command could still run when the slot goes to someone else; give at most {:.2} seconds, or raise lease_ms in the pool address",
+                margin.as_secs_f64()
+            );
+            Some(grace)
+        }
+        _ => None,
+    };
     let acquired = match args.timeout {
-        Some(t) => pool.acquire_timeout(t),
-        None => pool.acquire(),
+        Some(t) => pool.blocking_acquire_timeout(t),
+        None => pool.blocking_acquire(),
     };
     let slot = match acquired {
         Ok(slot) => slot,
@@ -91,10 +134,16 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     slot.share_with_child(&mut cmd)?;
     {
         use std::os::unix::process::CommandExt;
-        // SAFETY: pthread_sigmask is async-signal-safe; `set` is a copy.
+        let die_with_us = stop_grace.is_some();
+        // SAFETY: pthread_sigmask and prctl are async-signal-safe; `set` is
+        // a copy.
         unsafe {
             cmd.pre_exec(move || {
                 libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+                // A lease dies with this process: so must the command.
+                if die_with_us {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                }
                 Ok(())
             });
         }
@@ -130,7 +179,21 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         })
         .context("cannot start the signal forwarder")?;
 
-    let status = child.wait().context("waiting for the command")?;
+    let exited = ExitFlag::default();
+    let status = std::thread::scope(|scope| {
+        if let Some(grace) = stop_grace {
+            let (slot, exited) = (&slot, &exited);
+            std::thread::Builder::new()
+                .name("lease-watch".into())
+                .spawn_scoped(scope, move || stop_on_lost_lease(slot, pid, grace, exited))
+                .context("cannot start the lease watcher")?;
+        }
+        // Wait for the exit without reaping, so the watcher never signals
+        // a recycled pid; then reap.
+        wait_exited(pid);
+        exited.set();
+        child.wait().context("waiting for the command")
+    })?;
     drop(slot);
     use std::os::unix::process::ExitStatusExt;
     let code = match (status.code(), status.signal()) {
@@ -139,6 +202,82 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         _ => 1,
     };
     Ok(ExitCode::from(code))
+}
+
+/// Set once the command has exited (before it is reaped).
+#[derive(Default)]
+struct ExitFlag {
+    exited: std::sync::Mutex<bool>,
+    changed: std::sync::Condvar,
+}
+
+impl ExitFlag {
+    fn set(&self) {
+        *self.exited.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Blocks until `pid` has exited, leaving it to be reaped.
+fn wait_exited(pid: u32) {
+    loop {
+        // SAFETY: waitid writes into a zeroed local siginfo_t.
+        let r = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+    }
+}
+
+/// Watches the slot's lease; when it is lost, sends the command SIGTERM,
+/// and SIGKILL `grace` later if it is still running. Signals are sent only
+/// while the command is not reaped, so never to a recycled pid.
+fn stop_on_lost_lease(slot: &dbslots_core::Slot, pid: u32, grace: Duration, exited: &ExitFlag) {
+    let step = Duration::from_millis(200);
+    loop {
+        if *exited.exited.lock().unwrap_or_else(|p| p.into_inner()) {
+            return;
+        }
+        if slot.wait_lost(step) {
+            break;
+        }
+    }
+    let reason = slot
+        .check()
+        .err()
+        .map_or_else(String::new, |e| format!(": {e}"));
+    let mut done = exited.exited.lock().unwrap_or_else(|p| p.into_inner());
+    if *done {
+        return;
+    }
+    eprintln!(
+        "dbslots: the slot's lease was lost{reason}; stopping the command (SIGTERM, then SIGKILL in {grace:?})"
+    );
+    // SAFETY: kill on a pid that is not reaped (we hold the flag's lock).
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + grace;
+    while !*done {
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            tracing::warn!(pid, "the command ignored SIGTERM; sending SIGKILL");
+            // SAFETY: as above.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            return;
+        }
+        done = exited
+            .changed
+            .wait_timeout(done, deadline - now)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
 }
 
 #[cfg(test)]

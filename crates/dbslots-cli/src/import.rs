@@ -1,6 +1,6 @@
-//! `dbslots import`: queue CSV files of meter readings, import them, show
-//! the queue. The work is done by `dbslots-import`; this module parses
-//! flags, handles signals and shows progress.
+//! `dbslots import`: queue CSV files for a table, import them, show the
+//! queue. The work is done by `dbslots-import`; this module parses flags,
+//! handles signals and shows progress.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -12,16 +12,17 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use dbslots_core::{Pool, PoolAddr, PoolOptions};
 use dbslots_import::{
-    InstanceLock, JobOutcome, JobReport, Observer, ProcessorOptions, Progress, Queue, RunEnd,
-    RunOptions, Status, StopSignal,
+    EnqueueOptions, InstanceLock, JobOutcome, JobReport, Observer, ProcessorOptions, Progress,
+    Queue, RunEnd, RunOptions, Status, StopSignal,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::common;
 use crate::exec::parse_seconds;
 
-/// Import CSV files of meter readings (`meter_id,reading_at,kwh`) through a
-/// job queue in the database.
+/// Import CSV files into existing tables through a job queue in the
+/// database: every value checked against its column's type, rows written
+/// idempotently by the table's key, resumable after any crash.
 #[derive(Debug, Args)]
 pub struct ImportArgs {
     #[command(subcommand)]
@@ -31,6 +32,15 @@ pub struct ImportArgs {
 #[derive(Debug, Subcommand)]
 enum ImportCommand {
     /// Add files to the queue and print their job ids, one per line
+    ///
+    /// Each file's first record is its header: column names of --table
+    /// (case ignored); columns the file lacks take their defaults. The file
+    /// is opened now: its identity (device, inode, size, modification time,
+    /// a hash of its first and last 64 KiB) is recorded, and a file that
+    /// changes before or while it is imported fails its job. A header that
+    /// does not fit the table, or a table without a primary or unique key
+    /// made of the file's columns (unless --no-key), is refused here and
+    /// nothing is enqueued.
     Enqueue(EnqueueArgs),
     /// Import queued files: until the queue is empty (--once), or as a daemon
     ///
@@ -38,6 +48,10 @@ enum ImportCommand {
     /// is worked on. SIGTERM or SIGINT finishes the current batch, puts the
     /// job back in the queue at its checkpoint and exits 0; a second signal
     /// exits at once (the job goes back once its heartbeat is stale).
+    ///
+    /// Exit status: 0 when every job it worked on completed (with or without
+    /// rejected records), and with --once also when another processor holds
+    /// the lock file; 1 when a job it worked on failed, or on an error.
     Run(RunArgs),
     /// Show the queue's jobs with their status and counts
     Status(StatusArgs),
@@ -45,7 +59,7 @@ enum ImportCommand {
 
 #[derive(Debug, Args)]
 struct UrlArg {
-    /// The database holding the queue and the readings:
+    /// The database holding the queue and the tables imported into:
     /// mysql://USER:PASSWORD@HOST:PORT/DATABASE
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     url: String,
@@ -56,9 +70,41 @@ struct EnqueueArgs {
     #[command(flatten)]
     url: UrlArg,
 
+    /// The table to import into (in the URL's database); it must exist
+    #[arg(long, value_name = "NAME")]
+    table: String,
+
+    /// The job's time zone: local times in the file are read in it, values
+    /// with an offset (Z, +01:00) are converted to it, and it is the
+    /// session's time_zone; UTC, an offset like +01:00, or an IANA name
+    /// like Europe/Berlin (which needs the server's time zone tables)
+    #[arg(long, value_name = "ZONE", default_value = "UTC")]
+    time_zone: String,
+
+    /// The field delimiter: ',' ';' or 'tab'
+    #[arg(long, value_name = "CHAR", default_value = ",", value_parser = parse_delimiter)]
+    delimiter: u8,
+
+    /// Allow a table without a primary or unique key made of the file's
+    /// columns: rows are appended with INSERT, so enqueueing the same file
+    /// twice appends its rows twice
+    #[arg(long)]
+    no_key: bool,
+
     /// CSV files; stored with absolute paths, read later by a processor
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
+}
+
+fn parse_delimiter(text: &str) -> Result<u8, String> {
+    match text {
+        "," => Ok(b','),
+        ";" => Ok(b';'),
+        "tab" | "\\t" | "\t" => Ok(b'\t'),
+        other => Err(format!(
+            "{other:?} is not a supported delimiter; use ',', ';' or 'tab'"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +129,13 @@ struct RunArgs {
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     max_time: Option<Duration>,
 
+    /// Import only files whose real path (symlinks resolved) lies in this
+    /// directory; may be repeated. A job whose file lies elsewhere fails
+    /// without its file being read. Without it every file the processor's
+    /// user can read is imported: give it wherever others can enqueue jobs
+    #[arg(long, value_name = "DIR")]
+    source_dir: Vec<PathBuf>,
+
     /// One processor per lock file; a second one exits at once naming the
     /// first one's pid [default: a private file per database]
     #[arg(long, value_name = "PATH")]
@@ -97,7 +150,7 @@ struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1..=i64::from(dbslots_core::MAX_CAPACITY)))]
     capacity: Option<u32>,
 
-    /// Lines per batch (one transaction with its checkpoint)
+    /// Records per batch (one transaction with its checkpoint)
     #[arg(long, value_name = "N", default_value_t = 10_000,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     batch_rows: u32,
@@ -137,16 +190,12 @@ pub fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
-    for file in &args.files {
-        if !file.is_file() {
-            eprintln!(
-                "dbslots: warning: {} is not a file here; its job fails unless a processor finds it",
-                file.display()
-            );
-        }
-    }
     let queue = Queue::new(&args.url.url, None)?;
-    let ids = common::runtime()?.block_on(queue.enqueue(&args.files))?;
+    let options = EnqueueOptions::new(args.table)
+        .time_zone(args.time_zone)
+        .delimiter(args.delimiter)
+        .no_key(args.no_key);
+    let ids = common::runtime()?.block_on(queue.enqueue(&args.files, &options))?;
     for id in ids {
         println!("{id}");
     }
@@ -173,16 +222,19 @@ fn run_processor(args: RunArgs) -> anyhow::Result<ExitCode> {
     let pool = match &args.pool {
         Some(addr) => Some(Pool::open(
             PoolAddr::parse(addr)?,
-            &PoolOptions::new().capacity_opt(args.capacity),
+            PoolOptions::new().capacity_opt(args.capacity),
         )?),
         None => None,
     };
     let queue = Queue::new(&args.url.url, pool)?;
     let processor = queue.processor(
-        ProcessorOptions::new()
-            .batch_rows(args.batch_rows as usize)
-            .stale_after(args.stale_after)
-            .max_attempts(args.max_attempts),
+        args.source_dir.iter().fold(
+            ProcessorOptions::new()
+                .batch_rows(args.batch_rows as usize)
+                .stale_after(args.stale_after)
+                .max_attempts(args.max_attempts),
+            |options, dir| options.source_dir(dir),
+        ),
     );
     let run = RunOptions::new()
         .once(args.once)
@@ -218,7 +270,11 @@ fn run_processor(args: RunArgs) -> anyhow::Result<ExitCode> {
             count(|o| matches!(o, JobOutcome::Released | JobOutcome::Interrupted)),
         ));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if count(|o| matches!(o, JobOutcome::Failed(_))) > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// The first SIGTERM or SIGINT stops the processor after its current
@@ -409,6 +465,7 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             .map(|j| {
                 serde_json::json!({
                     "id": j.id,
+                    "table": j.table,
                     "source": j.source,
                     "status": j.status.as_str(),
                     "attempts": j.attempts,
@@ -440,31 +497,72 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         println!("newest {}:", jobs.len());
     }
     println!(
-        "{:>6}  {:<21}  {:>8}  {:>10}  {:>8}  {:<19}  SOURCE",
-        "ID", "STATUS", "ATTEMPTS", "IMPORTED", "REJECTED", "FINISHED (UTC)"
+        "{:>6}  {:<21}  {:>8}  {:>10}  {:>8}  {:<19}  {:<20}  SOURCE",
+        "ID", "STATUS", "ATTEMPTS", "IMPORTED", "REJECTED", "FINISHED (UTC)", "TABLE"
     );
     for j in &jobs {
         println!(
-            "{:>6}  {:<21}  {:>8}  {:>10}  {:>8}  {:<19}  {}",
+            "{:>6}  {:<21}  {:>8}  {:>10}  {:>8}  {:<19}  {:<20}  {}",
             j.id,
             j.status.as_str(),
             j.attempts,
             j.rows_imported,
             j.rows_rejected,
             j.finished_at.as_deref().unwrap_or("-"),
-            j.source
+            escape_controls(j.table.as_deref().unwrap_or("-")),
+            escape_controls(&j.source)
         );
         if j.status == Status::Processing {
             println!(
                 "{:>8}held by {}, last heartbeat {}s ago",
                 "",
-                j.holder.as_deref().unwrap_or("?"),
+                escape_controls(j.holder.as_deref().unwrap_or("?")),
                 j.heartbeat_age_secs.map_or("?".into(), |s| s.to_string())
             );
         }
         if let Some(error) = &j.last_error {
-            println!("{:>8}last error: {error}", "");
+            println!("{:>8}last error: {}", "", escape_controls(error));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `text` with every control character (terminal escapes, newlines, C1
+/// controls) written as a Rust escape, so that what the queue holds cannot
+/// drive the terminal. Anyone who can write to `import_jobs` controls
+/// these strings.
+fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+        {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            escape_controls("a\u{1b}[31mb\n\u{9b}c"),
+            "a\\u{1b}[31mb\\u{a}\\u{9b}c"
+        );
+        assert_eq!(escape_controls("Zürich ok"), "Zürich ok");
+        assert_eq!(escape_controls("x\u{202e}y"), "x\\u{202e}y");
+    }
+
+    #[test]
+    fn delimiters() {
+        assert_eq!(parse_delimiter(";"), Ok(b';'));
+        assert_eq!(parse_delimiter("tab"), Ok(b'\t'));
+        assert!(parse_delimiter("|").is_err());
+    }
 }

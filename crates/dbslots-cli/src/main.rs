@@ -45,9 +45,29 @@ enum Command {
     Watch(watch::WatchArgs),
 }
 
+/// Prints a command-line error and exits: with 3 (UNKNOWN) under --check,
+/// since monitoring systems read 1 and 2 as WARNING and CRITICAL; as clap
+/// does otherwise.
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    let informational = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+    if !informational && std::env::args_os().any(|a| a == "--check") {
+        let _ = e.print();
+        let text = e.render().to_string();
+        let first = text.lines().next().unwrap_or_default();
+        let first = first.strip_prefix("error: ").unwrap_or(first);
+        println!("UNKNOWN: invalid command line: {first} (see dbslots help)");
+        std::process::exit(3);
+    }
+    e.exit()
+}
+
 fn main() -> ExitCode {
-    common::init_tracing("warn");
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => usage_error(e),
+    };
+    let _log = common::init_tracing("warn", matches!(cli.command, Command::Spawn(_)));
     let result = match cli.command {
         Command::Exec(a) => exec::run(a),
         Command::Spawn(a) => spawn::run(a),

@@ -113,7 +113,7 @@ fn open_pools(given: &[String]) -> anyhow::Result<Vec<Pool>> {
         if pools.iter().any(|p| p.addr().to_string() == shown) {
             bail!("pool {shown} is given twice: give each pool once");
         }
-        let pool = Pool::open(addr, &PoolOptions::new()).with_context(|| {
+        let pool = Pool::open(addr, PoolOptions::new()).with_context(|| {
             format!("cannot open pool {shown} (create it first, for example with `dbslots exec --pool {shown} --capacity N -- true`)")
         })?;
         pools.push(pool);

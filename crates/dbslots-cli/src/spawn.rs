@@ -169,6 +169,22 @@ fn spawn(args: SpawnArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let summary = runtime.block_on(spawner.run())?;
-    eprintln!("dbslots spawn: {summary}");
+    print_summary(format!("dbslots spawn: {summary}\n"));
     Ok(ExitCode::from(summary.exit_code()))
+}
+
+/// How long the summary may take to write before dbslots exits without it.
+const SUMMARY_WAIT: Duration = Duration::from_millis(250);
+
+/// Writes the summary to stderr from a thread of its own: when nobody
+/// reads stderr (the run then ended by a signal, see `Output::Prefixed`),
+/// dbslots exits after [`SUMMARY_WAIT`] rather than hang in the write.
+fn print_summary(text: String) {
+    use std::io::Write as _;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = std::io::stderr().write_all(text.as_bytes());
+        let _ = tx.send(());
+    });
+    let _ = rx.recv_timeout(SUMMARY_WAIT);
 }

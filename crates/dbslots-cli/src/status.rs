@@ -1,14 +1,20 @@
-//! `dbslots status` and `dbslots resize`.
+//! `dbslots status` (and its `--check` for monitoring systems) and
+//! `dbslots resize`.
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
-use dbslots_core::PoolStats;
+use dbslots_core::{CheckResult, PoolCheck, PoolStats};
 
 use crate::common::{PoolArgs, format_unix_ms, now_unix_ms};
+use crate::exec::parse_seconds;
 
 /// Shows a pool's capacity, holders, waiters and counters.
+///
+/// With --check it prints one line in the convention of monitoring plugins
+/// and exits 0 OK, 1 WARNING, 2 CRITICAL or 3 UNKNOWN.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     #[command(flatten)]
@@ -17,6 +23,22 @@ pub struct StatusArgs {
     /// One JSON object instead of the table
     #[arg(long)]
     json: bool,
+
+    /// Check mode for cron and monitoring systems: WARNING when waiters
+    /// pile up, CRITICAL when the oldest waiter waits too long; the line
+    /// names the oldest holder
+    #[arg(long, conflicts_with = "json")]
+    check: bool,
+
+    /// With --check: WARNING when more than N acquirers wait [default: the
+    /// pool's capacity]
+    #[arg(long, value_name = "N", requires = "check")]
+    warn_waiting: Option<u32>,
+
+    /// With --check: CRITICAL when the oldest waiter has waited longer than
+    /// this [default: 30]
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, requires = "check")]
+    crit_wait: Option<Duration>,
 }
 
 /// Changes a pool's capacity.
@@ -33,6 +55,9 @@ pub struct ResizeArgs {
 
 /// Runs `dbslots status`.
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    if args.check {
+        return Ok(check(&args));
+    }
     let pool = args.pool.open()?;
     let stats = pool.stats()?;
     let mut out = std::io::stdout().lock();
@@ -43,6 +68,21 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         write!(out, "{}", render_table(&stats, now_unix_ms()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--check`: prints the line and returns its exit status; a pool that
+/// cannot be read is UNKNOWN, never another status.
+fn check(args: &StatusArgs) -> ExitCode {
+    let check = PoolCheck {
+        warn_waiting: args.warn_waiting,
+        crit_wait: args.crit_wait.unwrap_or(PoolCheck::default().crit_wait),
+    };
+    let result = match args.pool.open().and_then(|p| Ok(p.stats()?)) {
+        Ok(stats) => check.evaluate(&stats, now_unix_ms()),
+        Err(e) => CheckResult::unknown(format!("cannot read the pool: {e:#}")),
+    };
+    println!("{}", result.line());
+    ExitCode::from(result.exit_code())
 }
 
 /// Runs `dbslots resize`.

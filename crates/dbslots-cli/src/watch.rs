@@ -56,7 +56,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         None => PoolAddr::Dir(dbslots_core::default_pool_dir()?),
     };
     let shown = addr.to_string();
-    let pool = Pool::open(addr, &PoolOptions::new()).with_context(|| {
+    let pool = Pool::open(addr, PoolOptions::new()).with_context(|| {
         format!("cannot open pool {shown} (create it first, for example with `dbslots exec --pool {shown} --capacity N -- true`)")
     })?;
 

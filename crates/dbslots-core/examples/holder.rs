@@ -25,7 +25,7 @@ fn main() {
         eprintln!("usage: holder POOL hold [TIMEOUT_MS] | holder POOL burst HOLD_MS COUNTER");
         std::process::exit(2);
     }
-    let pool = match Pool::open_str(&args[1], &PoolOptions::new()) {
+    let pool = match Pool::open(&args[1], PoolOptions::new()) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("holder: {e}");
@@ -36,8 +36,8 @@ fn main() {
     match args[2].as_str() {
         "hold" => {
             let acquired = match args.get(3).and_then(|t| t.parse::<u64>().ok()) {
-                Some(ms) => pool.acquire_timeout(Duration::from_millis(ms)),
-                None => pool.acquire(),
+                Some(ms) => pool.blocking_acquire_timeout(Duration::from_millis(ms)),
+                None => pool.blocking_acquire(),
             };
             match acquired {
                 Ok(slot) => {
@@ -81,7 +81,7 @@ fn main() {
                 (&*p, &*p.add(1))
             };
             let arrived = mono_ns();
-            let slot = pool.acquire().expect("acquire");
+            let slot = pool.blocking_acquire().expect("acquire");
             let acquired = mono_ns();
             let inside = now.fetch_add(1, Ordering::SeqCst) + 1;
             max.fetch_max(inside, Ordering::SeqCst);

@@ -30,6 +30,9 @@ pub struct RedisAddr {
     pub pool: String,
     /// How long a holder's lease lasts without renewal (10 s by default).
     pub lease: std::time::Duration,
+    /// How many replicas must acknowledge an acquisition or renewal
+    /// (`WAIT`) before it counts (`&wait_replicas=N`; 0 by default).
+    pub wait_replicas: u32,
 }
 
 fn parse_redis(s: &str) -> Result<RedisAddr> {
@@ -43,6 +46,7 @@ fn parse_redis(s: &str) -> Result<RedisAddr> {
     };
     let mut pool = None;
     let mut lease = std::time::Duration::from_secs(10);
+    let mut wait_replicas = 0;
     let mut rest = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -55,6 +59,13 @@ fn parse_redis(s: &str) -> Result<RedisAddr> {
                     .filter(|ms| (100..=3_600_000).contains(ms))
                     .ok_or_else(|| bad(format!("lease_ms={v:?} must be a number of milliseconds between 100 and 3600000")))?;
                 lease = std::time::Duration::from_millis(ms);
+            }
+            "wait_replicas" => {
+                wait_replicas = v.parse().ok().filter(|n| *n <= 100).ok_or_else(|| {
+                    bad(format!(
+                        "wait_replicas={v:?} must be a number of replicas between 0 and 100"
+                    ))
+                })?;
             }
             _ => rest.push(pair),
         }
@@ -78,7 +89,12 @@ fn parse_redis(s: &str) -> Result<RedisAddr> {
     } else {
         format!("{base}?{}", rest.join("&"))
     };
-    Ok(RedisAddr { url, pool, lease })
+    Ok(RedisAddr {
+        url,
+        pool,
+        lease,
+        wait_replicas,
+    })
 }
 
 impl PoolAddr {
@@ -143,6 +159,44 @@ impl From<&Path> for PoolAddr {
     }
 }
 
+/// Anything [`Pool::open`](crate::Pool::open) accepts as an address: a
+/// [`PoolAddr`], a path (`&Path`, `PathBuf`: always a directory), or a string
+/// (`&str`, `String`: parsed with [`PoolAddr::parse`], so it may also be a
+/// `redis://` address).
+///
+/// The trait is sealed: the list above is the whole list.
+pub trait IntoPoolAddr: sealed::Sealed {
+    /// The address, or [`Error::InvalidAddress`] for a string that is none.
+    fn into_pool_addr(self) -> Result<PoolAddr>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+macro_rules! into_pool_addr {
+    ($($t:ty => |$v:ident| $e:expr;)*) => {$(
+        impl sealed::Sealed for $t {}
+        impl IntoPoolAddr for $t {
+            fn into_pool_addr(self) -> Result<PoolAddr> {
+                let $v = self;
+                $e
+            }
+        }
+    )*};
+}
+
+into_pool_addr! {
+    PoolAddr => |a| Ok(a);
+    &PoolAddr => |a| Ok(a.clone());
+    PathBuf => |p| Ok(PoolAddr::Dir(p));
+    &PathBuf => |p| Ok(PoolAddr::Dir(p.clone()));
+    &Path => |p| Ok(PoolAddr::Dir(p.to_path_buf()));
+    &str => |s| PoolAddr::parse(s);
+    String => |s| PoolAddr::parse(&s);
+    &String => |s| PoolAddr::parse(s);
+}
+
 impl fmt::Display for PoolAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -153,6 +207,9 @@ impl fmt::Display for PoolAddr {
                 write!(f, "{url}{sep}pool={}", r.pool)?;
                 if r.lease != std::time::Duration::from_secs(10) {
                     write!(f, "&lease_ms={}", r.lease.as_millis())?;
+                }
+                if r.wait_replicas > 0 {
+                    write!(f, "&wait_replicas={}", r.wait_replicas)?;
                 }
                 Ok(())
             }

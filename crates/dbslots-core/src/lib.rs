@@ -19,23 +19,33 @@
 //! use dbslots_core::{Pool, PoolOptions};
 //! use std::time::Duration;
 //!
-//! let pool = Pool::open(std::path::Path::new("/run/myapp/db-slots"), &PoolOptions::new().capacity(150))?;
-//! let slot = pool.acquire_timeout(Duration::from_secs(30))?;
+//! # async fn work() -> dbslots_core::Result<()> {
+//! let pool = Pool::open("/run/myapp/db-slots", PoolOptions::new().capacity(150))?;
+//! let slot = pool.acquire_timeout(Duration::from_secs(30)).await?;
 //! // ... connect to MySQL, work, disconnect ...
 //! drop(slot);
-//! # Ok::<(), dbslots_core::Error>(())
+//! # Ok(())
+//! # }
 //! ```
+//!
+//! Threads without an async runtime use the blocking forms,
+//! [`Pool::blocking_acquire`] and [`Pool::blocking_acquire_timeout`].
 #![deny(missing_docs)]
 
 mod addr;
+mod check;
 mod error;
 mod file;
 mod pool;
 #[cfg(feature = "redis")]
-mod redis_backend;
+mod redis;
 mod stats;
 
-pub use addr::{PoolAddr, RedisAddr, default_pool_dir, redact};
+pub use addr::{IntoPoolAddr, PoolAddr, RedisAddr, default_pool_dir, redact};
+pub use check::{
+    CheckResult, CheckStatus, PerfData, PoolCheck, Problem, format_seconds, judge,
+    percent_threshold,
+};
 pub use error::{Error, Result};
 pub use file::MAX_CAPACITY;
 pub use pool::{Pool, PoolOptions, Slot};

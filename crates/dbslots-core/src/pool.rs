@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::addr::PoolAddr;
+use crate::addr::{IntoPoolAddr, PoolAddr};
 use crate::error::{Error, Result};
 use crate::file::interrupt::CancelToken;
 use crate::file::{FileOptions, FilePool};
@@ -84,7 +84,7 @@ fn lookup_group(name: &str) -> Option<u32> {
 enum Backend {
     File(FilePool),
     #[cfg(feature = "redis")]
-    Redis(crate::redis_backend::RedisPool),
+    Redis(crate::redis::RedisPool),
 }
 
 /// A counting semaphore of connection slots shared by every process that
@@ -103,8 +103,29 @@ enum Backend {
 ///   newcomers queue behind instead of taking a slot that was just freed.
 /// * **Hand-off.** A release wakes the head waiter directly (a futex
 ///   wake-up, tens of microseconds); nobody sleeps and polls.
-/// * **Cancellation.** Dropping the future of [`Pool::acquire_async`] never
+/// * **Cancellation.** Dropping the future of [`Pool::acquire`] never
 ///   leaks a slot: a slot obtained after the drop is released at once.
+///
+/// # Async first
+///
+/// [`Pool::acquire`] and [`Pool::acquire_timeout`] are `async` (tokio, the
+/// default `tokio` feature); [`Pool::try_acquire`] never waits; the forms
+/// that block the calling thread say so: [`Pool::blocking_acquire`] and
+/// [`Pool::blocking_acquire_timeout`].
+///
+/// # What a waiter costs
+///
+/// The pool's queue lives in the kernel (a blocking `flock` on the `gate`
+/// file, a futex for the head; a blocking subscription for a Redis pool),
+/// so every acquisition that has to wait occupies one thread while it
+/// waits: an async one occupies a thread of tokio's blocking pool
+/// (`spawn_blocking`), which is returned when the wait ends or the future
+/// is dropped. An acquisition that finds a free slot nobody queues for
+/// takes it without a thread. tokio caps its blocking pool at 512 threads
+/// by default (`Builder::max_blocking_threads`): a process that keeps more
+/// acquisitions waiting at once queues the excess in tokio before they
+/// reach the pool's queue (their deadlines still count from the call), and
+/// other `spawn_blocking` work (`tokio::fs`) waits behind them.
 ///
 /// A `Pool` is cheap to clone (an `Arc`); clones share file descriptors.
 /// Do not use a `Pool` across `fork` without `exec`: open it again in the
@@ -131,8 +152,18 @@ impl fmt::Debug for Pool {
 impl Pool {
     /// Opens the pool at `addr`, creating it when `options` has a capacity
     /// and the pool does not exist yet.
-    pub fn open(addr: impl Into<PoolAddr>, options: &PoolOptions) -> Result<Pool> {
-        let addr = addr.into();
+    ///
+    /// `addr` is a [`PoolAddr`], a path (`&Path`, `PathBuf`) or a string
+    /// (`&str`, `String`, parsed with [`PoolAddr::parse`]):
+    ///
+    /// ```no_run
+    /// use dbslots_core::{Pool, PoolOptions};
+    ///
+    /// let pool = Pool::open("/run/app/db", PoolOptions::new().capacity(150))?;
+    /// # Ok::<(), dbslots_core::Error>(())
+    /// ```
+    pub fn open(addr: impl IntoPoolAddr, options: PoolOptions) -> Result<Pool> {
+        let addr = addr.into_pool_addr()?;
         let backend = match &addr {
             PoolAddr::Dir(dir) => Backend::File(FilePool::open(
                 dir,
@@ -143,7 +174,7 @@ impl Pool {
                 },
             )?),
             #[cfg(feature = "redis")]
-            PoolAddr::Redis(r) => Backend::Redis(crate::redis_backend::RedisPool::open(
+            PoolAddr::Redis(r) => Backend::Redis(crate::redis::RedisPool::open(
                 r,
                 &addr.to_string(),
                 options.capacity,
@@ -159,11 +190,6 @@ impl Pool {
         Ok(Pool {
             inner: Arc::new(Inner { addr, backend }),
         })
-    }
-
-    /// Parses `addr` (see [`PoolAddr::parse`]) and opens it.
-    pub fn open_str(addr: &str, options: &PoolOptions) -> Result<Pool> {
-        Pool::open(PoolAddr::parse(addr)?, options)
     }
 
     /// The pool's address.
@@ -188,6 +214,18 @@ impl Pool {
         }
     }
 
+    /// For a pool of leases (Redis), how long before the server could hand
+    /// a lease on its holder counts it lost: the time a holder has to stop
+    /// using what the slot guarded (see [`Slot::wait_lost`]). `None` for a
+    /// pool of locks, whose slots cannot be lost.
+    pub fn lease_margin(&self) -> Option<Duration> {
+        match &self.inner.backend {
+            Backend::File(_) => None,
+            #[cfg(feature = "redis")]
+            Backend::Redis(p) => Some(p.safety_margin()),
+        }
+    }
+
     /// Takes a free slot without waiting. `Ok(None)` when every slot is held
     /// or others are queued for one.
     pub fn try_acquire(&self) -> Result<Option<Slot>> {
@@ -200,12 +238,56 @@ impl Pool {
     }
 
     /// Waits as long as it takes for a slot.
-    pub fn acquire(&self) -> Result<Slot> {
-        self.acquire_until(None, &CancelToken::new())
+    ///
+    /// Waiters are served in arrival order (see the [contract](Pool#contract)).
+    /// A free slot nobody queues for is taken on the calling task without a
+    /// thread hop; otherwise the wait runs on tokio's blocking pool (see
+    /// [what a waiter costs](Pool#what-a-waiter-costs)).
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: dropping the future never leaks a slot. A
+    /// waiter that is dropped leaves the queue (its thread is interrupted),
+    /// and a slot it obtained in the meantime is released at once. Like
+    /// tokio's `Semaphore::acquire`, cancelling loses the place in the queue.
+    ///
+    /// # Panics
+    ///
+    /// When called outside a tokio runtime and no slot is free.
+    #[cfg(feature = "tokio")]
+    pub async fn acquire(&self) -> Result<Slot> {
+        self.acquire_until_async(None).await
     }
 
     /// Waits up to `timeout` for a slot; [`Error::Timeout`] after that.
-    pub fn acquire_timeout(&self, timeout: Duration) -> Result<Slot> {
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe, as [`Pool::acquire`] is: dropping the
+    /// future never leaks a slot, and loses the place in the queue.
+    ///
+    /// # Panics
+    ///
+    /// When called outside a tokio runtime and no slot is free.
+    #[cfg(feature = "tokio")]
+    pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Slot> {
+        self.acquire_until_async(Some(Instant::now() + timeout))
+            .await
+    }
+
+    /// Blocks the calling thread until a slot is free.
+    ///
+    /// For threads and programs without an async runtime. Do not call it
+    /// from async code: it stalls a runtime worker for as long as it waits;
+    /// use [`Pool::acquire`] there.
+    pub fn blocking_acquire(&self) -> Result<Slot> {
+        self.acquire_until(None, &CancelToken::new())
+    }
+
+    /// Blocks the calling thread up to `timeout` for a slot;
+    /// [`Error::Timeout`] after that. The blocking form of
+    /// [`Pool::acquire_timeout`]; not for async code.
+    pub fn blocking_acquire_timeout(&self, timeout: Duration) -> Result<Slot> {
         self.acquire_until(Some(Instant::now() + timeout), &CancelToken::new())
     }
 
@@ -221,21 +303,8 @@ impl Pool {
         Ok(self.guard(index))
     }
 
-    /// Async form of [`Pool::acquire`] (tokio). Cancellation-safe.
     #[cfg(feature = "tokio")]
-    pub async fn acquire_async(&self) -> Result<Slot> {
-        self.acquire_async_until(None).await
-    }
-
-    /// Async form of [`Pool::acquire_timeout`] (tokio). Cancellation-safe.
-    #[cfg(feature = "tokio")]
-    pub async fn acquire_async_timeout(&self, timeout: Duration) -> Result<Slot> {
-        self.acquire_async_until(Some(Instant::now() + timeout))
-            .await
-    }
-
-    #[cfg(feature = "tokio")]
-    async fn acquire_async_until(&self, deadline: Option<Instant>) -> Result<Slot> {
+    async fn acquire_until_async(&self, deadline: Option<Instant>) -> Result<Slot> {
         if let Backend::File(p) = &self.inner.backend
             && let Some(i) = p.try_acquire_fast()?
         {
@@ -359,13 +428,35 @@ impl Slot {
     /// pool) cannot be lost while the guard lives; a lease-based slot (Redis
     /// pool) is lost when its lease ran out (the process was paused or cut
     /// off from the server): then this returns [`Error::SlotLost`] and the
-    /// caller must stop using what the slot guarded. For a lease this asks
-    /// the server (one round trip, which also renews the lease).
+    /// caller must stop using what the slot guarded. For a lease this also
+    /// asks the server (one round trip, which also renews the lease) unless
+    /// another check of the same pool handle is in flight; it never waits
+    /// longer than the lease's safety margin, whatever the network does.
     pub fn check(&self) -> Result<()> {
         match &self.pool.inner.backend {
             Backend::File(_) => Ok(()),
             #[cfg(feature = "redis")]
             Backend::Redis(p) => p.check(self.index),
+        }
+    }
+
+    /// Waits up to `timeout` for this slot to be lost; true when it is.
+    ///
+    /// Never asks the network: a lease-based slot counts as lost once its
+    /// holder failed to renew it for the lease time minus the safety
+    /// margin ([`Pool::lease_margin`]), or when a renewal found it gone.
+    /// That is before the server can give it to anyone else, so a caller
+    /// that stops what the slot guards within the margin never overlaps
+    /// with the next holder. A lock-based slot cannot be lost: this sleeps
+    /// for `timeout` and returns false.
+    pub fn wait_lost(&self, timeout: Duration) -> bool {
+        match &self.pool.inner.backend {
+            Backend::File(_) => {
+                std::thread::sleep(timeout);
+                false
+            }
+            #[cfg(feature = "redis")]
+            Backend::Redis(p) => p.wait_lost(self.index, timeout),
         }
     }
 

@@ -374,7 +374,7 @@ async fn work(url: &str, hold: Duration, no_slots: bool, entered: Instant) -> Re
     } else {
         let pool_dir = std::env::var("DBSLOTS_POOL")
             .context("neither DBSLOTS_SLOT nor DBSLOTS_POOL is set: run me with `dbslots spawn`")?;
-        let pool = Pool::open_str(&pool_dir, &PoolOptions::new())?;
+        let pool = Pool::open(&pool_dir, PoolOptions::new())?;
         let connector = Connector::new(url, pool)?;
         let opened = match connector.connect().await {
             Ok(conn) => {

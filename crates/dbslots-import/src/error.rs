@@ -96,6 +96,21 @@ pub enum Error {
         /// What is wrong and what to do.
         reason: String,
     },
+    /// An enqueue option cannot be used.
+    #[error("{0}")]
+    Options(String),
+    /// A source directory of the processor cannot be resolved.
+    #[error(
+        "cannot use the source directory {}: {source}; pass an existing directory to --source-dir",
+        path.display()
+    )]
+    SourceDir {
+        /// The directory as given.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
     /// The thread that reads a job's file could not be started.
     #[error(
         "cannot start a thread to read {}: {source}; the job stays in the queue, free some memory or raise the process limit",

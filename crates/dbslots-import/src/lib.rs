@@ -1,43 +1,127 @@
-//! Imports CSV files of meter readings into MySQL from a job queue that any
-//! number of processors, on any number of hosts, share.
+//! Imports CSV files into any existing MySQL table from a job queue that
+//! any number of processors, on any number of hosts, share.
 //!
 //! A key design decision made in this crate is that **the database row of a
 //! job is its only state**: the byte offset and line number a job has
-//! reached are written into `import_jobs` in the same transaction as the
-//! batch of readings and rejections that got it there. Whatever happens to a
-//! processor (SIGKILL, a killed connection, a server restart) the row says
-//! exactly which lines are in, so the next attempt, by the same processor
-//! after a reconnect or by another one after the heartbeat went stale, seeks
-//! to that offset and neither duplicates nor skips a line. Readings are also
-//! written with `INSERT ... ON DUPLICATE KEY UPDATE` on `(meter_id,
-//! reading_at)`, so importing a file twice leaves the same rows.
+//! reached (and a hash of the file up to there) are written into
+//! `import_jobs` in the same transaction as the batch of rows and
+//! rejections that got it there. Whatever happens to a processor (SIGKILL, a
+//! killed connection, a server restart) the row says exactly which records
+//! are in, so the next attempt, by the same processor after a reconnect or
+//! by another one after the heartbeat went stale, seeks to that offset and
+//! neither duplicates nor skips a record. Rows are written with
+//! `INSERT ... ON DUPLICATE KEY UPDATE` on the table's primary key or a
+//! unique key made of the file's columns, so importing a file twice leaves
+//! the same rows.
 //!
-//! The rest follows from that:
+//! # The file and the table
+//!
+//! A job names its table ([`EnqueueOptions::table`]). The file's first
+//! record is its header: each name is a column of the table (ASCII case
+//! ignored); columns the file lacks take their defaults. A header name the
+//! table lacks, a generated column, or a `NOT NULL` column without default
+//! that the file lacks is refused at enqueue and, should the table have
+//! changed since, fails the job before any row, naming the column. A table
+//! without a primary key or unique key made of file columns is refused
+//! unless [`EnqueueOptions::no_key`] is set: then rows are appended with a
+//! plain `INSERT`, a job still never writes a record twice (its
+//! checkpoint), but **a second enqueue of the same file appends every row
+//! again**.
+//!
+//! Files are RFC 4180 CSV, read with `csv-core`: quoted fields may hold the
+//! delimiter (`,` by default, or `;` or tab), doubled quotes, CR and LF;
+//! records end with LF or CRLF; a UTF-8 byte order mark is skipped. A
+//! record over [`MAX_RECORD_BYTES`] is rejected, never buffered.
+//!
+//! Every value is checked against its column's type as the server in strict
+//! mode would store it, and a value the server would round, truncate or
+//! refuse is rejected instead, with the number of the line its record
+//! starts on, the column and the reason, into `import_errors`:
+//!
+//! | column type | accepted |
+//! | --- | --- |
+//! | `TINYINT` … `BIGINT` | decimal integers in the signed or `UNSIGNED` range; `TINYINT(1)` (`BOOLEAN`) also `true`/`false` |
+//! | `DECIMAL(p,s)` | at most `p-s` integer digits and `s` decimals (trailing zeros beyond `s` are fine), no exponent |
+//! | `FLOAT`, `DOUBLE` | finite decimal numbers, exponent allowed, within the type's range (stored as the nearest binary value, as the server does) |
+//! | `CHAR(n)`, `VARCHAR(n)` | UTF-8 text of at most `n` characters that the column's character set (utf8mb4, utf8mb3, latin1, ascii) can hold |
+//! | `TINYTEXT` … `LONGTEXT` | the same, at most the type's length in bytes |
+//! | `BINARY`, `VARBINARY`, `BLOB`s | the field's bytes, at most the column's length |
+//! | `ENUM`, `SET` | members (ASCII case ignored on case-insensitive collations), stored in the column's spelling |
+//! | `DATE` | `YYYY-MM-DD`, a real calendar date in the years 1000 to 9999 |
+//! | `DATETIME(n)` | `YYYY-MM-DD hh:mm:ss[.f]` (or with `T`), at most `n` fractional digits, optionally ending in `Z` or an offset (`+01:00`), which converts it to the job's time zone |
+//! | `TIMESTAMP(n)` | the same, and the time must exist exactly once in the job's time zone (a local time skipped or repeated by a clock change is rejected, not guessed) and lie between 1970-01-01 00:00:01 and 2038-01-19 03:14:07 UTC |
+//! | `YEAR` | 1901 to 2155 |
+//! | `JSON` (MySQL's type, or MariaDB's `json_valid()` check) | valid JSON |
+//!
+//! **NULL:** in a nullable column an empty field and `\N` are NULL. In a
+//! `NOT NULL` text, binary or `SET` column an empty field is the empty
+//! value; in any other `NOT NULL` column an empty field or `\N` is
+//! rejected. Values of non-text columns may have spaces or tabs around
+//! them; text is taken as it is. Columns of other types (`BIT`, `TIME`,
+//! spatial types, text in other character sets) cannot be in the file.
+//! `CHECK` constraints, foreign keys and triggers are the server's: a row
+//! that violates one fails its batch and the job, with the server's message.
+//!
+//! # Time zones
+//!
+//! A job has a time zone ([`EnqueueOptions::time_zone`], UTC by default: an
+//! offset like `+01:00` or an IANA name like `Europe/Berlin`). It is the
+//! session's `time_zone` while the job is imported (an IANA name needs the
+//! server's time zone tables), local times in the file are read in it, and
+//! values with an explicit offset are converted to it.
+//!
+//! # A changed file is never mixed
+//!
+//! Enqueueing records the file's device, inode, size, modification time and
+//! a hash of its first and last 64 KiB. Before the first batch and on every
+//! resume the processor checks them, and on a resume also hashes the content
+//! up to the checkpoint against the hash committed with it; while reading
+//! it checks size and modification time before every batch. A file that
+//! differs fails its job with a `last_error` saying what changed.
+//!
+//! # Which files, and what is said about them
+//!
+//! With [`ProcessorOptions::source_dir`] a processor imports only files
+//! whose real path (symlinks resolved, as the kernel opened the file) lies
+//! in one of those directories; a job whose file lies outside fails without
+//! a byte of it being read. `last_error` names files, header fields and
+//! what to do, never other content of a file.
+//!
+//! The rest follows from the design:
 //!
 //! * Jobs are claimed with `SELECT ... FOR UPDATE SKIP LOCKED` (MySQL 8.0.1+,
 //!   MariaDB 10.6+) and every later write is conditional on still holding
 //!   the job; a holder that stops heartbeating loses it (the invariants are
-//!   listed in the documentation of the `queue` module).
+//!   listed in the documentation of the `queue` module). The heartbeat runs
+//!   on its own timer, so a slow batch does not look like a dead processor.
 //! * A processor holds a connection (and, with a [`dbslots_core::Pool`], a
 //!   slot) only while it works on a job; it closes it between jobs and
 //!   before sleeping.
-//! * Lines are validated before they reach SQL; a bad line is kept in
-//!   `import_errors` with its line number, the reason and the raw line, and
-//!   the job ends `completed_with_errors`. A file that cannot be imported at
-//!   all (missing, unreadable, empty, wrong header) fails its job with a
-//!   `last_error` that says what to do.
-//! * Readings go in as multi-row statements of literals (10,000 lines by
+//! * Rows go in as multi-row statements of literals (10,000 records by
 //!   default, under half of `max_allowed_packet`), built on a reader thread
 //!   while the previous batch is inserted; memory stays flat whatever the
 //!   file's size.
 //!
+//! For example, meter readings (`meter_id,reading_at,kwh`) into
+//!
+//! ```sql
+//! CREATE TABLE meter_readings (
+//!     meter_id VARCHAR(32) NOT NULL,
+//!     reading_at DATETIME NOT NULL,
+//!     kwh DECIMAL(18,6) NOT NULL,
+//!     PRIMARY KEY (meter_id, reading_at)
+//! );
+//! ```
+//!
 //! ```no_run
-//! use dbslots_import::{NoObserver, ProcessorOptions, Queue, RunOptions, StopSignal};
+//! use dbslots_import::{EnqueueOptions, NoObserver, ProcessorOptions, Queue, RunOptions, StopSignal};
 //!
 //! # async fn demo() -> dbslots_import::Result<()> {
 //! let queue = Queue::new("mysql://app:secret@db:3306/energy", None)?;
-//! let ids = queue.enqueue(&["/data/readings-2024-06.csv"]).await?;
-//! let processor = queue.processor(ProcessorOptions::new());
+//! let ids = queue
+//!     .enqueue(&["/data/readings-2024-06.csv"], &EnqueueOptions::new("meter_readings"))
+//!     .await?;
+//! let processor = queue.processor(ProcessorOptions::new().source_dir("/data"));
 //! let summary = processor
 //!     .run(&RunOptions::new().once(true), &StopSignal::new(), &NoObserver)
 //!     .await?;
@@ -52,30 +136,101 @@
 
 mod batch;
 mod error;
+mod identity;
 mod link;
 mod lock;
-mod parse;
 mod processor;
 mod queue;
+mod record;
 mod source;
+mod stop;
+mod table;
+mod value;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use dbslots_core::Pool;
 
-pub use batch::MAX_RAW_LINE_BYTES;
 pub use error::{Error, Result};
 pub use lock::{InstanceLock, default_lock_path};
-pub use parse::MAX_METER_ID_CHARS;
 pub use processor::{
     JobOutcome, JobReport, NoObserver, Observer, Processor, ProcessorOptions, Progress, RunEnd,
-    RunOptions, RunSummary, StopSignal,
+    RunOptions, RunSummary,
 };
 pub use queue::{JobStatus, Status};
-pub use source::MAX_LINE_BYTES;
+pub use record::{MAX_FIELDS, MAX_RAW_LINE_BYTES, MAX_RECORD_BYTES};
+pub use stop::StopSignal;
 
+use identity::FileIdentity;
 use link::Connector;
+use queue::{JobSpec, NewJob};
+
+/// What a job imports into, and how its file is read.
+#[derive(Debug, Clone)]
+pub struct EnqueueOptions {
+    table: String,
+    time_zone: String,
+    delimiter: u8,
+    no_key: bool,
+}
+
+impl EnqueueOptions {
+    /// Import into `table` (of the queue's database), comma-separated, in
+    /// UTC, idempotent by the table's key.
+    pub fn new(table: impl Into<String>) -> Self {
+        EnqueueOptions {
+            table: table.into(),
+            time_zone: "UTC".into(),
+            delimiter: b',',
+            no_key: false,
+        }
+    }
+
+    /// The table the job imports into.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The job's time zone: `UTC`, an offset like `+01:00` or an IANA name
+    /// like `Europe/Berlin` (see the crate documentation).
+    pub fn time_zone(mut self, zone: impl Into<String>) -> Self {
+        self.time_zone = zone.into();
+        self
+    }
+
+    /// The field delimiter: `b','` (the default), `b';'` or `b'\t'`.
+    pub fn delimiter(mut self, delimiter: u8) -> Self {
+        self.delimiter = delimiter;
+        self
+    }
+
+    /// Allows a table without a primary or unique key made of the file's
+    /// columns: rows are appended, and a second enqueue of the same file
+    /// appends them again.
+    pub fn no_key(mut self, no_key: bool) -> Self {
+        self.no_key = no_key;
+        self
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.table.is_empty() || self.table.chars().count() > table::MAX_NAME_CHARS {
+            return Err(Error::Options(format!(
+                "invalid table name {:?}: a table name has 1 to {} characters",
+                self.table,
+                table::MAX_NAME_CHARS
+            )));
+        }
+        if !matches!(self.delimiter, b',' | b';' | b'\t') {
+            return Err(Error::Options(format!(
+                "invalid delimiter {:?}: use ',', ';' or a tab",
+                char::from(self.delimiter)
+            )));
+        }
+        value::Zone::parse(&self.time_zone).map_err(Error::Options)?;
+        Ok(())
+    }
+}
 
 /// The import queue in one database: enqueue files, list jobs, and make
 /// processors.
@@ -112,9 +267,10 @@ impl Queue {
         Processor::new(self.connector.clone(), options)
     }
 
-    /// Creates the tables `import_jobs`, `meter_readings` and
-    /// `import_errors` where they are missing. Processors and
-    /// [`Queue::enqueue`] do this themselves.
+    /// Creates the queue's tables `import_jobs` and `import_errors` where
+    /// they are missing (and adds the columns that tables of an older
+    /// version lack). Processors and [`Queue::enqueue`] do this themselves;
+    /// the tables imported into are the user's.
     ///
     /// # Errors
     ///
@@ -126,42 +282,84 @@ impl Queue {
         .await
     }
 
-    /// Adds one pending job per file and returns their ids, in order. Paths
-    /// are stored absolute (relative ones are resolved against the current
-    /// directory), since processors may run elsewhere; the files are not
-    /// read now.
+    /// Adds one pending job per file and returns their ids, in order, all
+    /// or none. Paths are stored absolute (relative ones are resolved
+    /// against the current directory), since processors may run elsewhere.
+    ///
+    /// Each file is opened now: its identity is recorded (see the crate
+    /// documentation) and its header is checked against the table, so a
+    /// file that cannot go into the table is refused here.
     ///
     /// # Errors
     ///
-    /// [`Error::Source`] for a path that is not UTF-8 or too long (nothing
-    /// is enqueued then); [`Error::Connect`] or [`Error::Query`].
-    pub async fn enqueue<P: AsRef<Path>>(&self, files: &[P]) -> Result<Vec<u64>> {
-        let mut sources = Vec::with_capacity(files.len());
+    /// [`Error::Options`] for a bad table name, delimiter or time zone;
+    /// [`Error::Source`] for a file that cannot be read or whose header
+    /// does not fit the table (a missing table, an unknown column, a
+    /// missing required column, no key without `no_key`), saying what to
+    /// do; nothing is enqueued then. [`Error::Connect`] or [`Error::Query`].
+    pub async fn enqueue<P: AsRef<Path>>(
+        &self,
+        files: &[P],
+        options: &EnqueueOptions,
+    ) -> Result<Vec<u64>> {
+        options.check()?;
+        let mut jobs = Vec::with_capacity(files.len());
+        let mut headers = Vec::with_capacity(files.len());
         for file in files {
             let file = file.as_ref();
-            let absolute = std::path::absolute(file).map_err(|e| Error::Source {
+            let refuse = |reason: String| Error::Source {
                 path: file.to_path_buf(),
-                reason: format!("cannot make the path absolute: {e}"),
-            })?;
+                reason,
+            };
+            let absolute = std::path::absolute(file)
+                .map_err(|e| refuse(format!("cannot make the path absolute: {e}")))?;
             let Some(text) = absolute.to_str() else {
-                return Err(Error::Source {
-                    path: file.to_path_buf(),
-                    reason: "the path is not UTF-8; rename the file".into(),
-                });
+                return Err(refuse("the path is not UTF-8; rename the file".into()));
             };
             if text.chars().count() > 4096 {
-                return Err(Error::Source {
-                    path: file.to_path_buf(),
-                    reason: "the path is over 4096 characters long; move the file".into(),
-                });
+                return Err(refuse(
+                    "the path is over 4096 characters long; move the file".into(),
+                ));
             }
-            sources.push(text.to_owned());
+            let opened = source::open_checked(&absolute, &[]).map_err(|p| refuse(p.to_string()))?;
+            let identity =
+                FileIdentity::of(&opened).map_err(|e| refuse(format!("cannot read it: {e}")))?;
+            let (header, _) = source::read_header(&absolute, &opened, options.delimiter)
+                .map_err(|p| refuse(p.to_string()))?;
+            headers.push((file.to_path_buf(), header));
+            jobs.push(NewJob {
+                source: text.to_owned(),
+                spec: JobSpec {
+                    table: options.table.clone(),
+                    time_zone: options.time_zone.clone(),
+                    delimiter: options.delimiter,
+                    no_key: options.no_key,
+                    identity,
+                },
+            });
         }
-        self.with_connection("enqueueing files", async |conn| {
-            queue::create_tables(conn).await?;
-            queue::enqueue(conn, &sources).await
+        let outcome = self
+            .with_connection("enqueueing files", async |conn| {
+                queue::create_tables(conn).await?;
+                let table = match table::load(conn, &options.table).await? {
+                    Ok(table) => table,
+                    Err(problem) => return Ok(Err((None, problem))),
+                };
+                for (path, header) in &headers {
+                    if let Err(problem) = table.map_header(header, options.no_key) {
+                        return Ok(Err((Some(path.clone()), problem)));
+                    }
+                }
+                queue::enqueue(conn, &jobs).await.map(Ok)
+            })
+            .await?;
+        outcome.map_err(|(path, problem)| match path {
+            Some(path) => Error::Source {
+                path,
+                reason: problem.to_string(),
+            },
+            None => Error::Options(problem.to_string()),
         })
-        .await
     }
 
     /// The newest `limit` jobs (every job without a limit), oldest first.

@@ -17,12 +17,16 @@
 //!   `holder = me AND status = 'processing'`: a processor whose job was
 //!   taken away learns it at its next write and stops, having written
 //!   nothing.
-//! * **Checkpoint and rows together.** [`commit_batch`] moves the job's
-//!   checkpoint (`byte_offset`, `line_no`), its counters and its heartbeat,
-//!   and inserts the batch's readings and rejections, in one transaction.
-//!   The job row is updated first, so the transaction holds its lock while
-//!   it inserts and a concurrent [`recover_stale`] waits, then sees a fresh
-//!   heartbeat. After a crash the job's row says exactly which lines are in.
+//! * **Checkpoint and rows together.** [`commit_batch`] inserts the batch's
+//!   rows and rejections and moves the job's checkpoint (`byte_offset`,
+//!   `line_no`, `content_hash`), its counters and its heartbeat, in one
+//!   transaction. The job row is updated last, conditional on the holder;
+//!   when that matches nothing the transaction is rolled back. After a
+//!   crash the job's row says exactly which records are in.
+//! * **A heartbeat of its own.** While a processor holds a job it writes
+//!   [`heartbeat`] on its own timer (from a second connection while a
+//!   statement is running; see the processor's `heartbeat` module), so a
+//!   slow batch never looks like a dead processor.
 //! * **Staleness in seconds.** Heartbeats are `DATETIME(6)` in UTC and ages
 //!   are `TIMESTAMPDIFF(SECOND, heartbeat_at, UTC_TIMESTAMP(6))`, never
 //!   `NOW() - ts` (which is not a number of seconds) and never dependent on
@@ -38,13 +42,15 @@ use std::time::Duration;
 use mysql_async::prelude::{FromValue, Queryable};
 use mysql_async::{Conn, Row};
 
-use crate::batch::{Batch, push_text};
-use crate::source::Checkpoint;
+use crate::batch::Batch;
+use crate::identity::{FileIdentity, hex, parse_hex};
+use crate::record::Checkpoint;
+use crate::value::push_text;
 
 type DbResult<T> = std::result::Result<T, mysql_async::Error>;
 
 /// The statements that create the tables, each idempotent.
-const SCHEMA: [&str; 3] = [
+const SCHEMA: [&str; 2] = [
     "CREATE TABLE IF NOT EXISTS import_jobs (
         id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
         source VARCHAR(4096) NOT NULL,
@@ -61,22 +67,48 @@ const SCHEMA: [&str; 3] = [
         created_at DATETIME(6) NOT NULL,
         started_at DATETIME(6) NULL,
         finished_at DATETIME(6) NULL,
+        target_table VARCHAR(64) NULL,
+        time_zone VARCHAR(64) NOT NULL DEFAULT 'UTC',
+        delimiter TINYINT UNSIGNED NOT NULL DEFAULT 44,
+        no_key TINYINT(1) NOT NULL DEFAULT 0,
+        file_dev BIGINT UNSIGNED NULL,
+        file_ino BIGINT UNSIGNED NULL,
+        file_mtime_ns BIGINT NULL,
+        file_edges_hash CHAR(32) NULL,
+        content_hash CHAR(32) NULL,
         PRIMARY KEY (id),
         KEY import_jobs_status (status, id)
-    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
-    "CREATE TABLE IF NOT EXISTS meter_readings (
-        meter_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
-        reading_at DATETIME NOT NULL,
-        kwh DECIMAL(18,6) NOT NULL,
-        PRIMARY KEY (meter_id, reading_at)
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
     "CREATE TABLE IF NOT EXISTS import_errors (
         job_id BIGINT UNSIGNED NOT NULL,
         line_no BIGINT UNSIGNED NOT NULL,
         reason VARCHAR(255) NOT NULL,
         raw_line TEXT NOT NULL,
+        column_name VARCHAR(64) NULL,
         PRIMARY KEY (job_id, line_no)
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+];
+
+/// Columns added since the first release, added to older tables.
+const ADDED_COLUMNS: [(&str, &str, &str); 10] = [
+    ("import_jobs", "target_table", "VARCHAR(64) NULL"),
+    (
+        "import_jobs",
+        "time_zone",
+        "VARCHAR(64) NOT NULL DEFAULT 'UTC'",
+    ),
+    (
+        "import_jobs",
+        "delimiter",
+        "TINYINT UNSIGNED NOT NULL DEFAULT 44",
+    ),
+    ("import_jobs", "no_key", "TINYINT(1) NOT NULL DEFAULT 0"),
+    ("import_jobs", "file_dev", "BIGINT UNSIGNED NULL"),
+    ("import_jobs", "file_ino", "BIGINT UNSIGNED NULL"),
+    ("import_jobs", "file_mtime_ns", "BIGINT NULL"),
+    ("import_jobs", "file_edges_hash", "CHAR(32) NULL"),
+    ("import_jobs", "content_hash", "CHAR(32) NULL"),
+    ("import_errors", "column_name", "VARCHAR(64) NULL"),
 ];
 
 /// Where a job is in its life.
@@ -152,9 +184,11 @@ pub struct JobStatus {
     pub status: Status,
     /// Claims so far (a release on a signal does not count).
     pub attempts: u32,
-    /// Lines imported into `meter_readings` so far.
+    /// The table it imports into (`None` for a job of an older version).
+    pub table: Option<String>,
+    /// Records imported into the table so far.
     pub rows_imported: u64,
-    /// Lines rejected into `import_errors` so far.
+    /// Records rejected into `import_errors` so far.
     pub rows_rejected: u64,
     /// Why the job failed, or what happened to an earlier attempt.
     pub last_error: Option<String>,
@@ -181,10 +215,24 @@ pub(crate) struct JobRow {
     pub checkpoint: Checkpoint,
     pub rows_imported: u64,
     pub rows_rejected: u64,
-    pub file_size: Option<u64>,
+    pub spec: Option<JobSpec>,
+    /// The hash of the content up to the checkpoint.
+    pub content_hash: Option<u128>,
 }
 
-const JOB_COLUMNS: &str = "id, source, status, holder, attempts, byte_offset, line_no, rows_imported, rows_rejected, file_size";
+/// What a job imports, recorded at enqueue. `None` on a job row written
+/// by a version before tables could be chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct JobSpec {
+    pub table: String,
+    pub time_zone: String,
+    pub delimiter: u8,
+    pub no_key: bool,
+    pub identity: FileIdentity,
+}
+
+const JOB_COLUMNS: &str = "id, source, status, holder, attempts, byte_offset, line_no, rows_imported, rows_rejected, \
+    file_size, target_table, time_zone, delimiter, no_key, file_dev, file_ino, file_mtime_ns, file_edges_hash, content_hash";
 
 fn job_row(mut row: Row) -> DbResult<JobRow> {
     let status: String = take(&mut row, 2)?;
@@ -201,8 +249,41 @@ fn job_row(mut row: Row) -> DbResult<JobRow> {
         },
         rows_imported: take(&mut row, 7)?,
         rows_rejected: take(&mut row, 8)?,
-        file_size: take(&mut row, 9)?,
+        spec: job_spec(&mut row)?,
+        content_hash: take::<Option<String>>(&mut row, 18)?.and_then(|h| parse_hex(&h)),
     })
+}
+
+fn job_spec(row: &mut Row) -> DbResult<Option<JobSpec>> {
+    let size: Option<u64> = take(row, 9)?;
+    let table: Option<String> = take(row, 10)?;
+    let dev: Option<u64> = take(row, 14)?;
+    let ino: Option<u64> = take(row, 15)?;
+    let mtime_ns: Option<i64> = take(row, 16)?;
+    let edges: Option<String> = take(row, 17)?;
+    let (Some(size), Some(table), Some(dev), Some(ino), Some(mtime_ns), Some(edges)) = (
+        size,
+        table,
+        dev,
+        ino,
+        mtime_ns,
+        edges.as_deref().and_then(parse_hex),
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(JobSpec {
+        table,
+        time_zone: take(row, 11)?,
+        delimiter: take(row, 12)?,
+        no_key: take(row, 13)?,
+        identity: FileIdentity {
+            dev,
+            ino,
+            size,
+            mtime_ns,
+            edges_hash: edges,
+        },
+    }))
 }
 
 fn take<T: FromValue>(row: &mut Row, i: usize) -> DbResult<T> {
@@ -217,10 +298,26 @@ fn other(message: impl Into<String>) -> mysql_async::Error {
     mysql_async::Error::Other(message.into().into())
 }
 
-/// Creates the tables that are missing.
+/// Creates the tables that are missing, and the columns that tables of an
+/// older version lack.
 pub(crate) async fn create_tables(conn: &mut Conn) -> DbResult<()> {
     for ddl in SCHEMA {
         conn.query_drop(ddl).await?;
+    }
+    let present: Vec<(String, String)> = conn
+        .query(
+            "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ('import_jobs', 'import_errors')",
+        )
+        .await?;
+    for (table, column, ddl) in ADDED_COLUMNS {
+        if !present
+            .iter()
+            .any(|(t, c)| t.eq_ignore_ascii_case(table) && c.eq_ignore_ascii_case(column))
+        {
+            conn.query_drop(format!("ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
+                .await?;
+        }
     }
     Ok(())
 }
@@ -319,40 +416,42 @@ fn held_by(sql: &mut String, id: u64, holder: &str) {
     push_text(sql, holder);
 }
 
-/// Commits a batch with the job's new checkpoint, counters and heartbeat.
-/// `Ok(false)` when the job is no longer this holder's (nothing written).
+/// Commits a batch with the job's new checkpoint, counters, content hash
+/// and heartbeat. `Ok(false)` when the job is no longer this holder's
+/// (nothing written).
+///
+/// The rows go in first and the job's row is updated last, conditional on
+/// the holder: the job row is locked only for the end of the transaction
+/// (so the heartbeat of [`heartbeat`] is not held up by a slow insert), and
+/// a holder that lost its job rolls its rows back.
 pub(crate) async fn commit_batch(
     conn: &mut Conn,
     id: u64,
     holder: &str,
     batch: &Batch,
-    file_size: Option<u64>,
 ) -> DbResult<bool> {
     conn.query_drop("START TRANSACTION").await?;
     let result = async {
-        let mut sql = format!(
-            "UPDATE import_jobs SET byte_offset = {}, line_no = {}, rows_imported = rows_imported + {}, \
-             rows_rejected = rows_rejected + {}, file_size = {}, heartbeat_at = UTC_TIMESTAMP(6)",
-            batch.end.offset,
-            batch.end.line_no,
-            batch.rows,
-            batch.rejected,
-            file_size.map_or_else(|| "NULL".to_owned(), |s| s.to_string()),
-        );
-        held_by(&mut sql, id, holder);
-        conn.query_drop(sql).await?;
-        // The checkpoint moves forward with every batch, so a matching row
-        // always changes and the affected-row count is 1.
-        if conn.affected_rows() != 1 {
-            return Ok(false);
-        }
-        if let Some(sql) = &batch.readings_sql {
+        if let Some(sql) = &batch.rows_sql {
             conn.query_drop(sql.as_str()).await?;
         }
         if let Some(sql) = &batch.errors_sql {
             conn.query_drop(sql.as_str()).await?;
         }
-        Ok(true)
+        let mut sql = format!(
+            "UPDATE import_jobs SET byte_offset = {}, line_no = {}, rows_imported = rows_imported + {}, \
+             rows_rejected = rows_rejected + {}, content_hash = '{}', heartbeat_at = UTC_TIMESTAMP(6)",
+            batch.end.offset,
+            batch.end.line_no,
+            batch.rows,
+            batch.rejected,
+            hex(batch.hash),
+        );
+        held_by(&mut sql, id, holder);
+        conn.query_drop(sql).await?;
+        // The checkpoint moves forward with every batch, so a matching row
+        // always changes and the affected-row count is 1.
+        Ok(conn.affected_rows() == 1)
     }
     .await;
     match result {
@@ -369,6 +468,17 @@ pub(crate) async fn commit_batch(
             Err(e)
         }
     }
+}
+
+/// Writes the job's heartbeat. `false` when it is no longer this holder's.
+pub(crate) async fn heartbeat(conn: &mut Conn, id: u64, holder: &str) -> DbResult<bool> {
+    let mut sql = String::from("UPDATE import_jobs SET heartbeat_at = UTC_TIMESTAMP(6)");
+    held_by(&mut sql, id, holder);
+    conn.query_drop(sql).await?;
+    // Two heartbeats in the same microsecond change nothing: count
+    // matched rows, not changed ones.
+    let info = conn.info();
+    Ok(conn.affected_rows() == 1 || info.starts_with("Rows matched: 1"))
 }
 
 /// Marks the job done. `Ok(None)` when it is no longer this holder's.
@@ -389,7 +499,7 @@ pub(crate) async fn finish(conn: &mut Conn, id: u64, holder: &str) -> DbResult<O
 /// longer this holder's.
 pub(crate) async fn fail(conn: &mut Conn, id: u64, holder: &str, message: &str) -> DbResult<bool> {
     let mut sql = String::from("UPDATE import_jobs SET status = 'failed', last_error = ");
-    push_text(&mut sql, &crate::parse::shorten(message, 4000));
+    push_text(&mut sql, &crate::value::shorten(message, 4000));
     sql.push_str(", finished_at = UTC_TIMESTAMP(6), heartbeat_at = UTC_TIMESTAMP(6)");
     held_by(&mut sql, id, holder);
     conn.query_drop(sql).await?;
@@ -408,14 +518,37 @@ pub(crate) async fn release(conn: &mut Conn, id: u64, holder: &str) -> DbResult<
     Ok(conn.affected_rows() == 1)
 }
 
-/// Adds one pending job per source, in one transaction; returns their ids.
-pub(crate) async fn enqueue(conn: &mut Conn, sources: &[String]) -> DbResult<Vec<u64>> {
+/// A file to enqueue, checked.
+pub(crate) struct NewJob {
+    pub source: String,
+    pub spec: JobSpec,
+}
+
+/// Adds one pending job per file, in one transaction; returns their ids.
+pub(crate) async fn enqueue(conn: &mut Conn, jobs: &[NewJob]) -> DbResult<Vec<u64>> {
     conn.query_drop("START TRANSACTION").await?;
-    let mut ids = Vec::with_capacity(sources.len());
-    for source in sources {
-        let mut sql = String::from("INSERT INTO import_jobs (source, created_at) VALUES (");
-        push_text(&mut sql, source);
-        sql.push_str(", UTC_TIMESTAMP(6))");
+    let mut ids = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let spec = &job.spec;
+        let mut sql = String::from(
+            "INSERT INTO import_jobs (source, target_table, time_zone, delimiter, no_key, file_size, \
+             file_dev, file_ino, file_mtime_ns, file_edges_hash, created_at) VALUES (",
+        );
+        push_text(&mut sql, &job.source);
+        sql.push(',');
+        push_text(&mut sql, &spec.table);
+        sql.push(',');
+        push_text(&mut sql, &spec.time_zone);
+        sql.push_str(&format!(
+            ",{},{},{},{},{},{},'{}', UTC_TIMESTAMP(6))",
+            spec.delimiter,
+            u8::from(spec.no_key),
+            spec.identity.size,
+            spec.identity.dev,
+            spec.identity.ino,
+            spec.identity.mtime_ns,
+            hex(spec.identity.edges_hash)
+        ));
         if let Err(e) = conn.query_drop(sql).await {
             let _ = conn.query_drop("ROLLBACK").await;
             return Err(e);
@@ -441,7 +574,7 @@ pub(crate) async fn list(conn: &mut Conn, limit: Option<u64>) -> DbResult<Vec<Jo
                TIMESTAMPDIFF(SECOND, heartbeat_at, UTC_TIMESTAMP(6)), \
                DATE_FORMAT(created_at, '%Y-%m-%d %H:%i:%s'), \
                DATE_FORMAT(started_at, '%Y-%m-%d %H:%i:%s'), \
-               DATE_FORMAT(finished_at, '%Y-%m-%d %H:%i:%s') \
+               DATE_FORMAT(finished_at, '%Y-%m-%d %H:%i:%s'), target_table \
              FROM import_jobs ORDER BY id DESC{limit}) newest ORDER BY id"
         ))
         .await
@@ -467,6 +600,7 @@ pub(crate) async fn list(conn: &mut Conn, limit: Option<u64>) -> DbResult<Vec<Jo
                 created_at: take(&mut row, 9)?,
                 started_at: take(&mut row, 10)?,
                 finished_at: take(&mut row, 11)?,
+                table: take(&mut row, 12)?,
             })
         })
         .collect()

@@ -252,7 +252,7 @@ impl Connector {
         let shared = &self.inner;
         shared
             .pool
-            .acquire_async_timeout(shared.options.slot_timeout)
+            .acquire_timeout(shared.options.slot_timeout)
             .await
             .map_err(|source| Error::Slot {
                 url: shared.url.clone(),
@@ -538,7 +538,7 @@ impl Connection {
             None => connector
                 .inner
                 .pool
-                .acquire_async_timeout(connector.inner.options.slot_timeout)
+                .acquire_timeout(connector.inner.options.slot_timeout)
                 .await
                 .map_err(|source| Error::Slot {
                     url: connector.inner.url.clone(),

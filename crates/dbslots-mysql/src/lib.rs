@@ -23,8 +23,9 @@
 //!
 //! For operators: [`ServerLimits`] reads the server's limits and usage,
 //! [`Processlist`] groups its connections, [`kill_idle`] ends idle ones the
-//! way pt-kill does, and [`connect_monitor`] explains how to get in when the
-//! server is full.
+//! way pt-kill does, [`connect_monitor`] explains how to get in when the
+//! server is full, and [`ServerCheck`] warns before a limit is reached, in
+//! the convention of monitoring plugins (exit status 0 to 3).
 //!
 //! ```no_run
 //! use dbslots_core::{Pool, PoolOptions};
@@ -32,7 +33,7 @@
 //! use mysql_async::prelude::Queryable;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let pool = Pool::open(std::path::Path::new("/run/myapp/db-slots"), &PoolOptions::new().capacity(100))?;
+//! let pool = Pool::open("/run/myapp/db-slots", PoolOptions::new().capacity(100))?;
 //! let connector = Connector::new("mysql://app:secret@db:3306/app?prefer_socket=false", pool)?;
 //! let mut conn = connector.connect().await?;
 //! let n: Option<u64> = conn.query_first("SELECT COUNT(*) FROM jobs").await?;
@@ -42,6 +43,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod check;
 mod connector;
 mod deadline;
 mod error;
@@ -50,6 +52,7 @@ mod monitor;
 mod processlist;
 mod retry;
 
+pub use check::ServerCheck;
 pub use connector::{Connection, Connector, ConnectorOptions, Liveness};
 pub use error::{Attempt, Error, Result, codes};
 pub use limits::{AccountLimit, CapacitySuggestion, MIN_RESERVE, ServerLimits};

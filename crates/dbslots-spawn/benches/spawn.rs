@@ -45,7 +45,7 @@ fn unlimited() -> Duration {
 }
 
 fn spawner(dir: &std::path::Path, options: SpawnOptions) -> Duration {
-    let pool = Pool::open(dir.join("pool"), &PoolOptions::new().capacity(CAPACITY))
+    let pool = Pool::open(dir.join("pool"), PoolOptions::new().capacity(CAPACITY))
         .expect("a pool in a temporary directory");
     let template = Template::from_argv(["sleep", HOLD]).expect("a valid command");
     let options = options

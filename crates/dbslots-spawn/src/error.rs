@@ -63,4 +63,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The thread that writes the spawner's output could not be started.
+    #[error("cannot start the output thread: {source}; raise the process or memory limits")]
+    Console {
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
 }

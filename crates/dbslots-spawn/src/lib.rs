@@ -63,7 +63,7 @@
 //! use dbslots_core::{Pool, PoolOptions};
 //! use dbslots_spawn::{SpawnOptions, Spawner, Template};
 //!
-//! let pool = Pool::open(std::path::Path::new("/run/myapp/db-slots"), &PoolOptions::new().capacity(150))?;
+//! let pool = Pool::open("/run/myapp/db-slots", PoolOptions::new().capacity(150))?;
 //! let template = Template::from_argv(["php", "worker.php", "--shard={index}/{count}"])?;
 //! let summary = Spawner::new(pool, template, SpawnOptions::new(1000))?
 //!     .run()
@@ -74,6 +74,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod console;
 mod error;
 mod joblog;
 mod options;

@@ -34,6 +34,13 @@ pub enum Output {
     /// To the spawner's stdout and stderr, each line prefixed with
     /// `[INDEX] `. Lines are streamed (at most 4 KiB a line is kept; longer
     /// lines are split), never collected. The default.
+    ///
+    /// The workers never wait for the spawner's output: one thread writes
+    /// it, through a queue of at most 2 MiB; when stdout or stderr is not
+    /// read fast enough (a pager left on a page, a stalled terminal), the
+    /// lines that do not fit are dropped and counted (the spawner says how
+    /// many, and [`Summary::dropped_lines`](crate::Summary::dropped_lines)).
+    /// Use [`Output::LogDir`] to keep every line.
     #[default]
     Prefixed,
     /// To `DIR/INDEX.log`, stdout and stderr together; the directory is

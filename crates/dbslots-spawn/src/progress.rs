@@ -1,11 +1,11 @@
 //! Progress on stderr: a bar on a terminal, plain lines otherwise.
 
 use std::io::IsTerminal;
-use std::time::Duration;
 
 use dbslots_core::PoolStats;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::console::Console;
 use crate::options::Progress;
 
 /// A snapshot of the counters shown.
@@ -18,36 +18,67 @@ pub(crate) struct Counts {
     pub waiting_for_slot: bool,
 }
 
-/// Reports progress as chosen by [`Progress`].
+/// Reports progress as chosen by [`Progress`]. Every method only queues
+/// text for the console thread (see `console.rs`): none writes or blocks.
 pub(crate) struct Reporter {
-    bar: Option<ProgressBar>,
+    console: Console,
+    bar: bool,
     lines: bool,
     workers: u32,
     capacity: u32,
 }
 
+/// Whether to draw a bar and whether to print lines.
+pub(crate) fn choose(progress: Progress) -> (bool, bool) {
+    let terminal = std::io::stderr().is_terminal();
+    match progress {
+        Progress::Auto => (terminal, !terminal),
+        Progress::Bar => (true, false),
+        Progress::Lines => (false, true),
+        Progress::Quiet => (false, false),
+    }
+}
+
+/// A bar for `workers` workers on stderr, drawn only by the console thread
+/// (no steady tick: that would be a second thread writing to stderr).
+pub(crate) fn new_bar(workers: u32) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(workers.into()), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} finished, {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// The bar's position and message for `c`.
+pub(crate) fn bar_status(c: &Counts, capacity: u32) -> (u64, String) {
+    (
+        c.finished.into(),
+        format!(
+            "{} running, {} failed, slots {}/{}{}",
+            c.running,
+            c.failed,
+            c.slots,
+            capacity,
+            if c.waiting_for_slot {
+                ", waiting for a slot"
+            } else {
+                ""
+            }
+        ),
+    )
+}
+
 impl Reporter {
-    pub(crate) fn new(progress: Progress, workers: u32, capacity: u32) -> Reporter {
-        let terminal = std::io::stderr().is_terminal();
-        let (bar, lines) = match progress {
-            Progress::Auto => (terminal, !terminal),
-            Progress::Bar => (true, false),
-            Progress::Lines => (false, true),
-            Progress::Quiet => (false, false),
-        };
-        let bar = bar.then(|| {
-            let bar =
-                ProgressBar::with_draw_target(Some(workers.into()), ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{elapsed_precise} [{wide_bar}] {pos}/{len} finished, {msg}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            bar.enable_steady_tick(Duration::from_millis(250));
-            bar
-        });
+    pub(crate) fn new(
+        console: Console,
+        bar: bool,
+        lines: bool,
+        workers: u32,
+        capacity: u32,
+    ) -> Reporter {
         Reporter {
+            console,
             bar,
             lines,
             workers,
@@ -55,41 +86,15 @@ impl Reporter {
         }
     }
 
-    /// The bar, for writing output around it.
-    pub(crate) fn bar(&self) -> Option<ProgressBar> {
-        self.bar.clone()
-    }
-
-    /// Whether plain lines are printed.
-    pub(crate) fn lines(&self) -> bool {
-        self.lines
-    }
-
-    /// Updates the bar.
-    pub(crate) fn update(&self, c: &Counts) {
-        if let Some(bar) = &self.bar {
-            bar.set_position(c.finished.into());
-            bar.set_message(format!(
-                "{} running, {} failed, slots {}/{}{}",
-                c.running,
-                c.failed,
-                c.slots,
-                self.capacity,
-                if c.waiting_for_slot {
-                    ", waiting for a slot"
-                } else {
-                    ""
-                }
-            ));
-        }
+    /// Whether anything is shown per batch.
+    pub(crate) fn shows_batches(&self) -> bool {
+        self.lines || self.bar
     }
 
     /// Prints one line (above the bar, or on its own).
     pub(crate) fn line(&self, text: &str) {
-        if let Some(bar) = &self.bar {
-            bar.println(format!("dbslots spawn: {text}"));
-        } else if self.lines {
-            eprintln!("dbslots spawn: {text}");
+        if self.bar || self.lines {
+            self.console.own_line(&format!("dbslots spawn: {text}"));
         }
     }
 
@@ -123,12 +128,5 @@ impl Reporter {
             "batch {number}/{batches}: started workers {first}-{last} ({}); {pool}",
             last - first + 1
         ));
-    }
-
-    /// Removes the bar.
-    pub(crate) fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
     }
 }

@@ -5,7 +5,7 @@
 //! A run is three futures polled together by the caller's task:
 //!
 //! * the *starter* walks the worker indices in order. For each worker that
-//!   needs a slot it waits in the pool's FIFO queue (`acquire_async`), then
+//!   needs a slot it waits in the pool's FIFO queue (`acquire`), then
 //!   starts the worker and hands the `Slot` guard to the worker's
 //!   supervisor task, then yields once so that workers that exited
 //!   meanwhile are reaped and their slots freed (otherwise zombies would
@@ -48,11 +48,12 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::console::{BarStatus, Console, Stream};
 use crate::error::{Error, Result};
 use crate::joblog::{Entry, Joblog};
 use crate::options::{Mode, Output, SpawnOptions};
-use crate::output::{Sink, Stream, pump};
-use crate::progress::{Counts, Reporter};
+use crate::output::pump;
+use crate::progress::{self, Counts, Reporter};
 use crate::summary::{Durations, StopReason, Summary, signal_name};
 use crate::template::{
     ENV_JOB_ID, ENV_POOL, ENV_SLOT, ENV_WORKER_COUNT, ENV_WORKER_INDEX, Template,
@@ -61,6 +62,10 @@ use crate::template::{
 /// How long a worker's output is still read after the worker exited (its
 /// children may hold the pipes open); after that the pipes are closed.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// How long output is still written after a stop once every worker is
+/// reaped (a stalled reader must not keep a stopped spawner alive).
+const OUTPUT_AFTER_STOP: Duration = Duration::from_millis(300);
 
 /// How often the pool is sampled for `peak_slots` when workers take their
 /// own slots.
@@ -179,9 +184,25 @@ impl Spawner {
         } else {
             None
         };
+        let mut signals = signals;
         let capacity = self.pool.capacity();
-        let reporter = Reporter::new(self.options.progress, self.options.workers, capacity);
-        let sink = Sink::new(reporter.bar());
+        let counters = Arc::new(Counters::default());
+        let (bar, lines) = progress::choose(self.options.progress);
+        let bar = bar.then(|| {
+            let counters = Arc::clone(&counters);
+            let status: BarStatus =
+                Box::new(move || progress::bar_status(&counters.snapshot(), capacity));
+            (progress::new_bar(self.options.workers), status)
+        });
+        let shows_bar = bar.is_some();
+        let (console, writer) = Console::start(bar).map_err(|source| Error::Console { source })?;
+        let reporter = Reporter::new(
+            console.clone(),
+            shows_bar,
+            lines,
+            self.options.workers,
+            capacity,
+        );
         let pool_addr = self.pool.addr().to_string();
         let ctx = Arc::new(Ctx {
             pool: self.pool,
@@ -189,9 +210,9 @@ impl Spawner {
             template: self.template,
             options: self.options,
             stop: self.stop,
-            counters: Counters::default(),
+            counters,
             reporter,
-            sink,
+            console,
         });
         tracing::info!(
             pool = %ctx.pool_addr,
@@ -211,10 +232,32 @@ impl Spawner {
         };
         let (start_stop, tally) = tokio::select! {
             r = main => r,
-            never = ctx.watch_stop(signals) => match never {},
+            never = ctx.watch_stop(&mut signals) => match never {},
         };
         let wall = started_at.elapsed();
-        ctx.reporter.finish();
+        // Everything is reaped; what is left is output. Wait for it unless
+        // nobody reads it: after a stop, for at most `OUTPUT_AFTER_STOP`;
+        // at any time, no longer than the next signal.
+        let stopped = ctx.stopping();
+        let give_up = async {
+            let next_signal = async {
+                match &mut signals {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            if stopped {
+                tokio::select! {
+                    () = next_signal => {}
+                    () = tokio::time::sleep(OUTPUT_AFTER_STOP) => {}
+                }
+            } else {
+                next_signal.await;
+            }
+        };
+        let dropped = writer.finish(give_up).await;
 
         let signal = ctx.stop.borrow().signal;
         let stop = match signal {
@@ -240,6 +283,7 @@ impl Spawner {
             mode: ctx.options.mode,
             hold_slot: ctx.options.hold_slot,
             stop,
+            dropped_lines: dropped.stdout + dropped.stderr,
         };
         tracing::info!(
             started = summary.started,
@@ -314,18 +358,14 @@ struct Ctx {
     template: Template,
     options: SpawnOptions,
     stop: Arc<watch::Sender<StopState>>,
-    counters: Counters,
+    counters: Arc<Counters>,
     reporter: Reporter,
-    sink: Sink,
+    console: Console,
 }
 
 impl Ctx {
     fn stopping(&self) -> bool {
         self.stop.borrow().phase != Phase::Running
-    }
-
-    fn update(&self) {
-        self.reporter.update(&self.counters.snapshot());
     }
 
     /// Starts every worker in the order of the mode; returns why it stopped
@@ -367,7 +407,7 @@ impl Ctx {
                         }
                     }
                     tracing::info!(batch = batch + 1, batches, first, last, "batch started");
-                    if self.reporter.lines() || self.reporter.bar().is_some() {
+                    if self.reporter.shows_batches() {
                         self.reporter
                             .batch(batch + 1, batches, first, last, self.pool.stats());
                     }
@@ -389,11 +429,10 @@ impl Ctx {
         let slot = if self.options.takes_slots() {
             let mut stop = self.stop.subscribe();
             self.counters.waiting.store(true, Ordering::Relaxed);
-            self.update();
             let acquired = tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| s.phase != Phase::Running) => return Flow::Stopped,
-                r = self.pool.acquire_async() => r,
+                r = self.pool.acquire() => r,
             };
             self.counters.waiting.store(false, Ordering::Relaxed);
             match acquired {
@@ -417,7 +456,7 @@ impl Ctx {
                 self.supervise(child, index, slot, done.clone());
                 // Let the supervisors reap the workers that exited meanwhile
                 // and give their slots back. Without this, a free slot makes
-                // `acquire_async` ready at once, the starter never yields,
+                // `acquire` ready at once, the starter never yields,
                 // and nobody is reaped until the pool is full: slots held by
                 // zombies, and every further start on the slow path of the
                 // pool (a waiter file, a thread, a futex wake-up).
@@ -571,7 +610,6 @@ impl Ctx {
             c.peak_slots.fetch_max(held, Ordering::Relaxed);
         }
         tracing::debug!(worker = index, pid, slot = ?slot_index, "worker started");
-        self.update();
 
         let ctx = self.clone();
         let stdout = child.stdout.take();
@@ -607,12 +645,12 @@ impl Ctx {
             let readers = async {
                 let out = async {
                     if let Some(r) = stdout {
-                        pump(r, index, Stream::Out, &ctx.sink).await;
+                        pump(r, index, Stream::Out, &ctx.console).await;
                     }
                 };
                 let err = async {
                     if let Some(r) = stderr {
-                        pump(r, index, Stream::Err, &ctx.sink).await;
+                        pump(r, index, Stream::Err, &ctx.console).await;
                     }
                 };
                 let both = async { tokio::join!(out, err) };
@@ -713,8 +751,7 @@ impl Ctx {
                         });
                     }
                     self.counters.finished.fetch_add(1, Ordering::Relaxed);
-                    self.update();
-                }
+                            }
                 _ = tick.tick() => {
                     if sample
                         && let Ok(stats) = self.pool.stats()
@@ -743,7 +780,7 @@ impl Ctx {
     }
 
     /// Obeys signals and the grace period; never returns.
-    async fn watch_stop(&self, mut signals: Option<Signals>) -> Infallible {
+    async fn watch_stop(&self, signals: &mut Option<Signals>) -> Infallible {
         let stopper = Stopper {
             tx: self.stop.clone(),
         };
@@ -781,7 +818,7 @@ impl Ctx {
                 }
             };
             let next_signal = async {
-                match &mut signals {
+                match signals {
                     Some(s) => s.recv().await,
                     None => std::future::pending().await,
                 }

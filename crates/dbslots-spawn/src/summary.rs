@@ -90,6 +90,10 @@ pub struct Summary {
     pub hold_slot: bool,
     /// Why the run ended early, if it did.
     pub stop: Option<StopReason>,
+    /// Lines of workers' output dropped because the spawner's stdout or
+    /// stderr was not read fast enough (prefixed output only; see
+    /// [`Output::Prefixed`](crate::Output::Prefixed)).
+    pub dropped_lines: u64,
 }
 
 impl Summary {
@@ -165,6 +169,13 @@ impl fmt::Display for Summary {
             self.capacity,
             self.peak_running
         )?;
+        if self.dropped_lines > 0 {
+            write!(
+                f,
+                "\n  {} lines of workers' output dropped: the output was not read fast enough (--log-dir keeps every line)",
+                self.dropped_lines
+            )?;
+        }
         if let Some(stop) = &self.stop {
             write!(f, "\n  {stop}")?;
         }
@@ -240,6 +251,7 @@ mod tests {
             mode: Mode::Adaptive,
             hold_slot: false,
             stop: None,
+            dropped_lines: 0,
         }
     }
 

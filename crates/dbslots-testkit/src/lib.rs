@@ -78,6 +78,7 @@ mod env;
 mod install;
 mod mysql;
 mod process;
+mod proxy;
 mod redis;
 
 pub use detached::DetachedState;
@@ -90,6 +91,7 @@ pub use mysql::{
     MysqlServer, PASSWORD, USER,
 };
 pub use process::TMPDIR_ENV;
+pub use proxy::FreezableProxy;
 pub use redis::{DEFAULT_REDIS_IMAGE, REDIS_IMAGE_ENV, RedisOptions, RedisServer};
 
 /// Where a server runs.

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::serve::{BusyPool, Serve};
+use crate::support::{BusyPool, Serve};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 

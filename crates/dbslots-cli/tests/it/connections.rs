@@ -9,13 +9,9 @@ use std::time::Duration;
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
-const TEMP_PASSWORD: &str = "dbslots-cli-temp-pw";
+use crate::support::dbslots;
 
-fn dbslots() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbslots"));
-    cmd.env_remove("DATABASE_URL").env("RUST_LOG", "warn");
-    cmd
-}
+const TEMP_PASSWORD: &str = "dbslots-cli-temp-pw";
 
 fn run(cmd: &mut Command) -> (Output, String, String) {
     let out = cmd.output().expect("dbslots runs");

@@ -1,13 +1,9 @@
 //! `dbslots exec` and `dbslots status` as a user runs them.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn dbslots() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbslots"));
-    cmd.env_remove("DBSLOTS_POOL").env("RUST_LOG", "warn");
-    cmd
-}
+use crate::support::dbslots;
 
 fn status_json(pool: &str) -> serde_json::Value {
     let out = dbslots()

@@ -1,5 +1,6 @@
-//! `dbslots import` as cron and supervisors run it: SIGKILL mid-job, a
-//! second processor on the same lock file, SIGTERM. Each test works in a
+//! `dbslots import` as cron and supervisors run it: SIGKILL mid-job (and a
+//! file edited before the resume), a second processor on the same lock
+//! file, SIGTERM, a symlink out of the source directory, exit statuses. Each test works in a
 //! scratch database of its own on the shared test server (skipped without
 //! one, see dbslots-testkit).
 
@@ -178,7 +179,7 @@ fn wait_for_progress(db: &TestDb, child: &mut Child, rows: u64) {
 }
 
 /// `n` readings, every key unique, kWh `i/1000`; every `bad_every`-th one
-/// negative. Returns the file, the good count, the sum of good `i` and the
+/// with seven decimals. Returns the file, the good count, the sum of good `i` and the
 /// bad lines' numbers.
 fn readings(n: u64, bad_every: u64) -> (Vec<u8>, u64, u64, Vec<u64>) {
     let mut out = String::from("meter_id,reading_at,kwh\n");
@@ -194,7 +195,8 @@ fn readings(n: u64, bad_every: u64) -> (Vec<u8>, u64, u64, Vec<u64>) {
             minute % 60
         );
         if i % bad_every == 0 {
-            out.push_str(&format!("m{},{ts},-1\n", i % 50));
+            // Seven decimals: DECIMAL(18,6) would round it.
+            out.push_str(&format!("m{},{ts},1.0000001\n", i % 50));
             bad.push(i + 1);
         } else {
             out.push_str(&format!("m{},{ts},{}.{:03}\n", i % 50, i / 1000, i % 1000));
@@ -223,8 +225,22 @@ fn assert_imported_exactly_once(db: &TestDb, good: u64, sum: u64, bad: &[u64], a
     assert_eq!(lines, bad);
 }
 
+/// The meter readings table of the documentation's example.
+const METER_READINGS: &str = "CREATE TABLE meter_readings (
+    meter_id VARCHAR(32) NOT NULL,
+    reading_at DATETIME NOT NULL,
+    kwh DECIMAL(18,6) NOT NULL,
+    PRIMARY KEY (meter_id, reading_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
+
+/// Creates `meter_readings` and enqueues `path` into it as job 1.
 fn enqueue(db: &TestDb, path: &Path) {
-    let (status, out, err) = db.run("enqueue", &[path.to_str().unwrap()], "enqueue");
+    db.sql(METER_READINGS);
+    let (status, out, err) = db.run(
+        "enqueue",
+        &["--table", "meter_readings", path.to_str().unwrap()],
+        "enqueue",
+    );
     assert!(status.success(), "{err}");
     assert_eq!(out.trim(), "1");
 }
@@ -340,4 +356,142 @@ fn a_second_processor_on_the_same_lock_exits_at_once_and_sigterm_leaves_the_job_
     assert!(status.success(), "{err}");
     assert!(err.contains("resuming after"), "{err}");
     assert_imported_exactly_once(&db, good, sum, &bad, 1);
+}
+
+#[test]
+fn a_file_edited_between_a_sigkill_and_the_resume_fails_its_job_and_run_exits_1() {
+    let Some(db) = TestDb::create("edit9") else {
+        return;
+    };
+    let (csv, ..) = readings(120_000, 997);
+    let path = db.write("readings.csv", &csv);
+    enqueue(&db, &path);
+    let lock = db.dir.path().join("import.lock");
+    let args = [
+        "--once",
+        "--lock-file",
+        lock.to_str().unwrap(),
+        "--batch-rows",
+        "100",
+    ];
+    let mut first = db.dbslots("run", &args, "first").spawn().unwrap();
+    wait_for_progress(&db, &mut first, 3_000);
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let (offset, imported): (u64, u64) =
+        db.row("SELECT byte_offset, rows_imported FROM import_jobs");
+    assert!(offset > 70_000, "past the first 64 KiB: {offset}");
+
+    // The same size, one digit changed inside the committed part (not in
+    // the first or last 64 KiB), the modification time put back.
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = 66_000 + bytes[66_000..].iter().position(u8::is_ascii_digit).unwrap();
+    bytes[at] = if bytes[at] == b'1' { b'2' } else { b'1' };
+    std::fs::write(&path, &bytes).unwrap();
+    File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+
+    db.sql("UPDATE import_jobs SET heartbeat_at = heartbeat_at - INTERVAL 1 HOUR");
+    let (status, _, err) = db.run("run", &args, "second");
+    assert_eq!(status.code(), Some(1), "a job failed: {err}");
+    let (state, last_error, after): (String, String, u64) =
+        db.row("SELECT CAST(status AS CHAR), last_error, rows_imported FROM import_jobs");
+    assert_eq!(state, "failed");
+    assert!(
+        last_error.contains("its content up to the checkpoint")
+            && last_error.contains("is not what was imported"),
+        "{last_error}"
+    );
+    assert_eq!(after, imported, "nothing of the edited file went in");
+    assert_eq!(
+        db.row::<u64>("SELECT COUNT(*) FROM meter_readings"),
+        imported
+    );
+}
+
+#[test]
+fn a_symlink_out_of_the_source_dir_is_refused_and_status_escapes_what_it_shows() {
+    let Some(db) = TestDb::create("link") else {
+        return;
+    };
+    let allowed = db.dir.path().join("incoming");
+    std::fs::create_dir(&allowed).unwrap();
+    let secret = db.write(
+        "secret.csv",
+        b"meter_id,reading_at,kwh\nSECRET-CONTENT,2024-01-01 00:00:00,1\n",
+    );
+    // A name with a terminal escape in it: `status` must not pass it on.
+    let link = allowed.join("evil\u{1b}[2J.csv");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    let good = allowed.join("good.csv");
+    std::fs::write(
+        &good,
+        b"meter_id,reading_at,kwh\nm1,2024-01-01 00:00:00,1\n",
+    )
+    .unwrap();
+    db.sql(METER_READINGS);
+    let (status, out, err) = db.run(
+        "enqueue",
+        &[
+            "--table",
+            "meter_readings",
+            link.to_str().unwrap(),
+            good.to_str().unwrap(),
+        ],
+        "enqueue",
+    );
+    assert!(status.success(), "{err}");
+    assert_eq!(out.lines().count(), 2);
+    let lock = db.dir.path().join("import.lock");
+    let (status, _, err) = db.run(
+        "run",
+        &[
+            "--once",
+            "--lock-file",
+            lock.to_str().unwrap(),
+            "--source-dir",
+            allowed.to_str().unwrap(),
+        ],
+        "run",
+    );
+    assert_eq!(status.code(), Some(1), "one job failed: {err}");
+    assert!(!err.contains("SECRET-CONTENT"), "{err}");
+    assert_eq!(db.row::<u64>("SELECT COUNT(*) FROM meter_readings"), 1);
+    let (state, last_error): (String, String) =
+        db.row("SELECT CAST(status AS CHAR), last_error FROM import_jobs WHERE id = 1");
+    assert_eq!(state, "failed");
+    assert!(
+        last_error.contains("outside the processor's source directories"),
+        "{last_error}"
+    );
+    assert!(!last_error.contains("SECRET"), "{last_error}");
+
+    let (status, out, err) = db.run("status", &[], "status");
+    assert!(status.success(), "{err}");
+    assert!(!out.contains('\u{1b}'), "{out:?}");
+    assert!(out.contains("evil\\u{1b}[2J.csv"), "{out}");
+    assert!(out.contains("meter_readings"), "{out}");
+
+    // A source directory that does not exist is an error before any job.
+    let (status, _, err) = db.run(
+        "run",
+        &[
+            "--once",
+            "--lock-file",
+            lock.to_str().unwrap(),
+            "--source-dir",
+            "/nonexistent/dir",
+        ],
+        "nodir",
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot use the source directory /nonexistent/dir"),
+        "{err}"
+    );
 }

@@ -9,13 +9,7 @@ use std::time::{Duration, Instant};
 
 use dbslots_core::{Pool, PoolOptions};
 
-fn dbslots() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbslots"));
-    cmd.env_remove("DBSLOTS_POOL")
-        .env_remove("DBSLOTS_SLOT")
-        .env_remove("RUST_LOG");
-    cmd
-}
+use crate::support::dbslots;
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("the dbslots binary runs")
@@ -430,7 +424,7 @@ fn ctrl_c_leaves_no_worker_running() {
         );
         let workers = sleepers.workers().len();
         assert!((10..40).contains(&workers), "{workers} workers started");
-        let pool = Pool::open(dir.path().join("pool"), &PoolOptions::new()).unwrap();
+        let pool = Pool::open(dir.path().join("pool"), PoolOptions::new()).unwrap();
         assert_eq!(pool.stats().unwrap().active, 0, "{extra:?}");
     }
 }
@@ -450,7 +444,7 @@ fn a_killed_spawner_leaves_every_worker_holding_its_slot() {
         assert_eq!(workers.len(), 10, "{extra:?}");
         thread::sleep(Duration::from_millis(300));
         let still: Vec<i32> = workers.iter().copied().filter(|p| alive(*p)).collect();
-        let pool = Pool::open(dir.path().join("pool"), &PoolOptions::new()).unwrap();
+        let pool = Pool::open(dir.path().join("pool"), PoolOptions::new()).unwrap();
         let stats = pool.stats().unwrap();
         let mut holders: Vec<i32> = stats
             .holders
@@ -548,5 +542,159 @@ fn memory_stays_small_with_a_thousand_workers() {
     assert!(
         max_rss_mb < 50.0,
         "the spawner peaked at {max_rss_mb:.1} MB"
+    );
+}
+
+/// A worker that writes 400 lines of about 100 bytes to stdout and one to
+/// stderr, then records its pid in `$D/finished`; workers from `$SLEEP_FROM`
+/// on then record their pid in `$D/sleepers` and sleep.
+const CHATTY_WORKER: &str = r#"
+i=0
+while [ $i -lt 400 ]; do
+  echo "worker $DBSLOTS_WORKER_INDEX line $i xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+  i=$((i+1))
+done
+echo "worker $DBSLOTS_WORKER_INDEX done" >&2
+echo $$ >> "$D/finished"
+if [ "$DBSLOTS_WORKER_INDEX" -ge "$SLEEP_FROM" ]; then echo $$ >> "$D/sleepers"; exec sleep 60; fi
+"#;
+
+/// `dbslots spawn` of `workers` chatty workers on 20 slots, its stdout and
+/// stderr pipes that nobody reads yet.
+fn start_chatty(dir: &Path, workers: u32, sleep_from: u32) -> Child {
+    let pool = dir.join("pool");
+    dbslots()
+        .args([
+            "spawn",
+            "--workers",
+            &workers.to_string(),
+            "--capacity",
+            "20",
+        ])
+        .args(["--progress", "lines", "--grace", "5", "--pool"])
+        .arg(&pool)
+        .args(["--", "sh", "-c", CHATTY_WORKER])
+        .env("D", dir)
+        .env("SLEEP_FROM", sleep_from.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn read_all(mut pipe: impl std::io::Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = pipe.read_to_end(&mut text);
+        String::from_utf8_lossy(&text).into_owned()
+    })
+}
+
+#[test]
+fn a_stalled_reader_never_stalls_the_workers() {
+    // 200 workers of 400 lines each (8 MB) on 20 slots, while nobody reads
+    // the spawner's stdout or stderr: every worker must still finish, be
+    // reaped and free its slot (ten rounds of starts), with lines dropped
+    // and counted rather than workers blocked.
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = start_chatty(dir.path(), 200, u32::MAX);
+    let started = Instant::now();
+    let finished = dir.path().join("finished");
+    wait_for(
+        "200 workers to finish while nobody reads",
+        Duration::from_secs(30),
+        || read_pids(&finished).len() == 200,
+    );
+    let pool = Pool::open(dir.path().join("pool"), PoolOptions::new()).unwrap();
+    wait_for("every slot to be freed", Duration::from_secs(2), || {
+        pool.stats().unwrap().active == 0
+    });
+    let stalled_for = started.elapsed();
+    assert!(
+        matches!(child.try_wait(), Ok(None)),
+        "the spawner waits for its output to be read"
+    );
+    // The reader comes back: what was kept arrives, with the count of what
+    // was not, and the spawner ends normally.
+    let out = read_all(child.stdout.take().unwrap());
+    let err = read_all(child.stderr.take().unwrap());
+    let status = reap(child, Duration::from_secs(60));
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    assert!(status.success(), "{err}");
+    let dropped_note = |stream: &str| -> u64 {
+        err.lines()
+            .filter_map(|l| {
+                l.strip_prefix("dbslots spawn: dropped ")?
+                    .strip_suffix(&format!(
+                        " lines of workers' output to {stream}: it was not read fast enough (--log-dir keeps every line)"
+                    ))?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    };
+    let (dropped_out, dropped_err) = (dropped_note("stdout"), dropped_note("stderr"));
+    assert!(dropped_out > 0, "8 MB fit in the queue? {err}");
+    let kept = out.lines().filter(|l| l.contains(" line ")).count() as u64;
+    assert_eq!(
+        kept + dropped_out,
+        200 * 400,
+        "every line was written or counted"
+    );
+    let done = err.lines().filter(|l| l.ends_with(" done")).count() as u64;
+    assert_eq!(done + dropped_err, 200);
+    assert!(
+        err.contains(&format!(
+            "{} lines of workers' output dropped",
+            dropped_out + dropped_err
+        )),
+        "the summary counts the dropped lines: {err}"
+    );
+    eprintln!(
+        "200 chatty workers finished in {:.2} s with nobody reading; {dropped_out} of 80000 lines dropped",
+        stalled_for.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_stalled_reader_never_delays_ctrl_c() {
+    // 100 chatty workers finish while nobody reads; 20 more chat, then
+    // sleep. SIGINT must stop those at once and end the spawner, although
+    // its output still cannot be written.
+    let dir = tempfile::tempdir().unwrap();
+    let child = start_chatty(dir.path(), 120, 100);
+    let sleepers = dir.path().join("sleepers");
+    wait_for(
+        "the sleepers to start while nobody reads",
+        Duration::from_secs(30),
+        || read_pids(&sleepers).len() == 20,
+    );
+    let pids = read_pids(&sleepers);
+    let asked = Instant::now();
+    // SAFETY: SIGINT to the spawner we started, as a Ctrl-C would.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    wait_for(
+        "the sleepers to get SIGTERM",
+        Duration::from_secs(5),
+        || !pids.iter().any(|p| alive(*p)),
+    );
+    let stopped_workers = asked.elapsed();
+    let status = reap(child, Duration::from_secs(10));
+    let took = asked.elapsed();
+    let running: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+    kill_all(&running);
+    assert_eq!(status.code(), Some(130));
+    assert!(running.is_empty(), "still running: {running:?}");
+    // The workers get SIGTERM at once (100 ms promised; a margin for a
+    // loaded machine); the spawner then waits at most 0.3 s for its output
+    // and 0.25 s for the summary.
+    assert!(
+        stopped_workers < Duration::from_millis(500),
+        "SIGTERM after {stopped_workers:?}"
+    );
+    assert!(took < Duration::from_millis(1500), "SIGINT took {took:?}");
+    eprintln!(
+        "SIGINT with a stalled reader: workers stopped after {stopped_workers:?}, spawner exited after {took:?}"
     );
 }

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::serve::{BusyPool, dbslots, status, wait_for};
+use crate::support::{BusyPool, dbslots, status, wait_for};
 
 /// A private tmux server (its own socket) with one 120x40 session, killed
 /// when dropped.

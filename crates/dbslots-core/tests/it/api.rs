@@ -10,11 +10,11 @@ use crate::support::pool_dir;
 #[test]
 fn capacity_is_recorded_and_a_mismatch_names_both_numbers() {
     let (_dir, addr) = pool_dir();
-    Pool::open_str(&addr, &PoolOptions::new().capacity(5)).expect("create");
-    let reopened = Pool::open_str(&addr, &PoolOptions::new()).expect("open as it is");
+    Pool::open(&addr, PoolOptions::new().capacity(5)).expect("create");
+    let reopened = Pool::open(&addr, PoolOptions::new()).expect("open as it is");
     assert_eq!(reopened.capacity(), 5);
-    Pool::open_str(&addr, &PoolOptions::new().capacity(5)).expect("same capacity is fine");
-    let err = Pool::open_str(&addr, &PoolOptions::new().capacity(7)).unwrap_err();
+    Pool::open(&addr, PoolOptions::new().capacity(5)).expect("same capacity is fine");
+    let err = Pool::open(&addr, PoolOptions::new().capacity(7)).unwrap_err();
     assert!(matches!(
         err,
         Error::CapacityMismatch {
@@ -31,9 +31,38 @@ fn capacity_is_recorded_and_a_mismatch_names_both_numbers() {
 }
 
 #[test]
+fn open_takes_a_string_a_path_or_an_address() {
+    use dbslots_core::PoolAddr;
+    use std::path::{Path, PathBuf};
+    let (_dir, addr) = pool_dir();
+    let created = Pool::open(addr.as_str(), PoolOptions::new().capacity(2)).expect("&str");
+    let path = PathBuf::from(&addr);
+    let handles = [
+        Pool::open(addr.clone(), PoolOptions::new()).expect("String"),
+        Pool::open(Path::new(&addr), PoolOptions::new()).expect("&Path"),
+        Pool::open(&path, PoolOptions::new()).expect("&PathBuf"),
+        Pool::open(path.clone(), PoolOptions::new()).expect("PathBuf"),
+        Pool::open(PoolAddr::Dir(path.clone()), PoolOptions::new()).expect("PoolAddr"),
+        Pool::open(format!("file:{addr}"), PoolOptions::new()).expect("file: URL"),
+    ];
+    for handle in &handles {
+        assert_eq!(handle.addr(), created.addr(), "one pool, whatever the form");
+    }
+    let _held = handles[0].try_acquire().expect("try").expect("a slot");
+    let _other = handles[5]
+        .try_acquire()
+        .expect("try")
+        .expect("another slot");
+    assert!(created.try_acquire().expect("try").is_none(), "both held");
+    let err = Pool::open("ftp://u:pw@h/x", PoolOptions::new()).unwrap_err();
+    assert!(matches!(err, Error::InvalidAddress { .. }), "{err}");
+    assert!(!err.to_string().contains("pw"), "{err}");
+}
+
+#[test]
 fn a_missing_pool_needs_a_capacity() {
     let (_dir, addr) = pool_dir();
-    let err = Pool::open_str(&addr, &PoolOptions::new()).unwrap_err();
+    let err = Pool::open(&addr, PoolOptions::new()).unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
     assert!(err.to_string().contains("--capacity"), "{err}");
     assert!(
@@ -46,7 +75,7 @@ fn a_missing_pool_needs_a_capacity() {
 fn invalid_capacities_are_refused() {
     let (_dir, addr) = pool_dir();
     for cap in [0, dbslots_core::MAX_CAPACITY + 1] {
-        let err = Pool::open_str(&addr, &PoolOptions::new().capacity(cap)).unwrap_err();
+        let err = Pool::open(&addr, PoolOptions::new().capacity(cap)).unwrap_err();
         assert!(matches!(err, Error::InvalidCapacity { .. }), "{err}");
     }
 }
@@ -57,7 +86,7 @@ fn unusable_locations_give_clear_errors() {
     let opts = PoolOptions::new().capacity(2);
 
     let missing_parent = dir.path().join("no/such/parent/pool");
-    let err = Pool::open(missing_parent.as_path(), &opts)
+    let err = Pool::open(missing_parent.as_path(), opts.clone())
         .unwrap_err()
         .to_string();
     assert!(
@@ -67,14 +96,18 @@ fn unusable_locations_give_clear_errors() {
 
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").expect("file");
-    let err = Pool::open(file.as_path(), &opts).unwrap_err().to_string();
+    let err = Pool::open(file.as_path(), opts.clone())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not a directory"), "{err}");
 
     let target = dir.path().join("real");
     std::fs::create_dir(&target).expect("dir");
     let link = dir.path().join("link");
     std::os::unix::fs::symlink(&target, &link).expect("symlink");
-    let err = Pool::open(link.as_path(), &opts).unwrap_err().to_string();
+    let err = Pool::open(link.as_path(), opts.clone())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("symbolic link"), "{err}");
     assert!(
         std::fs::read_dir(&target).expect("read").next().is_none(),
@@ -85,13 +118,13 @@ fn unusable_locations_give_clear_errors() {
 #[test]
 fn symlinks_planted_inside_a_pool_are_not_followed() {
     let (dir, addr) = pool_dir();
-    Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
+    Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
     let victim = dir.path().join("victim");
     std::fs::write(&victim, b"precious").expect("victim");
     let slot = std::path::Path::new(&addr).join("slots/0");
     std::fs::remove_file(&slot).expect("remove slot file");
     std::os::unix::fs::symlink(&victim, &slot).expect("plant symlink");
-    let pool = Pool::open_str(&addr, &PoolOptions::new()).expect("open");
+    let pool = Pool::open(&addr, PoolOptions::new()).expect("open");
     let err = pool.try_acquire().unwrap_err().to_string();
     assert!(err.contains("symbolic link"), "{err}");
     assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
@@ -101,7 +134,7 @@ fn symlinks_planted_inside_a_pool_are_not_followed() {
 fn pool_files_keep_other_users_out() {
     let (_dir, addr) = pool_dir();
     let old = unsafe { libc::umask(0) };
-    let created = Pool::open_str(&addr, &PoolOptions::new().capacity(2));
+    let created = Pool::open(&addr, PoolOptions::new().capacity(2));
     unsafe { libc::umask(old) };
     created.expect("create");
     let root = std::path::Path::new(&addr);
@@ -123,7 +156,7 @@ fn pool_files_keep_other_users_out() {
 fn a_pool_for_a_group_is_shared_with_the_group() {
     let (_dir, addr) = pool_dir();
     let gid = unsafe { libc::getegid() };
-    Pool::open_str(&addr, &PoolOptions::new().capacity(1).group(gid)).expect("create");
+    Pool::open(&addr, PoolOptions::new().capacity(1).group(gid)).expect("create");
     let root = std::path::Path::new(&addr);
     let meta = std::fs::metadata(root).expect("dir");
     assert_eq!(meta.permissions().mode() & 0o7777, 0o2770);
@@ -139,10 +172,12 @@ fn a_pool_for_a_group_is_shared_with_the_group() {
 #[test]
 fn guards_release_on_drop_and_stats_show_holders() {
     let (_dir, addr) = pool_dir();
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(3)).expect("create");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(3)).expect("create");
     let a = pool.try_acquire().expect("try").expect("a");
-    let b = pool.acquire().expect("b");
-    let c = pool.acquire_timeout(Duration::from_secs(1)).expect("c");
+    let b = pool.blocking_acquire().expect("b");
+    let c = pool
+        .blocking_acquire_timeout(Duration::from_secs(1))
+        .expect("c");
     assert!(pool.try_acquire().expect("try").is_none());
     let stats = pool.stats().expect("stats");
     assert_eq!((stats.capacity, stats.active, stats.peak), (3, 3, 3));
@@ -167,9 +202,9 @@ fn guards_release_on_drop_and_stats_show_holders() {
 #[test]
 fn resizing_is_explicit_and_takes_effect_for_everyone() {
     let (_dir, addr) = pool_dir();
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
-    let other = Pool::open_str(&addr, &PoolOptions::new()).expect("second handle");
-    let _a = pool.acquire().expect("a");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let other = Pool::open(&addr, PoolOptions::new()).expect("second handle");
+    let _a = pool.blocking_acquire().expect("a");
     assert!(other.try_acquire().expect("try").is_none());
     assert_eq!(pool.resize(3).expect("grow"), 1);
     let _b = other
@@ -177,7 +212,7 @@ fn resizing_is_explicit_and_takes_effect_for_everyone() {
         .expect("try")
         .expect("room after growing");
     assert_eq!(
-        Pool::open_str(&addr, &PoolOptions::new().capacity(3))
+        Pool::open(&addr, PoolOptions::new().capacity(3))
             .expect("new capacity recorded")
             .capacity(),
         3
@@ -192,15 +227,15 @@ fn resizing_is_explicit_and_takes_effect_for_everyone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_acquire_waits_and_times_out() {
     let (_dir, addr) = pool_dir();
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
-    let held = pool.acquire_async().await.expect("first");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let held = pool.acquire().await.expect("first");
     let err = pool
-        .acquire_async_timeout(Duration::from_millis(50))
+        .acquire_timeout(Duration::from_millis(50))
         .await
         .expect_err("full");
     assert!(err.is_timeout(), "{err}");
     let p2 = pool.clone();
-    let waiter = tokio::spawn(async move { p2.acquire_async().await.map(|s| s.index()) });
+    let waiter = tokio::spawn(async move { p2.acquire().await.map(|s| s.index()) });
     tokio::time::sleep(Duration::from_millis(50)).await;
     drop(held);
     assert_eq!(waiter.await.expect("join").expect("slot"), 0);
@@ -209,14 +244,13 @@ async fn async_acquire_waits_and_times_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_pending_async_acquire_never_leaks_a_slot() {
     let (_dir, addr) = pool_dir();
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
     for round in 0..50u64 {
-        let held = pool.acquire_async().await.expect("hold");
+        let held = pool.acquire().await.expect("hold");
         let p2 = pool.clone();
         let pending = tokio::spawn(async move {
             // Cancelled by the timeout below, at varying points.
-            let _ =
-                tokio::time::timeout(Duration::from_micros(round * 40), p2.acquire_async()).await;
+            let _ = tokio::time::timeout(Duration::from_micros(round * 40), p2.acquire()).await;
         });
         if round % 2 == 0 {
             tokio::time::sleep(Duration::from_micros(round * 40)).await;
@@ -225,7 +259,7 @@ async fn dropping_a_pending_async_acquire_never_leaks_a_slot() {
         pending.await.expect("join");
         // Whatever the race, the slot comes back.
         let again = pool
-            .acquire_async_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(5))
             .await
             .unwrap_or_else(|e| panic!("round {round}: slot leaked: {e}"));
         drop(again);
@@ -247,14 +281,15 @@ async fn dropping_a_pending_async_acquire_never_leaks_a_slot() {
 #[test]
 fn newcomers_queue_behind_waiters() {
     let (_dir, addr) = pool_dir();
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
-    let held = pool.acquire().expect("fill");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let held = pool.blocking_acquire().expect("fill");
     let p2 = pool.clone();
     let waiter = std::thread::spawn(move || {
-        p2.acquire_timeout(Duration::from_secs(10)).map(|s| {
-            std::thread::sleep(Duration::from_millis(50));
-            s.index()
-        })
+        p2.blocking_acquire_timeout(Duration::from_secs(10))
+            .map(|s| {
+                std::thread::sleep(Duration::from_millis(50));
+                s.index()
+            })
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while pool.stats().expect("stats").waiting == 0 {
@@ -270,8 +305,8 @@ fn newcomers_queue_behind_waiters() {
 #[test]
 fn a_child_given_the_lock_as_stdin_shares_the_slot() {
     let (_dir, addr) = pool_dir();
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
-    let slot = pool.acquire().expect("slot");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let slot = pool.blocking_acquire().expect("slot");
     let fd = slot
         .lock_fd_for_child()
         .expect("dup")
@@ -284,7 +319,7 @@ fn a_child_given_the_lock_as_stdin_shares_the_slot() {
         .spawn()
         .expect("spawn");
     slot.set_holder_pid(child.id());
-    let other = Pool::open_str(&addr, &PoolOptions::new()).expect("second handle");
+    let other = Pool::open(&addr, PoolOptions::new()).expect("second handle");
     assert!(other.try_acquire().expect("try").is_none());
     assert_eq!(
         other.stats().expect("stats").holders[0].pid,

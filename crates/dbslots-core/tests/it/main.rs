@@ -5,4 +5,6 @@ mod model;
 mod procs;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis")]
+mod redis_faults;
 mod support;

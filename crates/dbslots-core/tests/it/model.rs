@@ -115,8 +115,8 @@ impl<B: Backend> StateMachineTest for System<B> {
 
     fn init_test(model: &Model) -> System<B> {
         let (keep, addr) = B::fresh();
-        let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(model.capacity))
-            .expect("create pool");
+        let pool =
+            Pool::open(&addr, PoolOptions::new().capacity(model.capacity)).expect("create pool");
         System {
             _keep: keep,
             addr,
@@ -153,7 +153,7 @@ impl<B: Backend> StateMachineTest for System<B> {
             Step::Timeout => {
                 let err = sut
                     .pool
-                    .acquire_timeout(Duration::from_millis(30))
+                    .blocking_acquire_timeout(Duration::from_millis(30))
                     .expect_err("a full pool must time out");
                 assert!(matches!(err, Error::Timeout { .. }), "{err}");
             }

@@ -36,12 +36,12 @@ fn burst(
     queue_first: bool,
 ) -> (Vec<(f64, f64, f64)>, u32, f64) {
     let (dir, addr) = pool_dir();
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(capacity)).expect("create");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(capacity)).expect("create");
     let counter = dir.path().join("counter");
     std::fs::write(&counter, [0u8; 8]).expect("counter file");
     let blockers: Vec<_> = if queue_first {
         (0..capacity)
-            .map(|_| pool.acquire().expect("fill"))
+            .map(|_| pool.blocking_acquire().expect("fill"))
             .collect()
     } else {
         Vec::new()
@@ -143,7 +143,7 @@ fn dbslots_suite_fifo(arrivals: &[f64], holds: &[f64], capacity: usize) -> f64 {
 #[test]
 fn killed_holders_free_their_slots_at_once() {
     let (_dir, addr) = pool_dir();
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(3)).expect("create");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(3)).expect("create");
     let mut holders: Vec<Holder> = (0..3)
         .map(|_| {
             let mut h = Holder::spawn(&addr, None);
@@ -166,10 +166,10 @@ fn killed_holders_free_their_slots_at_once() {
 #[test]
 fn a_waiter_gets_the_slot_of_a_killed_holder() {
     let (_dir, addr) = pool_dir();
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
     let mut holder = Holder::spawn(&addr, None);
     assert_eq!(holder.outcome(), Outcome::Held(0));
-    let waiter = std::thread::spawn(move || pool.acquire_timeout(Duration::from_secs(30)));
+    let waiter = std::thread::spawn(move || pool.blocking_acquire_timeout(Duration::from_secs(30)));
     std::thread::sleep(Duration::from_millis(100));
     holder.crash();
     let slot = waiter
@@ -182,8 +182,8 @@ fn a_waiter_gets_the_slot_of_a_killed_holder() {
 #[test]
 fn a_waiter_that_dies_is_no_longer_counted() {
     let (_dir, addr) = pool_dir();
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
-    let _held = pool.acquire().expect("fill the pool");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let _held = pool.blocking_acquire().expect("fill the pool");
     let waiter = Holder::spawn(&addr, None);
     let deadline = Instant::now() + Duration::from_secs(10);
     while pool.stats().expect("stats").waiting != 1 {
@@ -202,12 +202,12 @@ fn a_waiter_that_dies_is_no_longer_counted() {
 #[test]
 fn a_timeout_returns_in_time_with_the_pool_state() {
     let (_dir, addr) = pool_dir();
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(2)).expect("create");
-    let _a = pool.acquire().expect("a");
-    let _b = pool.acquire().expect("b");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(2)).expect("create");
+    let _a = pool.blocking_acquire().expect("a");
+    let _b = pool.blocking_acquire().expect("b");
     let start = Instant::now();
     let err = pool
-        .acquire_timeout(Duration::from_millis(300))
+        .blocking_acquire_timeout(Duration::from_millis(300))
         .expect_err("full pool");
     let waited = start.elapsed();
     match &err {
@@ -236,8 +236,8 @@ fn a_timeout_returns_in_time_with_the_pool_state() {
 #[test]
 fn a_release_wakes_a_waiting_process() {
     let (_dir, addr) = pool_dir();
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
-    let held = pool.acquire().expect("fill");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let held = pool.blocking_acquire().expect("fill");
     let mut waiter = Holder::spawn(&addr, None);
     let deadline = Instant::now() + Duration::from_secs(10);
     while pool.stats().expect("stats").waiting != 1 {

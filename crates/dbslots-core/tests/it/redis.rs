@@ -12,13 +12,13 @@ use crate::support::{Holder, Outcome, holder_exe};
 
 /// Lease used by these tests: short enough to wait for, long enough for a
 /// loaded 2-core machine to renew in time.
-const LEASE_MS: u64 = 1000;
+pub const LEASE_MS: u64 = 1000;
 
-fn redis_url() -> Option<String> {
+pub fn redis_url() -> Option<String> {
     dbslots_testkit::shared_redis()
 }
 
-fn unique_pool(base: &str) -> String {
+pub fn unique_pool(base: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
@@ -71,8 +71,8 @@ fn capacity_contract_and_holders_by_host() {
     let _serial = crate::support::timing_sensitive();
     let Some(url) = redis_url() else { return };
     let addr = unique_pool(&url);
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(2)).expect("create");
-    let err = Pool::open_str(&addr, &PoolOptions::new().capacity(3)).unwrap_err();
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(2)).expect("create");
+    let err = Pool::open(&addr, PoolOptions::new().capacity(3)).unwrap_err();
     assert!(
         matches!(
             err,
@@ -90,7 +90,7 @@ fn capacity_contract_and_holders_by_host() {
     assert!(matches!(b.outcome(), Outcome::Held(_)));
     assert!(pool.try_acquire().expect("try").is_none());
     let err = pool
-        .acquire_timeout(Duration::from_millis(100))
+        .blocking_acquire_timeout(Duration::from_millis(100))
         .unwrap_err();
     assert!(err.is_timeout(), "{err}");
     let stats = pool.stats().expect("stats");
@@ -118,7 +118,7 @@ fn processes_on_many_hosts_never_exceed_the_capacity() {
     let _serial = crate::support::timing_sensitive();
     let Some(url) = redis_url() else { return };
     let addr = unique_pool(&url);
-    Pool::open_str(&addr, &PoolOptions::new().capacity(5)).expect("create");
+    Pool::open(&addr, PoolOptions::new().capacity(5)).expect("create");
     let dir = tempfile::tempdir().expect("tempdir");
     let counter = dir.path().join("counter");
     std::fs::write(&counter, [0u8; 8]).expect("counter");
@@ -149,7 +149,7 @@ fn processes_on_many_hosts_never_exceed_the_capacity() {
 fn one_slot_held_by_another_process() -> Option<(Pool, Holder)> {
     let url = redis_url()?;
     let addr = unique_pool(&url);
-    let pool = Pool::open_str(&addr, &PoolOptions::new().capacity(1)).expect("create");
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
     let mut h = Holder::spawn(&addr, None);
     assert_eq!(h.outcome(), Outcome::Held(0));
     Some((pool, h))
@@ -168,7 +168,7 @@ fn a_killed_holder_loses_its_slot_after_the_lease_and_no_later() {
         "the lease is still running"
     );
     let slot = pool
-        .acquire_timeout(Duration::from_millis(LEASE_MS * 5))
+        .blocking_acquire_timeout(Duration::from_millis(LEASE_MS * 5))
         .expect("slot comes back after the lease");
     let after = killed.elapsed();
     assert!(
@@ -189,7 +189,7 @@ fn a_paused_holder_is_told_it_lost_its_slot() {
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     // Someone else gets the slot once the lease has run out...
     let other = pool
-        .acquire_timeout(Duration::from_millis(LEASE_MS * 5))
+        .blocking_acquire_timeout(Duration::from_millis(LEASE_MS * 5))
         .expect("the paused holder's lease runs out");
     unsafe { libc::kill(pid, libc::SIGCONT) };
     // ...and the holder, resumed, is told so instead of carrying on.
@@ -210,7 +210,7 @@ fn a_redis_restart_never_over_admits() {
     };
     let addr = unique_pool(&server.url());
     let opts = PoolOptions::new().capacity(2);
-    let pool = Pool::open_str(&addr, &opts).expect("create");
+    let pool = Pool::open(&addr, opts.clone()).expect("create");
     let mut holders: Vec<Holder> = (0..2)
         .map(|_| {
             let mut h = Holder::spawn(&addr, None);
@@ -221,8 +221,8 @@ fn a_redis_restart_never_over_admits() {
     server.restart().expect("restart redis");
     // The pool's keys are gone with the restart; re-creating it must not
     // hand out slots the old holders still believe they have.
-    let newcomer = Pool::open_str(&addr, &opts).expect("re-create after restart");
-    let early = newcomer.acquire_timeout(Duration::from_millis(LEASE_MS / 4));
+    let newcomer = Pool::open(&addr, opts.clone()).expect("re-create after restart");
+    let early = newcomer.blocking_acquire_timeout(Duration::from_millis(LEASE_MS / 4));
     let lost: Vec<bool> = holders.iter_mut().map(|h| h.check().is_err()).collect();
     if early.is_ok() {
         assert!(
@@ -232,7 +232,7 @@ fn a_redis_restart_never_over_admits() {
     }
     drop(early);
     let slot = newcomer
-        .acquire_timeout(Duration::from_millis(LEASE_MS * 5))
+        .blocking_acquire_timeout(Duration::from_millis(LEASE_MS * 5))
         .expect("admission resumes after the lease time");
     for h in &mut holders {
         let told = h.check();
@@ -240,4 +240,80 @@ fn a_redis_restart_never_over_admits() {
     }
     drop(slot);
     drop(pool);
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the test Redis URL is redis://127.0.0.1:PORT/0")
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos()
+}
+
+#[test]
+fn a_holder_cut_off_by_a_black_hole_knows_before_anyone_else_gets_its_slot() {
+    let _serial = crate::support::timing_sensitive();
+    let Some(url) = redis_url() else { return };
+    let lease = Duration::from_millis(2000);
+    let proxy = dbslots_testkit::FreezableProxy::start(std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        port_of(&url),
+    )))
+    .expect("proxy");
+    let name = format!("blackhole-{}-{}", std::process::id(), nanos());
+    let direct = format!("{url}?pool={name}&lease_ms={}", lease.as_millis());
+    let cut_off = format!(
+        "redis://127.0.0.1:{}/0?pool={name}&lease_ms={}",
+        proxy.port(),
+        lease.as_millis()
+    );
+    let opts = PoolOptions::new().capacity(1);
+    let holder_pool = Pool::open(&cut_off, opts.clone()).expect("open through the proxy");
+    let margin = holder_pool.lease_margin().expect("a Redis pool has leases");
+    let slot = holder_pool.try_acquire().expect("try").expect("free slot");
+    let other = Pool::open(&direct, opts.clone()).expect("open directly");
+    std::thread::sleep(lease / 2);
+    assert!(slot.check().is_ok(), "renewed through the proxy");
+
+    let frozen = Instant::now();
+    proxy.freeze();
+    let waiter = std::thread::spawn(move || {
+        let got = other
+            .blocking_acquire_timeout(lease * 3)
+            .expect("the slot comes back");
+        (Instant::now(), got)
+    });
+    // The holder keeps asking; no check may block longer than the margin.
+    let lost_at = loop {
+        let asked = Instant::now();
+        let answer = slot.check();
+        let took = asked.elapsed();
+        assert!(
+            took <= margin,
+            "Slot::check blocked {took:?} (margin {margin:?})"
+        );
+        if let Err(e) = answer {
+            assert!(matches!(e, Error::SlotLost { .. }), "{e}");
+            break Instant::now();
+        }
+        assert!(frozen.elapsed() < lease * 2, "never told");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (got_at, got) = waiter.join().expect("waiter");
+    assert!(
+        lost_at < got_at,
+        "the slot was handed on before its holder knew"
+    );
+    assert!(
+        got_at - frozen <= lease + Duration::from_secs(1),
+        "handed on {:?} after the cut",
+        got_at - frozen
+    );
+    assert_eq!(got.index(), 0);
 }

@@ -3,11 +3,12 @@
 use std::sync::Mutex;
 
 use dbslots_import::{
-    JobOutcome, Observer, ProcessorOptions, Progress, Queue, RunOptions, Status, StopSignal,
+    EnqueueOptions, JobOutcome, Observer, ProcessorOptions, Progress, Queue, RunOptions, Status,
+    StopSignal,
 };
 use mysql_async::prelude::Queryable;
 
-use crate::support::{TestDb, readings};
+use crate::support::{METER_READINGS, TestDb, readings};
 
 /// Kills the processor's connection from an admin connection after the
 /// given batches, while the processor waits in the callback.
@@ -63,7 +64,11 @@ fn a_job_survives_the_server_killing_its_connection() {
         killed: Mutex::new(Vec::new()),
     };
     db.block_on(async {
-        queue.enqueue(&[&path]).await.unwrap();
+        db.sql(&[METER_READINGS]).await;
+        queue
+            .enqueue(&[&path], &EnqueueOptions::new("meter_readings"))
+            .await
+            .unwrap();
         let summary = queue
             .processor(ProcessorOptions::new().batch_rows(250))
             .run(&RunOptions::new().once(true), &StopSignal::new(), &killer)

@@ -3,8 +3,12 @@
 //! (`cargo xtask test` provides one) they print SKIPPED and pass, unless
 //! `DBSLOTS_TEST_REQUIRE_SERVERS=1`.
 
-mod bad_lines;
+mod file_problems;
+mod heartbeat;
 mod killed_connection;
+mod mixed_types;
+mod quoting;
 mod support;
+mod time_zones;
 mod twice;
 mod two_processors;

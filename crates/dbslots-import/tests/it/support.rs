@@ -76,6 +76,15 @@ impl TestDb {
             .expect("connect as admin")
     }
 
+    /// Runs statements as the ordinary account.
+    pub async fn sql(&self, statements: &[&str]) {
+        let mut conn = self.conn().await;
+        for sql in statements {
+            conn.query_drop(*sql).await.expect(sql);
+        }
+        conn.disconnect().await.unwrap();
+    }
+
     /// The first column of the first row of `sql`, as a number.
     pub async fn number(&self, sql: &str) -> u64 {
         let mut conn = self.conn().await;
@@ -116,9 +125,18 @@ pub fn with_database(url: &str, db: &str) -> String {
     format!("{}/{db}{}", &url[..path_start], &url[query_start..])
 }
 
+/// The meter readings table of the documentation's example.
+pub const METER_READINGS: &str = "CREATE TABLE meter_readings (
+    meter_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    reading_at DATETIME NOT NULL,
+    kwh DECIMAL(18,6) NOT NULL,
+    PRIMARY KEY (meter_id, reading_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
+
 /// A CSV of `n` readings, `meter-(i % 97)` at minute `i`, kWh `i/1000`
 /// (each key unique);
-/// every `bad_every`-th line (0: none) has a negative kWh instead. Returns
+/// every `bad_every`-th line (0: none) has a kWh with seven decimals
+/// instead. Returns
 /// the contents, the number of good lines, the sum of their `i` (so the sum
 /// of their kWh times 1000) and the line numbers of the bad.
 pub fn readings(n: u64, bad_every: u64) -> (Vec<u8>, u64, u64, Vec<u64>) {
@@ -137,7 +155,8 @@ pub fn readings(n: u64, bad_every: u64) -> (Vec<u8>, u64, u64, Vec<u64>) {
             minute % 60
         );
         if bad_every > 0 && i % bad_every == 0 {
-            out.push_str(&format!("meter-{},{ts},-{i}\n", i % 97));
+            // Seven decimals: DECIMAL(18,6) would round it.
+            out.push_str(&format!("meter-{},{ts},{i}.0000001\n", i % 97));
             bad.push(line_no);
         } else {
             out.push_str(&format!(
@@ -151,4 +170,33 @@ pub fn readings(n: u64, bad_every: u64) -> (Vec<u8>, u64, u64, Vec<u64>) {
     }
     let good = n - bad.len() as u64;
     (out.into_bytes(), good, sum, bad)
+}
+
+/// Runs one processor with `options` until the queue is empty.
+pub async fn run_once(
+    queue: &dbslots_import::Queue,
+    options: dbslots_import::ProcessorOptions,
+) -> dbslots_import::RunSummary {
+    queue
+        .processor(options)
+        .run(
+            &dbslots_import::RunOptions::new().once(true),
+            &dbslots_import::StopSignal::new(),
+            &dbslots_import::NoObserver,
+        )
+        .await
+        .expect("the processor runs")
+}
+
+/// `import_errors` of a job: (line, column, reason), by line.
+pub async fn rejections(db: &TestDb, job: u64) -> Vec<(u64, Option<String>, String)> {
+    let mut conn = db.conn().await;
+    let rows = conn
+        .query(format!(
+            "SELECT line_no, column_name, reason FROM import_errors WHERE job_id = {job} ORDER BY line_no"
+        ))
+        .await
+        .unwrap();
+    conn.disconnect().await.unwrap();
+    rows
 }

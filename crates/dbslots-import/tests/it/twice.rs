@@ -1,8 +1,10 @@
 //! The same file imported twice leaves the same rows.
 
-use dbslots_import::{NoObserver, ProcessorOptions, Queue, RunOptions, Status, StopSignal};
+use dbslots_import::{
+    EnqueueOptions, NoObserver, ProcessorOptions, Queue, RunOptions, Status, StopSignal,
+};
 
-use crate::support::{TestDb, readings};
+use crate::support::{METER_READINGS, TestDb, readings};
 
 #[test]
 fn importing_a_file_twice_leaves_exactly_one_row_per_reading() {
@@ -13,8 +15,12 @@ fn importing_a_file_twice_leaves_exactly_one_row_per_reading() {
     let path = db.write("readings.csv", &csv);
     let queue = Queue::new(&db.url, None).unwrap();
     db.block_on(async {
+        db.sql(&[METER_READINGS]).await;
         for round in 1..=2 {
-            queue.enqueue(&[&path]).await.unwrap();
+            queue
+                .enqueue(&[&path], &EnqueueOptions::new("meter_readings"))
+                .await
+                .unwrap();
             let summary = queue
                 .processor(ProcessorOptions::new().batch_rows(300))
                 .run(

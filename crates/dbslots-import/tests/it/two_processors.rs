@@ -3,10 +3,11 @@
 use std::collections::BTreeSet;
 
 use dbslots_import::{
-    InstanceLock, JobOutcome, NoObserver, ProcessorOptions, Queue, RunOptions, Status, StopSignal,
+    EnqueueOptions, InstanceLock, JobOutcome, NoObserver, ProcessorOptions, Queue, RunOptions,
+    Status, StopSignal,
 };
 
-use crate::support::{TestDb, readings};
+use crate::support::{METER_READINGS, TestDb, readings};
 
 #[test]
 fn two_processors_on_one_queue_do_every_job_exactly_once() {
@@ -26,7 +27,13 @@ fn two_processors_on_one_queue_do_every_job_exactly_once() {
     let queue = Queue::new(&db.url, None).unwrap();
     let locks = [db.dir.path().join("a.lock"), db.dir.path().join("b.lock")];
     db.block_on(async {
-        let ids: BTreeSet<u64> = queue.enqueue(&files).await.unwrap().into_iter().collect();
+        db.sql(&[METER_READINGS]).await;
+        let ids: BTreeSet<u64> = queue
+            .enqueue(&files, &EnqueueOptions::new("meter_readings"))
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
         let run = |name: &'static str, lock: std::path::PathBuf| {
             let processor = queue.processor(ProcessorOptions::new().batch_rows(200).holder(name));
             async move {

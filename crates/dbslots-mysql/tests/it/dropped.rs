@@ -22,7 +22,7 @@ fn a_dropped_connection_frees_its_slot_after_it_is_closed_with_or_without_a_runt
         let id = u64::from(conn.id());
         drop(conn);
         let slot = pool
-            .acquire_async_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(5))
             .await
             .expect("the dropped connection's slot comes free");
         drop(slot);

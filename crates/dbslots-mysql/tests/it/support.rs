@@ -24,7 +24,7 @@ pub fn pool(capacity: u32) -> (TempDir, Pool) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let pool = Pool::open(
         dir.path().join("pool"),
-        &PoolOptions::new().capacity(capacity),
+        PoolOptions::new().capacity(capacity),
     )
     .expect("the pool opens");
     (dir, pool)

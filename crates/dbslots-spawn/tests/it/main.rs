@@ -7,7 +7,7 @@ use dbslots_core::{Pool, PoolOptions};
 use dbslots_spawn::{Error, Progress, SpawnOptions, Spawner, StopReason, Template};
 
 fn pool(dir: &std::path::Path, capacity: u32) -> Pool {
-    Pool::open(dir.join("pool"), &PoolOptions::new().capacity(capacity)).unwrap()
+    Pool::open(dir.join("pool"), PoolOptions::new().capacity(capacity)).unwrap()
 }
 
 fn quiet(workers: u32) -> SpawnOptions {

@@ -8,8 +8,11 @@
 //! processor holds nothing on the server.
 //!
 //! Importing a job is a sequence of *attempts* on one connection. An attempt
-//! starts a reader thread at the job's checkpoint and commits what it sends,
-//! batch by batch (each commit is also the heartbeat). When a statement
+//! sets the session's `time_zone` to the job's, reads the target table's
+//! description, starts a reader thread at the job's checkpoint (which checks
+//! the file, see [`crate::source`]) and commits what it sends, batch by
+//! batch. Each commit is a heartbeat, and the `heartbeat` task writes one
+//! on its own timer when commits are slow. When a statement
 //! fails because the connection is gone (killed, timed out, server
 //! restarted) or its transaction was aborted (deadlock, lock wait timeout),
 //! the processor closes the connection, opens a new one, reads the job's row
@@ -22,294 +25,31 @@
 //! being committed is finished, the job is put back in the queue with its
 //! checkpoint, the connection is closed and `run` returns.
 
+mod heartbeat;
+mod options;
+mod report;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
-use tokio::sync::watch;
 
 use crate::batch::Limits;
 use crate::error::{Error, Result};
 use crate::link::{Connection, Connector, is_connection_problem};
 use crate::queue::{self, JobRow, Status};
 use crate::source::{Chunk, FileProblem, ReadPlan, spawn_reader};
+use crate::stop::StopSignal;
+use crate::table;
+use crate::value::{Zone, push_text};
+use heartbeat::{Beats, Heartbeat, close_quickly};
+pub use options::{ProcessorOptions, RunOptions};
+pub use report::{JobOutcome, JobReport, NoObserver, Observer, Progress, RunEnd, RunSummary};
 
 /// Attempts in a row that may lose the connection without progress before
 /// the job is failed.
 const MAX_STALLED_ATTEMPTS: u32 = 3;
-
-/// How a processor works on a job.
-#[derive(Debug, Clone)]
-pub struct ProcessorOptions {
-    batch_rows: usize,
-    stale_after: Duration,
-    max_attempts: u32,
-    reconnect_for: Duration,
-    holder: Option<String>,
-}
-
-impl Default for ProcessorOptions {
-    fn default() -> Self {
-        ProcessorOptions {
-            batch_rows: 10_000,
-            stale_after: Duration::from_secs(60),
-            max_attempts: 3,
-            reconnect_for: Duration::from_secs(120),
-            holder: None,
-        }
-    }
-}
-
-impl ProcessorOptions {
-    /// The defaults: batches of 10,000 lines, jobs stale after 60 s without a
-    /// heartbeat, 3 attempts per job, reconnecting for up to 120 s.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Lines per batch (one transaction), 1 to 100,000; 10,000 by default
-    /// (fewer, larger transactions: 2000 measured about 20% slower).
-    /// Statements are also kept under half the server's
-    /// `max_allowed_packet`.
-    pub fn batch_rows(mut self, rows: usize) -> Self {
-        self.batch_rows = rows.clamp(1, 100_000);
-        self
-    }
-
-    /// How long a job's holder may go without a heartbeat (a committed
-    /// batch) before another processor puts the job back; 60 s by default.
-    /// Whole seconds, at least 1.
-    pub fn stale_after(mut self, after: Duration) -> Self {
-        self.stale_after = after.max(Duration::from_secs(1));
-        self
-    }
-
-    /// Attempts a job gets before it fails for good when its processors
-    /// keep dying; 3 by default, at least 1.
-    pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = attempts.max(1);
-        self
-    }
-
-    /// How long to keep trying to (re)connect before giving up with
-    /// [`Error::Connect`]; 120 s by default.
-    pub fn reconnect_for(mut self, window: Duration) -> Self {
-        self.reconnect_for = window;
-        self
-    }
-
-    /// The name this processor writes into `import_jobs.holder`; by default
-    /// `HOSTNAME:PID:RANDOM`. Must be unique among running processors.
-    pub fn holder(mut self, name: impl Into<String>) -> Self {
-        self.holder = Some(name.into());
-        self
-    }
-}
-
-/// When [`Processor::run`] returns.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    once: bool,
-    sleep: Option<Duration>,
-    max_jobs: Option<u64>,
-    max_time: Option<Duration>,
-}
-
-impl RunOptions {
-    /// A daemon: works until stopped, sleeping 3 s whenever the queue is
-    /// empty.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Returns once no job is pending instead of sleeping (cron mode).
-    pub fn once(mut self, once: bool) -> Self {
-        self.once = once;
-        self
-    }
-
-    /// How long to sleep when the queue is empty; 3 s by default.
-    pub fn sleep(mut self, sleep: Duration) -> Self {
-        self.sleep = Some(sleep);
-        self
-    }
-
-    /// Returns after this many jobs.
-    pub fn max_jobs(mut self, jobs: Option<u64>) -> Self {
-        self.max_jobs = jobs;
-        self
-    }
-
-    /// Starts no new job after this long (the job in hand is finished).
-    pub fn max_time(mut self, time: Option<Duration>) -> Self {
-        self.max_time = time;
-        self
-    }
-}
-
-/// Asks a running processor to stop after its current batch. Cheap to clone;
-/// every clone stops the same processors.
-#[derive(Debug, Clone)]
-pub struct StopSignal {
-    tx: Arc<watch::Sender<bool>>,
-}
-
-impl Default for StopSignal {
-    fn default() -> Self {
-        StopSignal {
-            tx: Arc::new(watch::channel(false).0),
-        }
-    }
-}
-
-impl StopSignal {
-    /// A signal that has not been given.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Gives the signal.
-    pub fn stop(&self) {
-        self.tx.send_replace(true);
-    }
-
-    /// Whether the signal was given.
-    pub fn is_stopped(&self) -> bool {
-        *self.tx.borrow()
-    }
-
-    /// Waits until the signal is given.
-    pub async fn stopped(&self) {
-        let mut rx = self.tx.subscribe();
-        // The sender lives in `self`, so waiting cannot fail.
-        let _ = rx.wait_for(|stopped| *stopped).await;
-    }
-}
-
-/// Where a job is, for progress displays.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Progress {
-    /// The job's id.
-    pub job_id: u64,
-    /// Its file.
-    pub source: PathBuf,
-    /// Bytes of the file committed (the checkpoint).
-    pub bytes_done: u64,
-    /// The file's size.
-    pub bytes_total: u64,
-    /// Lines imported so far, earlier attempts included.
-    pub rows_imported: u64,
-    /// Lines rejected so far, earlier attempts included.
-    pub rows_rejected: u64,
-}
-
-/// Hears about a processor's work. Every method has a default that does
-/// nothing; they are called on the processor's task, so keep them short.
-pub trait Observer: Send + Sync {
-    /// A job's file is open and its header checked; `progress` is where it
-    /// resumes.
-    fn job_started(&self, progress: &Progress) {
-        let _ = progress;
-    }
-
-    /// A batch was committed.
-    fn batch_committed(&self, progress: &Progress) {
-        let _ = progress;
-    }
-
-    /// The processor is done with a job, one way or another.
-    fn job_finished(&self, report: &JobReport) {
-        let _ = report;
-    }
-}
-
-/// An [`Observer`] that ignores everything.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoObserver;
-
-impl Observer for NoObserver {}
-
-/// How the processor parted with a job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum JobOutcome {
-    /// Every line imported.
-    Completed,
-    /// Done; some lines are in `import_errors`.
-    CompletedWithErrors,
-    /// Failed; the message is also the job's `last_error`.
-    Failed(String),
-    /// Put back in the queue with its checkpoint because the processor was
-    /// asked to stop.
-    Released,
-    /// Taken over by another processor after this one stopped heartbeating
-    /// (nothing more was written).
-    Lost,
-    /// Stopped while the server was unreachable: the job stays `processing`
-    /// until it is stale, then goes back to the queue.
-    Interrupted,
-}
-
-impl From<Status> for JobOutcome {
-    fn from(status: Status) -> JobOutcome {
-        match status {
-            Status::Completed => JobOutcome::Completed,
-            Status::CompletedWithErrors => JobOutcome::CompletedWithErrors,
-            Status::Failed => JobOutcome::Failed("failed (see last_error)".into()),
-            Status::Pending | Status::Processing => JobOutcome::Lost,
-        }
-    }
-}
-
-/// What a processor did with one job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct JobReport {
-    /// The job's id.
-    pub id: u64,
-    /// Its file.
-    pub source: PathBuf,
-    /// How it ended.
-    pub outcome: JobOutcome,
-    /// Lines imported in all, earlier attempts included.
-    pub rows_imported: u64,
-    /// Lines rejected in all, earlier attempts included.
-    pub rows_rejected: u64,
-    /// Lines imported or rejected by this processor.
-    pub lines_this_run: u64,
-    /// Connections lost and re-opened during the job.
-    pub reconnects: u32,
-    /// Time spent on the job.
-    pub elapsed: Duration,
-}
-
-/// Why [`Processor::run`] returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RunEnd {
-    /// `once` and no job was pending.
-    QueueEmpty,
-    /// `max_jobs` were processed.
-    MaxJobs,
-    /// `max_time` passed.
-    MaxTime,
-    /// The [`StopSignal`] was given.
-    Stopped,
-}
-
-/// What [`Processor::run`] did.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct RunSummary {
-    /// Every job it worked on, in order.
-    pub jobs: Vec<JobReport>,
-    /// Stale jobs it put back or failed.
-    pub recovered: u64,
-    /// Why it returned.
-    pub end: RunEnd,
-}
 
 /// Imports jobs from the queue. Get one from
 /// [`Queue::processor`](crate::Queue::processor).
@@ -343,6 +83,7 @@ struct Job {
     row: JobRow,
     bytes_total: u64,
     lines_this_run: u64,
+    beats: Beats,
 }
 
 impl Job {
@@ -381,6 +122,7 @@ impl Processor {
     ///
     /// # Errors
     ///
+    /// [`Error::SourceDir`] when a source directory cannot be resolved;
     /// [`Error::Connect`] when the server cannot be reached within the
     /// reconnect window; [`Error::Query`] when the queue's own statements
     /// fail for a reason other than a lost connection (missing privileges,
@@ -392,6 +134,9 @@ impl Processor {
         stop: &StopSignal,
         observer: &dyn Observer,
     ) -> Result<RunSummary> {
+        // A source directory that does not exist stops the run before any
+        // job is claimed.
+        canonical_dirs(&self.options.source_dirs)?;
         let started = Instant::now();
         let deadline = run.max_time.map(|t| started + t);
         let sleep = run.sleep.unwrap_or(Duration::from_secs(3));
@@ -547,12 +292,34 @@ impl Processor {
         Ok((recovered, job))
     }
 
-    /// Imports a claimed job, re-opening the connection as often as needed,
-    /// and closes the connection.
+    /// Imports a claimed job with its heartbeat running, re-opening the
+    /// connection as often as needed, and closes the connection.
     async fn work(
+        &self,
+        conn: Connection,
+        row: JobRow,
+        stop: &StopSignal,
+        observer: &dyn Observer,
+    ) -> Result<JobReport> {
+        let beats = Beats::new();
+        beats.beat();
+        let heartbeat = Heartbeat::start(
+            self.connector.clone(),
+            row.id,
+            self.holder.clone(),
+            self.options.stale_after,
+            beats.clone(),
+        );
+        let report = self.work_on(conn, row, beats, stop, observer).await;
+        heartbeat.stop().await;
+        report
+    }
+
+    async fn work_on(
         &self,
         mut conn: Connection,
         row: JobRow,
+        beats: Beats,
         stop: &StopSignal,
         observer: &dyn Observer,
     ) -> Result<JobReport> {
@@ -566,9 +333,10 @@ impl Processor {
             "job claimed"
         );
         let mut job = Job {
-            bytes_total: row.file_size.unwrap_or(0),
+            bytes_total: row.spec.as_ref().map_or(0, |s| s.identity.size),
             row,
             lines_this_run: 0,
+            beats,
         };
         let mut reconnects = 0;
         let mut stalled = 0;
@@ -698,7 +466,7 @@ impl Processor {
         job.row.checkpoint = row.checkpoint;
         job.row.rows_imported = row.rows_imported;
         job.row.rows_rejected = row.rows_rejected;
-        job.row.file_size = row.file_size;
+        job.row.content_hash = row.content_hash;
         match (ours, status) {
             (true, Status::Processing) => None,
             // Finished, and the answer to the finishing statement was lost.
@@ -723,11 +491,60 @@ impl Processor {
                     .await;
             }
         };
+        let Some(spec) = job.row.spec.clone() else {
+            return self
+                .fail(
+                    conn,
+                    job,
+                    "this job was enqueued by an older dbslots that recorded no table and no file identity; enqueue the file again with --table",
+                )
+                .await;
+        };
+        let zone = match Zone::parse(&spec.time_zone) {
+            Ok(zone) => zone,
+            Err(reason) => return self.fail(conn, job, &reason).await,
+        };
+        let mut set_zone = String::from("SET time_zone = ");
+        push_text(&mut set_zone, zone.session());
+        match conn.query_drop(set_zone).await {
+            Ok(()) => {}
+            Err(mysql_async::Error::Server(e)) if e.code == 1298 => {
+                let message = format!(
+                    "the server does not know the time zone {}: load its time zone tables (mariadb-tzinfo-to-sql /usr/share/zoneinfo | mariadb mysql, or mysql_tzinfo_to_sql for MySQL) or enqueue with an offset like +01:00",
+                    zone.session()
+                );
+                return self.fail(conn, job, &message).await;
+            }
+            Err(e) => {
+                return self
+                    .on_error(conn, job, "setting the session time zone", e)
+                    .await;
+            }
+        }
+        let table = match table::load(conn, &spec.table).await {
+            Ok(Ok(table)) => table,
+            Ok(Err(problem)) => return self.fail(conn, job, &problem.to_string()).await,
+            Err(e) => {
+                return self
+                    .on_error(conn, job, "reading the table's columns", e)
+                    .await;
+            }
+        };
+        let source_dirs = match canonical_dirs(&self.options.source_dirs) {
+            Ok(dirs) => dirs,
+            Err(e) => return Step::Fatal(e),
+        };
         let plan = ReadPlan {
             job_id: job.row.id,
             path: job.row.source.clone(),
             start: job.row.checkpoint,
-            expected_size: job.row.file_size,
+            start_hash: job.row.content_hash,
+            identity: spec.identity,
+            delimiter: spec.delimiter,
+            table,
+            no_key: spec.no_key,
+            zone,
+            source_dirs,
             limits: Limits {
                 rows: self.options.batch_rows,
                 statement_bytes,
@@ -761,22 +578,17 @@ impl Processor {
             match message {
                 Err(problem) => return self.fail(conn, job, &problem.to_string()).await,
                 Ok(Chunk::Opened { size }) => {
-                    job.row.file_size = Some(size);
                     job.bytes_total = size;
                     observer.job_started(&job.progress());
                 }
                 Ok(Chunk::Batch(batch)) => {
-                    let committed = queue::commit_batch(
-                        conn,
-                        job.row.id,
-                        &self.holder,
-                        &batch,
-                        job.row.file_size,
-                    )
-                    .await;
+                    let committed =
+                        queue::commit_batch(conn, job.row.id, &self.holder, &batch).await;
                     match committed {
                         Ok(true) => {
+                            job.beats.beat();
                             job.row.checkpoint = batch.end;
+                            job.row.content_hash = Some(batch.hash);
                             job.row.rows_imported += batch.rows;
                             job.row.rows_rejected += batch.rejected;
                             job.lines_this_run += batch.rows + batch.rejected;
@@ -853,10 +665,16 @@ impl Processor {
     }
 }
 
-/// Closes a connection that may be dead without waiting on it for long
-/// (the socket is closed, and the slot released, either way).
-async fn close_quickly(conn: Connection) {
-    let _ = tokio::time::timeout(Duration::from_secs(5), conn.close()).await;
+/// The source directories with every symlink resolved.
+fn canonical_dirs(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    dirs.iter()
+        .map(|dir| {
+            std::fs::canonicalize(dir).map_err(|source| Error::SourceDir {
+                path: dir.clone(),
+                source,
+            })
+        })
+        .collect()
 }
 
 /// `HOSTNAME:PID:RANDOM`: unique among processors, readable in `status`.
@@ -888,31 +706,5 @@ mod tests {
         let parts: Vec<&str> = h.rsplitn(3, ':').collect();
         assert_eq!(parts[1], std::process::id().to_string());
         assert!(!parts[2].is_empty());
-    }
-
-    #[tokio::test]
-    async fn stop_signal_wakes_waiters() {
-        let stop = StopSignal::new();
-        assert!(!stop.is_stopped());
-        let waiter = {
-            let stop = stop.clone();
-            tokio::spawn(async move { stop.stopped().await })
-        };
-        stop.stop();
-        waiter.await.unwrap();
-        assert!(stop.is_stopped());
-        // Already given: returns at once.
-        stop.stopped().await;
-    }
-
-    #[test]
-    fn option_bounds() {
-        let o = ProcessorOptions::new()
-            .batch_rows(0)
-            .max_attempts(0)
-            .stale_after(Duration::ZERO);
-        assert_eq!(o.batch_rows, 1);
-        assert_eq!(o.max_attempts, 1);
-        assert_eq!(o.stale_after, Duration::from_secs(1));
     }
 }

@@ -1,0 +1,374 @@
+//! `--check` of `dbslots connections` and `dbslots status` as a monitoring
+//! system runs them: the exit status (0 OK, 1 WARNING, 2 CRITICAL, 3
+//! UNKNOWN) and the one line it shows, against a private server with
+//! `max_connections` 20 and against pools with real holders and waiters.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+
+use crate::support::{BusyPool, dbslots};
+
+const LIMITED: &str = "lim10";
+const LIMITED_PASSWORD: &str = "dbslots-lim10-pw";
+
+/// Runs `cmd`; the exit status, stdout, and how long it took.
+fn check(cmd: &mut Command) -> (i32, String, Duration) {
+    let started = Instant::now();
+    let out = cmd.output().expect("dbslots runs");
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let code = out.status.code().expect("dbslots exits, not killed");
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "a check prints exactly one line: {stdout:?}, stderr {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Shown with --nocapture: what a monitoring system would show.
+    eprintln!("exit {code} after {took:.1?}: {}", stdout.trim_end());
+    (code, stdout.trim_end().to_string(), took)
+}
+
+fn check_server(url: &str, extra: &[&str]) -> (i32, String, Duration) {
+    check(
+        dbslots()
+            .args(["connections", "--check", "--url", url])
+            .args(extra),
+    )
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+fn url_as(url: &str, user: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL has a scheme");
+    let (_, host_and_rest) = rest.rsplit_once('@').expect("a test URL has credentials");
+    format!("{scheme}://{user}:{password}@{host_and_rest}")
+}
+
+async fn open(url: &str, n: usize) -> Vec<Conn> {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(Conn::from_url(url).await.expect("the account connects"));
+    }
+    conns
+}
+
+async fn close(conns: Vec<Conn>) {
+    for c in conns {
+        c.disconnect().await.expect("disconnect");
+    }
+}
+
+/// Waits until the server counts exactly `n` connections besides the
+/// admin's own (a closed connection is counted out a moment later).
+async fn settle(admin: &mut Conn, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let connected: u64 = admin
+            .query_first("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE COMMAND <> 'Daemon' AND USER NOT IN ('system user', 'event_scheduler')")
+            .await
+            .expect("the admin reads the processlist")
+            .expect("a count");
+        if connected == n + 1 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server still counts {connected} connections, expected {}",
+            n + 1
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn check_judges_every_limit_of_a_server_with_20_connections() {
+    let Some(server) = dbslots_testkit::private_mysql(dbslots_testkit::MysqlOptions {
+        max_connections: Some(20),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let admin_url = server.admin_url();
+    let user_url = server.user_url();
+    let limited_url = url_as(&admin_url, LIMITED, LIMITED_PASSWORD);
+    let rt = runtime();
+    let mut admin = rt.block_on(async {
+        let mut admin = Conn::from_url(&admin_url).await.expect("the admin connects");
+        for sql in [
+            format!(
+                "CREATE USER '{LIMITED}'@'%' IDENTIFIED BY '{LIMITED_PASSWORD}' WITH MAX_USER_CONNECTIONS 10"
+            ),
+            format!(
+                "GRANT SELECT ON `{}`.* TO '{LIMITED}'@'%'",
+                dbslots_testkit::DATABASE
+            ),
+        ] {
+            admin.query_drop(sql).await.expect("the admin creates the account");
+        }
+        admin
+    });
+    // The admin's connection is open throughout: the check's own
+    // connection is the one it leaves out, not this one.
+    let mut held = |url: &str, n: usize| -> Vec<Conn> {
+        rt.block_on(async {
+            let conns = open(url, n).await;
+            settle(&mut admin, n as u64).await;
+            conns
+        })
+    };
+
+    // 5, 13 and 18 of 20 (one more is the admin's): OK, WARNING, CRITICAL.
+    let conns = held(&user_url, 4);
+    let (code, line, _) = check_server(&admin_url, &[]);
+    assert_eq!(code, 0, "{line}");
+    assert!(
+        line.starts_with("OK: server 5 of max_connections 20 (25%)"),
+        "{line}"
+    );
+    assert!(line.contains(" | 'connections'=5;12;17;0;20"), "{line}");
+    assert!(
+        line.contains("busiest account dbslots with 4 connections, 4 sleeping"),
+        "{line}"
+    );
+    assert!(!line.contains(dbslots_testkit::ADMIN_PASSWORD), "{line}");
+    rt.block_on(close(conns));
+
+    let conns = held(&user_url, 12);
+    let (code, line, _) = check_server(&admin_url, &["--warn", "60", "--crit", "85"]);
+    assert_eq!(code, 1, "{line}");
+    assert!(
+        line.starts_with("WARNING: server 13 of max_connections 20 (65%), over 60%"),
+        "{line}"
+    );
+    rt.block_on(close(conns));
+
+    let conns = held(&user_url, 17);
+    let (code, line, _) = check_server(&admin_url, &[]);
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.starts_with("CRITICAL: server 18 of max_connections 20 (90%), over 85%"),
+        "{line}"
+    );
+    assert!(line.contains("'connections'=18;12;17;0;20"), "{line}");
+    // Thresholds are the operator's: at 95 % critical, 18 of 20 only warns.
+    let (code, line, _) = check_server(&admin_url, &["--crit", "95"]);
+    assert_eq!(code, 1, "{line}");
+    rt.block_on(close(conns));
+
+    // 9 of the limited account's 10: CRITICAL although the server is at 50 %.
+    let conns = held(&limited_url, 9);
+    let (code, line, _) = check_server(&admin_url, &[]);
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.starts_with(&format!(
+            "CRITICAL: account {LIMITED} 9 of its MAX_USER_CONNECTIONS 10 (90%), over 85%"
+        )),
+        "{line}"
+    );
+    assert!(
+        line.contains("server 10 of max_connections 20 (50%)"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("'account {LIMITED}'=9;6;8;0;10")),
+        "{line}"
+    );
+    // The account itself gets in with its tenth connection and sees its own.
+    let (code, line, _) = check_server(&limited_url, &[]);
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.contains(&format!(
+            "account {LIMITED} 9 of its MAX_USER_CONNECTIONS 10"
+        )),
+        "{line}"
+    );
+    assert!(!line.contains(LIMITED_PASSWORD), "{line}");
+    // With all 10 taken the monitor is refused: UNKNOWN, and how to get in.
+    let extra = rt.block_on(open(&limited_url, 1));
+    let (code, line, took) = check_server(&limited_url, &[]);
+    assert_eq!(code, 3, "{line}");
+    assert!(
+        line.starts_with(
+            "UNKNOWN: cannot measure: the server refused the monitor's own connection"
+        ) && line.contains("error 1226")
+            && line.contains("connect as another account"),
+        "{line}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    rt.block_on(close(extra));
+    rt.block_on(close(conns));
+
+    // A leak: 6 sleeping connections of one account with --max-idle-count 5.
+    let conns = held(&user_url, 6);
+    let (code, line, _) = check_server(&admin_url, &["--max-idle-count", "5"]);
+    assert_eq!(code, 1, "{line}");
+    assert!(
+        line.starts_with(
+            "WARNING: account dbslots has 6 sleeping connections (more than 5), the oldest idle "
+        ),
+        "{line}"
+    );
+    let (code, line, _) = check_server(&admin_url, &["--max-idle-count", "6"]);
+    assert_eq!(code, 0, "{line}");
+    // Idle longer than a second: the server counts whole seconds.
+    std::thread::sleep(Duration::from_millis(2100));
+    let (code, line, _) = check_server(&admin_url, &["--max-idle", "1"]);
+    assert_eq!(code, 1, "{line}");
+    assert!(
+        line.contains(
+            "account dbslots has 6 connections idle longer than 1s (6 sleeping), the oldest idle "
+        ),
+        "{line}"
+    );
+    assert!(line.contains("'oldest_idle'="), "{line}");
+    rt.block_on(close(conns));
+    rt.block_on(async {
+        let mut admin = Conn::from_url(&admin_url)
+            .await
+            .expect("the admin connects");
+        admin
+            .query_drop(format!("DROP USER '{LIMITED}'@'%'"))
+            .await
+            .expect("drop the account");
+        admin.disconnect().await.expect("disconnect");
+    });
+}
+
+/// Sends `signal` to the process in `pid_file`.
+fn signal(pid_file: &std::path::Path, signal: libc::c_int) {
+    let pid: libc::pid_t = std::fs::read_to_string(pid_file)
+        .expect("the server's pid file")
+        .trim()
+        .parse()
+        .expect("a pid");
+    // SAFETY: kill(2) on the test's own server process.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill {pid}");
+}
+
+/// Resumes a frozen server however the test ends.
+struct Resume(std::path::PathBuf);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        signal(&self.0, libc::SIGCONT);
+    }
+}
+
+#[test]
+fn check_of_an_unreachable_server_is_unknown_within_the_timeout() {
+    let Some(server) = dbslots_testkit::private_mysql(dbslots_testkit::MysqlOptions::default())
+    else {
+        return;
+    };
+    let url = server.admin_url();
+    // Frozen (SIGSTOP): the connection is accepted but nothing answers.
+    if let Some(dir) = server.data_dir() {
+        let pid_file = dir.join("mysqld.pid");
+        signal(&pid_file, libc::SIGSTOP);
+        let resume = Resume(pid_file);
+        let (code, line, took) = check_server(&url, &["--timeout", "2"]);
+        drop(resume);
+        assert_eq!(code, 3, "{line}");
+        assert!(
+            line.starts_with("UNKNOWN: cannot measure: mysql://dbslots_admin:***@127.0.0.1:")
+                && line.contains("did not answer within 2s"),
+            "{line}"
+        );
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+    }
+    // Stopped: refused at once, and the line says what to do.
+    server.stop().expect("the server stops");
+    let (code, line, took) = check_server(&url, &[]);
+    assert_eq!(code, 3, "{line}");
+    assert!(
+        line.starts_with("UNKNOWN: cannot measure: cannot connect to mysql://dbslots_admin:***@")
+            && line.contains("error 2003")
+            && line.contains("what to do: check that the server runs"),
+        "{line}"
+    );
+    assert!(!line.contains(dbslots_testkit::ADMIN_PASSWORD), "{line}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // A usage error in check mode is UNKNOWN too, never WARNING/CRITICAL.
+    let (code, line, _) = check_server(&url, &["--warn", "90", "--crit", "80"]);
+    assert_eq!(code, 3, "{line}");
+    assert!(line.contains("--warn 90 is above --crit 80"), "{line}");
+    let (code, line, _) = check_server(&url, &["--warn", "lots"]);
+    assert_eq!(code, 3, "{line}");
+    assert!(line.starts_with("UNKNOWN: invalid command line"), "{line}");
+}
+
+#[test]
+fn pool_check_warns_when_waiters_pile_up_and_is_critical_when_they_wait_too_long() {
+    let pool = BusyPool::start(2, 3);
+    let holders = pool.holder_pids();
+    let waiters = pool.waiter_pids();
+    let status = |extra: &[&str]| {
+        check(
+            dbslots()
+                .args(["status", "--check", "--pool", &pool.path])
+                .args(extra),
+        )
+    };
+
+    // More waiters than slots (the default bound) warn and name the oldest
+    // holder: the one that took slot 0 first.
+    let (code, line, _) = status(&[]);
+    assert_eq!(code, 1, "{line}");
+    assert!(
+        line.starts_with(&format!(
+            "WARNING: pool {}: 3 waiting (more than 2): waiters pile up",
+            pool.path
+        )),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "oldest holder pid {} has held slot 0 for ",
+            holders[0]
+        )),
+        "{line}"
+    );
+    assert!(line.contains("'waiting'=3;2;;0"), "{line}");
+    let (code, line, _) = status(&["--warn-waiting", "3"]);
+    assert_eq!(code, 0, "{line}");
+    assert!(line.contains("2 of 2 slots in use, 3 waiting"), "{line}");
+
+    // The oldest waiter past --crit-wait: CRITICAL, naming it.
+    std::thread::sleep(Duration::from_millis(1200));
+    let (code, line, _) = status(&["--warn-waiting", "3", "--crit-wait", "1"]);
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.contains(&format!(
+            "the oldest waiter (pid {}) has waited ",
+            waiters[0]
+        )) && line.contains("(more than 1s)"),
+        "{line}"
+    );
+    assert!(line.contains("'oldest_wait'="), "{line}");
+}
+
+#[test]
+fn pool_check_of_a_missing_pool_is_unknown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("none").display().to_string();
+    let (code, line, _) = check(dbslots().args(["status", "--check", "--pool", &path]));
+    assert_eq!(code, 3, "{line}");
+    assert!(
+        line.starts_with(&format!(
+            "UNKNOWN: cannot read the pool: pool {path} does not exist"
+        )),
+        "{line}"
+    );
+}

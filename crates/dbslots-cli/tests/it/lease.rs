@@ -1,0 +1,148 @@
+//! `dbslots exec` on a Redis pool whose holder is cut off from Redis: it
+//! stops its command before the server can give the slot to anyone else.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dbslots_testkit::FreezableProxy;
+
+const LEASE_MS: u64 = 2000;
+
+fn dbslots() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbslots"));
+    cmd.env_remove("DBSLOTS_POOL").env("RUST_LOG", "warn");
+    cmd
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the test Redis URL is redis://127.0.0.1:PORT/0")
+}
+
+/// A shell command that logs "start NANOS" and, on SIGTERM, "stop NANOS"
+/// (wall clock, from inside the command) before it exits.
+fn logging_command(log: &std::path::Path) -> String {
+    let log = log.display();
+    format!(
+        "echo start $(date +%s%N) >> {log}; trap 'echo stop $(date +%s%N) >> {log}; kill $! 2>/dev/null; exit 143' TERM; sleep 60 & wait"
+    )
+}
+
+fn logged(log: &std::path::Path, what: &str) -> Option<u128> {
+    std::fs::read_to_string(log)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(what)?.trim().parse().ok())
+}
+
+fn wait_logged(log: &std::path::Path, what: &str, within: Duration) -> u128 {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(t) = logged(log, what) {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never logged {what:?}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn wall_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos()
+}
+
+#[test]
+fn a_cut_off_exec_stops_its_command_before_the_next_one_starts() {
+    let Some(url) = dbslots_testkit::shared_redis() else {
+        return;
+    };
+    let proxy =
+        FreezableProxy::start(SocketAddr::from(([127, 0, 0, 1], port_of(&url)))).expect("proxy");
+    let name = format!("cut-{}-{}", std::process::id(), wall_nanos());
+    let direct = format!("{url}?pool={name}&lease_ms={LEASE_MS}");
+    let cut_off = format!(
+        "redis://127.0.0.1:{}/0?pool={name}&lease_ms={LEASE_MS}",
+        proxy.port()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a_log, b_log) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let mut first = dbslots()
+        .args(["exec", "--pool", &cut_off, "--capacity", "1", "--"])
+        .args(["sh", "-c", &logging_command(&a_log)])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("first exec");
+    wait_logged(&a_log, "start ", Duration::from_secs(10));
+    let mut second = dbslots()
+        .args(["exec", "--pool", &direct, "--capacity", "1", "--"])
+        .args(["sh", "-c", &logging_command(&b_log)])
+        .spawn()
+        .expect("second exec");
+    // Let the second queue, and the first renew a few times.
+    std::thread::sleep(Duration::from_millis(LEASE_MS / 2));
+    assert_eq!(logged(&b_log, "start "), None, "the slot was given twice");
+
+    let frozen_at = wall_nanos();
+    proxy.freeze();
+    let b_start = wait_logged(&b_log, "start ", Duration::from_millis(LEASE_MS + 5000));
+    let a_stop = logged(&a_log, "stop ").expect("the first command was told to stop");
+    assert!(
+        a_stop < b_start,
+        "the second command started {} ms before the first stopped",
+        (a_stop - b_start) / 1_000_000
+    );
+    let handed_on_ms = (b_start - frozen_at) / 1_000_000;
+    assert!(
+        handed_on_ms <= u128::from(LEASE_MS + 1000),
+        "the slot came back {handed_on_ms} ms after the cut, more than lease + 1 s"
+    );
+    let status = first.wait().expect("reap first");
+    assert_eq!(
+        status.code(),
+        Some(143),
+        "the first command died of SIGTERM"
+    );
+    let mut err = String::new();
+    first
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut err)
+        .expect("stderr");
+    assert!(err.contains("lease was lost"), "{err}");
+    unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
+    second.wait().expect("reap second");
+}
+
+#[test]
+fn a_kill_grace_longer_than_the_safety_margin_is_refused() {
+    let Some(url) = dbslots_testkit::shared_redis() else {
+        return;
+    };
+    let addr = format!(
+        "{url}?pool=grace-{}-{}&lease_ms=3000",
+        std::process::id(),
+        wall_nanos()
+    );
+    let out = dbslots()
+        .args(["exec", "--pool", &addr, "--capacity", "1"])
+        .args(["--kill-after", "1.5", "--", "true"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("safety margin") && err.contains("1.00"),
+        "{err}"
+    );
+}

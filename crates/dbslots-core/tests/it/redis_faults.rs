@@ -1,0 +1,250 @@
+//! The Redis pool when the server loses state, and waiters under faults.
+
+use std::time::{Duration, Instant};
+
+use dbslots_core::{Pool, PoolOptions};
+
+use crate::redis::{LEASE_MS, redis_url, unique_pool};
+use crate::support::{Holder, Outcome};
+
+fn lease() -> Duration {
+    Duration::from_millis(LEASE_MS)
+}
+
+/// A plain connection to the server behind `url`, for what a test does
+/// behind the pool's back.
+fn admin(url: &str) -> ::redis::Connection {
+    ::redis::Client::open(url)
+        .expect("client")
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .expect("connect")
+}
+
+fn pool_name(addr: &str) -> String {
+    addr.split("pool=")
+        .nth(1)
+        .and_then(|r| r.split('&').next())
+        .expect("pool=NAME")
+        .to_string()
+}
+
+fn quarantines(conn: &mut ::redis::Connection, addr: &str) -> u64 {
+    ::redis::cmd("HGET")
+        .arg(format!("dbslots:{{{}}}:stats", pool_name(addr)))
+        .arg("quarantines")
+        .query::<Option<u64>>(conn)
+        .expect("HGET")
+        .unwrap_or(0)
+}
+
+/// After a loss of state, nobody is admitted until the old holders have
+/// been told (`told` checks them), and admission resumes afterwards.
+fn assert_quarantined_then_admitted(newcomer: &Pool, holder: &mut Holder, longest: Duration) {
+    let lost_at = Instant::now();
+    let early = newcomer.try_acquire().expect("no NotFound, no error");
+    assert!(
+        early.is_none(),
+        "a newcomer got a slot while the old holder still believes it holds one"
+    );
+    let slot = newcomer
+        .blocking_acquire_timeout(longest * 4)
+        .expect("admission resumes after the quarantine");
+    let after = lost_at.elapsed();
+    assert!(
+        after >= longest * 3 / 4,
+        "admitted {after:?} after the loss: less than the longest lease {longest:?}"
+    );
+    let told = holder.check();
+    assert!(
+        told.as_ref().is_err_and(|l| l.starts_with("LOST")),
+        "{told:?}"
+    );
+    drop(slot);
+}
+
+#[test]
+fn open_handles_recover_from_a_restart_and_quarantine_for_the_longest_lease() {
+    let _serial = crate::support::timing_sensitive();
+    let Some(mut server) = dbslots_testkit::private_redis() else {
+        return;
+    };
+    // The holder uses a lease three times the newcomer's: the quarantine
+    // must follow the longest lease recorded in the pool, not the
+    // newcomer's own.
+    let long = lease() * 3;
+    let base = unique_pool(&server.url());
+    let holder_addr = format!("{base}&lease_ms={}", long.as_millis());
+    let opts = PoolOptions::new().capacity(1);
+    let mut holder = Holder::spawn(
+        &{
+            Pool::open(&holder_addr, opts.clone()).expect("create");
+            holder_addr.clone()
+        },
+        None,
+    );
+    assert_eq!(holder.outcome(), Outcome::Held(0));
+    // Opened before the restart: it has read the pool's longest lease.
+    let newcomer = Pool::open(&base, PoolOptions::new()).expect("open");
+    server.restart().expect("restart redis");
+    assert_eq!(
+        newcomer
+            .stats()
+            .expect("stats answer after a restart")
+            .capacity,
+        1
+    );
+    assert_quarantined_then_admitted(&newcomer, &mut holder, long);
+}
+
+#[test]
+fn a_restore_of_an_older_snapshot_quarantines() {
+    let _serial = crate::support::timing_sensitive();
+    let Some(mut server) = dbslots_testkit::private_redis() else {
+        return;
+    };
+    let addr = unique_pool(&server.url());
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    // The snapshot has the pool, but not the acquisition that follows.
+    let _: () = ::redis::cmd("SAVE")
+        .query(&mut admin(&server.url()))
+        .expect("SAVE");
+    let mut holder = Holder::spawn(&addr, None);
+    assert_eq!(holder.outcome(), Outcome::Held(0));
+    server
+        .restart()
+        .expect("restart redis (it loads the snapshot)");
+    let mut conn = admin(&server.url());
+    let meta: Option<u32> = ::redis::cmd("HGET")
+        .arg(format!("dbslots:{{{}}}:meta", pool_name(&addr)))
+        .arg("capacity")
+        .query(&mut conn)
+        .expect("HGET");
+    assert_eq!(meta, Some(1), "the snapshot was restored");
+    assert_quarantined_then_admitted(&pool, &mut holder, lease());
+    assert!(quarantines(&mut conn, &addr) >= 1);
+}
+
+#[test]
+fn an_evicted_lease_quarantines() {
+    let _serial = crate::support::timing_sensitive();
+    let Some(url) = redis_url() else { return };
+    let addr = unique_pool(&url);
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let mut holder = Holder::spawn(&addr, None);
+    assert_eq!(holder.outcome(), Outcome::Held(0));
+    let mut conn = admin(&url);
+    let _: () = ::redis::cmd("DEL")
+        .arg(format!("dbslots:{{{}}}:leases", pool_name(&addr)))
+        .query(&mut conn)
+        .expect("DEL");
+    assert_quarantined_then_admitted(&pool, &mut holder, lease());
+}
+
+#[test]
+fn resize_after_the_keys_vanished_quarantines() {
+    let _serial = crate::support::timing_sensitive();
+    let Some(url) = redis_url() else { return };
+    let addr = unique_pool(&url);
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let mut holder = Holder::spawn(&addr, None);
+    assert_eq!(holder.outcome(), Outcome::Held(0));
+    let mut conn = admin(&url);
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("dbslots:{{{}}}:*", pool_name(&addr)))
+        .query(&mut conn)
+        .expect("KEYS");
+    let _: () = ::redis::cmd("DEL")
+        .arg(&keys)
+        .query(&mut conn)
+        .expect("DEL");
+    assert_eq!(pool.resize(2).expect("resize restores the pool"), 1);
+    assert_eq!(pool.stats().expect("stats").capacity, 2);
+    assert_quarantined_then_admitted(&pool, &mut holder, lease());
+}
+
+#[test]
+fn a_dead_waiter_gives_up_its_place_within_two_seconds() {
+    let _serial = crate::support::timing_sensitive();
+    let Some(url) = redis_url() else { return };
+    let addr = unique_pool(&url);
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let slot = pool.try_acquire().expect("try").expect("free");
+    let waiter = Holder::spawn(&addr, None);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pool.stats().expect("stats").waiting < 1 {
+        assert!(Instant::now() < deadline, "the waiter never queued");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let killed = Instant::now();
+    waiter.crash();
+    drop(slot);
+    // The dead waiter was first in line; the next one gets past it.
+    let next = pool
+        .blocking_acquire_timeout(Duration::from_secs(5))
+        .expect("the dead waiter's place lapses");
+    let after = killed.elapsed();
+    assert!(
+        after <= Duration::from_secs(2),
+        "the dead waiter held its place for {after:?}"
+    );
+    drop(next);
+}
+
+#[test]
+fn a_waiter_subscribes_again_after_its_connection_dies_and_is_woken_by_notification() {
+    let _serial = crate::support::timing_sensitive();
+    let Some(url) = redis_url() else { return };
+    let addr = unique_pool(&url);
+    let channel = format!("dbslots:{{{}}}:events", pool_name(&addr));
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let mut conn = admin(&url);
+    let subscribers = |conn: &mut ::redis::Connection| -> i64 {
+        let v: (String, i64) = ::redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channel)
+            .query(conn)
+            .expect("NUMSUB");
+        v.1
+    };
+    let wait_for = |conn: &mut ::redis::Connection, n: i64| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while subscribers(conn) != n {
+            assert!(Instant::now() < deadline, "never {n} subscribers");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let mut hand_offs = Vec::new();
+    let mut slot = pool.try_acquire().expect("try").expect("free");
+    for _ in 0..5 {
+        let p = pool.clone();
+        let waiter = std::thread::spawn(move || {
+            let s = p
+                .blocking_acquire_timeout(Duration::from_secs(10))
+                .expect("woken");
+            (Instant::now(), s)
+        });
+        wait_for(&mut conn, 1);
+        // Cut the waiter's subscription; it must subscribe again.
+        let killed: i64 = ::redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut conn)
+            .expect("CLIENT KILL");
+        assert!(killed >= 1);
+        std::thread::sleep(Duration::from_millis(20));
+        wait_for(&mut conn, 1);
+        let released = Instant::now();
+        drop(slot);
+        let (got_at, got) = waiter.join().expect("waiter");
+        hand_offs.push(got_at - released);
+        slot = got;
+    }
+    hand_offs.sort();
+    // The fallback poll runs every 200 ms: a median far below it means the
+    // waiters were woken by notifications on their new subscriptions.
+    assert!(
+        hand_offs[2] < Duration::from_millis(60),
+        "hand-offs after re-subscribing: {hand_offs:?}"
+    );
+}

@@ -1,0 +1,357 @@
+//! CSV records with exact byte offsets, line numbers and a running hash of
+//! what was consumed, in bounded memory.
+//!
+//! # Implementation Details
+//!
+//! Records are split by `csv-core`, the allocation-free parser under the
+//! `csv` crate (RFC 4180: quoted fields may hold the delimiter, doubled
+//! quotes and CR or LF; records end with LF, CRLF or CR). The `csv` crate's
+//! own reader is not used because it grows a record's buffer without bound
+//! (an unclosed quote would pull the rest of the file into memory); here a
+//! record's unescaped bytes go into a buffer of fixed size
+//! ([`MAX_RECORD_BYTES`], [`MAX_FIELDS`]) and a record that does not fit is
+//! read to its end without being kept, then reported as too long.
+//!
+//! Every byte handed to the parser is counted (the offset), its line feeds
+//! are counted (the line number) and it is fed to an XXH3-128 hash, so at
+//! every record boundary the reader knows the exact [`Checkpoint`] and the
+//! hash of the file up to it. Line feeds before a record (blank lines) are
+//! consumed before the record starts, so a record's line number is the line
+//! its first byte is on. A UTF-8 byte order mark at offset 0 is skipped.
+
+use std::io::{self, Read};
+
+use xxhash_rust::xxh3::Xxh3Default as Xxh3;
+
+/// The most bytes a record's fields may hold once unquoted; a longer record
+/// is rejected, never buffered.
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// The most fields a record may have (MySQL's limit on a table's columns).
+pub const MAX_FIELDS: usize = 4096;
+
+/// How much of a record's raw text is kept for `import_errors.raw_line`.
+pub const MAX_RAW_LINE_BYTES: usize = 4096;
+
+const INPUT_BYTES: usize = 256 * 1024;
+
+/// How far a job has read its file: a record boundary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Checkpoint {
+    /// Bytes of the file consumed: where the next record (or blank line)
+    /// starts.
+    pub offset: u64,
+    /// Line feeds consumed: the next record starts on line `line_no + 1`
+    /// or later.
+    pub line_no: u64,
+}
+
+/// Why a record was not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Oversize {
+    /// Its fields held more than [`MAX_RECORD_BYTES`].
+    Bytes,
+    /// It had more than [`MAX_FIELDS`] fields.
+    Fields,
+}
+
+/// A record just read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecordInfo {
+    /// The line its first byte is on (1-based).
+    pub line_no: u64,
+    /// Set when the record did not fit and its fields were not kept.
+    pub oversize: Option<Oversize>,
+    /// Its raw length in bytes, line break included.
+    pub raw_len: u64,
+}
+
+/// Reads records from `R`, starting at a checkpoint.
+pub(crate) struct RecordReader<R> {
+    inner: R,
+    parser: csv_core::Reader,
+    input: Box<[u8]>,
+    pos: usize,
+    len: usize,
+    eof: bool,
+    out: Box<[u8]>,
+    ends: Box<[usize]>,
+    fields: usize,
+    raw: Vec<u8>,
+    at: Checkpoint,
+    hash: Xxh3,
+}
+
+impl<R: Read> RecordReader<R> {
+    /// A reader of `inner`, which is positioned at `at`; `hash` is the hash
+    /// of the file's first `at.offset` bytes.
+    pub fn new(inner: R, delimiter: u8, at: Checkpoint, hash: Xxh3) -> Self {
+        let parser = csv_core::ReaderBuilder::new().delimiter(delimiter).build();
+        RecordReader {
+            inner,
+            parser,
+            input: vec![0; INPUT_BYTES].into_boxed_slice(),
+            pos: 0,
+            len: 0,
+            eof: false,
+            out: vec![0; MAX_RECORD_BYTES].into_boxed_slice(),
+            ends: vec![0; MAX_FIELDS].into_boxed_slice(),
+            fields: 0,
+            raw: Vec::with_capacity(MAX_RAW_LINE_BYTES),
+            at,
+            hash,
+        }
+    }
+
+    /// Where the reader is: just past the last record read.
+    pub fn checkpoint(&self) -> Checkpoint {
+        self.at
+    }
+
+    /// The hash of every byte consumed, from the start of the file.
+    pub fn digest(&self) -> u128 {
+        self.hash.digest128()
+    }
+
+    /// The hash's state (to take the digest of this point later).
+    pub fn hash_state(&self) -> Xxh3 {
+        self.hash.clone()
+    }
+
+    /// The fields of the last record read (none when it did not fit).
+    pub fn fields(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        (0..self.fields).map(|i| self.field(i))
+    }
+
+    /// Field `i` of the last record read.
+    pub fn field(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.out[start..self.ends[i]]
+    }
+
+    /// How many fields the last record has.
+    pub fn field_count(&self) -> usize {
+        self.fields
+    }
+
+    /// The last record's raw text (its first [`MAX_RAW_LINE_BYTES`] bytes,
+    /// without the line break).
+    pub fn raw(&self) -> &[u8] {
+        let mut raw = self.raw.as_slice();
+        while let [rest @ .., b'\r' | b'\n'] = raw {
+            raw = rest;
+        }
+        raw
+    }
+
+    fn fill(&mut self) -> io::Result<()> {
+        if self.pos < self.len || self.eof {
+            return Ok(());
+        }
+        loop {
+            match self.inner.read(&mut self.input) {
+                Ok(0) => {
+                    self.eof = true;
+                    self.pos = 0;
+                    self.len = 0;
+                    return Ok(());
+                }
+                Ok(n) => {
+                    self.pos = 0;
+                    self.len = n;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn consume(&mut self, n: usize, keep_raw: bool) {
+        let bytes = &self.input[self.pos..self.pos + n];
+        self.hash.update(bytes);
+        self.at.offset += n as u64;
+        self.at.line_no += memchr::memchr_iter(b'\n', bytes).count() as u64;
+        if keep_raw && self.raw.len() < MAX_RAW_LINE_BYTES {
+            let room = (MAX_RAW_LINE_BYTES - self.raw.len()).min(n);
+            self.raw.extend_from_slice(&bytes[..room]);
+        }
+        self.pos += n;
+    }
+
+    /// Reads the next record. `None` at the end of the file.
+    pub fn next_record(&mut self) -> io::Result<Option<RecordInfo>> {
+        // Blank lines (and the BOM at offset 0) belong to no record.
+        loop {
+            self.fill()?;
+            if self.pos == self.len {
+                return Ok(None);
+            }
+            if self.at.offset == 0 && self.input[..self.len].starts_with(b"\xEF\xBB\xBF") {
+                self.consume(3, false);
+                continue;
+            }
+            let blank = self.input[self.pos..self.len]
+                .iter()
+                .take_while(|&&b| b == b'\n' || b == b'\r')
+                .count();
+            if blank == 0 {
+                break;
+            }
+            self.consume(blank, false);
+        }
+        let line_no = self.at.line_no + 1;
+        let start = self.at.offset;
+        self.raw.clear();
+        self.fields = 0;
+        let mut nout = 0;
+        let mut oversize = None;
+        loop {
+            self.fill()?;
+            let input = &self.input[self.pos..self.len];
+            let (result, nin, written, nend) = if oversize.is_none() {
+                self.parser
+                    .read_record(input, &mut self.out[nout..], &mut self.ends[self.fields..])
+            } else {
+                // Read the rest of a record that does not fit, keeping
+                // nothing of it.
+                let mut sink = [0u8; 4096];
+                let mut ends = [0usize; 64];
+                self.parser.read_record(input, &mut sink, &mut ends)
+            };
+            self.consume(nin, true);
+            if oversize.is_none() {
+                nout += written;
+                self.fields += nend;
+            }
+            match result {
+                csv_core::ReadRecordResult::InputEmpty => {}
+                csv_core::ReadRecordResult::OutputFull => {
+                    oversize.get_or_insert(Oversize::Bytes);
+                }
+                csv_core::ReadRecordResult::OutputEndsFull => {
+                    oversize.get_or_insert(Oversize::Fields);
+                }
+                csv_core::ReadRecordResult::Record => break,
+                csv_core::ReadRecordResult::End => {
+                    if self.at.offset == start {
+                        return Ok(None);
+                    }
+                    break;
+                }
+            }
+        }
+        if oversize.is_some() {
+            self.fields = 0;
+        }
+        Ok(Some(RecordInfo {
+            line_no,
+            oversize,
+            raw_len: self.at.offset - start,
+        }))
+    }
+}
+
+/// The running hash of a file's content.
+pub(crate) type PrefixHash = Xxh3;
+
+/// Hashes the first `len` bytes of `file` (from its current position), so
+/// a reader can resume at a checkpoint. `None` when the file is shorter.
+pub(crate) fn hash_prefix(file: &mut impl Read, len: u64) -> io::Result<Option<Xxh3>> {
+    let mut hash = Xxh3::new();
+    let mut buf = vec![0u8; INPUT_BYTES];
+    let mut left = len;
+    while left > 0 {
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        let n = match file.read(&mut buf[..want]) {
+            Ok(0) => return Ok(None),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hash.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(Some(hash))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(data: &[u8], delimiter: u8) -> Vec<(u64, Vec<String>, Checkpoint)> {
+        let mut r = RecordReader::new(data, delimiter, Checkpoint::default(), Xxh3::new());
+        let mut out = Vec::new();
+        while let Some(info) = r.next_record().unwrap() {
+            let fields = r
+                .fields()
+                .map(|f| String::from_utf8_lossy(f).into_owned())
+                .collect();
+            out.push((info.line_no, fields, r.checkpoint()));
+        }
+        out
+    }
+
+    #[test]
+    fn rfc4180_quoting_line_numbers_and_offsets() {
+        let data = b"\xEF\xBB\xBFa,b\r\n\"x,1\",\"say \"\"hi\"\"\"\r\n\n\"multi\nline\r\nfield\",2\nlast,\"\"";
+        let got = records(data, b',');
+        let fields: Vec<Vec<String>> = got.iter().map(|(_, f, _)| f.clone()).collect();
+        assert_eq!(
+            fields,
+            [
+                vec!["a", "b"],
+                vec!["x,1", "say \"hi\""],
+                vec!["multi\nline\r\nfield", "2"],
+                vec!["last", ""],
+            ]
+        );
+        let lines: Vec<u64> = got.iter().map(|(l, ..)| *l).collect();
+        assert_eq!(lines, [1, 2, 4, 7]);
+        assert_eq!(got.last().unwrap().2.offset, data.len() as u64);
+    }
+
+    #[test]
+    fn resumes_exactly_at_a_checkpoint() {
+        let data = b"h1;h2\n1;\"a\nb\"\n2;c\n3;d\n";
+        let all = records(data, b';');
+        let at = all[1].2;
+        let mut file = &data[..];
+        let hash = hash_prefix(&mut file, at.offset).unwrap().unwrap();
+        let mut r = RecordReader::new(file, b';', at, hash);
+        let info = r.next_record().unwrap().unwrap();
+        assert_eq!(info.line_no, 4);
+        assert_eq!(r.field(1), b"c");
+        while r.next_record().unwrap().is_some() {}
+        let whole = {
+            let mut h = Xxh3::new();
+            h.update(data);
+            h.digest128()
+        };
+        assert_eq!(r.digest(), whole);
+    }
+
+    #[test]
+    fn an_oversized_record_is_skipped_not_buffered() {
+        let mut data = b"a,b\n\"".to_vec();
+        data.extend(std::iter::repeat_n(b'x', MAX_RECORD_BYTES + 10));
+        data.extend_from_slice(b"\",1\nok,2\n");
+        let mut r = RecordReader::new(&data[..], b',', Checkpoint::default(), Xxh3::new());
+        r.next_record().unwrap().unwrap();
+        let big = r.next_record().unwrap().unwrap();
+        assert_eq!(big.oversize, Some(Oversize::Bytes));
+        assert_eq!(r.field_count(), 0);
+        assert_eq!(r.raw().len(), MAX_RAW_LINE_BYTES);
+        let next = r.next_record().unwrap().unwrap();
+        assert_eq!((next.line_no, next.oversize), (3, None));
+        assert_eq!(r.field(0), b"ok");
+        assert!(r.next_record().unwrap().is_none());
+    }
+
+    #[test]
+    fn tabs_and_last_line_without_break() {
+        let got = records(b"a\tb\n1\t2", b'\t');
+        assert_eq!(got[1].1, ["1", "2"]);
+        assert_eq!(got[1].2.offset, 7);
+    }
+}
