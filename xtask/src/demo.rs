@@ -327,6 +327,7 @@ fn run_variant(
     dir: &Path,
     capacity: u64,
 ) -> Result<Outcome> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let logs = dir.join("logs");
     let joblog = dir.join("joblog.tsv");
     let mut spawn = Command::new(&programs.dbslots);
@@ -429,8 +430,7 @@ fn run_variant(
         // The spawn's children are the spawner and, reaped by it, every
         // worker (and `dbslots exec` under PHP batches): what is not the
         // workers' own is the spawner's (and exec's).
-        spawner_cpu_ms: (per_worker(spawn_cpu) - workers_cpu_ms / f64::from(args.workers))
-            .max(0.0),
+        spawner_cpu_ms: (per_worker(spawn_cpu) - workers_cpu_ms / f64::from(args.workers)).max(0.0),
         server_cpu_ms: server_cpu.map(per_worker),
     })
 }
@@ -571,9 +571,11 @@ fn summarize(args: &Args, outcomes: &[Outcome], capacity: u64, cores: usize) -> 
         "demo: where the time goes (yardstick, per worker): start -> connected {:.1} ms; CPU {worker_cpu:.1} ms worker + \
          {spawner_cpu:.2} ms spawner + {} server = {total:.1} ms; × {} workers / {cores} cores = {cpu_bound:.2} s of \
          CPU-bound wall time at the least",
-        median_of(Mode::Yardstick, &|o| o.start_to_connected_ms.unwrap_or(f64::NAN))
-            .filter(|v| v.is_finite())
-            .unwrap_or(0.0),
+        median_of(Mode::Yardstick, &|o| o
+            .start_to_connected_ms
+            .unwrap_or(f64::NAN))
+        .filter(|v| v.is_finite())
+        .unwrap_or(0.0),
         server_cpu.map_or("n/a".to_owned(), |v| format!("{v:.1} ms")),
         args.workers
     );
@@ -775,11 +777,17 @@ fn read_joblog_starts(path: &Path) -> Result<BTreeMap<u32, f64>> {
 /// Fails with what to run when PHP lacks PDO's MySQL driver.
 fn ensure_pdo_mysql() -> Result<()> {
     let out = Command::new("php")
-        .args(["-r", "echo in_array('mysql', PDO::getAvailableDrivers()) ? 'yes' : 'no';"])
+        .args([
+            "-r",
+            "echo in_array('mysql', PDO::getAvailableDrivers()) ? 'yes' : 'no';",
+        ])
         .output()
         .context("cannot run php")?;
     if String::from_utf8_lossy(&out.stdout).trim() != "yes" {
-        packages::install(&["php-mysql"], "`cargo xtask demo --php` (PDO's MySQL driver)")?;
+        packages::install(
+            &["php-mysql"],
+            "`cargo xtask demo --php` (PDO's MySQL driver)",
+        )?;
     }
     Ok(())
 }
