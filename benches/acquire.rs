@@ -6,6 +6,11 @@
 //!   process's release to the other process holding the slot. The median
 //!   and p99 of every hand-off measured are printed at the end.
 //!
+//! * `exec/*`: the whole process: `dbslots exec -- true` against
+//!   `flock FILE true` (util-linux) and `true` alone, when the release
+//!   binary `dbslots` is built (`cargo bench --workspace` builds it;
+//!   skipped, saying so, otherwise).
+//!
 //! The Redis pool is measured beside the file pool on a throwaway loopback
 //! `redis-server` (`DBSLOTS_TEST_REDIS_URL`, or one started here).
 
@@ -29,6 +34,56 @@ fn mono_ns() -> u64 {
     // SAFETY: clock_gettime writes the timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// The release `dbslots` binary next to this bench's directory, if built.
+fn dbslots_exe() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    // target/release/deps/acquire-xxxx -> target/release/dbslots
+    let bin = exe.parent()?.parent()?.join("dbslots");
+    bin.exists().then_some(bin)
+}
+
+fn exec(c: &mut Criterion) {
+    let Some(dbslots) = dbslots_exe() else {
+        eprintln!(
+            "exec/*: skipped, target/release/dbslots is not built (cargo build --release -p dbslots-cli)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = dir.path().join("pool");
+    let lock = dir.path().join("lock");
+    std::fs::write(&lock, b"").expect("lock file");
+    let run = |cmd: &mut Command| {
+        let st = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("runs");
+        assert!(st.success());
+    };
+    // Create the pool once, outside the measurement.
+    run(Command::new(&dbslots)
+        .args(["exec", "--pool"])
+        .arg(&pool)
+        .args(["--capacity", "4", "--", "true"]));
+    let mut g = c.benchmark_group("exec");
+    g.bench_function("dbslots exec -- true", |b| {
+        b.iter(|| {
+            run(Command::new(&dbslots)
+                .arg("exec")
+                .arg("--pool")
+                .arg(&pool)
+                .args(["--", "true"]))
+        })
+    });
+    g.bench_function("flock FILE true", |b| {
+        b.iter(|| run(Command::new("flock").arg(&lock).arg("true")))
+    });
+    g.bench_function("true", |b| b.iter(|| run(&mut Command::new("true"))));
+    g.finish();
 }
 
 /// Child process: take and give back the slot `rounds` times, then print
@@ -245,6 +300,7 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     uncontended(&mut c);
     handoff(&mut c);
+    exec(&mut c);
     c.final_summary();
     for (name, lat) in HANDOFFS.lock().expect("lock").iter_mut() {
         lat.sort();

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use dbslots_core::{Pool, PoolOptions};
 use dbslots_mysql::mysql_async::{Conn, Opts};
-use dbslots_mysql::{Connector, ConnectorOptions};
+use dbslots_mysql::{Connection, Connector, ConnectorOptions};
 use dbslots_testkit::{MYSQL_URL_ENV, MysqlOptions, MysqlServer, private_mysql};
 
 /// The server's URL, and the private server to keep alive if one was
@@ -73,7 +73,7 @@ fn main() {
                 for _ in 0..iters {
                     let conn = connector.connect().await.expect("connect");
                     black_box(conn.id());
-                    conn.close().await.expect("close");
+                    Connection::close(conn).await.expect("close");
                 }
                 start.elapsed()
             })
@@ -123,7 +123,7 @@ async fn paired(connector: &Connector, opts: &Opts, pairs: usize) {
                 r = start.elapsed();
             } else {
                 let conn = connector.connect().await.expect("connect");
-                conn.close().await.expect("close");
+                Connection::close(conn).await.expect("close");
                 t = start.elapsed();
             }
         }

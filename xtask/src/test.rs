@@ -73,25 +73,38 @@ fn steps(args: &[String], scratch: TempDir) -> Result<()> {
 
 // Step "ensure chromium": the dashboard test of `dbslots serve` loads the
 // page in Debian's headless Chromium, the `dbslots watch` test drives
-// the view in tmux, and the alert rules test runs promtool; they fail under
+// the view in tmux, the alert rules test runs promtool, and the gate tests
+// drive PHP PDO and the mariadb client; they fail under
 // DBSLOTS_TEST_REQUIRE_SERVERS=1 when their program is missing, so this
 // step installs what is missing first.
 
-/// What the browser, terminal and alert rules tests need: a file, and the
+/// What the browser, terminal, alert rules and gate tests need: a file, and the
 /// Debian package that provides it (a font, so that the screenshot shows
 /// text).
 const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("/usr/bin/chromium", "chromium"),
     ("/usr/bin/tmux", "tmux"),
+    // tests/foreign.rs runs the PHP and Python clients of docs/protocol.md.
+    ("/usr/bin/php", "php-cli"),
+    ("/usr/bin/python3", "python3"),
     ("/usr/bin/promtool", "prometheus"),
     (
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
         "fonts-dejavu-core",
     ),
+    // The gate's tests drive real clients: PHP PDO (pcntl is built into
+    // Debian's php-cli), the mariadb client, and openssl for TLS certificates.
+    ("/usr/share/doc/php-cli/copyright", "php-cli"),
+    ("/usr/share/doc/php-mysql/copyright", "php-mysql"),
+    ("/usr/bin/mariadb", "mariadb-client"),
+    ("/usr/bin/openssl", "openssl"),
 ];
 
 /// Installs the missing [`TEST_PROGRAMS`] with apt-get as root, saying so;
 /// fails with the command to run when not root.
 fn ensure_chromium() -> Result<()> {
-    packages::ensure(TEST_PROGRAMS, "the browser, terminal and alert rules tests")
+    packages::ensure(
+        TEST_PROGRAMS,
+        "the browser, terminal, alert rules and gate tests",
+    )
 }

@@ -12,7 +12,7 @@ pub const EXIT_TIMEOUT: u8 = 75;
 pub struct PoolArgs {
     /// The pool: a directory shared by every process that uses it
     /// [default: $XDG_RUNTIME_DIR/dbslots/default, or /run/dbslots/default for root]
-    #[arg(long, env = "DBSLOTS_POOL", value_name = "DIR")]
+    #[arg(long, env = dbslots_core::env::POOL, value_name = "DIR")]
     pub pool: Option<String>,
 
     /// Capacity of the pool; needed only to create it (checked against an
@@ -60,6 +60,8 @@ pub fn init_tracing(
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
+    // No colour codes in log files and the journal.
+    let builder = builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if lossy {
         let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
             .lossy(true)

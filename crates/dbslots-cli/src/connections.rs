@@ -9,7 +9,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{ArgGroup, Args};
 use dbslots_mysql::mysql_async::Conn;
-use dbslots_mysql::{IdleRule, IdleVictim, KillOutcome, Processlist, ServerCheck, ServerLimits};
+use dbslots_mysql::{
+    CapacitySuggestion, Fleet, IdleRule, IdleVictim, KillOutcome, Processlist, ServerCheck,
+    ServerLimits,
+};
 
 use crate::common;
 use crate::exec::parse_seconds;
@@ -38,8 +41,10 @@ pub struct ConnectionsArgs {
     json: bool,
 
     /// Kill connections that sleep (COMMAND 'Sleep') longer than --max-idle,
-    /// never this one nor the server's own threads
-    #[arg(long, requires = "max_idle")]
+    /// never this one nor the server's own threads; needs --user NAME or
+    /// --all-users. Exits 1 when it stopped early (what was killed until
+    /// then is printed first)
+    #[arg(long, requires = "max_idle", requires = "whose_idle")]
     kill_idle: bool,
 
     /// With --kill-idle: idle seconds beyond which a connection is killed;
@@ -48,8 +53,29 @@ pub struct ConnectionsArgs {
     max_idle: Option<Duration>,
 
     /// With --kill-idle: only this user's connections
-    #[arg(long, value_name = "NAME", requires = "kill_idle")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "kill_idle",
+        group = "whose_idle"
+    )]
     user: Option<String>,
+
+    /// With --kill-idle: every user's idle connections (say so explicitly;
+    /// there is no default)
+    #[arg(long, requires = "kill_idle", group = "whose_idle")]
+    all_users: bool,
+
+    /// The account the workers (the pool) use: the suggested capacity
+    /// subtracts what every other account holds and applies this account's
+    /// connection limit [default: the URL's user]
+    #[arg(long, value_name = "NAME", conflicts_with = "idle_mode")]
+    for_user: Option<String>,
+
+    /// How many hosts (pools) share the server: the suggested capacity is
+    /// per host
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "idle_mode")]
+    hosts: u32,
 
     /// With --kill-idle: print what would be killed, kill nothing
     #[arg(long, requires = "kill_idle")]
@@ -88,6 +114,14 @@ pub fn run(args: ConnectionsArgs) -> anyhow::Result<ExitCode> {
     if args.check {
         return Ok(check(&args));
     }
+    if args.kill_idle
+        && let Some(max_idle) = args.max_idle
+        && max_idle < dbslots_mysql::MIN_MAX_IDLE
+    {
+        anyhow::bail!(
+            "--max-idle {max_idle:?} is under 1 second: a busy worker's connection sleeps 0 s between two statements, so it would be killed; give at least 1"
+        );
+    }
     common::runtime()?.block_on(async {
         let mut conn = dbslots_mysql::connect_monitor(&args.url).await?;
         let result = if args.kill_idle {
@@ -104,7 +138,18 @@ pub fn run(args: ConnectionsArgs) -> anyhow::Result<ExitCode> {
 async fn report(conn: &mut Conn, args: &ConnectionsArgs) -> anyhow::Result<ExitCode> {
     let limits = ServerLimits::read(conn).await?;
     let list = Processlist::read(conn).await?;
-    let suggestion = limits.suggest_capacity();
+    let fleet = Fleet {
+        user: match &args.for_user {
+            Some(user) => user.clone(),
+            None => dbslots_mysql::ServerUrl::parse(&args.url)?
+                .opts()
+                .user()
+                .unwrap_or_default()
+                .to_string(),
+        },
+        hosts: args.hosts,
+    };
+    let suggestion = limits.suggest_capacity_for(&list, &fleet);
     let url = dbslots_core::redact(&args.url);
     if args.json {
         let doc = serde_json::json!({
@@ -116,7 +161,7 @@ async fn report(conn: &mut Conn, args: &ConnectionsArgs) -> anyhow::Result<ExitC
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
-        print!("{}", render_report(&url, &limits, &list));
+        print!("{}", render_report(&url, &limits, &list, &suggestion));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -140,9 +185,13 @@ fn check(args: &ConnectionsArgs) -> ExitCode {
     ExitCode::from(result.exit_code())
 }
 
-fn render_report(url: &str, limits: &ServerLimits, list: &Processlist) -> String {
+fn render_report(
+    url: &str,
+    limits: &ServerLimits,
+    list: &Processlist,
+    s: &CapacitySuggestion,
+) -> String {
     let mut out = String::new();
-    let s = limits.suggest_capacity();
     let _ = writeln!(
         out,
         "server       {} at {url}, as {}",
@@ -192,9 +241,10 @@ fn render_report(url: &str, limits: &ServerLimits, list: &Processlist) -> String
             "WARNING      {percent}% of max_connections in use: new clients are about to be refused"
         );
     }
+    let per_host = if s.hosts > 1 { " per host" } else { "" };
     let _ = writeln!(
         out,
-        "suggested    pool capacity {}: {}",
+        "suggested    pool capacity {}{per_host}: {}",
         s.capacity, s.reason
     );
     if !limits.account_limits.is_empty() {
@@ -244,30 +294,46 @@ async fn kill(conn: &mut Conn, args: &ConnectionsArgs) -> anyhow::Result<ExitCod
     let max_idle = args
         .max_idle
         .context("--kill-idle needs --max-idle SECONDS")?;
-    let rule = IdleRule {
-        max_idle,
-        user: args.user.clone(),
+    let rule = match (&args.user, args.all_users) {
+        (Some(user), false) => IdleRule::for_user(max_idle, user),
+        (None, true) => IdleRule::all_users(max_idle),
+        _ => anyhow::bail!("--kill-idle needs --user NAME or --all-users"),
     };
-    let victims = dbslots_mysql::kill_idle(conn, &rule, args.dry_run).await?;
+    let kills = dbslots_mysql::kill_idle(conn, &rule, args.dry_run).await?;
+    let stopped = kills.stopped.as_ref().map(|e| {
+        format!(
+            "stopped early after {} of {} connection(s): {e}",
+            kills.victims.len(),
+            kills.matched
+        )
+    });
     if args.json {
         let doc = serde_json::json!({
             "dry_run": args.dry_run,
             "max_idle_seconds": max_idle.as_secs_f64(),
-            "user": args.user,
-            "victims": victims,
+            "user": rule.user(),
+            "all_users": rule.user().is_none(),
+            "matched": kills.matched,
+            "victims": kills.victims,
+            "stopped_early": stopped,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
-        print!("{}", render_victims(&victims, &rule, args.dry_run));
+        print!("{}", render_victims(&kills.victims, &rule, args.dry_run));
     }
-    Ok(ExitCode::SUCCESS)
+    match stopped {
+        Some(why) => {
+            eprintln!("dbslots connections: {why}");
+            Ok(ExitCode::FAILURE)
+        }
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 fn render_victims(victims: &[IdleVictim], rule: &IdleRule, dry_run: bool) -> String {
     let mut out = String::new();
     let whose = rule
-        .user
-        .as_deref()
+        .user()
         .map(|u| format!(" of user {u}"))
         .unwrap_or_default();
     if victims.is_empty() {
@@ -332,7 +398,7 @@ mod tests {
 
     #[test]
     fn each_victim_gets_a_line_with_id_user_host_and_idle_time() {
-        let rule = IdleRule::new(Duration::from_secs(180)).user("app");
+        let rule = IdleRule::for_user(Duration::from_secs(180), "app");
         let text = render_victims(
             &[
                 victim(12, KillOutcome::WouldKill),

@@ -29,7 +29,8 @@ pub struct ExecArgs {
     #[command(flatten)]
     pool: PoolArgs,
 
-    /// Give up after this many seconds without a slot (exit status 75)
+    /// Give up after this many seconds without a slot (exit status 75); 0
+    /// still takes a free slot (also one whose holder crashed)
     /// [default: wait as long as it takes]
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     timeout: Option<Duration>,
@@ -74,7 +75,9 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
     if !v.is_finite() || v < 0.0 {
         return Err(format!("{s:?} must be a non-negative number of seconds"));
     }
-    Duration::try_from_secs_f64(v).map_err(|_| format!("{s:?} is too large"))
+    // Longer than a Duration holds (about 585 billion years): as good as
+    // no limit, which is what Duration::MAX means to the pool.
+    Ok(Duration::try_from_secs_f64(v).unwrap_or(Duration::MAX))
 }
 
 const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
@@ -162,7 +165,11 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let pid = child.id();
     slot.set_holder_pid(pid);
 
-    std::thread::Builder::new()
+    // From here on the command runs holding the slot through the descriptor
+    // it inherited. Whatever fails in dbslots now, the slot must stay with
+    // the command: never unlock it (that would free it for every copy of
+    // the descriptor) before the command has exited.
+    let started = std::thread::Builder::new()
         .name("signal-forwarder".into())
         .spawn(move || {
             loop {
@@ -176,11 +183,13 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
                 // the main thread reaps it, after which we exit).
                 unsafe { libc::kill(pid as libc::pid_t, sig) };
             }
-        })
-        .context("cannot start the signal forwarder")?;
+        });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, pid, "cannot start the signal forwarder; signals sent to dbslots are not passed on to the command");
+    }
 
     let exited = ExitFlag::default();
-    let status = std::thread::scope(|scope| {
+    let waited = std::thread::scope(|scope| {
         if let Some(grace) = stop_grace {
             let (slot, exited) = (&slot, &exited);
             std::thread::Builder::new()
@@ -193,7 +202,19 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         wait_exited(pid);
         exited.set();
         child.wait().context("waiting for the command")
-    })?;
+    });
+    let status = match waited {
+        Ok(status) => status,
+        Err(e) => {
+            // The command may still run: leave the slot with it (a lock is
+            // kept by the command's inherited descriptor after we exit;
+            // releasing it now would free it for every copy).
+            std::mem::forget(slot);
+            return Err(e.context(format!(
+                "after starting the command (pid {pid}); it keeps its slot until it exits"
+            )));
+        }
+    };
     drop(slot);
     use std::os::unix::process::ExitStatusExt;
     let code = match (status.code(), status.signal()) {
@@ -292,5 +313,9 @@ mod tests {
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("soon").is_err());
         assert!(parse_seconds("inf").is_err());
+        // Huge but finite: accepted (a deadline too far to represent means
+        // no deadline), never a panic.
+        assert!(parse_seconds("1e19").is_ok());
+        assert_eq!(parse_seconds("1e30"), Ok(Duration::MAX));
     }
 }

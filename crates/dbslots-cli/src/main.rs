@@ -7,6 +7,7 @@
 mod common;
 mod connections;
 mod exec;
+mod gate;
 mod import;
 mod serve;
 mod spawn;
@@ -43,6 +44,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Show a pool live in the terminal
     Watch(watch::WatchArgs),
+    /// Relay MySQL clients to a server, each holding a slot of the pool
+    Gate(gate::GateArgs),
 }
 
 /// Prints a command-line error and exits: with 3 (UNKNOWN) under --check,
@@ -67,7 +70,13 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => usage_error(e),
     };
-    let _log = common::init_tracing("warn", matches!(cli.command, Command::Spawn(_)));
+    // The gate is a service: its start, drains and idle closes are news.
+    let level = if matches!(cli.command, Command::Gate(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    let _log = common::init_tracing(level, matches!(cli.command, Command::Spawn(_)));
     let result = match cli.command {
         Command::Exec(a) => exec::run(a),
         Command::Spawn(a) => spawn::run(a),
@@ -77,6 +86,7 @@ fn main() -> ExitCode {
         Command::Connections(a) => connections::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Watch(a) => watch::run(a),
+        Command::Gate(a) => gate::run(a),
     };
     match result {
         Ok(code) => code,

@@ -27,7 +27,7 @@ use axum::routing::get;
 use clap::Args;
 use dbslots_core::{Pool, PoolAddr, PoolOptions, PoolStats};
 use dbslots_mysql::mysql_async::Conn;
-use dbslots_mysql::{Processlist, ServerLimits};
+use dbslots_mysql::{AccountUsage, Processlist, ServerLimits};
 use serde_json::{Value, json};
 
 use crate::common::now_unix_ms;
@@ -52,7 +52,7 @@ const SERVER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct ServeArgs {
     /// A pool to show; repeat for several
     /// [default: $DBSLOTS_POOL, else the private default pool]
-    #[arg(long = "pool", env = "DBSLOTS_POOL", value_name = "DIR")]
+    #[arg(long = "pool", env = dbslots_core::env::POOL, value_name = "DIR")]
     pools: Vec<String>,
 
     /// The MySQL server whose connections to show (read with a monitor
@@ -183,16 +183,28 @@ async fn metrics(State(app): State<App>) -> Response {
         Ok(r) => r,
         Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, &e),
     };
-    let server = match &app.server {
-        Some(s) => Some(s.read().await.map(|r| r.limits)),
+    let reading = match &app.server {
+        Some(s) => Some(s.read().await),
         None => None,
     };
+    let server = reading
+        .as_ref()
+        .map(|r| r.as_ref().map(|r| r.limits.clone()).map_err(Clone::clone));
+    let mut body = render_metrics(&readings, server.as_ref());
+    if let Some(Ok(r)) = &reading {
+        // The monitor's own connection stays open: it counts.
+        body.push_str(&render_user_metrics(&AccountUsage::of(
+            &r.limits,
+            &r.processlist,
+            true,
+        )));
+    }
     (
         [
             (header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        render_metrics(&readings, server.as_ref()),
+        body,
     )
         .into_response()
 }
@@ -255,9 +267,7 @@ pub fn pool_stats_json(readings: &[PoolReading], now_ms: u64) -> Value {
     let pools: Vec<Value> = readings
         .iter()
         .map(|r| match &r.stats {
-            Ok(s) => serde_json::to_value(s).unwrap_or_else(
-                |e| json!({ "pool": r.name, "error": format!("cannot show the stats: {e}") }),
-            ),
+            Ok(s) => s.to_json(),
             Err(e) => json!({ "pool": r.name, "error": e }),
         })
         .collect();
@@ -390,6 +400,14 @@ pub fn render_metrics(
     pool_family(
         &mut out,
         readings,
+        "dbslots_pool_over_capacity",
+        "gauge",
+        "Slots held beyond the capacity while a shrink drains.",
+        |s| f64::from(s.over_capacity()),
+    );
+    pool_family(
+        &mut out,
+        readings,
         "dbslots_pool_waiting",
         "gauge",
         "Acquirers queued for a slot right now.",
@@ -473,6 +491,55 @@ pub fn render_metrics(
                 "Most connections open at once since the server started (Max_used_connections).",
                 l.max_used_connections,
             );
+        }
+    }
+    out
+}
+
+/// The per-account families of `GET /metrics`, labelled `user="NAME"`: one
+/// sample per account with connections, as the monitor's account sees them
+/// (every account with PROCESS, else only its own), and
+/// `dbslots_mysql_user_max_connections` only for accounts with a limit
+/// (their own MAX_USER_CONNECTIONS, else the global max_user_connections),
+/// so that `connections / max_connections` exists exactly where a limit
+/// applies.
+pub fn render_user_metrics(usages: &[AccountUsage]) -> String {
+    let mut out = String::new();
+    /// A family: name, help, and the account's value (none: no sample).
+    type UserFamily = (&'static str, &'static str, fn(&AccountUsage) -> Option<u64>);
+    let families: [UserFamily; 4] = [
+        (
+            "dbslots_mysql_user_connections",
+            "Connections of the account (user name) now.",
+            |u| Some(u.connections),
+        ),
+        (
+            "dbslots_mysql_user_max_connections",
+            "The connection limit that applies to the account: its own MAX_USER_CONNECTIONS, else the global max_user_connections.",
+            |u| u.limit.map(|(n, _)| n),
+        ),
+        (
+            "dbslots_mysql_user_sleeping",
+            "Connections of the account that sleep (COMMAND Sleep).",
+            |u| Some(u.sleeping()),
+        ),
+        (
+            "dbslots_mysql_user_oldest_idle_seconds",
+            "How long the account's longest sleeping connection has been idle (0 for none).",
+            |u| Some(u.oldest_idle().unwrap_or(0)),
+        ),
+    ];
+    for (name, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for u in usages {
+            if let Some(v) = value(u) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{user=\"{}\"}} {v}",
+                    escape_label_value(&u.user)
+                );
+            }
         }
     }
     out
@@ -698,6 +765,37 @@ mod tests {
         let text = render_metrics(&[], Some(&Err("refused".into())));
         assert!(text.lines().any(|l| l == "dbslots_mysql_up 0"));
         assert!(!text.contains("dbslots_mysql_threads_connected"));
+    }
+
+    #[test]
+    fn user_metrics_have_a_limit_only_where_one_applies() {
+        let usages = [
+            AccountUsage {
+                user: "app".into(),
+                connections: 9,
+                idle_seconds: vec![40, 3],
+                limit: Some((10, dbslots_mysql::LimitSource::Account)),
+            },
+            AccountUsage {
+                user: "o\"dd".into(),
+                connections: 1,
+                idle_seconds: Vec::new(),
+                limit: None,
+            },
+        ];
+        let text = render_user_metrics(&usages);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.contains(&"dbslots_mysql_user_connections{user=\"app\"} 9"));
+        assert!(lines.contains(&"dbslots_mysql_user_max_connections{user=\"app\"} 10"));
+        assert!(lines.contains(&"dbslots_mysql_user_sleeping{user=\"app\"} 2"));
+        assert!(lines.contains(&"dbslots_mysql_user_oldest_idle_seconds{user=\"app\"} 40"));
+        assert!(lines.contains(&"dbslots_mysql_user_connections{user=\"o\\\"dd\"} 1"));
+        assert!(lines.contains(&"dbslots_mysql_user_oldest_idle_seconds{user=\"o\\\"dd\"} 0"));
+        assert_eq!(
+            text.matches("dbslots_mysql_user_max_connections{").count(),
+            1
+        );
+        assert_eq!(text.matches("# TYPE ").count(), 4);
     }
 
     #[test]

@@ -42,9 +42,21 @@ use crate::exec::parse_seconds;
 /// from the same pool. Workers run in their own process groups, with stdin
 /// from their slot or from /dev/null.
 ///
-/// Ctrl-C, SIGTERM or SIGHUP: nothing new starts, every worker (with its
-/// children) gets SIGTERM, and SIGKILL after --grace seconds or at a second
-/// signal. A summary goes to stderr at the end.
+/// A worker's slot is given back only when no process of the worker's
+/// process group is left: a worker that exits but leaves a child behind
+/// keeps its slot until the child ends too.
+///
+/// Workers' lines (prefixed with [INDEX]) are written by a thread of their
+/// own: when stdout or stderr is not read (a pager left on a page, a
+/// stalled terminal), lines that do not fit in 2 MiB are dropped and
+/// counted, and the fleet runs on. --log-dir keeps every line. If dbslots
+/// dies, the workers' output pipes break: workers start with SIGPIPE
+/// ignored, so they run on (a failed write of theirs is theirs to handle).
+///
+/// Ctrl-C, SIGTERM or SIGHUP: nothing new starts, every worker's process
+/// group (with what a worker left behind) gets SIGTERM, and SIGKILL after
+/// --grace seconds or at a second signal. A summary goes to stderr at the
+/// end.
 ///
 /// Exit status: 0 when every worker exited with 0; 1 when any failed or was
 /// killed by a signal; 2 on a usage error or when the pool, the joblog or

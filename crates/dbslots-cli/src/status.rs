@@ -45,7 +45,7 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct ResizeArgs {
     /// The pool
-    #[arg(long, env = "DBSLOTS_POOL", value_name = "DIR")]
+    #[arg(long, env = dbslots_core::env::POOL, value_name = "DIR")]
     pool: Option<String>,
 
     /// The new capacity
@@ -62,7 +62,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let stats = pool.stats()?;
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &stats)?;
+        serde_json::to_writer_pretty(&mut out, &stats.to_json())?;
         writeln!(out)?;
     } else {
         write!(out, "{}", render_table(&stats, now_unix_ms()))?;
@@ -118,6 +118,13 @@ pub fn render_table(s: &PoolStats, now_ms: u64) -> String {
         "slots       {} of {} in use, {} waiting, peak {}\n",
         s.active, s.capacity, s.waiting, s.peak
     );
+    if s.over_capacity() > 0 {
+        t += &format!(
+            "            OVER CAPACITY by {}: a shrink is draining; nobody new is admitted until fewer than {} slots are held\n",
+            s.over_capacity(),
+            s.capacity
+        );
+    }
     t += &format!(
         "counters    {} acquisitions, {} timeouts\n",
         s.acquisitions, s.timeouts
@@ -194,5 +201,17 @@ mod tests {
         assert!(!t.contains("HOST"), "{t}");
         let t = render_table(&stats(Some("web-3")), 3_500);
         assert!(t.contains("HOST") && t.contains("web-3"), "{t}");
+        assert!(!t.contains("OVER CAPACITY"), "{t}");
+    }
+
+    #[test]
+    fn a_draining_shrink_is_shown_as_over_capacity() {
+        let mut s = stats(None);
+        s.capacity = 1;
+        s.active = 3;
+        let t = render_table(&s, 3_500);
+        assert!(t.contains("3 of 1 in use"), "{t}");
+        assert!(t.contains("OVER CAPACITY by 2"), "{t}");
+        assert_eq!(s.to_json()["over_capacity"], 2);
     }
 }

@@ -34,7 +34,7 @@ const REFRESH: Duration = Duration::from_secs(1);
 pub struct WatchArgs {
     /// The pool
     /// [default: $XDG_RUNTIME_DIR/dbslots/default, or /run/dbslots/default for root]
-    #[arg(long, env = "DBSLOTS_POOL", value_name = "DIR")]
+    #[arg(long, env = dbslots_core::env::POOL, value_name = "DIR")]
     pool: Option<String>,
 
     /// The MySQL server whose connections to show as well (read with a
@@ -235,10 +235,18 @@ pub fn render(
         Ok(s) => {
             top.push(format!("pool      {} ({})", s.pool, s.backend));
             top.push(format!(
-                "slots     {} {} of {} in use",
+                "slots     {} {} of {} in use{}",
                 bar(u64::from(s.active), u64::from(s.capacity), bar_width),
                 s.active,
-                s.capacity
+                s.capacity,
+                if s.over_capacity() > 0 {
+                    format!(
+                        "  OVER CAPACITY by {} (a shrink is draining)",
+                        s.over_capacity()
+                    )
+                } else {
+                    String::new()
+                }
             ));
             top.push(format!(
                 "          capacity {}  active {}  waiting {}  free {}  peak {}",

@@ -7,6 +7,10 @@
 //! holder POOL burst HOLD_MS COUNTER acquire, count holders in COUNTER (8-byte shared file),
 //!                                   hold, release, print "TIMES <arrived> <acquired> <released>"
 //!                                   (CLOCK_MONOTONIC nanoseconds)
+//! holder POOL many N                acquire N slots, print "HELD N"; release all at EOF/a line
+//! holder POOL chaos I SHARED ROUNDS ROUNDS times: acquire, set flag I in SHARED, check that
+//!                                   no more flags are set than SHARED's "allowed" word, hold a
+//!                                   few ms, clear the flag, release; print "DONE"
 //! ```
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -91,9 +95,68 @@ fn main() {
             drop(slot);
             writeln!(out, "TIMES {arrived} {acquired} {released}").ok();
         }
+        "many" => {
+            let n: u32 = args[3].parse().expect("N is a number");
+            let slots: Vec<_> = (0..n)
+                .map(|_| pool.blocking_acquire().expect("acquire one of many"))
+                .collect();
+            writeln!(out, "HELD {}", slots.len()).ok();
+            out.flush().ok();
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).ok();
+            drop(slots);
+            writeln!(out, "RELEASED").ok();
+        }
+        "chaos" => chaos(&pool, &args[3..]),
         other => {
             eprintln!("holder: unknown mode {other:?}");
             std::process::exit(2);
         }
     }
+}
+
+/// One chaos participant (see `tests/it/chaos.rs`). SHARED holds u32 words:
+/// 0 = holders allowed now, 1 = violations, 2 = most holders seen, 4.. =
+/// one flag per participant (1 while it holds a slot).
+fn chaos(pool: &Pool, args: &[String]) {
+    let index: usize = args[0].parse().expect("I");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&args[1])
+        .expect("SHARED exists");
+    let rounds: u32 = args[2].parse().expect("ROUNDS");
+    let map = memmap2::MmapRaw::map_raw(&file).expect("SHARED maps");
+    let words = map.len() / 4;
+    // SAFETY: the shared file is a whole number of u32 words, page-aligned.
+    let word = |i: usize| unsafe { &*(map.as_mut_ptr() as *const AtomicU32).add(i) };
+    let mut seed = mono_ns() ^ (std::process::id() as u64) << 32;
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for _ in 0..rounds {
+        let slot = match pool.blocking_acquire_timeout(Duration::from_secs(40)) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("holder {index}: {e}");
+                std::process::exit(3);
+            }
+        };
+        word(4 + index).store(1, Ordering::SeqCst);
+        let inside: u32 = (4..words).map(|i| word(i).load(Ordering::SeqCst)).sum();
+        let allowed = word(0).load(Ordering::SeqCst);
+        word(2).fetch_max(inside, Ordering::SeqCst);
+        if inside > allowed {
+            word(1).fetch_add(1, Ordering::SeqCst);
+            eprintln!("holder {index}: {inside} holders inside with {allowed} allowed");
+        }
+        std::thread::sleep(Duration::from_millis(2 + rand(15)));
+        word(4 + index).store(0, Ordering::SeqCst);
+        drop(slot);
+        std::thread::sleep(Duration::from_millis(rand(10)));
+    }
+    println!("DONE");
 }

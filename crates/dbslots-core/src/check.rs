@@ -197,6 +197,9 @@ pub fn format_seconds(d: Duration) -> String {
 pub struct CheckResult {
     /// The verdict.
     pub status: CheckStatus,
+    /// What was checked, shown before everything else (`pool /run/app/db`);
+    /// `None` when the phrases say it themselves.
+    pub subject: Option<String>,
     /// What passed a threshold, worst first.
     pub problems: Vec<Problem>,
     /// What was measured besides: one phrase each.
@@ -210,6 +213,7 @@ impl CheckResult {
     pub fn ok() -> CheckResult {
         CheckResult {
             status: CheckStatus::Ok,
+            subject: None,
             problems: Vec::new(),
             details: Vec::new(),
             perfdata: Vec::new(),
@@ -221,6 +225,7 @@ impl CheckResult {
     pub fn unknown(why: impl Into<String>) -> CheckResult {
         CheckResult {
             status: CheckStatus::Unknown,
+            subject: None,
             problems: vec![Problem {
                 status: CheckStatus::Unknown,
                 text: why.into(),
@@ -258,7 +263,7 @@ impl CheckResult {
         self.status.exit_code()
     }
 
-    /// The line: `STATUS: problems; details | 'label'=value;warn;crit;min;max ...`.
+    /// The line: `STATUS: [subject: ]problems; details | 'label'=value;warn;crit;min;max ...`.
     pub fn line(&self) -> String {
         let text: Vec<String> = self
             .problems
@@ -268,7 +273,12 @@ impl CheckResult {
             .map(|t| one_line(t))
             .filter(|t| !t.is_empty())
             .collect();
-        let mut line = format!("{}: {}", self.status.label(), text.join("; "));
+        let mut line = format!("{}: ", self.status.label());
+        if let Some(subject) = &self.subject {
+            line.push_str(&one_line(subject));
+            line.push_str(": ");
+        }
+        line.push_str(&text.join("; "));
         if !self.perfdata.is_empty() {
             line.push_str(" |");
             for p in &self.perfdata {
@@ -373,14 +383,14 @@ impl PoolCheck {
         };
 
         let mut result = CheckResult::ok();
+        result.subject = Some(format!("pool {}", stats.pool));
         if let Some((waited, w)) = oldest_waiter
             && waited > self.crit_wait
         {
             result.problem(
                 CheckStatus::Critical,
                 format!(
-                    "pool {}: the oldest waiter ({}) has waited {} (more than {}): the capacity is too small or a holder hangs, {holder_text}",
-                    stats.pool,
+                    "the oldest waiter ({}) has waited {} (more than {})",
                     who(w.pid, w.host.as_deref()),
                     format_seconds(waited),
                     format_seconds(self.crit_wait)
@@ -391,20 +401,24 @@ impl PoolCheck {
             result.problem(
                 CheckStatus::Warning,
                 format!(
-                    "pool {}: {} waiting (more than {warn_waiting}): waiters pile up, the capacity is too small or a holder hangs, {holder_text}",
-                    stats.pool, stats.waiting
+                    "{} waiting (more than {warn_waiting}): waiters pile up",
+                    stats.waiting
                 ),
             );
         }
         result.detail(format!(
-            "pool {}: {} of {} slots in use, {} waiting",
-            stats.pool, stats.active, stats.capacity, stats.waiting
+            "{} of {} slots in use, {} waiting",
+            stats.active, stats.capacity, stats.waiting
         ));
         if let Some((waited, _)) = oldest_waiter {
             result.detail(format!("oldest wait {}", format_seconds(waited)));
         }
         if result.status == CheckStatus::Ok {
             result.detail(holder_text);
+        } else {
+            result.detail(format!(
+                "the capacity is too small or a holder hangs: {holder_text}"
+            ));
         }
         let seconds = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64());
         result.perfdata = vec![
@@ -507,7 +521,13 @@ mod tests {
     fn a_quiet_pool_is_ok_and_names_its_oldest_holder() {
         let r = PoolCheck::default().evaluate(&stats(&[]), 100_000);
         assert_eq!(r.status, CheckStatus::Ok, "{}", r.line());
-        assert!(r.line().starts_with("OK: pool /run/app/db: 2 of 2 slots in use, 0 waiting; oldest holder pid 42 has held slot 1 for 95s |"), "{}", r.line());
+        assert!(
+            r.line().starts_with(
+                "OK: pool /run/app/db: 2 of 2 slots in use, 0 waiting; oldest holder pid 42 has held slot 1 for 95s |"
+            ),
+            "{}",
+            r.line()
+        );
         assert!(r.line().contains("'active'=2;;;0;2"), "{}", r.line());
         assert!(r.line().contains("'timeouts'=1c;;;0"), "{}", r.line());
     }
@@ -545,5 +565,12 @@ mod tests {
             r.line()
         );
         assert!(r.line().contains("'oldest_wait'=40s;;30;0"), "{}", r.line());
+        assert!(
+            r.line().starts_with(
+                "CRITICAL: pool /run/app/db: the oldest waiter (pid 100) has waited 40s (more than 30s); 2 of 2 slots in use, 1 waiting; oldest wait 40s; the capacity is too small or a holder hangs: oldest holder pid 42 has held slot 1 for 95s |"
+            ),
+            "{}",
+            r.line()
+        );
     }
 }

@@ -120,6 +120,20 @@ pub enum Error {
         /// What happened and what to do.
         message: String,
     },
+    /// A pool handle was used in a process forked from the one that opened
+    /// it, without `exec`: the child shares the parent's lock descriptions,
+    /// so it could neither take nor release a slot of its own.
+    #[error(
+        "pool {pool} was opened by process {opened_by} and is used in its forked child {used_by}; a pool handle does not survive fork: open the pool again in the child"
+    )]
+    Forked {
+        /// The pool's address.
+        pool: String,
+        /// The process that opened the handle.
+        opened_by: u32,
+        /// The forked child that used it.
+        used_by: u32,
+    },
     /// An operating-system call on a pool file failed.
     #[error("{op} {path}: {source}")]
     Io {

@@ -9,11 +9,12 @@
 //! directory (in any container on the host) takes part, including PHP or
 //! Python workers with their own `flock` (see `docs/protocol.md`).
 //!
-//! Waiting is built around that: an acquirer that finds no free slot queues
-//! on the pool's `gate` file with a blocking `flock` (the kernel serves those
-//! in arrival order), and the head of the queue sleeps on a futex in a shared
-//! memory-mapped board that every release bumps. A freed slot reaches the
-//! next waiter in one futex wake-up instead of a polling interval.
+//! Waiting is built around that: an acquirer that finds no free slot takes a
+//! ticket in a shared memory-mapped board and sleeps on its own futex word
+//! there; a release wakes the head of the queue directly, so a freed slot
+//! reaches the next waiter in one futex wake-up instead of a polling
+//! interval. A waiter that is not running (stopped, frozen) is passed over
+//! within tens of milliseconds and keeps its place for when it resumes.
 //!
 //! ```no_run
 //! use dbslots_core::{Pool, PoolOptions};
@@ -34,6 +35,7 @@
 
 mod addr;
 mod check;
+pub mod env;
 mod error;
 mod file;
 mod pool;
@@ -41,7 +43,9 @@ mod pool;
 mod redis;
 mod stats;
 
-pub use addr::{IntoPoolAddr, PoolAddr, RedisAddr, default_pool_dir, redact};
+pub use addr::{
+    IntoPoolAddr, PoolAddr, RedisAddr, default_pool_dir, redact, redact_text, url_secrets,
+};
 pub use check::{
     CheckResult, CheckStatus, PerfData, PoolCheck, Problem, format_seconds, judge,
     percent_threshold,

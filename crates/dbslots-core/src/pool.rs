@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::addr::{IntoPoolAddr, PoolAddr};
 use crate::error::{Error, Result};
-use crate::file::interrupt::CancelToken;
+use crate::file::cancel::CancelToken;
 use crate::file::{FileOptions, FilePool};
 use crate::stats::PoolStats;
 
@@ -115,8 +115,8 @@ enum Backend {
 ///
 /// # What a waiter costs
 ///
-/// The pool's queue lives in the kernel (a blocking `flock` on the `gate`
-/// file, a futex for the head; a blocking subscription for a Redis pool),
+/// A waiter sleeps in the kernel (a futex word of its own on the pool's
+/// shared board; a blocking subscription for a Redis pool),
 /// so every acquisition that has to wait occupies one thread while it
 /// waits: an async one occupies a thread of tokio's blocking pool
 /// (`spawn_blocking`), which is returned when the wait ends or the future
@@ -128,8 +128,9 @@ enum Backend {
 /// other `spawn_blocking` work (`tokio::fs`) waits behind them.
 ///
 /// A `Pool` is cheap to clone (an `Arc`); clones share file descriptors.
-/// Do not use a `Pool` across `fork` without `exec`: open it again in the
-/// child.
+/// A `Pool` does not survive `fork` without `exec`: used in a forked child
+/// it fails with [`Error::Forked`] (and a [`Slot`] dropped there leaves the
+/// parent's slot alone); open the pool again in the child.
 #[derive(Clone)]
 pub struct Pool {
     inner: Arc<Inner>,
@@ -247,7 +248,7 @@ impl Pool {
     /// # Cancel safety
     ///
     /// This method is cancel safe: dropping the future never leaks a slot. A
-    /// waiter that is dropped leaves the queue (its thread is interrupted),
+    /// waiter that is dropped leaves the queue (its thread is woken),
     /// and a slot it obtained in the meantime is released at once. Like
     /// tokio's `Semaphore::acquire`, cancelling loses the place in the queue.
     ///
@@ -271,8 +272,7 @@ impl Pool {
     /// When called outside a tokio runtime and no slot is free.
     #[cfg(feature = "tokio")]
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Slot> {
-        self.acquire_until_async(Some(Instant::now() + timeout))
-            .await
+        self.acquire_until_async(deadline_after(timeout)).await
     }
 
     /// Blocks the calling thread until a slot is free.
@@ -288,7 +288,7 @@ impl Pool {
     /// [`Error::Timeout`] after that. The blocking form of
     /// [`Pool::acquire_timeout`]; not for async code.
     pub fn blocking_acquire_timeout(&self, timeout: Duration) -> Result<Slot> {
-        self.acquire_until(Some(Instant::now() + timeout), &CancelToken::new())
+        self.acquire_until(deadline_after(timeout), &CancelToken::new())
     }
 
     fn acquire_until(&self, deadline: Option<Instant>, cancel: &CancelToken) -> Result<Slot> {
@@ -367,6 +367,12 @@ impl Pool {
             released: false,
         }
     }
+}
+
+/// The deadline `timeout` from now; `None` (no deadline) for a timeout too
+/// long to represent, such as `Duration::MAX`.
+fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
 }
 
 /// A held slot; released when dropped.
@@ -464,8 +470,8 @@ impl Slot {
     /// `DBSLOTS_SLOT` (the slot number) and `DBSLOTS_POOL` (the address).
     pub fn child_env(&self) -> [(&'static str, String); 2] {
         [
-            ("DBSLOTS_SLOT", self.index.to_string()),
-            ("DBSLOTS_POOL", self.pool.addr().to_string()),
+            (crate::env::SLOT, self.index.to_string()),
+            (crate::env::POOL, self.pool.addr().to_string()),
         ]
     }
 

@@ -15,7 +15,8 @@ pub struct PoolStats {
     pub backend: String,
     /// Slots the pool hands out at most.
     pub capacity: u32,
-    /// Slots held right now.
+    /// Slots held right now, including those above the capacity while a
+    /// shrink drains (see [`PoolStats::over_capacity`]).
     pub active: u32,
     /// Acquirers queued right now.
     pub waiting: u32,
@@ -80,5 +81,22 @@ impl PoolStats {
     /// Free slots (never negative, even while a shrink is draining).
     pub fn free(&self) -> u32 {
         self.capacity.saturating_sub(self.active)
+    }
+
+    /// Slots held beyond the capacity: non-zero only while a shrink drains
+    /// (holders above the new capacity keep their slots until they release,
+    /// and nobody new is admitted meanwhile).
+    pub fn over_capacity(&self) -> u32 {
+        self.active.saturating_sub(self.capacity)
+    }
+
+    /// The JSON document of `dbslots status --json` and `/api/pool-stats`:
+    /// the fields of this struct plus `over_capacity`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = v.as_object_mut() {
+            map.insert("over_capacity".into(), self.over_capacity().into());
+        }
+        v
     }
 }

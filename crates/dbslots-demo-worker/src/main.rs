@@ -13,25 +13,21 @@
 //! * `report` (administrative account) prints the rows queued and processed
 //!   and the server's connection counters, as JSON.
 //!
-//! How `work` connects depends on what it was given, like any worker of
-//! `dbslots spawn`:
-//!
-//! * `DBSLOTS_SLOT` set: the spawner holds a slot for this worker, so it
-//!   connects directly and must not take a second slot;
-//! * else `DBSLOTS_POOL` set: it takes its own slot through
-//!   [`dbslots_mysql::Connector`] (the reference batch mode);
-//! * `--no-slots`: it connects directly with the reference system's retries
-//!   (5 attempts, 100 ms doubling), the way that ran into 1040.
+//! `work` connects the way any worker of `dbslots spawn` should, with
+//! [`Connector::from_env`]: through the slot the spawner holds for it when
+//! `DBSLOTS_SLOT` is set, else through a slot of its own from the pool
+//! `DBSLOTS_POOL` names (the reference batch mode). Under `--no-slots` it
+//! connects directly with the reference system's retries (5 attempts,
+//! 100 ms doubling), the way that ran into 1040.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use dbslots_core::{Pool, PoolOptions};
 use dbslots_mysql::mysql_async::prelude::Queryable;
-use dbslots_mysql::mysql_async::{self, Conn, Opts, OptsBuilder, TxOpts};
-use dbslots_mysql::{Attempt, Connector, ServerLimits, codes};
+use dbslots_mysql::mysql_async::{self, Conn, OptsBuilder, TxOpts};
+use dbslots_mysql::{Attempt, Connection, Connector, ConnectorOptions, ServerLimits, codes};
 use serde_json::json;
 
 /// The jobs table.
@@ -146,19 +142,26 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn opts(url: &str) -> Result<Opts> {
-    Opts::from_url(url).with_context(|| format!("invalid URL {}", dbslots_core::redact(url)))
+/// The server of `url`, TLS as its `ssl-mode` says (PREFERRED by default).
+fn server(url: &str) -> Result<dbslots_mysql::ServerUrl> {
+    dbslots_mysql::ServerUrl::parse(url).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// The options of a worker's connection: the URL's, plus the two settings
-/// mysql_async would otherwise read with a query right after every connect
-/// (`@@max_allowed_packet`, `@@wait_timeout`), as a lightweight worker that
-/// knows its server would. One round trip less per worker start.
-fn worker_opts(url: &str) -> Result<Opts> {
-    Ok(OptsBuilder::from_opts(opts(url)?)
+/// The server of a worker's direct connection: the URL's options, plus the
+/// two settings mysql_async would otherwise read with a query right after
+/// every connect (`@@max_allowed_packet`, `@@wait_timeout`), as a
+/// lightweight worker that knows its server would: one round trip less per
+/// worker start. Used as they are, so the URL must say its `ssl-mode`
+/// (the demo's says DISABLED: PREFERRED would cost a refused TLS attempt
+/// per process against a server without TLS).
+fn worker_server(url: &str) -> Result<dbslots_mysql::ServerUrl> {
+    let opts = OptsBuilder::from_opts(server(url)?.opts().clone())
         .max_allowed_packet(Some(WORKER_MAX_ALLOWED_PACKET))
-        .wait_timeout(Some(WORKER_WAIT_TIMEOUT))
-        .into())
+        .wait_timeout(Some(WORKER_WAIT_TIMEOUT));
+    Ok(dbslots_mysql::ServerUrl::from_opts(
+        opts.into(),
+        url.to_owned(),
+    ))
 }
 
 async fn prepare(
@@ -171,7 +174,8 @@ async fn prepare(
     if workers == 0 || per_worker == 0 {
         bail!("--workers and --rows-per-worker must be at least 1");
     }
-    let mut conn = Conn::new(opts(admin_url)?)
+    let mut conn = server(admin_url)?
+        .connect()
         .await
         .context("cannot connect as the administrator")?;
     if let Some(limit) = max_connections {
@@ -214,7 +218,8 @@ async fn prepare(
     conn.query_drop("FLUSH STATUS").await?;
     conn.disconnect().await?;
 
-    let mut user = Conn::new(opts(url)?)
+    let mut user = server(url)?
+        .connect()
         .await
         .context("cannot connect as the workers' account")?;
     let limits = ServerLimits::read(&mut user).await?;
@@ -281,19 +286,19 @@ impl Opened {
     async fn close(self) -> Result<()> {
         match self {
             Opened::Direct(c) => c.disconnect().await?,
-            Opened::Slotted(c) => c.close().await?,
+            Opened::Slotted(c) => Connection::close(c).await?,
         }
         Ok(())
     }
 }
 
 async fn connect_direct(url: &str, refusals: &mut Refusals) -> Result<Conn> {
-    let opts = worker_opts(url)?;
+    let server = worker_server(url)?;
     let mut delay = DIRECT_FIRST_DELAY;
     for attempt in 1..=DIRECT_ATTEMPTS {
         // Like PDO's ATTR_TIMEOUT in the reference: a connect lost in an
         // overflowing listen backlog would otherwise wait forever.
-        match tokio::time::timeout(DIRECT_TIMEOUT, Conn::new(opts.clone())).await {
+        match tokio::time::timeout(DIRECT_TIMEOUT, server.connect()).await {
             Ok(Ok(conn)) => return Ok(conn),
             Ok(Err(e)) => {
                 let code = match &e {
@@ -356,7 +361,7 @@ fn cpu_time() -> Duration {
 /// runs from there (process start-up before `main` is measured by xtask from
 /// the joblog's start time and `connected_at_ms`).
 async fn work(url: &str, hold: Duration, no_slots: bool, entered: Instant) -> Result<()> {
-    let index = env_u32("DBSLOTS_WORKER_INDEX")?;
+    let index = env_u32(dbslots_core::env::WORKER_INDEX)?;
     let started = entered;
     let mut refusals = Refusals::default();
     let (path, opened) = if no_slots {
@@ -364,18 +369,13 @@ async fn work(url: &str, hold: Duration, no_slots: bool, entered: Instant) -> Re
             "no-slots",
             connect_direct(url, &mut refusals).await.map(Opened::Direct),
         )
-    } else if std::env::var_os("DBSLOTS_SLOT").is_some() {
-        // The spawner holds our slot: a second one from the same pool
-        // would be waiting for ourselves once the pool is full.
-        (
-            "spawner-slot",
-            connect_direct(url, &mut refusals).await.map(Opened::Direct),
-        )
     } else {
-        let pool_dir = std::env::var("DBSLOTS_POOL")
-            .context("neither DBSLOTS_SLOT nor DBSLOTS_POOL is set: run me with `dbslots spawn`")?;
-        let pool = Pool::open(&pool_dir, PoolOptions::new())?;
-        let connector = Connector::new(url, pool)?;
+        let path = if std::env::var_os(dbslots_core::env::SLOT).is_some() {
+            "spawner-slot"
+        } else {
+            "connector"
+        };
+        let connector = Connector::from_env(url, ConnectorOptions::new())?;
         let opened = match connector.connect().await {
             Ok(conn) => {
                 refusals.attempts(conn.failed_attempts());
@@ -390,7 +390,7 @@ async fn work(url: &str, hold: Duration, no_slots: bool, entered: Instant) -> Re
                 Err(anyhow::Error::from(e))
             }
         };
-        ("connector", opened)
+        (path, opened)
     };
     let mut connected_at_ms = None;
     let mut connect_ms = None;
@@ -471,7 +471,8 @@ fn checksum(payload: &str) -> u64 {
 }
 
 async fn report(admin_url: &str) -> Result<()> {
-    let mut conn = Conn::new(opts(admin_url)?)
+    let mut conn = server(admin_url)?
+        .connect()
         .await
         .context("cannot connect as the administrator")?;
     let (queued, done, processed, twice): (u64, Option<u64>, Option<u64>, Option<u64>) = conn

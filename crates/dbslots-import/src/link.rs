@@ -15,7 +15,7 @@
 use std::ops::{Deref, DerefMut};
 
 use dbslots_core::Pool;
-use mysql_async::{Conn, Opts};
+use mysql_async::Conn;
 
 use crate::error::{Error, Result};
 
@@ -27,8 +27,8 @@ pub(crate) enum Connector {
     Pooled(dbslots_mysql::Connector),
     /// Straight to the server.
     Direct {
-        /// The driver's options.
-        opts: Opts,
+        /// The server, with TLS as its `ssl-mode` says.
+        server: dbslots_mysql::ServerUrl,
         /// The URL, password redacted.
         url: String,
     },
@@ -44,24 +44,43 @@ pub(crate) struct ConnectFailure {
 impl Connector {
     pub fn new(url: &str, pool: Option<Pool>) -> Result<Connector> {
         let redacted = dbslots_core::redact(url);
-        let opts = Opts::from_url(url).map_err(|e| Error::InvalidUrl {
+        let server = dbslots_mysql::ServerUrl::parse(url).map_err(|e| Error::InvalidUrl {
             url: redacted.clone(),
-            reason: e.to_string(),
+            reason: match e {
+                dbslots_mysql::Error::InvalidUrl { reason, .. } => reason,
+                other => other.to_string(),
+            },
         })?;
-        if opts.db_name().is_none_or(str::is_empty) {
+        if server.opts().db_name().is_none_or(str::is_empty) {
             return Err(Error::InvalidUrl {
                 url: redacted,
                 reason: "it names no database".into(),
             });
         }
+        // Started by `dbslots spawn`/`exec` holding a slot of this very
+        // pool: use that slot, never wait for a second one (which, in a
+        // full pool, would wait for this process's own slot).
+        let inherited = dbslots_core::env::inherited_slot()
+            .ok()
+            .flatten()
+            .zip(pool.as_ref())
+            .is_some_and(|(held, pool)| &held.pool == pool.addr());
         Ok(match pool {
-            Some(pool) => Connector::Pooled(dbslots_mysql::Connector::from_opts(
-                opts,
+            Some(_) if inherited => Connector::Pooled(
+                dbslots_mysql::Connector::from_env(url, dbslots_mysql::ConnectorOptions::new())
+                    .map_err(|e| Error::Connect {
+                        url: redacted.clone(),
+                        waited: std::time::Duration::ZERO,
+                        message: e.to_string(),
+                    })?,
+            ),
+            Some(pool) => Connector::Pooled(dbslots_mysql::Connector::from_server(
+                server,
                 pool,
                 dbslots_mysql::ConnectorOptions::new(),
             )),
             None => Connector::Direct {
-                opts,
+                server,
                 url: redacted,
             },
         })
@@ -83,7 +102,7 @@ impl Connector {
         match self {
             Connector::Pooled(c) => match c.connect().await {
                 Ok(conn) => {
-                    tracing::debug!(url = %c.url(), id = conn.id(), slot = conn.slot().map(dbslots_core::Slot::index), "connected");
+                    tracing::debug!(url = %c.url(), id = conn.id(), slot = conn.slot_index(), "connected");
                     Ok(Connection::Pooled(conn))
                 }
                 Err(e) => Err(ConnectFailure {
@@ -91,13 +110,13 @@ impl Connector {
                     message: e.to_string(),
                 }),
             },
-            Connector::Direct { opts, url } => match Conn::new(opts.clone()).await {
+            Connector::Direct { server, url } => match server.connect_once().await {
                 Ok(conn) => {
                     tracing::debug!(url = %url, id = conn.id(), "connected");
                     Ok(Connection::Direct(DirectConn(Some(conn))))
                 }
                 Err(e) => Err(ConnectFailure {
-                    transient: is_transient_connect_error(&e),
+                    transient: is_transient_pooled(&e),
                     message: e.to_string(),
                 }),
             },
@@ -145,7 +164,9 @@ impl Connection {
     /// closed either way.
     pub async fn close(self) {
         let result = match self {
-            Connection::Pooled(c) => c.close().await.map_err(|e| e.to_string()),
+            Connection::Pooled(c) => dbslots_mysql::Connection::close(c)
+                .await
+                .map_err(|e| e.to_string()),
             Connection::Direct(mut c) => match c.0.take() {
                 Some(conn) => conn.disconnect().await.map_err(|e| e.to_string()),
                 None => Ok(()),
@@ -176,41 +197,16 @@ impl Drop for DirectConn {
 /// in time, or refusals and network failures that outlasted the
 /// connector's own retries; not bad credentials or an unknown database.
 fn is_transient_pooled(e: &dbslots_mysql::Error) -> bool {
-    e.is_slot_timeout()
-        || (matches!(e, dbslots_mysql::Error::Connect { .. })
-            && !matches!(e.code(), Some(1044 | 1045 | 1049 | 1129 | 1130)))
+    // Limits, network failures and a server shutting down (1053) may pass;
+    // TLS failures, 3159, access denied and the like need a change first.
+    e.is_slot_timeout() || e.is_retryable() || e.code() == Some(1053)
 }
 
-/// Server codes after which a new connect may succeed: too many
-/// connections (1040, 1203, 1226), the server shutting down (1053).
-fn is_transient_connect_error(e: &mysql_async::Error) -> bool {
-    match e {
-        mysql_async::Error::Server(s) => matches!(s.code, 1040 | 1203 | 1226 | 1053),
-        mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => true,
-        _ => false,
-    }
-}
-
-/// Whether a failed statement means the connection is gone or the
-/// transaction was aborted in a way that a fresh connection and a retry
-/// from the checkpoint fix: I/O errors, a closed connection, a server
-/// shutting down (1053), network errors (1152-1161), lock wait timeout
-/// (1205), deadlock (1213), an interrupted or killed query or session
-/// (1317, 1927, 3169), the inactivity timeout (4031).
+/// Whether a failed statement means the connection is gone
+/// ([`dbslots_mysql::connection_is_gone`], the workspace's one rule) or the
+/// transaction was aborted in a way that a retry from the checkpoint fixes:
+/// lock wait timeout (1205), deadlock (1213), an interrupted query (1317).
 pub(crate) fn is_connection_problem(e: &mysql_async::Error) -> bool {
-    use mysql_async::DriverError;
-    match e {
-        mysql_async::Error::Io(_) => true,
-        mysql_async::Error::Driver(d) => matches!(
-            d,
-            DriverError::ConnectionClosed
-                | DriverError::PacketOutOfOrder
-                | DriverError::UnexpectedPacket { .. }
-        ),
-        mysql_async::Error::Server(s) => matches!(
-            s.code,
-            1053 | 1152..=1161 | 1205 | 1213 | 1317 | 1927 | 3169 | 4031
-        ),
-        _ => false,
-    }
+    dbslots_mysql::connection_is_gone(e)
+        || matches!(e, mysql_async::Error::Server(s) if matches!(s.code, 1205 | 1213 | 1317))
 }

@@ -125,10 +125,14 @@ fn read_pid(path: &Path) -> Option<u32> {
 /// [`Error::InvalidUrl`] for a URL that cannot be parsed; [`Error::Pool`]
 /// when no private directory can be found or created.
 pub fn default_lock_path(url: &str) -> Result<PathBuf> {
-    let opts = mysql_async::Opts::from_url(url).map_err(|e| Error::InvalidUrl {
+    let server = dbslots_mysql::ServerUrl::parse(url).map_err(|e| Error::InvalidUrl {
         url: dbslots_core::redact(url),
-        reason: e.to_string(),
+        reason: match e {
+            dbslots_mysql::Error::InvalidUrl { reason, .. } => reason,
+            other => other.to_string(),
+        },
     })?;
+    let opts = server.opts();
     let db = opts.db_name().unwrap_or("");
     let key = match opts.socket() {
         Some(socket) => format!("{socket}/{db}"),

@@ -17,6 +17,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use serde::Serialize;
+
 use dbslots_core::{CheckResult, CheckStatus, PerfData, format_seconds, judge, percent_threshold};
 
 use crate::limits::ServerLimits;
@@ -58,13 +60,91 @@ impl Default for ServerCheck {
     }
 }
 
-/// Connections of one user, as the check counts them.
-#[derive(Debug, Default)]
-struct Usage {
-    count: u64,
-    sleeping: u64,
-    oldest_idle: Option<u64>,
-    idle_too_long: u64,
+/// Where an account's connection limit comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitSource {
+    /// The account's own `MAX_USER_CONNECTIONS` (refusals are 1226).
+    Account,
+    /// The global `max_user_connections` (refusals are 1203).
+    Global,
+}
+
+impl LimitSource {
+    /// The limit's name as the server spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitSource::Account => "its MAX_USER_CONNECTIONS",
+            LimitSource::Global => "max_user_connections",
+        }
+    }
+
+    /// The error code a connection over this limit gets.
+    pub fn refusal_code(self) -> u16 {
+        match self {
+            LimitSource::Account => crate::codes::USER_LIMIT_REACHED,
+            LimitSource::Global => crate::codes::TOO_MANY_USER_CONNECTIONS,
+        }
+    }
+}
+
+/// The connections of one account (user name) and the limit that applies
+/// to them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccountUsage {
+    /// The user name.
+    pub user: String,
+    /// Its connections.
+    pub connections: u64,
+    /// How long each of its sleeping connections has been idle, in seconds,
+    /// longest first.
+    pub idle_seconds: Vec<u64>,
+    /// The limit that applies, and where it comes from; `None` for none.
+    pub limit: Option<(u64, LimitSource)>,
+}
+
+impl AccountUsage {
+    /// Every account with connections in `list`, by user name, with the
+    /// limit of `limits` that applies to it: the account's own
+    /// `MAX_USER_CONNECTIONS` (the smallest, when the user name has several
+    /// host entries), else the global `max_user_connections`. The server's
+    /// own threads are left out, and so is the connection that read `list`
+    /// unless `count_own` (a check's connection is gone when it is done; a
+    /// kept-open monitor's is not).
+    pub fn of(limits: &ServerLimits, list: &Processlist, count_own: bool) -> Vec<AccountUsage> {
+        let own_user = user_of(&limits.account);
+        let mut users: BTreeMap<&str, (u64, Vec<u64>)> = BTreeMap::new();
+        for p in &list.processes {
+            if (p.id == list.own_id && !count_own) || p.is_system() {
+                continue;
+            }
+            let (count, idle) = users.entry(p.user.as_str()).or_default();
+            *count += 1;
+            idle.extend(p.idle_seconds());
+        }
+        users
+            .into_iter()
+            .map(|(user, (connections, mut idle_seconds))| {
+                idle_seconds.sort_unstable_by(|a, b| b.cmp(a));
+                AccountUsage {
+                    user: user.to_string(),
+                    connections,
+                    idle_seconds,
+                    limit: account_limit(limits, user, own_user),
+                }
+            })
+            .collect()
+    }
+
+    /// Its sleeping connections.
+    pub fn sleeping(&self) -> u64 {
+        self.idle_seconds.len() as u64
+    }
+
+    /// How long its longest sleeping connection has been idle, in seconds.
+    pub fn oldest_idle(&self) -> Option<u64> {
+        self.idle_seconds.first().copied()
+    }
 }
 
 impl ServerCheck {
@@ -161,40 +241,25 @@ impl ServerCheck {
         );
 
         // Each account.
-        let own_user = limits
-            .account
-            .rsplit_once('@')
-            .map_or(limits.account.as_str(), |(u, _)| u);
-        let mut users: BTreeMap<&str, Usage> = BTreeMap::new();
-        for p in &list.processes {
-            if p.id == list.own_id || p.is_system() {
-                continue;
-            }
-            let u = users.entry(p.user.as_str()).or_default();
-            u.count += 1;
-            if let Some(idle) = p.idle_seconds() {
-                u.sleeping += 1;
-                u.oldest_idle = Some(u.oldest_idle.unwrap_or(0).max(idle));
-                if self.max_idle.is_some_and(|m| Duration::from_secs(idle) > m) {
-                    u.idle_too_long += 1;
-                }
-            }
-        }
+        let usages = AccountUsage::of(limits, list, false);
+        let own_user = user_of(&limits.account);
         // (status, percent, text, perfdata) of every account with a limit.
         let mut accounts = Vec::new();
-        for (user, usage) in &users {
-            let Some((limit, which)) = account_limit(limits, user, own_user) else {
+        for usage in &usages {
+            let user = &usage.user;
+            let Some((limit, source)) = usage.limit else {
                 continue;
             };
             let (w, c) = (
                 percent_threshold(limit, warn),
                 percent_threshold(limit, crit),
             );
-            let status = judge(usage.count as f64, Some(w as f64), Some(c as f64));
-            let p = percent(usage.count, limit);
+            let status = judge(usage.connections as f64, Some(w as f64), Some(c as f64));
+            let p = percent(usage.connections, limit);
             let mut text = format!(
-                "account {user} {} of {which} {limit} ({p:.0}%)",
-                usage.count
+                "account {user} {} of {} {limit} ({p:.0}%)",
+                usage.connections,
+                source.name()
             );
             if status != CheckStatus::Ok {
                 let over = if status == CheckStatus::Critical {
@@ -204,14 +269,10 @@ impl ServerCheck {
                 };
                 text.push_str(&format!(
                     ", over {over}%: it is about to be refused with {}",
-                    if which == "max_user_connections" {
-                        "1203"
-                    } else {
-                        "1226"
-                    }
+                    source.refusal_code()
                 ));
             }
-            let perf = PerfData::new(format!("account {user}"), usage.count as f64)
+            let perf = PerfData::new(format!("account {user}"), usage.connections as f64)
                 .thresholds(Some(w as f64), Some(c as f64))
                 .max(limit as f64);
             accounts.push((status, p, text, perf));
@@ -229,32 +290,39 @@ impl ServerCheck {
         }
 
         // Leaks.
-        for (user, usage) in &users {
+        for usage in &usages {
+            let user = &usage.user;
             let oldest = usage
-                .oldest_idle
+                .oldest_idle()
                 .map(|s| format_seconds(Duration::from_secs(s)))
                 .unwrap_or_default();
             if let Some(n) = self.max_idle_count
-                && usage.sleeping > n as u64
+                && usage.sleeping() > n as u64
             {
                 result.problem(
                     CheckStatus::Warning,
                     format!(
                         "account {user} has {} sleeping connections (more than {n}), the oldest idle {oldest}: a leak? end them with `dbslots connections --kill-idle --max-idle SECONDS --user {user}`",
-                        usage.sleeping
+                        usage.sleeping()
                     ),
                 );
             }
+            let idle_too_long = self.max_idle.map_or(0, |m| {
+                usage
+                    .idle_seconds
+                    .iter()
+                    .filter(|s| Duration::from_secs(**s) > m)
+                    .count()
+            });
             if let Some(max_idle) = self.max_idle
-                && usage.idle_too_long > 0
+                && idle_too_long > 0
             {
                 result.problem(
                     CheckStatus::Warning,
                     format!(
-                        "account {user} has {} connections idle longer than {} ({} sleeping), the oldest idle {oldest}: a leak? end them with `dbslots connections --kill-idle --max-idle {} --user {user}`",
-                        usage.idle_too_long,
+                        "account {user} has {idle_too_long} connections idle longer than {} ({} sleeping), the oldest idle {oldest}: a leak? end them with `dbslots connections --kill-idle --max-idle {} --user {user}`",
                         format_seconds(max_idle),
-                        usage.sleeping,
+                        usage.sleeping(),
                         max_idle.as_secs()
                     ),
                 );
@@ -262,12 +330,14 @@ impl ServerCheck {
         }
 
         // The busiest account, and what the numbers rest on.
-        if let Some((user, usage)) = users.iter().max_by_key(|(_, u)| u.count) {
+        if let Some(usage) = usages.iter().max_by_key(|u| u.connections) {
             let mut text = format!(
-                "busiest account {user} with {} connections, {} sleeping",
-                usage.count, usage.sleeping
+                "busiest account {} with {} connections, {} sleeping",
+                usage.user,
+                usage.connections,
+                usage.sleeping()
             );
-            if let Some(idle) = usage.oldest_idle {
+            if let Some(idle) = usage.oldest_idle() {
                 text.push_str(&format!(
                     " (oldest idle {})",
                     format_seconds(Duration::from_secs(idle))
@@ -275,15 +345,15 @@ impl ServerCheck {
             }
             result.detail(text);
         }
-        let visible: u64 = users.values().map(|u| u.count).sum();
-        let only_own = users.keys().all(|u| *u == own_user);
+        let visible: u64 = usages.iter().map(|u| u.connections).sum();
+        let only_own = usages.iter().all(|u| u.user == own_user);
         if only_own && used > visible {
             result.detail(format!(
                 "{own_user} sees only its own connections ({visible} of {used}): grant it PROCESS to check every account"
             ));
         }
-        let sleeping: u64 = users.values().map(|u| u.sleeping).sum();
-        let oldest_idle = users.values().filter_map(|u| u.oldest_idle).max();
+        let sleeping: u64 = usages.iter().map(|u| u.sleeping()).sum();
+        let oldest_idle = usages.iter().filter_map(|u| u.oldest_idle()).max();
         result.perfdata.push(
             PerfData::new("sleeping", sleeping as f64)
                 .thresholds(self.max_idle_count.map(|n| n as f64), None),
@@ -297,11 +367,16 @@ impl ServerCheck {
     }
 }
 
+/// The user name of an account `user@host` (`CURRENT_USER()`).
+fn user_of(account: &str) -> &str {
+    account.rsplit_once('@').map_or(account, |(u, _)| u)
+}
+
 /// The connection limit that applies to `user`, and its name: the
 /// account's own `MAX_USER_CONNECTIONS` (the smallest, when the user name
 /// has several host entries), else the global `max_user_connections`;
 /// `None` for no limit.
-fn account_limit(limits: &ServerLimits, user: &str, own_user: &str) -> Option<(u64, &'static str)> {
+fn account_limit(limits: &ServerLimits, user: &str, own_user: &str) -> Option<(u64, LimitSource)> {
     let own = limits
         .account_limits
         .iter()
@@ -317,9 +392,9 @@ fn account_limit(limits: &ServerLimits, user: &str, own_user: &str) -> Option<(u
                 .filter(|n| *n > 0)
         });
     match own {
-        Some(n) => Some((n, "its MAX_USER_CONNECTIONS")),
+        Some(n) => Some((n, LimitSource::Account)),
         None if limits.max_user_connections > 0 => {
-            Some((limits.max_user_connections, "max_user_connections"))
+            Some((limits.max_user_connections, LimitSource::Global))
         }
         None => None,
     }
@@ -499,6 +574,28 @@ mod tests {
             "{}",
             r.line()
         );
+    }
+
+    #[test]
+    fn account_usage_counts_per_user_with_the_limit_that_applies() {
+        let l = list(&[
+            ("lim10", 3, "Sleep", 5),
+            ("lim10", 1, "Query", 0),
+            ("app", 2, "Sleep", 9),
+        ]);
+        let usages = AccountUsage::of(&limits(8, 0), &l, false);
+        let users: Vec<&str> = usages.iter().map(|u| u.user.as_str()).collect();
+        assert_eq!(users, ["app", "lim10"]);
+        assert_eq!(usages[0].limit, None);
+        assert_eq!(usages[1].connections, 4);
+        assert_eq!(usages[1].sleeping(), 3);
+        assert_eq!(usages[1].oldest_idle(), Some(5));
+        assert_eq!(usages[1].limit, Some((10, LimitSource::Account)));
+        // A kept-open monitor counts its own connection.
+        let usages = AccountUsage::of(&limits(8, 4), &l, true);
+        assert_eq!(usages[2].user, "monitor");
+        assert_eq!(usages[2].connections, 1);
+        assert_eq!(usages[2].limit, Some((4, LimitSource::Global)));
     }
 
     #[test]

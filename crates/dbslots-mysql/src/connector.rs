@@ -17,14 +17,20 @@
 //!   order.
 //! * Opening runs inline on the caller's task, with the slot bound before
 //!   the connect is awaited. If the caller stops waiting (its future is
-//!   dropped, say by a timeout), the connect in progress is dropped first,
-//!   closing its socket, and the slot after it. (A helper task would cost a
-//!   hand-back on every connect: measured +3.5 % of connect latency.)
+//!   dropped, say by a timeout) or the connect deadline fires, the connect
+//!   in progress is dropped first and the slot after it. The driver would
+//!   hand such a half-open connection to a background task to close;
+//!   [`ServerUrl::connect`](crate::ServerUrl::connect) drops it on a thread
+//!   without a runtime instead, where the socket is closed at once, and
+//!   waits for that. (A helper task per connect would cost a hand-back on
+//!   every connect: measured +3.5 % of connect latency; the thread is paid
+//!   only by abandoned connects.)
 //!
 //! What stays outside the client's control: the server tears a closed
-//! connection down a few microseconds after the socket closes, and a
-//! connect attempt abandoned after the connect timeout is closed by the
-//! driver in the background. The reserve kept by
+//! connection down a few microseconds after the socket closes, and with
+//! `ssl-mode=PREFERRED` the one TLS attempt that finds a server without TLS
+//! is closed by the driver in the background (once per [`ServerUrl`]). The
+//! reserve kept by
 //! [`ServerLimits::suggest_capacity`](crate::ServerLimits::suggest_capacity)
 //! covers both.
 
@@ -39,6 +45,7 @@ use mysql_async::{Conn, Opts};
 
 use crate::error::{Attempt, Error, Result, codes, is_retryable};
 use crate::retry::{Backoff, Failure};
+use crate::server_url::ServerUrl;
 
 /// How a [`Connector`] waits for slots and retries refused connects.
 #[derive(Debug, Clone)]
@@ -148,12 +155,40 @@ pub struct Connector {
 }
 
 struct Shared {
-    opts: Opts,
+    server: ServerUrl,
     url: String,
     pool: Pool,
     pool_name: String,
     options: ConnectorOptions,
     via_socket: bool,
+    /// The slot the parent holds for this process ([`Connector::from_env`]).
+    inherited: Option<Inherited>,
+}
+
+/// A slot held by the parent process: it guards one connection at a time,
+/// so connections of this process take turns on it.
+struct Inherited {
+    index: u32,
+    turn: Arc<tokio::sync::Semaphore>,
+}
+
+/// What a connection holds: its own slot, or its turn on the slot the
+/// parent holds. Dropped after the connection's socket is closed.
+enum Hold {
+    Own(Slot),
+    Inherited {
+        index: u32,
+        _turn: tokio::sync::OwnedSemaphorePermit,
+    },
+}
+
+impl Hold {
+    fn index(&self) -> u32 {
+        match self {
+            Hold::Own(slot) => slot.index(),
+            Hold::Inherited { index, .. } => *index,
+        }
+    }
 }
 
 impl fmt::Debug for Connector {
@@ -174,18 +209,90 @@ impl Connector {
     }
 
     /// A connector for `url` with `options`.
+    ///
+    /// TLS follows the URL's `ssl-mode` (PREFERRED by default) and `ssl-ca`;
+    /// see [`ServerUrl`].
     pub fn with_options(url: &str, pool: Pool, options: ConnectorOptions) -> Result<Connector> {
-        let opts = parse_url(url)?;
-        Ok(Self::build(opts, dbslots_core::redact(url), pool, options))
+        Ok(Self::from_server(ServerUrl::parse(url)?, pool, options))
     }
 
-    /// A connector for driver options built in code (`OptsBuilder`).
+    /// A connector for driver options built in code (`OptsBuilder`); their
+    /// own `ssl_opts` decide about TLS.
     pub fn from_opts(opts: Opts, pool: Pool, options: ConnectorOptions) -> Connector {
         let url = describe_opts(&opts);
-        Self::build(opts, url, pool, options)
+        Self::from_server(ServerUrl::from_opts(opts, url), pool, options)
     }
 
-    fn build(opts: Opts, url: String, pool: Pool, options: ConnectorOptions) -> Connector {
+    /// The connector of a worker started by `dbslots spawn` or
+    /// `dbslots exec`: the one line a worker needs.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), dbslots_mysql::Error> {
+    /// use dbslots_mysql::{Connection, Connector, ConnectorOptions};
+    ///
+    /// let conn = Connector::from_env("mysql://app:pw@db/app", ConnectorOptions::new())?
+    ///     .connect()
+    ///     .await?;
+    /// // ... work ...
+    /// Connection::close(conn).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// When the parent holds a slot for this process
+    /// ([`dbslots_core::env::SLOT`] is set), connections use that slot, one
+    /// at a time: a second slot from the same pool would wait for this
+    /// process's own slot once the pool is full. Otherwise each connection
+    /// takes its own slot of the pool [`dbslots_core::env::POOL`] names.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`] for a bad URL; [`Error::Slot`] when the
+    /// environment names no pool (run the worker under `dbslots spawn` or
+    /// `dbslots exec`, or build the connector with [`Connector::new`]) or
+    /// the pool cannot be opened.
+    pub fn from_env(url: &str, options: ConnectorOptions) -> Result<Connector> {
+        use dbslots_core::{PoolOptions, env};
+        let server = ServerUrl::parse(url)?;
+        let redacted = server.redacted().to_string();
+        let slot_error = |source| Error::Slot {
+            url: redacted.clone(),
+            source,
+        };
+        let inherited = env::inherited_slot().map_err(slot_error)?;
+        let addr = match &inherited {
+            Some(held) => held.pool.clone(),
+            None => match std::env::var(env::POOL) {
+                Ok(pool) => dbslots_core::PoolAddr::parse(&pool).map_err(slot_error)?,
+                Err(_) => {
+                    return Err(slot_error(dbslots_core::Error::InvalidAddress {
+                        address: String::new(),
+                        reason: format!(
+                            "neither {} nor {} is set: start this worker with `dbslots spawn` or `dbslots exec`, or give the connector a pool (Connector::new)",
+                            env::SLOT,
+                            env::POOL
+                        ),
+                    }));
+                }
+            },
+        };
+        let pool = Pool::open(addr, PoolOptions::new()).map_err(slot_error)?;
+        let mut connector = Self::from_server(server, pool, options);
+        if let Some(held) = inherited {
+            let shared = Arc::get_mut(&mut connector.inner)
+                .expect("a connector just built has no other handle");
+            shared.inherited = Some(Inherited {
+                index: held.index,
+                turn: Arc::new(tokio::sync::Semaphore::new(1)),
+            });
+        }
+        Ok(connector)
+    }
+
+    /// A connector for a parsed [`ServerUrl`].
+    pub fn from_server(server: ServerUrl, pool: Pool, options: ConnectorOptions) -> Connector {
+        let url = server.redacted().to_string();
+        let opts = server.opts();
         let via_socket = opts.socket().is_some();
         if opts.prefer_socket() && !via_socket {
             tracing::debug!(
@@ -196,12 +303,13 @@ impl Connector {
         let pool_name = pool.addr().to_string();
         Connector {
             inner: Arc::new(Shared {
-                opts,
+                server,
                 url,
                 pool,
                 pool_name,
                 options,
                 via_socket,
+                inherited: None,
             }),
         }
     }
@@ -247,13 +355,39 @@ impl Connector {
         })
     }
 
-    /// Waits for a slot of the pool, up to the slot timeout.
-    async fn take_slot(&self) -> Result<Slot> {
+    /// Waits for a slot of the pool (or for this process's turn on the
+    /// slot its parent holds), up to the slot timeout.
+    async fn take_slot(&self) -> Result<Hold> {
         let shared = &self.inner;
+        let timeout = shared.options.slot_timeout;
+        if let Some(held) = &shared.inherited {
+            let started = Instant::now();
+            return match tokio::time::timeout(timeout, held.turn.clone().acquire_owned()).await {
+                Ok(Ok(turn)) => Ok(Hold::Inherited {
+                    index: held.index,
+                    _turn: turn,
+                }),
+                // The semaphore is never closed; a timeout it is.
+                Ok(Err(_)) | Err(_) => Err(Error::Slot {
+                    url: shared.url.clone(),
+                    source: dbslots_core::Error::Timeout {
+                        pool: format!(
+                            "{} (slot {} held by the parent process, in use by another connection of this process)",
+                            shared.pool_name, held.index
+                        ),
+                        waited: started.elapsed(),
+                        capacity: 1,
+                        active: 1,
+                        waiting: 1,
+                    },
+                }),
+            };
+        }
         shared
             .pool
-            .acquire_timeout(shared.options.slot_timeout)
+            .acquire_timeout(timeout)
             .await
+            .map(Hold::Own)
             .map_err(|source| Error::Slot {
                 url: shared.url.clone(),
                 source,
@@ -269,8 +403,8 @@ impl Connector {
     /// hand-back on every connect (measured: +3.5 % of connect latency).
     async fn open(
         &self,
-        slot: Slot,
-    ) -> std::result::Result<(Conn, Slot, Vec<Attempt>), (Error, Option<Slot>)> {
+        slot: Hold,
+    ) -> std::result::Result<(Conn, Hold, Vec<Attempt>), (Error, Option<Hold>)> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err((self.no_runtime(slot.index()), Some(slot)));
         }
@@ -290,6 +424,7 @@ impl Connector {
                 code: None,
                 message: "no tokio runtime is running (or it is shutting down); connect from inside a runtime, as mysql_async requires".into(),
                 delay: None,
+                advice: None,
             }],
         }
     }
@@ -304,9 +439,10 @@ impl Shared {
         let mut attempts: Vec<Attempt> = Vec::new();
         for number in 1..=options.attempts {
             let started = Instant::now();
+            // A deadline that fires drops the connect, which closes its
+            // socket before this loop goes on (see `ServerUrl::connect`).
             let outcome =
-                crate::deadline::within(options.connect_timeout, Conn::new(self.opts.clone()))
-                    .await;
+                crate::deadline::within(options.connect_timeout, self.server.connect()).await;
             let failure = match outcome {
                 Ok(Ok(conn)) => {
                     tracing::debug!(
@@ -348,6 +484,7 @@ impl Shared {
                 code: failure.code,
                 message: failure.message,
                 delay,
+                advice: failure.advice.map(str::to_string),
             });
             let Some(delay) = delay else { break };
             tokio::time::sleep(delay).await;
@@ -386,7 +523,7 @@ pub struct Connection {
     conn: Option<Conn>,
     /// `None` only after an `ensure_alive` that was cancelled while
     /// re-opening (its task released the slot); the connection is dead then.
-    slot: Option<Slot>,
+    slot: Option<Hold>,
     connector: Connector,
     failed_attempts: Vec<Attempt>,
 }
@@ -395,7 +532,7 @@ impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
             .field("id", &self.conn.as_ref().map(Conn::id))
-            .field("slot", &self.slot.as_ref().map(Slot::index))
+            .field("slot", &self.slot.as_ref().map(Hold::index))
             .field("url", &self.connector.inner.url)
             .field("pool", &self.connector.inner.pool_name)
             .finish()
@@ -418,10 +555,22 @@ impl DerefMut for Connection {
 }
 
 impl Connection {
-    /// The slot this connection holds; `None` only after a cancelled
+    /// The slot this connection holds; `None` when it uses the slot its
+    /// process holds through its parent ([`Connector::from_env`]; see
+    /// [`Connection::slot_index`]) and after a cancelled
     /// [`Connection::ensure_alive`] (the next one takes a new slot).
     pub fn slot(&self) -> Option<&Slot> {
-        self.slot.as_ref()
+        match self.slot.as_ref()? {
+            Hold::Own(slot) => Some(slot),
+            Hold::Inherited { .. } => None,
+        }
+    }
+
+    /// The number of the slot this connection uses, its own or the one its
+    /// process holds through its parent; `None` only after a cancelled
+    /// [`Connection::ensure_alive`].
+    pub fn slot_index(&self) -> Option<u32> {
+        self.slot.as_ref().map(Hold::index)
     }
 
     /// The attempts that failed before this connection was opened (by
@@ -439,20 +588,30 @@ impl Connection {
     /// Sends COM_QUIT, waits until it is written and the socket closed, then
     /// releases the slot.
     ///
+    /// An associated function, called as `Connection::close(conn)`, so that
+    /// `conn.close(statement)` still reaches [`Queryable::close`] through
+    /// `Deref` (as deadpool's `Object::take(this)`).
+    ///
     /// # Errors
     ///
     /// [`Error::Close`] when QUIT could not be sent (the server was gone);
     /// the socket is closed and the slot released all the same.
-    pub async fn close(mut self) -> Result<()> {
-        let conn = self.conn.take().expect(HOLDS_CONN);
-        let slot = self.slot.take();
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future never releases the slot before the socket is
+    /// closed: the connection inside it is dropped (its socket closed)
+    /// first.
+    pub async fn close(mut this: Self) -> Result<()> {
+        let conn = this.conn.take().expect(HOLDS_CONN);
+        let slot = this.slot.take();
         let id = conn.id();
         // `slot` is declared before the disconnect future: if this future is
         // dropped mid-way, the connection (inside the disconnect future) is
         // dropped, closing its socket, before the slot.
         let result = conn.disconnect().await;
         if let Some(slot) = slot {
-            tracing::trace!(pool = %self.connector.inner.pool_name, slot = slot.index(), id, "connection closed");
+            tracing::trace!(pool = %this.connector.inner.pool_name, slot = slot.index(), id, "connection closed");
             drop(slot);
         }
         result.map_err(|source| Error::Close { id, source })
@@ -535,15 +694,7 @@ impl Connection {
         }
         let slot = match slot {
             Some(slot) => slot,
-            None => connector
-                .inner
-                .pool
-                .acquire_timeout(connector.inner.options.slot_timeout)
-                .await
-                .map_err(|source| Error::Slot {
-                    url: connector.inner.url.clone(),
-                    source,
-                })?,
+            None => connector.take_slot().await?,
         };
         let (conn, slot, failed) = connector.open(slot).await.map_err(|(e, _slot)| e)?;
         Ok(Connection {
@@ -554,7 +705,7 @@ impl Connection {
         })
     }
 
-    async fn acquire_new_slot(&self) -> Result<Slot> {
+    async fn acquire_new_slot(&self) -> Result<Hold> {
         self.connector.take_slot().await
     }
 }
@@ -590,30 +741,40 @@ impl Drop for Connection {
 /// (its socket closed) before the slot is released.
 struct Held {
     conn: Conn,
-    slot: Option<Slot>,
+    slot: Option<Hold>,
 }
 
-/// Whether a failed ping means the server no longer has the connection.
-fn connection_is_gone(err: &mysql_async::Error) -> bool {
+/// Whether `err` means the connection is gone: the server no longer has it
+/// or the driver has closed its socket, so nothing more can be sent on it
+/// and the next unit of work needs a new connection. The one rule of the
+/// workspace ([`Connection::ensure_alive`] and the importer use it).
+///
+/// Gone: I/O errors; the driver's "connection closed" and protocol
+/// desynchronisation; the server shutting down (1053), aborting the
+/// connection on a network error (1152-1161), a killed connection or
+/// session (1927, 3169), the inactivity timeout (4031). Not gone: any other
+/// server error (a syntax error, a deadlock, a lock wait timeout: the
+/// connection still works) and driver errors about the statement.
+pub fn connection_is_gone(err: &mysql_async::Error) -> bool {
+    use mysql_async::DriverError;
     match err {
+        mysql_async::Error::Io(_) => true,
+        mysql_async::Error::Driver(d) => matches!(
+            d,
+            DriverError::ConnectionClosed
+                | DriverError::PacketOutOfOrder
+                | DriverError::UnexpectedPacket { .. }
+        ),
         mysql_async::Error::Server(e) => matches!(
             e.code,
-            codes::CONNECTION_KILLED
-                | codes::SESSION_WAS_KILLED
-                | codes::CLIENT_INTERACTION_TIMEOUT
-                | codes::SERVER_SHUTDOWN
+            codes::SERVER_SHUTDOWN | 1152
+                ..=1161
+                    | codes::CONNECTION_KILLED
+                    | codes::SESSION_WAS_KILLED
+                    | codes::CLIENT_INTERACTION_TIMEOUT
         ),
-        // I/O and driver errors: the driver has closed the socket.
-        _ => true,
+        _ => false,
     }
-}
-
-/// Parses a connection URL, never repeating its password in the error.
-pub(crate) fn parse_url(url: &str) -> Result<Opts> {
-    Opts::from_url(url).map_err(|e| Error::InvalidUrl {
-        url: dbslots_core::redact(url),
-        reason: e.to_string(),
-    })
 }
 
 /// `mysql://USER@HOST:PORT/DB` for options built in code.
@@ -636,7 +797,7 @@ mod tests {
 
     #[test]
     fn invalid_urls_are_reported_without_the_password() {
-        let e = parse_url("mysql://app:s3cret@db:notaport/x").unwrap_err();
+        let e = ServerUrl::parse("mysql://app:s3cret@db:notaport/x").unwrap_err();
         let text = e.to_string();
         assert!(!text.contains("s3cret"), "{text}");
         assert!(text.contains("app:***@db"), "{text}");

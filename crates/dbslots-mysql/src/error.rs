@@ -40,6 +40,9 @@ pub mod codes {
     pub const HOST_BLOCKED: u16 = 1129;
     /// ER_HOST_NOT_PRIVILEGED: the account may not connect from this host.
     pub const HOST_NOT_PRIVILEGED: u16 = 1130;
+    /// ER_SECURE_TRANSPORT_REQUIRED: the server accepts only TLS (or
+    /// socket) connections (`require_secure_transport=ON`).
+    pub const SECURE_TRANSPORT_REQUIRED: u16 = 3159;
     /// MariaDB's ER_CONNECTION_KILLED: the connection was killed.
     pub const CONNECTION_KILLED: u16 = 1927;
     /// MySQL's ER_SESSION_WAS_KILLED.
@@ -69,6 +72,10 @@ pub struct Attempt {
     /// How long the connector waited before the next attempt; `None` for
     /// the last attempt.
     pub delay: Option<Duration>,
+    /// What to do about a failure that has no error code (a TLS failure);
+    /// `None` when the code's advice applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advice: Option<String>,
 }
 
 /// Everything that can go wrong in this crate.
@@ -87,6 +94,12 @@ pub enum Error {
         /// The URL, password redacted.
         url: String,
         /// What is wrong with it.
+        reason: String,
+    },
+    /// An [`IdleRule`](crate::IdleRule) that would hit more than intended.
+    #[error("refusing to kill idle connections: {reason}")]
+    InvalidRule {
+        /// What is wrong, and what to give instead.
         reason: String,
     },
     /// No slot came in time, or the pool failed; no connection was opened.
@@ -171,6 +184,15 @@ impl Error {
         }
     }
 
+    /// True for a failed connect that another try later may fix: the last
+    /// attempt was refused for lack of connections (1040, 1203, 1226) or
+    /// failed on the network. False for TLS failures, 3159, access denied
+    /// and everything else that needs a change first.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Connect { .. } | Error::MonitorRefused { .. })
+            && is_retryable(self.code())
+    }
+
     /// True when no slot came before the slot timeout.
     pub fn is_slot_timeout(&self) -> bool {
         matches!(self, Error::Slot { source, .. } if source.is_timeout())
@@ -215,7 +237,10 @@ pub(crate) fn advice(code: Option<u16>) -> &'static str {
             "this account has reached its own MAX_USER_CONNECTIONS (or another per-account limit): make the pool capacity smaller than that limit, end idle connections of the account (`dbslots connections --kill-idle`), or raise it with ALTER USER ... WITH MAX_USER_CONNECTIONS"
         }
         Some(ACCESS_DENIED) => {
-            "check the user name and password in the URL and that the account exists for this client's host; retrying cannot help"
+            "check the user name and password in the URL and that the account exists for this client's host (a MariaDB with require_secure_transport=ON also answers a connection without TLS this way: drop ssl-mode=DISABLED or require_ssl=false); retrying cannot help"
+        }
+        Some(SECURE_TRANSPORT_REQUIRED) => {
+            "the server accepts only TLS connections (require_secure_transport=ON): remove ssl-mode=DISABLED (or require_ssl=false) from the URL, or say ssl-mode=VERIFY_CA&ssl-ca=PATH to also check the server's certificate; retrying cannot help"
         }
         Some(UNKNOWN_DATABASE) => {
             "create the database or correct its name in the URL; retrying cannot help"
@@ -251,13 +276,23 @@ fn connect_message(
     }
     let last = attempts.last();
     let last_code = last.and_then(|a| a.code);
-    match (attempts.len(), last_code) {
-        (0, _) => out.push_str(": no attempt was made"),
-        (1, code) if !is_retryable(code) => {
-            let _ = write!(out, ": not retried, {}", describe_code(code));
+    let what_to_do = last
+        .and_then(|a| a.advice.as_deref())
+        .unwrap_or_else(|| advice(last_code));
+    match (attempts, last_code) {
+        ([], _) => out.push_str(": no attempt was made"),
+        // One attempt that retrying cannot fix: one line, the reason and
+        // what to change.
+        ([a], code) if !is_retryable(code) => {
+            out.push_str(": ");
+            if let Some(code) = code {
+                let _ = write!(out, "error {code}: ");
+            }
+            let _ = write!(out, "{} (not retried); what to do: {what_to_do}", a.message);
+            return out;
         }
-        (n, _) => {
-            let _ = write!(out, ": gave up after {n} attempts");
+        (all, _) => {
+            let _ = write!(out, ": gave up after {} attempts", all.len());
         }
     }
     for a in attempts {
@@ -270,15 +305,8 @@ fn connect_message(
             let _ = write!(out, "; retried after {} ms", d.as_millis());
         }
     }
-    let _ = write!(out, "\nwhat to do: {}", advice(last_code));
+    let _ = write!(out, "\nwhat to do: {what_to_do}");
     out
-}
-
-fn describe_code(code: Option<u16>) -> String {
-    match code {
-        Some(c) => format!("error {c} cannot be fixed by retrying"),
-        None => "this error cannot be fixed by retrying".to_string(),
-    }
 }
 
 fn refused_message(url: &str, code: u16, message: &str) -> String {
@@ -311,6 +339,7 @@ mod tests {
             code: Some(code),
             message: "Too many connections".into(),
             delay: delay.map(Duration::from_millis),
+            advice: None,
         }
     }
 
@@ -342,10 +371,13 @@ mod tests {
                 code: Some(1045),
                 message: "Access denied for user 'app'@'h' (using password: YES)".into(),
                 delay: None,
+                advice: None,
             }],
         };
         let text = e.to_string();
-        assert!(text.contains("not retried, error 1045"), "{text}");
+        assert!(!text.contains('\n'), "one line: {text}");
+        assert!(text.contains("error 1045: Access denied"), "{text}");
+        assert!(text.contains("(not retried)"), "{text}");
         assert!(text.contains("password in the URL"), "{text}");
     }
 
@@ -354,7 +386,7 @@ mod tests {
         for code in [1040, 1203, 1226, 2002, 2003, 2006, 2013] {
             assert!(is_retryable(Some(code)), "{code}");
         }
-        for code in [1044, 1045, 1049, 1064, 1129] {
+        for code in [1044, 1045, 1049, 1064, 1129, 3159] {
             assert!(!is_retryable(Some(code)), "{code}");
         }
         assert!(!is_retryable(None));

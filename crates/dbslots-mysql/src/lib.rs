@@ -29,7 +29,7 @@
 //!
 //! ```no_run
 //! use dbslots_core::{Pool, PoolOptions};
-//! use dbslots_mysql::Connector;
+//! use dbslots_mysql::{Connection, Connector};
 //! use mysql_async::prelude::Queryable;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -37,7 +37,7 @@
 //! let connector = Connector::new("mysql://app:secret@db:3306/app?prefer_socket=false", pool)?;
 //! let mut conn = connector.connect().await?;
 //! let n: Option<u64> = conn.query_first("SELECT COUNT(*) FROM jobs").await?;
-//! conn.close().await?;
+//! Connection::close(conn).await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -51,13 +51,18 @@ mod limits;
 mod monitor;
 mod processlist;
 mod retry;
+mod server_url;
 
-pub use check::ServerCheck;
-pub use connector::{Connection, Connector, ConnectorOptions, Liveness};
+pub use check::{AccountUsage, LimitSource, ServerCheck};
+pub use connector::{Connection, Connector, ConnectorOptions, Liveness, connection_is_gone};
 pub use error::{Attempt, Error, Result, codes};
-pub use limits::{AccountLimit, CapacitySuggestion, MIN_RESERVE, ServerLimits};
-pub use monitor::connect_monitor;
+pub use limits::{
+    AccountLimit, CapacityBound, CapacitySuggestion, Fleet, MIN_RESERVE, ServerLimits,
+};
+pub use monitor::{connect_monitor, connect_monitor_to};
 pub use mysql_async;
 pub use processlist::{
-    IdleRule, IdleVictim, KillOutcome, Process, ProcessGroup, Processlist, kill_idle,
+    IdleAccounts, IdleKills, IdleRule, IdleVictim, KillOutcome, MIN_MAX_IDLE, Process,
+    ProcessGroup, Processlist, kill_idle,
 };
+pub use server_url::{ServerUrl, SslMode};

@@ -6,6 +6,7 @@ use mysql_async::prelude::Queryable;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::processlist::Processlist;
 
 /// The reserve kept free by [`ServerLimits::suggest_capacity`] is at least
 /// this many connections.
@@ -78,12 +79,46 @@ pub struct AccountLimit {
 /// A pool capacity for a server, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CapacitySuggestion {
-    /// The suggested capacity, at least 1.
+    /// The suggested capacity (per host when several share the server), at
+    /// least 1.
     pub capacity: u32,
     /// Connections kept free of `max_connections` for others.
     pub reserve: u64,
+    /// Connections held by accounts other than the workers' when the
+    /// processlist was read (0 when it was not looked at).
+    pub others: u64,
+    /// The number of hosts (pools) the room is divided among.
+    pub hosts: u32,
+    /// Which rule bound the number.
+    pub bound_by: CapacityBound,
     /// The rule that decided, in words.
     pub reason: String,
+}
+
+/// The rule that bound a [`CapacitySuggestion`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CapacityBound {
+    /// `max_connections`, minus the reserve and the other accounts'
+    /// connections.
+    MaxConnections,
+    /// The workers' account limit (its own `MAX_USER_CONNECTIONS`, error
+    /// 1226, or the global `max_user_connections`, error 1203), minus one.
+    AccountLimit,
+    /// Nothing is left: the suggestion is the minimum of 1, and workers
+    /// will be refused.
+    NoRoom,
+}
+
+/// The workers a capacity is suggested for: whose account they use, and
+/// how many hosts (pools) share the server's room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fleet {
+    /// The workers' user name (their connections are the pool's, not
+    /// "others").
+    pub user: String,
+    /// How many pools on different hosts share the server; at least 1.
+    pub hosts: u32,
 }
 
 impl ServerLimits {
@@ -145,40 +180,124 @@ impl ServerLimits {
         .find(|&n| n > 0)
     }
 
-    /// A pool capacity that leaves headroom for everybody else.
-    ///
-    /// The rule: `max_connections` minus a reserve of 10 % (at least
-    /// [`MIN_RESERVE`]) for administrators, monitoring, migrations and other
-    /// clients, and for the moments in which the server still counts a
-    /// connection its client has just closed; and, when the account has a
-    /// connection limit ([`ServerLimits::user_limit`]), at most that limit
-    /// minus one, so that the account can still connect to look at and clean
-    /// up its own connections. At least 1. When several pools (hosts) share
-    /// the server, divide the result among them.
+    /// A pool capacity that leaves headroom, for workers of the account
+    /// that read these limits, on one host, not counting other clients:
+    /// [`ServerLimits::suggest_capacity_for`] with no processlist.
     pub fn suggest_capacity(&self) -> CapacitySuggestion {
+        self.suggest(0, self.user_limit(), 1, None)
+    }
+
+    /// A pool capacity for `fleet`, counting what the other clients hold.
+    ///
+    /// The rule: `max_connections`, minus a reserve of 10 % (at least
+    /// [`MIN_RESERVE`]) for administrators, monitoring and the moments in
+    /// which the server still counts a connection its client has just
+    /// closed, minus the connections that accounts other than
+    /// `fleet.user` hold now (from `list`; the server's own threads do not
+    /// count, nor does the connection that read the list); and at most the
+    /// workers' account limit minus one (its own `MAX_USER_CONNECTIONS`,
+    /// else the global `max_user_connections`), so that the account can
+    /// still connect to look at and clean up its connections. The result is
+    /// divided among `fleet.hosts`. At least 1; [`CapacitySuggestion::bound_by`]
+    /// says which rule decided.
+    ///
+    /// An account without PROCESS sees only its own connections: the
+    /// reason then says that other clients could not be counted.
+    pub fn suggest_capacity_for(&self, list: &Processlist, fleet: &Fleet) -> CapacitySuggestion {
+        let others = list
+            .processes
+            .iter()
+            .filter(|p| p.id != list.own_id && !p.is_system() && p.user != fleet.user)
+            .count() as u64;
+        let monitor_user = self
+            .account
+            .rsplit_once('@')
+            .map_or(self.account.as_str(), |(u, _)| u);
+        let limit = if fleet.user == monitor_user {
+            self.user_limit()
+        } else {
+            self.account_limits
+                .iter()
+                .filter(|a| a.user == fleet.user && a.max_user_connections > 0)
+                .map(|a| a.max_user_connections as u64)
+                .min()
+                .or((self.max_user_connections > 0).then_some(self.max_user_connections))
+        };
+        let blind = list
+            .processes
+            .iter()
+            .all(|p| p.user == monitor_user || p.is_system());
+        let note = if blind && fleet.user != monitor_user {
+            "; only this account's connections are visible (no PROCESS privilege), so other clients were not counted: run this as an administrator"
+        } else if blind {
+            "; other clients could not be counted unless this account has the PROCESS privilege"
+        } else {
+            ""
+        };
+        self.suggest(others, limit, fleet.hosts, Some(&fleet.user))
+            .with_note_if(blind, note)
+    }
+
+    fn suggest(
+        &self,
+        others: u64,
+        account_limit: Option<u64>,
+        hosts: u32,
+        user: Option<&str>,
+    ) -> CapacitySuggestion {
         let max = self.max_connections;
+        let hosts = hosts.max(1);
         let reserve = MIN_RESERVE.max(max.div_ceil(10));
-        let server_room = max.saturating_sub(reserve).max(1);
-        let mut capacity = server_room;
-        let mut reason = format!(
-            "max_connections {max} minus a reserve of {reserve} for administrators and other clients"
-        );
-        if let Some(limit) = self.user_limit() {
-            let account_room = limit.saturating_sub(1).max(1);
-            if account_room < capacity {
-                capacity = account_room;
+        let server_room = max.saturating_sub(reserve).saturating_sub(others);
+        let mut room = server_room;
+        let mut bound_by = CapacityBound::MaxConnections;
+        let mut reason = if others > 0 {
+            format!(
+                "max_connections {max} minus a reserve of {reserve} for administrators and teardown, minus {others} held by other accounts"
+            )
+        } else {
+            format!(
+                "max_connections {max} minus a reserve of {reserve} for administrators and other clients"
+            )
+        };
+        if let Some(limit) = account_limit {
+            let account_room = limit.saturating_sub(1);
+            if account_room < room {
+                room = account_room;
+                bound_by = CapacityBound::AccountLimit;
+                let whose = user.map_or("the account".to_string(), |u| format!("account {u}"));
                 reason = format!(
-                    "the account's connection limit {limit} minus 1 kept for its own monitoring and cleanup"
+                    "{whose}'s connection limit {limit} (errors 1203/1226 beyond it) minus 1 kept for its own monitoring and cleanup"
                 );
             }
         }
+        let per_host = room / u64::from(hosts);
+        if hosts > 1 {
+            reason.push_str(&format!(", divided among {hosts} hosts"));
+        }
+        if per_host == 0 {
+            bound_by = CapacityBound::NoRoom;
+            reason.push_str(": nothing is left, so 1 is the least a pool can have; expect refusals until the others hold fewer connections, or raise the limit");
+        }
         CapacitySuggestion {
-            capacity: u32::try_from(capacity)
+            capacity: u32::try_from(per_host.max(1))
                 .unwrap_or(u32::MAX)
                 .min(dbslots_core::MAX_CAPACITY),
             reserve,
+            others,
+            hosts,
+            bound_by,
             reason,
         }
+    }
+}
+
+impl CapacitySuggestion {
+    fn with_note_if(mut self, yes: bool, note: &str) -> Self {
+        if yes {
+            self.reason.push_str(note);
+        }
+        self
     }
 }
 
@@ -272,6 +391,100 @@ mod tests {
         assert_eq!(limits(151, 0, Some(1)).suggest_capacity().capacity, 1);
         // The account's own limit wins over the global one.
         assert_eq!(limits(151, 10, Some(30)).user_limit(), Some(30));
+    }
+
+    fn process(id: u64, user: &str) -> crate::Process {
+        crate::Process {
+            id,
+            user: user.into(),
+            host: "10.0.0.1:5000".into(),
+            db: None,
+            command: "Sleep".into(),
+            seconds: 1,
+            state: None,
+        }
+    }
+
+    /// The monitor (`admin`, id 1), `app` workers, `other` clients.
+    fn list(app: u64, other: u64) -> Processlist {
+        let mut processes = vec![process(1, "admin"), process(2, "system user")];
+        processes.extend((0..app).map(|i| process(100 + i, "app")));
+        processes.extend((0..other).map(|i| process(200 + i, "other")));
+        Processlist {
+            own_id: 1,
+            processes,
+        }
+    }
+
+    fn fleet(user: &str, hosts: u32) -> Fleet {
+        Fleet {
+            user: user.into(),
+            hosts,
+        }
+    }
+
+    #[test]
+    fn capacity_subtracts_what_the_other_accounts_hold() {
+        let mut l = limits(30, 0, None);
+        l.account = "admin@%".into();
+        // The example: max_connections 30, another account holding
+        // 12: at most 30 - 12 - the reserve (5).
+        let s = l.suggest_capacity_for(&list(4, 12), &fleet("app", 1));
+        assert_eq!((s.capacity, s.others, s.reserve), (13, 12, 5));
+        assert_eq!(s.bound_by, CapacityBound::MaxConnections);
+        assert!(
+            s.reason.contains("minus 12 held by other accounts"),
+            "{}",
+            s.reason
+        );
+        // The workers' own connections are the pool's, not others'.
+        assert_eq!(
+            l.suggest_capacity_for(&list(20, 0), &fleet("app", 1))
+                .capacity,
+            25
+        );
+        // Divided among hosts.
+        let s = l.suggest_capacity_for(&list(0, 12), &fleet("app", 3));
+        assert_eq!((s.capacity, s.hosts), (4, 3));
+        assert!(s.reason.contains("divided among 3 hosts"), "{}", s.reason);
+        // Nothing left: 1, and it says so.
+        let s = l.suggest_capacity_for(&list(0, 40), &fleet("app", 1));
+        assert_eq!((s.capacity, s.bound_by), (1, CapacityBound::NoRoom));
+        assert!(s.reason.contains("nothing is left"), "{}", s.reason);
+    }
+
+    #[test]
+    fn capacity_applies_the_workers_account_limit_not_the_monitors() {
+        let mut l = limits(151, 0, Some(0));
+        l.account = "admin@%".into();
+        l.account_limits = vec![AccountLimit {
+            user: "app".into(),
+            host: "%".into(),
+            max_user_connections: 8,
+        }];
+        let s = l.suggest_capacity_for(&list(3, 0), &fleet("app", 1));
+        assert_eq!((s.capacity, s.bound_by), (7, CapacityBound::AccountLimit));
+        assert!(
+            s.reason.contains("account app's connection limit 8"),
+            "{}",
+            s.reason
+        );
+        // The global max_user_connections (1203) applies to any account.
+        l.max_user_connections = 20;
+        assert_eq!(
+            l.suggest_capacity_for(&list(0, 0), &fleet("batch", 2))
+                .capacity,
+            9
+        );
+        // An account that sees only itself says others were not counted.
+        let mut me = limits(151, 0, Some(0));
+        me.account = "app@%".into();
+        let own = Processlist {
+            own_id: 1,
+            processes: vec![process(1, "app"), process(5, "app")],
+        };
+        let s = me.suggest_capacity_for(&own, &fleet("app", 1));
+        assert!(s.reason.contains("PROCESS"), "{}", s.reason);
     }
 
     #[test]

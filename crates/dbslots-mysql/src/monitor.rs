@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use mysql_async::Conn;
 
-use crate::connector::parse_url;
 use crate::error::{Attempt, Error, Result, codes};
 use crate::retry::Failure;
+use crate::server_url::ServerUrl;
 
 /// How long the monitor waits for its connection.
 const MONITOR_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,10 +25,19 @@ const MONITOR_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// `extra_port`, another account, stopping workers, `KILL` by id).
 /// [`Error::Connect`] for any other failure.
 pub async fn connect_monitor(url: &str) -> Result<Conn> {
-    let opts = parse_url(url)?;
-    let redacted = dbslots_core::redact(url);
-    let via_socket = opts.socket().is_some();
-    let failure = match tokio::time::timeout(MONITOR_CONNECT_TIMEOUT, Conn::new(opts)).await {
+    connect_monitor_to(&ServerUrl::parse(url)?).await
+}
+
+/// [`connect_monitor`] for a parsed [`ServerUrl`] (TLS as its `ssl-mode`
+/// says).
+///
+/// # Errors
+///
+/// As [`connect_monitor`].
+pub async fn connect_monitor_to(server: &ServerUrl) -> Result<Conn> {
+    let redacted = server.redacted().to_string();
+    let via_socket = server.opts().socket().is_some();
+    let failure = match tokio::time::timeout(MONITOR_CONNECT_TIMEOUT, server.connect()).await {
         Ok(Ok(conn)) => return Ok(conn),
         Ok(Err(e)) => Failure::from_driver(&e, via_socket),
         Err(_) => Failure::timed_out(MONITOR_CONNECT_TIMEOUT, via_socket),
@@ -52,6 +61,7 @@ pub async fn connect_monitor(url: &str) -> Result<Conn> {
                 code,
                 message: failure.message,
                 delay: None,
+                advice: failure.advice.map(str::to_string),
             }],
         }),
     }

@@ -140,30 +140,56 @@ impl Processlist {
     }
 }
 
+/// Whose connections an [`IdleRule`] may pick. There is no default: a
+/// rule names one user, or says "every user" in so many words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdleAccounts {
+    /// Only this user's connections.
+    User(String),
+    /// Every user's connections (but never the caller's own connection nor
+    /// the server's threads).
+    All,
+}
+
 /// Which connections count as idle victims, the way pt-kill's
 /// `--match-command Sleep --idle-time N [--match-user U]` picks them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdleRule {
-    /// Only connections idle longer than this. The server counts whole
-    /// seconds.
+    /// Only connections idle longer than this, at least 1 s (the server
+    /// counts whole seconds; [`kill_idle`] refuses less).
     pub max_idle: Duration,
-    /// Only this user's connections; every user's when `None`.
-    pub user: Option<String>,
+    /// Whose connections.
+    pub accounts: IdleAccounts,
 }
 
+/// The shortest `max_idle` [`kill_idle`] accepts: a connection between two
+/// statements of a busy worker sleeps for 0 s.
+pub const MIN_MAX_IDLE: Duration = Duration::from_secs(1);
+
 impl IdleRule {
-    /// Connections idle longer than `max_idle`, of any user.
-    pub fn new(max_idle: Duration) -> Self {
+    /// `user`'s connections idle longer than `max_idle`.
+    pub fn for_user(max_idle: Duration, user: impl Into<String>) -> Self {
         IdleRule {
             max_idle,
-            user: None,
+            accounts: IdleAccounts::User(user.into()),
         }
     }
 
-    /// Only `user`'s connections.
-    pub fn user(mut self, user: impl Into<String>) -> Self {
-        self.user = Some(user.into());
-        self
+    /// Every user's connections idle longer than `max_idle`.
+    pub fn all_users(max_idle: Duration) -> Self {
+        IdleRule {
+            max_idle,
+            accounts: IdleAccounts::All,
+        }
+    }
+
+    /// The user the rule is limited to; `None` for every user.
+    pub fn user(&self) -> Option<&str> {
+        match &self.accounts {
+            IdleAccounts::User(u) => Some(u),
+            IdleAccounts::All => None,
+        }
     }
 
     /// Whether `p` is a victim, seen from the connection `own_id`: it
@@ -172,10 +198,23 @@ impl IdleRule {
     pub fn matches(&self, p: &Process, own_id: u64) -> bool {
         p.id != own_id
             && !p.is_system()
-            && self.user.as_ref().is_none_or(|u| &p.user == u)
+            && self.user().is_none_or(|u| p.user == u)
             && p.idle_seconds()
                 .is_some_and(|idle| Duration::from_secs(idle) > self.max_idle)
     }
+}
+
+/// What [`kill_idle`] did: every victim handled so far, and the error that
+/// stopped it early, if one did.
+#[derive(Debug)]
+pub struct IdleKills {
+    /// The victims handled, in id order, with what became of each.
+    pub victims: Vec<IdleVictim>,
+    /// How many connections matched the rule in the snapshot.
+    pub matched: usize,
+    /// The error that stopped the run before every victim was handled; the
+    /// victims above were handled all the same.
+    pub stopped: Option<Error>,
 }
 
 /// What [`kill_idle`] did with one connection.
@@ -205,23 +244,80 @@ pub struct IdleVictim {
 }
 
 /// Kills the connections that sleep longer than `rule.max_idle`, the way
-/// pt-kill does: only `COMMAND = 'Sleep'`, optionally of one user, never
-/// the connection `conn` itself nor the server's own threads. With
-/// `dry_run` it only reports what it would kill.
+/// pt-kill does: only `COMMAND = 'Sleep'`, of the user the rule names (or
+/// every user, when it says so), never the connection `conn` itself nor the
+/// server's own threads. With `dry_run` it only reports what it would kill.
 ///
 /// Each victim is checked again right before its `KILL`; one that runs a
 /// statement by then is left alone ([`KillOutcome::Busy`]). A connection
 /// that wakes up between that check and the `KILL` can still be hit, as
 /// with pt-kill. Without PROCESS, an account sees and may kill only its
 /// own connections: enough to reap its own leaks.
-pub async fn kill_idle(conn: &mut Conn, rule: &IdleRule, dry_run: bool) -> Result<Vec<IdleVictim>> {
+///
+/// # Errors
+///
+/// [`Error::InvalidRule`] for a `max_idle` under [`MIN_MAX_IDLE`];
+/// [`Error::Query`] when the processlist cannot be read at the start. An
+/// error after that does not lose what was done: it comes back in
+/// [`IdleKills::stopped`], next to the victims handled before it.
+pub async fn kill_idle(conn: &mut Conn, rule: &IdleRule, dry_run: bool) -> Result<IdleKills> {
+    if rule.max_idle < MIN_MAX_IDLE {
+        return Err(Error::InvalidRule {
+            reason: format!(
+                "max_idle {:?} is under 1 s: a busy worker's connection sleeps 0 s between two statements; give at least 1 second",
+                rule.max_idle
+            ),
+        });
+    }
     let list = Processlist::read(conn).await?;
-    let mut victims = Vec::new();
-    for p in list.idle_victims(rule) {
-        let outcome = if dry_run {
-            KillOutcome::WouldKill
-        } else {
-            kill_if_still_idle(conn, p, rule, list.own_id).await?
+    let victims: Vec<Process> = list.idle_victims(rule).into_iter().cloned().collect();
+    let mut killer = ServerKiller {
+        conn,
+        rule,
+        own_id: list.own_id,
+        dry_run,
+    };
+    Ok(handle_each(victims, &mut killer).await)
+}
+
+/// What is done to one victim; a trait so that the loop around it can be
+/// tested without a server.
+trait Kill {
+    async fn kill(&mut self, p: &Process) -> Result<KillOutcome>;
+}
+
+struct ServerKiller<'a> {
+    conn: &'a mut Conn,
+    rule: &'a IdleRule,
+    own_id: u64,
+    dry_run: bool,
+}
+
+impl Kill for ServerKiller<'_> {
+    async fn kill(&mut self, p: &Process) -> Result<KillOutcome> {
+        if self.dry_run {
+            return Ok(KillOutcome::WouldKill);
+        }
+        kill_if_still_idle(self.conn, p, self.rule, self.own_id).await
+    }
+}
+
+/// Runs `kill` on each victim in turn, stopping at the first error and
+/// keeping what was done before it.
+async fn handle_each(victims: Vec<Process>, killer: &mut impl Kill) -> IdleKills {
+    let matched = victims.len();
+    let mut done = Vec::with_capacity(matched);
+    for p in victims {
+        let outcome = match killer.kill(&p).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::warn!(id = p.id, handled = done.len(), matched, error = %e, "stopped killing idle connections early");
+                return IdleKills {
+                    victims: done,
+                    matched,
+                    stopped: Some(e),
+                };
+            }
         };
         tracing::info!(
             id = p.id,
@@ -231,12 +327,16 @@ pub async fn kill_idle(conn: &mut Conn, rule: &IdleRule, dry_run: bool) -> Resul
             outcome = ?outcome,
             "idle connection"
         );
-        victims.push(IdleVictim {
-            process: p.clone(),
+        done.push(IdleVictim {
+            process: p,
             outcome,
         });
     }
-    Ok(victims)
+    IdleKills {
+        victims: done,
+        matched,
+        stopped: None,
+    }
 }
 
 async fn kill_if_still_idle(
@@ -317,13 +417,16 @@ mod tests {
                 .map(|p| p.id)
                 .collect::<Vec<_>>()
         };
-        assert_eq!(ids(&IdleRule::new(Duration::from_secs(180))), [3, 6]);
+        assert_eq!(ids(&IdleRule::all_users(Duration::from_secs(180))), [3, 6]);
         assert_eq!(
-            ids(&IdleRule::new(Duration::from_secs(180)).user("app")),
+            ids(&IdleRule::for_user(Duration::from_secs(180), "app")),
             [3]
         );
-        assert_eq!(ids(&IdleRule::new(Duration::from_secs(200))), [6]);
-        assert_eq!(ids(&IdleRule::new(Duration::from_secs(50))), [3, 4, 6]);
+        assert_eq!(ids(&IdleRule::all_users(Duration::from_secs(200))), [6]);
+        assert_eq!(
+            ids(&IdleRule::all_users(Duration::from_secs(50))),
+            [3, 4, 6]
+        );
     }
 
     #[test]
@@ -336,5 +439,29 @@ mod tests {
         assert_eq!((app_sleep.count, app_sleep.max_seconds), (3, 999));
         assert_eq!(groups.len(), 5);
         assert_eq!(groups.iter().map(|g| g.count).sum::<usize>(), 7);
+    }
+
+    #[tokio::test]
+    async fn an_error_part_way_keeps_what_was_killed_before_it() {
+        let victims: Vec<Process> = list().processes.into_iter().skip(2).take(4).collect();
+        struct FailsThird(u32);
+        impl Kill for FailsThird {
+            async fn kill(&mut self, p: &Process) -> Result<KillOutcome> {
+                self.0 += 1;
+                if self.0 == 3 {
+                    return Err(Error::query(
+                        format!("killing connection {}", p.id),
+                        mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed),
+                    ));
+                }
+                Ok(KillOutcome::Killed)
+            }
+        }
+        let kills = handle_each(victims, &mut FailsThird(0)).await;
+        assert_eq!(kills.matched, 4);
+        let done: Vec<u64> = kills.victims.iter().map(|v| v.process.id).collect();
+        assert_eq!(done, [3, 4]);
+        let err = kills.stopped.expect("stopped early").to_string();
+        assert!(err.contains("killing connection 5"), "{err}");
     }
 }

@@ -13,30 +13,47 @@ pub(crate) struct Failure {
     pub code: Option<u16>,
     /// The server's or the operating system's words.
     pub message: String,
+    /// What to do, for a failure without a code (TLS).
+    pub advice: Option<&'static str>,
 }
 
 impl Failure {
     /// Reads a `mysql_async` error. `via_socket` tells a Unix-socket connect
     /// (2002) from a TCP one (2003).
     pub fn from_driver(err: &mysql_async::Error, via_socket: bool) -> Failure {
-        use mysql_async::{DriverError, Error, IoError};
+        use mysql_async::{DriverError, Error, IoError, TlsError};
         match err {
-            Error::Server(e) => Failure {
-                code: Some(e.code),
-                message: e.message.clone(),
+            Error::Server(e) => Failure::coded(e.code, e.message.clone()),
+            Error::Driver(DriverError::NoClientSslFlagFromServer) => Failure {
+                code: None,
+                message: "TLS is required (ssl-mode REQUIRED or stricter, or require_ssl=true) but the server does not offer it".into(),
+                advice: Some(
+                    "enable TLS on the server (ssl_cert and ssl_key), or, if an unencrypted connection is acceptable here, use ssl-mode=PREFERRED (TLS when offered) or ssl-mode=DISABLED; retrying cannot help",
+                ),
             },
-            Error::Io(IoError::Io(e)) => Failure {
-                code: Some(io_code(e, via_socket)),
-                message: e.to_string(),
+            Error::Io(IoError::Tls(TlsError::Tls(e))) => tls_failure(e),
+            Error::Io(IoError::Tls(e)) => Failure {
+                code: None,
+                message: format!("TLS cannot be set up: {e}"),
+                advice: Some(
+                    "check ssl-ca (a PEM file with the CA certificate) and that the URL's host is a valid name or IP address; retrying cannot help",
+                ),
             },
-            Error::Driver(DriverError::ConnectionClosed) => Failure {
-                code: Some(codes::CR_SERVER_GONE_ERROR),
-                message: "the server closed the connection".into(),
+            Error::Io(IoError::Io(e)) => match e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                Some(tls) => tls_failure(tls),
+                None => Failure::coded(io_code(e, via_socket), e.to_string()),
             },
-            Error::Driver(DriverError::PacketOutOfOrder) => Failure {
-                code: Some(codes::CR_SERVER_LOST),
-                message: "packets out of order: the connection was disturbed".into(),
-            },
+            Error::Driver(DriverError::ConnectionClosed) => Failure::coded(
+                codes::CR_SERVER_GONE_ERROR,
+                "the server closed the connection".into(),
+            ),
+            Error::Driver(DriverError::PacketOutOfOrder) => Failure::coded(
+                codes::CR_SERVER_LOST,
+                "packets out of order: the connection was disturbed".into(),
+            ),
             // A TLS client may see a refusal wrapped in another error
             // ("Received error packet before completion of TLS handshake").
             other => {
@@ -44,8 +61,17 @@ impl Failure {
                 Failure {
                     code: wrapped_limit_code(&message),
                     message,
+                    advice: None,
                 }
             }
+        }
+    }
+
+    fn coded(code: u16, message: String) -> Failure {
+        Failure {
+            code: Some(code),
+            message,
+            advice: None,
         }
     }
 
@@ -58,7 +84,44 @@ impl Failure {
                 codes::CR_CONN_HOST_ERROR
             }),
             message: format!("no answer within the connect timeout of {after:.1?}"),
+            advice: None,
         }
+    }
+}
+
+/// A failed TLS handshake, in words that say which setting to change.
+fn tls_failure(e: &rustls::Error) -> Failure {
+    use rustls::CertificateError as C;
+    let (what, advice) = match e {
+        rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        ) => (
+            "the server's certificate is not issued for the URL's host",
+            "connect by a host name the certificate names, or use ssl-mode=VERIFY_CA to check only that a trusted CA signed it; retrying cannot help",
+        ),
+        rustls::Error::InvalidCertificate(
+            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. },
+        ) => (
+            "the server's certificate is expired or not yet valid",
+            "renew the server's certificate (or correct this host's clock); retrying cannot help",
+        ),
+        rustls::Error::InvalidCertificate(_) => (
+            "the server's certificate is not signed by a trusted CA",
+            "give the CA certificate that signed the server's certificate as ssl-ca=PATH (the server's ssl_ca), or use ssl-mode=REQUIRED to encrypt without checking the certificate; retrying cannot help",
+        ),
+        rustls::Error::AlertReceived(_) => (
+            "the server refused the TLS handshake",
+            "look at the server's TLS settings (tls_version, ssl_cipher) and its error log; retrying cannot help",
+        ),
+        _ => (
+            "the TLS handshake failed",
+            "look at the server's TLS settings and its error log, or try ssl-mode=REQUIRED; retrying cannot help",
+        ),
+    };
+    Failure {
+        code: None,
+        message: format!("TLS: {what} ({e})"),
+        advice: Some(advice),
     }
 }
 

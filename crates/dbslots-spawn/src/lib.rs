@@ -38,9 +38,31 @@
 //!
 //! So on a file pool, adaptive mode is the same with or without
 //! [`hold_slot`](SpawnOptions::hold_slot); the option makes batch mode take
-//! slots, and lets workers of a Redis pool outlive a killed spawner. Only
-//! the workers that get a death signal are started with a `pre_exec` hook
-//! (fork + exec); all others take std's faster `posix_spawn` path.
+//! slots, and lets workers of a Redis pool outlive a killed spawner.
+//!
+//! "Runs to its end" holds in both output modes, with one limit in the
+//! default [`Output::Prefixed`]: the workers' stdout and stderr are pipes
+//! to the spawner, so once it is dead their output has nowhere to go.
+//! Workers start with SIGPIPE ignored, so a write then fails with `EPIPE`
+//! instead of killing the worker; a worker that gives up on a failed write
+//! (`set -e` in a shell, an uncaught `BrokenPipeError` in Python) ends
+//! there, releasing its slot. With [`Output::LogDir`] nothing changes for
+//! the workers when the spawner dies. Workers with prefixed output or a
+//! death signal are started with a `pre_exec` hook (fork + exec); the
+//! others take std's faster `posix_spawn` path.
+//!
+//! # A slot outlives the worker's processes
+//!
+//! Whatever a worker starts stays in its process group unless it leaves it
+//! (`setsid`: daemons). When a worker exits, the spawner keeps its slot
+//! until no process of the group is left, relays the stop signals to the
+//! group meanwhile, and only then gives the slot to the next worker. The
+//! spawner makes itself the child subreaper of its process
+//! (`PR_SET_CHILD_SUBREAPER`, process-wide and permanent) so that it reaps
+//! the group's orphans itself. A process that leaves the group is not
+//! waited for, and, if the spawner is SIGKILLed, a leftover process holds
+//! the slot only if it kept the worker's stdin (the slot's descriptor):
+//! shells give background jobs `/dev/null`.
 //!
 //! A worker learns what it holds from its environment ([`ENV_SLOT`]): when
 //! `DBSLOTS_SLOT` is set, a slot of `DBSLOTS_POOL` is already taken on its
@@ -51,12 +73,15 @@
 //! # Stopping
 //!
 //! SIGINT, SIGTERM or SIGHUP (or [`Stopper::stop`]): nothing new starts,
-//! every running worker's process group gets SIGTERM, and whatever is still
-//! running after the grace period (or at a second signal) gets SIGKILL. Each
+//! every running worker's process group (also the group of a worker that
+//! exited but left processes behind) gets SIGTERM, and whatever is still
+//! running after the grace period (or at a second signal) gets SIGKILL.
+//! Signals are obeyed at once whatever the spawner's stdout and stderr do
+//! (see [`Output::Prefixed`]). Each
 //! worker runs in its own process group, so a Ctrl-C at the terminal reaches
 //! the spawner alone, which then stops the workers in order, their children
 //! included. [`run`](Spawner::run) returns only once every started worker
-//! has been reaped.
+//! has been reaped and its process group is empty.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), dbslots_spawn::Error> {
@@ -76,6 +101,7 @@
 
 mod console;
 mod error;
+mod group;
 mod joblog;
 mod options;
 mod output;

@@ -41,6 +41,10 @@ pub enum Output {
     /// lines that do not fit are dropped and counted (the spawner says how
     /// many, and [`Summary::dropped_lines`](crate::Summary::dropped_lines)).
     /// Use [`Output::LogDir`] to keep every line.
+    ///
+    /// If the spawner dies, the pipes break: workers are started with
+    /// SIGPIPE ignored, so their writes fail with `EPIPE` instead of killing
+    /// them (see the crate documentation).
     #[default]
     Prefixed,
     /// To `DIR/INDEX.log`, stdout and stderr together; the directory is

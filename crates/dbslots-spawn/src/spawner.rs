@@ -21,8 +21,9 @@
 //!   signal (it fires when the forking *thread* exits);
 //! * one *supervisor* task per running worker waits for the process,
 //!   relays the stop phase to the worker's process group as signals, and
-//!   drops the `Slot` right after reaping, never before: a slot is free only
-//!   once its worker is gone. It then streams the remaining output and
+//!   drops the `Slot` once the worker is reaped and its process group is
+//!   empty (`group.rs`), never before: a slot is free only once every
+//!   process that may use it is gone. It then streams the remaining output and
 //!   reports a small `Finished` record;
 //! * the *collector* turns `Finished` records into the joblog, the progress
 //!   display and the tallies of the summary. Memory per worker is a few
@@ -50,6 +51,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::console::{BarStatus, Console, Stream};
 use crate::error::{Error, Result};
+use crate::group;
 use crate::joblog::{Entry, Joblog};
 use crate::options::{Mode, Output, SpawnOptions};
 use crate::output::pump;
@@ -66,6 +68,12 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 /// How long output is still written after a stop once every worker is
 /// reaped (a stalled reader must not keep a stopped spawner alive).
 const OUTPUT_AFTER_STOP: Duration = Duration::from_millis(300);
+
+/// How soon after a worker's exit its group is checked again when
+/// processes it started still run; the pause doubles up to
+/// [`LINGER_POLL_MAX`]. Only workers that leave processes behind pay this.
+const LINGER_POLL_FIRST: Duration = Duration::from_millis(10);
+const LINGER_POLL_MAX: Duration = Duration::from_millis(200);
 
 /// How often the pool is sampled for `peak_slots` when workers take their
 /// own slots.
@@ -169,6 +177,7 @@ impl Spawner {
     /// [`Summary::stop`].
     pub async fn run(self) -> Result<Summary> {
         raise_open_file_limit();
+        group::become_subreaper();
         let joblog = match &self.options.joblog {
             Some(path) => Some(Joblog::create(path)?),
             None => None,
@@ -559,21 +568,34 @@ impl Ctx {
             Some(fd) => cmd.stdin(Stdio::from(fd)),
             None => cmd.stdin(Stdio::null()),
         };
-        if let Some(sig) = death_signal {
+        // Prefixed output goes through pipes to this process: if it dies,
+        // a worker's next line would kill the worker with SIGPIPE. Workers
+        // start with SIGPIPE ignored instead (their writes then fail with
+        // EPIPE), so that they can run to their end. std resets SIGPIPE to
+        // its default in children, so this needs the hook (fork + exec);
+        // workers with --log-dir keep posix_spawn.
+        let ignore_sigpipe = matches!(self.options.output, Output::Prefixed);
+        if death_signal.is_some() || ignore_sigpipe {
             // SAFETY: getpid is async-signal-safe and is called here, in the
             // parent.
             let parent = unsafe { libc::getpid() };
             // SAFETY: the closure runs between fork and exec and only makes
-            // async-signal-safe calls (prctl, getppid, _exit); it allocates
-            // nothing.
+            // async-signal-safe calls (signal, prctl, getppid, _exit); it
+            // allocates nothing.
             unsafe {
                 cmd.pre_exec(move || {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) != 0 {
+                    if ignore_sigpipe && libc::signal(libc::SIGPIPE, libc::SIG_IGN) == libc::SIG_ERR
+                    {
                         return Err(io::Error::last_os_error());
                     }
-                    // The spawner died before prctl: do not run orphaned.
-                    if libc::getppid() != parent {
-                        libc::_exit(128 + sig);
+                    if let Some(sig) = death_signal {
+                        if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) != 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                        // The spawner died before prctl: do not run orphaned.
+                        if libc::getppid() != parent {
+                            libc::_exit(128 + sig);
+                        }
                     }
                     Ok(())
                 });
@@ -617,12 +639,13 @@ impl Ctx {
         tokio::spawn(async move {
             let (exited_tx, exited_rx) = oneshot::channel::<()>();
             let mut stop = ctx.stop.subscribe();
+            let pgid = libc::pid_t::try_from(pid).unwrap_or(0);
             let waiter = async {
                 let mut sent = Phase::Running;
                 let status = loop {
                     let wanted = stop.borrow_and_update().phase;
                     if wanted > sent {
-                        signal_group(pid, wanted, index);
+                        signal_phase(pgid, wanted, index);
                         sent = wanted;
                     }
                     tokio::select! {
@@ -633,7 +656,35 @@ impl Ctx {
                     }
                 };
                 let runtime = started.elapsed();
-                // Reaped: only now may the slot go to the next worker.
+                // The worker is reaped; processes it started may still use
+                // its slot. Keep the slot (and relay the stop phases to
+                // them) until none of its group is left.
+                if slot.is_some() {
+                    let mut pause = LINGER_POLL_FIRST;
+                    let mut announced = false;
+                    while group::alive(pgid) {
+                        if !announced {
+                            announced = true;
+                            tracing::debug!(
+                                worker = index,
+                                pid,
+                                "the worker exited but processes of its group still run; keeping its slot until they end"
+                            );
+                        }
+                        let wanted = stop.borrow_and_update().phase;
+                        if wanted > sent {
+                            signal_phase(pgid, wanted, index);
+                            sent = wanted;
+                        }
+                        tokio::select! {
+                            () = tokio::time::sleep(pause) => {}
+                            _ = stop.changed() => {}
+                        }
+                        pause = (pause * 2).min(LINGER_POLL_MAX);
+                    }
+                }
+                // Reaped, and nothing of its group left: only now may the
+                // slot go to the next worker.
                 if let Some(slot) = slot {
                     drop(slot);
                     ctx.counters.slots.fetch_sub(1, Ordering::Relaxed);
@@ -837,28 +888,22 @@ impl Ctx {
     }
 }
 
-/// Sends the signal of `phase` to worker `pid`'s process group (the worker
-/// and its children), or to the worker alone if it left its group.
-fn signal_group(pid: u32, phase: Phase, index: u32) {
+/// Sends the signal of `phase` to the worker's process group (the worker
+/// and every process it started that stayed in its group).
+fn signal_phase(pgid: libc::pid_t, phase: Phase, index: u32) {
     let sig = match phase {
         Phase::Running => return,
         Phase::Terminate => libc::SIGTERM,
         Phase::Kill => libc::SIGKILL,
     };
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    if pid <= 0 {
-        return;
-    }
-    // SAFETY: plain kill(2); the worker is not reaped yet, so neither its
-    // pid nor its process group id can belong to anybody else.
-    let group = unsafe { libc::kill(-pid, sig) };
-    if group != 0 {
-        // SAFETY: as above.
-        unsafe { libc::kill(pid, sig) };
-    }
-    tracing::debug!(worker = index, pid, signal = sig, "signalled worker");
+    let reached = group::signal(pgid, sig);
+    tracing::debug!(
+        worker = index,
+        pgid,
+        signal = sig,
+        reached,
+        "signalled the worker's group"
+    );
 }
 
 /// SIGINT, SIGTERM and SIGHUP as one stream.

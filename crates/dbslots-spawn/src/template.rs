@@ -5,18 +5,18 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use crate::error::{Error, Result};
 
-/// The worker's 0-based index, `0..count`.
-pub const ENV_WORKER_INDEX: &str = "DBSLOTS_WORKER_INDEX";
-/// How many workers the spawner starts in all.
-pub const ENV_WORKER_COUNT: &str = "DBSLOTS_WORKER_COUNT";
-/// The pool's address (as `dbslots --pool` takes it).
-pub const ENV_POOL: &str = "DBSLOTS_POOL";
-/// The job id given to the spawner; unset when none was given.
-pub const ENV_JOB_ID: &str = "DBSLOTS_JOB_ID";
-/// The slot number taken for this worker, when the spawner took one (see
-/// the crate documentation); unset otherwise. A worker that sees it must
-/// not take another slot from [`ENV_POOL`] for the same connection.
-pub const ENV_SLOT: &str = "DBSLOTS_SLOT";
+// The names live in `dbslots_core::env` (one place for every `DBSLOTS_*`
+// name); these are the spawner's names for them.
+/// The job id given to the spawner ([`dbslots_core::env::JOB_ID`]).
+pub use dbslots_core::env::JOB_ID as ENV_JOB_ID;
+/// The pool's address ([`dbslots_core::env::POOL`]).
+pub use dbslots_core::env::POOL as ENV_POOL;
+/// The slot number taken for this worker ([`dbslots_core::env::SLOT`]).
+pub use dbslots_core::env::SLOT as ENV_SLOT;
+/// How many workers the spawner starts in all ([`dbslots_core::env::WORKER_COUNT`]).
+pub use dbslots_core::env::WORKER_COUNT as ENV_WORKER_COUNT;
+/// The worker's 0-based index, `0..count` ([`dbslots_core::env::WORKER_INDEX`]).
+pub use dbslots_core::env::WORKER_INDEX as ENV_WORKER_INDEX;
 
 const INDEX: &[u8] = b"{index}";
 const COUNT: &[u8] = b"{count}";

@@ -41,6 +41,18 @@ impl Container {
         env: &[&str],
         args: &[String],
     ) -> Result<(Self, u16)> {
+        Self::run_with_volumes(image, container_port, env, &[], args)
+    }
+
+    /// [`Container::run`] with `volumes` as `--volume` values
+    /// (`HOST:CONTAINER[:ro]`).
+    pub(crate) fn run_with_volumes(
+        image: &str,
+        container_port: u16,
+        env: &[&str],
+        volumes: &[String],
+        args: &[String],
+    ) -> Result<(Self, u16)> {
         static SEQUENCE: AtomicU32 = AtomicU32::new(0);
         let mut last_error = None;
         for _ in 0..5 {
@@ -58,6 +70,9 @@ impl Container {
                 .arg(format!("127.0.0.1:{port}:{container_port}"));
             for var in env {
                 command.arg("--env").arg(var);
+            }
+            for volume in volumes {
+                command.arg("--volume").arg(volume);
             }
             command.arg(image).args(args);
             match run_captured(&mut command) {

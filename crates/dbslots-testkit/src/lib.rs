@@ -88,7 +88,7 @@ pub use env::{
 };
 pub use mysql::{
     ADMIN_PASSWORD, ADMIN_USER, DATABASE, DEFAULT_MYSQL_IMAGE, MYSQL_IMAGE_ENV, MysqlOptions,
-    MysqlServer, PASSWORD, USER,
+    MysqlServer, PASSWORD, TlsFiles, USER, make_certificates,
 };
 pub use process::TMPDIR_ENV;
 pub use proxy::FreezableProxy;

@@ -62,6 +62,13 @@ pub struct MysqlOptions {
     /// ([`MysqlServer::detach`]). Local processes only: a container outlives
     /// a killed starter.
     pub attached: bool,
+    /// Whether the server offers TLS, with a certificate for the name
+    /// `localhost` (not for `127.0.0.1`) signed by a CA made at start (see
+    /// [`MysqlServer::tls`]). False by default.
+    pub tls: bool,
+    /// `require_secure_transport=ON`: the server refuses TCP connections
+    /// without TLS. Implies [`MysqlOptions::tls`].
+    pub require_secure_transport: bool,
 }
 
 impl Default for MysqlOptions {
@@ -71,8 +78,169 @@ impl Default for MysqlOptions {
             extra_args: Vec::new(),
             image: None,
             attached: true,
+            tls: false,
+            require_secure_transport: false,
         }
     }
+}
+
+impl MysqlOptions {
+    /// The server's TLS arguments for certificates at `dir` as the server
+    /// sees it.
+    fn tls_args(&self, dir: &str) -> Vec<String> {
+        let mut args = Vec::new();
+        if self.tls || self.require_secure_transport {
+            args.push(format!("--ssl-ca={dir}/{CA_FILE}"));
+            args.push(format!("--ssl-cert={dir}/{CERT_FILE}"));
+            args.push(format!("--ssl-key={dir}/{KEY_FILE}"));
+        }
+        if self.require_secure_transport {
+            args.push("--require-secure-transport=ON".into());
+        }
+        args
+    }
+
+    fn wants_tls(&self) -> bool {
+        self.tls || self.require_secure_transport
+    }
+}
+
+const CA_FILE: &str = "ca.pem";
+const CERT_FILE: &str = "server.pem";
+const KEY_FILE: &str = "server-key.pem";
+
+/// Certificate files made for a test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The CA certificate (PEM): what `ssl-ca=` must name.
+    pub ca: PathBuf,
+    /// The server certificate (PEM), signed by [`TlsFiles::ca`].
+    pub cert: PathBuf,
+    /// The server certificate's private key (PEM).
+    pub key: PathBuf,
+}
+
+/// Makes a fresh CA and a server certificate for `dns_name` signed by it,
+/// in `dir`, with the `openssl` program (installed with apt-get as root when
+/// missing, saying so). Valid for two days; EC P-256 keys (fast to make).
+///
+/// # Errors
+///
+/// When `openssl` is missing and cannot be installed, or fails.
+pub fn make_certificates(dir: &Path, dns_name: &str) -> Result<TlsFiles> {
+    if find_program(&["openssl"]).is_none() {
+        install_with_apt(
+            "openssl",
+            "the openssl program (test certificates)",
+            || find_program(&["openssl"]).is_some(),
+            "the TLS tests make certificates with the openssl program: install the `openssl` package",
+        )?;
+    }
+    let openssl = find_program(&["openssl"]).context("openssl is still missing")?;
+    let files = TlsFiles {
+        ca: dir.join(CA_FILE),
+        cert: dir.join(CERT_FILE),
+        key: dir.join(KEY_FILE),
+    };
+    let ca_key = dir.join("ca-key.pem");
+    let csr = dir.join("server.csr");
+    let ext = dir.join("server.ext");
+    std::fs::write(
+        &ext,
+        format!(
+            "subjectAltName=DNS:{dns_name}\nbasicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        ),
+    )?;
+    let p = |path: &Path| path.display().to_string();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let serial = format!(
+        "{}",
+        std::process::id() as u64 * 1000 + u64::from(rand_u16())
+    );
+    let steps: [Vec<String>; 3] = [
+        ["req", "-x509"]
+            .iter()
+            .chain(&ec)
+            .map(|s| s.to_string())
+            .chain([
+                "-keyout".into(),
+                p(&ca_key),
+                "-out".into(),
+                p(&files.ca),
+                "-days".into(),
+                "2".into(),
+                "-subj".into(),
+                format!("/CN=dbslots test CA {serial}"),
+                "-addext".into(),
+                "basicConstraints=critical,CA:TRUE".into(),
+                "-addext".into(),
+                "keyUsage=critical,keyCertSign,cRLSign".into(),
+            ])
+            .collect(),
+        ["req"]
+            .iter()
+            .chain(&ec)
+            .map(|s| s.to_string())
+            .chain([
+                "-keyout".into(),
+                p(&files.key),
+                "-out".into(),
+                p(&csr),
+                "-subj".into(),
+                format!("/CN={dns_name}"),
+            ])
+            .collect(),
+        [
+            "x509",
+            "-req",
+            "-in",
+            &p(&csr),
+            "-CA",
+            &p(&files.ca),
+            "-CAkey",
+            &p(&ca_key),
+            "-set_serial",
+            &serial,
+            "-out",
+            &p(&files.cert),
+            "-days",
+            "2",
+            "-extfile",
+            &p(&ext),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    ];
+    for args in steps {
+        run_captured(Command::new(&openssl).args(&args))
+            .with_context(|| format!("openssl {} failed", args.join(" ")))?;
+    }
+    // A container's server runs as another user: let it read the key (a
+    // throwaway key of a throwaway server).
+    use std::os::unix::fs::PermissionsExt;
+    for file in [&files.ca, &files.cert, &files.key] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644))?;
+    }
+    Ok(files)
+}
+
+fn rand_u16() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
+    h.finish() as u16
 }
 
 /// A running throwaway MySQL or MariaDB server, stopped and deleted on drop.
@@ -96,6 +264,9 @@ pub struct MysqlServer {
     version: String,
     socket: Option<PathBuf>,
     data_dir: Option<PathBuf>,
+    tls: Option<TlsFiles>,
+    /// Holds the certificates of a container's server.
+    _tls_dir: Option<TempDir>,
 }
 
 #[derive(Debug)]
@@ -188,6 +359,13 @@ impl MysqlServer {
     /// The server's data directory; `None` for a container.
     pub fn data_dir(&self) -> Option<&Path> {
         self.data_dir.as_deref()
+    }
+
+    /// The certificates the server uses when started with
+    /// [`MysqlOptions::tls`]: its certificate is issued for `localhost` only
+    /// and signed by [`TlsFiles::ca`].
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
     }
 
     /// The server version, as `SELECT VERSION()` reports it.
@@ -374,6 +552,15 @@ fn start_process(program: &LocalProgram, options: &MysqlOptions) -> Result<Mysql
     let tmp = dir.path().join("tmp");
     std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     program.initialize(&data, &tmp, &dir.path().join("initialize.log"))?;
+    let tls = if options.wants_tls() {
+        let certs = dir.path().join("tls");
+        std::fs::create_dir(&certs)
+            .with_context(|| format!("cannot create {}", certs.display()))?;
+        Some(make_certificates(&certs, "localhost")?)
+    } else {
+        None
+    };
+    let tls_args = options.tls_args(&dir.path().join("tls").display().to_string());
     let socket = data.join("mysqld.sock");
     let error_log = data.join("error.log");
     let mut attempt = 0;
@@ -401,6 +588,7 @@ fn start_process(program: &LocalProgram, options: &MysqlOptions) -> Result<Mysql
         if let Some(n) = options.max_connections {
             command.arg(format!("--max-connections={n}"));
         }
+        command.args(&tls_args);
         command.args(&options.extra_args);
         let mut process =
             ServerProcess::spawn(command, options.attached, &dir.path().join("server.out"))?;
@@ -416,6 +604,8 @@ fn start_process(program: &LocalProgram, options: &MysqlOptions) -> Result<Mysql
                     version: String::new(),
                     socket: Some(socket),
                     data_dir: Some(data),
+                    tls,
+                    _tls_dir: None,
                 });
             }
             Err(e) => {
@@ -490,14 +680,25 @@ fn start_container(options: &MysqlOptions) -> Result<MysqlServer> {
     if let Some(n) = options.max_connections {
         args.push(format!("--max-connections={n}"));
     }
+    const CONTAINER_TLS_DIR: &str = "/etc/dbslots-tls";
+    let (tls_dir, tls, mounts) = if options.wants_tls() {
+        let dir = temp_dir("dbslots-mysql-tls-")?;
+        let files = make_certificates(dir.path(), "localhost")?;
+        let mount = format!("{}:{CONTAINER_TLS_DIR}:ro", dir.path().display());
+        (Some(dir), Some(files), vec![mount])
+    } else {
+        (None, None, Vec::new())
+    };
+    args.extend(options.tls_args(CONTAINER_TLS_DIR));
     args.extend(options.extra_args.iter().cloned());
-    let (container, port) = Container::run(
+    let (container, port) = Container::run_with_volumes(
         &image,
         3306,
         &[
             "MYSQL_ALLOW_EMPTY_PASSWORD=yes",
             "MARIADB_ALLOW_EMPTY_ROOT_PASSWORD=1",
         ],
+        &mounts,
         &args,
     )
     .with_context(|| format!("cannot start a container of {image}"))?;
@@ -510,6 +711,8 @@ fn start_container(options: &MysqlOptions) -> Result<MysqlServer> {
         version: String::new(),
         socket: None,
         data_dir: None,
+        tls,
+        _tls_dir: tls_dir,
     };
     let Some(Running::Container { container, client }) = server.running.as_mut() else {
         unreachable!("just built as a container")

@@ -102,7 +102,7 @@ pub(super) fn run_variant(
         Kind::Rust => {
             spawn
                 .arg(&programs.worker)
-                .args(["work", "--url", &server.user_url()])
+                .args(["work", "--url", &worker_url(server)])
                 .args(["--hold-ms", &args.hold_ms.to_string()]);
             if no_slots {
                 spawn.arg("--no-slots");
@@ -167,6 +167,13 @@ pub(super) fn run_variant(
         spawner_cpu_ms: (per_worker(spawn_cpu) - workers_cpu_ms / f64::from(args.workers)).max(0.0),
         server_cpu_ms: server_cpu.map(per_worker),
     })
+}
+
+/// The workers' URL: the ordinary account, and `ssl-mode=DISABLED` because
+/// the demo's server has no TLS (the default PREFERRED would first try TLS
+/// and connect again without it: a refused attempt per worker process).
+fn worker_url(server: &MysqlServer) -> String {
+    format!("{}&ssl-mode=DISABLED", server.user_url())
 }
 
 /// The PHP worker's connection settings, from the ordinary account's URL,

@@ -8,6 +8,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+
 use crate::support::{BusyPool, Serve, prom};
 
 fn docs() -> PathBuf {
@@ -54,7 +57,7 @@ fn alert_rules_are_valid_and_pass_their_unit_tests() {
         return;
     };
     let checked = run(&promtool, &["check", "rules", "alerts.yml"]);
-    assert!(checked.contains("SUCCESS: 8 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 11 rules found"), "{checked}");
     let tested = run(&promtool, &["test", "rules", "alerts.test.yml"]);
     assert!(tested.contains("SUCCESS"), "{tested}");
 }
@@ -87,16 +90,56 @@ fn alert_rules_name_only_metrics_dbslots_serve_exports() {
         .collect::<Vec<_>>()
         .join("\n");
     let used = metric_names(&exprs);
-    assert!(used.len() >= 8, "{used:?}");
+    assert!(used.len() >= 11, "{used:?}");
+
+    // An account with a limit of its own, so that every per-account family
+    // has a sample: serve's monitor connection is the account's own.
+    let account = format!("dbslots_alerts_{}", std::process::id());
+    let password = "dbslots-alerts-pw";
+    let admin_sql = |sql: String| {
+        let url = mysql.admin_url.clone();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+            .block_on(async move {
+                let mut admin = Conn::from_url(&url).await.expect("the admin connects");
+                admin
+                    .query_drop(sql)
+                    .await
+                    .expect("the admin manages accounts");
+                admin.disconnect().await.expect("disconnect");
+            });
+    };
+    admin_sql(format!("DROP USER IF EXISTS '{account}'@'%'"));
+    admin_sql(format!(
+        "CREATE USER '{account}'@'%' IDENTIFIED BY '{password}' WITH MAX_USER_CONNECTIONS 5"
+    ));
+    admin_sql(format!(
+        "GRANT SELECT ON `{}`.* TO '{account}'@'%'",
+        dbslots_testkit::DATABASE
+    ));
+    let (scheme, rest) = mysql.user_url.split_once("://").expect("a URL");
+    let (_, host) = rest.rsplit_once('@').expect("credentials");
+    let url = format!("{scheme}://{account}:{password}@{host}");
 
     let busy = BusyPool::start(1, 0);
-    let serve = Serve::start(&["--pool", &busy.path, "--url", &mysql.user_url]);
+    let serve = Serve::start(&["--pool", &busy.path, "--url", &url]);
     let metrics = serve.get("/metrics");
     let families = prom::parse(&metrics.body).unwrap_or_else(|e| panic!("{e}\n{}", metrics.body));
     let exported: BTreeSet<String> = families
         .iter()
         .flat_map(|f| f.samples.iter().map(|s| s.name.clone()))
         .collect();
+    drop(serve);
+    admin_sql(format!("DROP USER '{account}'@'%'"));
+    assert!(
+        metrics.body.contains(&format!(
+            "dbslots_mysql_user_max_connections{{user=\"{account}\"}} 5"
+        )),
+        "{}",
+        metrics.body
+    );
     let missing: Vec<&String> = used.difference(&exported).collect();
     assert!(
         missing.is_empty(),

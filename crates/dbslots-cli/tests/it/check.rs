@@ -68,25 +68,43 @@ async fn close(conns: Vec<Conn>) {
 }
 
 /// Waits until the server counts exactly `n` connections besides the
-/// admin's own (a closed connection is counted out a moment later).
+/// admin's own, both in its processlist and in `Threads_connected` (what
+/// the check reads): a closed connection, the previous check's too, is
+/// counted out a moment later, and not by both at once.
 async fn settle(admin: &mut Conn, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let connected: u64 = admin
+        let listed: u64 = admin
             .query_first("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE COMMAND <> 'Daemon' AND USER NOT IN ('system user', 'event_scheduler')")
             .await
             .expect("the admin reads the processlist")
             .expect("a count");
-        if connected == n + 1 {
+        let status: Option<(String, u64)> = admin
+            .query_first("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
+            .await
+            .expect("the admin reads the status");
+        let counted = status.expect("Threads_connected").1;
+        if listed == n + 1 && counted == n + 1 {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "the server still counts {connected} connections, expected {}",
+            "the server still lists {listed} and counts {counted} connections, expected {}",
             n + 1
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Opens `n` connections of `url` and waits until the server counts them
+/// (and nothing else but the admin).
+fn hold(rt: &tokio::runtime::Runtime, admin: &mut Conn, url: &str, n: usize) -> Vec<Conn> {
+    rt.block_on(async {
+        settle(admin, 0).await;
+        let conns = open(url, n).await;
+        settle(admin, n as u64).await;
+        conns
+    })
 }
 
 #[test]
@@ -118,16 +136,10 @@ fn check_judges_every_limit_of_a_server_with_20_connections() {
     });
     // The admin's connection is open throughout: the check's own
     // connection is the one it leaves out, not this one.
-    let mut held = |url: &str, n: usize| -> Vec<Conn> {
-        rt.block_on(async {
-            let conns = open(url, n).await;
-            settle(&mut admin, n as u64).await;
-            conns
-        })
-    };
+    let held = |admin: &mut Conn, url: &str, n: usize| hold(&rt, admin, url, n);
 
     // 5, 13 and 18 of 20 (one more is the admin's): OK, WARNING, CRITICAL.
-    let conns = held(&user_url, 4);
+    let conns = held(&mut admin, &user_url, 4);
     let (code, line, _) = check_server(&admin_url, &[]);
     assert_eq!(code, 0, "{line}");
     assert!(
@@ -142,7 +154,7 @@ fn check_judges_every_limit_of_a_server_with_20_connections() {
     assert!(!line.contains(dbslots_testkit::ADMIN_PASSWORD), "{line}");
     rt.block_on(close(conns));
 
-    let conns = held(&user_url, 12);
+    let conns = held(&mut admin, &user_url, 12);
     let (code, line, _) = check_server(&admin_url, &["--warn", "60", "--crit", "85"]);
     assert_eq!(code, 1, "{line}");
     assert!(
@@ -151,7 +163,7 @@ fn check_judges_every_limit_of_a_server_with_20_connections() {
     );
     rt.block_on(close(conns));
 
-    let conns = held(&user_url, 17);
+    let conns = held(&mut admin, &user_url, 17);
     let (code, line, _) = check_server(&admin_url, &[]);
     assert_eq!(code, 2, "{line}");
     assert!(
@@ -165,7 +177,7 @@ fn check_judges_every_limit_of_a_server_with_20_connections() {
     rt.block_on(close(conns));
 
     // 9 of the limited account's 10: CRITICAL although the server is at 50 %.
-    let conns = held(&limited_url, 9);
+    let conns = held(&mut admin, &limited_url, 9);
     let (code, line, _) = check_server(&admin_url, &[]);
     assert_eq!(code, 2, "{line}");
     assert!(
@@ -193,6 +205,8 @@ fn check_judges_every_limit_of_a_server_with_20_connections() {
     );
     assert!(!line.contains(LIMITED_PASSWORD), "{line}");
     // With all 10 taken the monitor is refused: UNKNOWN, and how to get in.
+    // (Once the server has counted out the previous check's connection.)
+    rt.block_on(settle(&mut admin, 9));
     let extra = rt.block_on(open(&limited_url, 1));
     let (code, line, took) = check_server(&limited_url, &[]);
     assert_eq!(code, 3, "{line}");
@@ -208,7 +222,7 @@ fn check_judges_every_limit_of_a_server_with_20_connections() {
     rt.block_on(close(conns));
 
     // A leak: 6 sleeping connections of one account with --max-idle-count 5.
-    let conns = held(&user_url, 6);
+    let conns = held(&mut admin, &user_url, 6);
     let (code, line, _) = check_server(&admin_url, &["--max-idle-count", "5"]);
     assert_eq!(code, 1, "{line}");
     assert!(
@@ -368,6 +382,69 @@ fn pool_check_of_a_missing_pool_is_unknown() {
     assert!(
         line.starts_with(&format!(
             "UNKNOWN: cannot read the pool: pool {path} does not exist"
+        )),
+        "{line}"
+    );
+}
+
+/// A `dbslots` process in its own process group, killed with it on drop.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's process group.
+        unsafe {
+            libc::kill(-(self.0.id() as libc::pid_t), libc::SIGKILL);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn pool_check_of_a_redis_pool_names_hosts() {
+    use std::os::unix::process::CommandExt;
+    let Some(url) = dbslots_testkit::shared_redis() else {
+        return;
+    };
+    let pool = format!("{url}?pool=check-{}", std::process::id());
+    let start = |host: &str, command: &[&str]| {
+        Killed(
+            dbslots()
+                .args(["exec", "--pool", &pool, "--capacity", "1", "--"])
+                .args(command)
+                .env("DBSLOTS_HOST", host)
+                .process_group(0)
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn dbslots exec"),
+        )
+    };
+    let _holder = start("web-1", &["sleep", "60"]);
+    crate::support::wait_for("the holder", Duration::from_secs(20), || {
+        (crate::support::status(&pool)?["active"] == 1).then_some(())
+    });
+    let mut waiters = Vec::new();
+    for i in 0..2 {
+        waiters.push(start("web-2", &["true"]));
+        crate::support::wait_for("a waiter", Duration::from_secs(20), || {
+            (crate::support::status(&pool)?["waiting"] == i + 1).then_some(())
+        });
+    }
+    let (code, line, _) =
+        check(dbslots().args(["status", "--check", "--pool", &pool, "--warn-waiting", "1"]));
+    assert_eq!(code, 1, "{line}");
+    assert!(line.contains("2 waiting (more than 1)"), "{line}");
+    assert!(line.contains(" on web-1 has held slot 0 for "), "{line}");
+    // The password-free address, never more.
+    assert!(line.starts_with("WARNING: pool redis://"), "{line}");
+    std::thread::sleep(Duration::from_millis(1200));
+    let (code, line, _) =
+        check(dbslots().args(["status", "--check", "--pool", &pool, "--crit-wait", "1"]));
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.contains(&format!(
+            "the oldest waiter (pid {} on web-2) has waited ",
+            waiters[0].0.id()
         )),
         "{line}"
     );

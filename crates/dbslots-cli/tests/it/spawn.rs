@@ -698,3 +698,131 @@ fn a_stalled_reader_never_delays_ctrl_c() {
         "SIGINT with a stalled reader: workers stopped after {stopped_workers:?}, spawner exited after {took:?}"
     );
 }
+
+/// A worker that leaves a `sleep SECONDS` behind (in its process group, but
+/// with none of its descriptors: not even the slot) and exits; every worker
+/// first notes whether the `sleep` of an earlier worker still runs.
+const LEAVES_A_SLEEP: &str = r#"
+for f in "$D"/left.*; do
+  [ -e "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && echo "$DBSLOTS_WORKER_INDEX" >> "$D/overlap"
+done
+sleep "$SECONDS_LEFT" </dev/null >/dev/null 2>&1 &
+echo $! > "$D/left.$DBSLOTS_WORKER_INDEX"
+"#;
+
+#[test]
+fn a_slot_is_freed_only_when_the_workers_group_is_gone() {
+    // One slot, three workers, each leaving a 1 s `sleep` behind: no worker
+    // may start while the previous worker's `sleep` still runs.
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = run(dbslots()
+        .args(["spawn", "--workers", "3", "--capacity", "1", "--pool"])
+        .arg(dir.path().join("pool"))
+        .args(["--", "sh", "-c", LEAVES_A_SLEEP])
+        .env("D", dir.path())
+        .env("SECONDS_LEFT", "1"));
+    let wall = started.elapsed();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let overlap = std::fs::read_to_string(dir.path().join("overlap")).unwrap_or_default();
+    assert_eq!(
+        overlap, "",
+        "workers started while an earlier worker's sleep ran"
+    );
+    assert!(wall >= Duration::from_secs(3), "{wall:?}");
+    let pool = Pool::open(dir.path().join("pool"), PoolOptions::new()).unwrap();
+    assert_eq!(pool.stats().unwrap().active, 0);
+}
+
+#[test]
+fn stopping_reaches_what_a_worker_left_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool_dir = dir.path().join("pool");
+    let child = dbslots()
+        .args(["spawn", "--workers", "2", "--capacity", "1", "--pool"])
+        .arg(&pool_dir)
+        .args(["--", "sh", "-c", LEAVES_A_SLEEP])
+        .env("D", dir.path())
+        .env("SECONDS_LEFT", "60")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let left = dir.path().join("left.0");
+    wait_for("the first worker's sleep", Duration::from_secs(20), || {
+        read_pids(&left).len() == 1
+    });
+    let sleep = read_pids(&left)[0];
+    let pool = Pool::open(&pool_dir, PoolOptions::new()).unwrap();
+    // The worker is gone, its sleep holds the slot, the second worker waits.
+    thread::sleep(Duration::from_millis(300));
+    assert!(alive(sleep));
+    assert_eq!(pool.stats().unwrap().active, 1);
+    assert!(
+        !dir.path().join("left.1").exists(),
+        "the second worker started"
+    );
+    let asked = Instant::now();
+    // SAFETY: SIGINT to the spawner we started, as a Ctrl-C would.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = reap(child, Duration::from_secs(10));
+    let still = alive(sleep);
+    kill_all(&[sleep]);
+    assert_eq!(status.code(), Some(130));
+    assert!(!still, "the leftover sleep survived the stop");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(pool.stats().unwrap().active, 0);
+}
+
+#[test]
+fn chatty_workers_run_to_their_end_when_the_spawner_is_killed() {
+    // The default prefixed output: the workers' stdout and stderr are pipes
+    // to the spawner, which dies mid-run. No worker may die of SIGPIPE.
+    let dir = tempfile::tempdir().unwrap();
+    let pool_dir = dir.path().join("pool");
+    let script = r#"
+echo $$ >> "$D/workers"
+i=0
+while [ $i -lt 60 ]; do
+  echo "line $i"; echo "err $i" >&2; sleep 0.02; i=$((i+1))
+done
+echo $$ >> "$D/finished"
+"#;
+    let mut child = dbslots()
+        .args(["spawn", "--workers", "10", "--capacity", "10", "--pool"])
+        .arg(&pool_dir)
+        .args(["--", "sh", "-c", script])
+        .env("D", dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let workers = dir.path().join("workers");
+    wait_for("ten workers", Duration::from_secs(20), || {
+        read_pids(&workers).len() == 10
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let pool = Pool::open(&pool_dir, PoolOptions::new()).unwrap();
+    let finished = dir.path().join("finished");
+    let held = pool.stats().unwrap().active;
+    wait_for("every worker to finish", Duration::from_secs(30), || {
+        read_pids(&finished).len() == 10 || read_pids(&workers).iter().all(|p| !alive(*p))
+    });
+    let mut done = read_pids(&finished);
+    let mut started = read_pids(&workers);
+    done.sort_unstable();
+    started.sort_unstable();
+    assert_eq!(done, started, "workers died with the spawner");
+    assert_eq!(
+        held, 10,
+        "the workers held their slots after the spawner died"
+    );
+    wait_for("the slots to be freed", Duration::from_secs(10), || {
+        pool.stats().unwrap().active == 0
+    });
+}

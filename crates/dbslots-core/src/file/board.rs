@@ -6,9 +6,10 @@
 //! The board never decides who holds a slot: the `flock` on the slot's file
 //! does. The board carries what the locks cannot:
 //!
-//! * the futex words a waiter sleeps on (`release_seq`) and the flag that says
-//!   whether anybody sleeps there (`head`), so that a release wakes the next
-//!   waiter in microseconds and costs no system call when nobody waits;
+//! * the waiters' queue (see `queue`): a ticket counter, one entry per
+//!   queued acquirer with its own futex word, and the `head` word that
+//!   tells a releaser whom to wake (0 when nobody queues, so a release costs
+//!   no system call then);
 //! * an occupancy bitmap, so that an acquirer tries the slots that look free
 //!   first instead of probing every slot file;
 //! * one record per slot (holder pid, since when), for stats;
@@ -31,7 +32,7 @@ use crate::error::{Error, Result};
 /// File magic at offset 0.
 pub(crate) const MAGIC: [u8; 8] = *b"DBSLOTS\0";
 /// Layout version at offset 8.
-pub(crate) const FORMAT: u32 = 1;
+pub(crate) const FORMAT: u32 = 2;
 /// Slots a board has room for; also the largest capacity.
 pub const MAX_CAPACITY: u32 = 4096;
 /// Upper bounds of the wait-time histogram buckets, in microseconds. A final
@@ -53,8 +54,9 @@ const OFF_MAGIC: usize = 0;
 const OFF_FORMAT: usize = 8;
 const OFF_CAPACITY: usize = 12;
 const OFF_MAX_SLOTS: usize = 16;
-const OFF_RELEASE_SEQ: usize = 64;
-const OFF_HEAD: usize = 128;
+const OFF_HIGH_WATER: usize = 20;
+const OFF_HEAD: usize = 64;
+const OFF_NEXT_TICKET: usize = 72;
 const OFF_PEAK: usize = 192;
 const OFF_ACQUISITIONS: usize = 256;
 const OFF_TIMEOUTS: usize = 320;
@@ -63,10 +65,15 @@ const OFF_WAIT_SUM_NS: usize = 392;
 const OFF_WAIT_BUCKETS: usize = 400;
 const OFF_BITMAP: usize = 1024;
 const BITMAP_WORDS: usize = MAX_CAPACITY as usize / 64;
+const OFF_QUEUE_BITMAP: usize = 1536;
 const OFF_RECORDS: usize = 4096;
 const RECORD_SIZE: usize = 64;
+const OFF_ENTRIES: usize = OFF_RECORDS + RECORD_SIZE * MAX_CAPACITY as usize;
+const ENTRY_SIZE: usize = 64;
+/// Queue entries a board has room for (waiters queued at once).
+pub(crate) const QUEUE_LEN: u32 = 4096;
 /// Size of the `state` file.
-pub(crate) const BOARD_LEN: usize = OFF_RECORDS + RECORD_SIZE * MAX_CAPACITY as usize;
+pub(crate) const BOARD_LEN: usize = OFF_ENTRIES + ENTRY_SIZE * QUEUE_LEN as usize;
 
 /// One slot's record: who holds it since when (advisory; the lock is truth).
 #[repr(C)]
@@ -76,6 +83,29 @@ pub(crate) struct Record {
     _pad: AtomicU32,
     /// Wall-clock time of acquisition, nanoseconds since the Unix epoch.
     pub since_ns: AtomicU64,
+}
+
+/// One queued acquirer (see `queue` for the protocol).
+#[repr(C)]
+pub(crate) struct Entry {
+    /// Place in the queue (smaller is earlier); 0 while the entry is free.
+    pub ticket: AtomicU64,
+    /// Wall-clock time the waiter queued, nanoseconds since the Unix epoch.
+    pub since_ns: AtomicU64,
+    /// CLOCK_MONOTONIC nanoseconds when the waiter last ran (or was woken
+    /// into the watch window).
+    pub beat_ns: AtomicU64,
+    /// The waiter's pid (in its own pid namespace).
+    pub pid: AtomicU32,
+    /// The waiter's futex word: bumped and woken to wake this waiter.
+    pub wake: AtomicU32,
+    /// `queue::SKIPPED` | `queue::WINDOW`.
+    pub flags: AtomicU32,
+    /// The per-process sequence number in the waiter's file name.
+    pub seq: AtomicU32,
+    /// Inode of the waiter's pid namespace (0 unknown): its pid means
+    /// something in `/proc` only to processes of the same namespace.
+    pub pid_ns: AtomicU64,
 }
 
 /// The mapped board of one pool.
@@ -88,8 +118,44 @@ unsafe impl Send for Board {}
 unsafe impl Sync for Board {}
 
 impl Board {
-    /// Writes a fresh board into `file` (which must be empty).
+    /// Writes a fresh board into `file` (which must be empty). The file is
+    /// fully allocated first: a page of a sparse shared mapping that cannot
+    /// be backed when it is first written (a full tmpfs) kills the writer
+    /// with SIGBUS, so a full filesystem must fail here, cleanly.
     pub(crate) fn initialise(file: &File, path: &Path, capacity: u32) -> Result<()> {
+        match rustix::fs::fallocate(
+            file,
+            rustix::fs::FallocateFlags::empty(),
+            0,
+            BOARD_LEN as u64,
+        ) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::NOSPC) | Err(rustix::io::Errno::DQUOT) => {
+                return Err(Error::Location {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "the filesystem is full: the pool's board needs {} KiB; free some space or choose a pool directory on another filesystem",
+                        BOARD_LEN / 1024
+                    ),
+                });
+            }
+            // Filesystems without fallocate: size it and write every page.
+            Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::NOSYS) => {
+                use std::io::Write;
+                file.set_len(0).map_err(|e| Error::io("sizing", path, e))?;
+                (&*file)
+                    .write_all(&vec![0u8; BOARD_LEN])
+                    .and_then(|_| file.sync_all())
+                    .map_err(|e| Error::io("writing", path, e))?;
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    "allocating",
+                    path,
+                    std::io::Error::from_raw_os_error(e.raw_os_error()),
+                ));
+            }
+        }
         file.set_len(BOARD_LEN as u64)
             .map_err(|e| Error::io("sizing", path, e))?;
         let board = Board::map_unchecked(file, path)?;
@@ -100,6 +166,9 @@ impl Board {
         board
             .u32_at(OFF_MAX_SLOTS)
             .store(MAX_CAPACITY, Ordering::Relaxed);
+        board
+            .u32_at(OFF_HIGH_WATER)
+            .store(capacity, Ordering::Relaxed);
         // The magic goes in last, so a half-written board is never taken for
         // a good one.
         let magic = u64::from_ne_bytes(MAGIC);
@@ -180,15 +249,35 @@ impl Board {
         self.u32_at(OFF_CAPACITY)
     }
 
-    /// Futex word bumped by every release that may have a sleeper to wake.
-    pub(crate) fn release_seq(&self) -> &AtomicU32 {
-        self.u32_at(OFF_RELEASE_SEQ)
+    /// Slots `0..high_water` may be held: the largest capacity since the
+    /// last shrink finished draining (never below the capacity).
+    pub(crate) fn high_water(&self) -> &AtomicU32 {
+        self.u32_at(OFF_HIGH_WATER)
     }
 
-    /// Pid of the process whose waiter holds the gate (the head of the queue),
+    /// 1 + the queue entry of the head waiter (the one a release wakes);
     /// 0 when nobody queues.
     pub(crate) fn head(&self) -> &AtomicU32 {
         self.u32_at(OFF_HEAD)
+    }
+
+    /// The last ticket handed out.
+    pub(crate) fn next_ticket(&self) -> &AtomicU64 {
+        self.u64_at(OFF_NEXT_TICKET)
+    }
+
+    /// Queue-entry word `w` (entries `64*w .. 64*w+63` in use).
+    pub(crate) fn queue_word(&self, w: usize) -> &AtomicU64 {
+        debug_assert!(w < QUEUE_LEN as usize / 64);
+        self.u64_at(OFF_QUEUE_BITMAP + 8 * w)
+    }
+
+    /// Queue entry `i`.
+    pub(crate) fn entry(&self, i: u32) -> &Entry {
+        debug_assert!(i < QUEUE_LEN);
+        let off = OFF_ENTRIES + ENTRY_SIZE * i as usize;
+        // SAFETY: as in `u32_at`; `Entry` is 48 bytes of atomics, 8-aligned.
+        unsafe { &*(self.map.as_ptr().add(off) as *const Entry) }
     }
 
     /// Most slots seen held at once.
@@ -260,6 +349,13 @@ impl Board {
         self.bitmap_word(w).fetch_and(!(1 << b), Ordering::AcqRel);
     }
 
+    /// Number of occupancy bits set among all slots.
+    pub(crate) fn occupancy_all(&self) -> u32 {
+        (0..BITMAP_WORDS)
+            .map(|w| self.bitmap_word(w).load(Ordering::Acquire).count_ones())
+            .sum()
+    }
+
     /// Number of occupancy bits set among the first `capacity` slots.
     pub(crate) fn occupancy(&self, capacity: u32) -> u32 {
         let words = (capacity as usize).div_ceil(64);
@@ -296,7 +392,7 @@ mod tests {
             (OFF_MAGIC, OFF_FORMAT, OFF_CAPACITY, OFF_MAX_SLOTS),
             (0, 8, 12, 16)
         );
-        assert_eq!((OFF_RELEASE_SEQ, OFF_HEAD), (64, 128));
+        assert_eq!((OFF_HIGH_WATER, OFF_HEAD, OFF_NEXT_TICKET), (20, 64, 72));
         assert_eq!((OFF_PEAK, OFF_ACQUISITIONS, OFF_TIMEOUTS), (192, 256, 320));
         assert_eq!(
             (OFF_WAITED, OFF_WAIT_SUM_NS, OFF_WAIT_BUCKETS),
@@ -305,8 +401,14 @@ mod tests {
         assert!(OFF_WAIT_BUCKETS + 8 * (WAIT_BUCKETS_US.len() + 1) <= OFF_BITMAP);
         assert_eq!((OFF_BITMAP, OFF_RECORDS, RECORD_SIZE), (1024, 4096, 64));
         assert_eq!(OFF_BITMAP + 8 * BITMAP_WORDS, 1536);
-        assert_eq!(BOARD_LEN, 4096 + 64 * 4096);
+        assert_eq!(
+            (OFF_QUEUE_BITMAP, OFF_ENTRIES, ENTRY_SIZE),
+            (1536, 266_240, 64)
+        );
+        assert_eq!(OFF_QUEUE_BITMAP + QUEUE_LEN as usize / 8, 2048);
+        assert_eq!(BOARD_LEN, 4096 + 64 * 4096 + 64 * 4096);
         assert_eq!(std::mem::size_of::<Record>(), 16);
+        assert_eq!(std::mem::size_of::<Entry>(), 48);
     }
 
     fn rw(path: &Path) -> File {

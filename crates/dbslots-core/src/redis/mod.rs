@@ -470,7 +470,7 @@ impl RedisPool {
             let spawned = std::thread::Builder::new()
                 .name("dbslots-lease-renewer".into())
                 .spawn(move || {
-                    crate::file::interrupt::block_process_signals();
+                    crate::file::cancel::block_process_signals();
                     renewer(weak, timing)
                 });
             if let Err(e) = spawned {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::{RedisPool, WAIT_BOUNDS_MS, token};
 use crate::addr::redact;
 use crate::error::{Error, Result};
-use crate::file::interrupt::CancelToken;
+use crate::file::cancel::CancelToken;
 
 /// How often a waiter re-checks without a notification.
 const FALLBACK: Duration = Duration::from_millis(200);

@@ -142,7 +142,7 @@ fn pool_files_keep_other_users_out() {
         std::fs::metadata(root).expect("dir").permissions().mode() & 0o7777,
         0o700
     );
-    for f in ["state", "gate", "pool.json", "slots/0", "slots/1"] {
+    for f in ["state", "pool.json", "slots/0", "slots/1"] {
         let mode = std::fs::metadata(root.join(f))
             .expect(f)
             .permissions()

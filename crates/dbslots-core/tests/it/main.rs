@@ -1,6 +1,8 @@
 //! Integration tests of the slot pool with real processes.
 
 mod api;
+mod chaos;
+mod faults;
 mod model;
 mod procs;
 #[cfg(feature = "redis")]

@@ -47,9 +47,18 @@ fn only_sleepers_of_the_user_past_the_threshold_are_killed_and_dry_run_kills_not
         let mut monitor = connect_monitor(&shared.admin_url)
             .await
             .expect("the monitor connects");
-        let rule = IdleRule::new(Duration::from_secs(1)).user(&target.name);
+        let rule = IdleRule::for_user(Duration::from_secs(1), &target.name);
+
+        // Less than a second would hit busy workers between statements.
+        let zero = IdleRule::for_user(Duration::ZERO, &target.name);
+        let err = kill_idle(&mut monitor, &zero, false)
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("at least 1 second"), "{err}");
 
         let dry = kill_idle(&mut monitor, &rule, true).await.expect("dry run");
+        assert!(dry.stopped.is_none());
+        let dry = dry.victims;
         let picked: BTreeSet<u64> = dry.iter().map(|v| v.process.id).collect();
         assert_eq!(picked, ids(&idle), "the target's sleepers, nothing else");
         assert!(dry.iter().all(|v| v.outcome == KillOutcome::WouldKill));
@@ -61,6 +70,8 @@ fn only_sleepers_of_the_user_past_the_threshold_are_killed_and_dry_run_kills_not
         assert!(picked.is_subset(&listed), "the dry run killed nothing");
 
         let killed = kill_idle(&mut monitor, &rule, false).await.expect("kill");
+        assert!(killed.stopped.is_none());
+        let killed = killed.victims;
         let killed_ids: BTreeSet<u64> = killed.iter().map(|v| v.process.id).collect();
         assert_eq!(killed_ids, ids(&idle));
         assert!(
@@ -116,9 +127,14 @@ fn an_account_without_process_reaps_its_own_idle_connections_but_not_itself() {
             list.processes.iter().all(|p| p.user == account.name),
             "without PROCESS an account sees only its own connections"
         );
-        let killed = kill_idle(&mut monitor, &IdleRule::new(Duration::from_secs(1)), false)
-            .await
-            .expect("kill");
+        let killed = kill_idle(
+            &mut monitor,
+            &IdleRule::all_users(Duration::from_secs(1)),
+            false,
+        )
+        .await
+        .expect("kill")
+        .victims;
         let killed_ids: BTreeSet<u64> = killed.iter().map(|v| v.process.id).collect();
         assert_eq!(killed_ids, ids(&idle));
         assert!(

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use dbslots_mysql::mysql_async::Conn;
 use dbslots_mysql::mysql_async::prelude::Queryable;
-use dbslots_mysql::{Connector, ConnectorOptions, ServerLimits, codes};
+use dbslots_mysql::{Connection, Connector, ConnectorOptions, ServerLimits, codes};
 use dbslots_testkit::{MysqlOptions, private_mysql};
 
 use crate::support::{admin, pool, runtime, server_code, status};
@@ -47,7 +47,7 @@ fn two_hundred_workers_through_the_connector_never_meet_1040_while_raw_connects_
                         }
                     })?;
                     let failed = conn.failed_attempts().to_vec();
-                    conn.close().await?;
+                    Connection::close(conn).await?;
                     Ok::<_, dbslots_mysql::Error>(failed)
                 })
             })

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use dbslots_mysql::mysql_async::Conn;
 use dbslots_mysql::mysql_async::prelude::Queryable;
-use dbslots_mysql::{Connector, ConnectorOptions, codes};
+use dbslots_mysql::{Connection, Connector, ConnectorOptions, codes};
 use dbslots_testkit::shared_mysql;
 
 use crate::support::{TempAccount, pool, runtime};
@@ -45,7 +45,7 @@ fn user_limit_refusals_are_retried_and_all_work_completes_through_a_pool_of_five
                             source: e,
                         })?;
                     let failed = conn.failed_attempts().to_vec();
-                    conn.close().await?;
+                    Connection::close(conn).await?;
                     Ok::<_, dbslots_mysql::Error>((echoed, failed))
                 })
             })

@@ -1,0 +1,147 @@
+//! `dbslots gate`: a transparent MySQL gate; every client connection takes
+//! a slot of the pool before it reaches the server.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use dbslots_gate::{Endpoint, Gate, GateOptions};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::common::PoolArgs;
+use crate::exec::parse_seconds;
+
+/// Accepts MySQL clients, gives each one a slot of the pool before
+/// connecting it to the server, and relays its bytes unchanged.
+///
+/// A client waits for its slot before it is greeted; after
+/// --queue-timeout it gets error 1040 (08004) from the gate instead.
+/// SIGTERM or SIGINT: stop accepting and let connections finish for
+/// --drain seconds; a second one closes everything at once. SIGHUP logs
+/// the gate's counters and carries on.
+#[derive(Debug, Args)]
+pub struct GateArgs {
+    /// Where clients connect: HOST:PORT or unix:/PATH (repeat for several)
+    #[arg(long, required = true, value_name = "ADDR")]
+    listen: Vec<Endpoint>,
+
+    /// The MySQL server: HOST:PORT or unix:/PATH
+    #[arg(long, value_name = "ADDR")]
+    upstream: Endpoint,
+
+    #[command(flatten)]
+    pool: PoolArgs,
+
+    /// Refuse a client with error 1040 after waiting this long for a slot
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, default_value = "30")]
+    queue_timeout: Duration,
+
+    /// Close a connection idle this long after the server's last answer,
+    /// while other clients wait (never one whose query runs)
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    idle_timeout: Option<Duration>,
+
+    /// Refuse a client (error 2003) when the server does not accept the
+    /// connection within this time
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, default_value = "10")]
+    connect_timeout: Duration,
+
+    /// After SIGTERM, let open connections finish for this long
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, default_value = "30")]
+    drain: Duration,
+
+    /// The name the gate's counters are shown under [default: the first
+    /// --listen address]
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+}
+
+/// Runs `dbslots gate`.
+pub fn run(args: GateArgs) -> anyhow::Result<ExitCode> {
+    match dbslots_gate::raise_open_file_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::info!(before, after, "raised the open-file limit");
+        }
+        Ok((limit, _)) if limit < 4096 => {
+            tracing::warn!(
+                limit,
+                "the open-file limit is low: each queued client needs one descriptor, each relayed client two; raise it (LimitNOFILE= in the systemd unit, ulimit -n)"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+    let pool = args.pool.open()?;
+    let runtime = crate::common::runtime()?;
+    let upstream = args.upstream.to_string();
+    runtime.block_on(async move {
+        let options = GateOptions::new(args.listen, args.upstream)
+            .queue_timeout(args.queue_timeout)
+            .idle_timeout(args.idle_timeout)
+            .connect_timeout(args.connect_timeout)
+            .name(args.name);
+        let gate = Gate::bind(pool.clone(), options).await?;
+        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+        let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+        let listen: Vec<String> = gate
+            .local_endpoints()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        tracing::info!(
+            gate = gate.name(),
+            listen = %listen.join(" "),
+            upstream = %upstream,
+            pool = %pool.addr(),
+            capacity = pool.capacity(),
+            "gate ready"
+        );
+        let control = gate.control();
+        let drain = args.drain;
+        let name = gate.name().to_string();
+        let reporter = {
+            let dir = dbslots_gate::gates_dir(pool.addr()).ok();
+            move || {
+                let gates = dir.as_deref().map(dbslots_gate::read_gates_in);
+                match gates
+                    .and_then(Result::ok)
+                    .and_then(|g| g.into_iter().find(|g| g.name == name))
+                {
+                    Some(g) => tracing::info!(
+                        gate = %g.name, accepted = g.accepted, admitted = g.admitted,
+                        queued = g.queued, active = g.active, queue_timeouts = g.queue_timeouts,
+                        idle_closes = g.idle_closes, "counters (SIGHUP)"
+                    ),
+                    None => tracing::info!(gate = %name, "SIGHUP: no counters published yet"),
+                }
+            }
+        };
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                    _ = hup.recv() => { reporter(); continue; }
+                }
+                if control.is_stopping() {
+                    tracing::warn!("second stop signal: closing every connection now");
+                    control.stop();
+                } else {
+                    tracing::info!(drain = ?drain, "stop signal: draining");
+                    control.drain(drain);
+                }
+            }
+        });
+        let report = gate.run().await;
+        tracing::info!(
+            accepted = report.accepted,
+            admitted = report.admitted,
+            queue_timeouts = report.queue_timeouts,
+            idle_closes = report.idle_closes,
+            "gate stopped"
+        );
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}

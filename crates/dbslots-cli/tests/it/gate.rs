@@ -1,0 +1,997 @@
+//! `dbslots gate` with real servers and real clients: PHP PDO (php-cli with
+//! pcntl and pdo_mysql), the `mariadb` command-line client and mysql_async.
+//! Each test starts the servers it needs to change (max_connections, TLS)
+//! from the testkit and skips visibly without them.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use dbslots_core::{Pool, PoolOptions};
+use dbslots_gate::GateReport;
+use dbslots_testkit::{MysqlOptions, PASSWORD, USER};
+use mysql_async::prelude::Queryable;
+
+/// A `dbslots gate` process, SIGKILLed on drop.
+struct GateProc {
+    child: Child,
+    gates_dir: PathBuf,
+    log: PathBuf,
+    /// `127.0.0.1:PORT` of its first --listen.
+    addr: String,
+}
+
+impl GateProc {
+    /// Starts a gate listening on a free port (plus `extra` flags) and
+    /// waits until it publishes its counters.
+    fn start(dir: &Path, upstream: &str, pool: &str, extra: &[&str]) -> GateProc {
+        Self::start_with(dir, upstream, pool, extra, &[])
+    }
+
+    fn start_with(
+        dir: &Path,
+        upstream: &str,
+        pool: &str,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+    ) -> GateProc {
+        let n = std::fs::read_dir(dir).map_or(0, |d| d.count());
+        let log = dir.join(format!("gate-{n}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbslots"));
+        cmd.args(["gate", "--listen", "127.0.0.1:0", "--upstream", upstream])
+            .args(["--pool", pool, "--name", &format!("g{n}")])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env_remove("DBSLOTS_POOL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("a log file"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("dbslots gate starts");
+        let gates_dir = match dbslots_core::PoolAddr::parse(pool).expect("a pool address") {
+            dbslots_core::PoolAddr::Dir(d) => d.join("gates"),
+            _ => {
+                let base = env
+                    .iter()
+                    .find(|(k, _)| *k == "XDG_RUNTIME_DIR")
+                    .expect("a Redis pool test sets XDG_RUNTIME_DIR")
+                    .1;
+                let name = pool.rsplit_once("pool=").expect("pool=NAME").1;
+                base.join("dbslots/gates").join(format!("redis-{name}"))
+            }
+        };
+        let mut gate = GateProc {
+            child,
+            gates_dir,
+            log,
+            addr: String::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(r) = gate.report() {
+                gate.addr = r.listen[0].clone();
+                return gate;
+            }
+            if let Ok(Some(status)) = gate.child.try_wait() {
+                panic!("the gate exited with {status}: {}", gate.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gate did not start: {}",
+                gate.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.rsplit_once(':').unwrap().1.parse().unwrap()
+    }
+
+    fn report(&self) -> Option<GateReport> {
+        let pid = self.child.id();
+        dbslots_gate::read_gates_in(&self.gates_dir)
+            .ok()?
+            .into_iter()
+            .find(|g| g.pid == pid)
+    }
+
+    /// The report once `ok` holds (counters are published twice a second).
+    fn report_when(&self, what: &str, ok: impl Fn(&GateReport) -> bool) -> GateReport {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self.report();
+            if let Some(r) = r.as_ref().filter(|r| ok(r)) {
+                return r.clone();
+            }
+            assert!(Instant::now() < deadline, "{what}: last report {r:#?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gate did not exit within {within:?}: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "mysql://{USER}:{PASSWORD}@{}/{}?prefer_socket=false",
+            self.addr,
+            dbslots_testkit::DATABASE
+        )
+    }
+}
+
+impl Drop for GateProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// PHP: forks `n` children; each connects with PDO to `dsn`, runs `sql`,
+/// closes, and prints `OK` or `ERR <message>` on a line of its own.
+const PHP_CLIENTS: &str = r#"<?php
+[$_, $dsn, $user, $pass, $n, $sql] = $argv;
+$opts = [PDO::ATTR_ERRMODE => PDO::ERRMODE_EXCEPTION, PDO::ATTR_TIMEOUT => 60];
+if (getenv('PHP_SSL_CA')) {
+    $opts[PDO::MYSQL_ATTR_SSL_CA] = getenv('PHP_SSL_CA');
+    $opts[PDO::MYSQL_ATTR_SSL_VERIFY_SERVER_CERT] = true;
+}
+$children = [];
+for ($i = 0; $i < (int)$n; $i++) {
+    $pid = pcntl_fork();
+    if ($pid === 0) {
+        try {
+            $pdo = new PDO($dsn, $user, $pass, $opts);
+            $row = $pdo->query($sql)->fetch(PDO::FETCH_NUM);
+            $pdo = null;
+            // One write per line: the children share the pipe.
+            fwrite(STDOUT, "OK " . ($row[0] ?? '') . "\n");
+        } catch (PDOException $e) {
+            fwrite(STDOUT, "ERR " . str_replace("\n", " ", $e->getMessage()) . "\n");
+        }
+        exit(0);
+    }
+    $children[] = $pid;
+}
+foreach ($children as $pid) {
+    pcntl_waitpid($pid, $status);
+}
+"#;
+
+fn php_available() -> bool {
+    let ok = Command::new("php")
+        .args([
+            "-r",
+            "exit(function_exists('pcntl_fork') && extension_loaded('pdo_mysql') ? 0 : 1);",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            !dbslots_testkit::servers_required(),
+            "php-cli with pcntl and pdo_mysql is missing (apt-get install php-cli php-mysql)"
+        );
+        eprintln!("SKIPPED: php-cli with pcntl and pdo_mysql is missing");
+    }
+    ok
+}
+
+/// Runs `n` PHP clients at once; returns their result lines.
+fn php_clients(dir: &Path, dsn: &str, n: usize, sql: &str, env: &[(&str, &str)]) -> Vec<String> {
+    let script = dir.join("clients.php");
+    std::fs::write(&script, PHP_CLIENTS).unwrap();
+    let mut cmd = Command::new("php");
+    cmd.arg(&script)
+        .args([dsn, USER, PASSWORD, &n.to_string(), sql]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = output_within(cmd, Duration::from_secs(90));
+    assert!(
+        out.status.success(),
+        "php failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), n, "one line per client: {lines:#?}");
+    lines
+}
+
+/// Runs `cmd`, killing it if it takes longer than `limit`.
+fn output_within(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the client program starts");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{cmd:?} took longer than {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+/// Starts `n` mariadb command-line clients at once on `port`.
+fn mariadb_clients(port: u16, n: usize, sql: &str, extra: &[&str]) -> Vec<Child> {
+    (0..n)
+        .map(|_| {
+            Command::new("mariadb")
+                .args(["-h", "127.0.0.1", "-P", &port.to_string()])
+                .args([&format!("-u{USER}"), &format!("-p{PASSWORD}")])
+                .args(extra)
+                .args([
+                    "--connect-timeout=60",
+                    "-N",
+                    "-e",
+                    sql,
+                    dbslots_testkit::DATABASE,
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("the mariadb client starts")
+        })
+        .collect()
+}
+
+fn finish(children: Vec<Child>) -> Vec<Output> {
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("mariadb ends"))
+        .collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+async fn status_value(admin_url: &str, name: &str) -> u64 {
+    let mut c = mysql_async::Conn::from_url(admin_url).await.expect("admin");
+    let v: Option<(String, u64)> = c
+        .query_first(format!("SHOW GLOBAL STATUS LIKE '{name}'"))
+        .await
+        .expect("status");
+    c.disconnect().await.expect("disconnect");
+    v.expect("the status variable exists").1
+}
+
+fn private_mysql(max_connections: u32, extra: &[String]) -> Option<dbslots_testkit::MysqlServer> {
+    let mut extra_args = vec!["--back-log=1000".to_string()];
+    extra_args.extend(extra.iter().cloned());
+    dbslots_testkit::private_mysql(MysqlOptions {
+        max_connections: Some(max_connections),
+        extra_args,
+        ..MysqlOptions::default()
+    })
+}
+
+#[test]
+fn php_and_mariadb_clients_get_no_errors_through_the_gate_and_1040s_without_it() {
+    if !php_available() {
+        return;
+    }
+    let Some(server) = private_mysql(10, &[]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    let gate = GateProc::start(
+        dir.path(),
+        &format!("127.0.0.1:{}", server.port()),
+        pool.to_str().unwrap(),
+        &["--capacity", "9", "--queue-timeout", "60"],
+    );
+    let sql = "SELECT SLEEP(0.05)";
+    let through = |port: u16| {
+        let mariadb = mariadb_clients(port, 20, sql, &[]);
+        let php = php_clients(
+            dir.path(),
+            &format!(
+                "mysql:host=127.0.0.1;port={port};dbname={}",
+                dbslots_testkit::DATABASE
+            ),
+            150,
+            sql,
+            &[],
+        );
+        (php, finish(mariadb))
+    };
+    let (php, mariadb) = through(gate.port());
+    let php_errors: Vec<_> = php.iter().filter(|l| !l.starts_with("OK")).collect();
+    assert!(
+        php_errors.is_empty(),
+        "PHP through the gate: {php_errors:#?}"
+    );
+    for out in &mariadb {
+        assert!(
+            out.status.success(),
+            "mariadb through the gate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let r = gate.report_when("all 170 admitted", |r| r.admitted == 170 && r.active == 0);
+    assert_eq!(r.accepted, 170);
+    assert_eq!(r.queue_timeouts, 0);
+    assert!(r.bytes_from_clients > 0 && r.bytes_to_clients > 0, "{r:#?}");
+    assert_eq!(r.wait_histogram.count, 170);
+
+    // The same load straight at the server.
+    let (php, mariadb) = through(server.port());
+    let refused = php.iter().filter(|l| l.contains("[1040]")).count()
+        + mariadb
+            .iter()
+            .filter(|o| String::from_utf8_lossy(&o.stderr).contains("1040"))
+            .count();
+    assert!(
+        refused > 0,
+        "without the gate the server should refuse some: {php:#?}"
+    );
+    eprintln!("without the gate: {refused} of 170 clients refused with 1040");
+}
+
+#[test]
+fn a_queue_timeout_reaches_php_and_mariadb_as_error_1040_with_the_gates_message() {
+    if !php_available() {
+        return;
+    }
+    let Some(mysql) = dbslots_testkit::shared_mysql() else {
+        return;
+    };
+    let upstream = mysql_async::Opts::from_url(&mysql.user_url).unwrap();
+    let upstream = format!("{}:{}", upstream.ip_or_hostname(), upstream.tcp_port());
+    let dir = tempfile::tempdir().unwrap();
+    let pool_dir = dir.path().join("pool");
+    let pool = Pool::open(pool_dir.as_path(), PoolOptions::new().capacity(1)).unwrap();
+    let held = pool.try_acquire().unwrap().expect("the only slot");
+    let gate = GateProc::start(
+        dir.path(),
+        &upstream,
+        pool_dir.to_str().unwrap(),
+        &["--queue-timeout", "0.5"],
+    );
+    let php = php_clients(
+        dir.path(),
+        &format!(
+            "mysql:host=127.0.0.1;port={};dbname={}",
+            gate.port(),
+            dbslots_testkit::DATABASE
+        ),
+        1,
+        "SELECT 1",
+        &[],
+    );
+    assert!(
+        php[0].contains("SQLSTATE[08004] [1040] Too many connections: dbslots gate")
+            && php[0].contains("(capacity 1)")
+            && php[0].contains(&pool_dir.display().to_string()),
+        "{php:?}"
+    );
+    let out = finish(mariadb_clients(gate.port(), 1, "SELECT 1", &["--skip-ssl"]));
+    let stderr = String::from_utf8_lossy(&out[0].stderr);
+    assert!(
+        stderr.starts_with("ERROR 1040 (08004): Too many connections: dbslots gate"),
+        "{stderr}"
+    );
+    let r = gate.report_when("two timeouts", |r| r.queue_timeouts == 2);
+    assert_eq!((r.admitted, r.queued), (0, 0));
+    // One structured line per refusal, without a password.
+    let log = gate.log_text();
+    assert_eq!(log.matches("reason=\"queue_timeout\"").count(), 2, "{log}");
+    assert!(!log.contains(PASSWORD), "{log}");
+
+    // With the slot free, the same clients get in.
+    drop(held);
+    let php = php_clients(
+        dir.path(),
+        &format!(
+            "mysql:host=127.0.0.1;port={};dbname={}",
+            gate.port(),
+            dbslots_testkit::DATABASE
+        ),
+        1,
+        "SELECT 7",
+        &[],
+    );
+    assert_eq!(php, ["OK 7"]);
+}
+
+#[test]
+fn an_unreachable_server_is_an_error_packet_and_the_slot_comes_back_at_once() {
+    if !php_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pool_dir = dir.path().join("pool");
+    // A port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let gate = GateProc::start(
+        dir.path(),
+        &upstream,
+        pool_dir.to_str().unwrap(),
+        &["--capacity", "1"],
+    );
+    let php = php_clients(
+        dir.path(),
+        &format!("mysql:host=127.0.0.1;port={};dbname=x", gate.port()),
+        3,
+        "SELECT 1",
+        &[],
+    );
+    for line in &php {
+        assert!(
+            line.contains("[2003] dbslots gate") && line.contains(&upstream),
+            "{php:?}"
+        );
+    }
+    let r = gate.report_when("three failures", |r| r.upstream_failures == 3);
+    assert_eq!(r.queue_timeouts, 0);
+    let pool = Pool::open(pool_dir.as_path(), PoolOptions::new()).unwrap();
+    assert_eq!(pool.stats().unwrap().active, 0);
+}
+
+/// Makes a CA and a server certificate for 127.0.0.1 with openssl.
+fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=dbslots test CA",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server-key.pem",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    ]);
+    // Another CA, which did not sign the server's certificate.
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=other CA",
+        "-keyout",
+        "other-key.pem",
+        "-out",
+        "other.pem",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server-key.pem"),
+    )
+}
+
+#[test]
+fn tls_negotiated_by_client_and_server_passes_through_and_is_verified() {
+    if !php_available() {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certs(certs.path());
+    let Some(server) = private_mysql(
+        20,
+        &[
+            format!("--ssl-ca={}", ca.display()),
+            format!("--ssl-cert={}", cert.display()),
+            format!("--ssl-key={}", key.display()),
+        ],
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    let gate = GateProc::start(
+        dir.path(),
+        &format!("127.0.0.1:{}", server.port()),
+        pool.to_str().unwrap(),
+        &["--capacity", "2"],
+    );
+    let sql = "SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'Ssl_cipher'";
+    // mariadb: verify the server's certificate against our CA.
+    let ca_flag = format!("--ssl-ca={}", ca.display());
+    let out = finish(mariadb_clients(
+        gate.port(),
+        1,
+        sql,
+        &[&ca_flag, "--ssl-verify-server-cert"],
+    ));
+    let stdout = String::from_utf8_lossy(&out[0].stdout);
+    assert!(
+        out[0].status.success() && stdout.trim().len() > 3,
+        "mariadb over TLS through the gate: {stdout} {}",
+        String::from_utf8_lossy(&out[0].stderr)
+    );
+    // PHP PDO with MYSQL_ATTR_SSL_CA and VERIFY_SERVER_CERT (ssl-mode
+    // VERIFY_CA and more).
+    let dsn = format!(
+        "mysql:host=127.0.0.1;port={};dbname={}",
+        gate.port(),
+        dbslots_testkit::DATABASE
+    );
+    let php = php_clients(
+        dir.path(),
+        &dsn,
+        1,
+        sql,
+        &[("PHP_SSL_CA", ca.to_str().unwrap())],
+    );
+    assert!(php[0].starts_with("OK ") && php[0].len() > 6, "{php:?}");
+    // The verification is real: a client trusting another CA is refused.
+    let other = certs.path().join("other.pem");
+    let php = php_clients(
+        dir.path(),
+        &dsn,
+        1,
+        sql,
+        &[("PHP_SSL_CA", other.to_str().unwrap())],
+    );
+    assert!(php[0].starts_with("ERR"), "{php:?}");
+    let other_flag = format!("--ssl-ca={}", other.display());
+    let out = finish(mariadb_clients(
+        gate.port(),
+        1,
+        sql,
+        &[&other_flag, "--ssl-verify-server-cert"],
+    ));
+    assert!(!out[0].status.success(), "a wrong CA must not verify");
+}
+
+#[test]
+fn idle_timeout_closes_an_idle_client_for_a_waiter_but_not_a_running_query() {
+    let Some(mysql) = dbslots_testkit::shared_mysql() else {
+        return;
+    };
+    let upstream = mysql_async::Opts::from_url(&mysql.user_url).unwrap();
+    let upstream = format!("{}:{}", upstream.ip_or_hostname(), upstream.tcp_port());
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    let gate = GateProc::start(
+        dir.path(),
+        &upstream,
+        pool.to_str().unwrap(),
+        &[
+            "--capacity",
+            "2",
+            "--idle-timeout",
+            "1",
+            "--queue-timeout",
+            "10",
+        ],
+    );
+    let url = gate.url();
+    runtime().block_on(async move {
+        let mut idle = mysql_async::Conn::from_url(&url)
+            .await
+            .expect("first client");
+        let _: Option<u8> = idle.query_first("SELECT 1").await.unwrap();
+        let mut busy = mysql_async::Conn::from_url(&url)
+            .await
+            .expect("second client");
+        // Both slots are held now; nobody waits, so nobody is closed even
+        // after the idle timeout.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let _: Option<u8> = idle
+            .query_first("SELECT 1")
+            .await
+            .expect("no waiter, not closed");
+        let sleeping = tokio::spawn(async move {
+            let v: Option<u8> = busy.query_first("SELECT SLEEP(3)").await?;
+            busy.disconnect().await?;
+            Ok::<_, mysql_async::Error>(v)
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        let mut waiter = mysql_async::Conn::from_url(&url)
+            .await
+            .expect("the waiter gets in");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(700) && waited < Duration::from_millis(2500),
+            "the waiter got the idle client's slot after {waited:?}"
+        );
+        let _: Option<u8> = waiter.query_first("SELECT 1").await.unwrap();
+        assert!(
+            idle.query_first::<u8, _>("SELECT 1").await.is_err(),
+            "the idle client was closed"
+        );
+        assert_eq!(
+            sleeping
+                .await
+                .unwrap()
+                .expect("SELECT SLEEP(3) was not closed"),
+            Some(0)
+        );
+        waiter.disconnect().await.unwrap();
+    });
+    let r = gate.report_when("one idle close", |r| r.idle_closes == 1 && r.active == 0);
+    assert_eq!(r.admitted, 3);
+}
+
+#[test]
+fn sigkill_of_the_gate_frees_its_slots_and_sigterm_drains() {
+    let Some(mysql) = dbslots_testkit::shared_mysql() else {
+        return;
+    };
+    let upstream = mysql_async::Opts::from_url(&mysql.user_url).unwrap();
+    let upstream = format!("{}:{}", upstream.ip_or_hostname(), upstream.tcp_port());
+    let dir = tempfile::tempdir().unwrap();
+    let pool_dir = dir.path().join("pool");
+    let pool_arg = pool_dir.to_str().unwrap().to_string();
+    let rt = runtime();
+
+    // SIGKILL: three connections hold three slots; the kernel frees them.
+    let mut gate = GateProc::start(dir.path(), &upstream, &pool_arg, &["--capacity", "3"]);
+    let pool = Pool::open(pool_dir.as_path(), PoolOptions::new()).unwrap();
+    let url = gate.url();
+    let conns = rt.block_on(async {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(mysql_async::Conn::from_url(&url).await.expect("connects"));
+        }
+        v
+    });
+    assert_eq!(pool.stats().unwrap().active, 3);
+    gate.signal(libc::SIGKILL);
+    gate.wait_exit(Duration::from_secs(5));
+    assert_eq!(pool.stats().unwrap().active, 0, "SIGKILL freed the slots");
+    assert!(
+        dbslots_gate::read_gates_in(&pool_dir.join("gates"))
+            .unwrap()
+            .is_empty()
+    );
+    rt.block_on(async {
+        for mut c in conns {
+            assert!(
+                c.query_drop("SELECT 1").await.is_err(),
+                "its sockets are closed"
+            );
+        }
+    });
+
+    // SIGTERM: a running query finishes, new clients are not accepted, and
+    // the gate exits as soon as the last connection ends.
+    let mut gate = GateProc::start(dir.path(), &upstream, &pool_arg, &["--drain", "20"]);
+    let url = gate.url();
+    let port = gate.port();
+    let (result, exited_after) = rt.block_on(async {
+        let mut c = mysql_async::Conn::from_url(&url).await.expect("connects");
+        let query = tokio::spawn(async move {
+            let v: Option<u8> = c.query_first("SELECT SLEEP(1.5)").await?;
+            c.disconnect().await?;
+            Ok::<_, mysql_async::Error>(v)
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        gate.signal(libc::SIGTERM);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "a draining gate accepts nobody"
+        );
+        let started = Instant::now();
+        let result = query.await.unwrap();
+        let status = gate.wait_exit(Duration::from_secs(5));
+        assert!(status.success(), "{status}");
+        (result, started.elapsed())
+    });
+    assert_eq!(result.expect("the running query finished"), Some(0));
+    assert!(exited_after < Duration::from_secs(5), "{exited_after:?}");
+    assert!(gate.log_text().contains("draining"), "{}", gate.log_text());
+
+    // The drain time is a bound: an idle client does not keep it open, and
+    // a second SIGTERM closes at once.
+    for (drain, second_term, bound) in [("1", false, 4), ("30", true, 3)] {
+        let mut gate = GateProc::start(dir.path(), &upstream, &pool_arg, &["--drain", drain]);
+        let url = gate.url();
+        rt.block_on(async {
+            let mut idle = mysql_async::Conn::from_url(&url).await.expect("connects");
+            gate.signal(libc::SIGTERM);
+            if second_term {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                gate.signal(libc::SIGTERM);
+            }
+            gate.wait_exit(Duration::from_secs(bound));
+            assert!(idle.query_drop("SELECT 1").await.is_err());
+        });
+        assert_eq!(pool.stats().unwrap().active, 0);
+    }
+}
+
+#[test]
+fn two_gates_on_one_redis_pool_keep_the_server_within_the_shared_capacity() {
+    if !php_available() {
+        return;
+    }
+    let Some(redis) = dbslots_testkit::shared_redis() else {
+        return;
+    };
+    let Some(server) = private_mysql(50, &[]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let runtime_dir = dir.path().join("run");
+    std::fs::create_dir(&runtime_dir).unwrap();
+    let sep = if redis.contains('?') { '&' } else { '?' };
+    let pool = format!("{redis}{sep}pool=gate-test-{}", std::process::id());
+    let upstream = format!("127.0.0.1:{}", server.port());
+    let env = [("XDG_RUNTIME_DIR", runtime_dir.as_path())];
+    let a = GateProc::start_with(dir.path(), &upstream, &pool, &["--capacity", "5"], &env);
+    let b = GateProc::start_with(dir.path(), &upstream, &pool, &["--capacity", "5"], &env);
+    let admin = server.admin_url();
+    runtime().block_on(async {
+        let mut c = mysql_async::Conn::from_url(&admin).await.unwrap();
+        c.query_drop("FLUSH STATUS").await.unwrap();
+        c.disconnect().await.unwrap();
+    });
+    let sql = "SELECT SLEEP(0.05)";
+    let results: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = [&a, &b]
+            .iter()
+            .map(|g| {
+                let dsn = format!(
+                    "mysql:host=127.0.0.1;port={};dbname={}",
+                    g.port(),
+                    dbslots_testkit::DATABASE
+                );
+                let sub = dir.path().join(format!("php-{}", g.port()));
+                std::fs::create_dir_all(&sub).unwrap();
+                s.spawn(move || php_clients(&sub, &dsn, 50, sql, &[]))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let errors: Vec<_> = results.iter().filter(|l| !l.starts_with("OK")).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    let max_used = runtime().block_on(status_value(&admin, "Max_used_connections"));
+    // Five slots, plus the admin connection that reads the figure.
+    assert!(
+        max_used <= 6,
+        "Max_used_connections {max_used} > 5 + the monitor"
+    );
+    let ra = a.report_when("a's clients", |r| r.admitted == 50);
+    let rb = b.report_when("b's clients", |r| r.admitted == 50);
+    assert_eq!(ra.capacity, 5);
+    assert_eq!(rb.queue_timeouts, 0);
+    eprintln!("two gates, one Redis pool of 5: Max_used_connections {max_used}");
+}
+
+/// A stand-in server for the tests that need thousands of connections: it
+/// greets each connection with its accept number (8 bytes, little endian)
+/// and keeps it open until the client closes.
+fn numbering_server() -> (String, std::thread::JoinHandle<()>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let h = std::thread::spawn(move || {
+        for (n, conn) in l.incoming().enumerate() {
+            let Ok(mut conn) = conn else { return };
+            let _ = conn.write_all(&(n as u64).to_le_bytes());
+            std::thread::spawn(move || {
+                let mut b = [0u8; 64];
+                while matches!(conn.read(&mut b), Ok(k) if k > 0) {}
+            });
+        }
+    });
+    (addr, h)
+}
+
+fn raise_nofile() {
+    dbslots_gate::raise_open_file_limit().expect("raise the open-file limit");
+}
+
+#[test]
+fn ten_thousand_queued_clients_are_held_and_served_in_order() {
+    raise_nofile();
+    let (upstream, _server) = numbering_server();
+    let dir = tempfile::tempdir().unwrap();
+    let pool_dir = dir.path().join("pool");
+    let pool = Pool::open(pool_dir.as_path(), PoolOptions::new().capacity(1)).unwrap();
+    let held = pool.try_acquire().unwrap().expect("the only slot");
+    let gate = GateProc::start(
+        dir.path(),
+        &upstream,
+        pool_dir.to_str().unwrap(),
+        &["--queue-timeout", "120"],
+    );
+    const N: usize = 10_000;
+    let addr = gate.addr.clone();
+    runtime().block_on(async move {
+        use tokio::io::AsyncReadExt;
+        let mut clients = Vec::with_capacity(N);
+        for _ in 0..N {
+            clients.push(
+                tokio::net::TcpStream::connect(&addr)
+                    .await
+                    .expect("connect"),
+            );
+        }
+        let r = gate.report_when("10,000 queued", |r| r.queued == N as u64);
+        assert_eq!(r.accepted, N as u64);
+        drop(held);
+        let started = Instant::now();
+        // Client i must be greeted with number i (the server numbers
+        // connections in the order the gate opens them), and each closes
+        // after its greeting so the next one gets the slot.
+        for (i, mut c) in clients.into_iter().enumerate() {
+            let mut b = [0u8; 8];
+            tokio::time::timeout(Duration::from_secs(30), c.read_exact(&mut b))
+                .await
+                .unwrap_or_else(|_| panic!("client {i} was not served"))
+                .unwrap();
+            assert_eq!(u64::from_le_bytes(b), i as u64, "served out of order");
+        }
+        eprintln!(
+            "10,000 queued clients served in order in {:?}",
+            started.elapsed()
+        );
+        let r = gate.report_when("all served", |r| r.admitted == N as u64 && r.active == 0);
+        assert_eq!(r.queue_timeouts, 0);
+    });
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+#[test]
+fn an_idle_relayed_connection_costs_the_gate_at_most_64_kib() {
+    raise_nofile();
+    let (upstream, _server) = numbering_server();
+    let dir = tempfile::tempdir().unwrap();
+    let pool_dir = dir.path().join("pool");
+    const N: usize = 2_000;
+    let gate = GateProc::start(
+        dir.path(),
+        &upstream,
+        pool_dir.to_str().unwrap(),
+        &["--capacity", "4000", "--idle-timeout", "3600"],
+    );
+    let addr = gate.addr.clone();
+    let pid = gate.child.id();
+    runtime().block_on(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Warm up: the runtime's threads and the allocator's arenas.
+        let mut warm = Vec::new();
+        for _ in 0..100 {
+            let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let mut b = [0u8; 8];
+            c.read_exact(&mut b).await.unwrap();
+            warm.push(c);
+        }
+        let before = rss_kib(pid);
+        let mut clients = Vec::with_capacity(N);
+        for _ in 0..N {
+            let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let mut b = [0u8; 8];
+            c.read_exact(&mut b).await.unwrap();
+            // A little traffic the other way, like a login.
+            c.write_all(&[7u8; 100]).await.unwrap();
+            clients.push(c);
+        }
+        gate.report_when("all relayed", |r| r.active == (N + 100) as u64);
+        let per_conn = (rss_kib(pid).saturating_sub(before)) as f64 / N as f64;
+        eprintln!("gate memory per idle relayed connection: {per_conn:.1} KiB");
+        assert!(per_conn <= 64.0, "{per_conn:.1} KiB per idle connection");
+        drop(clients);
+        drop(warm);
+    });
+}

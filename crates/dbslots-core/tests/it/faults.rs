@@ -1,0 +1,456 @@
+//! The file pool under everyday faults: stopped waiters, shrinks, hostile
+//! files, full disks, many slots, forks, odd timeouts.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dbslots_core::{Error, Pool, PoolOptions};
+
+use crate::support::{Holder, Outcome, holder_exe, pool_dir};
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill on a child of this test that is not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0);
+}
+
+fn wait_for_waiters(pool: &Pool, n: u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pool.stats().expect("stats").waiting < n {
+        assert!(Instant::now() < deadline, "{n} waiters never queued");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_stopped_waiter_delays_nobody_and_keeps_its_place() {
+    let _serial = crate::support::timing_sensitive();
+    let (_dir, addr) = pool_dir();
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    for stopped_before_release in [Duration::ZERO, Duration::from_millis(200)] {
+        let held = pool.blocking_acquire().expect("fill");
+        // A queues first (the head), then is stopped; B and C queue behind.
+        let mut a = Holder::spawn(&addr, None);
+        wait_for_waiters(&pool, 1);
+        signal(a.child.id(), libc::SIGSTOP);
+        let mut b = Holder::spawn(&addr, None);
+        wait_for_waiters(&pool, 2);
+        let mut c = Holder::spawn(&addr, None);
+        wait_for_waiters(&pool, 3);
+        std::thread::sleep(stopped_before_release);
+        let freed = Instant::now();
+        drop(held);
+        assert_eq!(b.outcome(), Outcome::Held(0));
+        let delay = freed.elapsed();
+        eprintln!(
+            "stopped head ({stopped_before_release:?} before the release): the next waiter got the slot after {delay:?}"
+        );
+        assert!(
+            delay < Duration::from_millis(100),
+            "a stopped waiter delayed the next one by {delay:?}"
+        );
+        // A resumes: it kept its place, so it goes before C.
+        signal(a.child.id(), libc::SIGCONT);
+        std::thread::sleep(Duration::from_millis(50));
+        b.release();
+        assert_eq!(a.outcome(), Outcome::Held(0));
+        a.release();
+        assert_eq!(c.outcome(), Outcome::Held(0));
+        c.release();
+    }
+}
+
+#[test]
+fn a_shrink_admits_nobody_until_the_holders_fit() {
+    let (_dir, addr) = pool_dir();
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(4)).expect("create");
+    let mut holders: Vec<(u32, Holder)> = (0..4)
+        .map(|_| {
+            let mut h = Holder::spawn(&addr, None);
+            match h.outcome() {
+                Outcome::Held(s) => (s, h),
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    holders.sort_by_key(|(s, _)| *s);
+    assert_eq!(pool.resize(2).expect("shrink"), 4);
+    let stats = pool.stats().expect("stats");
+    assert_eq!(
+        (stats.capacity, stats.active),
+        (2, 4),
+        "every holder counted"
+    );
+    assert!(
+        stats.active > stats.capacity,
+        "over capacity while draining"
+    );
+    // Slots 0 and 1 free up; 2 and 3 are still held: the pool is full.
+    let mut high = holders.split_off(2);
+    for (_, h) in holders {
+        h.release();
+    }
+    let mut waiter = Holder::spawn(&addr, None);
+    wait_for_waiters(&pool, 1);
+    assert!(
+        pool.try_acquire().expect("try").is_none(),
+        "nobody new while 2 of 2 are held"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = pool.stats().expect("stats");
+    assert_eq!(
+        (stats.active, stats.waiting),
+        (2, 1),
+        "the waiter must still wait"
+    );
+    // One of the slots above the capacity frees: one holder fits.
+    high.remove(0).1.release();
+    assert!(matches!(waiter.outcome(), Outcome::Held(s) if s < 2));
+    let stats = pool.stats().expect("stats");
+    assert_eq!(stats.active, 2);
+    assert!(pool.try_acquire().expect("try").is_none());
+    high.remove(0).1.release();
+    waiter.release();
+    // Drained: both slots of the new capacity are usable again.
+    let a = pool.try_acquire().expect("try").expect("first");
+    let b = pool.try_acquire().expect("try").expect("second");
+    assert!(a.index() < 2 && b.index() < 2);
+    assert!(pool.try_acquire().expect("try").is_none());
+}
+
+/// Everything outside the pool that a planted symlink could point at.
+struct Bait {
+    dir: tempfile::TempDir,
+}
+
+impl Bait {
+    fn new() -> Bait {
+        let dir = tempfile::tempdir().expect("bait dir");
+        std::fs::write(dir.path().join("precious"), b"precious").expect("bait file");
+        Bait { dir }
+    }
+
+    fn file(&self) -> std::path::PathBuf {
+        self.dir.path().join("precious")
+    }
+
+    /// Nothing was created, removed, changed or locked out there.
+    fn untouched(&self) {
+        let names: Vec<_> = std::fs::read_dir(self.dir.path())
+            .expect("bait dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(
+            names,
+            ["precious"],
+            "files appeared or vanished outside the pool"
+        );
+        assert_eq!(std::fs::read(self.file()).expect("bait"), b"precious");
+        let mode = std::fs::metadata(self.file())
+            .expect("bait")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o644, "mode of the bait changed");
+    }
+}
+
+#[test]
+fn symlinks_at_every_component_are_refused_and_nothing_outside_is_touched() {
+    for component in [
+        "slots",
+        "waiters",
+        "state",
+        "pool.json",
+        "init.lock",
+        "slots/0",
+    ] {
+        let (_dir, addr) = pool_dir();
+        let root = Path::new(&addr);
+        let pool = Pool::open(&addr, PoolOptions::new().capacity(2)).expect("create");
+        let waiter_pool = pool.clone();
+        let bait = Bait::new();
+        std::fs::set_permissions(bait.file(), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        let target = if component.contains('/') || !["slots", "waiters"].contains(&component) {
+            bait.file()
+        } else {
+            bait.dir.path().to_path_buf()
+        };
+        let path = root.join(component);
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).expect("remove dir");
+        } else {
+            std::fs::remove_file(&path).expect("remove file");
+        }
+        std::os::unix::fs::symlink(&target, &path).expect("plant symlink");
+
+        // Every way in, through a handle opened before the symlink was
+        // planted and through a fresh one: opening, creating, taking,
+        // queueing, status, resize. The old handle's directories may be
+        // gone (an error is fine); the fresh one must say what is wrong.
+        let ops = |p: &Pool| -> Vec<Option<String>> {
+            vec![
+                p.try_acquire().map(|_| ()).err().map(|e| e.to_string()),
+                p.blocking_acquire_timeout(Duration::from_millis(50))
+                    .map(|_| ())
+                    .err()
+                    .map(|e| e.to_string()),
+                p.stats().map(|_| ()).err().map(|e| e.to_string()),
+                p.resize(3).map(|_| ()).err().map(|e| e.to_string()),
+            ]
+        };
+        let mut errors = vec![
+            Pool::open(&addr, PoolOptions::new().capacity(2))
+                .err()
+                .map(|e| e.to_string()),
+        ];
+        match Pool::open(&addr, PoolOptions::new()) {
+            Ok(fresh) => errors.extend(ops(&fresh)),
+            Err(e) => errors.push(Some(e.to_string())),
+        }
+        let _ = ops(&pool);
+        let _ = ops(&waiter_pool);
+        let refused: Vec<String> = errors.into_iter().flatten().collect();
+        assert!(
+            !refused.is_empty(),
+            "{component}: nothing noticed the symlink"
+        );
+        assert!(
+            refused
+                .iter()
+                .all(|e| e.contains("symbolic link") || e.contains("not a directory")),
+            "{component}: unclear errors {refused:?}"
+        );
+        bait.untouched();
+    }
+}
+
+#[test]
+fn a_pool_directory_others_could_have_prepared_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = dir.path().join("pool");
+    std::fs::create_dir(&pool).expect("dir");
+    std::fs::set_permissions(&pool, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let err = Pool::open(pool.as_path(), PoolOptions::new().capacity(1))
+        .expect_err("world-writable directory")
+        .to_string();
+    assert!(
+        err.contains("writable by every user") && err.contains("0777"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read_dir(&pool).expect("dir").next().is_none(),
+        "nothing created"
+    );
+
+    if rustix::process::geteuid().is_root() {
+        std::fs::set_permissions(&pool, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        // SAFETY: chown on a path we own; 65534 is "nobody" on Debian.
+        let c = std::ffi::CString::new(pool.to_str().expect("utf-8")).expect("path");
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+        let err = Pool::open(pool.as_path(), PoolOptions::new().capacity(1))
+            .expect_err("foreign-owned directory")
+            .to_string();
+        assert!(
+            err.contains("owned by") && err.contains("65534") && err.contains("0755"),
+            "{err}"
+        );
+        assert!(
+            std::fs::read_dir(&pool).expect("dir").next().is_none(),
+            "nothing created"
+        );
+    } else {
+        eprintln!("skipping the foreign-owner half: needs root to chown");
+    }
+}
+
+#[test]
+fn a_full_filesystem_fails_the_creation_cleanly() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: mounting a small tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mnt = dir.path().join("tiny");
+    std::fs::create_dir(&mnt).expect("mountpoint");
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=128k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .expect("mount runs");
+    assert!(status.success(), "mount a 128 KiB tmpfs");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&mnt);
+    let err = Pool::open(mnt.join("pool").as_path(), PoolOptions::new().capacity(4))
+        .expect_err("the board does not fit in 128 KiB")
+        .to_string();
+    assert!(err.contains("filesystem is full"), "{err}");
+}
+
+/// A holder process limited to the default soft limit of 1024 open files.
+fn spawn_limited(addr: &str, args: &[&str]) -> std::process::Child {
+    let mut cmd = Command::new(holder_exe());
+    cmd.arg(addr)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 1024,
+                rlim_max: 1024,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("spawn holder")
+}
+
+#[test]
+fn more_than_1024_slots_work_under_the_default_open_file_limit() {
+    let _serial = crate::support::timing_sensitive();
+    let (_dir, addr) = pool_dir();
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1100)).expect("create");
+    // Two processes hold 550 slots each: 1100 held at once.
+    let mut many: Vec<_> = (0..2)
+        .map(|_| {
+            let mut c = spawn_limited(&addr, &["many", "550"]);
+            let mut out = BufReader::new(c.stdout.take().expect("stdout"));
+            let mut line = String::new();
+            out.read_line(&mut line).expect("read");
+            assert_eq!(line.trim(), "HELD 550", "holder said {line:?}");
+            (c, out)
+        })
+        .collect();
+    assert_eq!(pool.stats().expect("stats").active, 1100);
+    // A waiter under the same limit probes all 1100 slots, queues, and gets
+    // the slots when one holder lets go.
+    let mut waiter = spawn_limited(&addr, &["hold", "30000"]);
+    let mut wout = BufReader::new(waiter.stdout.take().expect("stdout"));
+    wait_for_waiters(&pool, 1);
+    let (mut first, _) = many.remove(0);
+    writeln!(first.stdin.as_mut().expect("stdin")).expect("release");
+    first.wait().expect("reap");
+    let mut line = String::new();
+    wout.read_line(&mut line).expect("read");
+    assert!(line.starts_with("HELD "), "waiter said {line:?}");
+    drop(waiter.stdin.take());
+    waiter.wait().expect("reap");
+    for (mut c, _) in many {
+        drop(c.stdin.take());
+        c.wait().expect("reap");
+    }
+}
+
+#[test]
+fn a_handle_used_in_a_forked_child_fails_clearly_and_deadlines_work_there() {
+    let (_dir, addr) = pool_dir();
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let held = pool.blocking_acquire().expect("hold the only slot");
+    // SAFETY: the child only calls into the pool and _exit; the test
+    // harness's other threads are not touched in the child.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let code = (|| {
+            match pool.try_acquire() {
+                Err(Error::Forked { .. }) => {}
+                _ => return 10,
+            }
+            // Dropping the inherited guard leaves the parent's slot alone.
+            std::mem::drop(unsafe { std::ptr::read(&held) });
+            // A handle opened in the child works, deadlines included (no
+            // helper thread is needed for them).
+            let own = match Pool::open(&addr, PoolOptions::new()) {
+                Ok(p) => p,
+                Err(_) => return 11,
+            };
+            let start = Instant::now();
+            match own.blocking_acquire_timeout(Duration::from_millis(200)) {
+                Err(Error::Timeout { .. }) if start.elapsed() < Duration::from_secs(3) => 0,
+                _ => 12,
+            }
+        })();
+        // SAFETY: leaves the forked child without running the parent's
+        // destructors or atexit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "child died: {status}");
+    assert_eq!(libc::WEXITSTATUS(status), 0, "child check failed");
+    assert!(
+        pool.try_acquire().expect("try").is_none(),
+        "the parent still holds its slot"
+    );
+    assert_eq!(pool.stats().expect("stats").active, 1);
+    drop(held);
+}
+
+#[test]
+fn deadlines_work_in_threads_that_block_every_signal() {
+    let (_dir, addr) = pool_dir();
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let _held = pool.blocking_acquire().expect("fill");
+    let p = pool.clone();
+    let waited = std::thread::spawn(move || {
+        // SAFETY: blocks every signal in this thread only.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        }
+        let start = Instant::now();
+        let err = p
+            .blocking_acquire_timeout(Duration::from_millis(200))
+            .expect_err("full");
+        assert!(err.is_timeout(), "{err}");
+        start.elapsed()
+    })
+    .join()
+    .expect("thread");
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn no_timeout_panics_and_a_zero_timeout_takes_a_crashed_holders_slot() {
+    let (_dir, addr) = pool_dir();
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    drop(
+        pool.blocking_acquire_timeout(Duration::MAX)
+            .expect("a free slot, no deadline"),
+    );
+    let mut holder = Holder::spawn(&addr, None);
+    assert_eq!(holder.outcome(), Outcome::Held(0));
+    let p = pool.clone();
+    let waiter =
+        std::thread::spawn(move || p.blocking_acquire_timeout(Duration::MAX).map(|s| s.index()));
+    wait_for_waiters(&pool, 1);
+    holder.release();
+    assert_eq!(waiter.join().expect("join").expect("slot"), 0);
+    // A holder killed with its board bit set: only a probe finds the slot.
+    let holder = Holder::spawn(&addr, None);
+    let mut holder = holder;
+    assert_eq!(holder.outcome(), Outcome::Held(0));
+    holder.crash();
+    let slot = pool
+        .blocking_acquire_timeout(Duration::ZERO)
+        .expect("the crashed holder's slot");
+    assert_eq!(slot.index(), 0);
+}

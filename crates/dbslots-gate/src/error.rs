@@ -1,0 +1,41 @@
+//! Errors of the gate.
+
+use std::path::PathBuf;
+
+/// What can keep a gate from starting. Once running, a gate does not fail:
+/// problems with one client (a queue timeout, an unreachable server) are
+/// answered to that client and logged.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A `--listen` or `--upstream` address that cannot be used.
+    #[error("{endpoint:?} is not a usable address: {reason}")]
+    InvalidEndpoint {
+        /// The address as given.
+        endpoint: String,
+        /// What is wrong and what to write instead.
+        reason: String,
+    },
+    /// A listening address cannot be bound.
+    #[error("cannot listen on {endpoint}: {error}; pick a free address or stop what uses it")]
+    Bind {
+        /// The address.
+        endpoint: String,
+        /// Why the kernel refused.
+        error: std::io::Error,
+    },
+    /// The gate was given nothing to listen on.
+    #[error("the gate needs at least one --listen address")]
+    NoListener,
+    /// The pool failed.
+    #[error(transparent)]
+    Pool(#[from] dbslots_core::Error),
+    /// The gate's counters cannot be published next to the pool.
+    #[error("cannot publish the gate's counters in {path}: {reason}")]
+    Publish {
+        /// The file or directory.
+        path: PathBuf,
+        /// What went wrong and what to do.
+        reason: String,
+    },
+}

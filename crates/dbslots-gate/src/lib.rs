@@ -1,0 +1,715 @@
+//! A transparent gate in front of a MySQL server: every client connection
+//! takes one slot of a dbslots pool before the gate connects to the server
+//! for it, and gives the slot back after the server's socket is closed.
+//!
+//! A key design decision made in this crate is that **the gate never parses
+//! the protocol**: once a client has its slot, bytes are relayed both ways
+//! unchanged, so authentication, TLS negotiated in-band, `COM_CHANGE_USER`
+//! and every server version pass through untouched. The gate speaks MySQL
+//! exactly once, and only to a client it refuses: the server speaks first,
+//! so a queued client simply has not been greeted yet, and a refusal is an
+//! ERR packet in place of the greeting (1040, SQLSTATE `08004`, a message
+//! naming dbslots, the pool, its capacity and the number waiting), which
+//! every client reports like the server's own "Too many connections".
+//!
+//! Clients queue in the gate in accept order; a few agents wait in the pool
+//! on their behalf (see `queue`), so the gate holds 10,000 queued clients
+//! without 10,000 threads, and shares the pool FIFO with every other user.
+//!
+//! ```no_run
+//! use dbslots_core::{Pool, PoolOptions};
+//! use dbslots_gate::{Gate, GateOptions};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = Pool::open("/run/myapp/db-slots", PoolOptions::new().capacity(140))?;
+//! let options = GateOptions::new(
+//!     vec!["127.0.0.1:3307".parse()?, "unix:/run/dbslots-gate/mysql.sock".parse()?],
+//!     "127.0.0.1:3306".parse()?,
+//! );
+//! let gate = Gate::bind(pool, options).await?;
+//! let control = gate.control();
+//! tokio::spawn(async move {
+//!     let _ = tokio::signal::ctrl_c().await;
+//!     control.drain(std::time::Duration::from_secs(30));
+//! });
+//! let report = gate.run().await;
+//! println!("{} clients admitted", report.admitted);
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod endpoint;
+mod error;
+mod limits;
+mod net;
+mod packet;
+mod queue;
+mod relay;
+mod stats;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dbslots_core::Pool;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Notify, watch};
+
+pub use endpoint::Endpoint;
+pub use error::Error;
+pub use limits::raise_open_file_limit;
+pub use packet::{CR_CONN_HOST_ERROR, ER_CON_COUNT_ERROR, error_packet};
+pub use stats::{GateReport, gates_dir, read_gates, read_gates_in};
+
+use net::{Listener, Stream};
+use queue::{Admission, Ticket};
+use relay::{Activity, Clock, Tracked};
+use stats::{Counters, Identity, Publication, bump, drop_one};
+
+/// How a gate behaves.
+#[derive(Debug, Clone)]
+pub struct GateOptions {
+    listen: Vec<Endpoint>,
+    upstream: Endpoint,
+    queue_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    connect_timeout: Duration,
+    name: Option<String>,
+    stats_dir: Option<PathBuf>,
+    max_pool_waiters: usize,
+}
+
+impl GateOptions {
+    /// Listen on `listen`, relay to `upstream`; a 30 s queue timeout, no
+    /// idle timeout, a 10 s connect timeout.
+    pub fn new(listen: Vec<Endpoint>, upstream: Endpoint) -> Self {
+        GateOptions {
+            listen,
+            upstream,
+            queue_timeout: Duration::from_secs(30),
+            idle_timeout: None,
+            connect_timeout: Duration::from_secs(10),
+            name: None,
+            stats_dir: None,
+            max_pool_waiters: 16,
+        }
+    }
+
+    /// How long a client may wait for a slot before it is refused with
+    /// error 1040 (30 s by default).
+    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
+        self.queue_timeout = timeout;
+        self
+    }
+
+    /// Closes a connection on which the server moved last and then nothing
+    /// moved for `idle`, while others wait for a slot. A connection whose
+    /// client spoke last (a query running) is never closed for idleness.
+    pub fn idle_timeout(mut self, idle: Option<Duration>) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+
+    /// How long connecting to the server may take (10 s by default).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The name the gate publishes its counters under (by default its first
+    /// listen address).
+    pub fn name(mut self, name: Option<String>) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// Where to publish the counters instead of [`gates_dir`] of the pool.
+    pub fn stats_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.stats_dir = dir;
+        self
+    }
+
+    /// How many clients at most wait in the pool itself at once (16 by
+    /// default); the others wait in the gate, in order, behind them.
+    pub fn max_pool_waiters(mut self, n: usize) -> Self {
+        self.max_pool_waiters = n.max(1);
+        self
+    }
+}
+
+/// Where a gate is in its life.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    Running,
+    /// Not accepting; connections may finish until the deadline.
+    Draining(Instant),
+    /// Closing everything now.
+    Stopping,
+}
+
+/// Tells a running gate to drain or stop (from a signal handler task).
+#[derive(Debug, Clone)]
+pub struct GateControl {
+    phase: Arc<watch::Sender<Phase>>,
+}
+
+impl GateControl {
+    /// Stops accepting clients at once; connections and queued clients get
+    /// `within` to finish (queued ones may still be admitted), then
+    /// everything left is closed. A second call does not extend the time.
+    pub fn drain(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        self.phase.send_if_modified(|p| match p {
+            Phase::Running => {
+                *p = Phase::Draining(deadline);
+                true
+            }
+            _ => false,
+        });
+    }
+
+    /// Closes every connection now (each slot is released after its server
+    /// socket is closed); queued clients are refused with error 1040.
+    pub fn stop(&self) {
+        self.phase.send_replace(Phase::Stopping);
+    }
+
+    /// Whether [`GateControl::drain`] or [`GateControl::stop`] was called.
+    pub fn is_stopping(&self) -> bool {
+        *self.phase.borrow() != Phase::Running
+    }
+}
+
+/// What every connection task of a gate shares.
+struct Shared {
+    pool: Pool,
+    pool_name: String,
+    upstream: Endpoint,
+    name: String,
+    queue_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    connect_timeout: Duration,
+    counters: Arc<Counters>,
+    admission: Arc<Admission>,
+    clock: Arc<Clock>,
+    /// Waiters of the pool as a whole (other gates and processes), looked
+    /// at once a second while an idle timeout is set.
+    pool_waiting: AtomicU64,
+    /// Connection tasks alive (queued or relaying).
+    open: AtomicU64,
+    all_closed: Notify,
+}
+
+/// A bound gate, ready to [`run`](Gate::run).
+pub struct Gate {
+    shared: Arc<Shared>,
+    listeners: Vec<Listener>,
+    bound: Vec<Endpoint>,
+    identity: Identity,
+    publication: Option<Publication>,
+    phase: Arc<watch::Sender<Phase>>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("name", &self.shared.name)
+            .field("listen", &self.bound)
+            .field("upstream", &self.shared.upstream)
+            .field("pool", &self.shared.pool_name)
+            .finish()
+    }
+}
+
+impl Gate {
+    /// Binds every listen address and claims the gate's name in the pool's
+    /// gate directory. Nothing is accepted before [`Gate::run`].
+    pub async fn bind(pool: Pool, options: GateOptions) -> Result<Gate, Error> {
+        if options.listen.is_empty() {
+            return Err(Error::NoListener);
+        }
+        let mut listeners = Vec::new();
+        let mut bound = Vec::new();
+        for endpoint in &options.listen {
+            let l = Listener::bind(endpoint)
+                .await
+                .map_err(|error| Error::Bind {
+                    endpoint: endpoint.to_string(),
+                    error,
+                })?;
+            bound.push(l.local_endpoint().map_err(|error| Error::Bind {
+                endpoint: endpoint.to_string(),
+                error,
+            })?);
+            listeners.push(l);
+        }
+        let name = options.name.clone().unwrap_or_else(|| bound[0].to_string());
+        let name = stats::file_safe(&name);
+        let dir = match &options.stats_dir {
+            Some(d) => d.clone(),
+            None => gates_dir(pool.addr())?,
+        };
+        let publication = Publication::claim(&dir, &name)?;
+        let counters = Arc::new(Counters::default());
+        let pool_name = pool.addr().to_string();
+        let identity = Identity {
+            name: name.clone(),
+            listen: bound.iter().map(ToString::to_string).collect(),
+            upstream: options.upstream.to_string(),
+            pool: pool_name.clone(),
+            started_unix_ms: stats::now_unix_ms(),
+        };
+        let shared = Arc::new(Shared {
+            admission: Admission::new(pool.clone(), options.max_pool_waiters, counters.clone()),
+            pool,
+            pool_name,
+            upstream: options.upstream,
+            name,
+            queue_timeout: options.queue_timeout,
+            idle_timeout: options.idle_timeout,
+            connect_timeout: options.connect_timeout,
+            counters,
+            clock: Clock::new(),
+            pool_waiting: AtomicU64::new(0),
+            open: AtomicU64::new(0),
+            all_closed: Notify::new(),
+        });
+        Ok(Gate {
+            shared,
+            listeners,
+            bound,
+            identity,
+            publication: Some(publication),
+            phase: Arc::new(watch::channel(Phase::Running).0),
+        })
+    }
+
+    /// The addresses bound, with the ports the kernel chose for `:0`.
+    pub fn local_endpoints(&self) -> &[Endpoint] {
+        &self.bound
+    }
+
+    /// The name the gate publishes its counters under.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// A handle to drain or stop the gate.
+    pub fn control(&self) -> GateControl {
+        GateControl {
+            phase: self.phase.clone(),
+        }
+    }
+
+    /// The gate's counters now.
+    pub fn report(&self) -> GateReport {
+        self.shared.counters.report(
+            &self.identity,
+            self.shared.pool.capacity(),
+            *self.phase.borrow() != Phase::Running,
+        )
+    }
+
+    /// Accepts and relays until drained or stopped through
+    /// [`Gate::control`]; returns the final counters.
+    pub async fn run(mut self) -> GateReport {
+        let mut phase = self.phase.subscribe();
+        let mut background = tokio::task::JoinSet::new();
+        for listener in std::mem::take(&mut self.listeners) {
+            background.spawn(accept_loop(
+                listener,
+                self.shared.clone(),
+                self.phase.subscribe(),
+            ));
+        }
+        background.spawn(publish_loop(
+            self.shared.clone(),
+            self.identity.clone(),
+            self.publication.take(),
+            self.phase.subscribe(),
+        ));
+        if self.shared.idle_timeout.is_some() {
+            background.spawn(idle_support_loop(
+                self.shared.clone(),
+                self.phase.subscribe(),
+            ));
+        }
+        // Run until asked to drain or stop.
+        let _ = not_running(&mut phase).await;
+        let drain_until = match *phase.borrow() {
+            Phase::Draining(deadline) => Some(deadline),
+            _ => None,
+        };
+        if let Some(deadline) = drain_until {
+            tracing::info!(gate = %self.shared.name, open = self.shared.open.load(Ordering::Relaxed), "draining: accepting no more clients");
+            let all_closed = async {
+                loop {
+                    let notified = self.shared.all_closed.notified();
+                    if self.shared.open.load(Ordering::Relaxed) == 0 {
+                        return;
+                    }
+                    notified.await;
+                }
+            };
+            tokio::select! {
+                () = all_closed => {}
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    tracing::warn!(gate = %self.shared.name, open = self.shared.open.load(Ordering::Relaxed), "drain time is up: closing the remaining connections");
+                }
+                _ = stopping(&mut phase) => {}
+            }
+        }
+        self.phase.send_replace(Phase::Stopping);
+        // Connection tasks see Stopping and close at once; give them a moment.
+        let closed = async {
+            loop {
+                let notified = self.shared.all_closed.notified();
+                if self.shared.open.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), closed).await;
+        // The publisher writes its last report and removes its files.
+        while background.join_next().await.is_some() {}
+        self.report()
+    }
+}
+
+async fn accept_loop(listener: Listener, shared: Arc<Shared>, phase: watch::Receiver<Phase>) {
+    let mut watch_phase = phase.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    shared.open.fetch_add(1, Ordering::Relaxed);
+                    bump(&shared.counters.accepted);
+                    // Queue here, not in the task: tasks start in any
+                    // order, clients must be served in accept order.
+                    let ticket = shared.admission.enqueue();
+                    tokio::spawn(serve_client(shared.clone(), stream, peer, ticket, phase.clone()));
+                }
+                Err(e) => {
+                    // Out of descriptors, or a client that reset before we
+                    // took it: say so, and do not spin.
+                    tracing::warn!(gate = %shared.name, error = %e, "accepting a client failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            _ = not_running(&mut watch_phase) => return,
+        }
+    }
+}
+
+/// Decrements the open-connections gauge however the task ends.
+struct OpenGuard(Arc<Shared>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.all_closed.notify_waiters();
+        }
+    }
+}
+
+async fn serve_client(
+    shared: Arc<Shared>,
+    mut client: Stream,
+    peer: String,
+    mut ticket: Ticket,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let _open = OpenGuard(shared.clone());
+    let queued_at = ticket.queued_at;
+    enum Waited {
+        Admitted(queue::Admit),
+        TimedOut,
+        Gone,
+        Stopping,
+    }
+    let waited = tokio::select! {
+        biased;
+        admit = &mut ticket.rx => match admit {
+            Ok(a) => Waited::Admitted(a),
+            Err(_) => Waited::Stopping,
+        },
+        () = tokio::time::sleep(shared.queue_timeout) => Waited::TimedOut,
+        () = hung_up(&client) => Waited::Gone,
+        _ = stopping(&mut phase) => Waited::Stopping,
+    };
+    let waited = match waited {
+        Waited::Admitted(a) => Waited::Admitted(a),
+        other => match ticket.leave() {
+            // A slot arrived just as we gave up: use it.
+            Some(a) if !matches!(other, Waited::Gone) => Waited::Admitted(a),
+            Some(Ok(slot)) => {
+                queue::release(slot);
+                other
+            }
+            _ => other,
+        },
+    };
+    drop(ticket);
+    let slot = match waited {
+        Waited::Admitted(Ok(slot)) => slot,
+        Waited::Admitted(Err(pool_error)) => {
+            let msg = format!(
+                "dbslots gate {}: the pool {} failed, so no slot could be taken: {pool_error}",
+                shared.name, shared.pool_name
+            );
+            refuse(
+                &shared,
+                &mut client,
+                &peer,
+                packet::ER_CON_COUNT_ERROR,
+                "08004",
+                "pool_failed",
+                &msg,
+                queued_at,
+            )
+            .await;
+            return;
+        }
+        Waited::TimedOut => {
+            bump(&shared.counters.queue_timeouts);
+            let waiting = shared.admission.waiting();
+            let msg = format!(
+                "Too many connections: dbslots gate {} found no free slot in pool {} (capacity {}) within {:.0?}; {waiting} other clients waiting",
+                shared.name,
+                shared.pool_name,
+                shared.pool.capacity(),
+                shared.queue_timeout,
+            );
+            refuse(
+                &shared,
+                &mut client,
+                &peer,
+                packet::ER_CON_COUNT_ERROR,
+                "08004",
+                "queue_timeout",
+                &msg,
+                queued_at,
+            )
+            .await;
+            return;
+        }
+        Waited::Stopping => {
+            let msg = format!(
+                "Too many connections: dbslots gate {} is shutting down before a slot of pool {} (capacity {}) came free",
+                shared.name,
+                shared.pool_name,
+                shared.pool.capacity()
+            );
+            refuse(
+                &shared,
+                &mut client,
+                &peer,
+                packet::ER_CON_COUNT_ERROR,
+                "08004",
+                "shutting_down",
+                &msg,
+                queued_at,
+            )
+            .await;
+            return;
+        }
+        Waited::Gone => {
+            bump(&shared.counters.abandoned);
+            tracing::debug!(gate = %shared.name, client = %peer, "client hung up while queued");
+            return;
+        }
+    };
+    bump(&shared.counters.admitted);
+    shared.counters.record_wait(queued_at.elapsed());
+    let upstream = match net::connect(&shared.upstream, shared.connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            // The slot goes back before the client hears about it.
+            queue::release(slot);
+            bump(&shared.counters.upstream_failures);
+            let msg = format!(
+                "dbslots gate {}: cannot connect to the MySQL server at {}: {e}",
+                shared.name, shared.upstream
+            );
+            refuse(
+                &shared,
+                &mut client,
+                &peer,
+                packet::CR_CONN_HOST_ERROR,
+                "HY000",
+                "upstream_unreachable",
+                &msg,
+                queued_at,
+            )
+            .await;
+            return;
+        }
+    };
+    bump(&shared.counters.active);
+    let activity = Activity::new(&shared.clock);
+    let track = shared.idle_timeout.map(|_| (&activity, &*shared.clock));
+    let mut c = Tracked::client(client, &shared.counters, track);
+    let mut s = Tracked::server(upstream, &shared.counters, track);
+    let idle = async {
+        match shared.idle_timeout {
+            Some(idle) => {
+                relay::idle_expired(
+                    &activity,
+                    &shared.clock,
+                    idle,
+                    &shared.admission.demand,
+                    || {
+                        shared.admission.waiting() > 0
+                            || shared.pool_waiting.load(Ordering::Relaxed) > 0
+                    },
+                )
+                .await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = relay::copy_both(&mut c, &mut s) => {
+            if let Err(e) = r {
+                tracing::debug!(gate = %shared.name, client = %peer, error = %e, "connection ended with an error");
+            }
+        }
+        () = idle => {
+            bump(&shared.counters.idle_closes);
+            tracing::info!(gate = %shared.name, client = %peer, idle_timeout = ?shared.idle_timeout, "closed an idle connection: others wait for its slot");
+        }
+        _ = stopping(&mut phase) => {}
+    }
+    // The server's socket first, then the slot.
+    drop(s);
+    drop(c);
+    drop_one(&shared.counters.active);
+    queue::release(slot);
+}
+
+/// Resolves when a queued client hangs up. A client that sends something
+/// before its greeting is left alone (never resolves).
+async fn hung_up(client: &Stream) {
+    loop {
+        if client.readable().await.is_err() {
+            return;
+        }
+        match net_peek(client) {
+            Ok(0) => return,
+            Ok(_) => return std::future::pending().await,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+fn net_peek(client: &Stream) -> std::io::Result<usize> {
+    let mut b = [0u8; 1];
+    client.try_peek(&mut b)
+}
+
+/// Answers a client that gets no connection with an ERR packet in place of
+/// the greeting, and logs one line.
+#[allow(clippy::too_many_arguments)]
+async fn refuse(
+    shared: &Shared,
+    client: &mut Stream,
+    peer: &str,
+    code: u16,
+    sqlstate: &str,
+    reason: &'static str,
+    message: &str,
+    queued_at: Instant,
+) {
+    tracing::warn!(
+        gate = %shared.name,
+        pool = %shared.pool_name,
+        client = %peer,
+        reason,
+        code,
+        waited_ms = queued_at.elapsed().as_millis() as u64,
+        waiting = shared.admission.waiting(),
+        "refused a client: {message}"
+    );
+    let packet = packet::error_packet(code, sqlstate, message);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        client.write_all(&packet).await?;
+        client.shutdown().await
+    })
+    .await;
+}
+
+async fn publish_loop(
+    shared: Arc<Shared>,
+    identity: Identity,
+    publication: Option<Publication>,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let Some(publication) = publication else {
+        return;
+    };
+    let mut last = None;
+    loop {
+        let draining = *phase.borrow() != Phase::Running;
+        let mut report = shared
+            .counters
+            .report(&identity, shared.pool.capacity(), draining);
+        let stamp = report.updated_unix_ms;
+        report.updated_unix_ms = 0;
+        if last.as_ref() != Some(&report) {
+            last = Some(report.clone());
+            report.updated_unix_ms = stamp;
+            if let Err(e) = publication.write(&report) {
+                tracing::warn!(gate = %shared.name, error = %e, "cannot publish the gate's counters");
+            }
+        }
+        if *phase.borrow() == Phase::Stopping {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stopping(&mut phase) => {}
+        }
+        if *phase.borrow() == Phase::Stopping && shared.open.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+    }
+}
+
+/// While an idle timeout is set: ticks the coarse clock, and looks at the
+/// pool's waiters once a second.
+async fn idle_support_loop(shared: Arc<Shared>, mut phase: watch::Receiver<Phase>) {
+    let mut n = 0u64;
+    let mut tick = tokio::time::interval(relay::TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopping(&mut phase) => return,
+        }
+        shared.clock.tick();
+        n += 1;
+        if n.is_multiple_of(20) {
+            let pool = shared.pool.clone();
+            if let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || pool.stats()).await {
+                shared
+                    .pool_waiting
+                    .store(u64::from(stats.waiting), Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Resolves once the gate is stopping (never holds the channel's lock
+/// across an await).
+async fn stopping(phase: &mut watch::Receiver<Phase>) {
+    let _ = phase.wait_for(|p| *p == Phase::Stopping).await.map(|_| ());
+}
+
+/// Resolves once the gate drains or stops.
+async fn not_running(phase: &mut watch::Receiver<Phase>) {
+    let _ = phase.wait_for(|p| *p != Phase::Running).await.map(|_| ());
+}

@@ -1,0 +1,200 @@
+//! TCP and unix sockets behind one type each, so the relay does not care
+//! which kind a client or the server came through.
+
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+use crate::endpoint::Endpoint;
+
+/// Backlog of the listening sockets: a burst of clients must not overflow
+/// the accept queue (the kernel caps it at `net.core.somaxconn`).
+const BACKLOG: u32 = 8192;
+
+/// A bound listening socket.
+pub(crate) enum Listener {
+    Tcp(TcpListener),
+    /// The path is removed again when the listener is dropped.
+    Unix(UnixListener, UnixPath),
+}
+
+/// Removes a unix socket file this gate created, on drop.
+pub(crate) struct UnixPath(PathBuf);
+
+impl Drop for UnixPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Listener {
+    /// Binds `endpoint`. A stale unix socket file (nobody accepting on it) is
+    /// replaced; a live one is an error.
+    pub(crate) async fn bind(endpoint: &Endpoint) -> io::Result<Listener> {
+        match endpoint {
+            Endpoint::Tcp(addr) => {
+                let mut last = None;
+                for a in tokio::net::lookup_host(addr.as_str()).await? {
+                    let socket = if a.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
+                    socket.set_reuseaddr(true)?;
+                    match socket.bind(a).and_then(|()| socket.listen(BACKLOG)) {
+                        Ok(l) => return Ok(Listener::Tcp(l)),
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.unwrap_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, "the host resolves to no address")
+                }))
+            }
+            Endpoint::Unix(path) => {
+                if path.exists() {
+                    if UnixStream::connect(path).await.is_ok() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            "another process accepts connections on this socket",
+                        ));
+                    }
+                    std::fs::remove_file(path)?;
+                }
+                let std = std::os::unix::net::UnixListener::bind(path)?;
+                std.set_nonblocking(true)?;
+                // std binds with a backlog of 128; listen again with ours.
+                rustix::net::listen(&std, BACKLOG as i32)?;
+                Ok(Listener::Unix(
+                    UnixListener::from_std(std)?,
+                    UnixPath(path.clone()),
+                ))
+            }
+        }
+    }
+
+    /// The address actually bound (with the port the kernel chose for `:0`).
+    pub(crate) fn local_endpoint(&self) -> io::Result<Endpoint> {
+        match self {
+            Listener::Tcp(l) => Ok(Endpoint::from(l.local_addr()?)),
+            Listener::Unix(_, p) => Ok(Endpoint::Unix(p.0.clone())),
+        }
+    }
+
+    /// Accepts one client, with a printable peer address.
+    pub(crate) async fn accept(&self) -> io::Result<(Stream, String)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok((Stream::Tcp(s), peer.to_string()))
+            }
+            Listener::Unix(l, p) => {
+                let (s, _) = l.accept().await?;
+                Ok((Stream::Unix(s), format!("unix:{}", p.0.display())))
+            }
+        }
+    }
+}
+
+/// Connects to `endpoint` within `timeout`.
+pub(crate) async fn connect(endpoint: &Endpoint, timeout: Duration) -> io::Result<Stream> {
+    let attempt = async {
+        match endpoint {
+            Endpoint::Tcp(addr) => {
+                let s = TcpStream::connect(addr.as_str()).await?;
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
+            }
+            Endpoint::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path).await?)),
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no answer within {timeout:?}"),
+        )),
+    }
+}
+
+/// A connected socket of either kind.
+pub(crate) enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    /// Waits until the socket is readable (data, end of stream or an error).
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.readable().await,
+            Stream::Unix(s) => s.readable().await,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Stream {
+    /// Looks at pending bytes without taking them; `WouldBlock` when none.
+    pub(crate) fn try_peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        use rustix::net::{RecvFlags, recv};
+        use tokio::io::Interest;
+        let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+        match self {
+            Stream::Tcp(s) => s.try_io(Interest::READABLE, || {
+                recv(s, &mut *buf, flags)
+                    .map(|(n, _)| n)
+                    .map_err(io::Error::from)
+            }),
+            Stream::Unix(s) => s.try_io(Interest::READABLE, || {
+                recv(s, &mut *buf, flags)
+                    .map(|(n, _)| n)
+                    .map_err(io::Error::from)
+            }),
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! A gate's counters, and how other processes see them.
+//!
+//! # Implementation Details
+//!
+//! Counters are atomics in the gate's memory. A publisher task writes them
+//! as one JSON document, [`GateReport`], to `NAME.json` in the pool's gate
+//! directory (see [`gates_dir`]) every half second while anything changed
+//! (write to a temporary file, then rename, so a reader never sees half a
+//! document). Next to it the gate holds an exclusive `flock` on `NAME.lock`
+//! for as long as it lives: a reader that can take that lock knows the gate
+//! is gone (SIGKILL leaves the files, never a live-looking gate), the same
+//! rule as for holders and waiters of a file pool.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dbslots_core::{PoolAddr, WaitHistogram};
+use rustix::fs::{FlockOperation, flock};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// Upper bounds of the wait histogram's buckets, in microseconds (the pool
+/// board's buckets, so the two histograms line up).
+const WAIT_BUCKETS_US: [u64; 10] = [
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    5_000_000,
+    30_000_000,
+    120_000_000,
+    600_000_000,
+];
+
+/// Where the gates of a pool publish their counters: `gates/` inside a file
+/// pool's directory; for a Redis pool, `gates/redis-NAME` next to this
+/// user's default pool directory (so only the gates of this host are seen).
+pub fn gates_dir(pool: &PoolAddr) -> Result<PathBuf, Error> {
+    match pool {
+        PoolAddr::Dir(dir) => Ok(dir.join("gates")),
+        PoolAddr::Redis(r) => {
+            let default = dbslots_core::default_pool_dir().map_err(Error::Pool)?;
+            let base = default.parent().unwrap_or(Path::new("/")).to_path_buf();
+            Ok(base
+                .join("gates")
+                .join(format!("redis-{}", file_safe(&r.pool))))
+        }
+        _ => Err(Error::InvalidEndpoint {
+            endpoint: pool.to_string(),
+            reason: "this kind of pool has no gate directory".into(),
+        }),
+    }
+}
+
+/// `s` with everything but ASCII letters, digits, `.`, `-` and `_` replaced
+/// by `_`, and without a leading dot.
+pub(crate) fn file_safe(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.starts_with('.') || out.is_empty() {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// One gate's counters as other processes read them (`dbslots status`,
+/// `serve`, `watch`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateReport {
+    /// The gate's name (`--name`, by default its first listen address).
+    pub name: String,
+    /// The gate's process id.
+    pub pid: u32,
+    /// The addresses it accepts clients on.
+    pub listen: Vec<String>,
+    /// The server it relays to.
+    pub upstream: String,
+    /// The pool (redacted address) and its capacity.
+    pub pool: String,
+    /// The pool's capacity when the gate last looked.
+    pub capacity: u32,
+    /// When the gate started, milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// When these figures were taken, milliseconds since the Unix epoch.
+    pub updated_unix_ms: u64,
+    /// Whether the gate is draining (stopped accepting after SIGTERM).
+    pub draining: bool,
+    /// Client connections accepted.
+    pub accepted: u64,
+    /// Clients that got a slot (and were relayed, or refused because the
+    /// server could not be reached).
+    pub admitted: u64,
+    /// Clients waiting for a slot right now.
+    pub queued: u64,
+    /// Relayed connections open right now (each holds a slot).
+    pub active: u64,
+    /// Clients refused because no slot came within the queue timeout.
+    pub queue_timeouts: u64,
+    /// Clients that hung up while they waited.
+    pub abandoned: u64,
+    /// Clients refused because the server could not be reached.
+    pub upstream_failures: u64,
+    /// Connections closed by `--idle-timeout`.
+    pub idle_closes: u64,
+    /// Bytes relayed from clients to the server.
+    pub bytes_from_clients: u64,
+    /// Bytes relayed from the server to clients.
+    pub bytes_to_clients: u64,
+    /// How long admitted clients waited for their slot.
+    pub wait_histogram: WaitHistogram,
+}
+
+/// The live counters of a gate.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub accepted: AtomicU64,
+    pub admitted: AtomicU64,
+    pub queued: AtomicU64,
+    pub active: AtomicU64,
+    pub queue_timeouts: AtomicU64,
+    pub abandoned: AtomicU64,
+    pub upstream_failures: AtomicU64,
+    pub idle_closes: AtomicU64,
+    pub bytes_from_clients: AtomicU64,
+    pub bytes_to_clients: AtomicU64,
+    wait_buckets: [AtomicU64; WAIT_BUCKETS_US.len() + 1],
+    wait_sum_us: AtomicU64,
+}
+
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(crate) fn drop_one(c: &AtomicU64) {
+    c.fetch_sub(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    /// Records one admitted client's wait.
+    pub(crate) fn record_wait(&self, waited: Duration) {
+        let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        let i = WAIT_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(WAIT_BUCKETS_US.len());
+        self.wait_buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.wait_sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    fn histogram(&self) -> WaitHistogram {
+        let counts: Vec<u64> = self
+            .wait_buckets
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        WaitHistogram {
+            bounds_seconds: WAIT_BUCKETS_US.iter().map(|&b| b as f64 / 1e6).collect(),
+            count: counts.iter().sum(),
+            counts,
+            sum_seconds: self.wait_sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
+}
+
+/// What a report says about the gate itself (fixed at start).
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    pub name: String,
+    pub listen: Vec<String>,
+    pub upstream: String,
+    pub pool: String,
+    pub started_unix_ms: u64,
+}
+
+pub(crate) fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Counters {
+    pub(crate) fn report(&self, id: &Identity, capacity: u32, draining: bool) -> GateReport {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        GateReport {
+            name: id.name.clone(),
+            pid: std::process::id(),
+            listen: id.listen.clone(),
+            upstream: id.upstream.clone(),
+            pool: id.pool.clone(),
+            capacity,
+            started_unix_ms: id.started_unix_ms,
+            updated_unix_ms: now_unix_ms(),
+            draining,
+            accepted: get(&self.accepted),
+            admitted: get(&self.admitted),
+            queued: get(&self.queued),
+            active: get(&self.active),
+            queue_timeouts: get(&self.queue_timeouts),
+            abandoned: get(&self.abandoned),
+            upstream_failures: get(&self.upstream_failures),
+            idle_closes: get(&self.idle_closes),
+            bytes_from_clients: get(&self.bytes_from_clients),
+            bytes_to_clients: get(&self.bytes_to_clients),
+            wait_histogram: self.histogram(),
+        }
+    }
+}
+
+/// The files a running gate publishes; removed on drop.
+pub(crate) struct Publication {
+    dir: PathBuf,
+    name: String,
+    _lock: File,
+}
+
+impl Publication {
+    /// Creates `dir` if needed and takes `NAME.lock`; an error when another
+    /// live gate publishes under the same name.
+    pub(crate) fn claim(dir: &Path, name: &str) -> Result<Publication, Error> {
+        let io_err = |what: &str, path: &Path, e: io::Error| Error::Publish {
+            path: path.to_path_buf(),
+            reason: format!("{what}: {e}"),
+        };
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o2770)
+            .create(dir)
+            .map_err(|e| io_err("cannot create the directory", dir, e))?;
+        let lock_path = dir.join(format!("{name}.lock"));
+        let lock = open_nofollow(&lock_path, true)
+            .map_err(|e| io_err("cannot open the lock file", &lock_path, e))?;
+        if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
+            return Err(Error::Publish {
+                path: lock_path,
+                reason:
+                    "another running gate publishes under this name; give this one another --name"
+                        .into(),
+            });
+        }
+        Ok(Publication {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            _lock: lock,
+        })
+    }
+
+    /// Writes `report` atomically (temporary file, then rename).
+    pub(crate) fn write(&self, report: &GateReport) -> io::Result<()> {
+        let tmp = self.dir.join(format!(".{}.json.tmp", self.name));
+        let path = self.dir.join(format!("{}.json", self.name));
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = open_nofollow(&tmp, true)?;
+        serde_json::to_writer(&mut f, report)?;
+        f.write_all(b"\n")?;
+        std::fs::rename(&tmp, &path)
+    }
+}
+
+impl Drop for Publication {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.dir.join(format!("{}.json", self.name)));
+        let _ = std::fs::remove_file(self.dir.join(format!("{}.lock", self.name)));
+    }
+}
+
+fn open_nofollow(path: &Path, create: bool) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(create)
+        .create(create)
+        .mode(0o660)
+        .custom_flags(libc_o_nofollow())
+        .open(path)
+}
+
+fn libc_o_nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
+}
+
+/// The live gates of `pool`, by name. Reads only: files of gates that died
+/// are skipped, not removed.
+pub fn read_gates(pool: &PoolAddr) -> Result<Vec<GateReport>, Error> {
+    read_gates_in(&gates_dir(pool)?)
+}
+
+/// The live gates publishing in `dir`, by name.
+pub fn read_gates_in(dir: &Path) -> Result<Vec<GateReport>, Error> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(Error::Publish {
+                path: dir.to_path_buf(),
+                reason: format!("cannot list the gates: {e}"),
+            });
+        }
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        let Ok(lock) = open_nofollow(&dir.join(format!("{name}.lock")), false) else {
+            continue;
+        };
+        if flock(&lock, FlockOperation::NonBlockingLockShared).is_ok() {
+            // Nobody holds it: the gate is gone.
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        if let Ok(report) = serde_json::from_str::<GateReport>(&text) {
+            out.push(report);
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> Identity {
+        Identity {
+            name: "g1".into(),
+            listen: vec!["127.0.0.1:1".into()],
+            upstream: "127.0.0.1:2".into(),
+            pool: "/p".into(),
+            started_unix_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_live_gate_is_read_back_and_a_dead_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Counters::default();
+        bump(&c.accepted);
+        c.record_wait(Duration::from_millis(3));
+        c.record_wait(Duration::from_secs(700));
+        let publication = Publication::claim(dir.path(), "g1").unwrap();
+        publication.write(&c.report(&identity(), 9, false)).unwrap();
+        let gates = read_gates_in(dir.path()).unwrap();
+        assert_eq!(gates.len(), 1);
+        assert_eq!(gates[0].accepted, 1);
+        assert_eq!(gates[0].capacity, 9);
+        assert_eq!(gates[0].wait_histogram.count, 2);
+        assert_eq!(gates[0].wait_histogram.counts[3], 1);
+        assert_eq!(gates[0].wait_histogram.counts[10], 1);
+        assert!(
+            Publication::claim(dir.path(), "g1").is_err(),
+            "two live gates under one name"
+        );
+        // A gate that died without cleaning up: files there, lock free.
+        let stale = dir.path().join("g0.json");
+        std::fs::copy(dir.path().join("g1.json"), &stale).unwrap();
+        File::create(dir.path().join("g0.lock")).unwrap();
+        assert_eq!(read_gates_in(dir.path()).unwrap().len(), 1);
+        drop(publication);
+        assert!(read_gates_in(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn names_become_safe_file_names() {
+        assert_eq!(file_safe("127.0.0.1:3307"), "127.0.0.1_3307");
+        assert_eq!(file_safe("unix:/run/x.sock"), "unix__run_x.sock");
+        assert_eq!(file_safe("../x"), "_.._x");
+    }
+}
