@@ -5,8 +5,9 @@
 //! through the file.
 //!
 //! `cargo bench --bench import` (or `cargo xtask bench`) imports 1,000,000
-//! rows three times each way into each table (`DBSLOTS_BENCH_IMPORT_ROWS`
-//! and `DBSLOTS_BENCH_IMPORT_ROUNDS` change that); under
+//! rows three times each way into each table (`DBSLOTS_BENCH_IMPORT_ROWS`,
+//! `DBSLOTS_BENCH_IMPORT_ROUNDS` and `DBSLOTS_BENCH_IMPORT_TABLES`, a
+//! comma-separated list of the tables, change that); under
 //! `cargo test --all-targets` (no `--bench` argument) it imports 2,000 rows
 //! once, as a smoke test. The server comes
 //! from `DBSLOTS_TEST_MYSQL_URL` (see dbslots-testkit); without one the
@@ -125,7 +126,11 @@ fn main() {
             .expect("create the import tables");
         version
     });
-    for workload in &WORKLOADS {
+    let only = std::env::var("DBSLOTS_BENCH_IMPORT_TABLES").ok();
+    for workload in WORKLOADS.iter().filter(|w| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|t| t == w.table))
+    }) {
         let csv = dir.path().join(format!("{}.csv", workload.table));
         let bytes = (workload.generate)(&csv, rows);
         println!(
@@ -163,10 +168,11 @@ fn main() {
                 "dbslots import stored exactly what LOAD DATA stored"
             );
             println!(
-                "  round {round}: dbslots import run --once {:7.2} s  {:>9.0} rows/s  peak RSS {:.1} MB",
+                "  round {round}: dbslots import run --once {:7.2} s  {:>9.0} rows/s  peak RSS {:.1} MB  CPU {:.2} s",
                 run.secs,
                 rows as f64 / run.secs,
-                run.peak_rss_kb as f64 / 1024.0
+                run.peak_rss_kb as f64 / 1024.0,
+                run.cpu_secs
             );
             println!("           RSS through the run (MB): {}", run.rss_profile());
             import.push(run);
@@ -325,6 +331,8 @@ async fn load_data(url: &str, csv: &Path, workload: &Workload) -> f64 {
 
 struct ImportRun {
     secs: f64,
+    /// The processor's CPU time (user + system), in seconds.
+    cpu_secs: f64,
     peak_rss_kb: u64,
     /// (seconds since start, resident KB), sampled every 20 ms.
     samples: Vec<(f64, u64)>,
@@ -407,8 +415,10 @@ fn run_import(url: &str, csv: &Path, dir: &Path, table: &str) -> ImportRun {
     drop(child);
     sampler.join().unwrap();
     let samples = Arc::try_unwrap(samples).unwrap().into_inner().unwrap();
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     ImportRun {
         secs,
+        cpu_secs: seconds(usage.ru_utime) + seconds(usage.ru_stime),
         peak_rss_kb: usage.ru_maxrss as u64,
         samples,
     }

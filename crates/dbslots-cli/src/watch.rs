@@ -23,7 +23,7 @@ use dbslots_core::{Pool, PoolAddr, PoolOptions, PoolStats};
 use dbslots_mysql::ServerLimits;
 
 use crate::common::{format_unix_ms, now_unix_ms};
-use crate::serve::ServerSource;
+use dbslots_mysql::ServerSource;
 
 /// How often the view is redrawn.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -73,12 +73,13 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let runtime = match &args.url {
         Some(url) => {
             let rt = crate::common::runtime()?;
-            let source = Arc::new(ServerSource::new(url.clone()));
+            let source = ServerSource::new(url.clone());
             let slot = Arc::clone(&server);
             let url = dbslots_core::redact(url);
             rt.spawn(async move {
                 loop {
-                    let reading = source.read().await;
+                    let snapshot = source.read(REFRESH).await;
+                    let reading = snapshot.current().cloned();
                     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(ServerView {
                         url: url.clone(),
                         reading: reading.map(|r| r.limits),

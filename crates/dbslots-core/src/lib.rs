@@ -44,7 +44,8 @@ mod redis;
 mod stats;
 
 pub use addr::{
-    IntoPoolAddr, PoolAddr, RedisAddr, default_pool_dir, redact, redact_text, url_secrets,
+    IntoPoolAddr, PoolAddr, RedisAddr, default_pool_dir, redact, redact_command,
+    redact_command_word, redact_text, url_secrets,
 };
 pub use check::{
     CheckResult, CheckStatus, PerfData, PoolCheck, Problem, format_seconds, judge,

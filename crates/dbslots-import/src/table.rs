@@ -245,7 +245,7 @@ pub(crate) async fn load(conn: &mut Conn, name: &str) -> DbResult<Result<Table, 
     );
     let rows: Vec<ColumnRow> = conn
         .exec(
-            "SELECT COLUMN_NAME, LOWER(DATA_TYPE), LOWER(COLUMN_TYPE), IS_NULLABLE, COLUMN_DEFAULT, \
+            "SELECT COLUMN_NAME, LOWER(DATA_TYPE), COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, \
                CHARACTER_MAXIMUM_LENGTH, CHARACTER_OCTET_LENGTH, LOWER(CHARACTER_SET_NAME), LOWER(EXTRA), \
                LOWER(COLLATION_NAME) \
              FROM information_schema.COLUMNS \
@@ -302,10 +302,12 @@ pub(crate) async fn load(conn: &mut Conn, name: &str) -> DbResult<Result<Table, 
                         collation.as_deref().is_some_and(|c| !c.ends_with("_bin")),
                     )
                 };
-                let generated = extra.contains("generated")
+                // MySQL writes DEFAULT_GENERATED for a column whose default
+                // is an expression: that one is not generated.
+                let generated = extra.contains("virtual generated")
+                    || extra.contains("stored generated")
                     || extra == "virtual"
-                    || extra == "persistent"
-                    || extra == "stored";
+                    || extra == "persistent";
                 Column {
                     name: col,
                     kind,

@@ -177,15 +177,18 @@ impl Kind {
     }
 
     /// The kind of a column as `information_schema.COLUMNS` describes it
-    /// (lower-cased).
+    /// (`data_type` lower-cased, `column_type` as the server spells it:
+    /// ENUM and SET members keep their case).
     pub fn from_schema(
         data_type: &str,
-        column_type: &str,
+        raw_column_type: &str,
         chars: Option<u64>,
         octets: Option<u64>,
         charset: Option<Charset>,
         ci: bool,
     ) -> Kind {
+        let lower = raw_column_type.to_lowercase();
+        let column_type = lower.as_str();
         let numbers = || -> Vec<usize> {
             column_type
                 .split_once('(')
@@ -243,7 +246,7 @@ impl Kind {
                 }
             }
             "enum" | "set" => {
-                let members = members(column_type);
+                let members = members(raw_column_type);
                 if data_type == "enum" {
                     Kind::Enum { members, ci }
                 } else {
@@ -1004,6 +1007,9 @@ mod tests {
         );
         assert!(lit(&e, false, "UTC", "blue").is_err());
         assert!(lit(&e, false, "UTC", "1").is_err());
+        let bin = Kind::from_schema("enum", "ENUM('Red','it''s')", None, None, None, false);
+        assert_eq!(lit(&bin, false, "UTC", "Red").unwrap(), "'Red'");
+        assert!(lit(&bin, false, "UTC", "red").is_err());
         let s = Kind::from_schema("set", "set('a','b')", None, None, None, false);
         assert_eq!(lit(&s, false, "UTC", "b,a").unwrap(), "'b,a'");
         assert!(lit(&s, false, "UTC", "A").is_err());

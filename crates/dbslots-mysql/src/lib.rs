@@ -47,10 +47,12 @@ mod check;
 mod connector;
 mod deadline;
 mod error;
+pub mod exposition;
 mod limits;
 mod monitor;
 mod processlist;
 mod retry;
+mod server_source;
 mod server_url;
 
 pub use check::{AccountUsage, LimitSource, ServerCheck};
@@ -65,4 +67,5 @@ pub use processlist::{
     IdleAccounts, IdleKills, IdleRule, IdleVictim, KillOutcome, MIN_MAX_IDLE, Process,
     ProcessGroup, Processlist, kill_idle,
 };
+pub use server_source::{SERVER_FRESH, ServerReading, ServerSnapshot, ServerSource};
 pub use server_url::{ServerUrl, SslMode};

@@ -116,10 +116,18 @@ impl Template {
     /// password of a URL-like word as `***`. Used for the joblog's `Command`
     /// column and in messages.
     pub fn display(&self, index: u32, count: u32) -> String {
-        let mut line = quote(&self.program);
-        for arg in self.args(index, count) {
-            line.push(' ');
-            line.push_str(&quote(&arg));
+        let words: Vec<String> = std::iter::once(self.program.clone())
+            .chain(self.args(index, count))
+            .map(|w| String::from_utf8_lossy(w.as_bytes()).into_owned())
+            .collect();
+        // Secrets in options (`--password=`, `-p…`, `MYSQL_PWD=`) and URLs.
+        let words = dbslots_core::redact_command(&words);
+        let mut line = String::new();
+        for word in words {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(&quote(OsStr::new(&word)));
         }
         line
     }
@@ -215,5 +223,19 @@ mod tests {
         );
         let t = Template::from_argv(["w", "--url=mysql://app:secret@db/x"]).unwrap();
         assert_eq!(t.display(0, 1), "w '--url=mysql://app:***@db/x'");
+        let t = Template::from_argv([
+            "mysql",
+            "--password=secret",
+            "-psecret",
+            "--password",
+            "secret",
+            "-e",
+            "SELECT {index}",
+        ])
+        .unwrap();
+        assert_eq!(
+            t.display(2, 3),
+            "mysql '--password=***' '-p***' --password '***' -e 'SELECT 2'"
+        );
     }
 }

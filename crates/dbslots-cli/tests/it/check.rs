@@ -245,10 +245,8 @@ fn check_judges_every_limit_of_a_server_with_20_connections() {
     );
     assert!(line.contains("'oldest_idle'="), "{line}");
     rt.block_on(close(conns));
+
     rt.block_on(async {
-        let mut admin = Conn::from_url(&admin_url)
-            .await
-            .expect("the admin connects");
         admin
             .query_drop(format!("DROP USER '{LIMITED}'@'%'"))
             .await
@@ -278,12 +276,39 @@ impl Drop for Resume {
 }
 
 #[test]
-fn check_of_an_unreachable_server_is_unknown_within_the_timeout() {
-    let Some(server) = dbslots_testkit::private_mysql(dbslots_testkit::MysqlOptions::default())
-    else {
+fn check_counts_the_global_user_limit_and_is_unknown_once_the_server_is_unreachable() {
+    let Some(server) = dbslots_testkit::private_mysql(dbslots_testkit::MysqlOptions {
+        extra_args: vec!["--max-user-connections=10".into()],
+        ..Default::default()
+    }) else {
         return;
     };
     let url = server.admin_url();
+
+    // The global max_user_connections is a limit of its own for every
+    // account without one: 7 of 10 warns at 5 % of the server.
+    let rt = runtime();
+    let mut admin = rt
+        .block_on(Conn::from_url(&url))
+        .expect("the admin connects");
+    let conns = hold(&rt, &mut admin, &server.user_url(), 7);
+    let (code, line, _) = check_server(&url, &[]);
+    assert_eq!(code, 1, "{line}");
+    assert!(
+        line.starts_with(
+            "WARNING: account dbslots 7 of max_user_connections 10 (70%), over 60%: it is about to be refused with 1203"
+        ),
+        "{line}"
+    );
+    assert!(
+        line.contains("server 8 of max_connections 151 (5%)"),
+        "{line}"
+    );
+    // The account's thresholds in the perfdata: over 6 warns, over 8 is
+    // critical.
+    assert!(line.contains("'account dbslots'=7;6;8;0;10"), "{line}");
+    rt.block_on(close(conns));
+    rt.block_on(admin.disconnect()).expect("disconnect");
     // Frozen (SIGSTOP): the connection is accepted but nothing answers.
     if let Some(dir) = server.data_dir() {
         let pid_file = dir.join("mysqld.pid");

@@ -3,7 +3,9 @@
 //! the server's numbers against a real MySQL.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -383,4 +385,266 @@ fn serve_shows_the_server_and_never_its_password() {
     for text in [&reply.body, &metrics, &stderr] {
         assert!(!text.contains(wrong), "password shown: {text}");
     }
+}
+
+#[test]
+fn serve_answers_only_its_own_host_names() {
+    // DNS rebinding: a page of evil.example.com whose name now points at
+    // 127.0.0.1 sends `Host: evil.example.com`; it must get nothing.
+    let busy = BusyPool::start(1, 0);
+    let serve = Serve::start(&["--pool", &busy.path, "--allow-host", "dash.example.org"]);
+    let port = serve.addr.rsplit_once(':').unwrap().1.to_string();
+    for (host, status) in [
+        (serve.addr.clone(), 200),
+        (format!("localhost:{port}"), 200),
+        (format!("[::1]:{port}"), 200),
+        (format!("dash.example.org:{port}"), 200),
+        (format!("evil.example.com:{port}"), 421),
+        ("evil.example.com".to_string(), 421),
+        (format!("10.1.2.3:{port}"), 421),
+    ] {
+        for path in ["/", "/api/pool-stats", "/metrics"] {
+            let reply = http_with("GET", &serve.addr, path, &[("Host", &host)]);
+            assert_eq!(reply.status, status, "{host} {path}: {reply:?}");
+            if status != 200 {
+                assert!(!reply.body.contains(&busy.path), "{reply:?}");
+                assert!(reply.body.contains("--allow-host"), "{reply:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn serve_beyond_loopback_needs_a_token_and_checks_it() {
+    let busy = BusyPool::start(1, 0);
+    // Beyond loopback without a token: refused at start, saying what to do.
+    let out = dbslots()
+        .args(["serve", "--pool", &busy.path, "--listen", "0.0.0.0:0"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run dbslots serve");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--token-file") && err.contains("--no-auth"),
+        "{err}"
+    );
+    // With a token, every route but the page wants it as a bearer token.
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "0123456789abcdef\n").unwrap();
+    let serve = Serve::start(&[
+        "--pool",
+        &busy.path,
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    let host = ("Host", serve.addr.as_str());
+    for path in ["/api/pool-stats", "/metrics"] {
+        let none = http_with("GET", &serve.addr, path, &[host]);
+        assert_eq!(none.status, 401, "{none:?}");
+        assert_eq!(none.header("www-authenticate"), Some("Bearer"));
+        let wrong = http_with(
+            "GET",
+            &serve.addr,
+            path,
+            &[host, ("Authorization", "Bearer 0123456789abcdeF")],
+        );
+        assert_eq!(wrong.status, 401, "{wrong:?}");
+        let right = http_with(
+            "GET",
+            &serve.addr,
+            path,
+            &[host, ("Authorization", "Bearer 0123456789abcdef")],
+        );
+        assert_eq!(right.status, 200, "{right:?}");
+    }
+    assert_eq!(serve.get("/").status, 200, "the page holds no data");
+    assert!(serve.get("/").body.contains("#token="));
+}
+
+/// Raises this process's open-file limit to at least `n`.
+fn allow_open_files(n: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_cur < n {
+            assert!(lim.rlim_max >= n, "the hard open-file limit is below {n}");
+            lim.rlim_cur = n;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+        }
+    }
+}
+
+#[test]
+fn a_thousand_idle_sockets_do_not_keep_a_request_waiting() {
+    allow_open_files(4096);
+    let busy = BusyPool::start(1, 0);
+    let serve = Serve::start(&["--pool", &busy.path, "--max-connections", "256"]);
+    // 1000 connections that never send a byte, plus 100 that stop in the
+    // middle of their request head.
+    let mut idle = Vec::new();
+    for i in 0..1100 {
+        let mut s = std::net::TcpStream::connect(&serve.addr).expect("connect");
+        if i >= 1000 {
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: ").unwrap();
+        }
+        idle.push(s);
+    }
+    let started = Instant::now();
+    let reply = serve.get("/api/pool-stats");
+    let took = started.elapsed();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(took < Duration::from_secs(1), "answered after {took:?}");
+    // The cap held: the oldest idle sockets were closed to make room.
+    let closed = idle
+        .iter()
+        .take(500)
+        .filter(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            match (&mut &**s).read(&mut [0u8; 16]) {
+                Ok(0) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+                Ok(_) => false,
+            }
+        })
+        .count();
+    assert!(closed > 0, "no idle socket was closed");
+    eprintln!("1100 idle sockets: a request was answered in {took:?}");
+}
+
+/// A TCP port that accepts connections and never says a word (a MySQL
+/// server that hangs before its greeting).
+fn silent_server() -> (std::net::TcpListener, u16) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    (l, port)
+}
+
+#[test]
+fn metrics_answer_at_once_while_mysql_hangs() {
+    let (_silent, port) = silent_server();
+    let busy = BusyPool::start(1, 0);
+    let url = format!("mysql://app:pw@127.0.0.1:{port}/");
+    let serve = Serve::start(&["--pool", &busy.path, "--url", &url]);
+    for _ in 0..3 {
+        let started = Instant::now();
+        let reply = serve.get("/metrics");
+        let took = started.elapsed();
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert!(took < Duration::from_secs(1), "/metrics took {took:?}");
+        assert!(
+            reply.body.lines().any(|l| l == "dbslots_mysql_up 0"),
+            "{}",
+            reply.body
+        );
+        assert!(
+            reply.body.contains("dbslots_pool_active{"),
+            "{}",
+            reply.body
+        );
+        let started = Instant::now();
+        assert_eq!(serve.get("/api/server").status, 502);
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn metrics_keep_the_last_readings_while_mysql_is_frozen() {
+    let Some(mysql) = dbslots_testkit::shared_mysql() else {
+        return;
+    };
+    // user:pw@host:port/... -> the same through a proxy we can freeze.
+    let (head, rest) = mysql.user_url.rsplit_once('@').unwrap();
+    let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let target: std::net::SocketAddr = hostport
+        .replace("localhost", "127.0.0.1")
+        .parse()
+        .expect("a host:port of the test server");
+    let proxy = dbslots_testkit::FreezableProxy::start(target).unwrap();
+    let url = format!("{head}@127.0.0.1:{}/{path}", proxy.port());
+    let busy = BusyPool::start(1, 0);
+    let serve = Serve::start(&["--pool", &busy.path, "--url", &url]);
+    let up = wait_for("the server to be read", Duration::from_secs(10), || {
+        let m = serve.get("/metrics").body;
+        m.lines().any(|l| l == "dbslots_mysql_up 1").then_some(m)
+    });
+    let connected = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("dbslots_mysql_max_connections "))
+            .map(str::to_string)
+    };
+    let max = connected(&up).expect("max_connections while up");
+    proxy.freeze();
+    std::thread::sleep(SERVER_FRESH_FOR_TESTS);
+    for _ in 0..3 {
+        let started = Instant::now();
+        let m = serve.get("/metrics").body;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "/metrics took {took:?}");
+        assert!(m.lines().any(|l| l == "dbslots_mysql_up 0"), "{m}");
+        assert_eq!(
+            connected(&m),
+            Some(max.clone()),
+            "the last readings stay: {m}"
+        );
+        assert!(m.contains("dbslots_mysql_reading_age_seconds "), "{m}");
+    }
+}
+
+#[test]
+fn metrics_pass_promtool_check_metrics() {
+    let promtool = "/usr/bin/promtool";
+    if !std::path::Path::new(promtool).exists() {
+        assert!(
+            !dbslots_testkit::servers_required(),
+            "{promtool} is missing: apt-get install prometheus (cargo xtask test installs it)"
+        );
+        println!(
+            "SKIPPED metrics_pass_promtool_check_metrics: no {promtool} (apt-get install prometheus)"
+        );
+        return;
+    }
+    let mysql = dbslots_testkit::shared_mysql();
+    let busy = BusyPool::start(2, 2);
+    let mut args = vec!["--pool", busy.path.as_str()];
+    if let Some(m) = &mysql {
+        args.extend(["--url", m.user_url.as_str()]);
+    }
+    let serve = Serve::start(&args);
+    let body = wait_for("metrics with the server", Duration::from_secs(10), || {
+        let m = serve.get("/metrics").body;
+        (mysql.is_none() || m.contains("dbslots_mysql_up 1")).then_some(m)
+    });
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {report}\n{body}"
+    );
+    assert!(
+        report.trim().is_empty(),
+        "promtool has remarks: {report}\n{body}"
+    );
 }

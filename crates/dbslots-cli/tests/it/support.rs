@@ -225,15 +225,23 @@ impl Reply {
 /// One HTTP/1.1 request with `Connection: close` (no client library: the
 /// reply is read to the end and taken apart by hand).
 pub(crate) fn http(method: &str, addr: &str, path: &str) -> Reply {
+    http_with(method, addr, path, &[("Host", addr)])
+}
+
+/// [`http`] with these header lines (give `Host` yourself).
+pub(crate) fn http_with(method: &str, addr: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
     let mut stream = TcpStream::connect(addr).expect("connect to dbslots serve");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("set a read timeout");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send the request");
+    let mut request = format!("{method} {path} HTTP/1.1\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("Connection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .expect("send the request");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("read the reply");
     let raw = String::from_utf8(raw).expect("the reply is UTF-8");
