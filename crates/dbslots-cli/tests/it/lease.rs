@@ -63,6 +63,17 @@ fn wall_nanos() -> u128 {
 
 #[test]
 fn a_cut_off_exec_stops_its_command_before_the_next_one_starts() {
+    cut_off_holder_stops_before_the_next_one_starts(&["exec"], Some(143));
+}
+
+#[test]
+fn a_cut_off_spawn_stops_its_worker_before_the_next_one_starts() {
+    cut_off_holder_stops_before_the_next_one_starts(&["spawn", "--workers", "1"], Some(1));
+}
+
+/// `dbslots FIRST...` holds the only slot through a proxy that then goes
+/// black; a `dbslots exec` on the direct address waits for the slot.
+fn cut_off_holder_stops_before_the_next_one_starts(first_args: &[&str], first_code: Option<i32>) {
     let Some(url) = dbslots_testkit::shared_redis() else {
         return;
     };
@@ -77,11 +88,12 @@ fn a_cut_off_exec_stops_its_command_before_the_next_one_starts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (a_log, b_log) = (dir.path().join("a.log"), dir.path().join("b.log"));
     let mut first = dbslots()
-        .args(["exec", "--pool", &cut_off, "--capacity", "1", "--"])
+        .args(first_args)
+        .args(["--pool", &cut_off, "--capacity", "1", "--"])
         .args(["sh", "-c", &logging_command(&a_log)])
         .stderr(Stdio::piped())
         .spawn()
-        .expect("first exec");
+        .expect("first holder");
     wait_logged(&a_log, "start ", Duration::from_secs(10));
     let mut second = dbslots()
         .args(["exec", "--pool", &direct, "--capacity", "1", "--"])
@@ -109,7 +121,7 @@ fn a_cut_off_exec_stops_its_command_before_the_next_one_starts() {
     let status = first.wait().expect("reap first");
     assert_eq!(
         status.code(),
-        Some(143),
+        first_code,
         "the first command died of SIGTERM"
     );
     let mut err = String::new();
@@ -145,4 +157,58 @@ fn a_kill_grace_longer_than_the_safety_margin_is_refused() {
         err.contains("safety margin") && err.contains("1.00"),
         "{err}"
     );
+}
+
+#[test]
+fn children_of_exec_and_spawn_get_an_address_that_authenticates_and_no_output_shows_it() {
+    const SECRET: &str = "child-s3cret";
+    let Some(server) = dbslots_testkit::private_redis_with(dbslots_testkit::RedisOptions {
+        password: Some(SECRET.into()),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let name = format!("auth-{}-{}", std::process::id(), wall_nanos());
+    let addr = format!(
+        "redis://:{SECRET}@127.0.0.1:{}/0?pool={name}&lease_ms=2000",
+        server.port()
+    );
+    // The child opens the pool itself, from DBSLOTS_POOL alone, and shows
+    // its own command line, which must not carry the password.
+    let child = r#""$DBSLOTS_BIN" status --json --pool "$DBSLOTS_POOL" >/dev/null && "$DBSLOTS_BIN" status --json && tr '\0' ' ' < /proc/$$/cmdline"#;
+    let exec = dbslots()
+        .env("DBSLOTS_POOL", &addr)
+        .env("DBSLOTS_BIN", env!("CARGO_BIN_EXE_dbslots"))
+        .args(["exec", "--capacity", "2", "--", "sh", "-c", child])
+        .output()
+        .expect("exec");
+    let spawn = dbslots()
+        .env("DBSLOTS_POOL", &addr)
+        .env("DBSLOTS_BIN", env!("CARGO_BIN_EXE_dbslots"))
+        .args([
+            "spawn",
+            "--workers",
+            "2",
+            "--capacity",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            child,
+        ])
+        .output()
+        .expect("spawn");
+    for out in [exec, spawn] {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains("\"backend\""),
+            "the child read the pool: {text}"
+        );
+        assert!(!text.contains(SECRET), "{text}");
+    }
 }
