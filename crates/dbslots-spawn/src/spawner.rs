@@ -78,6 +78,9 @@ const LINGER_POLL_MAX: Duration = Duration::from_millis(200);
 /// How often the pool is sampled for `peak_slots` when workers take their
 /// own slots.
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+/// How often a worker's supervisor looks whether its slot's lease (Redis
+/// pool) was lost; the look is local (no network).
+const LEASE_POLL: Duration = Duration::from_millis(20);
 
 /// Failed workers reported one line each; further failures are only counted
 /// (summary, joblog), so that 1000 failures do not flood the terminal.
@@ -641,8 +644,17 @@ impl Ctx {
             let (exited_tx, exited_rx) = oneshot::channel::<()>();
             let mut stop = ctx.stop.subscribe();
             let pgid = libc::pid_t::try_from(pid).unwrap_or(0);
+            // A lease (Redis pool) can be lost while the worker runs: then
+            // the worker is stopped (SIGTERM, SIGKILL half the lease's
+            // safety margin later) before the server can give the slot to
+            // anyone else, unless `hold_slot` lets it run on.
+            let lease_grace = match &slot {
+                Some(_) if !ctx.options.hold_slot => ctx.pool.lease_margin().map(|m| m / 2),
+                _ => None,
+            };
             let waiter = async {
                 let mut sent = Phase::Running;
+                let mut kill_at: Option<Instant> = None;
                 let status = loop {
                     let wanted = stop.borrow_and_update().phase;
                     if wanted > sent {
@@ -653,6 +665,24 @@ impl Ctx {
                         status = child.wait() => break status,
                         changed = stop.changed() => if changed.is_err() {
                             break child.wait().await;
+                        },
+                        () = tokio::time::sleep(LEASE_POLL), if lease_grace.is_some() && sent < Phase::Kill => {
+                            let lost = slot.as_ref().is_some_and(|s| s.wait_lost(Duration::ZERO));
+                            match (kill_at, lease_grace) {
+                                (None, Some(grace)) if lost => {
+                                    tracing::error!(worker = index, pid, "the worker's slot lease was lost; stopping it (SIGTERM, then SIGKILL in {grace:?})");
+                                    if sent < Phase::Terminate {
+                                        signal_phase(pgid, Phase::Terminate, index);
+                                        sent = Phase::Terminate;
+                                    }
+                                    kill_at = Some(Instant::now() + grace);
+                                }
+                                (Some(at), _) if Instant::now() >= at => {
+                                    signal_phase(pgid, Phase::Kill, index);
+                                    sent = Phase::Kill;
+                                }
+                                _ => {}
+                            }
                         }
                     }
                 };
