@@ -4,6 +4,11 @@
 
 pub mod reference;
 
+/// The README's examples, compiled by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// The longest wait a perfect FIFO queue with `capacity` servers would
 /// impose on jobs arriving at `arrivals[i]` and holding for `holds[i]`
 /// (same unit for all; jobs are served in arrival order, ties by index).

@@ -95,6 +95,9 @@ pub fn cargo(args: &[&str]) -> Command {
 /// stopped); an error naming `what` when it fails.
 pub fn run(what: &str, mut command: Command) -> Result<()> {
     check_interrupted()?;
+    // Every step says what it starts: a first build takes minutes, and
+    // silence meanwhile looks like a hang.
+    eprintln!("xtask: {what}");
     command.process_group(0);
     #[cfg(target_os = "linux")]
     {

@@ -90,12 +90,13 @@ pub fn run(args: &[String]) -> Result<()> {
     let args = parse(args)?;
     let scratch = servers::scratch_dir()?;
     child::install_interrupt_handler()?;
+    // Not `--quiet`: on a first run this build takes minutes, and cargo's
+    // progress shows that it is working.
     child::run(
-        "`cargo build --release -p dbslots-cli -p dbslots-demo-worker`",
+        "`cargo build --release -p dbslots-cli -p dbslots-demo-worker` (a first run builds for a few minutes)",
         cargo(&[
             "build",
             "--release",
-            "--quiet",
             "-p",
             "dbslots-cli",
             "-p",

@@ -60,6 +60,12 @@ fn steps(args: &[String], scratch: TempDir) -> Result<()> {
         "`cargo build --workspace --examples`",
         cargo(&["build", "--workspace", "--examples"]),
     )?;
+    // `--all-targets` leaves doctests out: the examples in the crates' docs
+    // and the README (through the root package) are compiled and run here.
+    child::run(
+        "`cargo test --workspace --doc`",
+        cargo(&["test", "--workspace", "--doc"]),
+    )?;
     ensure_chromium()?;
     let servers = TestServers::start(scratch)?;
     let mut test = cargo(&["test", "--workspace", "--all-targets"]);
@@ -83,6 +89,8 @@ fn steps(args: &[String], scratch: TempDir) -> Result<()> {
 const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("/usr/bin/chromium", "chromium"),
     ("/usr/bin/tmux", "tmux"),
+    // `dbslots man`'s test renders the page with `man -l`.
+    ("/usr/bin/man", "man-db"),
     // tests/foreign.rs runs the PHP and Python clients of docs/protocol.md.
     ("/usr/bin/php", "php-cli"),
     ("/usr/bin/python3", "python3"),
@@ -92,7 +100,8 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
         "fonts-dejavu-core",
     ),
     // The gate's tests drive real clients: PHP PDO (pcntl is built into
-    // Debian's php-cli), the mariadb client, and openssl for TLS certificates.
+    // Debian's php-cli), the mariadb client, and openssl for TLS certificates
+    // (the Redis TLS tests make theirs with it too).
     ("/usr/share/doc/php-cli/copyright", "php-cli"),
     ("/usr/share/doc/php-mysql/copyright", "php-mysql"),
     ("/usr/bin/mariadb", "mariadb-client"),

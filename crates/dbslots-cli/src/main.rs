@@ -6,6 +6,7 @@
 
 mod common;
 mod connections;
+mod docs;
 mod exec;
 mod gate;
 mod import;
@@ -46,6 +47,8 @@ enum Command {
     Watch(watch::WatchArgs),
     /// Relay MySQL clients to a server, each holding a slot of the pool
     Gate(gate::GateArgs),
+    Completions(docs::CompletionsArgs),
+    Man(docs::ManArgs),
 }
 
 /// Prints a command-line error and exits: with 3 (UNKNOWN) under --check,
@@ -87,6 +90,8 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve::run(a),
         Command::Watch(a) => watch::run(a),
         Command::Gate(a) => gate::run(a),
+        Command::Completions(a) => docs::run_completions(a),
+        Command::Man(a) => docs::run_man(a),
     };
     match result {
         Ok(code) => code,

@@ -16,12 +16,13 @@ pub enum PoolAddr {
     /// A pool shared through a directory by every process that can open it.
     Dir(PathBuf),
     /// A pool shared through a Redis server by processes on many hosts:
-    /// `redis://[:password@]host:port/db?pool=NAME[&lease_ms=N]`.
+    /// `redis://[user:password@]host:port/db?pool=NAME[&lease_ms=N]`,
+    /// `rediss://…[&ca=PATH]` (TLS), `redis+unix:///PATH?pass=…&pool=NAME`.
     Redis(RedisAddr),
 }
 
-/// The address of a Redis-backed pool.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// The address of a Redis-backed pool. Its `Debug` redacts the password.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct RedisAddr {
     /// The server's URL without the dbslots parameters (may hold a password:
     /// never print it, print [`PoolAddr`]'s `Display`, which redacts it).
@@ -33,11 +34,14 @@ pub struct RedisAddr {
     /// How many replicas must acknowledge an acquisition or renewal
     /// (`WAIT`) before it counts (`&wait_replicas=N`; 0 by default).
     pub wait_replicas: u32,
+    /// The CA certificate (PEM) a `rediss://` server's certificate must be
+    /// signed by (`&ca=PATH`); the system's roots when `None`.
+    pub ca: Option<PathBuf>,
 }
 
 fn parse_redis(s: &str) -> Result<RedisAddr> {
     let bad = |reason: String| Error::InvalidAddress {
-        address: redact(s),
+        address: redact_redis(s),
         reason,
     };
     let (base, query) = match s.split_once('?') {
@@ -47,6 +51,7 @@ fn parse_redis(s: &str) -> Result<RedisAddr> {
     let mut pool = None;
     let mut lease = std::time::Duration::from_secs(10);
     let mut wait_replicas = 0;
+    let mut ca = None;
     let mut rest = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -66,6 +71,17 @@ fn parse_redis(s: &str) -> Result<RedisAddr> {
                         "wait_replicas={v:?} must be a number of replicas between 0 and 100"
                     ))
                 })?;
+            }
+            "ca" => {
+                if !s.starts_with("rediss://") {
+                    return Err(bad(
+                        "ca= names the CA of a TLS server: use it with a rediss:// address".into(),
+                    ));
+                }
+                if v.is_empty() {
+                    return Err(bad("ca= needs the path of a PEM file".into()));
+                }
+                ca = Some(PathBuf::from(v));
             }
             _ => rest.push(pair),
         }
@@ -94,10 +110,52 @@ fn parse_redis(s: &str) -> Result<RedisAddr> {
         pool,
         lease,
         wait_replicas,
+        ca,
     })
 }
 
+impl fmt::Debug for RedisAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisAddr")
+            .field("url", &redact_redis(&self.url))
+            .field("pool", &self.pool)
+            .field("lease", &self.lease)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("ca", &self.ca)
+            .finish()
+    }
+}
+
+impl RedisAddr {
+    /// The full address around `url`, as [`PoolAddr::parse`] takes it.
+    fn with_url(&self, url: &str) -> String {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let mut s = format!("{url}{sep}pool={}", self.pool);
+        if self.lease != std::time::Duration::from_secs(10) {
+            s += &format!("&lease_ms={}", self.lease.as_millis());
+        }
+        if self.wait_replicas > 0 {
+            s += &format!("&wait_replicas={}", self.wait_replicas);
+        }
+        if let Some(ca) = &self.ca {
+            s += &format!("&ca={}", ca.display());
+        }
+        s
+    }
+}
+
 impl PoolAddr {
+    /// The address with its credentials, as [`PoolAddr::parse`] takes it
+    /// back: for the environment of a child process that must open the
+    /// same pool (never for output, never for a command line; `Display`
+    /// redacts).
+    pub fn to_unredacted_string(&self) -> String {
+        match self {
+            PoolAddr::Dir(p) => p.display().to_string(),
+            PoolAddr::Redis(r) => r.with_url(&r.url),
+        }
+    }
+
     /// Parses an address: a path, `file:PATH` / `file://PATH`, or
     /// `redis://host:port/db?pool=NAME[&lease_ms=N]`.
     pub fn parse(s: &str) -> Result<PoolAddr> {
@@ -122,7 +180,7 @@ impl PoolAddr {
         }
         if let Some((scheme, _)) = trimmed.split_once("://") {
             return Err(Error::InvalidAddress {
-                address: redact(trimmed),
+                address: redact_redis(trimmed),
                 reason: format!(
                     "unknown scheme {scheme:?}; use a directory path for a pool on this host, or redis://host:port/db?pool=NAME for one shared by several hosts"
                 ),
@@ -201,18 +259,7 @@ impl fmt::Display for PoolAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PoolAddr::Dir(p) => write!(f, "{}", p.display()),
-            PoolAddr::Redis(r) => {
-                let url = redact(&r.url);
-                let sep = if url.contains('?') { '&' } else { '?' };
-                write!(f, "{url}{sep}pool={}", r.pool)?;
-                if r.lease != std::time::Duration::from_secs(10) {
-                    write!(f, "&lease_ms={}", r.lease.as_millis())?;
-                }
-                if r.wait_replicas > 0 {
-                    write!(f, "&wait_replicas={}", r.wait_replicas)?;
-                }
-                Ok(())
-            }
+            PoolAddr::Redis(r) => f.write_str(&r.with_url(&redact_redis(&r.url))),
         }
     }
 }
@@ -448,6 +495,23 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8(out).unwrap_or_else(|_| s.to_string())
 }
 
+/// [`redact`] for Redis addresses, which may also carry a password as a
+/// query parameter (`redis+unix:///run/redis.sock?pass=SECRET`).
+pub(crate) fn redact_redis(url: &str) -> String {
+    let url = redact(url);
+    let Some((base, query)) = url.split_once('?') else {
+        return url;
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if matches!(k, "pass" | "password") => format!("{k}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
+}
+
 /// The pool directory used when none is given: private to the user, never a
 /// predictable name in a world-writable directory.
 ///
@@ -656,6 +720,43 @@ mod tests {
         let err = PoolAddr::parse("redis://:pw@h/0").unwrap_err().to_string();
         assert!(err.contains("?pool=NAME") && !err.contains("pw"), "{err}");
         assert!(PoolAddr::parse("redis://h/0?pool=a b").is_err());
+        assert_eq!(
+            a.to_unredacted_string(),
+            "redis://:pw@127.0.0.1:6390/2?pool=main&lease_ms=1500"
+        );
         assert!(PoolAddr::parse("redis://h/0?pool=a&lease_ms=5").is_err());
+    }
+
+    #[test]
+    fn every_redis_form_is_redacted_and_round_trips_unredacted() {
+        for (given, shown) in [
+            (
+                "redis://app:s3cret@h:6379/0?pool=p",
+                "redis://app:***@h:6379/0?pool=p",
+            ),
+            (
+                "rediss://:s3cret@h:6380/0?pool=p&ca=/etc/ca.pem",
+                "rediss://:***@h:6380/0?pool=p&ca=/etc/ca.pem",
+            ),
+            (
+                "redis+unix:///run/redis.sock?db=0&pass=s3cret&pool=p",
+                "redis+unix:///run/redis.sock?db=0&pass=***&pool=p",
+            ),
+            (
+                "redis+unix:///run/redis.sock?user=app&password=s3cret&pool=p&wait_replicas=1",
+                "redis+unix:///run/redis.sock?user=app&password=***&pool=p&wait_replicas=1",
+            ),
+        ] {
+            let a = PoolAddr::parse(given).unwrap();
+            assert_eq!(a.to_string(), shown);
+            assert!(!format!("{a:?}").contains("s3cret"), "{a:?}");
+            assert_eq!(PoolAddr::parse(&a.to_unredacted_string()).unwrap(), a);
+            assert!(a.to_unredacted_string().contains("s3cret"));
+        }
+        let err = PoolAddr::parse("redis://:s3cret@h/0?pool=p&ca=/x").unwrap_err();
+        assert!(err.to_string().contains("rediss://"), "{err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        let err = PoolAddr::parse("redis+unix:///s?pass=s3cret").unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 }

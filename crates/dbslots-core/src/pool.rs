@@ -467,11 +467,14 @@ impl Slot {
     }
 
     /// The environment a child process holding this slot should see:
-    /// `DBSLOTS_SLOT` (the slot number) and `DBSLOTS_POOL` (the address).
+    /// `DBSLOTS_SLOT` (the slot number) and `DBSLOTS_POOL` (the address,
+    /// with its credentials so that the child can open the pool: the
+    /// environment is readable only by the same user, unlike a command
+    /// line; never print it).
     pub fn child_env(&self) -> [(&'static str, String); 2] {
         [
             (crate::env::SLOT, self.index.to_string()),
-            (crate::env::POOL, self.pool.addr().to_string()),
+            (crate::env::POOL, self.pool.addr().to_unredacted_string()),
         ]
     }
 

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use crate::{MysqlOptions, MysqlServer, RedisServer};
+use crate::{MysqlOptions, MysqlServer, RedisOptions, RedisServer};
 
 /// URL of the ordinary account on the shared test MySQL.
 pub const MYSQL_URL_ENV: &str = "DBSLOTS_TEST_MYSQL_URL";
@@ -96,10 +96,21 @@ pub fn private_mysql(options: MysqlOptions) -> Option<MysqlServer> {
 /// [`servers_required`].
 #[track_caller]
 pub fn private_redis() -> Option<RedisServer> {
+    private_redis_with(RedisOptions::default())
+}
+
+/// Like [`private_redis`], with options (TLS, passwords, ACL users, a Unix
+/// socket, replication).
+///
+/// # Panics
+///
+/// As [`private_redis`].
+#[track_caller]
+pub fn private_redis_with(options: RedisOptions) -> Option<RedisServer> {
     if !servers_required() && !RedisServer::available() {
         return skip("no redis-server program and no container engine");
     }
-    match RedisServer::start() {
+    match RedisServer::start_with(options) {
         Ok(server) => Some(server),
         Err(e) => panic!("cannot start a private test Redis: {e:#}"),
     }

@@ -84,7 +84,7 @@ mod redis;
 pub use detached::DetachedState;
 pub use env::{
     MYSQL_ADMIN_URL_ENV, MYSQL_URL_ENV, REDIS_URL_ENV, REQUIRE_SERVERS_ENV, SharedMysql,
-    private_mysql, private_redis, servers_required, shared_mysql, shared_redis,
+    private_mysql, private_redis, private_redis_with, servers_required, shared_mysql, shared_redis,
 };
 pub use mysql::{
     ADMIN_PASSWORD, ADMIN_USER, DATABASE, DEFAULT_MYSQL_IMAGE, MYSQL_IMAGE_ENV, MysqlOptions,

@@ -25,6 +25,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const PORT_ATTEMPTS: usize = 5;
 
 /// How to start a [`RedisServer`].
+///
+/// Every option beyond `attached` and `image` needs a local `redis-server`
+/// (Debian's is built with TLS): a server that uses one is always a
+/// process, never a container.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
     /// Whether the server dies with the process that starts it even when
@@ -34,6 +38,21 @@ pub struct RedisOptions {
     /// Container image for the container backend; defaults to
     /// `$DBSLOTS_TEST_REDIS_IMAGE`, else [`DEFAULT_REDIS_IMAGE`].
     pub image: Option<String>,
+    /// `requirepass`: the password of the `default` user.
+    pub password: Option<String>,
+    /// ACL users `(name, password)`, each allowed every key, channel and
+    /// command.
+    pub users: Vec<(String, String)>,
+    /// Also listen with TLS on [`RedisServer::tls_port`], with a
+    /// certificate for `127.0.0.1`/`localhost` signed by a throwaway CA
+    /// ([`RedisServer::ca_path`]).
+    pub tls: bool,
+    /// Also listen on a Unix socket ([`RedisServer::socket_path`]).
+    pub unix_socket: bool,
+    /// Start as a replica of the server on this port of 127.0.0.1.
+    pub replica_of: Option<u16>,
+    /// Start with `cluster-enabled yes`, as a node of a Redis Cluster.
+    pub cluster: bool,
 }
 
 impl Default for RedisOptions {
@@ -41,7 +60,24 @@ impl Default for RedisOptions {
         Self {
             attached: true,
             image: None,
+            password: None,
+            users: Vec::new(),
+            tls: false,
+            unix_socket: false,
+            replica_of: None,
+            cluster: false,
         }
+    }
+}
+
+impl RedisOptions {
+    fn needs_process(&self) -> bool {
+        self.password.is_some()
+            || !self.users.is_empty()
+            || self.tls
+            || self.unix_socket
+            || self.replica_of.is_some()
+            || self.cluster
     }
 }
 
@@ -56,7 +92,8 @@ impl Default for RedisOptions {
 pub struct RedisServer {
     backing: Option<Backing>,
     port: u16,
-    attached: bool,
+    tls_port: Option<u16>,
+    options: RedisOptions,
     version: String,
 }
 
@@ -89,7 +126,7 @@ impl RedisServer {
     /// Fails when no backend is available (the message says how to get one)
     /// or the server does not answer in time (the message holds its log).
     pub fn start_with(options: RedisOptions) -> Result<Self> {
-        let mut server = if docker::available() {
+        let mut server = if !options.needs_process() && docker::available() {
             let image = options
                 .image
                 .clone()
@@ -107,7 +144,8 @@ impl RedisServer {
             let server = Self {
                 backing: Some(Backing::Container(container)),
                 port,
-                attached: options.attached,
+                tls_port: None,
+                options,
                 version: String::new(),
             };
             server.wait_until_ready()?;
@@ -127,7 +165,7 @@ impl RedisServer {
                         .context("redis-server is still missing after installing it")?
                 }
             };
-            Self::start_process(program, options.attached)?
+            Self::start_process(program, options)?
         };
         server.version = server
             .read_version()
@@ -141,8 +179,11 @@ impl RedisServer {
         docker::available() || find_program(&["redis-server"]).is_some()
     }
 
-    fn start_process(program: PathBuf, attached: bool) -> Result<Self> {
+    fn start_process(program: PathBuf, options: RedisOptions) -> Result<Self> {
         let dir = temp_dir("dbslots-redis-")?;
+        if options.tls {
+            make_certificates(dir.path())?;
+        }
         let mut server = Self {
             backing: Some(Backing::Process {
                 program,
@@ -150,13 +191,17 @@ impl RedisServer {
                 process: None,
             }),
             port: 0,
-            attached,
+            tls_port: None,
+            options,
             version: String::new(),
         };
         let mut attempt = 0;
         loop {
             attempt += 1;
             server.port = free_port()?;
+            if server.options.tls {
+                server.tls_port = Some(free_port()?);
+            }
             match server.spawn_process() {
                 Ok(()) => return Ok(server),
                 Err(e)
@@ -170,7 +215,9 @@ impl RedisServer {
     /// process is stopped again.
     fn spawn_process(&mut self) -> Result<()> {
         let port = self.port;
-        let attached = self.attached;
+        let attached = self.options.attached;
+        let options = self.options.clone();
+        let tls_port = self.tls_port;
         let Some(Backing::Process {
             program,
             dir,
@@ -189,6 +236,52 @@ impl RedisServer {
             .arg(dir.path())
             .arg("--logfile")
             .arg(&log);
+        if let Some(password) = &options.password {
+            command.arg("--requirepass").arg(password);
+        }
+        for (user, password) in &options.users {
+            // redis-server joins the words after `--user` into one ACL rule.
+            command
+                .arg("--user")
+                .arg(user)
+                .arg("on")
+                .arg(format!(">{password}"))
+                .args(["~*", "&*", "+@all"]);
+        }
+        if let Some(tls_port) = tls_port {
+            let file = |name: &str| dir.path().join(name);
+            command
+                .arg("--tls-port")
+                .arg(tls_port.to_string())
+                .arg("--tls-cert-file")
+                .arg(file("server.crt"))
+                .arg("--tls-key-file")
+                .arg(file("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(file("ca.crt"))
+                .args(["--tls-auth-clients", "no"]);
+        }
+        if options.unix_socket {
+            command
+                .arg("--unixsocket")
+                .arg(dir.path().join("redis.sock"))
+                .args(["--unixsocketperm", "700"]);
+        }
+        if let Some(master) = options.replica_of {
+            command
+                .args(["--replicaof", "127.0.0.1"])
+                .arg(master.to_string());
+            if let Some(password) = &options.password {
+                command.arg("--masterauth").arg(password);
+            }
+        }
+        if options.cluster {
+            command
+                .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(dir.path().join("nodes.conf"))
+                .args(["--cluster-node-timeout", "2000"]);
+        }
+        let auth = options.password.clone();
         let mut spawned = ServerProcess::spawn(command, attached, &dir.path().join("server.out"))?;
         let started = Instant::now();
         loop {
@@ -198,7 +291,7 @@ impl RedisServer {
                     tail(&log, 20)
                 );
             }
-            match ping(port) {
+            match ping(port, auth.as_deref()) {
                 Ok(()) => break,
                 Err(e) if started.elapsed() > READY_TIMEOUT => {
                     let _ = spawned.stop(STOP_GRACE);
@@ -218,7 +311,7 @@ impl RedisServer {
     fn wait_until_ready(&self) -> Result<()> {
         let started = Instant::now();
         loop {
-            match ping(self.port) {
+            match ping(self.port, self.options.password.as_deref()) {
                 Ok(()) => return Ok(()),
                 Err(e) if started.elapsed() > READY_TIMEOUT => {
                     let log = match &self.backing {
@@ -236,9 +329,42 @@ impl RedisServer {
         }
     }
 
-    /// `redis://127.0.0.1:PORT/0`.
+    /// `redis://127.0.0.1:PORT/0` (without credentials).
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The TLS port, when started with [`RedisOptions::tls`].
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
+    /// The throwaway CA that signed the server's certificate (PEM), when
+    /// started with [`RedisOptions::tls`].
+    pub fn ca_path(&self) -> Option<PathBuf> {
+        match (&self.backing, self.options.tls) {
+            (Some(Backing::Process { dir, .. }), true) => Some(dir.path().join("ca.crt")),
+            _ => None,
+        }
+    }
+
+    /// The Unix socket, when started with [`RedisOptions::unix_socket`].
+    pub fn socket_path(&self) -> Option<PathBuf> {
+        match (&self.backing, self.options.unix_socket) {
+            (Some(Backing::Process { dir, .. }), true) => Some(dir.path().join("redis.sock")),
+            _ => None,
+        }
+    }
+
+    /// Runs one command (words separated by spaces) on the plain port,
+    /// authenticated as `default` when the server has a password, and
+    /// returns a simple or bulk string reply.
+    ///
+    /// # Errors
+    ///
+    /// When the server cannot be reached or answers with an error.
+    pub fn command(&self, line: &str) -> Result<String> {
+        command(self.port, self.options.password.as_deref(), line)
     }
 
     /// The TCP port on 127.0.0.1.
@@ -329,7 +455,7 @@ impl RedisServer {
     }
 
     fn read_version(&self) -> Result<String> {
-        let info = command(self.port, "INFO server")?;
+        let info = self.command("INFO server")?;
         info.lines()
             .find_map(|line| line.strip_prefix("redis_version:"))
             .map(|v| v.trim().to_owned())
@@ -367,8 +493,8 @@ impl Backing {
 }
 
 /// Sends PING and expects `+PONG`.
-fn ping(port: u16) -> Result<()> {
-    let reply = command(port, "PING")?;
+fn ping(port: u16, password: Option<&str>) -> Result<()> {
+    let reply = command(port, password, "PING")?;
     if reply == "PONG" {
         Ok(())
     } else {
@@ -376,19 +502,27 @@ fn ping(port: u16) -> Result<()> {
     }
 }
 
-/// Sends one inline command and returns a simple-string or bulk-string
-/// reply.
-fn command(port: u16, line: &str) -> Result<String> {
+/// Sends one inline command (after `AUTH` when there is a password) and
+/// returns a simple-string, integer or bulk-string reply.
+fn command(port: u16, password: Option<&str>, line: &str) -> Result<String> {
     let address = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))
         .with_context(|| format!("cannot connect to Redis on {address}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    if let Some(password) = password {
+        stream.write_all(format!("AUTH {password}\r\n").as_bytes())?;
+        let mut ok = String::new();
+        reader.read_line(&mut ok)?;
+        if !ok.starts_with("+OK") {
+            bail!("Redis refused the test password: {}", ok.trim_end());
+        }
+    }
     stream.write_all(format!("{line}\r\n").as_bytes())?;
-    let mut reader = BufReader::new(stream);
     let mut first = String::new();
     reader.read_line(&mut first)?;
     let first = first.trim_end();
-    if let Some(simple) = first.strip_prefix('+') {
+    if let Some(simple) = first.strip_prefix('+').or_else(|| first.strip_prefix(':')) {
         Ok(simple.to_owned())
     } else if let Some(length) = first.strip_prefix('$') {
         let length: usize = length.parse().context("bad bulk-string length")?;
@@ -398,4 +532,82 @@ fn command(port: u16, line: &str) -> Result<String> {
     } else {
         bail!("Redis answered {line:?} with {first:?}")
     }
+}
+
+/// A throwaway CA and a server certificate for `127.0.0.1`/`localhost`
+/// signed by it, made with the `openssl` command-line tool.
+fn make_certificates(dir: &std::path::Path) -> Result<()> {
+    let openssl =
+        find_program(&["openssl"]).context("no openssl found: install the `openssl` package")?;
+    let run = |args: &[&str]| -> Result<()> {
+        let out = Command::new(&openssl)
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .context("cannot run openssl")?;
+        if !out.status.success() {
+            bail!(
+                "openssl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec[..],
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=dbslots test CA",
+        ][..],
+    ]
+    .concat())?;
+    run(&[
+        &["req"][..],
+        &ec[..],
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ][..],
+    ]
+    .concat())?;
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ])
 }

@@ -146,3 +146,57 @@ fn a_kill_grace_longer_than_the_safety_margin_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn children_of_exec_and_spawn_get_an_address_that_authenticates_and_no_output_shows_it() {
+    const SECRET: &str = "child-s3cret";
+    let Some(server) = dbslots_testkit::private_redis_with(dbslots_testkit::RedisOptions {
+        password: Some(SECRET.into()),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let name = format!("auth-{}-{}", std::process::id(), wall_nanos());
+    let addr = format!(
+        "redis://:{SECRET}@127.0.0.1:{}/0?pool={name}&lease_ms=2000",
+        server.port()
+    );
+    // The child opens the pool itself, from DBSLOTS_POOL alone, and shows
+    // its own command line, which must not carry the password.
+    let child = r#""$DBSLOTS_BIN" status --json --pool "$DBSLOTS_POOL" >/dev/null && "$DBSLOTS_BIN" status --json && tr '\0' ' ' < /proc/$$/cmdline"#;
+    let exec = dbslots()
+        .env("DBSLOTS_POOL", &addr)
+        .env("DBSLOTS_BIN", env!("CARGO_BIN_EXE_dbslots"))
+        .args(["exec", "--capacity", "2", "--", "sh", "-c", child])
+        .output()
+        .expect("exec");
+    let spawn = dbslots()
+        .env("DBSLOTS_POOL", &addr)
+        .env("DBSLOTS_BIN", env!("CARGO_BIN_EXE_dbslots"))
+        .args([
+            "spawn",
+            "--workers",
+            "2",
+            "--capacity",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            child,
+        ])
+        .output()
+        .expect("spawn");
+    for out in [exec, spawn] {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains("\"backend\""),
+            "the child read the pool: {text}"
+        );
+        assert!(!text.contains(SECRET), "{text}");
+    }
+}

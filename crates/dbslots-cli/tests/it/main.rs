@@ -4,6 +4,7 @@ mod alerts;
 mod browser;
 mod check;
 mod connections;
+mod docs;
 mod exec;
 mod gate;
 mod import;

@@ -156,29 +156,42 @@ impl FilePool {
             created || (!has_meta && opts.capacity.is_some()),
         )?;
 
-        let init = dirs.open_root_file(INIT_LOCK, OFlags::CREATE | OFlags::RDWR)?;
-        rfs::flock(&init, FlockOperation::LockExclusive)
-            .map_err(|e| Error::io("locking", dir.join(INIT_LOCK), errno_io(e)))?;
-        let recorded = dirs.read_meta()?.map(|m| m.capacity);
-        match (recorded, opts.capacity) {
-            (Some(rec), Some(req)) if rec != req => {
-                return Err(Error::CapacityMismatch {
-                    pool: name,
-                    recorded: rec,
-                    requested: req,
-                });
-            }
-            (Some(_), _) => {}
-            (None, None) => return Err(Error::NotFound { pool: name }),
-            (None, Some(cap)) => {
-                tracing::info!(pool = %name, capacity = cap, "creating slot pool");
-                dirs.create(cap, group)?;
-            }
+        // `pool.json` is written last at creation and replaced atomically by
+        // a resize: once it exists the pool is complete, and opening needs
+        // no lock (a process stopped while holding `init.lock` must not keep
+        // others from opening the pool). Only a creation takes the lock.
+        let mut recorded = dirs.read_meta()?.map(|m| m.capacity);
+        let mut init = None;
+        if recorded.is_none() {
+            let fd = dirs.open_root_file(INIT_LOCK, OFlags::CREATE | OFlags::RDWR)?;
+            rfs::flock(&fd, FlockOperation::LockExclusive)
+                .map_err(|e| Error::io("locking", dir.join(INIT_LOCK), errno_io(e)))?;
+            init = Some(fd);
+            recorded = dirs.read_meta()?.map(|m| m.capacity);
         }
-        let state = dirs.open_root_file(STATE, OFlags::RDWR)?;
-        let board = Board::open(&std::fs::File::from(state), &dir.join(STATE))?;
-        unlock(&init);
-        drop(init);
+        let result = (|| {
+            match (recorded, opts.capacity) {
+                (Some(rec), Some(req)) if rec != req => {
+                    return Err(Error::CapacityMismatch {
+                        pool: name.clone(),
+                        recorded: rec,
+                        requested: req,
+                    });
+                }
+                (Some(_), _) => {}
+                (None, None) => return Err(Error::NotFound { pool: name.clone() }),
+                (None, Some(cap)) => {
+                    tracing::info!(pool = %name, capacity = cap, "creating slot pool");
+                    dirs.create(cap, group)?;
+                }
+            }
+            let state = dirs.open_root_file(STATE, OFlags::RDWR)?;
+            Board::open(&std::fs::File::from(state), &dir.join(STATE))
+        })();
+        if let Some(fd) = init {
+            unlock(&fd);
+        }
+        let board = result?;
 
         let pid = std::process::id();
         Ok(FilePool {

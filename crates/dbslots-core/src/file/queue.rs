@@ -413,10 +413,11 @@ impl FilePool {
             }
             if pos == 0 {
                 head = i + 1;
-                self.board.head().store(head, Ordering::SeqCst);
-                if (wake_head || self.board.entry(i).flags.load(Ordering::Relaxed) & WINDOW == 0)
-                    && Some(i) != me
-                {
+                // A new head (its predecessor left or was passed over) may
+                // have a free slot waiting: wake it rather than let it
+                // find out on its next tick.
+                let previous = self.board.head().swap(head, Ordering::SeqCst);
+                if (wake_head || previous != head) && Some(i) != me {
                     self.wake_entry(i);
                 }
             }

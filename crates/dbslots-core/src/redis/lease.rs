@@ -12,9 +12,10 @@
 //! difference of the two clocks' rates and the time a holder needs to stop
 //! what the slot guards (`dbslots exec` stops its command inside it).
 //!
-//! Every Redis call of a holder is bounded by a call timeout (a quarter of
-//! the margin per step), so the renewer retries several times before the
-//! local deadline, and the deadline itself needs no call at all.
+//! Every Redis call of a holder is bounded: a quarter of the margin per
+//! read or write, a third of it for a new connection (TLS handshake and
+//! `AUTH` included), so the renewer retries several times before the local
+//! deadline, and the deadline itself needs no call at all.
 
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -27,8 +28,11 @@ pub(super) struct Timing {
     /// How long before the server could expire a lease its holder counts
     /// it lost.
     pub margin: Duration,
-    /// The longest one step of a Redis call (connect, write, read) may take.
+    /// The longest one read or write of a Redis call may take.
     pub call_timeout: Duration,
+    /// The longest a new connection (with its TLS handshake and `AUTH`)
+    /// may take.
+    pub connect_timeout: Duration,
     /// How often the renewer renews.
     pub renew_every: Duration,
 }
@@ -40,6 +44,7 @@ impl Timing {
             lease,
             margin,
             call_timeout: margin / 4,
+            connect_timeout: margin / 3,
             renew_every: lease / 6,
         }
     }

@@ -15,19 +15,25 @@ use std::time::Duration;
 use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
 use redis::{ConnectionInfo, IntoConnectionInfo, RedisResult};
 
-use crate::addr::{RedisAddr, redact};
+use crate::addr::{RedisAddr, redact_redis};
 use crate::error::{Error, Result};
 
 /// Makes connections to one server.
 pub(super) struct Connector {
     client: redis::Client,
     timeout: Duration,
+    connect_timeout: Duration,
 }
 
 impl Connector {
     /// A connector whose connections never wait longer than `timeout` for
-    /// one step (connect, write, read).
-    pub fn new(addr: &RedisAddr, display: &str, timeout: Duration) -> Result<Connector> {
+    /// a read or write, and `connect_timeout` to be made.
+    pub fn new(
+        addr: &RedisAddr,
+        display: &str,
+        timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Connector> {
         let bad = |reason: String| Error::InvalidAddress {
             address: display.to_string(),
             reason,
@@ -36,7 +42,7 @@ impl Connector {
             .url
             .as_str()
             .into_connection_info()
-            .map_err(|e| bad(redact(&e.to_string())))?;
+            .map_err(|e| bad(redact_redis(&e.to_string())))?;
         let keepalive = TcpKeepalive::new()
             .with_time(timeout.max(Duration::from_secs(1)))
             .with_interval(timeout.max(Duration::from_secs(1)))
@@ -45,9 +51,37 @@ impl Connector {
             .set_nodelay(true)
             .set_user_timeout(timeout)
             .set_keepalive(keepalive);
-        let info = info.set_tcp_settings(tcp);
-        let client = redis::Client::open(info).map_err(|e| bad(redact(&e.to_string())))?;
-        Ok(Connector { client, timeout })
+        // No `CLIENT SETINFO` on connect: it costs a round trip, and redis-rs
+        // reads its two replies one after the other, each with the whole
+        // connect timeout, which would double the bound on a black hole.
+        let settings = info.redis_settings().clone().set_skip_set_lib_name();
+        let info = info.set_tcp_settings(tcp).set_redis_settings(settings);
+        let client = match &addr.ca {
+            // rustls verifies the server against this CA only.
+            Some(ca) => {
+                let pem = std::fs::read(ca).map_err(|e| {
+                    bad(format!(
+                        "cannot read the CA certificate ca={}: {e}; give the path of a readable PEM file",
+                        ca.display()
+                    ))
+                })?;
+                redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+            }
+            // rediss:// without ca= verifies against the system's roots.
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| bad(redact_redis(&e.to_string())))?;
+        Ok(Connector {
+            client,
+            timeout,
+            connect_timeout,
+        })
     }
 
     /// The longest any single step of a call may take.
@@ -57,7 +91,9 @@ impl Connector {
 
     /// A new connection with read and write timeouts.
     pub fn connect(&self) -> RedisResult<redis::Connection> {
-        let conn = self.client.get_connection_with_timeout(self.timeout)?;
+        let conn = self
+            .client
+            .get_connection_with_timeout(self.connect_timeout)?;
         conn.set_read_timeout(Some(self.timeout))?;
         conn.set_write_timeout(Some(self.timeout))?;
         Ok(conn)

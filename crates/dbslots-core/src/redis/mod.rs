@@ -52,7 +52,7 @@ use lease::{Lease, Timing};
 use link::{Connector, Link};
 use scripts::{Keys, Scripts};
 
-use crate::addr::{RedisAddr, redact};
+use crate::addr::{RedisAddr, redact_redis};
 use crate::error::{Error, Result};
 use crate::stats::{Holder, PoolStats, WaitHistogram, Waiter};
 
@@ -126,7 +126,7 @@ fn host_name() -> String {
 
 impl Shared {
     fn backend_error(&self, what: &str, e: redis::RedisError) -> Error {
-        let detail = redact(&e.to_string());
+        let detail = redact_redis(&e.to_string());
         let hint = if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() {
             "; check that the Redis server is running and reachable, then retry"
         } else {
@@ -381,7 +381,7 @@ fn renewer(weak: Weak<Shared>, timing: Timing) {
                 Some(Ok(_)) | None => {}
                 Some(Err(e)) => {
                     failing = true;
-                    tracing::warn!(pool = %shared.name, slot, error = %redact(&e.to_string()), "lease renewal failed; retrying");
+                    tracing::warn!(pool = %shared.name, slot, error = %redact_redis(&e.to_string()), "lease renewal failed; retrying");
                 }
             }
         }
@@ -398,7 +398,7 @@ impl RedisPool {
             crate::file::check_capacity(c as u64)?;
         }
         let timing = Timing::new(addr.lease);
-        let connector = Connector::new(addr, display, timing.call_timeout)?;
+        let connector = Connector::new(addr, display, timing.call_timeout, timing.connect_timeout)?;
         let shared = Arc::new(Shared {
             connector,
             commands: Link::new(),
@@ -415,13 +415,24 @@ impl RedisPool {
             renewer: Mutex::new(false),
             wake_renewer: Condvar::new(),
         });
-        let (recorded, max_lease): (Option<u32>, Option<u64>) =
+        // A timeout here may be a hiccup under load: two more tries.
+        let read = || {
             shared.command("reading the pool", |c| {
                 redis::cmd("HMGET")
                     .arg(&shared.keys.meta)
                     .arg("capacity")
                     .arg("max_lease")
-                    .query(c)
+                    .query::<(Option<u32>, Option<u64>)>(c)
+            })
+        };
+        let (recorded, max_lease) = read()
+            .or_else(|_| {
+                std::thread::sleep(shared.timing.call_timeout);
+                read()
+            })
+            .or_else(|_| {
+                std::thread::sleep(shared.timing.call_timeout);
+                read()
             })?;
         let recorded = match (recorded, capacity) {
             (Some(rec), Some(req)) if rec != req => {
@@ -545,7 +556,7 @@ impl RedisPool {
             return Err(self.lost_error(slot, why));
         }
         if let Some(Err(e)) = self.shared.renew(&self.shared.checks, false, slot, &lease) {
-            tracing::debug!(pool = %self.shared.name, slot, error = %redact(&e.to_string()), "cannot ask the server about a lease; trusting its local deadline");
+            tracing::debug!(pool = %self.shared.name, slot, error = %redact_redis(&e.to_string()), "cannot ask the server about a lease; trusting its local deadline");
         }
         match lease.lost() {
             Some(why) => Err(self.lost_error(slot, why)),

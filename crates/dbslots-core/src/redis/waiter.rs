@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use super::{RedisPool, WAIT_BOUNDS_MS, token};
-use crate::addr::redact;
+use crate::addr::redact_redis;
 use crate::error::{Error, Result};
 use crate::file::cancel::CancelToken;
 
@@ -33,9 +33,13 @@ impl RedisPool {
         let started = Instant::now();
         let token = token();
         let sent = Instant::now();
-        let first = self.shared.acquire_once(&token, true)?;
-        if first >= 0 {
-            return self.hold(first, token, sent);
+        match self.shared.acquire_once(&token, true) {
+            Ok(slot) if slot >= 0 => return self.hold(slot, token, sent),
+            Ok(_) => {}
+            // A hiccup (a timeout under load, a failover): the wait below
+            // rides it out for up to a lease time.
+            Err(Error::Backend { .. }) => {}
+            Err(e) => return Err(e),
         }
         let outcome = self.wait(&token, started, deadline, cancel);
         match &outcome {
@@ -61,7 +65,7 @@ impl RedisPool {
             let mut conn = match shared.connector.connect() {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    tracing::warn!(pool = %shared.name, error = %redact(&e.to_string()), "cannot subscribe to slot notifications; polling");
+                    tracing::warn!(pool = %shared.name, error = %redact_redis(&e.to_string()), "cannot subscribe to slot notifications; polling");
                     None
                 }
             };
@@ -70,7 +74,7 @@ impl RedisPool {
                 match ps.subscribe(&shared.keys.channel) {
                     Ok(()) => Some(ps),
                     Err(e) => {
-                        tracing::warn!(pool = %shared.name, error = %redact(&e.to_string()), "cannot subscribe to slot notifications; polling");
+                        tracing::warn!(pool = %shared.name, error = %redact_redis(&e.to_string()), "cannot subscribe to slot notifications; polling");
                         None
                     }
                 }
@@ -90,11 +94,16 @@ impl RedisPool {
                     Ok(_) => failing_since = None,
                     // The server may be restarting: keep waiting (and
                     // subscribe again) until the deadline.
-                    Err(Error::Backend { message, .. }) => {
-                        if failing_since.is_none() {
-                            tracing::warn!(pool = %shared.name, error = %message, "cannot reach Redis while waiting for a slot; retrying");
+                    Err(e @ Error::Backend { .. }) => {
+                        let since = *failing_since.get_or_insert(sent);
+                        if since == sent {
+                            tracing::warn!(pool = %shared.name, error = %e, "cannot reach Redis while waiting for a slot; retrying");
                         }
-                        failing_since.get_or_insert(sent);
+                        // Give up once the server has been unreachable for
+                        // a whole lease: it is down, not hiccuping.
+                        if sent.duration_since(since) >= shared.timing.lease {
+                            return Err(e);
+                        }
                     }
                     Err(e) => return Err(e),
                 }
@@ -145,7 +154,7 @@ impl RedisPool {
                         }
                         Err(e) if e.is_timeout() => {}
                         Err(e) => {
-                            tracing::warn!(pool = %shared.name, error = %redact(&e.to_string()), "lost the slot notification channel; subscribing again");
+                            tracing::warn!(pool = %shared.name, error = %redact_redis(&e.to_string()), "lost the slot notification channel; subscribing again");
                             resubscribe = true;
                             break;
                         }

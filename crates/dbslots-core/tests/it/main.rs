@@ -8,5 +8,7 @@ mod procs;
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "redis")]
+mod redis_auth;
+#[cfg(feature = "redis")]
 mod redis_faults;
 mod support;

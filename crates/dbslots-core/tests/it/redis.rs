@@ -26,10 +26,12 @@ pub fn unique_pool(base: &str) -> String {
         .expect("clock")
         .as_nanos();
     let sep = if base.contains('?') { '&' } else { '?' };
-    format!(
-        "{base}{sep}pool=t{}-{n}-{nanos}&lease_ms={LEASE_MS}",
-        std::process::id()
-    )
+    let lease = if base.contains("lease_ms=") {
+        String::new()
+    } else {
+        format!("&lease_ms={LEASE_MS}")
+    };
+    format!("{base}{sep}pool=t{}-{n}-{nanos}{lease}", std::process::id())
 }
 
 /// Redis pools on the shared test server: a killed holder's slot is free
@@ -46,6 +48,45 @@ impl Backend for Leases {
     }
 }
 
+/// A TLS-only view of a Redis server of this test process (started once,
+/// killed with the process): `rediss://127.0.0.1:PORT/0?ca=PATH`.
+pub fn tls_url() -> Option<String> {
+    static SERVER: std::sync::OnceLock<Option<dbslots_testkit::RedisServer>> =
+        std::sync::OnceLock::new();
+    let server = SERVER
+        .get_or_init(|| {
+            dbslots_testkit::private_redis_with(dbslots_testkit::RedisOptions {
+                tls: true,
+                ..Default::default()
+            })
+        })
+        .as_ref()?;
+    Some(format!(
+        "rediss://127.0.0.1:{}/0?ca={}",
+        server.tls_port().expect("started with TLS"),
+        server.ca_path().expect("started with TLS").display()
+    ))
+}
+
+/// Redis pools reached over TLS, with a lease whose connect timeout (a
+/// ninth of it) leaves room for handshakes on a loaded machine.
+pub struct TlsLeases;
+
+const TLS_LEASE_MS: u64 = 2500;
+
+impl Backend for TlsLeases {
+    fn fresh() -> (Box<dyn std::any::Any>, String) {
+        let url = tls_url().expect("checked before the proptest runs");
+        (
+            Box::new(()),
+            unique_pool(&format!("{url}&lease_ms={TLS_LEASE_MS}")),
+        )
+    }
+    fn crash_latency() -> Duration {
+        Duration::from_millis(TLS_LEASE_MS + 500)
+    }
+}
+
 #[test]
 fn redis_pool_behaves_like_a_counting_semaphore() {
     let _serial = crate::support::timing_sensitive();
@@ -53,6 +94,15 @@ fn redis_pool_behaves_like_a_counting_semaphore() {
         return;
     }
     redis_model();
+}
+
+#[test]
+fn redis_pool_over_tls_behaves_like_a_counting_semaphore() {
+    let _serial = crate::support::timing_sensitive();
+    if tls_url().is_none() {
+        return;
+    }
+    tls_model();
 }
 
 prop_state_machine! {
@@ -64,6 +114,17 @@ prop_state_machine! {
     })]
 
     fn redis_model(sequential 1..14 => System<Leases>);
+}
+
+prop_state_machine! {
+    #![proptest_config(ProptestConfig {
+        cases: 5,
+        max_shrink_iters: 50,
+        failure_persistence: None,
+        .. ProptestConfig::default()
+    })]
+
+    fn tls_model(sequential 1..14 => System<TlsLeases>);
 }
 
 #[test]
@@ -117,7 +178,22 @@ fn capacity_contract_and_holders_by_host() {
 fn processes_on_many_hosts_never_exceed_the_capacity() {
     let _serial = crate::support::timing_sensitive();
     let Some(url) = redis_url() else { return };
-    let addr = unique_pool(&url);
+    // Forty processes starting at once on a loaded 2-core machine: a lease
+    // whose call timeouts allow for that (the bound does not depend on it).
+    forty_processes_on_four_hosts_never_exceed_five_slots(&format!("{url}?lease_ms=5000"));
+}
+
+#[test]
+fn processes_on_many_hosts_never_exceed_the_capacity_over_tls() {
+    let _serial = crate::support::timing_sensitive();
+    let Some(url) = tls_url() else { return };
+    // Forty TLS handshakes at once on a loaded 2-core machine: a lease
+    // whose call timeouts allow for that.
+    forty_processes_on_four_hosts_never_exceed_five_slots(&format!("{url}&lease_ms=10000"));
+}
+
+pub fn forty_processes_on_four_hosts_never_exceed_five_slots(url: &str) {
+    let addr = unique_pool(url);
     Pool::open(&addr, PoolOptions::new().capacity(5)).expect("create");
     let dir = tempfile::tempdir().expect("tempdir");
     let counter = dir.path().join("counter");

@@ -2,6 +2,7 @@
 //! `cargo xtask test` (skipped with a message under a bare `cargo test`)
 //! and private servers for tests that need their own limits.
 
+mod bounds;
 mod cancelled;
 mod dropped;
 mod from_env;

@@ -154,7 +154,8 @@ impl Ctx {
         cmd.args(self.template.args(index, n))
             .env(ENV_WORKER_INDEX, index.to_string())
             .env(ENV_WORKER_COUNT, n.to_string())
-            .env(ENV_POOL, &self.pool_addr)
+            // With its credentials, so the worker can open the pool.
+            .env(ENV_POOL, self.pool.addr().to_unredacted_string())
             .env_remove(ENV_SLOT)
             .process_group(0)
             .kill_on_drop(false);
