@@ -27,6 +27,10 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 const LINGER_POLL_FIRST: Duration = Duration::from_millis(10);
 const LINGER_POLL_MAX: Duration = Duration::from_millis(200);
 
+/// How often a worker's supervisor looks whether its slot's lease (Redis
+/// pool) was lost; the look is local (no network).
+const LEASE_POLL: Duration = Duration::from_millis(20);
+
 impl Ctx {
     /// Hands a started worker to its supervisor task.
     pub(super) fn supervise(
@@ -64,8 +68,17 @@ impl Ctx {
             let (exited_tx, exited_rx) = oneshot::channel::<()>();
             let mut stop = ctx.stop.subscribe();
             let pgid = libc::pid_t::try_from(pid).unwrap_or(0);
+            // A lease (Redis pool) can be lost while the worker runs: then
+            // the worker is stopped (SIGTERM, SIGKILL half the lease's
+            // safety margin later) before the server can give the slot to
+            // anyone else, unless `hold_slot` lets it run on.
+            let lease_grace = match &slot {
+                Some(_) if !ctx.options.hold_slot => ctx.pool.lease_margin().map(|m| m / 2),
+                _ => None,
+            };
             let waiter = async {
                 let mut sent = Phase::Running;
+                let mut kill_at: Option<Instant> = None;
                 let status = loop {
                     let wanted = stop.borrow_and_update().phase;
                     if wanted > sent {
@@ -76,6 +89,24 @@ impl Ctx {
                         status = child.wait() => break status,
                         changed = stop.changed() => if changed.is_err() {
                             break child.wait().await;
+                        },
+                        () = tokio::time::sleep(LEASE_POLL), if lease_grace.is_some() && sent < Phase::Kill => {
+                            let lost = slot.as_ref().is_some_and(|s| s.wait_lost(Duration::ZERO));
+                            match (kill_at, lease_grace) {
+                                (None, Some(grace)) if lost => {
+                                    tracing::error!(worker = index, pid, "the worker's slot lease was lost; stopping it (SIGTERM, then SIGKILL in {grace:?})");
+                                    if sent < Phase::Terminate {
+                                        signal_phase(pgid, Phase::Terminate, index);
+                                        sent = Phase::Terminate;
+                                    }
+                                    kill_at = Some(Instant::now() + grace);
+                                }
+                                (Some(at), _) if Instant::now() >= at => {
+                                    signal_phase(pgid, Phase::Kill, index);
+                                    sent = Phase::Kill;
+                                }
+                                _ => {}
+                            }
                         }
                     }
                 };
