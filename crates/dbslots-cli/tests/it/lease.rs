@@ -63,6 +63,17 @@ fn wall_nanos() -> u128 {
 
 #[test]
 fn a_cut_off_exec_stops_its_command_before_the_next_one_starts() {
+    cut_off_holder_stops_before_the_next_one_starts(&["exec"], Some(143));
+}
+
+#[test]
+fn a_cut_off_spawn_stops_its_worker_before_the_next_one_starts() {
+    cut_off_holder_stops_before_the_next_one_starts(&["spawn", "--workers", "1"], Some(1));
+}
+
+/// `dbslots FIRST...` holds the only slot through a proxy that then goes
+/// black; a `dbslots exec` on the direct address waits for the slot.
+fn cut_off_holder_stops_before_the_next_one_starts(first_args: &[&str], first_code: Option<i32>) {
     let Some(url) = dbslots_testkit::shared_redis() else {
         return;
     };
@@ -77,11 +88,12 @@ fn a_cut_off_exec_stops_its_command_before_the_next_one_starts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (a_log, b_log) = (dir.path().join("a.log"), dir.path().join("b.log"));
     let mut first = dbslots()
-        .args(["exec", "--pool", &cut_off, "--capacity", "1", "--"])
+        .args(first_args)
+        .args(["--pool", &cut_off, "--capacity", "1", "--"])
         .args(["sh", "-c", &logging_command(&a_log)])
         .stderr(Stdio::piped())
         .spawn()
-        .expect("first exec");
+        .expect("first holder");
     wait_logged(&a_log, "start ", Duration::from_secs(10));
     let mut second = dbslots()
         .args(["exec", "--pool", &direct, "--capacity", "1", "--"])
@@ -109,7 +121,7 @@ fn a_cut_off_exec_stops_its_command_before_the_next_one_starts() {
     let status = first.wait().expect("reap first");
     assert_eq!(
         status.code(),
-        Some(143),
+        first_code,
         "the first command died of SIGTERM"
     );
     let mut err = String::new();

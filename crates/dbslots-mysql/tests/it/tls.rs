@@ -109,6 +109,7 @@ fn every_ssl_mode_against_a_server_that_requires_tls() {
         assert!(!cipher_through_connector(&by_name).await.is_empty());
         let by_ip = with(&user_url, &format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={ca}"));
         let text = fails_at_once(&by_ip, password).await;
+        eprintln!("name mismatch: {text}");
         assert!(text.contains("not issued for the URL's host"), "{text}");
         assert!(
             text.contains("ssl-mode=VERIFY_CA"),
@@ -123,6 +124,7 @@ fn every_ssl_mode_against_a_server_that_requires_tls() {
             &format!("ssl-mode=VERIFY_CA&ssl-ca={}", wrong.ca.display()),
         );
         let text = fails_at_once(&wrong_ca, password).await;
+        eprintln!("wrong CA: {text}");
         assert!(text.contains("not signed by a trusted CA"), "{text}");
         assert!(text.contains("ssl-ca=PATH"), "says what to change: {text}");
         // The monitor says the same, in one attempt.
@@ -138,6 +140,7 @@ fn every_ssl_mode_against_a_server_that_requires_tls() {
         // No TLS against a server that requires it.
         let disabled = with(&user_url, "ssl-mode=DISABLED");
         let text = fails_at_once(&disabled, password).await;
+        eprintln!("DISABLED against require_secure_transport=ON: {text}");
         assert!(
             text.contains("require_secure_transport") && text.contains("ssl-mode=DISABLED"),
             "{text}"
