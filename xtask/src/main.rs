@@ -9,6 +9,7 @@ mod bench;
 mod child;
 mod db;
 mod demo;
+mod packages;
 mod servers;
 mod test;
 
@@ -28,8 +29,8 @@ const TASKS: &[(&str, &str)] = &[
         "cargo bench --workspace against throwaway MySQL and Redis",
     ),
     (
-        "demo [--batches | --no-throttle]",
-        "the main job: 1000 workers via `dbslots spawn` against a throwaway MySQL with max_connections=151; reports refused connections, rows and wall time",
+        "demo [--batches | --no-throttle | --all] [--php] [--runs N]",
+        "the main job: 1000 workers via `dbslots spawn` against a throwaway MySQL with max_connections=151, and the same workers unthrottled as the yardstick; reports refused connections, rows, wall time and where the time goes (--php: PHP PDO workers, all modes)",
     ),
     (
         "db up [--max-connections N]",

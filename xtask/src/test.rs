@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use tempfile::TempDir;
 
 use crate::child::{self, cargo};
+use crate::packages;
 use crate::servers::{self, TestServers};
 
 /// Runs the checks and prints a one-line verdict; `args` (after an optional
@@ -111,45 +112,8 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
 /// Installs the missing [`TEST_PROGRAMS`] with apt-get as root, saying so;
 /// fails with the command to run when not root.
 fn ensure_chromium() -> Result<()> {
-    let missing = || -> Vec<&str> {
-        TEST_PROGRAMS
-            .iter()
-            .filter(|(file, _)| !std::path::Path::new(file).exists())
-            .map(|(_, package)| *package)
-            .collect()
-    };
-    let packages = missing();
-    if packages.is_empty() {
-        return Ok(());
-    }
-    let list = packages.join(" ");
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        anyhow::bail!(
-            "the browser, terminal, alert rules and gate tests need the Debian packages {list}, which are missing: \
-             run `sudo apt-get install -y {list}` and try again"
-        );
-    }
-    eprintln!(
-        "xtask: the browser, terminal, alert rules and gate tests need {list}: installing with apt-get"
-    );
-    let apt = |args: &[&str]| {
-        let mut command = std::process::Command::new("apt-get");
-        command
-            .args(["-o", "DPkg::Lock::Timeout=600", "-qq"])
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive");
-        command
-    };
-    child::run("`apt-get update`", apt(&["update"]))?;
-    let mut install = apt(&["install", "-y", "--no-install-recommends"]);
-    install.args(&packages);
-    child::run(&format!("`apt-get install -y {list}`"), install)?;
-    let still = missing();
-    anyhow::ensure!(
-        still.is_empty(),
-        "`apt-get install` did not provide {}",
-        still.join(" ")
-    );
-    Ok(())
+    packages::ensure(
+        TEST_PROGRAMS,
+        "the browser, terminal, alert rules and gate tests",
+    )
 }

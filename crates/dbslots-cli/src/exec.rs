@@ -134,14 +134,25 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let program = &args.command[0];
     let mut cmd = Command::new(program);
     cmd.args(&args.command[1..]);
-    slot.share_with_child(&mut cmd)?;
+    // The slot goes to the command as a duplicate of its locked descriptor
+    // (kept across exec, under its own number: the command keeps its
+    // stdin), with DBSLOTS_SLOT and DBSLOTS_POOL.
+    cmd.envs(slot.child_env());
+    let lock = slot.lock_fd_for_child()?;
+    let lock_fd = lock.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
     {
         use std::os::unix::process::CommandExt;
         let die_with_us = stop_grace.is_some();
-        // SAFETY: pthread_sigmask and prctl are async-signal-safe; `set` is
-        // a copy.
+        // SAFETY: pthread_sigmask, fcntl and prctl are async-signal-safe;
+        // `set` is a copy, and `lock` stays open until after the spawn.
         unsafe {
             cmd.pre_exec(move || {
+                if let Some(fd) = lock_fd {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
                 libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
                 // A lease dies with this process: so must the command.
                 if die_with_us {
@@ -164,6 +175,8 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     };
     let pid = child.id();
     slot.set_holder_pid(pid);
+    // The child has its copy; this process holds the slot through the guard.
+    drop(lock);
 
     // From here on the command runs holding the slot through the descriptor
     // it inherited. Whatever fails in dbslots now, the slot must stay with

@@ -55,6 +55,11 @@ pub struct GateArgs {
     /// --listen address]
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
+
+    /// Threads that relay bytes; one is fastest on small machines, where
+    /// the server and the clients need the other cores
+    #[arg(long, value_name = "N", default_value = "1", value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: u16,
 }
 
 /// Runs `dbslots gate`.
@@ -73,7 +78,11 @@ pub fn run(args: GateArgs) -> anyhow::Result<ExitCode> {
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
     let pool = args.pool.open()?;
-    let runtime = crate::common::runtime()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(args.threads))
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     let upstream = args.upstream.to_string();
     runtime.block_on(async move {
         let options = GateOptions::new(args.listen, args.upstream)

@@ -391,7 +391,7 @@ impl Observer for Display {
         self.line(&format!(
             "job {} started: {} ({} bytes{resumed})",
             progress.job_id,
-            progress.source.display(),
+            escape_controls(&progress.source.display().to_string()),
             progress.bytes_total
         ));
     }
@@ -431,7 +431,7 @@ impl Observer for Display {
             JobOutcome::CompletedWithErrors => {
                 "completed with errors (see import_errors)".to_owned()
             }
-            JobOutcome::Failed(error) => format!("failed: {error}"),
+            JobOutcome::Failed(error) => format!("failed: {}", escape_controls(error)),
             JobOutcome::Released => "put back in the queue at its checkpoint".to_owned(),
             JobOutcome::Lost => "taken over by another processor".to_owned(),
             JobOutcome::Interrupted => {
@@ -528,9 +528,10 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `text` with every control character (terminal escapes, newlines, C1
-/// controls) written as a Rust escape, so that what the queue holds cannot
-/// drive the terminal. Anyone who can write to `import_jobs` controls
-/// these strings.
+/// controls) and bidirectional override written as a Rust escape, so that
+/// what the queue holds cannot drive the terminal. Anyone who can write to
+/// `import_jobs` controls these strings; `status` and `run` print them
+/// only through this.
 fn escape_controls(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {

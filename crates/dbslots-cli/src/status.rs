@@ -60,14 +60,54 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     let pool = args.pool.open()?;
     let stats = pool.stats()?;
+    // Gates in front of a server that use this pool (`dbslots gate`).
+    let gates = dbslots_gate::read_gates(pool.addr()).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read the pool's gates");
+        Vec::new()
+    });
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &stats.to_json())?;
+        let mut doc = stats.to_json();
+        if !gates.is_empty()
+            && let Some(map) = doc.as_object_mut()
+        {
+            map.insert("gates".into(), serde_json::to_value(&gates)?);
+        }
+        serde_json::to_writer_pretty(&mut out, &doc)?;
         writeln!(out)?;
     } else {
         write!(out, "{}", render_table(&stats, now_unix_ms()))?;
+        write!(out, "{}", render_gates(&gates))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The gates' table of `dbslots status` (empty without gates).
+pub fn render_gates(gates: &[dbslots_gate::GateReport]) -> String {
+    if gates.is_empty() {
+        return String::new();
+    }
+    let mut t = String::from(
+        "\nGATE             LISTEN                 ACCEPTED  ADMITTED  QUEUED  ACTIVE  TIMEOUTS  IDLE-CLOSED  MB IN/OUT\n",
+    );
+    for g in gates {
+        let mb = |b: u64| b as f64 / 1e6;
+        t += &format!(
+            "{:<16} {:<22} {:>8}  {:>8}  {:>6}  {:>6}  {:>8}  {:>11}  {:.1}/{:.1}{}\n",
+            g.name,
+            g.listen.first().map_or("-", String::as_str),
+            g.accepted,
+            g.admitted,
+            g.queued,
+            g.active,
+            g.queue_timeouts,
+            g.idle_closes,
+            mb(g.bytes_from_clients),
+            mb(g.bytes_to_clients),
+            if g.draining { "  (draining)" } else { "" },
+        );
+    }
+    t
 }
 
 /// `--check`: prints the line and returns its exit status; a pool that
@@ -213,5 +253,37 @@ mod tests {
         assert!(t.contains("3 of 1 in use"), "{t}");
         assert!(t.contains("OVER CAPACITY by 2"), "{t}");
         assert_eq!(s.to_json()["over_capacity"], 2);
+    }
+
+    #[test]
+    fn gates_get_a_row_each_and_no_table_without_gates() {
+        assert_eq!(super::render_gates(&[]), "");
+        let g: dbslots_gate::GateReport = serde_json::from_value(serde_json::json!({
+            "name": "web-1", "pid": 7, "listen": ["127.0.0.1:3307"], "upstream": "db:3306",
+            "pool": "/p", "capacity": 9, "started_unix_ms": 0, "updated_unix_ms": 0,
+            "draining": true, "accepted": 12, "admitted": 10, "queued": 2, "active": 9,
+            "queue_timeouts": 1, "abandoned": 0, "upstream_failures": 0, "idle_closes": 3,
+            "bytes_from_clients": 1_500_000, "bytes_to_clients": 42_000_000,
+            "wait_histogram": {"bounds_seconds": [], "counts": [0], "sum_seconds": 0.0, "count": 0}
+        }))
+        .unwrap();
+        let t = super::render_gates(&[g]);
+        let row: Vec<&str> = t.lines().nth(2).unwrap().split_whitespace().collect();
+        assert_eq!(
+            row,
+            [
+                "web-1",
+                "127.0.0.1:3307",
+                "12",
+                "10",
+                "2",
+                "9",
+                "1",
+                "3",
+                "1.5/42.0",
+                "(draining)"
+            ],
+            "{t}"
+        );
     }
 }

@@ -113,6 +113,8 @@ fn view_loop(
         let (width, height) = terminal::size().unwrap_or((80, 24));
         let server_view = server.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let lines = render(&stats, server_view.as_ref(), width, height, now_unix_ms());
+        let gates = dbslots_gate::read_gates(pool.addr()).unwrap_or_default();
+        let lines = with_gate_lines(lines, &gates, width, height);
         draw(&mut out, &lines)?;
         let next = Instant::now() + REFRESH;
         loop {
@@ -139,6 +141,43 @@ fn view_loop(
             }
         }
     }
+}
+
+/// Puts one line per gate of the pool (`dbslots gate`) under the pool's
+/// counters; the screen keeps its width and height.
+pub fn with_gate_lines(
+    mut lines: Vec<String>,
+    gates: &[dbslots_gate::GateReport],
+    width: u16,
+    height: u16,
+) -> Vec<String> {
+    if gates.is_empty() {
+        return lines;
+    }
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("counters"))
+        .map_or(lines.len(), |i| i + 1);
+    let extra = gates.iter().map(|g| {
+        format!(
+            "gate      {} {}  queued {}  active {}  accepted {}  admitted {}  timeouts {}  idle-closed {}{}",
+            g.name,
+            g.listen.first().map_or("-", String::as_str),
+            g.queued,
+            g.active,
+            g.accepted,
+            g.admitted,
+            g.queue_timeouts,
+            g.idle_closes,
+            if g.draining { "  DRAINING" } else { "" }
+        )
+        .chars()
+        .take(usize::from(width.max(20)))
+        .collect::<String>()
+    });
+    lines.splice(at..at, extra);
+    lines.truncate(usize::from(height.max(5)));
+    lines
 }
 
 /// Writes `lines` from the top-left corner, clearing what is left of the
@@ -442,5 +481,30 @@ mod tests {
         let text = render(&Err("gone".into()), Some(&view), 100, 40, 0).join("\n");
         assert!(text.contains("cannot read the stats: gone"), "{text}");
         assert!(text.contains("cannot read the server: refused"), "{text}");
+    }
+
+    #[test]
+    fn gates_are_shown_under_the_counters_within_the_screen() {
+        let lines: Vec<String> = ["top", "", "pool      p", "counters  x", "", "holders (0)"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(with_gate_lines(lines.clone(), &[], 80, 24), lines);
+        let g: dbslots_gate::GateReport = serde_json::from_value(serde_json::json!({
+            "name": "web-1", "pid": 7, "listen": ["127.0.0.1:3307"], "upstream": "db:3306",
+            "pool": "/p", "capacity": 9, "started_unix_ms": 0, "updated_unix_ms": 0,
+            "draining": false, "accepted": 12, "admitted": 10, "queued": 2, "active": 9,
+            "queue_timeouts": 1, "abandoned": 0, "upstream_failures": 0, "idle_closes": 3,
+            "bytes_from_clients": 0, "bytes_to_clients": 0,
+            "wait_histogram": {"bounds_seconds": [], "counts": [0], "sum_seconds": 0.0, "count": 0}
+        }))
+        .unwrap();
+        let shown = with_gate_lines(lines.clone(), &[g.clone(), g], 40, 6);
+        assert_eq!(shown.len(), 6);
+        assert!(
+            shown[4].starts_with("gate      web-1 127.0.0.1:3307"),
+            "{shown:#?}"
+        );
+        assert!(shown.iter().all(|l| l.chars().count() <= 40), "{shown:#?}");
     }
 }

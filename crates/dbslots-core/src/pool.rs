@@ -478,52 +478,42 @@ impl Slot {
         ]
     }
 
-    /// Makes a child started from `cmd` share this slot: the child inherits
-    /// the locked file descriptor, so the slot stays held as long as the
-    /// child lives, even if this process is killed. Also sets
-    /// [`Slot::child_env`]. Release the guard after the child has exited.
-    ///
-    /// A lease (Redis pool) cannot be inherited: there only the environment
-    /// is set, and the slot stays held while this process renews it.
-    pub fn share_with_child(&self, cmd: &mut std::process::Command) -> Result<()> {
-        use std::os::unix::process::CommandExt;
-        cmd.envs(self.child_env());
-        if let Some((fd, pid_word)) = self.inheritable()? {
-            // SAFETY: the closure only calls fcntl, getpid and an atomic
-            // store into the shared mapping, all async-signal-safe; the
-            // mapping outlives the child's exec because `self` does.
-            unsafe {
-                cmd.pre_exec(move || claim_in_child(fd, pid_word));
-            }
-        }
-        Ok(())
-    }
-
-    /// [`Slot::share_with_child`] for a tokio command.
-    #[cfg(feature = "tokio")]
-    pub fn share_with_tokio_child(&self, cmd: &mut tokio::process::Command) -> Result<()> {
-        cmd.envs(self.child_env());
-        if let Some((fd, pid_word)) = self.inheritable()? {
-            // SAFETY: as in `share_with_child`.
-            unsafe {
-                cmd.pre_exec(move || claim_in_child(fd, pid_word));
-            }
-        }
-        Ok(())
-    }
-
-    /// A duplicate of the descriptor whose lock is this slot (`None` for a
-    /// lease-based slot, which cannot be inherited).
+    /// A duplicate of the descriptor whose lock is this slot: **the** way
+    /// to hand the slot to a child process (`None` for a lease-based slot,
+    /// which cannot be handed over: there this process keeps renewing it).
     ///
     /// The duplicate shares the lock: whoever keeps any copy open keeps the
-    /// slot held. Handing it to a child as a standard stream (an empty,
-    /// read-only file: a fine stdin) makes the child hold the slot for its
-    /// whole life without a `pre_exec` hook, so the spawn can take the
-    /// fast `posix_spawn` path. Record the child with
-    /// [`Slot::set_holder_pid`] and release the guard after it exited.
+    /// slot held, so a child that inherits it holds the slot for its whole
+    /// life, even if this process is killed. Give the child the duplicate
+    /// and [`Slot::child_env`], record it with [`Slot::set_holder_pid`]
+    /// once started, and release the guard only after it has exited.
+    ///
+    /// The duplicate is close-on-exec, like every descriptor std opens. As
+    /// the child's stdin (an empty, read-only file) it needs nothing else,
+    /// and the spawn keeps std's fast `posix_spawn` path (this is how
+    /// `dbslots spawn` does it):
+    ///
+    /// ```no_run
+    /// # fn run(slot: dbslots_core::Slot) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut cmd = std::process::Command::new("php");
+    /// cmd.arg("worker.php").envs(slot.child_env());
+    /// if let Some(lock) = slot.lock_fd_for_child()? {
+    ///     cmd.stdin(lock);
+    /// }
+    /// let mut child = cmd.spawn()?;
+    /// slot.set_holder_pid(child.id());
+    /// child.wait()?;
+    /// drop(slot);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// A child that needs its stdin keeps the duplicate under its own
+    /// number instead, by clearing close-on-exec in a `pre_exec` hook
+    /// (`dbslots exec` does; the child's `DBSLOTS_SLOT` says which slot).
     pub fn lock_fd_for_child(&self) -> Result<Option<std::os::fd::OwnedFd>> {
         match self.inheritable()? {
-            Some((fd, _)) => {
+            Some(fd) => {
                 // SAFETY: `fd` is open for as long as `self` holds the slot.
                 let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
                 borrowed
@@ -539,46 +529,20 @@ impl Slot {
         }
     }
 
-    /// The locked descriptor a child must inherit, and the record word where
-    /// it writes its pid (as an address: it is used in the forked child).
-    fn inheritable(&self) -> Result<Option<(std::os::fd::RawFd, usize)>> {
+    /// The descriptor that carries this slot's lock (`None` for a lease).
+    fn inheritable(&self) -> Result<Option<std::os::fd::RawFd>> {
         match &self.pool.inner.backend {
-            Backend::File(p) => {
-                let fd = p.slot_raw_fd(self.index).ok_or(Error::Unsupported {
+            Backend::File(p) => p
+                .slot_raw_fd(self.index)
+                .map(Some)
+                .ok_or(Error::Unsupported {
                     backend: "file",
                     what: "sharing a slot that is not held",
-                })?;
-                let word = p.holder_pid_word(self.index) as *const _ as usize;
-                Ok(Some((fd, word)))
-            }
+                }),
             #[cfg(feature = "redis")]
             Backend::Redis(_) => Ok(None),
         }
     }
-}
-
-/// Runs in the child between `fork` and `exec`: keep the slot's descriptor
-/// across `exec`, and record this process as the holder before it runs a
-/// single instruction of the command (so stats never show the parent for a
-/// slot whose command is running).
-fn claim_in_child(fd: std::os::fd::RawFd, pid_word: usize) -> std::io::Result<()> {
-    clear_cloexec(fd)?;
-    // SAFETY: `pid_word` points into the board mapping, which the child
-    // inherited from the parent, where it is alive.
-    let word = unsafe { &*(pid_word as *const std::sync::atomic::AtomicU32) };
-    word.store(std::process::id(), std::sync::atomic::Ordering::Release);
-    Ok(())
-}
-
-fn clear_cloexec(fd: std::os::fd::RawFd) -> std::io::Result<()> {
-    // SAFETY: fcntl on a descriptor number; failure is reported, not UB.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 impl Drop for Slot {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use dbslots_mysql::mysql_async::prelude::Queryable;
-use dbslots_mysql::mysql_async::{self, Conn, TxOpts};
+use dbslots_mysql::mysql_async::{self, Conn, OptsBuilder, TxOpts};
 use dbslots_mysql::{Attempt, Connection, Connector, ConnectorOptions, ServerLimits, codes};
 use serde_json::json;
 
@@ -38,6 +38,11 @@ const DIRECT_ATTEMPTS: u32 = 5;
 const DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The first retry delay of a direct connect; it doubles.
 const DIRECT_FIRST_DELAY: Duration = Duration::from_millis(100);
+/// The packet limit a worker assumes (its statements are a few hundred
+/// bytes; the server's own default is 16 MiB).
+const WORKER_MAX_ALLOWED_PACKET: usize = 16 * 1024 * 1024;
+/// The idle timeout a worker assumes (the server's default, 8 hours).
+const WORKER_WAIT_TIMEOUT: usize = 28_800;
 
 #[derive(Debug, Parser)]
 #[command(name = "dbslots-demo-worker", version)]
@@ -62,6 +67,10 @@ enum Command {
         /// Rows queued for each worker
         #[arg(long, default_value_t = 20)]
         rows_per_worker: u32,
+        /// Set the server's max_connections first (the yardstick raises it
+        /// so that the server admits every worker)
+        #[arg(long)]
+        max_connections: Option<u32>,
     },
     /// Be one worker
     Work {
@@ -89,6 +98,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    let entered = Instant::now();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -107,7 +117,8 @@ fn main() -> std::process::ExitCode {
                 url,
                 workers,
                 rows_per_worker,
-            } => prepare(&admin_url, &url, workers, rows_per_worker).await,
+                max_connections,
+            } => prepare(&admin_url, &url, workers, rows_per_worker, max_connections).await,
             Command::Work {
                 url,
                 hold_ms,
@@ -117,7 +128,7 @@ fn main() -> std::process::ExitCode {
                 if let Some(at) = start_at {
                     wait_until_unix_ms(at).await;
                 }
-                work(&url, Duration::from_millis(hold_ms), no_slots).await
+                work(&url, Duration::from_millis(hold_ms), no_slots, entered).await
             }
             Command::Report { admin_url } => report(&admin_url).await,
         }
@@ -136,7 +147,30 @@ fn server(url: &str) -> Result<dbslots_mysql::ServerUrl> {
     dbslots_mysql::ServerUrl::parse(url).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-async fn prepare(admin_url: &str, url: &str, workers: u32, per_worker: u32) -> Result<()> {
+/// The server of a worker's direct connection: the URL's options, plus the
+/// two settings mysql_async would otherwise read with a query right after
+/// every connect (`@@max_allowed_packet`, `@@wait_timeout`), as a
+/// lightweight worker that knows its server would: one round trip less per
+/// worker start. Used as they are, so the URL must say its `ssl-mode`
+/// (the demo's says DISABLED: PREFERRED would cost a refused TLS attempt
+/// per process against a server without TLS).
+fn worker_server(url: &str) -> Result<dbslots_mysql::ServerUrl> {
+    let opts = OptsBuilder::from_opts(server(url)?.opts().clone())
+        .max_allowed_packet(Some(WORKER_MAX_ALLOWED_PACKET))
+        .wait_timeout(Some(WORKER_WAIT_TIMEOUT));
+    Ok(dbslots_mysql::ServerUrl::from_opts(
+        opts.into(),
+        url.to_owned(),
+    ))
+}
+
+async fn prepare(
+    admin_url: &str,
+    url: &str,
+    workers: u32,
+    per_worker: u32,
+    max_connections: Option<u32>,
+) -> Result<()> {
     if workers == 0 || per_worker == 0 {
         bail!("--workers and --rows-per-worker must be at least 1");
     }
@@ -144,6 +178,11 @@ async fn prepare(admin_url: &str, url: &str, workers: u32, per_worker: u32) -> R
         .connect()
         .await
         .context("cannot connect as the administrator")?;
+    if let Some(limit) = max_connections {
+        conn.query_drop(format!("SET GLOBAL max_connections = {limit}"))
+            .await
+            .context("cannot set max_connections")?;
+    }
     conn.query_drop(format!("DROP TABLE IF EXISTS {TABLE}"))
         .await?;
     conn.query_drop(format!(
@@ -254,7 +293,7 @@ impl Opened {
 }
 
 async fn connect_direct(url: &str, refusals: &mut Refusals) -> Result<Conn> {
-    let server = server(url)?;
+    let server = worker_server(url)?;
     let mut delay = DIRECT_FIRST_DELAY;
     for attempt in 1..=DIRECT_ATTEMPTS {
         // Like PDO's ATTR_TIMEOUT in the reference: a connect lost in an
@@ -296,9 +335,34 @@ async fn wait_until_unix_ms(at: u64) {
     tokio::time::sleep(Duration::from_millis(at.saturating_sub(now))).await;
 }
 
-async fn work(url: &str, hold: Duration, no_slots: bool) -> Result<()> {
+/// Milliseconds since the Unix epoch, with microseconds.
+fn unix_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// The CPU time (user + system) this process has used so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage fills the zeroed struct it is given; RUSAGE_SELF is
+    // always valid.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// One worker. `entered` is when `main` began: the connect time it reports
+/// runs from there (process start-up before `main` is measured by xtask from
+/// the joblog's start time and `connected_at_ms`).
+async fn work(url: &str, hold: Duration, no_slots: bool, entered: Instant) -> Result<()> {
     let index = env_u32(dbslots_core::env::WORKER_INDEX)?;
-    let started = Instant::now();
+    let started = entered;
     let mut refusals = Refusals::default();
     let (path, opened) = if no_slots {
         (
@@ -328,9 +392,13 @@ async fn work(url: &str, hold: Duration, no_slots: bool) -> Result<()> {
         };
         (path, opened)
     };
+    let mut connected_at_ms = None;
+    let mut connect_ms = None;
     let result = match opened {
         Ok(mut conn) => {
             let connected = Instant::now();
+            connected_at_ms = Some(unix_ms());
+            connect_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
             let processed = process_share(conn.conn(), index).await;
             if let Some(rest) = hold.checked_sub(connected.elapsed()) {
                 tokio::time::sleep(rest).await;
@@ -353,6 +421,9 @@ async fn work(url: &str, hold: Duration, no_slots: bool) -> Result<()> {
             "rows": rows,
             "refusals": refusals.0,
             "ms": started.elapsed().as_millis() as u64,
+            "connect_ms": connect_ms,
+            "connected_at_ms": connected_at_ms,
+            "cpu_ms": cpu_time().as_secs_f64() * 1000.0,
             "error": error,
         })
     );
@@ -360,29 +431,34 @@ async fn work(url: &str, hold: Duration, no_slots: bool) -> Result<()> {
 }
 
 /// Claims and processes the queued rows of shard `index`; returns how many.
+///
+/// Four round trips in all, as a lightweight worker would do it: `BEGIN`,
+/// the claim, one `UPDATE` carrying every result, `COMMIT`. Text protocol
+/// only (a prepared statement costs a prepare round trip per connection,
+/// and each connection here runs each statement once); every value in the
+/// statements is an integer this worker computed.
 async fn process_share(conn: &mut Conn, index: u32) -> Result<u64> {
     let mut tx = conn.start_transaction(TxOpts::default()).await?;
     let rows: Vec<(u32, String)> = tx
-        .exec(
-            format!(
-                "SELECT id, payload FROM {TABLE} WHERE shard = ? AND state = 'queued' FOR UPDATE"
-            ),
-            (index,),
-        )
+        .query(format!(
+            "SELECT id, payload FROM {TABLE} WHERE shard = {index} AND state = 'queued' FOR UPDATE"
+        ))
         .await
         .context("cannot claim the share")?;
-    let updates: Vec<(u64, u32, u32)> = rows
-        .iter()
-        .map(|(id, payload)| (checksum(payload), index, *id))
-        .collect();
-    tx.exec_batch(
-        format!(
-            "UPDATE {TABLE} SET state = 'done', result = ?, worker = ?, processed = processed + 1 WHERE id = ?"
-        ),
-        updates,
-    )
-    .await
-    .context("cannot record the results")?;
+    if !rows.is_empty() {
+        let cases: String = rows
+            .iter()
+            .map(|(id, payload)| format!(" WHEN {id} THEN {}", checksum(payload)))
+            .collect();
+        let ids: Vec<String> = rows.iter().map(|(id, _)| id.to_string()).collect();
+        tx.query_drop(format!(
+            "UPDATE {TABLE} SET state = 'done', worker = {index}, processed = processed + 1, \
+             result = CASE id{cases} END WHERE id IN ({})",
+            ids.join(",")
+        ))
+        .await
+        .context("cannot record the results")?;
+    }
     tx.commit().await.context("cannot commit")?;
     Ok(rows.len() as u64)
 }

@@ -41,6 +41,7 @@
 
 mod endpoint;
 mod error;
+mod exposition;
 mod limits;
 mod net;
 mod packet;
@@ -59,6 +60,7 @@ use tokio::sync::{Notify, watch};
 
 pub use endpoint::Endpoint;
 pub use error::Error;
+pub use exposition::render_gate_metrics;
 pub use limits::raise_open_file_limit;
 pub use packet::{CR_CONN_HOST_ERROR, ER_CON_COUNT_ERROR, error_packet};
 pub use stats::{GateReport, gates_dir, read_gates, read_gates_in};

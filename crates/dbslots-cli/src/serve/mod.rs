@@ -226,9 +226,30 @@ async fn dashboard() -> Response {
 
 async fn api_pool_stats(State(app): State<App>) -> Response {
     match read_pools(&app.pools).await {
-        Ok(readings) => json_response(StatusCode::OK, pool_stats_json(&readings, now_unix_ms())),
+        Ok(readings) => {
+            let mut doc = pool_stats_json(&readings, now_unix_ms());
+            // The gates in front of a server that use these pools, if any.
+            let gates = read_gates(&app.pools).await;
+            if !gates.is_empty() {
+                doc["gates"] = serde_json::to_value(&gates).unwrap_or_default();
+            }
+            json_response(StatusCode::OK, doc)
+        }
         Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e),
     }
+}
+
+/// The live gates of every pool (`dbslots gate`), read on the blocking pool.
+async fn read_gates(pools: &Arc<Vec<Pool>>) -> Vec<dbslots_gate::GateReport> {
+    let pools = Arc::clone(pools);
+    tokio::task::spawn_blocking(move || {
+        pools
+            .iter()
+            .flat_map(|p| dbslots_gate::read_gates(p.addr()).unwrap_or_default())
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
 }
 
 async fn api_server(State(app): State<App>) -> Response {
@@ -257,6 +278,9 @@ async fn metrics(State(app): State<App>) -> Response {
         None => None,
     };
     let mut body = render_metrics(&readings, snapshot.as_ref());
+    body.push_str(&dbslots_gate::render_gate_metrics(
+        &read_gates(&app.pools).await,
+    ));
     if let Some(r) = snapshot.as_ref().and_then(|s| s.last.as_ref()) {
         // The monitor's own connection stays open: it counts.
         body.push_str(&render_user_metrics(&AccountUsage::of(

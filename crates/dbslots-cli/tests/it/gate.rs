@@ -435,6 +435,42 @@ fn a_queue_timeout_reaches_php_and_mariadb_as_error_1040_with_the_gates_message(
     let log = gate.log_text();
     assert_eq!(log.matches("reason=\"queue_timeout\"").count(), 2, "{log}");
     assert!(!log.contains(PASSWORD), "{log}");
+    // `dbslots status` shows the gate under its pool, table and JSON.
+    let status = |json: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbslots"));
+        cmd.args(["status", "--pool", pool_dir.to_str().unwrap()]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().expect("dbslots status runs");
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = status(false);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("g"))
+        .unwrap_or_else(|| panic!("a gate row: {table}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[1], gate.addr, "{table}");
+    // ACCEPTED ADMITTED QUEUED ACTIVE TIMEOUTS
+    assert_eq!(&cols[2..7], ["2", "0", "0", "0", "2"], "{table}");
+    let doc: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    assert_eq!(doc["gates"][0]["queue_timeouts"], 2, "{doc:#}");
+    assert_eq!(doc["gates"][0]["upstream"], upstream.as_str(), "{doc:#}");
+    // `dbslots serve`: JSON and /metrics (strictly parsed).
+    let serve = crate::support::Serve::start(&["--pool", pool_dir.to_str().unwrap()]);
+    let api = serve.get("/api/pool-stats").json();
+    assert_eq!(api["gates"][0]["queue_timeouts"], 2, "{api:#}");
+    let text = serve.get("/metrics").body;
+    let families = crate::support::prom::parse(&text).expect("valid exposition");
+    let gate_name = doc["gates"][0]["name"].as_str().unwrap();
+    let labels = [("gate", gate_name)];
+    let value = |name: &str| crate::support::prom::value(&families, name, &labels);
+    assert_eq!(value("dbslots_gate_queue_timeouts_total"), 2.0);
+    assert_eq!(value("dbslots_gate_accepted_total"), 2.0);
+    assert_eq!(value("dbslots_gate_queued"), 0.0);
+    assert_eq!(value("dbslots_gate_wait_seconds_count"), 0.0);
 
     // With the slot free, the same clients get in.
     drop(held);

@@ -461,6 +461,10 @@ fn a_symlink_out_of_the_source_dir_is_refused_and_status_escapes_what_it_shows()
     );
     assert_eq!(status.code(), Some(1), "one job failed: {err}");
     assert!(!err.contains("SECRET-CONTENT"), "{err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "run's output escapes the path too: {err:?}"
+    );
     assert_eq!(db.row::<u64>("SELECT COUNT(*) FROM meter_readings"), 1);
     let (state, last_error): (String, String) =
         db.row("SELECT CAST(status AS CHAR), last_error FROM import_jobs WHERE id = 1");

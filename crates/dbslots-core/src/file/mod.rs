@@ -571,12 +571,6 @@ impl FilePool {
         self.board.record(slot).pid.store(pid, Ordering::Release);
     }
 
-    /// The holder-pid word of `slot`'s record, for a child to claim between
-    /// `fork` and `exec` (the shared mapping is inherited).
-    pub(crate) fn holder_pid_word(&self, slot: u32) -> &AtomicU32 {
-        &self.board.record(slot).pid
-    }
-
     /// The open file description that carries `slot`'s lock.
     pub(crate) fn slot_raw_fd(&self, slot: u32) -> Option<RawFd> {
         self.fds.raw(slot)

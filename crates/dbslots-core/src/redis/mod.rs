@@ -172,9 +172,10 @@ impl Shared {
         if self.wait_replicas == 0 {
             return Ok(0);
         }
+        // Half the read timeout, so WAIT answers before the socket gives up.
         redis::cmd("WAIT")
             .arg(self.wait_replicas)
-            .arg((self.connector.timeout().as_millis() as u64).max(1))
+            .arg((self.connector.timeout().as_millis() as u64 / 2).max(1))
             .query(c)
     }
 
@@ -184,7 +185,7 @@ impl Shared {
             message: format!(
                 "{what}: only {acked} of the {} replicas asked for (wait_replicas) acknowledged it within {:?}; check the replicas and their lag",
                 self.wait_replicas,
-                self.connector.timeout()
+                self.connector.timeout() / 2
             ),
         }
     }

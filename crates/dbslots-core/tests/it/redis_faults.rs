@@ -248,3 +248,98 @@ fn a_waiter_subscribes_again_after_its_connection_dies_and_is_woken_by_notificat
         "hand-offs after re-subscribing: {hand_offs:?}"
     );
 }
+
+#[test]
+fn wait_replicas_counts_an_acquisition_only_once_replicas_have_it() {
+    let _serial = crate::support::timing_sensitive();
+    let Some(master) = dbslots_testkit::private_redis() else {
+        return;
+    };
+    let Some(replica) = dbslots_testkit::private_redis_with(dbslots_testkit::RedisOptions {
+        replica_of: Some(master.port()),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !replica
+        .command("INFO replication")
+        .is_ok_and(|i| i.contains("master_link_status:up"))
+    {
+        assert!(Instant::now() < deadline, "the replica never synced");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let acked = unique_pool(&format!("{}?lease_ms=3000&wait_replicas=1", master.url()));
+    let pool = Pool::open(&acked, PoolOptions::new().capacity(1)).expect("create");
+    let slot = pool
+        .blocking_acquire_timeout(Duration::from_secs(10))
+        .expect("one replica acknowledges");
+    assert!(slot.check().is_ok());
+    // The replica has the lease the moment the acquisition returns.
+    let leases = replica
+        .command(&format!("ZCARD dbslots:{{{}}}:leases", pool_name(&acked)))
+        .expect("ZCARD on the replica");
+    assert_eq!(leases, "1");
+    drop(slot);
+    // Asking for more replicas than there are: the acquisition fails, says
+    // why, and leaves the slot free.
+    let unacked = unique_pool(&format!("{}?lease_ms=3000&wait_replicas=2", master.url()));
+    let pool = Pool::open(&unacked, PoolOptions::new().capacity(1)).expect("create");
+    std::thread::sleep(Duration::from_millis(3100));
+    let err = pool
+        .try_acquire()
+        .expect_err("not acknowledged")
+        .to_string();
+    assert!(err.contains("replicas"), "{err}");
+    assert_eq!(pool.stats().expect("stats").active, 0);
+}
+
+/// Scripts the server has run for clients (`EVAL`/`EVALSHA` calls in
+/// `INFO commandstats`; commands inside scripts are counted apart).
+fn scripts_run(server: &dbslots_testkit::RedisServer) -> u64 {
+    server
+        .command("INFO commandstats")
+        .expect("INFO")
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[test]
+fn an_uncontended_acquire_and_release_take_two_round_trips() {
+    let _serial = crate::support::timing_sensitive();
+    let Some(server) = dbslots_testkit::private_redis() else {
+        return;
+    };
+    let addr = unique_pool(&format!("{}?lease_ms=10000", server.url()));
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(2)).expect("create");
+    // Warm up: the connection is made and the scripts are loaded.
+    let mut slot = pool
+        .blocking_acquire_timeout(Duration::from_secs(15))
+        .expect("slot");
+    drop(slot);
+    let rounds = 20;
+    let before = scripts_run(&server);
+    let started = Instant::now();
+    for _ in 0..rounds {
+        slot = pool.try_acquire().expect("try").expect("free");
+        drop(slot);
+    }
+    let used = scripts_run(&server) - before;
+    // One EVALSHA each way and nothing else on the way (the path sends no
+    // other command); the renewer may have renewed once in between.
+    let renewals = u64::from(started.elapsed() >= Duration::from_millis(1600));
+    assert!(
+        used <= 2 * rounds + renewals,
+        "{used} scripts for {rounds} acquire+release pairs"
+    );
+    assert!(used >= 2 * rounds, "{used}");
+}

@@ -326,7 +326,7 @@ impl Processor {
         let started = Instant::now();
         tracing::info!(
             job = row.id,
-            source = %row.source.display(),
+            source = ?row.source,
             attempt = row.attempts,
             line = row.checkpoint.line_no,
             holder = %self.holder,
@@ -411,7 +411,9 @@ impl Processor {
         let report = self.report(&job, outcome, reconnects, started);
         match &report.outcome {
             JobOutcome::Failed(error) => {
-                tracing::warn!(job = report.id, source = %report.source.display(), error = %error, "job failed")
+                // Debug formatting escapes control characters: paths and
+                // errors come from the queue, which others may write.
+                tracing::warn!(job = report.id, source = ?report.source, error = ?error, "job failed")
             }
             JobOutcome::Lost => {
                 tracing::warn!(

@@ -1,0 +1,344 @@
+//! The spawner: starts workers, supervises them, stops them. This file
+//! holds [`Spawner::run`] and the state the parts share; `start.rs` (the
+//! starter), `supervise.rs` (one task per worker), `collect.rs` (the
+//! collector) and `stop.rs` (phases and signals) hold the parts.
+//!
+//! # Implementation Details
+//!
+//! A run is three futures polled together by the caller's task:
+//!
+//! * the *starter* walks the worker indices in order. For each worker that
+//!   needs a slot it waits in the pool's FIFO queue (`acquire`), then
+//!   starts the worker and hands the `Slot` guard to the worker's
+//!   supervisor task, then yields once so that workers that exited
+//!   meanwhile are reaped and their slots freed (otherwise zombies would
+//!   hold slots until the pool is full). A lock-based slot goes to the
+//!   worker as its stdin, a duplicate of the locked descriptor: no
+//!   `pre_exec` hook, so std starts the worker with `posix_spawn` (a
+//!   vfork), not fork + exec (see "Spawning workers" in
+//!   `docs/benchmarks.md`). Only workers that get a death signal
+//!   (`PR_SET_PDEATHSIG`: batch mode, and lease-based slots without
+//!   `hold_slot`) need the hook and take the slower path. The starter is
+//!   the only place that starts processes, so every worker is started from
+//!   the thread that polls [`Spawner::run`], which matters for the death
+//!   signal (it fires when the forking *thread* exits);
+//! * one *supervisor* task per running worker waits for the process,
+//!   relays the stop phase to the worker's process group as signals, and
+//!   drops the `Slot` once the worker is reaped and its process group is
+//!   empty (`group.rs`), never before: a slot is free only once every
+//!   process that may use it is gone. It then streams the remaining output and
+//!   reports a small `Finished` record;
+//! * the *collector* turns `Finished` records into the joblog, the progress
+//!   display and the tallies of the summary. Memory per worker is a few
+//!   hundred bytes while it runs (plus 8 KiB of pipe buffers in prefixed
+//!   mode) and 8 bytes (its run time) after.
+//!
+//! Stopping is a `watch` channel holding a phase (`Running` → `Terminate` →
+//! `Kill`) that only moves forward; the starter stops at any phase but
+//! `Running`, and each supervisor sends the signal of each new phase to its
+//! worker's process group exactly once. A worker is signalled only while it
+//! is not yet reaped, so its process-group id cannot have been reused.
+
+mod collect;
+mod start;
+mod stop;
+mod supervise;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use dbslots_core::Pool;
+use tokio::sync::{mpsc, watch};
+
+pub use self::stop::Stopper;
+use self::stop::{Phase, Signals, StopState};
+use crate::console::{BarStatus, Console};
+use crate::error::{Error, Result};
+use crate::group;
+use crate::joblog::Joblog;
+use crate::options::{Output, SpawnOptions};
+use crate::progress::{self, Counts, Reporter};
+use crate::summary::{StopReason, Summary};
+use crate::template::Template;
+
+/// How long output is still written after a stop once every worker is
+/// reaped (a stalled reader must not keep a stopped spawner alive).
+const OUTPUT_AFTER_STOP: Duration = Duration::from_millis(300);
+
+/// Starts `N` workers from a [`Template`] under a pool's capacity.
+///
+/// See the [crate documentation](crate) for the modes, who holds the
+/// slots, and how a run stops.
+#[derive(Debug)]
+pub struct Spawner {
+    pool: Pool,
+    template: Template,
+    options: SpawnOptions,
+    stop: Arc<watch::Sender<StopState>>,
+}
+
+impl Spawner {
+    /// A spawner of `options.workers` workers running `template`, taking
+    /// slots from (or reporting on) `pool`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOptions`] when the options are out of range.
+    pub fn new(pool: Pool, template: Template, options: SpawnOptions) -> Result<Spawner> {
+        options.validate()?;
+        let (tx, _) = watch::channel(StopState {
+            phase: Phase::Running,
+            signal: None,
+        });
+        Ok(Spawner {
+            pool,
+            template,
+            options,
+            stop: Arc::new(tx),
+        })
+    }
+
+    /// A handle that stops the run.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            tx: self.stop.clone(),
+        }
+    }
+
+    /// Starts the workers, waits for all of them, and sums the run up.
+    ///
+    /// Must be polled inside a tokio runtime with I/O, time and signals
+    /// enabled. Workers are started from the thread that polls this future:
+    /// do not poll it from a thread that may exit before the workers do
+    /// (such as a `spawn_blocking` thread), or the kernel would signal the
+    /// workers that have a death signal (see the crate documentation) as if
+    /// the spawner had died.
+    ///
+    /// # Errors
+    ///
+    /// Only problems before any worker starts: the joblog or the log
+    /// directory cannot be created, or the signal handlers cannot be
+    /// installed. Later problems end the run early and are reported in
+    /// [`Summary::stop`].
+    pub async fn run(self) -> Result<Summary> {
+        raise_open_file_limit();
+        group::become_subreaper();
+        let joblog = match &self.options.joblog {
+            Some(path) => Some(Joblog::create(path)?),
+            None => None,
+        };
+        if let Output::LogDir(dir) = &self.options.output {
+            std::fs::create_dir_all(dir).map_err(|source| Error::LogDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let signals = if self.options.handle_signals {
+            Some(Signals::new().map_err(|source| Error::Signals { source })?)
+        } else {
+            None
+        };
+        let mut signals = signals;
+        let capacity = self.pool.capacity();
+        let counters = Arc::new(Counters::default());
+        let (bar, lines) = progress::choose(self.options.progress);
+        let bar = bar.then(|| {
+            let counters = Arc::clone(&counters);
+            let status: BarStatus =
+                Box::new(move || progress::bar_status(&counters.snapshot(), capacity));
+            (progress::new_bar(self.options.workers), status)
+        });
+        let shows_bar = bar.is_some();
+        let (console, writer) = Console::start(bar).map_err(|source| Error::Console { source })?;
+        let reporter = Reporter::new(
+            console.clone(),
+            shows_bar,
+            lines,
+            self.options.workers,
+            capacity,
+        );
+        let pool_addr = self.pool.addr().to_string();
+        let ctx = Arc::new(Ctx {
+            pool: self.pool,
+            pool_addr,
+            template: self.template,
+            options: self.options,
+            stop: self.stop,
+            counters,
+            reporter,
+            console,
+        });
+        tracing::info!(
+            pool = %ctx.pool_addr,
+            workers = ctx.options.workers,
+            mode = ?ctx.options.mode,
+            hold_slot = ctx.options.hold_slot,
+            "spawning workers"
+        );
+
+        let started_at = Instant::now();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let main = async {
+            tokio::join!(
+                ctx.start_all(done_tx),
+                ctx.collect(done_rx, joblog, started_at)
+            )
+        };
+        let (start_stop, tally) = tokio::select! {
+            r = main => r,
+            never = ctx.watch_stop(&mut signals) => match never {},
+        };
+        let wall = started_at.elapsed();
+        // Everything is reaped; what is left is output. Wait for it unless
+        // nobody reads it: after a stop, for at most `OUTPUT_AFTER_STOP`;
+        // at any time, no longer than the next signal.
+        let stopped = ctx.stopping();
+        let give_up = async {
+            let next_signal = async {
+                match &mut signals {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            if stopped {
+                tokio::select! {
+                    () = next_signal => {}
+                    () = tokio::time::sleep(OUTPUT_AFTER_STOP) => {}
+                }
+            } else {
+                next_signal.await;
+            }
+        };
+        let dropped = writer.finish(give_up).await;
+
+        let signal = ctx.stop.borrow().signal;
+        let stop = match signal {
+            Some(sig) => Some(StopReason::Signal(sig)),
+            None => start_stop,
+        };
+        let c = &ctx.counters;
+        let counted = c.peak_slots.load(Ordering::Relaxed);
+        let summary = Summary {
+            workers: ctx.options.workers,
+            started: c.started.load(Ordering::Relaxed),
+            succeeded: tally.succeeded,
+            failed: tally.failed,
+            killed: tally.killed,
+            p50: tally.p50,
+            p95: tally.p95,
+            max: tally.max,
+            peak_slots: counted.max(tally.sampled_peak),
+            peak_slots_sampled: !ctx.options.takes_slots(),
+            capacity,
+            peak_running: c.peak_running.load(Ordering::Relaxed),
+            wall,
+            mode: ctx.options.mode,
+            hold_slot: ctx.options.hold_slot,
+            stop,
+            dropped_lines: dropped.stdout + dropped.stderr,
+        };
+        tracing::info!(
+            started = summary.started,
+            succeeded = summary.succeeded,
+            failed = summary.failed,
+            killed = summary.killed,
+            wall_s = wall.as_secs_f64(),
+            "spawn finished"
+        );
+        Ok(summary)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    started: AtomicU32,
+    running: AtomicU32,
+    peak_running: AtomicU32,
+    slots: AtomicU32,
+    peak_slots: AtomicU32,
+    finished: AtomicU32,
+    failed: AtomicU32,
+    waiting: AtomicBool,
+}
+
+impl Counters {
+    fn snapshot(&self) -> Counts {
+        Counts {
+            finished: self.finished.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            running: self.running.load(Ordering::Relaxed),
+            slots: self.slots.load(Ordering::Relaxed),
+            waiting_for_slot: self.waiting.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What a supervisor reports about its worker.
+struct Finished {
+    index: u32,
+    start_unix: f64,
+    runtime: Duration,
+    /// Exit status; 0 when killed by a signal, -1 when unknown.
+    exitval: i32,
+    /// The signal that killed the worker, 0 if none.
+    signal: i32,
+}
+
+/// The collector's results.
+struct Tally {
+    succeeded: u32,
+    failed: u32,
+    killed: u32,
+    p50: Option<Duration>,
+    p95: Option<Duration>,
+    max: Option<Duration>,
+    sampled_peak: u32,
+}
+
+enum Flow {
+    /// Go on with the next worker.
+    Next,
+    /// A stop was requested; start nothing more.
+    Stopped,
+    /// Something failed; start nothing more.
+    Failed(StopReason),
+}
+
+struct Ctx {
+    pool: Pool,
+    pool_addr: String,
+    template: Template,
+    options: SpawnOptions,
+    stop: Arc<watch::Sender<StopState>>,
+    counters: Arc<Counters>,
+    reporter: Reporter,
+    console: Console,
+}
+
+impl Ctx {
+    fn stopping(&self) -> bool {
+        self.stop.borrow().phase != Phase::Running
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: each running
+/// worker needs up to three descriptors (two pipes and a pidfd).
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let old = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::debug!(old, new = lim.rlim_cur, "raised the open-file limit");
+            }
+        }
+    }
+}
