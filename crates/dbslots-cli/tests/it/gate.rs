@@ -324,6 +324,7 @@ fn private_mysql(max_connections: u32, extra: &[String]) -> Option<dbslots_testk
 
 #[test]
 fn php_and_mariadb_clients_get_no_errors_through_the_gate_and_1040s_without_it() {
+    let _heavy = crate::support::heavy_or_sensitive();
     if !php_available() {
         return;
     }
@@ -847,6 +848,7 @@ fn sigkill_of_the_gate_frees_its_slots_and_sigterm_drains() {
 
 #[test]
 fn two_gates_on_one_redis_pool_keep_the_server_within_the_shared_capacity() {
+    let _heavy = crate::support::heavy_or_sensitive();
     if !php_available() {
         return;
     }
@@ -931,6 +933,7 @@ fn raise_nofile() {
 
 #[test]
 fn ten_thousand_queued_clients_are_held_and_served_in_order() {
+    let _heavy = crate::support::heavy_or_sensitive();
     raise_nofile();
     let (upstream, _server) = numbering_server();
     let dir = tempfile::tempdir().unwrap();
@@ -990,6 +993,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn an_idle_relayed_connection_costs_the_gate_at_most_64_kib() {
+    let _heavy = crate::support::heavy_or_sensitive();
     raise_nofile();
     let (upstream, _server) = numbering_server();
     let dir = tempfile::tempdir().unwrap();

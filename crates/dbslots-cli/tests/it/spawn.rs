@@ -431,6 +431,7 @@ fn ctrl_c_leaves_no_worker_running() {
 
 #[test]
 fn a_killed_spawner_leaves_every_worker_holding_its_slot() {
+    let _heavy = crate::support::heavy_or_sensitive();
     // No worker may run without its slot. Adaptive workers hold their slots
     // themselves (their stdin is the slot's locked file), with or without
     // --hold-slot: a SIGKILLed spawner leaves them running with their slots
@@ -502,6 +503,7 @@ fn workers_of_a_redis_pool_die_with_a_killed_spawner_unless_they_hold_their_slot
 // The spawner is reaped with wait4, for its resource usage.
 #[allow(clippy::zombie_processes)]
 fn memory_stays_small_with_a_thousand_workers() {
+    let _heavy = crate::support::heavy_or_sensitive();
     // All 1000 at once (one batch), each writing to its pipes: the worst
     // case for the spawner's memory.
     let dir = tempfile::tempdir().unwrap();

@@ -24,6 +24,15 @@ pub(crate) fn dbslots() -> Command {
     cmd
 }
 
+/// Held by the tests that saturate the machine (the gate's thousands of
+/// clients) and by those that measure memory or race a SIGKILL against the
+/// spawner's bookkeeping, so that the latter never run beside the former on
+/// a 2-core CI machine.
+pub(crate) fn heavy_or_sensitive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
