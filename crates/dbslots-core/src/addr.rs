@@ -23,6 +23,7 @@ pub enum PoolAddr {
 
 /// The address of a Redis-backed pool. Its `Debug` redacts the password.
 #[derive(Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct RedisAddr {
     /// The server's URL without the dbslots parameters (may hold a password:
     /// never print it, print [`PoolAddr`]'s `Display`, which redacts it).
