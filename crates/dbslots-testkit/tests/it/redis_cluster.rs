@@ -40,6 +40,10 @@ fn a_cluster_serves_every_slot_redirects_and_fails_over_to_a_replica() {
         format!("-MOVED {slot} 127.0.0.1:{new}"),
         "the old master is a replica now"
     );
-    assert_eq!(send(new, &format!("EXISTS {key}")), ":1", "the write survived");
+    assert_eq!(
+        send(new, &format!("EXISTS {key}")),
+        ":1",
+        "the write survived"
+    );
     eprintln!("cluster test done in {:?}", started.elapsed());
 }
