@@ -10,6 +10,8 @@ mod docs;
 mod exec;
 mod gate;
 mod import;
+#[cfg(test)]
+mod readings;
 mod serve;
 mod spawn;
 mod status;

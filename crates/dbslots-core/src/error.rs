@@ -30,12 +30,6 @@ pub enum Error {
         /// Waiters when the wait gave up (this one included).
         waiting: u32,
     },
-    /// The acquisition was cancelled before it got a slot.
-    #[error("acquiring a slot in pool {pool} was cancelled")]
-    Cancelled {
-        /// The pool's address.
-        pool: String,
-    },
     /// The pool exists with another capacity than the one asked for.
     #[error(
         "pool {pool} was created with capacity {recorded}, not {requested}; drop --capacity to use it as it is, or change it explicitly with `dbslots resize --pool {pool} --capacity {requested}`"
@@ -151,6 +145,17 @@ impl Error {
     /// True for [`Error::Timeout`].
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout { .. })
+    }
+
+    /// What a waiting acquisition returns once cancelled. Only a dropped
+    /// `Pool::acquire` future cancels, and its blocking task's result goes
+    /// to a detached join handle: no caller ever sees this error, so it is
+    /// no variant of its own.
+    pub(crate) fn cancelled(pool: &str) -> Self {
+        Error::Backend {
+            pool: pool.to_string(),
+            message: "the acquisition was cancelled (its future was dropped)".into(),
+        }
     }
 
     pub(crate) fn io(

@@ -91,6 +91,7 @@ impl LimitSource {
 /// The connections of one account (user name) and the limit that applies
 /// to them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct AccountUsage {
     /// The user name.
     pub user: String,

@@ -61,6 +61,7 @@ pub mod codes {
 
 /// What one connection attempt ran into.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Attempt {
     /// 1 for the first attempt.
     pub number: u32,

@@ -31,9 +31,6 @@ pub enum Error {
         /// What is wrong.
         problem: String,
     },
-    /// The slot pool could not be used.
-    #[error(transparent)]
-    Pool(#[from] dbslots_core::Error),
     /// The joblog file could not be created.
     #[error("cannot create the joblog {path}: {source}; choose a writable file for --joblog")]
     Joblog {

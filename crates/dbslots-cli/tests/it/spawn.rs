@@ -828,3 +828,67 @@ echo $$ >> "$D/finished"
         pool.stats().unwrap().active == 0
     });
 }
+
+/// A worker that prints `W PID PGRP SIGIGN SIGBLK` about itself (the hex
+/// masks of /proc/PID/status).
+const SELF_REPORT: &str = r#"
+st=/proc/$$/status
+echo "W $$ $(cut -d' ' -f5 /proc/$$/stat) $(grep '^SigIgn' $st | cut -f2) $(grep '^SigBlk' $st | cut -f2)"
+"#;
+
+/// The `W` lines of [`SELF_REPORT`] workers in `text`: (pid, process
+/// group, SIGPIPE ignored, blocked signals).
+fn self_reports(text: &str) -> Vec<(u64, u64, bool, u64)> {
+    text.lines()
+        .filter_map(|l| l.split_once("W ").map(|(_, rest)| rest))
+        .map(|rest| {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            assert_eq!(f.len(), 4, "{rest}");
+            let ignored = u64::from_str_radix(f[2], 16).expect("SigIgn");
+            let blocked = u64::from_str_radix(f[3], 16).expect("SigBlk");
+            let sigpipe = 1u64 << (libc::SIGPIPE - 1);
+            (
+                f[0].parse().expect("pid"),
+                f[1].parse().expect("pgrp"),
+                ignored & sigpipe != 0,
+                blocked,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn workers_start_in_their_own_group_with_no_signal_blocked_and_sigpipe_as_the_output_needs() {
+    // The three ways a worker is started: prefixed output without a death
+    // signal (posix_spawn called by the spawner), --log-dir (std's
+    // posix_spawn), batches (fork + exec with the hook).
+    let dir = tempfile::tempdir().unwrap();
+    let spawn = |extra: &[&str]| {
+        let out = run(dbslots()
+            .args(["spawn", "--workers", "3", "--capacity", "2", "--pool"])
+            .arg(dir.path().join("pool"))
+            .args(extra)
+            .args(["--", "sh", "-c", SELF_REPORT]));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        out
+    };
+    let check = |reports: Vec<(u64, u64, bool, u64)>, sigpipe_ignored: bool, what: &str| {
+        assert_eq!(reports.len(), 3, "{what}: {reports:?}");
+        for (pid, pgrp, ignored, blocked) in reports {
+            assert_eq!(pid, pgrp, "{what}: a worker leads its own group");
+            assert_eq!(blocked, 0, "{what}: no signal blocked");
+            assert_eq!(ignored, sigpipe_ignored, "{what}: SIGPIPE ignored");
+        }
+    };
+    let out = spawn(&[]);
+    check(self_reports(&text(&out.stdout)), true, "prefixed");
+    let out = spawn(&["--batch-size", "2", "--batch-delay", "0"]);
+    check(self_reports(&text(&out.stdout)), true, "batches");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    spawn(&["--log-dir", logs.to_str().unwrap()]);
+    let logged: String = (0..3)
+        .map(|i| std::fs::read_to_string(logs.join(format!("{i}.log"))).unwrap())
+        .collect();
+    check(self_reports(&logged), false, "--log-dir");
+}

@@ -1,6 +1,8 @@
 //! The spawner: starts workers, supervises them, stops them. This file
 //! holds [`Spawner::run`] and the state the parts share; `start.rs` (the
-//! starter), `supervise.rs` (one task per worker), `collect.rs` (the
+//! starter), `process.rs` (a worker's process: started by std or by
+//! `posix_spawn`, and waited for), `supervise.rs` (one task per worker),
+//! `collect.rs` (the
 //! collector) and `stop.rs` (phases and signals) hold the parts.
 //!
 //! # Implementation Details
@@ -14,11 +16,13 @@
 //!   meanwhile are reaped and their slots freed (otherwise zombies would
 //!   hold slots until the pool is full). A lock-based slot goes to the
 //!   worker as its stdin, a duplicate of the locked descriptor: no
-//!   `pre_exec` hook, so std starts the worker with `posix_spawn` (a
-//!   vfork), not fork + exec (see "Spawning workers" in
-//!   `docs/benchmarks.md`). Only workers that get a death signal
-//!   (`PR_SET_PDEATHSIG`: batch mode, and lease-based slots without
-//!   `hold_slot`) need the hook and take the slower path. The starter is
+//!   `pre_exec` hook, so the worker starts with `posix_spawn` (a vfork),
+//!   not fork + exec (see "Spawning workers" in `docs/benchmarks.md`):
+//!   std's, or, with prefixed output (SIGPIPE left ignored, which std
+//!   cannot do without the hook), the one `process.rs` calls. Only
+//!   workers that get a death signal (`PR_SET_PDEATHSIG`: batch mode, and
+//!   lease-based slots without `hold_slot`) need the hook and take the
+//!   slower path. The starter is
 //!   the only place that starts processes, so every worker is started from
 //!   the thread that polls [`Spawner::run`], which matters for the death
 //!   signal (it fires when the forking *thread* exits);
@@ -40,6 +44,7 @@
 //! is not yet reaped, so its process-group id cannot have been reused.
 
 mod collect;
+mod process;
 mod start;
 mod stop;
 mod supervise;

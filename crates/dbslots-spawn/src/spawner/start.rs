@@ -1,6 +1,7 @@
 //! The starter: walks the worker indices in the order of the mode, takes a
 //! slot for each worker that needs one, and starts it (the hand-over of the
-//! slot as stdin, the `pre_exec` hook only where needed).
+//! slot as stdin, `posix_spawn` wherever no death signal needs std's
+//! `pre_exec` hook).
 
 use std::io;
 use std::process::Stdio;
@@ -8,9 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use dbslots_core::Slot;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::mpsc;
 
+use super::process::{self, Stdin, WorkerProcess};
 use super::stop::Phase;
 use super::{Ctx, Finished, Flow};
 use crate::options::{Mode, Output};
@@ -122,7 +124,7 @@ impl Ctx {
     }
 
     /// Builds and starts worker `index`'s process.
-    fn spawn_worker(&self, index: u32, slot: Option<&Slot>) -> Result<Child, StopReason> {
+    fn spawn_worker(&self, index: u32, slot: Option<&Slot>) -> Result<WorkerProcess, StopReason> {
         let n = self.options.workers;
         let fail = |e: io::Error, what: &str| {
             let (exit_code, hint) = match e.kind() {
@@ -181,9 +183,9 @@ impl Ctx {
         // locked descriptor (the same open file description, so the same
         // lock) of an empty read-only file, which reads as end of file like
         // /dev/null. The worker then holds the slot for its whole life, even
-        // if the spawner dies. No `pre_exec` hook is needed, so std starts
-        // the worker with posix_spawn (vfork) rather than fork + exec; the
-        // parent's copy closes with `cmd`. The spawner's own guard stays
+        // if the spawner dies. No `pre_exec` hook is needed for that, so the
+        // worker can start with posix_spawn (vfork) rather than fork + exec;
+        // the parent's copy closes once the worker started. The spawner's own guard stays
         // with the supervisor until the worker is reaped: dropping it would
         // unlock the shared description and free the slot under the worker.
         let handed_over = match slot {
@@ -206,17 +208,35 @@ impl Ctx {
             // Workers take their own slots (batches): no orphans.
             (None, _) => Some(libc::SIGTERM),
         };
-        match handed_over {
-            Some(fd) => cmd.stdin(Stdio::from(fd)),
-            None => cmd.stdin(Stdio::null()),
-        };
         // Prefixed output goes through pipes to this process: if it dies,
         // a worker's next line would kill the worker with SIGPIPE. Workers
         // start with SIGPIPE ignored instead (their writes then fail with
         // EPIPE), so that they can run to their end. std resets SIGPIPE to
-        // its default in children, so this needs the hook (fork + exec);
-        // workers with --log-dir keep posix_spawn.
+        // its default in children and needs a `pre_exec` hook (fork + exec)
+        // to do otherwise, so these workers are started by `posix_spawn`
+        // called in `process.rs` (see there why). Workers with a death
+        // signal need the hook anyway; workers with --log-dir keep std's own
+        // posix_spawn.
         let ignore_sigpipe = matches!(self.options.output, Output::Prefixed);
+        if ignore_sigpipe && death_signal.is_none() && process::available() {
+            let std = cmd.as_std();
+            let stdin = match handed_over {
+                Some(fd) => Stdin::Fd(fd),
+                None => Stdin::Null,
+            };
+            return process::spawn_sigpipe_ignored(
+                std.get_program(),
+                std.get_args(),
+                std.get_envs(),
+                stdin,
+            )
+            .map(WorkerProcess::Spawned)
+            .map_err(|e| fail(e, "spawning"));
+        }
+        match handed_over {
+            Some(fd) => cmd.stdin(Stdio::from(fd)),
+            None => cmd.stdin(Stdio::null()),
+        };
         if death_signal.is_some() || ignore_sigpipe {
             // SAFETY: getpid is async-signal-safe and is called here, in the
             // parent.
@@ -243,6 +263,8 @@ impl Ctx {
                 });
             }
         }
-        cmd.spawn().map_err(|e| fail(e, "spawning"))
+        cmd.spawn()
+            .map(WorkerProcess::Std)
+            .map_err(|e| fail(e, "spawning"))
     }
 }

@@ -8,9 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dbslots_core::Slot;
-use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
 
+use super::process::WorkerProcess;
 use super::stop::{Phase, signal_phase};
 use super::{Ctx, Finished};
 use crate::console::Stream;
@@ -35,7 +35,7 @@ impl Ctx {
     /// Hands a started worker to its supervisor task.
     pub(super) fn supervise(
         self: &Arc<Self>,
-        mut child: Child,
+        mut child: WorkerProcess,
         index: u32,
         slot: Option<Slot>,
         done: mpsc::UnboundedSender<Finished>,
@@ -62,8 +62,7 @@ impl Ctx {
         tracing::debug!(worker = index, pid, slot = ?slot_index, "worker started");
 
         let ctx = self.clone();
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
+        let (stdout, stderr) = child.take_output();
         tokio::spawn(async move {
             let (exited_tx, exited_rx) = oneshot::channel::<()>();
             let mut stop = ctx.stop.subscribe();
