@@ -482,7 +482,7 @@ pub(crate) fn write(
             if value < *min || value > *max {
                 return Err(format!("{} is out of range ({min} to {max})", quoted(text)));
             }
-            write!(sql, "{value}").expect("writing to a String cannot fail");
+            push_int(sql, value);
         }
         Kind::Decimal {
             int_digits,
@@ -511,7 +511,13 @@ pub(crate) fn write(
                     quoted(text)
                 ));
             }
-            write!(sql, "{v:e}").expect("writing to a String cannot fail");
+            if form == Form::Load && is_short_decimal(trimmed) {
+                // The server's correctly rounded conversion of these digits
+                // is `v` (see `is_short_decimal`): no need to print it.
+                sql.push_str(trimmed);
+            } else {
+                write!(sql, "{v:e}").expect("writing to a String cannot fail");
+            }
         }
         Kind::Text {
             max_chars,
@@ -567,9 +573,7 @@ pub(crate) fn write(
                 .filter(|t| t.time.is_none() && t.offset.is_none())
                 .ok_or_else(|| format!("{} is not a date (YYYY-MM-DD)", quoted(text)))?;
             check_date(&t).map_err(|why| format!("{} {why}", quoted(text)))?;
-            let dash = if form == Form::Sql { "" } else { "-" };
-            write!(sql, "{:04}{dash}{:02}{dash}{:02}", t.year, t.month, t.day)
-                .expect("writing to a String cannot fail");
+            push_date(sql, (t.year, t.month, t.day), form);
         }
         Kind::DateTime { fsp } => {
             write_datetime(sql, trimmed, *fsp, zone, false, form)
@@ -583,7 +587,7 @@ pub(crate) fn write(
             let year = parse_int(trimmed)
                 .filter(|y| trimmed.len() == 4 && (1901..=2155).contains(y))
                 .ok_or_else(|| format!("{} is not a year from 1901 to 2155", quoted(text)))?;
-            write!(sql, "{year}").expect("writing to a String cannot fail");
+            push_int(sql, year);
         }
         Kind::Json => {
             if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
@@ -596,6 +600,64 @@ pub(crate) fn write(
         Kind::Unsupported(ty) => return Err(format!("the column's type {ty} is not supported")),
     }
     Ok(())
+}
+
+/// Appends an integer in decimal.
+fn push_int(out: &mut String, value: i128) {
+    if value < 0 {
+        out.push('-');
+    }
+    let mut n = value.unsigned_abs();
+    let mut digits = [0u8; 40];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
+}
+
+/// Appends `0` to `99` as two digits.
+fn push_two_digits(out: &mut String, n: i8) {
+    let n = n.clamp(0, 99) as u8;
+    out.push(char::from(b'0' + n / 10));
+    out.push(char::from(b'0' + n % 10));
+}
+
+/// Appends a date of the years 1000 to 9999: `YYYYMMDD` (a number) in
+/// [`Form::Sql`], `YYYY-MM-DD` in [`Form::Load`].
+fn push_date(out: &mut String, (year, month, day): (i16, i8, i8), form: Form) {
+    let year = year.clamp(0, 9999);
+    push_two_digits(out, (year / 100) as i8);
+    push_two_digits(out, (year % 100) as i8);
+    for part in [month, day] {
+        if form == Form::Load {
+            out.push('-');
+        }
+        push_two_digits(out, part);
+    }
+}
+
+/// Whether `s` is `-?D+(.D+)?` with at most 15 digits: such a decimal is
+/// an integer below 2^53 divided by an exact power of ten, so any
+/// correctly rounding conversion (the server's, Rust's) yields the same
+/// double from it as from the shortest form of that double.
+fn is_short_decimal(s: &str) -> bool {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    let (int, frac) = match digits.split_once('.') {
+        Some((int, frac)) if !frac.is_empty() => (int, frac),
+        Some(_) => return false,
+        None => (digits, ""),
+    };
+    !int.is_empty()
+        && int.len() + frac.len() <= 15
+        && int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
 }
 
 fn find_member<'m>(members: &'m [String], ci: bool, value: &str) -> Option<&'m String> {
@@ -870,19 +932,16 @@ fn write_datetime(
             );
         }
     }
-    match form {
-        Form::Sql => write!(
-            sql,
-            "{:04}{:02}{:02}{:02}{:02}{:02}",
-            local.0, local.1, local.2, local.3, local.4, local.5
-        ),
-        Form::Load => write!(
-            sql,
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-            local.0, local.1, local.2, local.3, local.4, local.5
-        ),
+    push_date(sql, (local.0, local.1, local.2), form);
+    if form == Form::Load {
+        sql.push(' ');
     }
-    .expect("writing to a String cannot fail");
+    for (i, part) in [local.3, local.4, local.5].into_iter().enumerate() {
+        if i > 0 && form == Form::Load {
+            sql.push(':');
+        }
+        push_two_digits(sql, part);
+    }
     if !frac.is_empty() {
         sql.push('.');
         sql.push_str(frac);
@@ -1041,6 +1100,27 @@ mod tests {
         let date = Kind::from_schema("date", "date", None, None, None, true);
         assert_eq!(load(&date, false, " 2024-02-29 ").unwrap(), "2024-02-29");
         assert_eq!(lit(&date, false, "UTC", "2024-02-29").unwrap(), "20240229");
+        let double = Kind::from_schema("double", "double", None, None, None, true);
+        assert_eq!(load(&double, false, " -12.0500 ").unwrap(), "-12.0500");
+        assert_eq!(load(&double, false, "0.1").unwrap(), "0.1");
+        // Longer, exponents, a sign or a bare point: the shortest form.
+        assert_eq!(load(&double, false, "+1.5").unwrap(), "1.5e0");
+        assert_eq!(load(&double, false, "1.").unwrap(), "1e0");
+        assert_eq!(load(&double, false, "2e3").unwrap(), "2e3");
+        assert_eq!(
+            load(&double, false, "0.12345678901234567").unwrap(),
+            "1.2345678901234566e-1"
+        );
+        let int = Kind::from_schema("bigint", "bigint(20)", None, None, None, true);
+        for (field, out) in [
+            ("-9223372036854775808", "-9223372036854775808"),
+            ("+007", "7"),
+            ("-0", "0"),
+            ("0", "0"),
+        ] {
+            assert_eq!(load(&int, false, field).unwrap(), out);
+            assert_eq!(lit(&int, false, "UTC", field).unwrap(), out);
+        }
         let bin = Kind::from_schema("varbinary", "varbinary(4)", None, Some(4), None, true);
         assert!(load(&bin, false, "ab").is_err());
         assert_eq!(
