@@ -236,7 +236,10 @@ fn main() {
 /// The CPU time (user + system) of the server process
 /// `DBSLOTS_BENCH_SERVER_PID`, in seconds.
 fn server_cpu() -> Option<f64> {
-    let pid: u32 = std::env::var("DBSLOTS_BENCH_SERVER_PID").ok()?.parse().ok()?;
+    let pid: u32 = std::env::var("DBSLOTS_BENCH_SERVER_PID")
+        .ok()?
+        .parse()
+        .ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The fields after the command name, which is in parentheses.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
