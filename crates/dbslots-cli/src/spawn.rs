@@ -141,7 +141,10 @@ pub fn run(args: SpawnArgs) -> anyhow::Result<ExitCode> {
     match spawn(args) {
         Ok(code) => Ok(code),
         Err(e) => {
-            eprintln!("dbslots spawn: {e:#}");
+            eprintln!(
+                "dbslots spawn: {}",
+                crate::advice::in_cli_terms(&format!("{e:#}"))
+            );
             Ok(ExitCode::from(EXIT_SETUP))
         }
     }

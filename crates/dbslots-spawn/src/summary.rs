@@ -172,7 +172,7 @@ impl fmt::Display for Summary {
         if self.dropped_lines > 0 {
             write!(
                 f,
-                "\n  {} lines of workers' output dropped: the output was not read fast enough (--log-dir keeps every line)",
+                "\n  {} lines of workers' output dropped: the output was not read fast enough (output to a log directory keeps every line)",
                 self.dropped_lines
             )?;
         }

@@ -278,11 +278,28 @@ fn an_unusable_joblog_is_a_setup_error() {
         .arg(dir.path().join("pool"))
         .args(["--joblog", "/nonexistent/dir/joblog", "--", "true"]));
     assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
     assert!(
-        text(&out.stderr).contains("--joblog"),
-        "{}",
-        text(&out.stderr)
+        err.contains("--joblog") && !err.contains("SpawnOptions"),
+        "{err}"
     );
+}
+
+#[test]
+fn setup_errors_name_the_flags_not_the_library_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("none");
+    let out = run(dbslots()
+        .args(["spawn", "--workers", "1", "--pool"])
+        .arg(&missing)
+        .args(["--", "true"]));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("does not exist") && err.contains("(--capacity)"),
+        "{err}"
+    );
+    assert!(!err.contains("PoolOptions"), "{err}");
 }
 
 /// Process ids written by the workers to `file`, one a line.
@@ -629,7 +646,7 @@ fn a_stalled_reader_never_stalls_the_workers() {
             .filter_map(|l| {
                 l.strip_prefix("dbslots spawn: dropped ")?
                     .strip_suffix(&format!(
-                        " lines of workers' output to {stream}: it was not read fast enough (--log-dir keeps every line)"
+                        " lines of workers' output to {stream}: it was not read fast enough (output to a log directory keeps every line)"
                     ))?
                     .parse::<u64>()
                     .ok()

@@ -133,7 +133,7 @@ impl Ctx {
                 _ => match e.raw_os_error() {
                     Some(libc::EMFILE) | Some(libc::ENFILE) => (
                         126,
-                        "too many open files: raise the limit (ulimit -n) or use --log-dir, which needs no pipes",
+                        "too many open files: raise the limit (ulimit -n) or use Output::LogDir, which needs no pipes",
                     ),
                     Some(libc::EAGAIN) => (
                         126,
