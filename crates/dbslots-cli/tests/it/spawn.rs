@@ -302,6 +302,62 @@ fn setup_errors_name_the_flags_not_the_library_options() {
     assert!(!err.contains("PoolOptions"), "{err}");
 }
 
+#[test]
+fn batches_without_hold_slot_need_no_pool() {
+    // The default pool lives under XDG_RUNTIME_DIR: an empty one has none.
+    let runtime_dir = tempfile::tempdir().unwrap();
+    let out = run(dbslots()
+        .env("XDG_RUNTIME_DIR", runtime_dir.path())
+        .args([
+            "spawn",
+            "--workers",
+            "4",
+            "--batch-size",
+            "2",
+            "--batch-delay",
+            "0",
+        ])
+        .args(["--progress", "lines", "--"])
+        .args([
+            "sh",
+            "-c",
+            "echo \"worker $DBSLOTS_WORKER_INDEX pool ${DBSLOTS_POOL-none}\"",
+        ]));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for i in 0..4 {
+        assert!(
+            stdout.contains(&format!("worker {i} pool none")),
+            "{stdout}"
+        );
+    }
+    assert!(stderr.contains("4 of 4 workers started"), "{stderr}");
+    assert!(stderr.contains("no pool, peak workers running"), "{stderr}");
+    assert!(
+        !runtime_dir.path().join("dbslots/default").exists(),
+        "no pool was created"
+    );
+
+    // Taking a slot per worker still needs the pool.
+    let out = run(dbslots()
+        .env("XDG_RUNTIME_DIR", runtime_dir.path())
+        .args([
+            "spawn",
+            "--workers",
+            "1",
+            "--batch-size",
+            "1",
+            "--hold-slot",
+        ])
+        .args(["--", "true"]));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("does not exist") && stderr.contains("--capacity"),
+        "{stderr}"
+    );
+}
+
 /// Process ids written by the workers to `file`, one a line.
 fn read_pids(file: &Path) -> Vec<i32> {
     std::fs::read_to_string(file)
