@@ -80,6 +80,7 @@ pub(crate) fn file_safe(s: &str) -> String {
 /// One gate's counters as other processes read them (`dbslots status`,
 /// `serve`, `watch`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct GateReport {
     /// The gate's name (`--name`, by default its first listen address).
     pub name: String,
@@ -167,12 +168,11 @@ impl Counters {
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
             .collect();
-        WaitHistogram {
-            bounds_seconds: WAIT_BUCKETS_US.iter().map(|&b| b as f64 / 1e6).collect(),
-            count: counts.iter().sum(),
+        WaitHistogram::from_buckets(
+            WAIT_BUCKETS_US.iter().map(|&b| b as f64 / 1e6).collect(),
             counts,
-            sum_seconds: self.wait_sum_us.load(Ordering::Relaxed) as f64 / 1e6,
-        }
+            self.wait_sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+        )
     }
 }
 
@@ -248,7 +248,7 @@ impl Publication {
             return Err(Error::Publish {
                 path: lock_path,
                 reason:
-                    "another running gate publishes under this name; give this one another --name"
+                    "another running gate publishes under this name; give this one another name (GateOptions::name)"
                         .into(),
             });
         }

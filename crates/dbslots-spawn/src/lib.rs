@@ -86,7 +86,7 @@
 //! has been reaped and its process group is empty.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), dbslots_spawn::Error> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use dbslots_core::{Pool, PoolOptions};
 //! use dbslots_spawn::{SpawnOptions, Spawner, Template};
 //!

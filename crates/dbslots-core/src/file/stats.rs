@@ -144,12 +144,11 @@ impl FilePool {
             .map(|i| self.board.wait_bucket(i).load(Ordering::Relaxed))
             .collect();
         counts[0] += acquisitions.saturating_sub(waited);
-        let wait_histogram = WaitHistogram {
-            bounds_seconds: WAIT_BUCKETS_US.iter().map(|us| *us as f64 / 1e6).collect(),
-            count: counts.iter().sum(),
+        let wait_histogram = WaitHistogram::from_buckets(
+            WAIT_BUCKETS_US.iter().map(|us| *us as f64 / 1e6).collect(),
             counts,
-            sum_seconds: self.board.wait_sum_ns().load(Ordering::Relaxed) as f64 / 1e9,
-        };
+            self.board.wait_sum_ns().load(Ordering::Relaxed) as f64 / 1e9,
+        );
         Ok(PoolStats {
             pool: self.name.clone(),
             backend: "file".into(),
