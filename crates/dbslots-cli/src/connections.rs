@@ -181,7 +181,7 @@ fn check(args: &ConnectionsArgs) -> ExitCode {
         Ok(rt) => rt.block_on(check.run(&args.url)),
         Err(e) => dbslots_core::CheckResult::unknown(format!("{e:#}")),
     };
-    println!("{}", result.line());
+    println!("{}", crate::advice::in_cli_terms(&result.line()));
     ExitCode::from(result.exit_code())
 }
 

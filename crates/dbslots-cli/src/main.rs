@@ -4,6 +4,7 @@
 //! A thin binary: every subcommand parses its flags and calls into the
 //! library crates, which carry the logic.
 
+mod advice;
 mod common;
 mod connections;
 mod docs;
@@ -98,7 +99,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("dbslots: {e:#}");
+            eprintln!("dbslots: {}", advice::in_cli_terms(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

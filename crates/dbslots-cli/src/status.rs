@@ -121,7 +121,7 @@ fn check(args: &StatusArgs) -> ExitCode {
         Ok(stats) => check.evaluate(&stats, now_unix_ms()),
         Err(e) => CheckResult::unknown(format!("cannot read the pool: {e:#}")),
     };
-    println!("{}", result.line());
+    println!("{}", crate::advice::in_cli_terms(&result.line()));
     ExitCode::from(result.exit_code())
 }
 

@@ -534,7 +534,7 @@ pub fn default_pool_dir() -> Result<PathBuf> {
     } else {
         return Err(Error::InvalidAddress {
             address: String::new(),
-            reason: "no pool given and neither XDG_RUNTIME_DIR nor HOME is set; pass --pool DIR or set DBSLOTS_POOL".into(),
+            reason: "no pool given and neither XDG_RUNTIME_DIR nor HOME is set; give a pool address or set DBSLOTS_POOL".into(),
         });
     };
     use std::os::unix::fs::DirBuilderExt;

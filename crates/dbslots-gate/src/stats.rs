@@ -248,7 +248,7 @@ impl Publication {
             return Err(Error::Publish {
                 path: lock_path,
                 reason:
-                    "another running gate publishes under this name; give this one another --name"
+                    "another running gate publishes under this name; give this one another name (GateOptions::name)"
                         .into(),
             });
         }

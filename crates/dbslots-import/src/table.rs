@@ -92,7 +92,7 @@ pub(crate) enum MappingProblem {
     )]
     Unsupported { column: String, ty: String },
     #[error(
-        "table `{table}` has no primary key or unique key made only of the file's columns ({keys}); add such a key so that importing a file twice leaves one row per record, or enqueue with --no-key to append rows (then a second enqueue of the same file appends them again)"
+        "table `{table}` has no primary key or unique key made only of the file's columns ({keys}); add such a key so that importing a file twice leaves one row per record, or enqueue with EnqueueOptions::no_key to append rows (then a second enqueue of the same file appends them again)"
     )]
     NoKey { table: String, keys: String },
 }

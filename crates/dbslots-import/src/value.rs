@@ -902,7 +902,7 @@ fn write_datetime(
             )
         {
             return Err(format!(
-                "falls in an hour that time zone {} repeats, so the session cannot name it exactly; import with --time-zone UTC",
+                "falls in an hour that time zone {} repeats, so the session cannot name it exactly; import with EnqueueOptions::time_zone UTC",
                 zone.session
             ));
         }

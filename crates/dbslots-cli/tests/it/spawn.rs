@@ -278,10 +278,83 @@ fn an_unusable_joblog_is_a_setup_error() {
         .arg(dir.path().join("pool"))
         .args(["--joblog", "/nonexistent/dir/joblog", "--", "true"]));
     assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
     assert!(
-        text(&out.stderr).contains("--joblog"),
-        "{}",
-        text(&out.stderr)
+        err.contains("--joblog") && !err.contains("SpawnOptions"),
+        "{err}"
+    );
+}
+
+#[test]
+fn setup_errors_name_the_flags_not_the_library_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("none");
+    let out = run(dbslots()
+        .args(["spawn", "--workers", "1", "--pool"])
+        .arg(&missing)
+        .args(["--", "true"]));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("does not exist") && err.contains("(--capacity)"),
+        "{err}"
+    );
+    assert!(!err.contains("PoolOptions"), "{err}");
+}
+
+#[test]
+fn batches_without_hold_slot_need_no_pool() {
+    // The default pool lives under XDG_RUNTIME_DIR: an empty one has none.
+    let runtime_dir = tempfile::tempdir().unwrap();
+    let out = run(dbslots()
+        .env("XDG_RUNTIME_DIR", runtime_dir.path())
+        .args([
+            "spawn",
+            "--workers",
+            "4",
+            "--batch-size",
+            "2",
+            "--batch-delay",
+            "0",
+        ])
+        .args(["--progress", "lines", "--"])
+        .args([
+            "sh",
+            "-c",
+            "echo \"worker $DBSLOTS_WORKER_INDEX pool ${DBSLOTS_POOL-none}\"",
+        ]));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for i in 0..4 {
+        assert!(
+            stdout.contains(&format!("worker {i} pool none")),
+            "{stdout}"
+        );
+    }
+    assert!(stderr.contains("4 of 4 workers started"), "{stderr}");
+    assert!(stderr.contains("no pool, peak workers running"), "{stderr}");
+    assert!(
+        !runtime_dir.path().join("dbslots/default").exists(),
+        "no pool was created"
+    );
+
+    // Taking a slot per worker still needs the pool.
+    let out = run(dbslots()
+        .env("XDG_RUNTIME_DIR", runtime_dir.path())
+        .args([
+            "spawn",
+            "--workers",
+            "1",
+            "--batch-size",
+            "1",
+            "--hold-slot",
+        ])
+        .args(["--", "true"]));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("does not exist") && stderr.contains("--capacity"),
+        "{stderr}"
     );
 }
 
@@ -629,7 +702,7 @@ fn a_stalled_reader_never_stalls_the_workers() {
             .filter_map(|l| {
                 l.strip_prefix("dbslots spawn: dropped ")?
                     .strip_suffix(&format!(
-                        " lines of workers' output to {stream}: it was not read fast enough (--log-dir keeps every line)"
+                        " lines of workers' output to {stream}: it was not read fast enough (output to a log directory keeps every line)"
                     ))?
                     .parse::<u64>()
                     .ok()

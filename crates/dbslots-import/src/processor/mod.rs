@@ -520,7 +520,7 @@ impl Processor {
                 .fail(
                     conn,
                     job,
-                    "this job was enqueued by an older dbslots that recorded no table and no file identity; enqueue the file again with --table",
+                    "this job was enqueued by an older dbslots that recorded no table and no file identity; enqueue the file again with EnqueueOptions::new(table)",
                 )
                 .await;
         };

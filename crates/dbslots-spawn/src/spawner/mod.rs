@@ -77,7 +77,7 @@ const OUTPUT_AFTER_STOP: Duration = Duration::from_millis(300);
 /// slots, and how a run stops.
 #[derive(Debug)]
 pub struct Spawner {
-    pool: Pool,
+    pool: Option<Pool>,
     template: Template,
     options: SpawnOptions,
     stop: Arc<watch::Sender<StopState>>,
@@ -91,6 +91,31 @@ impl Spawner {
     ///
     /// [`Error::InvalidOptions`] when the options are out of range.
     pub fn new(pool: Pool, template: Template, options: SpawnOptions) -> Result<Spawner> {
+        Spawner::build(Some(pool), template, options)
+    }
+
+    /// A spawner that starts its workers in batches with no pool at all
+    /// (the reference's behaviour): nothing is reported about slots, and
+    /// workers get no `DBSLOTS_POOL`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOptions`] when the options are out of range, or
+    /// when they make the spawner take slots ([`Mode::Adaptive`] or
+    /// [`hold_slot`](SpawnOptions::hold_slot)), which needs a pool.
+    ///
+    /// [`Mode::Adaptive`]: crate::Mode::Adaptive
+    pub fn without_pool(template: Template, options: SpawnOptions) -> Result<Spawner> {
+        if options.takes_slots() {
+            return Err(Error::InvalidOptions {
+                problem: "the spawner takes a slot for every worker (adaptive mode, or hold_slot), and there is no pool".into(),
+                fix: "open a pool and use Spawner::new, or start in Mode::Batches without hold_slot",
+            });
+        }
+        Spawner::build(None, template, options)
+    }
+
+    fn build(pool: Option<Pool>, template: Template, options: SpawnOptions) -> Result<Spawner> {
         options.validate()?;
         let (tx, _) = watch::channel(StopState {
             phase: Phase::Running,
@@ -145,7 +170,7 @@ impl Spawner {
             None
         };
         let mut signals = signals;
-        let capacity = self.pool.capacity();
+        let capacity = self.pool.as_ref().map(Pool::capacity);
         let counters = Arc::new(Counters::default());
         let (bar, lines) = progress::choose(self.options.progress);
         let bar = bar.then(|| {
@@ -163,7 +188,10 @@ impl Spawner {
             self.options.workers,
             capacity,
         );
-        let pool_addr = self.pool.addr().to_string();
+        let pool_addr = self
+            .pool
+            .as_ref()
+            .map_or_else(|| "(none)".into(), |p| p.addr().to_string());
         let ctx = Arc::new(Ctx {
             pool: self.pool,
             pool_addr,
@@ -313,7 +341,9 @@ enum Flow {
 }
 
 struct Ctx {
-    pool: Pool,
+    /// `None` only in batches without `hold_slot` (see
+    /// [`Spawner::without_pool`]).
+    pool: Option<Pool>,
     pool_addr: String,
     template: Template,
     options: SpawnOptions,

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use dbslots_core::Slot;
+use dbslots_core::{Pool, Slot};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
@@ -60,8 +60,13 @@ impl Ctx {
                     }
                     tracing::info!(batch = batch + 1, batches, first, last, "batch started");
                     if self.reporter.shows_batches() {
-                        self.reporter
-                            .batch(batch + 1, batches, first, last, self.pool.stats());
+                        self.reporter.batch(
+                            batch + 1,
+                            batches,
+                            first,
+                            last,
+                            self.pool.as_ref().map(Pool::stats),
+                        );
                     }
                 }
             }
@@ -78,13 +83,14 @@ impl Ctx {
         if self.stopping() {
             return Flow::Stopped;
         }
-        let slot = if self.options.takes_slots() {
+        // A spawner that takes slots always has a pool (`Spawner::new`).
+        let slot = if let Some(pool) = self.pool.as_ref().filter(|_| self.options.takes_slots()) {
             let mut stop = self.stop.subscribe();
             self.counters.waiting.store(true, Ordering::Relaxed);
             let acquired = tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| s.phase != Phase::Running) => return Flow::Stopped,
-                r = self.pool.acquire() => r,
+                r = pool.acquire() => r,
             };
             self.counters.waiting.store(false, Ordering::Relaxed);
             match acquired {
@@ -133,7 +139,7 @@ impl Ctx {
                 _ => match e.raw_os_error() {
                     Some(libc::EMFILE) | Some(libc::ENFILE) => (
                         126,
-                        "too many open files: raise the limit (ulimit -n) or use --log-dir, which needs no pipes",
+                        "too many open files: raise the limit (ulimit -n) or use Output::LogDir, which needs no pipes",
                     ),
                     Some(libc::EAGAIN) => (
                         126,
@@ -156,11 +162,14 @@ impl Ctx {
         cmd.args(self.template.args(index, n))
             .env(ENV_WORKER_INDEX, index.to_string())
             .env(ENV_WORKER_COUNT, n.to_string())
-            // With its credentials, so the worker can open the pool.
-            .env(ENV_POOL, self.pool.addr().to_unredacted_string())
             .env_remove(ENV_SLOT)
             .process_group(0)
             .kill_on_drop(false);
+        // With its credentials, so the worker can open the pool.
+        match &self.pool {
+            Some(pool) => cmd.env(ENV_POOL, pool.addr().to_unredacted_string()),
+            None => cmd.env_remove(ENV_POOL),
+        };
         match &self.options.job_id {
             Some(id) => cmd.env(ENV_JOB_ID, id),
             None => cmd.env_remove(ENV_JOB_ID),

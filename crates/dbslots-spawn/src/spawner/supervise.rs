@@ -72,7 +72,11 @@ impl Ctx {
             // safety margin later) before the server can give the slot to
             // anyone else, unless `hold_slot` lets it run on.
             let lease_grace = match &slot {
-                Some(_) if !ctx.options.hold_slot => ctx.pool.lease_margin().map(|m| m / 2),
+                Some(_) if !ctx.options.hold_slot => ctx
+                    .pool
+                    .as_ref()
+                    .and_then(dbslots_core::Pool::lease_margin)
+                    .map(|m| m / 2),
                 _ => None,
             };
             let waiter = async {
