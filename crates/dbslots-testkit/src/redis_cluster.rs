@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use tempfile::TempDir;
+
 use crate::install::install_with_apt;
-use crate::process::find_program;
-use crate::redis::{RedisOptions, RedisServer};
+use crate::process::{find_program, temp_dir};
+use crate::redis::{RedisOptions, RedisServer, make_certificates};
 
 /// How long a new cluster may take to agree on its slots and replicas.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -25,6 +27,11 @@ pub struct ClusterOptions {
     pub masters: usize,
     /// Replicas of every master (0 or more); needed for a failover.
     pub replicas: usize,
+    /// Nodes also listen with TLS (certificates of one throwaway CA,
+    /// [`RedisCluster::ca_path`]), and the cluster bus and replication use
+    /// it: redirects to TLS clients name TLS ports
+    /// ([`RedisCluster::tls_url`]).
+    pub tls: bool,
 }
 
 impl Default for ClusterOptions {
@@ -32,6 +39,7 @@ impl Default for ClusterOptions {
         Self {
             masters: 3,
             replicas: 0,
+            tls: false,
         }
     }
 }
@@ -40,8 +48,10 @@ impl Default for ClusterOptions {
 /// never containers), stopped and deleted on drop.
 #[derive(Debug)]
 pub struct RedisCluster {
+    // Fields drop in order: the nodes before their certificates.
     nodes: Vec<RedisServer>,
     masters: usize,
+    certificates: Option<TempDir>,
 }
 
 /// One line of `CLUSTER NODES`.
@@ -69,36 +79,80 @@ impl RedisCluster {
             bail!("a Redis Cluster needs at least 3 masters");
         }
         let cli = redis_cli()?;
+        let certificates = match options.tls {
+            true => {
+                let dir = temp_dir("dbslots-redis-cluster-")?;
+                make_certificates(dir.path())?;
+                Some(dir)
+            }
+            false => None,
+        };
         let count = options.masters * (1 + options.replicas);
         let nodes = (0..count)
             .map(|_| {
                 RedisServer::start_with(RedisOptions {
                     cluster: true,
+                    tls: options.tls,
+                    tls_certificates: certificates.as_ref().map(|d| d.path().to_owned()),
                     ..Default::default()
                 })
             })
             .collect::<Result<Vec<_>>>()
             .context("cannot start the nodes of a Redis Cluster")?;
         let mut create = Command::new(cli);
+        if let Some(dir) = &certificates {
+            create
+                .arg("--tls")
+                .arg("--cacert")
+                .arg(dir.path().join("ca.crt"));
+        }
         create.arg("--cluster").arg("create");
         for node in &nodes {
-            create.arg(format!("127.0.0.1:{}", node.port()));
+            let port = node.tls_port().unwrap_or(node.port());
+            create.arg(format!("127.0.0.1:{port}"));
         }
         create
             .arg("--cluster-replicas")
             .arg(options.replicas.to_string())
             .arg("--cluster-yes");
-        let out = create.output().context("cannot run redis-cli")?;
-        if !out.status.success() {
+        // redis-cli waits for the join without a time limit: bound it.
+        let log = nodes[0]
+            .log_dir()
+            .context("cluster nodes are processes")?
+            .join("cluster-create.out");
+        let out = std::fs::File::create(&log).context("cannot create the redis-cli log")?;
+        let mut child = create
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("cannot run redis-cli")?;
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "redis-cli --cluster create did not finish within {} s: {}",
+                    READY_TIMEOUT.as_secs(),
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        if !status.success() {
             bail!(
-                "redis-cli --cluster create failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+                "redis-cli --cluster create failed: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
             );
         }
         let cluster = Self {
             nodes,
             masters: options.masters,
+            certificates,
         };
         cluster.wait_until_ready(READY_TIMEOUT)?;
         Ok(cluster)
@@ -118,6 +172,27 @@ impl RedisCluster {
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
         format!("redis+cluster://{}/", seeds.join(","))
+    }
+
+    /// `rediss+cluster://127.0.0.1:T1,127.0.0.1:T2,127.0.0.1:T3/?ca=PATH`
+    /// (the masters' TLS ports), when started with [`ClusterOptions::tls`].
+    pub fn tls_url(&self) -> Option<String> {
+        let ca = self.ca_path()?;
+        let seeds: Option<Vec<String>> = self.nodes[..self.masters]
+            .iter()
+            .map(|n| Some(format!("127.0.0.1:{}", n.tls_port()?)))
+            .collect();
+        Some(format!(
+            "rediss+cluster://{}/?ca={}",
+            seeds?.join(","),
+            ca.display()
+        ))
+    }
+
+    /// The CA that signed every node's certificate, when started with
+    /// [`ClusterOptions::tls`].
+    pub fn ca_path(&self) -> Option<PathBuf> {
+        self.certificates.as_ref().map(|d| d.path().join("ca.crt"))
     }
 
     /// Every node, masters first (as started; roles change on failover).

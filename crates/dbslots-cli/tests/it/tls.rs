@@ -57,6 +57,39 @@ fn every_command_connects_with_verify_ca_to_a_server_that_requires_tls() {
         "{stderr}"
     );
 
+    // Without ssl-ca, VERIFY_IDENTITY (and VERIFY_CA) trust the system's
+    // roots: the test's CA once it is the system's (SSL_CERT_FILE), not
+    // otherwise.
+    let by_name = server.admin_url().replace("@127.0.0.1:", "@localhost:");
+    for mode in ["VERIFY_IDENTITY", "VERIFY_CA"] {
+        let url = with(&by_name, &format!("ssl-mode={mode}"));
+        let (out, stdout, stderr) = run(dbslots()
+            .args(["connections", "--url", &url])
+            .env("SSL_CERT_FILE", &ca)
+            .env_remove("SSL_CERT_DIR"));
+        assert!(
+            out.status.success(),
+            "{mode}, system roots = the CA: {stderr}"
+        );
+        assert!(stdout.contains("max_connections"), "{stdout}");
+        let (out, _, stderr) = run(dbslots()
+            .args(["connections", "--url", &url])
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR"));
+        assert!(
+            !out.status.success(),
+            "{mode}: the test's CA is no system root"
+        );
+        assert!(
+            stderr.contains("not signed by a trusted CA"),
+            "{mode}: {stderr}"
+        );
+        assert!(
+            !stderr.contains(dbslots_testkit::ADMIN_PASSWORD),
+            "{stderr}"
+        );
+    }
+
     // dbslots import enqueue + run, with a pool.
     rt.block_on(async {
         let mut admin = admin(&server.admin_url()).await;

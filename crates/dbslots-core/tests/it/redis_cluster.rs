@@ -24,6 +24,7 @@ fn private_cluster() -> Option<&'static RedisCluster> {
             dbslots_testkit::private_redis_cluster(ClusterOptions {
                 masters: 3,
                 replicas: 1,
+                ..Default::default()
             })
         })
         .as_ref()
@@ -33,6 +34,108 @@ fn private_cluster() -> Option<&'static RedisCluster> {
 /// process's own.
 pub fn cluster_url() -> Option<String> {
     dbslots_testkit::shared_redis_cluster().or_else(|| private_cluster().map(|c| c.url()))
+}
+
+/// A TLS-only cluster of this test process (3 masters, one CA, TLS on
+/// the bus too), started once.
+fn tls_cluster() -> Option<&'static RedisCluster> {
+    static CLUSTER: std::sync::OnceLock<Option<RedisCluster>> = std::sync::OnceLock::new();
+    CLUSTER
+        .get_or_init(|| {
+            dbslots_testkit::private_redis_cluster(ClusterOptions {
+                tls: true,
+                ..Default::default()
+            })
+        })
+        .as_ref()
+}
+
+/// Redis pools on the TLS cluster, with the lease `TlsLeases` uses.
+pub struct TlsClusterLeases;
+
+const TLS_LEASE_MS: u64 = 2500;
+
+impl Backend for TlsClusterLeases {
+    fn fresh() -> (Box<dyn std::any::Any>, String) {
+        let url = tls_cluster()
+            .and_then(|c| c.tls_url())
+            .expect("checked before the proptest runs");
+        (
+            Box::new(()),
+            unique_pool(&format!("{url}&lease_ms={TLS_LEASE_MS}")),
+        )
+    }
+    fn crash_latency() -> Duration {
+        Duration::from_millis(TLS_LEASE_MS + 500)
+    }
+}
+
+#[test]
+fn redis_pool_on_a_tls_cluster_behaves_like_a_counting_semaphore() {
+    let _serial = crate::support::timing_sensitive();
+    if tls_cluster().is_none() {
+        return;
+    }
+    tls_cluster_model();
+}
+
+prop_state_machine! {
+    #![proptest_config(ProptestConfig {
+        cases: 3,
+        max_shrink_iters: 50,
+        failure_persistence: None,
+        .. ProptestConfig::default()
+    })]
+
+    fn tls_cluster_model(sequential 1..14 => System<TlsClusterLeases>);
+}
+
+#[test]
+fn processes_on_many_hosts_never_exceed_the_capacity_on_a_tls_cluster() {
+    let _serial = crate::support::timing_sensitive();
+    let Some(cluster) = tls_cluster() else { return };
+    let url = cluster.tls_url().expect("TLS");
+    // Each process makes a TLS connection to a seed and, on a MOVED, one to
+    // the pool's master: twice the handshakes of one server, so a longer
+    // lease (its connect timeout is a ninth of it).
+    forty_processes_on_four_hosts_never_exceed_five_slots(&format!("{url}&lease_ms=15000"));
+}
+
+#[test]
+fn a_pool_on_a_tls_cluster_follows_moved_to_the_tls_port() {
+    let _serial = crate::support::timing_sensitive();
+    let Some(cluster) = tls_cluster() else { return };
+    let url = cluster.tls_url().expect("TLS");
+    let addr = unique_pool(&format!("{url}&lease_ms={TLS_LEASE_MS}"));
+    let master = cluster.master_of(&keys(&addr)[0]).expect("master");
+    // Only the TLS ports of the masters that do not serve the pool.
+    let others: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .filter(|n| n.port() != master)
+        .map(|n| format!("127.0.0.1:{}", n.tls_port().expect("TLS")))
+        .collect();
+    let seeds = url
+        .trim_start_matches("rediss+cluster://")
+        .split('/')
+        .next()
+        .expect("seeds")
+        .to_string();
+    let addr = addr.replace(&seeds, &others.join(","));
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create through MOVED");
+    // (A cluster younger than a lease admits once it is a lease old.)
+    let slot = pool
+        .blocking_acquire_timeout(Duration::from_millis(3 * TLS_LEASE_MS))
+        .expect("slot");
+    assert!(pool.try_acquire().expect("try").is_none());
+    drop(slot);
+    let mut conn = node_conn(master);
+    let capacity: Option<u32> = ::redis::cmd("HGET")
+        .arg(&keys(&addr)[0])
+        .arg("capacity")
+        .query(&mut conn)
+        .expect("HGET");
+    assert_eq!(capacity, Some(1), "the pool lives on the slot's master");
 }
 
 /// The keys of `addr`'s pool, all in one hash slot.
@@ -112,7 +215,10 @@ fn a_pool_reached_through_a_node_that_does_not_serve_it_follows_moved() {
         .collect();
     let addr = probe.replace("x:1", &others.join(","));
     let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create through MOVED");
-    let slot = pool.try_acquire().expect("try").expect("free");
+    // (A cluster younger than a lease admits once it is a lease old.)
+    let slot = pool
+        .blocking_acquire_timeout(Duration::from_millis(3 * LEASE_MS))
+        .expect("slot");
     assert!(pool.try_acquire().expect("try").is_none());
     assert_eq!(pool.stats().expect("stats").active, 1);
     drop(slot);

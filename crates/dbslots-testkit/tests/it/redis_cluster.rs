@@ -10,6 +10,7 @@ fn a_cluster_serves_every_slot_redirects_and_fails_over_to_a_replica() {
     let Some(cluster) = private_redis_cluster(ClusterOptions {
         masters: 3,
         replicas: 1,
+        ..Default::default()
     }) else {
         return;
     };
@@ -46,4 +47,23 @@ fn a_cluster_serves_every_slot_redirects_and_fails_over_to_a_replica() {
         "the write survived"
     );
     eprintln!("cluster test done in {:?}", started.elapsed());
+}
+
+#[test]
+fn a_tls_cluster_forms_with_one_ca_and_tls_seeds() {
+    let Some(cluster) = private_redis_cluster(ClusterOptions {
+        tls: true,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let url = cluster.tls_url().expect("TLS");
+    let ca = cluster.ca_path().expect("CA");
+    assert!(url.starts_with("rediss+cluster://127.0.0.1:"), "{url}");
+    assert!(url.ends_with(&format!("/?ca={}", ca.display())), "{url}");
+    for node in cluster.nodes() {
+        assert_eq!(node.ca_path().as_deref(), Some(ca.as_path()));
+        let info = node.command("CLUSTER INFO").expect("CLUSTER INFO");
+        assert!(info.contains("cluster_state:ok"), "{info}");
+    }
 }
