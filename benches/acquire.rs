@@ -12,7 +12,9 @@
 //!   skipped, saying so, otherwise).
 //!
 //! The Redis pool is measured beside the file pool on a throwaway loopback
-//! `redis-server` (`DBSLOTS_TEST_REDIS_URL`, or one started here).
+//! `redis-server` (`DBSLOTS_TEST_REDIS_URL`, or one started here), and on
+//! a throwaway 3-master Redis Cluster (`DBSLOTS_TEST_REDIS_CLUSTER_URL`, or
+//! one started here when `redis-server` and `redis-cli` are installed).
 
 use std::hint::black_box;
 use std::io::Write;
@@ -193,6 +195,41 @@ fn redis_server() -> Option<(Option<dbslots_testkit::RedisServer>, String)> {
     }
 }
 
+/// A Redis Cluster for the cluster rows: the one `cargo xtask bench`
+/// started, else a private one (kept alive by the returned guard).
+fn redis_cluster() -> Option<(Option<dbslots_testkit::RedisCluster>, String)> {
+    if let Ok(url) = std::env::var(dbslots_testkit::REDIS_CLUSTER_URL_ENV) {
+        return Some((None, url));
+    }
+    if !dbslots_testkit::RedisCluster::available() {
+        eprintln!("no Redis Cluster for the cluster rows: redis-server and redis-cli are needed");
+        return None;
+    }
+    match dbslots_testkit::RedisCluster::start(dbslots_testkit::ClusterOptions::default()) {
+        Ok(c) => {
+            let url = c.url();
+            Some((Some(c), url))
+        }
+        Err(e) => {
+            eprintln!("no Redis Cluster for the cluster rows: {e:#}");
+            None
+        }
+    }
+}
+
+/// A plain connection to the first node named in a cluster URL.
+fn first_seed(url: &str) -> redis::Connection {
+    let seed = url
+        .trim_start_matches("redis+cluster://")
+        .split([',', '/'])
+        .next()
+        .expect("a seed");
+    redis::Client::open(format!("redis://{seed}/0"))
+        .expect("client")
+        .get_connection()
+        .expect("connection")
+}
+
 fn redis_pool_addr(url: &str, capacity: u32) -> String {
     let name = format!("bench-{}-{}", std::process::id(), capacity);
     let addr = format!("{url}?pool={name}");
@@ -243,6 +280,20 @@ fn uncontended(c: &mut Criterion) {
             })
         });
     }
+    if let Some((_cluster, url)) = redis_cluster() {
+        let cluster_pool =
+            Pool::open(redis_pool_addr(&url, 150), PoolOptions::new()).expect("cluster pool");
+        g.bench_function("redis cluster try_acquire+release", |b| {
+            b.iter(|| black_box(cluster_pool.try_acquire().expect("try").expect("free slot")))
+        });
+        let mut conn = first_seed(&url);
+        g.bench_function("redis cluster one round trip (PING)", |b| {
+            b.iter(|| {
+                let pong: String = redis::cmd("PING").query(&mut conn).expect("ping");
+                black_box(pong)
+            })
+        });
+    }
     g.finish();
 }
 
@@ -271,6 +322,19 @@ fn handoff(c: &mut Criterion) {
         g.bench_function("redis across processes", |b| {
             b.iter_custom(|iters| {
                 let lat = record("redis", handoffs("dbslots", &addr, iters as usize + 1));
+                let mean = lat.iter().sum::<Duration>() / lat.len().max(1) as u32;
+                mean * iters as u32
+            })
+        });
+    }
+    if let Some((_cluster, url)) = redis_cluster() {
+        let addr = redis_pool_addr(&url, 1);
+        g.bench_function("redis cluster across processes", |b| {
+            b.iter_custom(|iters| {
+                let lat = record(
+                    "redis cluster",
+                    handoffs("dbslots", &addr, iters as usize + 1),
+                );
                 let mean = lat.iter().sum::<Duration>() / lat.len().max(1) as u32;
                 mean * iters as u32
             })

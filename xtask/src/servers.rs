@@ -4,8 +4,9 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 use dbslots_testkit::{
-    MYSQL_ADMIN_URL_ENV, MYSQL_URL_ENV, MysqlOptions, MysqlServer, REDIS_URL_ENV,
-    REQUIRE_SERVERS_ENV, RedisServer, TMPDIR_ENV,
+    ClusterOptions, MYSQL_ADMIN_URL_ENV, MYSQL_URL_ENV, MysqlOptions, MysqlServer,
+    REDIS_CLUSTER_URL_ENV, REDIS_URL_ENV, REQUIRE_SERVERS_ENV, RedisCluster, RedisServer,
+    TMPDIR_ENV,
 };
 use tempfile::TempDir;
 
@@ -62,7 +63,8 @@ fn sweep_stale_scratch_dirs() {
     }
 }
 
-/// One MySQL and one Redis, attached to this process, living in the scratch
+/// One MySQL, one Redis and one Redis Cluster (3 masters), attached to
+/// this process, living in the scratch
 /// directory, which also receives the temporary directories of the servers
 /// the tests start themselves. Dropping it stops both servers and deletes
 /// the directory.
@@ -70,11 +72,12 @@ pub struct TestServers {
     // Fields drop in order: the servers first, then their tests' leftovers.
     mysql: Option<MysqlServer>,
     redis: Option<RedisServer>,
+    cluster: Option<RedisCluster>,
     tmp: TempDir,
 }
 
 impl TestServers {
-    /// Starts both servers in `tmp` (from [`scratch_dir`]) and says which.
+    /// Starts the servers in `tmp` (from [`scratch_dir`]) and says which.
     pub fn start(tmp: TempDir) -> Result<Self> {
         let mysql =
             MysqlServer::start(MysqlOptions::default()).context("cannot start the test MySQL")?;
@@ -87,6 +90,7 @@ impl TestServers {
         let mut servers = Self {
             mysql: Some(mysql),
             redis: None,
+            cluster: None,
             tmp,
         };
         check_interrupted()?;
@@ -99,6 +103,11 @@ impl TestServers {
         );
         servers.redis = Some(redis);
         check_interrupted()?;
+        let cluster = RedisCluster::start(ClusterOptions::default())
+            .context("cannot start the test Redis Cluster")?;
+        println!("xtask: Redis Cluster {}", cluster.url());
+        servers.cluster = Some(cluster);
+        check_interrupted()?;
         Ok(servers)
     }
 
@@ -110,16 +119,22 @@ impl TestServers {
             .env(MYSQL_URL_ENV, mysql.user_url())
             .env(MYSQL_ADMIN_URL_ENV, mysql.admin_url())
             .env(REDIS_URL_ENV, redis.url())
+            .env(
+                REDIS_CLUSTER_URL_ENV,
+                self.cluster.as_ref().expect("started in start").url(),
+            )
             .env(REQUIRE_SERVERS_ENV, "1")
             .env(TMPDIR_ENV, self.tmp.path());
     }
 
-    /// Stops both servers and deletes the directory, reporting failures.
+    /// Stops the servers and deletes the directory, reporting failures.
     pub fn stop(mut self) -> Result<()> {
         let mysql = self.mysql.take().map_or(Ok(()), MysqlServer::stop);
         let redis = self.redis.take().map_or(Ok(()), RedisServer::stop);
+        let cluster = self.cluster.take().map_or(Ok(()), RedisCluster::stop);
         mysql
             .context("cannot stop the test MySQL")
             .and(redis.context("cannot stop the test Redis"))
+            .and(cluster.context("cannot stop the test Redis Cluster"))
     }
 }

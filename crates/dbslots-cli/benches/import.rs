@@ -12,7 +12,11 @@
 //! once, as a smoke test. The server comes
 //! from `DBSLOTS_TEST_MYSQL_URL` (see dbslots-testkit); without one the
 //! benchmark says SKIPPED and exits 0. A filter argument that does not
-//! match "import" skips it too, as criterion would.
+//! match "import" skips it too, as criterion would. With
+//! `DBSLOTS_BENCH_SERVER_PID` (the local server's process id, e.g. from
+//! `target/xtask/db.json` after `cargo xtask db up`) every round also shows
+//! the server's CPU time, which a loaded machine does not distort the way
+//! it distorts wall-clock time.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -140,23 +144,30 @@ fn main() {
         );
         let mut load = Vec::new();
         let mut import = Vec::new();
+        let (mut load_server_cpu, mut import_server_cpu) = (Vec::new(), Vec::new());
         for round in 1..=rounds {
             rt.block_on(reset(&url, workload.table));
+            let cpu_before = server_cpu();
             let secs = rt.block_on(load_data(&url, &csv, workload));
+            let load_cpu = server_cpu().zip(cpu_before).map(|(a, b)| a - b);
             assert_eq!(
                 rt.block_on(count(&url, workload.table)),
                 rows,
                 "LOAD DATA loaded every row"
             );
             println!(
-                "  round {round}: LOAD DATA LOCAL INFILE   {secs:7.2} s  {:>9.0} rows/s",
-                rows as f64 / secs
+                "  round {round}: LOAD DATA LOCAL INFILE   {secs:7.2} s  {:>9.0} rows/s{}",
+                rows as f64 / secs,
+                load_cpu.map_or(String::new(), |c| format!("  server CPU {c:.2} s"))
             );
+            load_server_cpu.extend(load_cpu);
             load.push(secs);
             let loaded = rt.block_on(checksum(&url, workload.table));
 
             rt.block_on(reset(&url, workload.table));
+            let cpu_before = server_cpu();
             let run = run_import(&url, &csv, dir.path(), workload.table);
+            let import_cpu = server_cpu().zip(cpu_before).map(|(a, b)| a - b);
             assert_eq!(
                 rt.block_on(count(&url, workload.table)),
                 rows,
@@ -168,12 +179,14 @@ fn main() {
                 "dbslots import stored exactly what LOAD DATA stored"
             );
             println!(
-                "  round {round}: dbslots import run --once {:7.2} s  {:>9.0} rows/s  peak RSS {:.1} MB  CPU {:.2} s",
+                "  round {round}: dbslots import run --once {:7.2} s  {:>9.0} rows/s  peak RSS {:.1} MB  CPU {:.2} s{}",
                 run.secs,
                 rows as f64 / run.secs,
                 run.peak_rss_kb as f64 / 1024.0,
-                run.cpu_secs
+                run.cpu_secs,
+                import_cpu.map_or(String::new(), |c| format!("  server CPU {c:.2} s"))
             );
+            import_server_cpu.extend(import_cpu);
             println!("           RSS through the run (MB): {}", run.rss_profile());
             import.push(run);
         }
@@ -200,6 +213,16 @@ fn main() {
             workload.table,
             peak as f64 / 1024.0
         );
+        if !load_server_cpu.is_empty() && !import_server_cpu.is_empty() {
+            let processor: Vec<f64> = import.iter().map(|r| r.cpu_secs).collect();
+            println!(
+                "{}: median CPU per 1,000 rows: server {:.2} ms with LOAD DATA, server {:.2} ms + processor {:.2} ms with dbslots import",
+                workload.table,
+                1000.0 * 1000.0 * median(&load_server_cpu) / rows as f64,
+                1000.0 * 1000.0 * median(&import_server_cpu) / rows as f64,
+                1000.0 * 1000.0 * median(&processor) / rows as f64,
+            );
+        }
     }
     rt.block_on(async {
         let mut conn = Conn::from_url(&shared.user_url).await.unwrap();
@@ -208,6 +231,22 @@ fn main() {
             .unwrap();
         conn.disconnect().await.unwrap();
     });
+}
+
+/// The CPU time (user + system) of the server process
+/// `DBSLOTS_BENCH_SERVER_PID`, in seconds.
+fn server_cpu() -> Option<f64> {
+    let pid: u32 = std::env::var("DBSLOTS_BENCH_SERVER_PID")
+        .ok()?
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / per_second)
 }
 
 fn best(secs: &[f64]) -> f64 {

@@ -181,7 +181,7 @@ fn check(args: &ConnectionsArgs) -> ExitCode {
         Ok(rt) => rt.block_on(check.run(&args.url)),
         Err(e) => dbslots_core::CheckResult::unknown(format!("{e:#}")),
     };
-    println!("{}", result.line());
+    println!("{}", crate::advice::in_cli_terms(&result.line()));
     ExitCode::from(result.exit_code())
 }
 
@@ -379,22 +379,7 @@ fn render_victims(victims: &[IdleVictim], rule: &IdleRule, dry_run: bool) -> Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dbslots_mysql::Process;
-
-    fn victim(id: u64, outcome: KillOutcome) -> IdleVictim {
-        IdleVictim {
-            process: Process {
-                id,
-                user: "app".into(),
-                host: "10.1.2.3:4567".into(),
-                db: None,
-                command: "Sleep".into(),
-                seconds: 240,
-                state: None,
-            },
-            outcome,
-        }
-    }
+    use crate::readings::idle_victim as victim;
 
     #[test]
     fn each_victim_gets_a_line_with_id_user_host_and_idle_time() {

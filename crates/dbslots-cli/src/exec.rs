@@ -82,15 +82,82 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
 
 const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
-fn signal_set() -> libc::sigset_t {
-    // SAFETY: sigset manipulation on a local value.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in FORWARDED {
-            libc::sigaddset(&mut set, s);
+/// The command's pid (high 32 bits) once it runs, and the forwarded signals
+/// that arrived before that (one bit per signal number, low 32 bits). One
+/// word, so that a signal is either seen by the handler with the pid (and
+/// forwarded there) or left pending for [`publish_command_pid`] (and
+/// forwarded there): exactly once, whichever thread takes it.
+static FORWARDING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// [`FORWARDING`] once the command has exited: its pid may be reused as
+/// soon as it is reaped, so nothing is forwarded any more.
+const COMMAND_EXITED: u64 = u64::MAX;
+
+/// The handler of the forwarded signals: passes the signal to the command,
+/// or keeps it until the command runs. Only async-signal-safe calls (an
+/// atomic and `kill`).
+extern "C" fn forward_signal(sig: libc::c_int) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut word = FORWARDING.load(SeqCst);
+    loop {
+        if word == COMMAND_EXITED {
+            return;
         }
-        set
+        let pid = (word >> 32) as libc::pid_t;
+        if pid != 0 {
+            // SAFETY: kill is async-signal-safe; the pid is not reaped
+            // before the handlers are gone (see `run`).
+            unsafe { libc::kill(pid, sig) };
+            return;
+        }
+        match FORWARDING.compare_exchange(word, word | (1 << sig), SeqCst, SeqCst) {
+            Ok(_) => return,
+            Err(now) => word = now,
+        }
+    }
+}
+
+/// Catches the forwarded signals with [`forward_signal`].
+///
+/// Handlers rather than blocked signals and a `sigwait` thread: the command
+/// must start with them unblocked, and std's `posix_spawn` path (which
+/// spares this process a `fork`, the bulk of what `exec` costs) keeps the
+/// parent's signal mask, while a caught signal is reset to its default by
+/// `exec` in the child. No helper thread is needed either.
+fn catch_forwarded_signals() -> io::Result<()> {
+    for sig in FORWARDED {
+        // SAFETY: installs a handler that only touches an atomic and calls
+        // kill; the struct is zeroed and then filled in.
+        let r = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = forward_signal as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, std::ptr::null_mut())
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Records the command's pid for [`forward_signal`] and forwards the
+/// signals that arrived while it was being started.
+fn publish_command_pid(pid: u32) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let before = FORWARDING.swap(u64::from(pid) << 32, SeqCst);
+    let pending = before as u32;
+    for sig in FORWARDED {
+        if pending & (1 << sig) != 0 {
+            tracing::debug!(
+                signal = sig,
+                pid,
+                "forwarding an early signal to the command"
+            );
+            // SAFETY: plain kill on the child's pid, which is not reaped.
+            unsafe { libc::kill(pid as libc::pid_t, sig) };
+        }
     }
 }
 
@@ -125,11 +192,10 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     };
     tracing::debug!(pool = %pool.addr(), slot = slot.index(), "slot acquired; starting command");
 
-    // Block the signals we forward before the child exists (so no thread
-    // of ours takes them), and unblock them again in the child.
-    let set = signal_set();
-    // SAFETY: changes this thread's mask; `set` is initialised.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    // From the moment the command may exist, the signals we forward are
+    // caught (a signal that comes before its pid is known is passed on
+    // once it is).
+    catch_forwarded_signals().context("cannot catch the signals to forward to the command")?;
 
     let program = &args.command[0];
     let mut cmd = Command::new(program);
@@ -139,25 +205,20 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     // stdin), with DBSLOTS_SLOT and DBSLOTS_POOL.
     cmd.envs(slot.child_env());
     let lock = slot.lock_fd_for_child()?;
-    let lock_fd = lock.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
-    {
+    if let Some(fd) = &lock {
+        // Inheritable from here on: no other thread of this process starts
+        // programs, and the duplicate is closed right after the spawn.
+        clear_close_on_exec(fd).context("cannot pass the slot's lock to the command")?;
+    }
+    if stop_grace.is_some() {
         use std::os::unix::process::CommandExt;
-        let die_with_us = stop_grace.is_some();
-        // SAFETY: pthread_sigmask, fcntl and prctl are async-signal-safe;
-        // `set` is a copy, and `lock` stays open until after the spawn.
+        // SAFETY: prctl is async-signal-safe.
         unsafe {
-            cmd.pre_exec(move || {
-                if let Some(fd) = lock_fd {
-                    let flags = libc::fcntl(fd, libc::F_GETFD);
-                    if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-                // A lease dies with this process: so must the command.
-                if die_with_us {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                }
+            cmd.pre_exec(|| {
+                // A lease dies with this process: so must the command. (A
+                // lock needs no hook: it is the command's own; leaving
+                // `pre_exec` out keeps std's posix_spawn path.)
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
             });
         }
@@ -174,6 +235,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let pid = child.id();
+    publish_command_pid(pid);
     slot.set_holder_pid(pid);
     // The child has its copy; this process holds the slot through the guard.
     drop(lock);
@@ -182,25 +244,6 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     // it inherited. Whatever fails in dbslots now, the slot must stay with
     // the command: never unlock it (that would free it for every copy of
     // the descriptor) before the command has exited.
-    let started = std::thread::Builder::new()
-        .name("signal-forwarder".into())
-        .spawn(move || {
-            loop {
-                let mut sig: libc::c_int = 0;
-                // SAFETY: `set` is initialised; sigwait writes `sig`.
-                if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
-                    return;
-                }
-                tracing::debug!(signal = sig, pid, "forwarding signal to command");
-                // SAFETY: plain kill on the child's pid (not yet reaped:
-                // the main thread reaps it, after which we exit).
-                unsafe { libc::kill(pid as libc::pid_t, sig) };
-            }
-        });
-    if let Err(e) = started {
-        tracing::warn!(error = %e, pid, "cannot start the signal forwarder; signals sent to dbslots are not passed on to the command");
-    }
-
     let exited = ExitFlag::default();
     let waited = std::thread::scope(|scope| {
         if let Some(grace) = stop_grace {
@@ -213,6 +256,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         // Wait for the exit without reaping, so the watcher never signals
         // a recycled pid; then reap.
         wait_exited(pid);
+        FORWARDING.store(COMMAND_EXITED, std::sync::atomic::Ordering::SeqCst);
         exited.set();
         child.wait().context("waiting for the command")
     });
@@ -236,6 +280,19 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         _ => 1,
     };
     Ok(ExitCode::from(code))
+}
+
+/// Clears close-on-exec on `fd`, so that the command inherits it.
+fn clear_close_on_exec(fd: &std::os::fd::OwnedFd) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = fd.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Set once the command has exited (before it is reaped).

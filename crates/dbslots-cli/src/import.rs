@@ -210,7 +210,7 @@ fn run_processor(args: RunArgs) -> anyhow::Result<ExitCode> {
     let _lock = match InstanceLock::acquire(&lock_path) {
         Ok(lock) => lock,
         Err(e @ dbslots_import::Error::AlreadyRunning { .. }) => {
-            eprintln!("dbslots: {e}");
+            eprintln!("dbslots: {}", crate::advice::in_cli_terms(&e.to_string()));
             return Ok(if args.once {
                 ExitCode::SUCCESS
             } else {
@@ -328,7 +328,7 @@ impl Display {
 
     fn line(&self, text: &str) {
         let now = common::format_unix_ms(common::now_unix_ms());
-        let text = format!("{now} import: {text}");
+        let text = format!("{now} import: {}", crate::advice::in_cli_terms(text));
         match self
             .job
             .lock()
@@ -521,7 +521,8 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             );
         }
         if let Some(error) = &j.last_error {
-            println!("{:>8}last error: {}", "", escape_controls(error));
+            let error = crate::advice::in_cli_terms(error);
+            println!("{:>8}last error: {}", "", escape_controls(&error));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -4,12 +4,15 @@
 //! A thin binary: every subcommand parses its flags and calls into the
 //! library crates, which carry the logic.
 
+mod advice;
 mod common;
 mod connections;
 mod docs;
 mod exec;
 mod gate;
 mod import;
+#[cfg(test)]
+mod readings;
 mod serve;
 mod spawn;
 mod status;
@@ -96,7 +99,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("dbslots: {e:#}");
+            eprintln!("dbslots: {}", advice::in_cli_terms(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

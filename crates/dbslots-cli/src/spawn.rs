@@ -78,7 +78,8 @@ pub struct SpawnArgs {
     pool: PoolArgs,
 
     /// Start workers in fixed batches of B (the reference behaviour) instead
-    /// of as soon as a slot is free
+    /// of as soon as a slot is free; without --hold-slot this needs no pool
+    /// (the default one is reported on, and named to workers, if it exists)
     #[arg(long, value_name = "B", value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: Option<u32>,
 
@@ -141,7 +142,10 @@ pub fn run(args: SpawnArgs) -> anyhow::Result<ExitCode> {
     match spawn(args) {
         Ok(code) => Ok(code),
         Err(e) => {
-            eprintln!("dbslots spawn: {e:#}");
+            eprintln!(
+                "dbslots spawn: {}",
+                crate::advice::in_cli_terms(&format!("{e:#}"))
+            );
             Ok(ExitCode::from(EXIT_SETUP))
         }
     }
@@ -175,8 +179,24 @@ fn spawn(args: SpawnArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = args.log_dir {
         options = options.output(Output::LogDir(dir));
     }
-    let pool = args.pool.open()?;
-    let spawner = Spawner::new(pool, template, options)?;
+    // Batches without --hold-slot take no slots: the pool is only reported
+    // on (and named to the workers), so a missing default pool is no error.
+    // A pool named on purpose (--pool, DBSLOTS_POOL) must exist.
+    let takes_slots = args.hold_slot || args.batch_size.is_none();
+    let spawner = match args.pool.open() {
+        Ok(pool) => Spawner::new(pool, template, options)?,
+        Err(e)
+            if !takes_slots
+                && args.pool.pool.is_none()
+                && matches!(
+                    e.downcast_ref::<dbslots_core::Error>(),
+                    Some(dbslots_core::Error::NotFound { .. })
+                ) =>
+        {
+            Spawner::without_pool(template, options)?
+        }
+        Err(e) => return Err(e),
+    };
     // One thread: every worker is started from the thread that lives as
     // long as the spawner (PR_SET_PDEATHSIG, for the workers that get it,
     // follows the forking thread).

@@ -121,7 +121,7 @@ fn check(args: &StatusArgs) -> ExitCode {
         Ok(stats) => check.evaluate(&stats, now_unix_ms()),
         Err(e) => CheckResult::unknown(format!("cannot read the pool: {e:#}")),
     };
-    println!("{}", result.line());
+    println!("{}", crate::advice::in_cli_terms(&result.line()));
     ExitCode::from(result.exit_code())
 }
 
@@ -206,27 +206,15 @@ pub fn render_table(s: &PoolStats, now_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::render_table;
-    use dbslots_core::{Holder, PoolStats, WaitHistogram};
+    use crate::readings::{gate_report, pool_stats};
+    use dbslots_core::PoolStats;
+    use serde_json::json;
 
     fn stats(host: Option<&str>) -> PoolStats {
-        PoolStats {
-            pool: "p".into(),
-            backend: "file".into(),
-            capacity: 3,
-            active: 1,
-            waiting: 0,
-            peak: 2,
-            acquisitions: 9,
-            timeouts: 1,
-            holders: vec![Holder {
-                slot: 2,
-                pid: Some(42),
-                host: host.map(str::to_string),
-                since_unix_ms: Some(1_000),
-            }],
-            waiters: vec![],
-            wait_histogram: WaitHistogram::default(),
-        }
+        pool_stats(json!({
+            "pool": "p", "capacity": 3,
+            "holders": [{"slot": 2, "pid": 42, "host": host, "since_unix_ms": 1_000}],
+        }))
     }
 
     #[test]
@@ -258,15 +246,9 @@ mod tests {
     #[test]
     fn gates_get_a_row_each_and_no_table_without_gates() {
         assert_eq!(super::render_gates(&[]), "");
-        let g: dbslots_gate::GateReport = serde_json::from_value(serde_json::json!({
-            "name": "web-1", "pid": 7, "listen": ["127.0.0.1:3307"], "upstream": "db:3306",
-            "pool": "/p", "capacity": 9, "started_unix_ms": 0, "updated_unix_ms": 0,
-            "draining": true, "accepted": 12, "admitted": 10, "queued": 2, "active": 9,
-            "queue_timeouts": 1, "abandoned": 0, "upstream_failures": 0, "idle_closes": 3,
-            "bytes_from_clients": 1_500_000, "bytes_to_clients": 42_000_000,
-            "wait_histogram": {"bounds_seconds": [], "counts": [0], "sum_seconds": 0.0, "count": 0}
-        }))
-        .unwrap();
+        let g = gate_report(json!({
+            "draining": true, "bytes_from_clients": 1_500_000, "bytes_to_clients": 42_000_000,
+        }));
         let t = super::render_gates(&[g]);
         let row: Vec<&str> = t.lines().nth(2).unwrap().split_whitespace().collect();
         assert_eq!(

@@ -373,38 +373,20 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dbslots_core::{Holder, WaitHistogram, Waiter};
+    use crate::readings::{gate_report, pool_stats, server_limits};
+    use serde_json::json;
 
     fn stats(holders: u32) -> PoolStats {
-        PoolStats {
-            pool: "/run/x".into(),
-            backend: "file".into(),
-            capacity: 4,
-            active: holders,
-            waiting: 1,
-            peak: 4,
-            acquisitions: 17,
-            timeouts: 2,
-            holders: (0..holders)
-                .map(|i| Holder {
-                    slot: i,
-                    pid: Some(100 + i),
-                    host: None,
-                    since_unix_ms: Some(1_000),
-                })
-                .collect(),
-            waiters: vec![Waiter {
-                pid: Some(555),
-                host: None,
-                since_unix_ms: Some(2_000),
-            }],
-            wait_histogram: WaitHistogram {
-                bounds_seconds: vec![1.0],
-                counts: vec![16, 1],
-                sum_seconds: 3.4,
-                count: 17,
-            },
-        }
+        let holders: Vec<_> = (0..holders)
+            .map(|i| json!({"slot": i, "pid": 100 + i, "since_unix_ms": 1_000}))
+            .collect();
+        pool_stats(json!({
+            "active": holders.len(), "waiting": 1, "peak": 4, "acquisitions": 17,
+            "timeouts": 2, "holders": holders,
+            "waiters": [{"pid": 555, "since_unix_ms": 2_000}],
+            "wait_histogram": {"bounds_seconds": [1.0], "counts": [16, 1],
+                "sum_seconds": 3.4, "count": 17},
+        }))
     }
 
     #[test]
@@ -448,21 +430,9 @@ mod tests {
 
     #[test]
     fn the_screen_shows_the_server_or_why_not() {
-        let limits = ServerLimits {
-            version: "8.4".into(),
-            account: "app@%".into(),
-            connection_id: 1,
-            max_connections: 151,
-            max_user_connections: 0,
-            session_max_user_connections: 10,
-            account_max_user_connections: Some(10),
-            extra_max_connections: None,
-            extra_port: None,
-            threads_connected: 7,
-            max_used_connections: 30,
-            connection_errors_max_connections: None,
-            account_limits: Vec::new(),
-        };
+        let limits = server_limits(json!({
+            "session_max_user_connections": 10, "account_max_user_connections": 10,
+        }));
         let view = ServerView {
             url: "mysql://app:***@db/x".into(),
             reading: Ok(limits),
@@ -490,15 +460,7 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         assert_eq!(with_gate_lines(lines.clone(), &[], 80, 24), lines);
-        let g: dbslots_gate::GateReport = serde_json::from_value(serde_json::json!({
-            "name": "web-1", "pid": 7, "listen": ["127.0.0.1:3307"], "upstream": "db:3306",
-            "pool": "/p", "capacity": 9, "started_unix_ms": 0, "updated_unix_ms": 0,
-            "draining": false, "accepted": 12, "admitted": 10, "queued": 2, "active": 9,
-            "queue_timeouts": 1, "abandoned": 0, "upstream_failures": 0, "idle_closes": 3,
-            "bytes_from_clients": 0, "bytes_to_clients": 0,
-            "wait_histogram": {"bounds_seconds": [], "counts": [0], "sum_seconds": 0.0, "count": 0}
-        }))
-        .unwrap();
+        let g = gate_report(json!({}));
         let shown = with_gate_lines(lines.clone(), &[g.clone(), g], 40, 6);
         assert_eq!(shown.len(), 6);
         assert!(

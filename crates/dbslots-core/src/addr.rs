@@ -17,12 +17,16 @@ pub enum PoolAddr {
     Dir(PathBuf),
     /// A pool shared through a Redis server by processes on many hosts:
     /// `redis://[user:password@]host:port/db?pool=NAME[&lease_ms=N]`,
-    /// `rediss://…[&ca=PATH]` (TLS), `redis+unix:///PATH?pass=…&pool=NAME`.
+    /// `rediss://…[&ca=PATH]` (TLS), `redis+unix:///PATH?pass=…&pool=NAME`,
+    /// or a Redis Cluster through some of its nodes:
+    /// `redis+cluster://HOST:PORT[,HOST:PORT...]/?pool=NAME` (TLS:
+    /// `rediss+cluster://`).
     Redis(RedisAddr),
 }
 
 /// The address of a Redis-backed pool. Its `Debug` redacts the password.
 #[derive(Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct RedisAddr {
     /// The server's URL without the dbslots parameters (may hold a password:
     /// never print it, print [`PoolAddr`]'s `Display`, which redacts it).
@@ -73,7 +77,7 @@ fn parse_redis(s: &str) -> Result<RedisAddr> {
                 })?;
             }
             "ca" => {
-                if !s.starts_with("rediss://") {
+                if !s.starts_with("rediss://") && !s.starts_with("rediss+cluster://") {
                     return Err(bad(
                         "ca= names the CA of a TLS server: use it with a rediss:// address".into(),
                     ));
@@ -175,6 +179,8 @@ impl PoolAddr {
         if trimmed.starts_with("redis://")
             || trimmed.starts_with("rediss://")
             || trimmed.starts_with("redis+unix://")
+            || trimmed.starts_with("redis+cluster://")
+            || trimmed.starts_with("rediss+cluster://")
         {
             return Ok(PoolAddr::Redis(parse_redis(trimmed)?));
         }
@@ -528,7 +534,7 @@ pub fn default_pool_dir() -> Result<PathBuf> {
     } else {
         return Err(Error::InvalidAddress {
             address: String::new(),
-            reason: "no pool given and neither XDG_RUNTIME_DIR nor HOME is set; pass --pool DIR or set DBSLOTS_POOL".into(),
+            reason: "no pool given and neither XDG_RUNTIME_DIR nor HOME is set; give a pool address or set DBSLOTS_POOL".into(),
         });
     };
     use std::os::unix::fs::DirBuilderExt;
@@ -745,6 +751,14 @@ mod tests {
             (
                 "redis+unix:///run/redis.sock?user=app&password=s3cret&pool=p&wait_replicas=1",
                 "redis+unix:///run/redis.sock?user=app&password=***&pool=p&wait_replicas=1",
+            ),
+            (
+                "redis+cluster://app:s3cret@a:7000,b:7001/?pool=p",
+                "redis+cluster://app:***@a:7000,b:7001/?pool=p",
+            ),
+            (
+                "rediss+cluster://:s3cret@a:7000,b:7001/?pool=p&ca=/etc/ca.pem",
+                "rediss+cluster://:***@a:7000,b:7001/?pool=p&ca=/etc/ca.pem",
             ),
         ] {
             let a = PoolAddr::parse(given).unwrap();

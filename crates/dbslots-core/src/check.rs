@@ -98,6 +98,7 @@ pub fn percent_threshold(limit: u64, percent: f64) -> u64 {
 
 /// One performance data item: `'label'=value[unit];warn;crit;min;max`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct PerfData {
     /// The label (quoted on output; a `'` in it is doubled).
     pub label: String,
@@ -194,6 +195,7 @@ pub fn format_seconds(d: Duration) -> String {
 /// text never contains a line break or a `|` (which would start the
 /// performance data).
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct CheckResult {
     /// The verdict.
     pub status: CheckStatus,
@@ -292,6 +294,7 @@ impl CheckResult {
 
 /// A threshold passed, in words.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Problem {
     /// How bad it is.
     pub status: CheckStatus,

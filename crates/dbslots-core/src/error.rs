@@ -30,15 +30,9 @@ pub enum Error {
         /// Waiters when the wait gave up (this one included).
         waiting: u32,
     },
-    /// The acquisition was cancelled before it got a slot.
-    #[error("acquiring a slot in pool {pool} was cancelled")]
-    Cancelled {
-        /// The pool's address.
-        pool: String,
-    },
     /// The pool exists with another capacity than the one asked for.
     #[error(
-        "pool {pool} was created with capacity {recorded}, not {requested}; drop --capacity to use it as it is, or change it explicitly with `dbslots resize --pool {pool} --capacity {requested}`"
+        "pool {pool} was created with capacity {recorded}, not {requested}; open it without PoolOptions::capacity to use it as it is, or change its capacity with Pool::resize"
     )]
     CapacityMismatch {
         /// The pool's address.
@@ -49,9 +43,7 @@ pub enum Error {
         requested: u32,
     },
     /// The pool does not exist and no capacity was given to create it.
-    #[error(
-        "pool {pool} does not exist; create it by giving a capacity (--capacity N, or PoolOptions::capacity)"
-    )]
+    #[error("pool {pool} does not exist; create it by giving a capacity (PoolOptions::capacity)")]
     NotFound {
         /// The pool's address.
         pool: String,
@@ -74,7 +66,7 @@ pub enum Error {
     },
     /// A pool file holds something that is not a dbslots pool of this version.
     #[error(
-        "{path} is not a dbslots pool this version understands ({detail}); point --pool at another directory, or remove this one if nothing uses it"
+        "{path} is not a dbslots pool this version understands ({detail}); use another pool directory, or remove this one if nothing uses it"
     )]
     Corrupt {
         /// The offending file.
@@ -153,6 +145,17 @@ impl Error {
         matches!(self, Error::Timeout { .. })
     }
 
+    /// What a waiting acquisition returns once cancelled. Only a dropped
+    /// `Pool::acquire` future cancels, and its blocking task's result goes
+    /// to a detached join handle: no caller ever sees this error, so it is
+    /// no variant of its own.
+    pub(crate) fn cancelled(pool: &str) -> Self {
+        Error::Backend {
+            pool: pool.to_string(),
+            message: "the acquisition was cancelled (its future was dropped)".into(),
+        }
+    }
+
     pub(crate) fn io(
         op: &'static str,
         path: impl Into<PathBuf>,
@@ -163,7 +166,7 @@ impl Error {
         match source.kind() {
             io::ErrorKind::PermissionDenied => Error::Location {
                 reason: format!(
-                    "permission denied while {op} {}; run as a user that may use this pool, or create the pool for a shared group (--group)",
+                    "permission denied while {op} {}; run as a user that may use this pool, or create the pool for a shared group (PoolOptions::group_name)",
                     path.display()
                 ),
                 path,

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// was killed is never counted; `peak` and the counters are kept on the
 /// board by the acquirers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PoolStats {
     /// The pool's address (a directory, or a redacted URL).
     pub pool: String,
@@ -38,6 +39,7 @@ pub struct PoolStats {
 
 /// A held slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Holder {
     /// The slot's number, `0..capacity`.
     pub slot: u32,
@@ -52,6 +54,7 @@ pub struct Holder {
 
 /// A queued acquirer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Waiter {
     /// The waiter's process id.
     pub pid: Option<u32>,
@@ -80,6 +83,7 @@ pub const WAIT_BUCKETS_US: [u64; 10] = [
 
 /// Distribution of acquisition waits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[non_exhaustive]
 pub struct WaitHistogram {
     /// Upper bounds of the buckets, in seconds, ascending.
     pub bounds_seconds: Vec<f64>,
@@ -103,12 +107,30 @@ impl WaitHistogram {
             .unwrap_or(WAIT_BUCKETS_US.len())
     }
 
-    /// The histogram of [`WAIT_BUCKETS_US`] from its per-bucket `counts`
-    /// (one more than the bounds) and the sum of the waits.
-    pub fn from_counts(counts: Vec<u64>, sum_seconds: f64) -> WaitHistogram {
-        debug_assert_eq!(counts.len(), WAIT_BUCKETS_US.len() + 1);
+    /// The histogram over [`WAIT_BUCKETS_US`] from its per-bucket `counts`
+    /// (see [`WaitHistogram::from_buckets`]) and the sum of the waits.
+    pub fn from_counts(counts: Vec<u64>, sum_seconds: f64) -> Self {
+        Self::from_buckets(
+            WAIT_BUCKETS_US.iter().map(|&us| us as f64 / 1e6).collect(),
+            counts,
+            sum_seconds,
+        )
+    }
+
+    /// A histogram from per-bucket counts (not cumulative) and the sum of
+    /// all waits: `counts[i]` waits took at most `bounds_seconds[i]`, the
+    /// last entry counts the waits above the last bound. `count` is their
+    /// total. Missing buckets count 0; counts beyond the overflow bucket
+    /// are added to it.
+    pub fn from_buckets(bounds_seconds: Vec<f64>, mut counts: Vec<u64>, sum_seconds: f64) -> Self {
+        let buckets = bounds_seconds.len() + 1;
+        if counts.len() > buckets {
+            let beyond: u64 = counts.drain(buckets..).sum();
+            counts[buckets - 1] += beyond;
+        }
+        counts.resize(buckets, 0);
         WaitHistogram {
-            bounds_seconds: WAIT_BUCKETS_US.iter().map(|&us| us as f64 / 1e6).collect(),
+            bounds_seconds,
             count: counts.iter().sum(),
             counts,
             sum_seconds,
@@ -137,5 +159,23 @@ impl PoolStats {
             map.insert("over_capacity".into(), self.over_capacity().into());
         }
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WaitHistogram;
+
+    #[test]
+    fn a_histogram_from_buckets_counts_them_and_keeps_one_overflow_bucket() {
+        let h = WaitHistogram::from_buckets(vec![0.001, 0.01], vec![5, 2, 1], 0.5);
+        assert_eq!(h.counts, [5, 2, 1]);
+        assert_eq!(h.count, 8);
+        assert_eq!(h.sum_seconds, 0.5);
+
+        let short = WaitHistogram::from_buckets(vec![0.001, 0.01], vec![5], 0.0);
+        assert_eq!(short.counts, [5, 0, 0]);
+        let long = WaitHistogram::from_buckets(vec![0.001], vec![1, 2, 3], 0.0);
+        assert_eq!((long.counts.as_slice(), long.count), (&[1, 5][..], 6));
     }
 }

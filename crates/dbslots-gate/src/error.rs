@@ -25,7 +25,7 @@ pub enum Error {
         error: std::io::Error,
     },
     /// The gate was given nothing to listen on.
-    #[error("the gate needs at least one --listen address")]
+    #[error("the gate needs at least one listen address (GateOptions::new)")]
     NoListener,
     /// The pool failed.
     #[error(transparent)]

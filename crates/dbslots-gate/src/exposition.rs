@@ -164,12 +164,7 @@ mod tests {
             idle_closes: 0,
             bytes_from_clients: 10,
             bytes_to_clients: 20,
-            wait_histogram: WaitHistogram {
-                bounds_seconds: vec![0.001, 1.0],
-                counts: vec![3, 0, 1],
-                sum_seconds: 7.5,
-                count: 4,
-            },
+            wait_histogram: WaitHistogram::from_buckets(vec![0.001, 1.0], vec![3, 0, 1], 7.5),
         }
     }
 

@@ -65,6 +65,7 @@ pub(crate) fn file_safe(s: &str) -> String {
 /// One gate's counters as other processes read them (`dbslots status`,
 /// `serve`, `watch`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct GateReport {
     /// The gate's name (`--name`, by default its first listen address).
     pub name: String,
@@ -232,7 +233,7 @@ impl Publication {
             return Err(Error::Publish {
                 path: lock_path,
                 reason:
-                    "another running gate publishes under this name; give this one another --name"
+                    "another running gate publishes under this name; give this one another name (GateOptions::name)"
                         .into(),
             });
         }

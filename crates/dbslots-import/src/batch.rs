@@ -1,4 +1,5 @@
-//! Multi-row statements built from validated records.
+//! Batches of validated records: the rows' statement (or stream) and the
+//! rejections' statement.
 //!
 //! # Implementation Details
 //!
@@ -12,6 +13,19 @@
 //!   ON DUPLICATE KEY UPDATE ...
 //! ```
 //!
+//! or, in [`Form::Load`], the rows as a stream that the first statement
+//! reads from memory (the server's CPU per row is about half of a
+//! multi-row `INSERT`'s, which builds an expression for every literal):
+//!
+//! ```sql
+//! LOAD DATA LOCAL INFILE 'dbslots-import-batch' IGNORE INTO TABLE `t`
+//!   CHARACTER SET utf8mb4 (`a`,`b`)
+//! ```
+//!
+//! Whichever form a batch has, a record is rejected as too large when its
+//! `INSERT` row would not fit into a statement, so rejections never depend
+//! on the form.
+//!
 //! The statements carry literals, not placeholders, so the 65,535-placeholder
 //! limit of prepared statements does not apply and the server parses one
 //! packet per statement. Each statement stays under the byte limit the
@@ -19,6 +33,8 @@
 //! on its own first, and a batch is handed out before a row that would not
 //! fit (a row too large for any statement is a rejection). Literals come
 //! only from [`crate::value`].
+
+use std::sync::Arc;
 
 use crate::record::{Checkpoint, MAX_RAW_LINE_BYTES};
 use crate::value::{push_text, shorten};
@@ -40,11 +56,25 @@ pub(crate) struct Limits {
     pub statement_bytes: usize,
 }
 
+/// The rows of a batch as they go to the server.
+#[derive(Debug)]
+pub(crate) enum Rows {
+    /// `INSERT INTO ... VALUES (...),(...)`, with `ON DUPLICATE KEY UPDATE
+    /// ...` when the job has a key.
+    Insert(String),
+    /// `LOAD DATA LOCAL INFILE ... IGNORE INTO TABLE ...` and the rows it
+    /// reads, in [`Form::Load`].
+    Load {
+        statement: Arc<str>,
+        data: bytes::Bytes,
+    },
+}
+
 /// A batch ready to commit.
 #[derive(Debug)]
 pub(crate) struct Batch {
-    /// The rows' statement, if the batch has rows.
-    pub rows_sql: Option<String>,
+    /// The rows, if the batch has rows.
+    pub rows_data: Option<Rows>,
     /// The rejections' statement, if the batch has rejections.
     pub errors_sql: Option<String>,
     /// Rows in the batch.
@@ -61,8 +91,12 @@ pub(crate) struct Batch {
 pub(crate) struct BatchBuilder {
     job_id: u64,
     limits: Limits,
+    /// The `INSERT` statement's head and tail, which decide whether a row
+    /// fits into a statement in either form.
     head: String,
     tail: String,
+    /// The `LOAD DATA` statement in [`Form::Load`].
+    load: Option<Arc<str>>,
     rows_sql: String,
     row: String,
     rows: u64,
@@ -71,13 +105,21 @@ pub(crate) struct BatchBuilder {
 }
 
 impl BatchBuilder {
-    /// A builder of `head (...),(...) tail` statements.
-    pub fn new(job_id: u64, limits: Limits, head: String, tail: String) -> Self {
+    /// A builder of `head (...),(...) tail` statements or, with `load`, of
+    /// streams for that `LOAD DATA` statement.
+    pub fn new(
+        job_id: u64,
+        limits: Limits,
+        head: String,
+        tail: String,
+        load: Option<String>,
+    ) -> Self {
         BatchBuilder {
             job_id,
             limits,
             head,
             tail,
+            load: load.map(Arc::from),
             rows_sql: String::new(),
             row: String::new(),
             rows: 0,
@@ -92,12 +134,30 @@ impl BatchBuilder {
         &mut self.row
     }
 
-    /// Whether the row in the buffer fits into any statement at all.
-    pub fn row_fits_alone(&self) -> bool {
-        self.head.len() + self.row.len() + self.tail.len() <= self.limits.statement_bytes
+    /// The form rows are written in.
+    #[cfg(test)]
+    pub fn form(&self) -> crate::value::Form {
+        if self.load.is_some() {
+            crate::value::Form::Load
+        } else {
+            crate::value::Form::Sql
+        }
     }
 
-    /// Whether the row in the buffer fits into the current statement.
+    /// The row in the buffer.
+    pub fn row(&self) -> &str {
+        &self.row
+    }
+
+    /// Whether an `INSERT` row of `sql_row_bytes` fits into a statement
+    /// at all.
+    pub fn fits_alone(&self, sql_row_bytes: usize) -> bool {
+        self.head.len() + sql_row_bytes + self.tail.len() <= self.limits.statement_bytes
+    }
+
+    /// Whether the row in the buffer fits into the current statement (or,
+    /// in [`Form::Load`], the current stream, which is kept under the same
+    /// size).
     pub fn row_fits(&self) -> bool {
         self.rows_sql.is_empty()
             || self.rows_sql.len() + 1 + self.row.len() + self.tail.len()
@@ -116,11 +176,16 @@ impl BatchBuilder {
         if self.rows_sql.is_empty() {
             self.rows_sql
                 .reserve(self.limits.statement_bytes.min(self.limits.rows * 64));
-            self.rows_sql.push_str(&self.head);
-        } else {
+            if self.load.is_none() {
+                self.rows_sql.push_str(&self.head);
+            }
+        } else if self.load.is_none() {
             self.rows_sql.push(',');
         }
         self.rows_sql.push_str(&self.row);
+        if self.load.is_some() {
+            self.rows_sql.push('\n');
+        }
         self.rows += 1;
     }
 
@@ -166,16 +231,22 @@ impl BatchBuilder {
     /// Hands out the batch, ending at `end` (content hash `hash`), and
     /// starts a new one.
     pub fn take(&mut self, end: Checkpoint, hash: u128) -> Batch {
-        let rows_sql = (!self.rows_sql.is_empty()).then(|| {
-            self.rows_sql.push_str(&self.tail);
-            std::mem::take(&mut self.rows_sql)
+        let rows_data = (!self.rows_sql.is_empty()).then(|| match &self.load {
+            Some(statement) => Rows::Load {
+                statement: statement.clone(),
+                data: std::mem::take(&mut self.rows_sql).into_bytes().into(),
+            },
+            None => {
+                self.rows_sql.push_str(&self.tail);
+                Rows::Insert(std::mem::take(&mut self.rows_sql))
+            }
         });
         let errors_sql = (!self.errors.is_empty()).then(|| {
             self.errors.push_str(ERRORS_UPSERT);
             std::mem::take(&mut self.errors)
         });
         let batch = Batch {
-            rows_sql,
+            rows_data,
             errors_sql,
             rows: self.rows,
             rejected: self.rejected,
@@ -191,6 +262,7 @@ impl BatchBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::value::Form;
 
     fn builder(rows: usize, bytes: usize) -> BatchBuilder {
         BatchBuilder::new(
@@ -201,7 +273,43 @@ mod tests {
             },
             "INSERT INTO `t` (`a`) VALUES ".into(),
             " ON DUPLICATE KEY UPDATE `a`=VALUES(`a`)".into(),
+            None,
         )
+    }
+
+    fn insert_sql(batch: &Batch) -> Option<&str> {
+        match &batch.rows_data {
+            Some(Rows::Insert(sql)) => Some(sql),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_load_batch_is_a_stream_of_lines_for_its_statement() {
+        let mut b = BatchBuilder::new(
+            7,
+            Limits {
+                rows: 2,
+                statement_bytes: 1 << 20,
+            },
+            "INSERT INTO `t` (`a`,`b`) VALUES ".into(),
+            String::new(),
+            Some("LOAD DATA LOCAL INFILE 'x' IGNORE INTO TABLE `t` (`a`,`b`)".into()),
+        );
+        assert_eq!(b.form(), Form::Load);
+        b.row_buffer().push_str("1\tx");
+        b.push_row();
+        b.row_buffer().push_str("2\t\\N");
+        b.push_row();
+        assert!(b.is_full());
+        let batch = b.take(Checkpoint::default(), 1);
+        match batch.rows_data {
+            Some(Rows::Load { statement, data }) => {
+                assert!(statement.starts_with("LOAD DATA LOCAL INFILE"));
+                assert_eq!(&data[..], b"1\tx\n2\t\\N\n");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -223,7 +331,7 @@ mod tests {
         );
         assert_eq!((batch.rows, batch.rejected, batch.hash), (2, 1, 42));
         assert_eq!(
-            batch.rows_sql.as_deref(),
+            insert_sql(&batch),
             Some("INSERT INTO `t` (`a`) VALUES (1),(2) ON DUPLICATE KEY UPDATE `a`=VALUES(`a`)")
         );
         assert_eq!(
@@ -241,14 +349,14 @@ mod tests {
     fn a_row_that_would_overflow_the_statement_does_not_fit() {
         let mut b = builder(1000, 120);
         b.row_buffer().push_str("(1)");
-        assert!(b.row_fits() && b.row_fits_alone());
+        assert!(b.row_fits() && b.fits_alone(b.row().len()));
         b.push_row();
         b.row_buffer().push_str(&format!("({})", "9".repeat(48)));
         assert!(!b.row_fits());
-        assert!(b.row_fits_alone());
+        assert!(b.fits_alone(b.row().len()));
         b.row_buffer().push_str(&format!("({})", "9".repeat(60)));
         assert!(b.row_buffer().is_empty());
         b.row_buffer().push_str(&format!("({})", "9".repeat(60)));
-        assert!(!b.row_fits_alone());
+        assert!(!b.fits_alone(b.row().len()));
     }
 }

@@ -66,7 +66,7 @@ pub enum Error {
     },
     /// Another processor holds the lock file.
     #[error(
-        "another import processor{} holds the lock file {}; it keeps working, so nothing to do (pass another --lock-file to run a second processor on purpose)",
+        "another import processor{} holds the lock file {}; it keeps working, so nothing to do (acquire another InstanceLock path to run a second processor on purpose)",
         pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
         path.display()
     )]
@@ -78,7 +78,7 @@ pub enum Error {
     },
     /// The lock file cannot be opened, locked or written.
     #[error(
-        "cannot use the lock file {}: {source}; pass a --lock-file in a directory this user owns",
+        "cannot use the lock file {}: {source}; use an InstanceLock path in a directory this user owns",
         path.display()
     )]
     LockFile {
@@ -101,7 +101,7 @@ pub enum Error {
     Options(String),
     /// A source directory of the processor cannot be resolved.
     #[error(
-        "cannot use the source directory {}: {source}; pass an existing directory to --source-dir",
+        "cannot use the source directory {}: {source}; pass an existing directory to ProcessorOptions::source_dir",
         path.display()
     )]
     SourceDir {

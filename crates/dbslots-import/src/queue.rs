@@ -23,6 +23,18 @@
 //!   transaction. The job row is updated last, conditional on the holder;
 //!   when that matches nothing the transaction is rolled back. After a
 //!   crash the job's row says exactly which records are in.
+//! * **A `LOAD DATA` batch is committed only when it did what an `INSERT
+//!   ... ON DUPLICATE KEY UPDATE` would have done.** Rows in
+//!   [`Form::Load`](crate::value::Form::Load) go in with `LOAD DATA LOCAL
+//!   INFILE ... IGNORE` from memory (the connection's one-shot handler
+//!   serves the batch; no file is named or read). When the server reports
+//!   that every row of the batch was inserted as a new row, without a
+//!   single warning, the outcome is the upsert's: a new key is an insert
+//!   either way. Anything else (a key already in the table or twice in the
+//!   batch, a value the server would have changed, a constraint, `LOAD DATA
+//!   LOCAL` refused) rolls the transaction back before the checkpoint moves,
+//!   and the processor imports the rest of the job with `INSERT`
+//!   statements ([`Committed::NotLoaded`]).
 //! * **A heartbeat of its own.** While a processor holds a job it writes
 //!   [`heartbeat`] on its own timer (from a second connection while a
 //!   statement is running; see the processor's `heartbeat` module), so a
@@ -42,7 +54,7 @@ use std::time::Duration;
 use mysql_async::prelude::{FromValue, Queryable};
 use mysql_async::{Conn, Row};
 
-use crate::batch::Batch;
+use crate::batch::{Batch, Rows};
 use crate::identity::{FileIdentity, hex, parse_hex};
 use crate::record::Checkpoint;
 use crate::value::push_text;
@@ -416,9 +428,26 @@ fn held_by(sql: &mut String, id: u64, holder: &str) {
     push_text(sql, holder);
 }
 
+/// What [`commit_batch`] did.
+#[derive(Debug)]
+pub(crate) enum Committed {
+    /// The batch and the checkpoint are in.
+    Yes,
+    /// The job is no longer this holder's; nothing was written.
+    Lost,
+    /// The batch's `LOAD DATA` did not insert exactly its rows as new
+    /// rows, or was refused (the reason says how); nothing was written.
+    NotLoaded(String),
+}
+
+/// The size of the pieces a `LOAD DATA` stream is sent in, far below any
+/// `max_allowed_packet`.
+const LOAD_CHUNK_BYTES: usize = 64 * 1024;
+
 /// Commits a batch with the job's new checkpoint, counters, content hash
-/// and heartbeat. `Ok(false)` when the job is no longer this holder's
-/// (nothing written).
+/// and heartbeat. [`Committed::Lost`] when the job is no longer this
+/// holder's, [`Committed::NotLoaded`] when a `LOAD DATA` batch was rolled
+/// back (nothing written either way).
 ///
 /// The rows go in first and the job's row is updated last, conditional on
 /// the holder: the job row is locked only for the end of the transaction
@@ -429,11 +458,35 @@ pub(crate) async fn commit_batch(
     id: u64,
     holder: &str,
     batch: &Batch,
-) -> DbResult<bool> {
+) -> DbResult<Committed> {
     conn.query_drop("START TRANSACTION").await?;
     let result = async {
-        if let Some(sql) = &batch.rows_sql {
-            conn.query_drop(sql.as_str()).await?;
+        match &batch.rows_data {
+            None => {}
+            Some(Rows::Insert(sql)) => conn.query_drop(sql.as_str()).await?,
+            Some(Rows::Load { statement, data }) => {
+                let data = data.clone();
+                conn.set_infile_handler(async move { Ok(load_stream(data)) });
+                match conn.query_drop(&**statement).await {
+                    Ok(()) => {
+                        let (loaded, warnings) = (conn.affected_rows(), conn.get_warnings());
+                        if loaded != batch.rows || warnings > 0 {
+                            return Ok(Committed::NotLoaded(format!(
+                                "{} of {} rows were inserted as new rows, {warnings} warnings ({})",
+                                loaded,
+                                batch.rows,
+                                conn.info()
+                            )));
+                        }
+                    }
+                    Err(e) if crate::link::is_connection_problem(&e) => return Err(e),
+                    Err(e) => {
+                        return Ok(Committed::NotLoaded(format!(
+                            "LOAD DATA LOCAL INFILE failed: {e}"
+                        )));
+                    }
+                }
+            }
         }
         if let Some(sql) = &batch.errors_sql {
             conn.query_drop(sql.as_str()).await?;
@@ -451,23 +504,38 @@ pub(crate) async fn commit_batch(
         conn.query_drop(sql).await?;
         // The checkpoint moves forward with every batch, so a matching row
         // always changes and the affected-row count is 1.
-        Ok(conn.affected_rows() == 1)
+        Ok(if conn.affected_rows() == 1 {
+            Committed::Yes
+        } else {
+            Committed::Lost
+        })
     }
     .await;
     match result {
-        Ok(true) => {
+        Ok(Committed::Yes) => {
             conn.query_drop("COMMIT").await?;
-            Ok(true)
+            Ok(Committed::Yes)
         }
-        Ok(false) => {
+        Ok(other) => {
             conn.query_drop("ROLLBACK").await?;
-            Ok(false)
+            Ok(other)
         }
         Err(e) => {
             let _ = conn.query_drop("ROLLBACK").await;
             Err(e)
         }
     }
+}
+
+/// The batch as the stream a `LOAD DATA LOCAL INFILE` reads, in pieces
+/// that share its buffer.
+fn load_stream(data: bytes::Bytes) -> mysql_async::InfileData {
+    use futures_util::StreamExt;
+    let pieces: Vec<std::io::Result<bytes::Bytes>> = (0..data.len())
+        .step_by(LOAD_CHUNK_BYTES)
+        .map(|at| Ok(data.slice(at..data.len().min(at + LOAD_CHUNK_BYTES))))
+        .collect();
+    futures_util::stream::iter(pieces).boxed()
 }
 
 /// Writes the job's heartbeat. `false` when it is no longer this holder's.

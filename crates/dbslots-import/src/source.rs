@@ -37,7 +37,7 @@ use crate::record::{
     Checkpoint, MAX_FIELDS, MAX_RECORD_BYTES, Oversize, PrefixHash, RecordReader, hash_prefix,
 };
 use crate::table::{MappingProblem, Table};
-use crate::value::{self, Zone};
+use crate::value::{self, Form, Zone};
 
 /// Batches validated ahead of the one being inserted.
 pub(crate) const CHANNEL_BATCHES: usize = 2;
@@ -49,6 +49,8 @@ pub(crate) enum Chunk {
     Opened {
         /// The file's size in bytes.
         size: u64,
+        /// The form the rows come in.
+        form: Form,
     },
     /// The next batch.
     Batch(Batch),
@@ -120,6 +122,10 @@ pub(crate) struct ReadPlan {
     /// Allowed directories (canonical); empty allows every path.
     pub source_dirs: Vec<PathBuf>,
     pub limits: Limits,
+    /// Whether rows may come as `LOAD DATA` streams ([`Form::Load`]): then
+    /// they do when the table is InnoDB and every column of the file can be
+    /// written in that form.
+    pub load_data: bool,
 }
 
 /// What the thread sends: a chunk, or the problem that ends the job.
@@ -223,6 +229,31 @@ pub(crate) fn read_header<'f>(
     Ok((names, reader))
 }
 
+/// Writes the current record as a row in `form` into `row`; the column to
+/// blame and the reason when a value is rejected.
+fn write_row<'c, R: io::Read>(
+    columns: &'c [value::Column],
+    reader: &RecordReader<R>,
+    zone: &Zone,
+    form: Form,
+    row: &mut String,
+) -> Option<(Option<&'c str>, String)> {
+    form.open_row(row);
+    for (i, column) in columns.iter().enumerate() {
+        if i > 0 {
+            form.separate(row);
+        }
+        if let Err(reason) = value::write(column, reader.field(i), zone, form, row) {
+            return Some((
+                Some(column.name.as_str()),
+                format!("{}: {reason}", column.name),
+            ));
+        }
+    }
+    form.close_row(row);
+    None
+}
+
 fn read(plan: &ReadPlan, tx: &mpsc::Sender<Message>) -> Result<(), FileProblem> {
     let path = &plan.path;
     let unreadable = |source: io::Error| FileProblem::Unreadable {
@@ -268,7 +299,18 @@ fn read(plan: &ReadPlan, tx: &mpsc::Sender<Message>) -> Result<(), FileProblem> 
             .ok_or_else(|| changed("it is shorter than its header".into()))?;
         (header_end, hash)
     };
-    if !send(tx, Chunk::Opened { size: now.size }) {
+    let form = if plan.load_data && plan.table.transactional {
+        Form::pick(&mapping.columns)
+    } else {
+        Form::Sql
+    };
+    if !send(
+        tx,
+        Chunk::Opened {
+            size: now.size,
+            form,
+        },
+    ) {
         return Ok(());
     }
     let mut reader = RecordReader::new(&file, plan.delimiter, at, hash);
@@ -277,7 +319,11 @@ fn read(plan: &ReadPlan, tx: &mpsc::Sender<Message>) -> Result<(), FileProblem> 
         plan.limits,
         mapping.head.clone(),
         mapping.tail.clone(),
+        (form == Form::Load).then(|| mapping.load.clone()),
     );
+    // The `INSERT` form of a row whose `LOAD DATA` form is too long to be
+    // sure it fits into a statement.
+    let mut sql_row = String::new();
     let fields = mapping.columns.len();
     // A row is at most twice its record in hex plus a literal's framing
     // per field; while one that large surely fits, no earlier boundary is
@@ -315,24 +361,30 @@ fn read(plan: &ReadPlan, tx: &mpsc::Sender<Message>) -> Result<(), FileProblem> 
             )),
             None => {
                 let row = batch.row_buffer();
-                row.push('(');
-                let mut failed = None;
-                for (i, column) in mapping.columns.iter().enumerate() {
-                    if i > 0 {
-                        row.push(',');
+                let failed = write_row(&mapping.columns, &reader, &plan.zone, form, row);
+                // A row whose `INSERT` form fits into a statement: in
+                // `Form::Load`, surely when twice its length plus every
+                // literal's framing does (text may become hex).
+                let mut fits = || match form {
+                    Form::Sql => batch.fits_alone(batch.row().len()),
+                    Form::Load => {
+                        batch.fits_alone(2 * batch.row().len() + 12 * fields + 2) || {
+                            sql_row.clear();
+                            write_row(
+                                &mapping.columns,
+                                &reader,
+                                &plan.zone,
+                                Form::Sql,
+                                &mut sql_row,
+                            )
+                            .is_none()
+                                && batch.fits_alone(sql_row.len())
+                        }
                     }
-                    if let Err(reason) = value::write(column, reader.field(i), &plan.zone, row) {
-                        failed = Some((
-                            Some(column.name.as_str()),
-                            format!("{}: {reason}", column.name),
-                        ));
-                        break;
-                    }
-                }
-                row.push(')');
+                };
                 match failed {
                     Some((column, reason)) => Some((column, reason)),
-                    None if !batch.row_fits_alone() => Some((
+                    None if !fits() => Some((
                         None,
                         "record is too large for one statement under the server's max_allowed_packet; raise it".to_owned(),
                     )),

@@ -29,6 +29,9 @@ pub(crate) struct Table {
     pub name: String,
     pub columns: Vec<Column>,
     pub keys: Vec<Key>,
+    /// Whether the table's engine is InnoDB, whose statements a `ROLLBACK`
+    /// undoes (the only engine rows are loaded into with `LOAD DATA`).
+    pub transactional: bool,
 }
 
 /// A primary or unique key.
@@ -48,6 +51,9 @@ pub(crate) struct Mapping {
     pub head: String,
     /// ` ON DUPLICATE KEY UPDATE ...`, or empty without a key.
     pub tail: String,
+    /// `LOAD DATA LOCAL INFILE '...' IGNORE INTO TABLE `t` CHARACTER SET
+    /// utf8mb4 (`a`,`b`)`: what reads the rows in [`crate::value::Form::Load`].
+    pub load: String,
     /// The key the writes are idempotent by, `None` with `--no-key`.
     pub key: Option<String>,
 }
@@ -86,7 +92,7 @@ pub(crate) enum MappingProblem {
     )]
     Unsupported { column: String, ty: String },
     #[error(
-        "table `{table}` has no primary key or unique key made only of the file's columns ({keys}); add such a key so that importing a file twice leaves one row per record, or enqueue with --no-key to append rows (then a second enqueue of the same file appends them again)"
+        "table `{table}` has no primary key or unique key made only of the file's columns ({keys}); add such a key so that importing a file twice leaves one row per record, or enqueue with EnqueueOptions::no_key to append rows (then a second enqueue of the same file appends them again)"
     )]
     NoKey { table: String, keys: String },
 }
@@ -189,6 +195,15 @@ impl Table {
             head.push_str(&quote_name(&c.name));
         }
         head.push_str(") VALUES ");
+        let load = format!(
+            "LOAD DATA LOCAL INFILE 'dbslots-import-batch' IGNORE INTO TABLE {} CHARACTER SET utf8mb4 ({})",
+            quote_name(&self.name),
+            columns
+                .iter()
+                .map(|c| quote_name(&c.name))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
         let (tail, key) = match key.filter(|_| !no_key) {
             Some(key) => {
                 let mut updated: Vec<&Column> = picked
@@ -219,6 +234,7 @@ impl Table {
             columns,
             head,
             tail,
+            load,
             key,
         })
     }
@@ -342,10 +358,20 @@ pub(crate) async fn load(conn: &mut Conn, name: &str) -> DbResult<Result<Table, 
             }),
         }
     }
+    let engine: Option<Option<String>> = conn
+        .exec_first(
+            "SELECT ENGINE FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+            (name,),
+        )
+        .await?;
     Ok(Ok(Table {
         name: name.to_owned(),
         columns,
         keys,
+        transactional: engine
+            .flatten()
+            .is_some_and(|e| e.eq_ignore_ascii_case("innodb")),
     }))
 }
 
@@ -389,6 +415,7 @@ mod tests {
                     columns: vec![1],
                 },
             ],
+            transactional: true,
         }
     }
 
@@ -404,6 +431,10 @@ mod tests {
         assert_eq!(m.head, "INSERT INTO `orders` (`Code`,`qty`) VALUES ");
         assert_eq!(m.tail, " ON DUPLICATE KEY UPDATE `qty`=VALUES(`qty`)");
         assert_eq!(m.key.as_deref(), Some("by_code"));
+        assert_eq!(
+            m.load,
+            "LOAD DATA LOCAL INFILE 'dbslots-import-batch' IGNORE INTO TABLE `orders` CHARACTER SET utf8mb4 (`Code`,`qty`)"
+        );
     }
 
     #[test]

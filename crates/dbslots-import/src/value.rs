@@ -375,16 +375,72 @@ fn parse_offset(s: &[u8]) -> Option<i32> {
 /// Why a field was rejected.
 pub(crate) type Reason = String;
 
-/// Appends the literal for `field` in `column` to `sql`.
+/// How validated values are written: as SQL literals of a multi-row
+/// `INSERT`, or as fields of the stream a `LOAD DATA LOCAL INFILE` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Form {
+    /// SQL literals, see [`push_text`].
+    Sql,
+    /// `LOAD DATA`'s default format with `CHARACTER SET utf8mb4`: fields
+    /// separated by tabs, rows ended by LF, `\N` for NULL, and a backslash
+    /// before every backslash, tab, LF and NUL in a value (see
+    /// [`push_load_text`]). Dates and times are written `YYYY-MM-DD
+    /// hh:mm:ss.f`. Never used for binary columns (see [`Form::pick`]).
+    Load,
+}
+
+impl Form {
+    /// [`Form::Load`] when every column can be written in it (binary
+    /// columns cannot: the stream is UTF-8 text), else [`Form::Sql`].
+    pub fn pick(columns: &[Column]) -> Form {
+        if columns
+            .iter()
+            .any(|c| matches!(c.kind, Kind::Binary { .. } | Kind::Unsupported(_)))
+        {
+            Form::Sql
+        } else {
+            Form::Load
+        }
+    }
+
+    /// What opens a row.
+    pub fn open_row(self, out: &mut String) {
+        if self == Form::Sql {
+            out.push('(');
+        }
+    }
+
+    /// What separates two fields of a row.
+    pub fn separate(self, out: &mut String) {
+        out.push(if self == Form::Sql { ',' } else { '\t' });
+    }
+
+    /// What closes a row.
+    pub fn close_row(self, out: &mut String) {
+        if self == Form::Sql {
+            out.push(')');
+        }
+    }
+
+    fn text(self, out: &mut String, s: &str) {
+        match self {
+            Form::Sql => push_text(out, s),
+            Form::Load => push_load_text(out, s),
+        }
+    }
+}
+
+/// Appends the value for `field` in `column` to `out`, in `form`.
 pub(crate) fn write(
     column: &Column,
     field: &[u8],
     zone: &Zone,
+    form: Form,
     sql: &mut String,
 ) -> Result<(), Reason> {
     if field == b"\\N" || (field.is_empty() && (column.nullable || !column.kind.is_texty())) {
         if column.nullable {
-            sql.push_str("NULL");
+            sql.push_str(if form == Form::Sql { "NULL" } else { "\\N" });
             return Ok(());
         }
         return Err(if field.is_empty() {
@@ -399,6 +455,10 @@ pub(crate) fn write(
                 "{} bytes long; the column holds at most {max_bytes}",
                 field.len()
             ));
+        }
+        if form == Form::Load {
+            // `Form::pick` never picks it for a binary column.
+            return Err("a binary value cannot go into a LOAD DATA stream".into());
         }
         push_hex(sql, field, "");
         return Ok(());
@@ -422,7 +482,7 @@ pub(crate) fn write(
             if value < *min || value > *max {
                 return Err(format!("{} is out of range ({min} to {max})", quoted(text)));
             }
-            write!(sql, "{value}").expect("writing to a String cannot fail");
+            push_int(sql, value);
         }
         Kind::Decimal {
             int_digits,
@@ -451,7 +511,13 @@ pub(crate) fn write(
                     quoted(text)
                 ));
             }
-            write!(sql, "{v:e}").expect("writing to a String cannot fail");
+            if form == Form::Load && is_short_decimal(trimmed) {
+                // The server's correctly rounded conversion of these digits
+                // is `v` (see `is_short_decimal`): no need to print it.
+                sql.push_str(trimmed);
+            } else {
+                write!(sql, "{v:e}").expect("writing to a String cannot fail");
+            }
         }
         Kind::Text {
             max_chars,
@@ -480,12 +546,12 @@ pub(crate) fn write(
                     "{bytes} bytes long; the column holds at most {max}"
                 ));
             }
-            push_text(sql, text);
+            form.text(sql, text);
         }
         Kind::Enum { members, ci } => {
             let member = find_member(members, *ci, trimmed)
                 .ok_or_else(|| format!("{} is not one of the column's values", quoted(text)))?;
-            push_text(sql, member);
+            form.text(sql, member);
         }
         Kind::Set { members, ci } => {
             let mut canonical = String::new();
@@ -500,41 +566,98 @@ pub(crate) fn write(
                     canonical.push_str(member);
                 }
             }
-            push_text(sql, &canonical);
+            form.text(sql, &canonical);
         }
         Kind::Date => {
             let t = parse_datetime(trimmed)
                 .filter(|t| t.time.is_none() && t.offset.is_none())
                 .ok_or_else(|| format!("{} is not a date (YYYY-MM-DD)", quoted(text)))?;
             check_date(&t).map_err(|why| format!("{} {why}", quoted(text)))?;
-            write!(sql, "{:04}{:02}{:02}", t.year, t.month, t.day)
-                .expect("writing to a String cannot fail");
+            push_date(sql, (t.year, t.month, t.day), form);
         }
         Kind::DateTime { fsp } => {
-            write_datetime(sql, trimmed, *fsp, zone, false)
+            write_datetime(sql, trimmed, *fsp, zone, false, form)
                 .map_err(|why| format!("{} {why}", quoted(text)))?;
         }
         Kind::Timestamp { fsp } => {
-            write_datetime(sql, trimmed, *fsp, zone, true)
+            write_datetime(sql, trimmed, *fsp, zone, true, form)
                 .map_err(|why| format!("{} {why}", quoted(text)))?;
         }
         Kind::Year => {
             let year = parse_int(trimmed)
                 .filter(|y| trimmed.len() == 4 && (1901..=2155).contains(y))
                 .ok_or_else(|| format!("{} is not a year from 1901 to 2155", quoted(text)))?;
-            write!(sql, "{year}").expect("writing to a String cannot fail");
+            push_int(sql, year);
         }
         Kind::Json => {
             if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
                 return Err(format!("not valid JSON ({e})"));
             }
-            push_text(sql, text);
+            form.text(sql, text);
         }
         // Taken care of above, before the UTF-8 check.
         Kind::Binary { .. } => push_hex(sql, field, ""),
         Kind::Unsupported(ty) => return Err(format!("the column's type {ty} is not supported")),
     }
     Ok(())
+}
+
+/// Appends an integer in decimal.
+fn push_int(out: &mut String, value: i128) {
+    if value < 0 {
+        out.push('-');
+    }
+    let mut n = value.unsigned_abs();
+    let mut digits = [0u8; 40];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
+}
+
+/// Appends `0` to `99` as two digits.
+fn push_two_digits(out: &mut String, n: i8) {
+    let n = n.clamp(0, 99) as u8;
+    out.push(char::from(b'0' + n / 10));
+    out.push(char::from(b'0' + n % 10));
+}
+
+/// Appends a date of the years 1000 to 9999: `YYYYMMDD` (a number) in
+/// [`Form::Sql`], `YYYY-MM-DD` in [`Form::Load`].
+fn push_date(out: &mut String, (year, month, day): (i16, i8, i8), form: Form) {
+    let year = year.clamp(0, 9999);
+    push_two_digits(out, (year / 100) as i8);
+    push_two_digits(out, (year % 100) as i8);
+    for part in [month, day] {
+        if form == Form::Load {
+            out.push('-');
+        }
+        push_two_digits(out, part);
+    }
+}
+
+/// Whether `s` is `-?D+(.D+)?` with at most 15 digits: such a decimal is
+/// an integer below 2^53 divided by an exact power of ten, so any
+/// correctly rounding conversion (the server's, Rust's) yields the same
+/// double from it as from the shortest form of that double.
+fn is_short_decimal(s: &str) -> bool {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    let (int, frac) = match digits.split_once('.') {
+        Some((int, frac)) if !frac.is_empty() => (int, frac),
+        Some(_) => return false,
+        None => (digits, ""),
+    };
+    !int.is_empty()
+        && int.len() + frac.len() <= 15
+        && int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
 }
 
 fn find_member<'m>(members: &'m [String], ci: bool, value: &str) -> Option<&'m String> {
@@ -720,6 +843,7 @@ fn write_datetime(
     fsp: usize,
     zone: &Zone,
     timestamp: bool,
+    form: Form,
 ) -> Result<(), String> {
     let t = parse_datetime(s).ok_or(
         "is not a date and time (YYYY-MM-DD hh:mm:ss[.fraction], optionally with T, Z or an offset like +01:00)",
@@ -778,7 +902,7 @@ fn write_datetime(
             )
         {
             return Err(format!(
-                "falls in an hour that time zone {} repeats, so the session cannot name it exactly; import with --time-zone UTC",
+                "falls in an hour that time zone {} repeats, so the session cannot name it exactly; import with EnqueueOptions::time_zone UTC",
                 zone.session
             ));
         }
@@ -808,12 +932,16 @@ fn write_datetime(
             );
         }
     }
-    write!(
-        sql,
-        "{:04}{:02}{:02}{:02}{:02}{:02}",
-        local.0, local.1, local.2, local.3, local.4, local.5
-    )
-    .expect("writing to a String cannot fail");
+    push_date(sql, (local.0, local.1, local.2), form);
+    if form == Form::Load {
+        sql.push(' ');
+    }
+    for (i, part) in [local.3, local.4, local.5].into_iter().enumerate() {
+        if i > 0 && form == Form::Load {
+            sql.push(':');
+        }
+        push_two_digits(sql, part);
+    }
     if !frac.is_empty() {
         sql.push('.');
         sql.push_str(frac);
@@ -845,6 +973,25 @@ pub(crate) fn push_text(sql: &mut String, s: &str) {
     } else {
         push_hex(sql, s.as_bytes(), "_utf8mb4 ");
     }
+}
+
+/// Appends `s` as a field of a [`Form::Load`] stream: a backslash before
+/// every backslash, and tab, LF and NUL as `\t`, `\n` and `\0`, so that the
+/// server reads back exactly `s` (`\N` alone would be NULL; escaped it is
+/// the text `\N`).
+pub(crate) fn push_load_text(out: &mut String, s: &str) {
+    let mut rest = s;
+    while let Some(at) = rest.find(['\\', '\t', '\n', '\0']) {
+        out.push_str(&rest[..at]);
+        out.push_str(match rest.as_bytes()[at] {
+            b'\\' => "\\\\",
+            b'\t' => "\\t",
+            b'\n' => "\\n",
+            _ => "\\0",
+        });
+        rest = &rest[at + 1..];
+    }
+    out.push_str(rest);
 }
 
 fn push_hex(sql: &mut String, bytes: &[u8], introducer: &str) {
@@ -888,14 +1035,99 @@ mod tests {
     }
 
     fn lit(kind: &Kind, nullable: bool, zone: &str, field: &str) -> Result<String, String> {
+        written(kind, nullable, zone, field, Form::Sql)
+    }
+
+    fn written(
+        kind: &Kind,
+        nullable: bool,
+        zone: &str,
+        field: &str,
+        form: Form,
+    ) -> Result<String, String> {
         let mut sql = String::new();
         write(
             &col(kind.clone(), nullable),
             field.as_bytes(),
             &Zone::parse(zone).unwrap(),
+            form,
             &mut sql,
         )?;
         Ok(sql)
+    }
+
+    #[test]
+    fn the_load_form_escapes_text_and_spells_dates_out() {
+        let text = Kind::from_schema(
+            "varchar",
+            "varchar(20)",
+            Some(20),
+            Some(80),
+            Some(Charset::Utf8mb4),
+            true,
+        );
+        let load = |kind: &Kind, nullable: bool, field: &str| {
+            written(kind, nullable, "UTC", field, Form::Load)
+        };
+        assert_eq!(
+            load(&text, false, "a\tb\nc\\d\0é").unwrap(),
+            "a\\tb\\nc\\\\d\\0é"
+        );
+        assert_eq!(
+            load(&text, false, "\\N").unwrap_err(),
+            "\\N (NULL) in a NOT NULL column"
+        );
+        assert_eq!(load(&text, true, "\\N").unwrap(), "\\N");
+        assert_eq!(load(&text, true, "").unwrap(), "\\N");
+        assert_eq!(load(&text, false, "").unwrap(), "");
+        assert_eq!(load(&text, false, "'x'").unwrap(), "'x'");
+        let dt = Kind::from_schema("datetime", "datetime(3)", None, None, None, true);
+        assert_eq!(
+            load(&dt, false, "2024-06-01T10:00:00.120Z").unwrap(),
+            "2024-06-01 10:00:00.12"
+        );
+        assert_eq!(
+            written(
+                &dt,
+                false,
+                "+02:00",
+                "2024-06-01 10:00:00+00:00",
+                Form::Load
+            )
+            .unwrap(),
+            "2024-06-01 12:00:00"
+        );
+        let date = Kind::from_schema("date", "date", None, None, None, true);
+        assert_eq!(load(&date, false, " 2024-02-29 ").unwrap(), "2024-02-29");
+        assert_eq!(lit(&date, false, "UTC", "2024-02-29").unwrap(), "20240229");
+        let double = Kind::from_schema("double", "double", None, None, None, true);
+        assert_eq!(load(&double, false, " -12.0500 ").unwrap(), "-12.0500");
+        assert_eq!(load(&double, false, "0.1").unwrap(), "0.1");
+        // Longer, exponents, a sign or a bare point: the shortest form.
+        assert_eq!(load(&double, false, "+1.5").unwrap(), "1.5e0");
+        assert_eq!(load(&double, false, "1.").unwrap(), "1e0");
+        assert_eq!(load(&double, false, "2e3").unwrap(), "2e3");
+        assert_eq!(
+            load(&double, false, "0.12345678901234567").unwrap(),
+            "1.2345678901234566e-1"
+        );
+        let int = Kind::from_schema("bigint", "bigint(20)", None, None, None, true);
+        for (field, out) in [
+            ("-9223372036854775808", "-9223372036854775808"),
+            ("+007", "7"),
+            ("-0", "0"),
+            ("0", "0"),
+        ] {
+            assert_eq!(load(&int, false, field).unwrap(), out);
+            assert_eq!(lit(&int, false, "UTC", field).unwrap(), out);
+        }
+        let bin = Kind::from_schema("varbinary", "varbinary(4)", None, Some(4), None, true);
+        assert!(load(&bin, false, "ab").is_err());
+        assert_eq!(
+            Form::pick(&[col(text.clone(), false), col(dt, true)]),
+            Form::Load
+        );
+        assert_eq!(Form::pick(&[col(text, false), col(bin, true)]), Form::Sql);
     }
 
     #[test]

@@ -91,6 +91,7 @@ impl LimitSource {
 /// The connections of one account (user name) and the limit that applies
 /// to them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct AccountUsage {
     /// The user name.
     pub user: String,
@@ -150,7 +151,10 @@ impl AccountUsage {
 impl ServerCheck {
     /// Whether the thresholds make sense; the message says what to change.
     pub fn validate(&self) -> Result<(), String> {
-        for (flag, v) in [("--warn", self.warn_percent), ("--crit", self.crit_percent)] {
+        for (flag, v) in [
+            ("warn_percent", self.warn_percent),
+            ("crit_percent", self.crit_percent),
+        ] {
             if !(0.0..=100.0).contains(&v) {
                 return Err(format!(
                     "{flag} {v} is not a percentage: give a number from 0 to 100"
@@ -159,7 +163,7 @@ impl ServerCheck {
         }
         if self.warn_percent > self.crit_percent {
             return Err(format!(
-                "--warn {} is above --crit {}: the warning threshold must not be above the critical one",
+                "warn_percent {} is above crit_percent {}: the warning threshold must not be above the critical one",
                 self.warn_percent, self.crit_percent
             ));
         }
@@ -604,7 +608,12 @@ mod tests {
             warn_percent: 90.0,
             ..ServerCheck::default()
         };
-        assert!(check.validate().unwrap_err().contains("above --crit 85"));
+        assert!(
+            check
+                .validate()
+                .unwrap_err()
+                .contains("above crit_percent 85")
+        );
         let check = ServerCheck {
             crit_percent: 150.0,
             ..ServerCheck::default()

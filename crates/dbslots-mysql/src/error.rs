@@ -61,6 +61,7 @@ pub mod codes {
 
 /// What one connection attempt ran into.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Attempt {
     /// 1 for the first attempt.
     pub number: u32,
@@ -231,10 +232,10 @@ pub(crate) fn advice(code: Option<u16>) -> &'static str {
             "the server's max_connections is used up by all its clients together: lower the pool capacity so that it leaves room for the other clients (`dbslots connections` suggests one), stop workers that bypass the pool, or raise max_connections"
         }
         Some(TOO_MANY_USER_CONNECTIONS) => {
-            "this account has as many connections as the server's global max_user_connections allows: make the pool capacity smaller than that limit, end idle connections of the account (`dbslots connections --kill-idle`), or raise max_user_connections"
+            "this account has as many connections as the server's global max_user_connections allows: make the pool capacity smaller than that limit, end idle connections of the account (kill_idle), or raise max_user_connections"
         }
         Some(USER_LIMIT_REACHED) => {
-            "this account has reached its own MAX_USER_CONNECTIONS (or another per-account limit): make the pool capacity smaller than that limit, end idle connections of the account (`dbslots connections --kill-idle`), or raise it with ALTER USER ... WITH MAX_USER_CONNECTIONS"
+            "this account has reached its own MAX_USER_CONNECTIONS (or another per-account limit): make the pool capacity smaller than that limit, end idle connections of the account (kill_idle), or raise it with ALTER USER ... WITH MAX_USER_CONNECTIONS"
         }
         Some(ACCESS_DENIED) => {
             "check the user name and password in the URL and that the account exists for this client's host (a MariaDB with require_secure_transport=ON also answers a connection without TLS this way: drop ssl-mode=DISABLED or require_ssl=false); retrying cannot help"
@@ -325,7 +326,7 @@ fn refused_message(url: &str, code: u16, message: &str) -> String {
          {what}; to get in and clean up:\n  \
          1. {first}\n  \
          2. stop or pause the workers (or lower the pool capacity with `dbslots resize`) so that connections are given back\n  \
-         3. once connected as such an account, list the connections with SELECT ID, USER, HOST, COMMAND, TIME FROM information_schema.PROCESSLIST ORDER BY TIME DESC, and end the stuck ones with KILL <ID> (or `dbslots connections --kill-idle --max-idle SECONDS`)"
+         3. once connected as such an account, list the connections with SELECT ID, USER, HOST, COMMAND, TIME FROM information_schema.PROCESSLIST ORDER BY TIME DESC, and end the stuck ones with KILL <ID> (or kill_idle)"
     )
 }
 

@@ -313,32 +313,19 @@ pub fn render_user_metrics(usages: &[AccountUsage]) -> String {
 mod tests {
     use super::*;
     use crate::{Processlist, ServerLimits};
-    use dbslots_core::{Holder, WaitHistogram};
 
+    /// A pool's stats as `dbslots status --json` prints them (readers
+    /// build [`PoolStats`] from that document; its fields are not a literal).
     fn stats(name: &str) -> PoolStats {
-        PoolStats {
-            pool: name.into(),
-            backend: "file".into(),
-            capacity: 4,
-            active: 2,
-            waiting: 1,
-            peak: 3,
-            acquisitions: 10,
-            timeouts: 1,
-            holders: vec![Holder {
-                slot: 0,
-                pid: Some(42),
-                host: None,
-                since_unix_ms: Some(1_000),
-            }],
-            waiters: Vec::new(),
-            wait_histogram: WaitHistogram {
-                bounds_seconds: vec![0.001, 0.5, 2.0],
-                counts: vec![6, 0, 3, 1],
-                sum_seconds: 7.25,
-                count: 10,
-            },
-        }
+        serde_json::from_value(serde_json::json!({
+            "pool": name, "backend": "file", "capacity": 4, "active": 2,
+            "waiting": 1, "peak": 3, "acquisitions": 10, "timeouts": 1,
+            "holders": [{"slot": 0, "pid": 42, "since_unix_ms": 1000}],
+            "waiters": [],
+            "wait_histogram": {"bounds_seconds": [0.001, 0.5, 2.0],
+                "counts": [6, 0, 3, 1], "sum_seconds": 7.25, "count": 10},
+        }))
+        .unwrap()
     }
 
     fn limits() -> ServerLimits {

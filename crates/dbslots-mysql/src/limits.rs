@@ -3,7 +3,7 @@
 
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::processlist::Processlist;
@@ -24,7 +24,8 @@ pub const MIN_RESERVE: u64 = 5;
 ///
 /// Read with [`ServerLimits::read`]; every account may read these, except
 /// [`ServerLimits::account_limits`], which needs SELECT on `mysql.user`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ServerLimits {
     /// `VERSION()`.
     pub version: String,
@@ -66,7 +67,8 @@ pub struct ServerLimits {
 }
 
 /// An account with its own connection limit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct AccountLimit {
     /// The account's user name.
     pub user: String,
@@ -78,6 +80,7 @@ pub struct AccountLimit {
 
 /// A pool capacity for a server, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct CapacitySuggestion {
     /// The suggested capacity (per host when several share the server), at
     /// least 1.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, codes};
 
@@ -26,7 +26,8 @@ type ProcesslistRow = (
 );
 
 /// One connection (thread) of the server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Process {
     /// The connection id, as `KILL` takes it.
     pub id: u64,
@@ -64,6 +65,7 @@ impl Process {
 
 /// Connections of one user in one command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ProcessGroup {
     /// The user name.
     pub user: String,
@@ -78,6 +80,7 @@ pub struct ProcessGroup {
 /// The server's connections at one moment, as one account sees them
 /// (without the PROCESS privilege, only its own).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Processlist {
     /// `CONNECTION_ID()` of the connection that read it.
     pub own_id: u64,
@@ -207,6 +210,7 @@ impl IdleRule {
 /// What [`kill_idle`] did: every victim handled so far, and the error that
 /// stopped it early, if one did.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct IdleKills {
     /// The victims handled, in id order, with what became of each.
     pub victims: Vec<IdleVictim>,
@@ -218,7 +222,7 @@ pub struct IdleKills {
 }
 
 /// What [`kill_idle`] did with one connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KillOutcome {
     /// `KILL CONNECTION` succeeded.
@@ -235,7 +239,8 @@ pub enum KillOutcome {
 }
 
 /// A connection [`kill_idle`] picked, and what became of it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct IdleVictim {
     /// The connection as the snapshot showed it.
     pub process: Process,

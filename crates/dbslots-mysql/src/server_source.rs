@@ -27,6 +27,7 @@ const SERVER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One reading of the server: its limits and usage, and its connections.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServerReading {
     /// Limits and counters.
     pub limits: ServerLimits,
@@ -36,6 +37,7 @@ pub struct ServerReading {
 
 /// What a [`ServerSource`] knows about the server at one moment.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ServerSnapshot {
     /// Whether the latest attempt to read the server succeeded and no
     /// newer attempt is overdue.

@@ -281,7 +281,7 @@ fn run(
                 if now > *seen && !broken[1] {
                     let name = if which == 0 { "stdout" } else { "stderr" };
                     let mut note = format!(
-                        "dbslots spawn: dropped {} lines of workers' output to {name}: it was not read fast enough (--log-dir keeps every line)\n",
+                        "dbslots spawn: dropped {} lines of workers' output to {name}: it was not read fast enough (output to a log directory keeps every line)\n",
                         now - *seen
                     )
                     .into_bytes();

@@ -31,11 +31,10 @@ pub enum Error {
         /// What is wrong.
         problem: String,
     },
-    /// The slot pool could not be used.
-    #[error(transparent)]
-    Pool(#[from] dbslots_core::Error),
     /// The joblog file could not be created.
-    #[error("cannot create the joblog {path}: {source}; choose a writable file for --joblog")]
+    #[error(
+        "cannot create the joblog {path}: {source}; choose a writable file for SpawnOptions::joblog"
+    )]
     Joblog {
         /// The joblog's path.
         path: PathBuf,
@@ -45,7 +44,7 @@ pub enum Error {
     },
     /// The log directory could not be created.
     #[error(
-        "cannot create the log directory {path}: {source}; choose a writable directory for --log-dir"
+        "cannot create the log directory {path}: {source}; choose a writable directory for Output::LogDir"
     )]
     LogDir {
         /// The directory.

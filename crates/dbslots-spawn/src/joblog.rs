@@ -114,6 +114,6 @@ mod tests {
         let err = Joblog::create(Path::new("/nonexistent-dir/x/joblog"))
             .err()
             .unwrap();
-        assert!(err.to_string().contains("--joblog"), "{err}");
+        assert!(err.to_string().contains("SpawnOptions::joblog"), "{err}");
     }
 }

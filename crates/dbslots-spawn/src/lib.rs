@@ -47,9 +47,11 @@
 //! instead of killing the worker; a worker that gives up on a failed write
 //! (`set -e` in a shell, an uncaught `BrokenPipeError` in Python) ends
 //! there, releasing its slot. With [`Output::LogDir`] nothing changes for
-//! the workers when the spawner dies. Workers with prefixed output or a
-//! death signal are started with a `pre_exec` hook (fork + exec); the
-//! others take std's faster `posix_spawn` path.
+//! the workers when the spawner dies. Workers are started with
+//! `posix_spawn` (a vfork): std's own, or, for prefixed output, one called
+//! by the spawner, since std cannot leave SIGPIPE ignored without a
+//! `pre_exec` hook. Only workers with a death signal need the hook and pay
+//! for fork + exec.
 //!
 //! # A slot outlives the worker's processes
 //!
@@ -84,7 +86,7 @@
 //! has been reaped and its process group is empty.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), dbslots_spawn::Error> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use dbslots_core::{Pool, PoolOptions};
 //! use dbslots_spawn::{SpawnOptions, Spawner, Template};
 //!

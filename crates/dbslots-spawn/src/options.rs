@@ -178,7 +178,7 @@ impl SpawnOptions {
         if self.workers == 0 {
             return Err(Error::InvalidOptions {
                 problem: "the number of workers is 0".into(),
-                fix: "give at least one worker (--workers N)",
+                fix: "give at least one worker (SpawnOptions::new)",
             });
         }
         if let Some(id) = &self.job_id

@@ -25,7 +25,7 @@ pub(crate) struct Reporter {
     bar: bool,
     lines: bool,
     workers: u32,
-    capacity: u32,
+    capacity: Option<u32>,
 }
 
 /// Whether to draw a bar and whether to print lines.
@@ -51,15 +51,14 @@ pub(crate) fn new_bar(workers: u32) -> ProgressBar {
 }
 
 /// The bar's position and message for `c`.
-pub(crate) fn bar_status(c: &Counts, capacity: u32) -> (u64, String) {
+pub(crate) fn bar_status(c: &Counts, capacity: Option<u32>) -> (u64, String) {
     (
         c.finished.into(),
         format!(
-            "{} running, {} failed, slots {}/{}{}",
+            "{} running, {} failed{}{}",
             c.running,
             c.failed,
-            c.slots,
-            capacity,
+            slots(c, capacity),
             if c.waiting_for_slot {
                 ", waiting for a slot"
             } else {
@@ -69,13 +68,18 @@ pub(crate) fn bar_status(c: &Counts, capacity: u32) -> (u64, String) {
     )
 }
 
+/// `, slots N/CAPACITY`, or nothing without a pool.
+fn slots(c: &Counts, capacity: Option<u32>) -> String {
+    capacity.map_or_else(String::new, |cap| format!(", slots {}/{cap}", c.slots))
+}
+
 impl Reporter {
     pub(crate) fn new(
         console: Console,
         bar: bool,
         lines: bool,
         workers: u32,
-        capacity: u32,
+        capacity: Option<u32>,
     ) -> Reporter {
         Reporter {
             console,
@@ -102,8 +106,12 @@ impl Reporter {
     pub(crate) fn periodic(&self, c: &Counts) {
         if self.lines {
             self.line(&format!(
-                "finished {}/{} ({} failed), {} running, slots {}/{}",
-                c.finished, self.workers, c.failed, c.running, c.slots, self.capacity
+                "finished {}/{} ({} failed), {} running{}",
+                c.finished,
+                self.workers,
+                c.failed,
+                c.running,
+                slots(c, self.capacity)
             ));
         }
     }
@@ -115,17 +123,18 @@ impl Reporter {
         batches: u32,
         first: u32,
         last: u32,
-        stats: Result<PoolStats, dbslots_core::Error>,
+        stats: Option<Result<PoolStats, dbslots_core::Error>>,
     ) {
         let pool = match stats {
-            Ok(s) => format!(
-                "pool {}: active {}/{}, waiting {}, peak {}",
+            Some(Ok(s)) => format!(
+                "; pool {}: active {}/{}, waiting {}, peak {}",
                 s.pool, s.active, s.capacity, s.waiting, s.peak
             ),
-            Err(e) => format!("pool stats unavailable: {e}"),
+            Some(Err(e)) => format!("; pool stats unavailable: {e}"),
+            None => String::new(),
         };
         self.line(&format!(
-            "batch {number}/{batches}: started workers {first}-{last} ({}); {pool}",
+            "batch {number}/{batches}: started workers {first}-{last} ({}){pool}",
             last - first + 1
         ));
     }

@@ -78,8 +78,9 @@ pub struct Summary {
     pub peak_slots: u32,
     /// Whether `peak_slots` was sampled rather than counted.
     pub peak_slots_sampled: bool,
-    /// The pool's capacity.
-    pub capacity: u32,
+    /// The pool's capacity; `None` for a run without a pool
+    /// ([`Spawner::without_pool`](crate::Spawner::without_pool)).
+    pub capacity: Option<u32>,
     /// Most workers running at once.
     pub peak_running: u32,
     /// From the first start to the last reaping.
@@ -157,22 +158,24 @@ impl fmt::Display for Summary {
             secs(self.p95),
             secs(self.max)
         )?;
-        write!(
-            f,
-            "  peak slots in use {}{} of {}, peak workers running {}",
-            self.peak_slots,
-            if self.peak_slots_sampled {
-                " (sampled)"
-            } else {
-                ""
-            },
-            self.capacity,
-            self.peak_running
-        )?;
+        match self.capacity {
+            Some(capacity) => write!(
+                f,
+                "  peak slots in use {}{} of {capacity}, peak workers running {}",
+                self.peak_slots,
+                if self.peak_slots_sampled {
+                    " (sampled)"
+                } else {
+                    ""
+                },
+                self.peak_running
+            )?,
+            None => write!(f, "  no pool, peak workers running {}", self.peak_running)?,
+        }
         if self.dropped_lines > 0 {
             write!(
                 f,
-                "\n  {} lines of workers' output dropped: the output was not read fast enough (--log-dir keeps every line)",
+                "\n  {} lines of workers' output dropped: the output was not read fast enough (output to a log directory keeps every line)",
                 self.dropped_lines
             )?;
         }
@@ -245,7 +248,7 @@ mod tests {
             max: None,
             peak_slots: 3,
             peak_slots_sampled: false,
-            capacity: 3,
+            capacity: Some(3),
             peak_running: 3,
             wall: Duration::from_secs(1),
             mode: Mode::Adaptive,

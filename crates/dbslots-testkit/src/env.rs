@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use crate::{MysqlOptions, MysqlServer, RedisOptions, RedisServer};
+use crate::{ClusterOptions, MysqlOptions, MysqlServer, RedisCluster, RedisOptions, RedisServer};
 
 /// URL of the ordinary account on the shared test MySQL.
 pub const MYSQL_URL_ENV: &str = "DBSLOTS_TEST_MYSQL_URL";
@@ -11,6 +11,9 @@ pub const MYSQL_URL_ENV: &str = "DBSLOTS_TEST_MYSQL_URL";
 pub const MYSQL_ADMIN_URL_ENV: &str = "DBSLOTS_TEST_MYSQL_ADMIN_URL";
 /// URL of the shared test Redis.
 pub const REDIS_URL_ENV: &str = "DBSLOTS_TEST_REDIS_URL";
+/// Seed URL of the shared test Redis Cluster
+/// (`redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3/`).
+pub const REDIS_CLUSTER_URL_ENV: &str = "DBSLOTS_TEST_REDIS_CLUSTER_URL";
 /// Set to `1` by `cargo xtask test`: a missing server is a failure, not a
 /// skip.
 pub const REQUIRE_SERVERS_ENV: &str = "DBSLOTS_TEST_REQUIRE_SERVERS";
@@ -62,6 +65,31 @@ pub fn shared_redis() -> Option<String> {
     match var(REDIS_URL_ENV) {
         Some(url) => Some(url),
         None => skip(&format!("no test Redis ({REDIS_URL_ENV} unset)")),
+    }
+}
+
+/// The shared test Redis Cluster's seed URL from [`REDIS_CLUSTER_URL_ENV`];
+/// `None` when it is unset (the caller may start a private one with
+/// [`private_redis_cluster`]).
+pub fn shared_redis_cluster() -> Option<String> {
+    var(REDIS_CLUSTER_URL_ENV)
+}
+
+/// A private Redis Cluster for a test that fails nodes over or moves
+/// slots; skips and panics like [`private_mysql`].
+///
+/// # Panics
+///
+/// When the cluster fails to start, or none can be had although
+/// [`servers_required`].
+#[track_caller]
+pub fn private_redis_cluster(options: ClusterOptions) -> Option<RedisCluster> {
+    if !servers_required() && !RedisCluster::available() {
+        return skip("no redis-server and redis-cli programs (Redis Cluster)");
+    }
+    match RedisCluster::start(options) {
+        Ok(cluster) => Some(cluster),
+        Err(e) => panic!("cannot start a private test Redis Cluster: {e:#}"),
     }
 }
 

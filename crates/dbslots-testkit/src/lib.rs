@@ -35,7 +35,8 @@
 //!
 //! # Environment contract
 //!
-//! `cargo xtask test` starts one shared MySQL and one shared Redis and runs
+//! `cargo xtask test` starts one shared MySQL, one shared Redis and one shared
+//! Redis Cluster (3 masters) and runs
 //! `cargo test` with:
 //!
 //! | variable | meaning |
@@ -43,6 +44,7 @@
 //! | [`DBSLOTS_TEST_MYSQL_URL`](MYSQL_URL_ENV) | URL of the ordinary account |
 //! | [`DBSLOTS_TEST_MYSQL_ADMIN_URL`](MYSQL_ADMIN_URL_ENV) | URL of the administrative account |
 //! | [`DBSLOTS_TEST_REDIS_URL`](REDIS_URL_ENV) | `redis://127.0.0.1:PORT/0` |
+//! | [`DBSLOTS_TEST_REDIS_CLUSTER_URL`](REDIS_CLUSTER_URL_ENV) | `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3/`, a 3-master [`RedisCluster`] |
 //! | [`DBSLOTS_TEST_REQUIRE_SERVERS`](REQUIRE_SERVERS_ENV)`=1` | a missing server is a failure, not a skip |
 //! | [`DBSLOTS_TEST_TMPDIR`](TMPDIR_ENV) | where servers put their temporary directories; xtask removes it at the end, so servers of a killed test leave nothing behind |
 //!
@@ -80,11 +82,13 @@ mod mysql;
 mod process;
 mod proxy;
 mod redis;
+mod redis_cluster;
 
 pub use detached::DetachedState;
 pub use env::{
-    MYSQL_ADMIN_URL_ENV, MYSQL_URL_ENV, REDIS_URL_ENV, REQUIRE_SERVERS_ENV, SharedMysql,
-    private_mysql, private_redis, private_redis_with, servers_required, shared_mysql, shared_redis,
+    MYSQL_ADMIN_URL_ENV, MYSQL_URL_ENV, REDIS_CLUSTER_URL_ENV, REDIS_URL_ENV, REQUIRE_SERVERS_ENV,
+    SharedMysql, private_mysql, private_redis, private_redis_cluster, private_redis_with,
+    servers_required, shared_mysql, shared_redis, shared_redis_cluster,
 };
 pub use mysql::{
     ADMIN_PASSWORD, ADMIN_USER, DATABASE, DEFAULT_MYSQL_IMAGE, MYSQL_IMAGE_ENV, MysqlOptions,
@@ -93,6 +97,7 @@ pub use mysql::{
 pub use process::TMPDIR_ENV;
 pub use proxy::FreezableProxy;
 pub use redis::{DEFAULT_REDIS_IMAGE, REDIS_IMAGE_ENV, RedisOptions, RedisServer};
+pub use redis_cluster::{ClusterOptions, RedisCluster};
 
 /// Where a server runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

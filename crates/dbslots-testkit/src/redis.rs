@@ -51,8 +51,14 @@ pub struct RedisOptions {
     pub unix_socket: bool,
     /// Start as a replica of the server on this port of 127.0.0.1.
     pub replica_of: Option<u16>,
-    /// Start with `cluster-enabled yes`, as a node of a Redis Cluster.
+    /// Start with `cluster-enabled yes`, as a node of a Redis Cluster
+    /// (its bus on a free port of its own; with [`RedisOptions::tls`], the
+    /// bus and replication use TLS too).
     pub cluster: bool,
+    /// With [`RedisOptions::tls`]: a directory holding `ca.crt`,
+    /// `server.crt` and `server.key` to use instead of a new throwaway CA
+    /// (the nodes of one cluster share one).
+    pub tls_certificates: Option<PathBuf>,
 }
 
 impl Default for RedisOptions {
@@ -66,6 +72,7 @@ impl Default for RedisOptions {
             unix_socket: false,
             replica_of: None,
             cluster: false,
+            tls_certificates: None,
         }
     }
 }
@@ -181,7 +188,7 @@ impl RedisServer {
 
     fn start_process(program: PathBuf, options: RedisOptions) -> Result<Self> {
         let dir = temp_dir("dbslots-redis-")?;
-        if options.tls {
+        if options.tls && options.tls_certificates.is_none() {
             make_certificates(dir.path())?;
         }
         let mut server = Self {
@@ -249,7 +256,11 @@ impl RedisServer {
                 .args(["~*", "&*", "+@all"]);
         }
         if let Some(tls_port) = tls_port {
-            let file = |name: &str| dir.path().join(name);
+            let certs = options
+                .tls_certificates
+                .clone()
+                .unwrap_or_else(|| dir.path().to_owned());
+            let file = |name: &str| certs.join(name);
             command
                 .arg("--tls-port")
                 .arg(tls_port.to_string())
@@ -279,7 +290,13 @@ impl RedisServer {
             command
                 .args(["--cluster-enabled", "yes", "--cluster-config-file"])
                 .arg(dir.path().join("nodes.conf"))
-                .args(["--cluster-node-timeout", "2000"]);
+                .args(["--cluster-node-timeout", "2000"])
+                // Not the default port + 10000, which may not exist.
+                .arg("--cluster-port")
+                .arg(free_port()?.to_string());
+            if tls_port.is_some() {
+                command.args(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+            }
         }
         let auth = options.password.clone();
         let mut spawned = ServerProcess::spawn(command, attached, &dir.path().join("server.out"))?;
@@ -343,7 +360,21 @@ impl RedisServer {
     /// started with [`RedisOptions::tls`].
     pub fn ca_path(&self) -> Option<PathBuf> {
         match (&self.backing, self.options.tls) {
-            (Some(Backing::Process { dir, .. }), true) => Some(dir.path().join("ca.crt")),
+            (Some(Backing::Process { dir, .. }), true) => Some(
+                self.options
+                    .tls_certificates
+                    .as_deref()
+                    .unwrap_or(dir.path())
+                    .join("ca.crt"),
+            ),
+            _ => None,
+        }
+    }
+
+    /// The server's temporary directory (a process's, not a container's).
+    pub(crate) fn log_dir(&self) -> Option<PathBuf> {
+        match &self.backing {
+            Some(Backing::Process { dir, .. }) => Some(dir.path().to_owned()),
             _ => None,
         }
     }
@@ -535,8 +566,10 @@ fn command(port: u16, password: Option<&str>, line: &str) -> Result<String> {
 }
 
 /// A throwaway CA and a server certificate for `127.0.0.1`/`localhost`
-/// signed by it, made with the `openssl` command-line tool.
-fn make_certificates(dir: &std::path::Path) -> Result<()> {
+/// signed by it, made with the `openssl` command-line tool. The
+/// certificate is a client certificate too: the nodes of a TLS cluster
+/// present it to each other on the cluster bus, which requires one.
+pub(crate) fn make_certificates(dir: &std::path::Path) -> Result<()> {
     let openssl =
         find_program(&["openssl"]).context("no openssl found: install the `openssl` package")?;
     let run = |args: &[&str]| -> Result<()> {
@@ -591,7 +624,7 @@ fn make_certificates(dir: &std::path::Path) -> Result<()> {
     .concat())?;
     std::fs::write(
         dir.join("server.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n",
     )?;
     run(&[
         "x509",

@@ -280,8 +280,8 @@ pub fn now_nanos() -> u128 {
 
 #[test]
 fn a_dbslots_that_had_to_wait_still_passes_signals_to_the_command() {
-    // Waiting starts dbslots' helper thread; a SIGTERM for the process must
-    // still reach the forwarder, not kill dbslots in that thread.
+    // A dbslots that waited may have had helper threads; a SIGTERM for the
+    // process must still reach the command, whichever thread takes it.
     let (dir, p) = pool();
     let mut first = holding_process(&p, 1);
     let marker = dir.path().join("started");
@@ -331,4 +331,43 @@ fn a_zero_timeout_takes_the_slot_of_a_crashed_holder_and_no_timeout_panics() {
             .expect("run");
         assert_eq!(out.status.code(), Some(0), "--timeout {huge}: {out:?}");
     }
+}
+
+#[test]
+fn the_command_starts_with_no_signal_blocked_or_ignored_and_holds_the_lock_itself() {
+    // dbslots catches the signals it forwards and ignores SIGPIPE itself;
+    // the command must start as from a shell: nothing blocked, nothing
+    // ignored (a blocked SIGTERM would make it unstoppable, an ignored
+    // SIGPIPE would make `cmd | head` run on), and the slot's lock open
+    // in its own process.
+    let (_d, p) = pool();
+    let out = dbslots()
+        .args(["exec", "--pool", &p, "--capacity", "1", "--"])
+        .args([
+            "sh",
+            "-c",
+            "grep -E '^Sig(Blk|Ign)' /proc/$$/status; ls -l /proc/$$/fd",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run exec");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .to_owned()
+    };
+    // The standard signals (1-31); the real-time ones above are glibc's.
+    let standard =
+        |name: &str| u64::from_str_radix(&field(name), 16).expect("hex mask") & 0x7fff_ffff;
+    assert_eq!(standard("SigBlk:"), 0, "{text}");
+    assert_eq!(standard("SigIgn:"), 0, "{text}");
+    let pool_dir = std::fs::canonicalize(&p).expect("pool dir");
+    assert!(
+        text.contains(&format!("{}/slots/0", pool_dir.display())),
+        "the command holds slots/0 open itself: {text}"
+    );
 }

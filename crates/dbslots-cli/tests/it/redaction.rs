@@ -1,5 +1,5 @@
 //! No password in any output: errors, JSON, HTTP bodies, metric labels and
-//! the joblog, whatever the URL looks like.
+//! the joblog, whatever the URL looks like (MySQL URLs and Redis pools).
 
 use std::process::{Command, Output};
 
@@ -30,15 +30,28 @@ fn awkward_passwords_never_reach_an_error_message() {
             vec!["connections", "--json", "--url", &url],
             vec!["import", "status", "--url", &url],
         ] {
-            // Every log line too.
-            let (out, stdout, stderr) = run(dbslots().args(&args).env("RUST_LOG", "trace"));
-            assert!(!out.status.success(), "{args:?}");
-            for text in [&stdout, &stderr] {
-                assert!(!text.contains(pw), "{args:?}: {text}");
-                assert!(!text.contains("Zse"), "not even a piece: {args:?}: {text}");
-                assert!(!text.contains("panicked"), "{text}");
-            }
+            check(&args);
         }
+        // Redis pools: the password in the user information, or in `pass=`
+        // of a Unix socket's URL.
+        let tcp = format!("redis://:{pw}@127.0.0.1:1/0?pool=p");
+        let unix = format!("redis+unix:///nonexistent/redis.sock?pass={pw}&pool=p");
+        for pool in [&tcp, &unix] {
+            check(&["status", "--pool", pool]);
+            check(&["status", "--json", "--pool", pool]);
+        }
+    }
+}
+
+/// Runs `args`, expecting a failure whose output holds no piece of the
+/// awkward passwords.
+fn check(args: &[&str]) {
+    // Every log line too.
+    let (out, stdout, stderr) = run(dbslots().args(args).env("RUST_LOG", "trace"));
+    assert!(!out.status.success(), "{args:?}");
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains("Zse"), "not even a piece: {args:?}: {text}");
+        assert!(!text.contains("panicked"), "{text}");
     }
 }
 

@@ -278,10 +278,83 @@ fn an_unusable_joblog_is_a_setup_error() {
         .arg(dir.path().join("pool"))
         .args(["--joblog", "/nonexistent/dir/joblog", "--", "true"]));
     assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
     assert!(
-        text(&out.stderr).contains("--joblog"),
-        "{}",
-        text(&out.stderr)
+        err.contains("--joblog") && !err.contains("SpawnOptions"),
+        "{err}"
+    );
+}
+
+#[test]
+fn setup_errors_name_the_flags_not_the_library_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("none");
+    let out = run(dbslots()
+        .args(["spawn", "--workers", "1", "--pool"])
+        .arg(&missing)
+        .args(["--", "true"]));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("does not exist") && err.contains("(--capacity)"),
+        "{err}"
+    );
+    assert!(!err.contains("PoolOptions"), "{err}");
+}
+
+#[test]
+fn batches_without_hold_slot_need_no_pool() {
+    // The default pool lives under XDG_RUNTIME_DIR: an empty one has none.
+    let runtime_dir = tempfile::tempdir().unwrap();
+    let out = run(dbslots()
+        .env("XDG_RUNTIME_DIR", runtime_dir.path())
+        .args([
+            "spawn",
+            "--workers",
+            "4",
+            "--batch-size",
+            "2",
+            "--batch-delay",
+            "0",
+        ])
+        .args(["--progress", "lines", "--"])
+        .args([
+            "sh",
+            "-c",
+            "echo \"worker $DBSLOTS_WORKER_INDEX pool ${DBSLOTS_POOL-none}\"",
+        ]));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for i in 0..4 {
+        assert!(
+            stdout.contains(&format!("worker {i} pool none")),
+            "{stdout}"
+        );
+    }
+    assert!(stderr.contains("4 of 4 workers started"), "{stderr}");
+    assert!(stderr.contains("no pool, peak workers running"), "{stderr}");
+    assert!(
+        !runtime_dir.path().join("dbslots/default").exists(),
+        "no pool was created"
+    );
+
+    // Taking a slot per worker still needs the pool.
+    let out = run(dbslots()
+        .env("XDG_RUNTIME_DIR", runtime_dir.path())
+        .args([
+            "spawn",
+            "--workers",
+            "1",
+            "--batch-size",
+            "1",
+            "--hold-slot",
+        ])
+        .args(["--", "true"]));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("does not exist") && stderr.contains("--capacity"),
+        "{stderr}"
     );
 }
 
@@ -629,7 +702,7 @@ fn a_stalled_reader_never_stalls_the_workers() {
             .filter_map(|l| {
                 l.strip_prefix("dbslots spawn: dropped ")?
                     .strip_suffix(&format!(
-                        " lines of workers' output to {stream}: it was not read fast enough (--log-dir keeps every line)"
+                        " lines of workers' output to {stream}: it was not read fast enough (output to a log directory keeps every line)"
                     ))?
                     .parse::<u64>()
                     .ok()
@@ -827,4 +900,68 @@ echo $$ >> "$D/finished"
     wait_for("the slots to be freed", Duration::from_secs(10), || {
         pool.stats().unwrap().active == 0
     });
+}
+
+/// A worker that prints `W PID PGRP SIGIGN SIGBLK` about itself (the hex
+/// masks of /proc/PID/status).
+const SELF_REPORT: &str = r#"
+st=/proc/$$/status
+echo "W $$ $(cut -d' ' -f5 /proc/$$/stat) $(grep '^SigIgn' $st | cut -f2) $(grep '^SigBlk' $st | cut -f2)"
+"#;
+
+/// The `W` lines of [`SELF_REPORT`] workers in `text`: (pid, process
+/// group, SIGPIPE ignored, blocked signals).
+fn self_reports(text: &str) -> Vec<(u64, u64, bool, u64)> {
+    text.lines()
+        .filter_map(|l| l.split_once("W ").map(|(_, rest)| rest))
+        .map(|rest| {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            assert_eq!(f.len(), 4, "{rest}");
+            let ignored = u64::from_str_radix(f[2], 16).expect("SigIgn");
+            let blocked = u64::from_str_radix(f[3], 16).expect("SigBlk");
+            let sigpipe = 1u64 << (libc::SIGPIPE - 1);
+            (
+                f[0].parse().expect("pid"),
+                f[1].parse().expect("pgrp"),
+                ignored & sigpipe != 0,
+                blocked,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn workers_start_in_their_own_group_with_no_signal_blocked_and_sigpipe_as_the_output_needs() {
+    // The three ways a worker is started: prefixed output without a death
+    // signal (posix_spawn called by the spawner), --log-dir (std's
+    // posix_spawn), batches (fork + exec with the hook).
+    let dir = tempfile::tempdir().unwrap();
+    let spawn = |extra: &[&str]| {
+        let out = run(dbslots()
+            .args(["spawn", "--workers", "3", "--capacity", "2", "--pool"])
+            .arg(dir.path().join("pool"))
+            .args(extra)
+            .args(["--", "sh", "-c", SELF_REPORT]));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        out
+    };
+    let check = |reports: Vec<(u64, u64, bool, u64)>, sigpipe_ignored: bool, what: &str| {
+        assert_eq!(reports.len(), 3, "{what}: {reports:?}");
+        for (pid, pgrp, ignored, blocked) in reports {
+            assert_eq!(pid, pgrp, "{what}: a worker leads its own group");
+            assert_eq!(blocked, 0, "{what}: no signal blocked");
+            assert_eq!(ignored, sigpipe_ignored, "{what}: SIGPIPE ignored");
+        }
+    };
+    let out = spawn(&[]);
+    check(self_reports(&text(&out.stdout)), true, "prefixed");
+    let out = spawn(&["--batch-size", "2", "--batch-delay", "0"]);
+    check(self_reports(&text(&out.stdout)), true, "batches");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    spawn(&["--log-dir", logs.to_str().unwrap()]);
+    let logged: String = (0..3)
+        .map(|i| std::fs::read_to_string(logs.join(format!("{i}.log"))).unwrap())
+        .collect();
+    check(self_reports(&logged), false, "--log-dir");
 }

@@ -1,7 +1,8 @@
 //! Every command that connects, against a server that requires TLS
 //! (`require_secure_transport=ON`, certificates made at test time), with
-//! `ssl-mode=VERIFY_CA&ssl-ca=...`; and capacity advice that counts the
-//! other accounts' connections.
+//! `ssl-mode=VERIFY_CA&ssl-ca=...` (`watch` is tested in `watch.rs`, the
+//! demo worker in its own crate, the library paths in dbslots-mysql); and
+//! capacity advice that counts the other accounts' connections.
 
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -71,6 +72,39 @@ fn every_command_connects_with_verify_ca_to_a_server_that_requires_tls() {
         "{stderr}"
     );
 
+    // Without ssl-ca, VERIFY_IDENTITY (and VERIFY_CA) trust the system's
+    // roots: the test's CA once it is the system's (SSL_CERT_FILE), not
+    // otherwise.
+    let by_name = server.admin_url().replace("@127.0.0.1:", "@localhost:");
+    for mode in ["VERIFY_IDENTITY", "VERIFY_CA"] {
+        let url = with(&by_name, &format!("ssl-mode={mode}"));
+        let (out, stdout, stderr) = run(dbslots()
+            .args(["connections", "--url", &url])
+            .env("SSL_CERT_FILE", &ca)
+            .env_remove("SSL_CERT_DIR"));
+        assert!(
+            out.status.success(),
+            "{mode}, system roots = the CA: {stderr}"
+        );
+        assert!(stdout.contains("max_connections"), "{stdout}");
+        let (out, _, stderr) = run(dbslots()
+            .args(["connections", "--url", &url])
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR"));
+        assert!(
+            !out.status.success(),
+            "{mode}: the test's CA is no system root"
+        );
+        assert!(
+            stderr.contains("not signed by a trusted CA"),
+            "{mode}: {stderr}"
+        );
+        assert!(
+            !stderr.contains(dbslots_testkit::ADMIN_PASSWORD),
+            "{stderr}"
+        );
+    }
+
     // dbslots import enqueue + run, with a pool.
     rt.block_on(async {
         let mut admin = admin(&server.admin_url()).await;
@@ -120,6 +154,52 @@ fn every_command_connects_with_verify_ca_to_a_server_that_requires_tls() {
         n
     });
     assert_eq!(imported, 60);
+
+    // The same under `dbslots exec`, through the slot it hands down
+    // (DBSLOTS_SLOT), and `import status`.
+    let csv2 = dir.path().join("more.csv");
+    std::fs::write(&csv2, "id,v\n4,40\n").expect("write the file");
+    let (out, _, stderr) = run(dbslots().args([
+        "import",
+        "enqueue",
+        "--url",
+        &user_url,
+        "--table",
+        "tls_readings",
+        csv2.to_str().expect("UTF-8"),
+    ]));
+    assert!(out.status.success(), "{stderr}");
+    let (out, _, stderr) = run(dbslots().args([
+        "exec",
+        "--pool",
+        pool.to_str().expect("UTF-8"),
+        "--",
+        env!("CARGO_BIN_EXE_dbslots"),
+        "import",
+        "run",
+        "--once",
+        "--url",
+        &user_url,
+        "--pool",
+        pool.to_str().expect("UTF-8"),
+        "--lock-file",
+        lock.to_str().expect("UTF-8"),
+    ]));
+    assert!(out.status.success(), "{stderr}");
+    let (out, stdout, stderr) = run(dbslots().args(["import", "status", "--url", &user_url]));
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stdout.contains(dbslots_testkit::PASSWORD), "{stdout}");
+    let imported: u64 = rt.block_on(async {
+        let mut admin = admin(&server.admin_url()).await;
+        let n = admin
+            .query_first("SELECT SUM(v) FROM tls_readings")
+            .await
+            .expect("query")
+            .expect("a row");
+        admin.disconnect().await.expect("closes");
+        n
+    });
+    assert_eq!(imported, 100, "the second file came in under exec");
 
     // dbslots serve: the server document comes over the monitor's
     // connection.

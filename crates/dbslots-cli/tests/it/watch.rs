@@ -230,3 +230,48 @@ fn watch_refuses_without_a_terminal_and_points_to_status() {
     );
     assert!(!Path::new(&pool).exists(), "it did not create the pool");
 }
+
+#[test]
+fn watch_reads_a_server_that_requires_tls_with_verify_ca() {
+    let Some(server) = dbslots_testkit::private_mysql(dbslots_testkit::MysqlOptions {
+        require_secure_transport: true,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let ca = server.tls().expect("certificates").ca.display().to_string();
+    // The certificate names localhost, the URL 127.0.0.1: VERIFY_CA checks
+    // the chain only; the server refuses anything but TLS.
+    let url = format!("{}&ssl-mode=VERIFY_CA&ssl-ca={ca}", server.user_url());
+    let busy = BusyPool::start(1, 0);
+    let Some(tmux) = Tmux::start(&script(&busy.path, &format!("--url '{url}'"))) else {
+        return;
+    };
+    let screen = tmux.wait_screen(&["1 of 1 in use", " connected", "max_connections "]);
+    assert!(!screen.contains(dbslots_testkit::PASSWORD), "{screen}");
+    tmux.keys("q");
+    let screen = tmux.wait_screen(&["watch-exit=0", "modes: "]);
+    assert_restored(&tmux, &screen);
+    drop(tmux);
+
+    // The CA is really checked: one that did not sign the server's
+    // certificate gets no reading, and the view says why.
+    let other = tempfile::tempdir().expect("a temporary directory");
+    let wrong =
+        dbslots_testkit::make_certificates(other.path(), "localhost").expect("certificates");
+    let url = format!(
+        "{}&ssl-mode=VERIFY_CA&ssl-ca={}",
+        server.user_url(),
+        wrong.ca.display()
+    );
+    let Some(tmux) = Tmux::start(&script(&busy.path, &format!("--url '{url}'"))) else {
+        return;
+    };
+    let screen = tmux.wait_screen(&["1 of 1 in use", "cannot read the server"]);
+    assert!(screen.contains("trusted CA"), "{screen}");
+    assert!(!screen.contains(" connected"), "{screen}");
+    assert!(!screen.contains(dbslots_testkit::PASSWORD), "{screen}");
+    tmux.keys("q");
+    let screen = tmux.wait_screen(&["watch-exit=0", "modes: "]);
+    assert_restored(&tmux, &screen);
+}

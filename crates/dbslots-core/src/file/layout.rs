@@ -99,7 +99,7 @@ pub(super) fn open_root(
             Err(Errno::LOOP) => {
                 return Err(location(
                     path,
-                    "it is a symbolic link, and dbslots does not follow symlinks for pool files; point --pool at the real directory",
+                    "it is a symbolic link, and dbslots does not follow symlinks for pool files; use the real directory as the pool directory",
                 ));
             }
             Err(Errno::NOTDIR) => {
@@ -109,9 +109,9 @@ pub(super) fn open_root(
                 return Err(location(
                     path,
                     if link {
-                        "it is a symbolic link, and dbslots does not follow symlinks for pool files; point --pool at the real directory"
+                        "it is a symbolic link, and dbslots does not follow symlinks for pool files; use the real directory as the pool directory"
                     } else {
-                        "it exists and is not a directory; choose a directory path for --pool"
+                        "it exists and is not a directory; choose a directory path as the pool directory"
                     },
                 ));
             }
@@ -185,7 +185,7 @@ fn check_owner(path: &Path, uid: u32, mode: u32) -> Result<()> {
         return Err(location(
             path,
             format!(
-                "it is writable by every user (owner {}, mode {:04o}), so anybody could plant files in it; use a directory only its users can write (chmod o-w), or another --pool",
+                "it is writable by every user (owner {}, mode {:04o}), so anybody could plant files in it; use a directory only its users can write (chmod o-w), or another pool directory",
                 user_name(uid),
                 mode & 0o7777,
             ),

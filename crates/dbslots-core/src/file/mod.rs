@@ -423,9 +423,7 @@ impl FilePool {
         now: Instant,
     ) -> Option<Error> {
         if cancel.is_cancelled() {
-            return Some(Error::Cancelled {
-                pool: self.name.clone(),
-            });
+            return Some(Error::cancelled(&self.name));
         }
         if deadline.is_some_and(|d| now >= d) {
             return Some(self.timeout_error(started.elapsed()));

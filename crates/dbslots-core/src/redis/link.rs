@@ -8,21 +8,34 @@
 //! call timeout the lease's safety margin allows. A connection whose call
 //! failed or timed out is dropped, never reused: a late answer would
 //! otherwise be read as the answer to the next call.
+//!
+//! On a Redis Cluster a call answered `MOVED` is sent once more, to the
+//! node named (and every later call with it); `ASK` sends it once to the
+//! migration's target. Either way a call is at most two bounded attempts,
+//! as on one server.
 
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
-use redis::{ConnectionInfo, IntoConnectionInfo, RedisResult};
+use redis::{ConnectionInfo, ErrorKind, IntoConnectionInfo, RedisError, RedisResult};
+
+use super::cluster::{Cluster, Redirect, redirect, split_seeds};
 
 use crate::addr::{RedisAddr, redact_redis};
 use crate::error::{Error, Result};
 
-/// Makes connections to one server.
+/// Makes connections to one server, or to the node of a cluster that
+/// serves the pool ([`super::cluster`]).
 pub(super) struct Connector {
-    client: redis::Client,
+    target: Target,
     timeout: Duration,
     connect_timeout: Duration,
+}
+
+enum Target {
+    Server(redis::Client),
+    Cluster(Cluster),
 }
 
 impl Connector {
@@ -38,47 +51,36 @@ impl Connector {
             address: display.to_string(),
             reason,
         };
-        let info: ConnectionInfo = addr
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| bad(redact_redis(&e.to_string())))?;
-        let keepalive = TcpKeepalive::new()
-            .with_time(timeout.max(Duration::from_secs(1)))
-            .with_interval(timeout.max(Duration::from_secs(1)))
-            .with_retries(2);
-        let tcp = TcpSettings::default()
-            .set_nodelay(true)
-            .set_user_timeout(timeout)
-            .set_keepalive(keepalive);
-        // No `CLIENT SETINFO` on connect: it costs a round trip, and redis-rs
-        // reads its two replies one after the other, each with the whole
-        // connect timeout, which would double the bound on a black hole.
-        let settings = info.redis_settings().clone().set_skip_set_lib_name();
-        let info = info.set_tcp_settings(tcp).set_redis_settings(settings);
-        let client = match &addr.ca {
-            // rustls verifies the server against this CA only.
-            Some(ca) => {
-                let pem = std::fs::read(ca).map_err(|e| {
-                    bad(format!(
-                        "cannot read the CA certificate ca={}: {e}; give the path of a readable PEM file",
-                        ca.display()
-                    ))
-                })?;
-                redis::Client::build_with_tls(
-                    info,
-                    redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(pem),
-                    },
-                )
+        let ca = match &addr.ca {
+            Some(ca) => Some(std::fs::read(ca).map_err(|e| {
+                bad(format!(
+                    "cannot read the CA certificate ca={}: {e}; give the path of a readable PEM file",
+                    ca.display()
+                ))
+            })?),
+            None => None,
+        };
+        let cluster = ["redis+cluster://", "rediss+cluster://"]
+            .iter()
+            .find_map(|p| addr.url.strip_prefix(p).map(|rest| (p, rest)));
+        let target = match cluster {
+            None => Target::Server(client(&addr.url, ca, timeout).map_err(bad)?),
+            Some((prefix, rest)) => {
+                let scheme = prefix.trim_end_matches("+cluster://");
+                let (userinfo, seeds, tail) = split_seeds(rest).map_err(bad)?;
+                let url_of = move |node: &str| format!("{scheme}://{userinfo}{node}{tail}");
+                // Every seed must make a client now: a typo fails at open.
+                for seed in &seeds {
+                    client(&url_of(seed), ca.clone(), timeout).map_err(bad)?;
+                }
+                Target::Cluster(Cluster::new(
+                    seeds,
+                    Box::new(move |node| client(&url_of(node), ca.clone(), timeout)),
+                ))
             }
-            // rediss:// without ca= verifies against the system's roots.
-            None => redis::Client::open(info),
-        }
-        .map_err(|e| bad(redact_redis(&e.to_string())))?;
+        };
         Ok(Connector {
-            client,
+            target,
             timeout,
             connect_timeout,
         })
@@ -89,15 +91,91 @@ impl Connector {
         self.timeout
     }
 
-    /// A new connection with read and write timeouts.
+    /// A new connection with read and write timeouts (on a cluster, to the
+    /// node serving the pool as far as known).
     pub fn connect(&self) -> RedisResult<redis::Connection> {
-        let conn = self
-            .client
-            .get_connection_with_timeout(self.connect_timeout)?;
+        let conn = match &self.target {
+            Target::Server(client) => client.get_connection_with_timeout(self.connect_timeout)?,
+            Target::Cluster(cluster) => cluster.connect(self.connect_timeout)?,
+        };
+        self.bounded(conn)
+    }
+
+    fn bounded(&self, conn: redis::Connection) -> RedisResult<redis::Connection> {
         conn.set_read_timeout(Some(self.timeout))?;
         conn.set_write_timeout(Some(self.timeout))?;
         Ok(conn)
     }
+
+    /// Runs `f` once on `node` after `ASKING` (a slot in migration), on a
+    /// connection of its own. Twice at most: a script not yet loaded there
+    /// is loaded by a command that uses up the `ASKING`.
+    fn ask<T>(
+        &self,
+        node: &str,
+        f: &impl Fn(&mut redis::Connection) -> RedisResult<T>,
+    ) -> RedisResult<T> {
+        let Target::Cluster(cluster) = &self.target else {
+            return Err(RedisError::from((
+                ErrorKind::Client,
+                "a single server answered ASK",
+            )));
+        };
+        let mut conn = self.bounded(cluster.connect_to(node, self.connect_timeout)?)?;
+        let mut result = Err(RedisError::from((ErrorKind::Client, "not asked")));
+        for _ in 0..2 {
+            redis::cmd("ASKING").exec(&mut conn)?;
+            result = f(&mut conn);
+            match &result {
+                Err(e) if redirect(e).is_some() => {}
+                _ => break,
+            }
+        }
+        result
+    }
+
+    fn moved(&self, node: &str) {
+        if let Target::Cluster(cluster) = &self.target {
+            cluster.moved(node);
+        }
+    }
+}
+
+/// A client for one server URL with the bounded socket settings.
+fn client(
+    url: &str,
+    ca: Option<Vec<u8>>,
+    timeout: Duration,
+) -> std::result::Result<redis::Client, String> {
+    let info: ConnectionInfo = url
+        .into_connection_info()
+        .map_err(|e| redact_redis(&e.to_string()))?;
+    let keepalive = TcpKeepalive::new()
+        .with_time(timeout.max(Duration::from_secs(1)))
+        .with_interval(timeout.max(Duration::from_secs(1)))
+        .with_retries(2);
+    let tcp = TcpSettings::default()
+        .set_nodelay(true)
+        .set_user_timeout(timeout)
+        .set_keepalive(keepalive);
+    // No `CLIENT SETINFO` on connect: it costs a round trip, and redis-rs
+    // reads its two replies one after the other, each with the whole
+    // connect timeout, which would double the bound on a black hole.
+    let settings = info.redis_settings().clone().set_skip_set_lib_name();
+    let info = info.set_tcp_settings(tcp).set_redis_settings(settings);
+    match ca {
+        // rustls verifies the server against this CA only.
+        Some(pem) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            },
+        ),
+        // rediss:// without ca= verifies against the system's roots.
+        None => redis::Client::open(info),
+    }
+    .map_err(|e| redact_redis(&e.to_string()))
 }
 
 /// A connection used for one kind of call, reconnected on demand.
@@ -153,6 +231,20 @@ impl Link {
             match f(conn) {
                 Ok(v) => return Ok(v),
                 Err(e) => {
+                    match redirect(&e) {
+                        // The pool's slot is served elsewhere now (a
+                        // failover, a reshard): go there, once.
+                        Some(Redirect::Moved(node)) => {
+                            connector.moved(&node);
+                            **guard = None;
+                            if attempt == 0 {
+                                continue;
+                            }
+                            return Err(e);
+                        }
+                        Some(Redirect::Ask(node)) => return connector.ask(&node, &f),
+                        None => {}
+                    }
                     let broken = e.is_io_error()
                         || e.is_connection_dropped()
                         || e.is_timeout()

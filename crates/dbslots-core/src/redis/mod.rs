@@ -29,6 +29,15 @@
 //! unknown to the new one. `&wait_replicas=N` closes it: acquisitions and
 //! renewals then count only once `N` replicas acknowledged them (`WAIT`).
 //!
+//! **Redis Cluster** ([`cluster`]): the pool's keys share one hash tag, so
+//! the pool lives on one master; calls follow `MOVED` and `ASK` to it,
+//! and `PUBLISH` reaches subscribers on every node. A manual failover
+//! (`CLUSTER FAILOVER`) loses no write, and the new master's `run_id`
+//! quarantines the pool: no over-admission. A failover that loses writes
+//! has the window above, bounded in a cluster by the old master refusing
+//! writes once cut off from the majority (`cluster-node-timeout`), before
+//! its replica can be promoted.
+//!
 //! Waiters are served by ticket ([`waiter`]): a waiter may take a slot only
 //! while its rank in `queue` is below the number of free slots. The script
 //! that frees slots publishes the tokens now allowed in; a waiter sleeps on
@@ -38,6 +47,7 @@
 //! Uncontended, an acquisition is one round trip (`EVALSHA`) and a release
 //! another.
 
+mod cluster;
 mod lease;
 mod link;
 mod scripts;
@@ -607,16 +617,16 @@ impl RedisPool {
         );
         let (cap, leases, owners, queue, qinfo, counters, time): Snapshot =
             self.shared.command("reading pool stats", |c| {
-                redis::pipe()
-                    .atomic()
-                    .hget(&k.meta, "capacity")
-                    .zrangebyscore_withscores(&k.leases, "-inf", "+inf")
-                    .hgetall(&k.owners)
-                    .zrange(&k.queue, 0, -1)
-                    .hgetall(&k.qinfo)
-                    .hgetall(&k.stats)
-                    .cmd("TIME")
-                    .query(c)
+                self.shared
+                    .scripts
+                    .stats
+                    .key(&k.meta)
+                    .key(&k.leases)
+                    .key(&k.owners)
+                    .key(&k.queue)
+                    .key(&k.qinfo)
+                    .key(&k.stats)
+                    .invoke(c)
             })?;
         // A pool whose state the server lost is shown with the capacity
         // this handle knows; the next acquisition restores it.

@@ -250,6 +250,23 @@ return old
 "#
 );
 
+/// A consistent snapshot for `stats()`. A script rather than `MULTI`: on a
+/// cluster an aborted `MULTI` hides the `MOVED`/`ASK` its commands were
+/// answered with, a script's answer names it.
+/// KEYS: meta leases owners queue qinfo stats.
+/// Returns {capacity, leases with scores, owners, queue, qinfo, counters, TIME}.
+const STATS: &str = r#"
+return {
+  redis.call('HGET', KEYS[1], 'capacity'),
+  redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES'),
+  redis.call('HGETALL', KEYS[3]),
+  redis.call('ZRANGE', KEYS[4], 0, -1),
+  redis.call('HGETALL', KEYS[5]),
+  redis.call('HGETALL', KEYS[6]),
+  redis.call('TIME')
+}
+"#;
+
 /// KEYS: owners. ARGV: slot token pid.
 const SET_PID: &str = r#"
 local owner = redis.call('HGET', KEYS[1], ARGV[1])
@@ -268,6 +285,7 @@ pub(super) struct Scripts {
     pub create: Script,
     pub resize: Script,
     pub set_pid: Script,
+    pub stats: Script,
 }
 
 impl Scripts {
@@ -280,6 +298,7 @@ impl Scripts {
             create: Script::new(CREATE),
             resize: Script::new(RESIZE),
             set_pid: Script::new(SET_PID),
+            stats: Script::new(STATS),
         }
     }
 }

@@ -108,9 +108,7 @@ impl RedisPool {
                     Err(e) => return Err(e),
                 }
                 if cancel.is_cancelled() {
-                    return Err(Error::Cancelled {
-                        pool: shared.name.clone(),
-                    });
+                    return Err(Error::cancelled(&shared.name));
                 }
                 let now = Instant::now();
                 if deadline.is_some_and(|d| now >= d) {

@@ -10,5 +10,7 @@ mod redis;
 #[cfg(feature = "redis")]
 mod redis_auth;
 #[cfg(feature = "redis")]
+mod redis_cluster;
+#[cfg(feature = "redis")]
 mod redis_faults;
 mod support;

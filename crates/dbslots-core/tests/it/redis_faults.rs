@@ -20,7 +20,7 @@ fn admin(url: &str) -> ::redis::Connection {
         .expect("connect")
 }
 
-fn pool_name(addr: &str) -> String {
+pub fn pool_name(addr: &str) -> String {
     addr.split("pool=")
         .nth(1)
         .and_then(|r| r.split('&').next())
@@ -28,7 +28,7 @@ fn pool_name(addr: &str) -> String {
         .to_string()
 }
 
-fn quarantines(conn: &mut ::redis::Connection, addr: &str) -> u64 {
+pub fn quarantines(conn: &mut ::redis::Connection, addr: &str) -> u64 {
     ::redis::cmd("HGET")
         .arg(format!("dbslots:{{{}}}:stats", pool_name(addr)))
         .arg("quarantines")
@@ -195,9 +195,15 @@ fn a_waiter_subscribes_again_after_its_connection_dies_and_is_woken_by_notificat
     let _serial = crate::support::timing_sensitive();
     let Some(url) = redis_url() else { return };
     let addr = unique_pool(&url);
-    let channel = format!("dbslots:{{{}}}:events", pool_name(&addr));
-    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
-    let mut conn = admin(&url);
+    waiters_subscribe_again_and_are_woken(&addr, &mut admin(&url));
+}
+
+/// Five hand-offs, each to a waiter whose subscription was cut (with
+/// `CLIENT KILL` on `conn`, the server the waiters subscribe on): every
+/// one subscribes again and is woken by a notification, not by a poll.
+pub fn waiters_subscribe_again_and_are_woken(addr: &str, conn: &mut ::redis::Connection) {
+    let channel = format!("dbslots:{{{}}}:events", pool_name(addr));
+    let pool = Pool::open(addr, PoolOptions::new().capacity(1)).expect("create");
     let subscribers = |conn: &mut ::redis::Connection| -> i64 {
         let v: (String, i64) = ::redis::cmd("PUBSUB")
             .arg("NUMSUB")
@@ -223,17 +229,17 @@ fn a_waiter_subscribes_again_after_its_connection_dies_and_is_woken_by_notificat
                 .expect("woken");
             (Instant::now(), s)
         });
-        wait_for(&mut conn, 1);
+        wait_for(conn, 1);
         // Cut the waiter's subscription; it must subscribe again.
         let killed: i64 = ::redis::cmd("CLIENT")
             .arg("KILL")
             .arg("TYPE")
             .arg("pubsub")
-            .query(&mut conn)
+            .query(conn)
             .expect("CLIENT KILL");
         assert!(killed >= 1);
         std::thread::sleep(Duration::from_millis(20));
-        wait_for(&mut conn, 1);
+        wait_for(conn, 1);
         let released = Instant::now();
         drop(slot);
         let (got_at, got) = waiter.join().expect("waiter");

@@ -21,6 +21,13 @@
 //! three attempts in a row end this way without moving the checkpoint is the
 //! job failed.
 //!
+//! Rows go in with `LOAD DATA LOCAL INFILE` from memory where the table
+//! allows it (see [`crate::queue::commit_batch`] for when such a batch is
+//! committed). A batch that is rolled back because its rows were not all
+//! new (or the server refused `LOAD DATA LOCAL`) ends the attempt without
+//! a reconnect, and the next attempt imports the rest of the job, from
+//! that batch on, with `INSERT ... ON DUPLICATE KEY UPDATE` statements.
+//!
 //! A stop request (SIGTERM, SIGINT) is looked at between batches: the batch
 //! being committed is finished, the job is put back in the queue with its
 //! checkpoint, the connection is closed and `run` returns.
@@ -35,14 +42,14 @@ use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 
-use crate::batch::Limits;
+use crate::batch::{Limits, Rows};
 use crate::error::{Error, Result};
 use crate::link::{Connection, Connector, is_connection_problem};
-use crate::queue::{self, JobRow, Status};
+use crate::queue::{self, Committed, JobRow, Status};
 use crate::source::{Chunk, FileProblem, ReadPlan, spawn_reader};
 use crate::stop::StopSignal;
 use crate::table;
-use crate::value::{Zone, push_text};
+use crate::value::{Form, Zone, push_text};
 use heartbeat::{Beats, Heartbeat, close_quickly};
 pub use options::{ProcessorOptions, RunOptions};
 pub use report::{JobOutcome, JobReport, NoObserver, Observer, Progress, RunEnd, RunSummary};
@@ -66,6 +73,9 @@ enum Step {
     Done(JobOutcome),
     /// The connection is gone or the transaction was aborted.
     Lost(mysql_async::Error),
+    /// Start another attempt on the same connection (the job now inserts
+    /// with `INSERT` statements).
+    Again,
     /// Something that stops the processor.
     Fatal(Error),
 }
@@ -83,7 +93,12 @@ struct Job {
     row: JobRow,
     bytes_total: u64,
     lines_this_run: u64,
+    /// Rows of this run that went in with `LOAD DATA`.
+    rows_loaded: u64,
     beats: Beats,
+    /// Set once a `LOAD DATA` batch of this job was rolled back: the rest
+    /// goes in with `INSERT` statements.
+    insert_only: bool,
 }
 
 impl Job {
@@ -336,7 +351,9 @@ impl Processor {
             bytes_total: row.spec.as_ref().map_or(0, |s| s.identity.size),
             row,
             lines_this_run: 0,
+            rows_loaded: 0,
             beats,
+            insert_only: false,
         };
         let mut reconnects = 0;
         let mut stalled = 0;
@@ -354,6 +371,7 @@ impl Processor {
             };
             match step {
                 Step::Done(outcome) => break outcome,
+                Step::Again => resync = false,
                 Step::Fatal(e) => {
                     // The job stays `processing` and goes back to the queue
                     // once stale.
@@ -401,6 +419,8 @@ impl Processor {
                                 return Err(e);
                             }
                             Step::Done(outcome) => break outcome,
+                            // `fail` never asks for another attempt.
+                            Step::Again => {}
                         }
                     }
                     resync = true;
@@ -426,6 +446,7 @@ impl Processor {
                 outcome = ?outcome,
                 rows = report.rows_imported,
                 rejected = report.rows_rejected,
+                loaded = report.rows_loaded,
                 elapsed = ?report.elapsed,
                 "done with job"
             ),
@@ -447,6 +468,7 @@ impl Processor {
             rows_imported: job.row.rows_imported,
             rows_rejected: job.row.rows_rejected,
             lines_this_run: job.lines_this_run,
+            rows_loaded: job.rows_loaded,
             reconnects,
             elapsed: started.elapsed(),
         }
@@ -498,7 +520,7 @@ impl Processor {
                 .fail(
                     conn,
                     job,
-                    "this job was enqueued by an older dbslots that recorded no table and no file identity; enqueue the file again with --table",
+                    "this job was enqueued by an older dbslots that recorded no table and no file identity; enqueue the file again with EnqueueOptions::new(table)",
                 )
                 .await;
         };
@@ -551,6 +573,7 @@ impl Processor {
                 rows: self.options.batch_rows,
                 statement_bytes,
             },
+            load_data: !job.insert_only,
         };
         let mut rx = match spawn_reader(plan) {
             Ok(rx) => rx,
@@ -579,7 +602,17 @@ impl Processor {
             };
             match message {
                 Err(problem) => return self.fail(conn, job, &problem.to_string()).await,
-                Ok(Chunk::Opened { size }) => {
+                Ok(Chunk::Opened { size, form }) => {
+                    tracing::debug!(
+                        job = job.row.id,
+                        ?form,
+                        "file opened; rows go in as {}",
+                        if form == Form::Load {
+                            "LOAD DATA streams"
+                        } else {
+                            "INSERT statements"
+                        }
+                    );
                     job.bytes_total = size;
                     observer.job_started(&job.progress());
                 }
@@ -587,13 +620,16 @@ impl Processor {
                     let committed =
                         queue::commit_batch(conn, job.row.id, &self.holder, &batch).await;
                     match committed {
-                        Ok(true) => {
+                        Ok(Committed::Yes) => {
                             job.beats.beat();
                             job.row.checkpoint = batch.end;
                             job.row.content_hash = Some(batch.hash);
                             job.row.rows_imported += batch.rows;
                             job.row.rows_rejected += batch.rejected;
                             job.lines_this_run += batch.rows + batch.rejected;
+                            if matches!(batch.rows_data, Some(Rows::Load { .. })) {
+                                job.rows_loaded += batch.rows;
+                            }
                             tracing::trace!(
                                 job = job.row.id,
                                 line = batch.end.line_no,
@@ -606,7 +642,17 @@ impl Processor {
                                 return self.release(conn, job).await;
                             }
                         }
-                        Ok(false) => return Step::Done(JobOutcome::Lost),
+                        Ok(Committed::Lost) => return Step::Done(JobOutcome::Lost),
+                        Ok(Committed::NotLoaded(why)) => {
+                            tracing::info!(
+                                job = job.row.id,
+                                line = job.row.checkpoint.line_no,
+                                reason = %why,
+                                "batch rolled back: its LOAD DATA did not insert every row as a new one; the rest of the job goes in with INSERT ... ON DUPLICATE KEY UPDATE"
+                            );
+                            job.insert_only = true;
+                            return Step::Again;
+                        }
                         Err(e) => return self.on_error(conn, job, "committing a batch", e).await,
                     }
                 }

@@ -97,6 +97,10 @@ pub struct JobReport {
     pub rows_rejected: u64,
     /// Lines imported or rejected by this processor.
     pub lines_this_run: u64,
+    /// Rows this processor inserted with `LOAD DATA LOCAL INFILE` (the
+    /// others of `lines_this_run` went in with `INSERT` statements or were
+    /// rejected; see the crate documentation for when each is used).
+    pub rows_loaded: u64,
     /// Connections lost and re-opened during the job.
     pub reconnects: u32,
     /// Time spent on the job.

@@ -90,7 +90,9 @@ fn enqueue_refuses_a_file_that_does_not_fit_its_table_naming_why() {
                 .unwrap_err(),
         );
         assert!(
-            e.contains("no primary key or unique key") && e.contains("--no-key"),
+            e.contains("no primary key or unique key")
+                && e.contains("EnqueueOptions::no_key")
+                && !e.contains("--"),
             "{e}"
         );
         // Nothing of the refused calls was enqueued, not even `good` of the

@@ -6,6 +6,7 @@
 mod file_problems;
 mod heartbeat;
 mod killed_connection;
+mod load_data;
 mod mixed_types;
 mod quoting;
 mod support;

@@ -1,7 +1,9 @@
 //! Slot after socket when connects are cancelled: a connect dropped at any
 //! point (TCP connect, handshake, TLS, login) closes its socket before its
 //! slot goes to the next worker, so a pool as large as the server's room
-//! never meets 1040.
+//! never meets 1040. Against a server that never greets, the order itself
+//! is checked: its end of the abandoned connect is closed by the time the
+//! slot is free.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,5 +97,108 @@ fn connects_cancelled_at_random_points_never_push_the_server_over_its_limit() {
         assert!(completed > 100, "enough connects: {completed}");
         assert_eq!(refused, 0, "no connect was refused with 1040");
         admin.disconnect().await.expect("closes");
+    });
+}
+
+/// A listener in the place of the server that completes the TCP handshake
+/// (the kernel does) and then sends nothing: every connect to it is stuck
+/// after the TCP handshake, waiting for the greeting. Returns the URL and
+/// the listener, whose accepted socket is the server's end.
+fn silent_server() -> (String, std::net::TcpListener) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback listener");
+    let port = listener.local_addr().expect("its address").port();
+    (
+        format!("mysql://app:silent-pw@127.0.0.1:{port}/app?ssl-mode=DISABLED"),
+        listener,
+    )
+}
+
+/// The server's end of the one connect made to `listener`: whether the
+/// client had closed its socket. Blocks the calling thread (and with it a
+/// current-thread runtime, so no task the driver spawned can run) for at
+/// most `patience`.
+fn client_closed(listener: &std::net::TcpListener, patience: Duration) -> bool {
+    use std::io::Read;
+    let (mut server_end, _) = listener
+        .accept()
+        .expect("the connect got past the TCP handshake");
+    server_end
+        .set_read_timeout(Some(patience))
+        .expect("a read timeout");
+    let mut byte = [0u8; 1];
+    match server_end.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => panic!("the client sent bytes before the greeting"),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => true,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            false
+        }
+        Err(e) => panic!("reading the server's end: {e}"),
+    }
+}
+
+/// A current-thread runtime: a task the driver spawns to close a dropped
+/// connection runs only when the test's own task yields, so "the socket is
+/// closed by the time the slot is free" cannot hold by luck.
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+#[test]
+fn a_connect_cancelled_after_the_tcp_handshake_is_closed_before_its_slot_is_free() {
+    let (url, listener) = silent_server();
+    let (_dir, pool) = pool(1);
+    let connector = Connector::with_options(
+        &url,
+        pool.clone(),
+        ConnectorOptions::new()
+            .attempts(1)
+            .connect_timeout(Duration::from_secs(30)),
+    )
+    .expect("connector");
+    current_thread().block_on(async {
+        let outcome = tokio::time::timeout(Duration::from_millis(300), connector.connect()).await;
+        assert!(outcome.is_err(), "the connect was cut off by the caller");
+        // No await between the cancellation and these checks.
+        assert_eq!(pool.stats().expect("stats").active, 0, "the slot is free");
+        assert!(
+            client_closed(&listener, Duration::from_secs(1)),
+            "the slot was free while the server's end of the abandoned connect was still open"
+        );
+    });
+}
+
+#[test]
+fn a_connect_timed_out_after_the_tcp_handshake_is_closed_before_its_slot_is_free() {
+    let (url, listener) = silent_server();
+    let (_dir, pool) = pool(1);
+    let connector = Connector::with_options(
+        &url,
+        pool.clone(),
+        ConnectorOptions::new()
+            .attempts(1)
+            .connect_timeout(Duration::from_millis(300)),
+    )
+    .expect("connector");
+    current_thread().block_on(async {
+        let err = connector
+            .connect()
+            .await
+            .expect_err("the connect deadline fires");
+        assert!(!err.to_string().contains("silent-pw"), "{err}");
+        // No await between the failure and these checks.
+        assert_eq!(pool.stats().expect("stats").active, 0, "the slot is free");
+        assert!(
+            client_closed(&listener, Duration::from_secs(1)),
+            "the slot was free while the server's end of the timed-out connect was still open"
+        );
     });
 }

@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use dbslots_core::Pool;
 use tokio::sync::mpsc;
 
 use super::{Ctx, Finished, Tally};
@@ -80,7 +81,7 @@ impl Ctx {
                             }
                 _ = tick.tick() => {
                     if sample
-                        && let Ok(stats) = self.pool.stats()
+                        && let Some(Ok(stats)) = self.pool.as_ref().map(Pool::stats)
                     {
                         sampled_peak = sampled_peak.max(stats.active);
                     }

@@ -1,6 +1,8 @@
 //! The spawner: starts workers, supervises them, stops them. This file
 //! holds [`Spawner::run`] and the state the parts share; `start.rs` (the
-//! starter), `supervise.rs` (one task per worker), `collect.rs` (the
+//! starter), `process.rs` (a worker's process: started by std or by
+//! `posix_spawn`, and waited for), `supervise.rs` (one task per worker),
+//! `collect.rs` (the
 //! collector) and `stop.rs` (phases and signals) hold the parts.
 //!
 //! # Implementation Details
@@ -14,11 +16,13 @@
 //!   meanwhile are reaped and their slots freed (otherwise zombies would
 //!   hold slots until the pool is full). A lock-based slot goes to the
 //!   worker as its stdin, a duplicate of the locked descriptor: no
-//!   `pre_exec` hook, so std starts the worker with `posix_spawn` (a
-//!   vfork), not fork + exec (see "Spawning workers" in
-//!   `docs/benchmarks.md`). Only workers that get a death signal
-//!   (`PR_SET_PDEATHSIG`: batch mode, and lease-based slots without
-//!   `hold_slot`) need the hook and take the slower path. The starter is
+//!   `pre_exec` hook, so the worker starts with `posix_spawn` (a vfork),
+//!   not fork + exec (see "Spawning workers" in `docs/benchmarks.md`):
+//!   std's, or, with prefixed output (SIGPIPE left ignored, which std
+//!   cannot do without the hook), the one `process.rs` calls. Only
+//!   workers that get a death signal (`PR_SET_PDEATHSIG`: batch mode, and
+//!   lease-based slots without `hold_slot`) need the hook and take the
+//!   slower path. The starter is
 //!   the only place that starts processes, so every worker is started from
 //!   the thread that polls [`Spawner::run`], which matters for the death
 //!   signal (it fires when the forking *thread* exits);
@@ -40,6 +44,7 @@
 //! is not yet reaped, so its process-group id cannot have been reused.
 
 mod collect;
+mod process;
 mod start;
 mod stop;
 mod supervise;
@@ -72,7 +77,7 @@ const OUTPUT_AFTER_STOP: Duration = Duration::from_millis(300);
 /// slots, and how a run stops.
 #[derive(Debug)]
 pub struct Spawner {
-    pool: Pool,
+    pool: Option<Pool>,
     template: Template,
     options: SpawnOptions,
     stop: Arc<watch::Sender<StopState>>,
@@ -86,6 +91,31 @@ impl Spawner {
     ///
     /// [`Error::InvalidOptions`] when the options are out of range.
     pub fn new(pool: Pool, template: Template, options: SpawnOptions) -> Result<Spawner> {
+        Spawner::build(Some(pool), template, options)
+    }
+
+    /// A spawner that starts its workers in batches with no pool at all
+    /// (the reference's behaviour): nothing is reported about slots, and
+    /// workers get no `DBSLOTS_POOL`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOptions`] when the options are out of range, or
+    /// when they make the spawner take slots ([`Mode::Adaptive`] or
+    /// [`hold_slot`](SpawnOptions::hold_slot)), which needs a pool.
+    ///
+    /// [`Mode::Adaptive`]: crate::Mode::Adaptive
+    pub fn without_pool(template: Template, options: SpawnOptions) -> Result<Spawner> {
+        if options.takes_slots() {
+            return Err(Error::InvalidOptions {
+                problem: "the spawner takes a slot for every worker (adaptive mode, or hold_slot), and there is no pool".into(),
+                fix: "open a pool and use Spawner::new, or start in Mode::Batches without hold_slot",
+            });
+        }
+        Spawner::build(None, template, options)
+    }
+
+    fn build(pool: Option<Pool>, template: Template, options: SpawnOptions) -> Result<Spawner> {
         options.validate()?;
         let (tx, _) = watch::channel(StopState {
             phase: Phase::Running,
@@ -140,7 +170,7 @@ impl Spawner {
             None
         };
         let mut signals = signals;
-        let capacity = self.pool.capacity();
+        let capacity = self.pool.as_ref().map(Pool::capacity);
         let counters = Arc::new(Counters::default());
         let (bar, lines) = progress::choose(self.options.progress);
         let bar = bar.then(|| {
@@ -158,7 +188,10 @@ impl Spawner {
             self.options.workers,
             capacity,
         );
-        let pool_addr = self.pool.addr().to_string();
+        let pool_addr = self
+            .pool
+            .as_ref()
+            .map_or_else(|| "(none)".into(), |p| p.addr().to_string());
         let ctx = Arc::new(Ctx {
             pool: self.pool,
             pool_addr,
@@ -308,7 +341,9 @@ enum Flow {
 }
 
 struct Ctx {
-    pool: Pool,
+    /// `None` only in batches without `hold_slot` (see
+    /// [`Spawner::without_pool`]).
+    pool: Option<Pool>,
     pool_addr: String,
     template: Template,
     options: SpawnOptions,

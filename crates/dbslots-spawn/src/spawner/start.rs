@@ -1,16 +1,18 @@
 //! The starter: walks the worker indices in the order of the mode, takes a
 //! slot for each worker that needs one, and starts it (the hand-over of the
-//! slot as stdin, the `pre_exec` hook only where needed).
+//! slot as stdin, `posix_spawn` wherever no death signal needs std's
+//! `pre_exec` hook).
 
 use std::io;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use dbslots_core::Slot;
-use tokio::process::{Child, Command};
+use dbslots_core::{Pool, Slot};
+use tokio::process::Command;
 use tokio::sync::mpsc;
 
+use super::process::{self, Stdin, WorkerProcess};
 use super::stop::Phase;
 use super::{Ctx, Finished, Flow};
 use crate::options::{Mode, Output};
@@ -58,8 +60,13 @@ impl Ctx {
                     }
                     tracing::info!(batch = batch + 1, batches, first, last, "batch started");
                     if self.reporter.shows_batches() {
-                        self.reporter
-                            .batch(batch + 1, batches, first, last, self.pool.stats());
+                        self.reporter.batch(
+                            batch + 1,
+                            batches,
+                            first,
+                            last,
+                            self.pool.as_ref().map(Pool::stats),
+                        );
                     }
                 }
             }
@@ -76,13 +83,14 @@ impl Ctx {
         if self.stopping() {
             return Flow::Stopped;
         }
-        let slot = if self.options.takes_slots() {
+        // A spawner that takes slots always has a pool (`Spawner::new`).
+        let slot = if let Some(pool) = self.pool.as_ref().filter(|_| self.options.takes_slots()) {
             let mut stop = self.stop.subscribe();
             self.counters.waiting.store(true, Ordering::Relaxed);
             let acquired = tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| s.phase != Phase::Running) => return Flow::Stopped,
-                r = self.pool.acquire() => r,
+                r = pool.acquire() => r,
             };
             self.counters.waiting.store(false, Ordering::Relaxed);
             match acquired {
@@ -122,7 +130,7 @@ impl Ctx {
     }
 
     /// Builds and starts worker `index`'s process.
-    fn spawn_worker(&self, index: u32, slot: Option<&Slot>) -> Result<Child, StopReason> {
+    fn spawn_worker(&self, index: u32, slot: Option<&Slot>) -> Result<WorkerProcess, StopReason> {
         let n = self.options.workers;
         let fail = |e: io::Error, what: &str| {
             let (exit_code, hint) = match e.kind() {
@@ -131,7 +139,7 @@ impl Ctx {
                 _ => match e.raw_os_error() {
                     Some(libc::EMFILE) | Some(libc::ENFILE) => (
                         126,
-                        "too many open files: raise the limit (ulimit -n) or use --log-dir, which needs no pipes",
+                        "too many open files: raise the limit (ulimit -n) or use Output::LogDir, which needs no pipes",
                     ),
                     Some(libc::EAGAIN) => (
                         126,
@@ -154,11 +162,14 @@ impl Ctx {
         cmd.args(self.template.args(index, n))
             .env(ENV_WORKER_INDEX, index.to_string())
             .env(ENV_WORKER_COUNT, n.to_string())
-            // With its credentials, so the worker can open the pool.
-            .env(ENV_POOL, self.pool.addr().to_unredacted_string())
             .env_remove(ENV_SLOT)
             .process_group(0)
             .kill_on_drop(false);
+        // With its credentials, so the worker can open the pool.
+        match &self.pool {
+            Some(pool) => cmd.env(ENV_POOL, pool.addr().to_unredacted_string()),
+            None => cmd.env_remove(ENV_POOL),
+        };
         match &self.options.job_id {
             Some(id) => cmd.env(ENV_JOB_ID, id),
             None => cmd.env_remove(ENV_JOB_ID),
@@ -181,9 +192,9 @@ impl Ctx {
         // locked descriptor (the same open file description, so the same
         // lock) of an empty read-only file, which reads as end of file like
         // /dev/null. The worker then holds the slot for its whole life, even
-        // if the spawner dies. No `pre_exec` hook is needed, so std starts
-        // the worker with posix_spawn (vfork) rather than fork + exec; the
-        // parent's copy closes with `cmd`. The spawner's own guard stays
+        // if the spawner dies. No `pre_exec` hook is needed for that, so the
+        // worker can start with posix_spawn (vfork) rather than fork + exec;
+        // the parent's copy closes once the worker started. The spawner's own guard stays
         // with the supervisor until the worker is reaped: dropping it would
         // unlock the shared description and free the slot under the worker.
         let handed_over = match slot {
@@ -206,17 +217,35 @@ impl Ctx {
             // Workers take their own slots (batches): no orphans.
             (None, _) => Some(libc::SIGTERM),
         };
-        match handed_over {
-            Some(fd) => cmd.stdin(Stdio::from(fd)),
-            None => cmd.stdin(Stdio::null()),
-        };
         // Prefixed output goes through pipes to this process: if it dies,
         // a worker's next line would kill the worker with SIGPIPE. Workers
         // start with SIGPIPE ignored instead (their writes then fail with
         // EPIPE), so that they can run to their end. std resets SIGPIPE to
-        // its default in children, so this needs the hook (fork + exec);
-        // workers with --log-dir keep posix_spawn.
+        // its default in children and needs a `pre_exec` hook (fork + exec)
+        // to do otherwise, so these workers are started by `posix_spawn`
+        // called in `process.rs` (see there why). Workers with a death
+        // signal need the hook anyway; workers with --log-dir keep std's own
+        // posix_spawn.
         let ignore_sigpipe = matches!(self.options.output, Output::Prefixed);
+        if ignore_sigpipe && death_signal.is_none() && process::available() {
+            let std = cmd.as_std();
+            let stdin = match handed_over {
+                Some(fd) => Stdin::Fd(fd),
+                None => Stdin::Null,
+            };
+            return process::spawn_sigpipe_ignored(
+                std.get_program(),
+                std.get_args(),
+                std.get_envs(),
+                stdin,
+            )
+            .map(WorkerProcess::Spawned)
+            .map_err(|e| fail(e, "spawning"));
+        }
+        match handed_over {
+            Some(fd) => cmd.stdin(Stdio::from(fd)),
+            None => cmd.stdin(Stdio::null()),
+        };
         if death_signal.is_some() || ignore_sigpipe {
             // SAFETY: getpid is async-signal-safe and is called here, in the
             // parent.
@@ -243,6 +272,8 @@ impl Ctx {
                 });
             }
         }
-        cmd.spawn().map_err(|e| fail(e, "spawning"))
+        cmd.spawn()
+            .map(WorkerProcess::Std)
+            .map_err(|e| fail(e, "spawning"))
     }
 }

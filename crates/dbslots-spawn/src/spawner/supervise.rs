@@ -8,9 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dbslots_core::Slot;
-use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
 
+use super::process::WorkerProcess;
 use super::stop::{Phase, signal_phase};
 use super::{Ctx, Finished};
 use crate::console::Stream;
@@ -35,7 +35,7 @@ impl Ctx {
     /// Hands a started worker to its supervisor task.
     pub(super) fn supervise(
         self: &Arc<Self>,
-        mut child: Child,
+        mut child: WorkerProcess,
         index: u32,
         slot: Option<Slot>,
         done: mpsc::UnboundedSender<Finished>,
@@ -62,8 +62,7 @@ impl Ctx {
         tracing::debug!(worker = index, pid, slot = ?slot_index, "worker started");
 
         let ctx = self.clone();
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
+        let (stdout, stderr) = child.take_output();
         tokio::spawn(async move {
             let (exited_tx, exited_rx) = oneshot::channel::<()>();
             let mut stop = ctx.stop.subscribe();
@@ -73,7 +72,11 @@ impl Ctx {
             // safety margin later) before the server can give the slot to
             // anyone else, unless `hold_slot` lets it run on.
             let lease_grace = match &slot {
-                Some(_) if !ctx.options.hold_slot => ctx.pool.lease_margin().map(|m| m / 2),
+                Some(_) if !ctx.options.hold_slot => ctx
+                    .pool
+                    .as_ref()
+                    .and_then(dbslots_core::Pool::lease_margin)
+                    .map(|m| m / 2),
                 _ => None,
             };
             let waiter = async {

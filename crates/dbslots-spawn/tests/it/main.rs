@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use dbslots_core::{Pool, PoolOptions};
-use dbslots_spawn::{Error, Progress, SpawnOptions, Spawner, StopReason, Template};
+use dbslots_spawn::{Error, Mode, Progress, SpawnOptions, Spawner, StopReason, Template};
+use std::num::NonZeroU32;
 
 fn pool(dir: &std::path::Path, capacity: u32) -> Pool {
     Pool::open(dir.join("pool"), PoolOptions::new().capacity(capacity)).unwrap()
@@ -29,9 +30,32 @@ fn options_out_of_range_are_rejected_with_a_fix() {
     let template = Template::from_argv(["true"]).unwrap();
     let err = Spawner::new(pool(dir.path(), 1), template.clone(), quiet(0)).unwrap_err();
     assert!(matches!(err, Error::InvalidOptions { .. }), "{err}");
-    assert!(err.to_string().contains("--workers"), "{err}");
+    assert!(err.to_string().contains("SpawnOptions::new"), "{err}");
+    assert!(!err.to_string().contains("--"), "no CLI flag: {err}");
     let err = Spawner::new(pool(dir.path(), 1), template, quiet(1).job_id("")).unwrap_err();
     assert!(err.to_string().contains("job id"), "{err}");
+}
+
+#[test]
+fn only_batches_without_held_slots_run_without_a_pool() {
+    let template = Template::from_argv(["true"]).unwrap();
+    let err = Spawner::without_pool(template.clone(), quiet(2)).unwrap_err();
+    assert!(matches!(err, Error::InvalidOptions { .. }), "{err}");
+    let batches = Mode::Batches {
+        size: NonZeroU32::new(1).unwrap(),
+        delay: Duration::ZERO,
+    };
+    let held = quiet(2).mode(batches).hold_slot(true);
+    assert!(Spawner::without_pool(template.clone(), held).is_err());
+    let summary = runtime()
+        .block_on(
+            Spawner::without_pool(template, quiet(2).mode(batches))
+                .unwrap()
+                .run(),
+        )
+        .unwrap();
+    assert!(summary.success(), "{summary}");
+    assert_eq!((summary.started, summary.capacity), (2, None));
 }
 
 #[test]

@@ -4,3 +4,4 @@
 
 mod mysql;
 mod redis;
+mod redis_cluster;

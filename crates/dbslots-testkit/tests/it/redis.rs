@@ -4,7 +4,7 @@ use std::net::TcpStream;
 use dbslots_testkit::{private_redis, shared_redis};
 
 /// Sends one inline command and returns the first reply line.
-fn send(port: u16, command: &str) -> String {
+pub fn send(port: u16, command: &str) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
     stream
         .write_all(format!("{command}\r\n").as_bytes())

@@ -1,0 +1,107 @@
+//! The libraries' advice in the command line's words.
+//!
+//! Library errors say what to do in library terms (`PoolOptions::capacity`,
+//! `SpawnOptions::joblog`, ...), which mean nothing to someone at a shell;
+//! every message the binary prints goes through [`in_cli_terms`], which
+//! names the flag (or command) that does the same.
+
+/// Library terms and the command line's words for them, longest first
+/// where one contains another.
+const TERMS: &[(&str, &str)] = &[
+    // dbslots-core
+    ("PoolOptions::capacity", "--capacity"),
+    ("PoolOptions::group_name", "--group"),
+    ("Pool::resize", "`dbslots resize --pool P --capacity N`"),
+    (
+        "use another pool directory",
+        "point --pool at another directory",
+    ),
+    (
+        "use the real directory as the pool directory",
+        "point --pool at the real directory",
+    ),
+    ("as the pool directory", "for --pool"),
+    ("or another pool directory", "or another --pool"),
+    ("give a pool address or set", "pass --pool DIR or set"),
+    // dbslots-spawn
+    ("SpawnOptions::new", "--workers N"),
+    ("SpawnOptions::joblog", "--joblog"),
+    ("Output::LogDir", "--log-dir"),
+    // dbslots-mysql
+    (
+        "(or kill_idle)",
+        "(or `dbslots connections --kill-idle --max-idle SECONDS`)",
+    ),
+    ("(kill_idle)", "(`dbslots connections --kill-idle`)"),
+    ("warn_percent", "--warn"),
+    ("crit_percent", "--crit"),
+    // dbslots-import
+    (
+        "acquire another InstanceLock path",
+        "pass another --lock-file",
+    ),
+    ("use an InstanceLock path", "pass a --lock-file"),
+    ("ProcessorOptions::source_dir", "--source-dir"),
+    ("EnqueueOptions::no_key", "--no-key"),
+    ("EnqueueOptions::time_zone", "--time-zone"),
+    ("EnqueueOptions::new(table)", "--table"),
+    // dbslots-gate
+    ("another name (GateOptions::name)", "another --name"),
+    ("listen address (GateOptions::new)", "--listen address"),
+];
+
+/// `message` with every library term replaced by its flag.
+pub fn in_cli_terms(message: &str) -> String {
+    TERMS.iter().fold(message.to_string(), |m, (library, cli)| {
+        m.replace(library, cli)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_cli_terms;
+
+    #[test]
+    fn library_advice_names_the_flags() {
+        let e = dbslots_core::Error::NotFound { pool: "/p".into() };
+        let text = in_cli_terms(&e.to_string());
+        assert!(text.contains("(--capacity)"), "{text}");
+        assert!(!text.contains("PoolOptions"), "{text}");
+        let e = dbslots_core::Error::CapacityMismatch {
+            pool: "/p".into(),
+            recorded: 3,
+            requested: 4,
+        };
+        let text = in_cli_terms(&e.to_string());
+        assert!(
+            text.contains("without --capacity") && text.contains("`dbslots resize"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_library_term_is_still_used_by_a_library() {
+        // A term no library writes any more is a mapping that silently
+        // stopped working: keep the table in step with the messages.
+        let sources: String = [
+            include_str!("../../dbslots-core/src/error.rs"),
+            include_str!("../../dbslots-core/src/file/layout.rs"),
+            include_str!("../../dbslots-core/src/addr.rs"),
+            include_str!("../../dbslots-spawn/src/options.rs"),
+            include_str!("../../dbslots-spawn/src/error.rs"),
+            include_str!("../../dbslots-spawn/src/spawner/start.rs"),
+            include_str!("../../dbslots-mysql/src/error.rs"),
+            include_str!("../../dbslots-mysql/src/check.rs"),
+            include_str!("../../dbslots-import/src/error.rs"),
+            include_str!("../../dbslots-import/src/table.rs"),
+            include_str!("../../dbslots-import/src/value.rs"),
+            include_str!("../../dbslots-import/src/processor/mod.rs"),
+            include_str!("../../dbslots-gate/src/error.rs"),
+            include_str!("../../dbslots-gate/src/stats.rs"),
+        ]
+        .concat();
+        for (library, _) in super::TERMS {
+            assert!(sources.contains(library), "no library says {library:?}");
+        }
+    }
+}
