@@ -101,7 +101,7 @@ fn main() {
         .expect("a tokio runtime");
     let dir = tempfile::tempdir().expect("a temporary directory");
     let db = format!("dbslots_scratch_bench_import_{}", std::process::id());
-    let url = with_database(&shared.user_url, &db);
+    let url = dbslots_testkit::with_database(&shared.user_url, &db);
     let version = rt.block_on(async {
         // LOAD DATA LOCAL needs the server's consent (off by default in
         // MySQL 8); the test server's admin account may give it.
@@ -461,15 +461,4 @@ fn run_import(url: &str, csv: &Path, dir: &Path, table: &str) -> ImportRun {
         peak_rss_kb: usage.ru_maxrss as u64,
         samples,
     }
-}
-
-fn with_database(url: &str, db: &str) -> String {
-    let authority_start = url.find("://").map_or(0, |i| i + 3);
-    let path_start = url[authority_start..]
-        .find('/')
-        .map_or(url.len(), |i| authority_start + i);
-    let query_start = url[path_start..]
-        .find('?')
-        .map_or(url.len(), |i| path_start + i);
-    format!("{}/{db}{}", &url[..path_start], &url[query_start..])
 }

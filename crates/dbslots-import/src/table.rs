@@ -52,7 +52,8 @@ pub(crate) struct Mapping {
     /// ` ON DUPLICATE KEY UPDATE ...`, or empty without a key.
     pub tail: String,
     /// `LOAD DATA LOCAL INFILE '...' IGNORE INTO TABLE `t` CHARACTER SET
-    /// utf8mb4 (`a`,`b`)`: what reads the rows in [`crate::value::Form::Load`].
+    /// utf8mb4 FIELDS ... (`a`,`b`)`: what reads the rows in
+    /// [`crate::value::Form::Load`].
     pub load: String,
     /// The key the writes are idempotent by, `None` with `--no-key`.
     pub key: Option<String>,
@@ -195,8 +196,12 @@ impl Table {
             head.push_str(&quote_name(&c.name));
         }
         head.push_str(") VALUES ");
+        // Separators and escape spelled out in hexadecimal: the defaults
+        // (tab, backslash, LF) change under sql_mode NO_BACKSLASH_ESCAPES,
+        // which turns the escape off (`\N` would be the text `\N`).
         let load = format!(
-            "LOAD DATA LOCAL INFILE 'dbslots-import-batch' IGNORE INTO TABLE {} CHARACTER SET utf8mb4 ({})",
+            "LOAD DATA LOCAL INFILE 'dbslots-import-batch' IGNORE INTO TABLE {} CHARACTER SET utf8mb4 \
+             FIELDS TERMINATED BY X'09' ENCLOSED BY '' ESCAPED BY X'5C' LINES STARTING BY '' TERMINATED BY X'0A' ({})",
             quote_name(&self.name),
             columns
                 .iter()
@@ -433,7 +438,8 @@ mod tests {
         assert_eq!(m.key.as_deref(), Some("by_code"));
         assert_eq!(
             m.load,
-            "LOAD DATA LOCAL INFILE 'dbslots-import-batch' IGNORE INTO TABLE `orders` CHARACTER SET utf8mb4 (`Code`,`qty`)"
+            "LOAD DATA LOCAL INFILE 'dbslots-import-batch' IGNORE INTO TABLE `orders` CHARACTER SET utf8mb4 \
+             FIELDS TERMINATED BY X'09' ENCLOSED BY '' ESCAPED BY X'5C' LINES STARTING BY '' TERMINATED BY X'0A' (`Code`,`qty`)"
         );
     }
 

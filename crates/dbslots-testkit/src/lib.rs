@@ -77,6 +77,7 @@
 mod detached;
 mod docker;
 mod env;
+mod fixtures;
 mod install;
 mod mysql;
 mod process;
@@ -90,6 +91,7 @@ pub use env::{
     SharedMysql, private_mysql, private_redis, private_redis_cluster, private_redis_with,
     servers_required, shared_mysql, shared_redis, shared_redis_cluster,
 };
+pub use fixtures::{ScratchDb, TEMP_PASSWORD, TempAccount, url_as, with_database};
 pub use mysql::{
     ADMIN_PASSWORD, ADMIN_USER, DATABASE, DEFAULT_MYSQL_IMAGE, MYSQL_IMAGE_ENV, MysqlOptions,
     MysqlServer, PASSWORD, TlsFiles, USER, make_certificates,

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
-use crate::support::{BusyPool, dbslots};
+use dbslots_testkit::url_as;
+
+use crate::support::{BusyPool, dbslots, runtime};
 
 const LIMITED: &str = "lim10";
 const LIMITED_PASSWORD: &str = "dbslots-lim10-pw";
@@ -38,19 +40,6 @@ fn check_server(url: &str, extra: &[&str]) -> (i32, String, Duration) {
             .args(["connections", "--check", "--url", url])
             .args(extra),
     )
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-}
-
-fn url_as(url: &str, user: &str, password: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a URL has a scheme");
-    let (_, host_and_rest) = rest.rsplit_once('@').expect("a test URL has credentials");
-    format!("{scheme}://{user}:{password}@{host_and_rest}")
 }
 
 async fn open(url: &str, n: usize) -> Vec<Conn> {

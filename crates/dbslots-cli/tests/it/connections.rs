@@ -3,99 +3,22 @@
 //! accounts of its own, so that it kills nobody else's connections.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
-use crate::support::dbslots;
+use dbslots_testkit::{TEMP_PASSWORD, TempAccount};
 
-const TEMP_PASSWORD: &str = "dbslots-cli-temp-pw";
+use crate::support::{dbslots, run, runtime};
 
-fn run(cmd: &mut Command) -> (Output, String, String) {
-    let out = cmd.output().expect("dbslots runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    (out, stdout, stderr)
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-}
-
-fn url_as(url: &str, user: &str, password: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a URL has a scheme");
-    let (_, host_and_rest) = rest.rsplit_once('@').expect("a test URL has credentials");
-    format!("{scheme}://{user}:{password}@{host_and_rest}")
-}
-
-/// An account of this test, dropped at the end.
-struct Account {
-    name: String,
-    url: String,
-    admin_url: String,
-}
-
-impl Account {
-    async fn create(admin_url: &str, purpose: &str, limit: Option<u32>) -> Account {
-        let name = format!("dbslots_cli_{purpose}_{}", std::process::id());
-        let mut admin = Conn::from_url(admin_url).await.expect("the admin connects");
-        let limit = limit
-            .map(|n| format!(" WITH MAX_USER_CONNECTIONS {n}"))
-            .unwrap_or_default();
-        for sql in [
-            format!("DROP USER IF EXISTS '{name}'@'%'"),
-            format!("CREATE USER '{name}'@'%' IDENTIFIED BY '{TEMP_PASSWORD}'{limit}"),
-            format!(
-                "GRANT SELECT ON `{}`.* TO '{name}'@'%'",
-                dbslots_testkit::DATABASE
-            ),
-        ] {
-            admin
-                .query_drop(sql)
-                .await
-                .expect("the admin manages accounts");
-        }
-        admin.disconnect().await.expect("disconnect");
-        Account {
-            url: url_as(admin_url, &name, TEMP_PASSWORD),
-            name,
-            admin_url: admin_url.to_string(),
-        }
+/// `n` connections of the account at `url`.
+async fn open(url: &str, n: usize) -> Vec<Conn> {
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        conns.push(Conn::from_url(url).await.expect("the account connects"));
     }
-
-    async fn open(&self, n: usize) -> Vec<Conn> {
-        let mut conns = Vec::new();
-        for _ in 0..n {
-            conns.push(
-                Conn::from_url(&self.url)
-                    .await
-                    .expect("the account connects"),
-            );
-        }
-        conns
-    }
-}
-
-impl Drop for Account {
-    fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            runtime().block_on(async {
-                if let Ok(mut admin) = Conn::from_url(&admin_url).await {
-                    let _ = admin
-                        .query_drop(format!("DROP USER IF EXISTS '{name}'@'%'"))
-                        .await;
-                    let _ = admin.disconnect().await;
-                }
-            })
-        })
-        .join();
-    }
+    conns
 }
 
 async fn listed_ids(admin_url: &str) -> BTreeSet<u64> {
@@ -118,8 +41,8 @@ fn connections_shows_limits_usage_and_connections_by_user_as_json_and_text() {
         return;
     };
     let rt = runtime();
-    let account = rt.block_on(Account::create(&shared.admin_url, "show", None));
-    let idle = rt.block_on(account.open(2));
+    let account = rt.block_on(TempAccount::create(&shared.admin_url, "cli_show", None));
+    let idle = rt.block_on(open(&account.url, 2));
     let max_connections: u64 = rt.block_on(async {
         let mut admin = Conn::from_url(&shared.admin_url).await.expect("admin");
         let n = admin
@@ -195,10 +118,10 @@ fn kill_idle_prints_each_connection_and_kills_only_without_dry_run() {
         return;
     };
     let rt = runtime();
-    let account = rt.block_on(Account::create(&shared.admin_url, "kill", None));
-    let bystander = rt.block_on(Account::create(&shared.admin_url, "keep", None));
-    let idle = rt.block_on(account.open(2));
-    let kept = rt.block_on(bystander.open(1));
+    let account = rt.block_on(TempAccount::create(&shared.admin_url, "cli_kill", None));
+    let bystander = rt.block_on(TempAccount::create(&shared.admin_url, "cli_keep", None));
+    let idle = rt.block_on(open(&account.url, 2));
+    let kept = rt.block_on(open(&bystander.url, 1));
     // The server counts idle time in whole seconds.
     std::thread::sleep(Duration::from_millis(2300));
     let kill = |dry_run: bool| {
@@ -267,8 +190,8 @@ fn a_refused_monitor_says_why_and_how_to_get_in() {
         return;
     };
     let rt = runtime();
-    let account = rt.block_on(Account::create(&shared.admin_url, "full", Some(1)));
-    let holder = rt.block_on(account.open(1));
+    let account = rt.block_on(TempAccount::create(&shared.admin_url, "cli_full", Some(1)));
+    let holder = rt.block_on(open(&account.url, 1));
     let (out, stdout, stderr) = run(dbslots().args(["connections", "--url", &account.url]));
     assert!(!out.status.success(), "{stdout}");
     assert!(

@@ -7,51 +7,26 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::{FromRow, Queryable};
 
-/// A scratch database, a runtime and a directory; dropping it drops the
-/// database.
+/// A scratch database (from dbslots-testkit), a runtime and a directory.
 struct TestDb {
     url: String,
-    name: String,
     dir: tempfile::TempDir,
     rt: tokio::runtime::Runtime,
+    _db: dbslots_testkit::ScratchDb,
 }
 
 impl TestDb {
     fn create(tag: &str) -> Option<TestDb> {
-        let shared = dbslots_testkit::shared_mysql()?;
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "dbslots_scratch_cli_{tag}_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a tokio runtime");
-        let url = with_database(&shared.user_url, &name);
-        rt.block_on(async {
-            let mut conn = mysql_async::Conn::from_url(&shared.user_url)
-                .await
-                .expect("the test account connects");
-            conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
-                .await
-                .unwrap();
-            conn.query_drop(format!("CREATE DATABASE `{name}`"))
-                .await
-                .unwrap();
-            conn.disconnect().await.unwrap();
-        });
+        let db = dbslots_testkit::ScratchDb::create(&format!("cli_{tag}"))?;
         Some(TestDb {
-            url,
-            name,
+            url: db.url.clone(),
             dir: tempfile::tempdir().expect("a temporary directory"),
-            rt,
+            rt: crate::support::runtime(),
+            _db: db,
         })
     }
 
@@ -89,11 +64,9 @@ impl TestDb {
 
     /// `dbslots import SUBCOMMAND --url URL ARGS...`, outputs to files.
     fn dbslots(&self, subcommand: &str, args: &[&str], log: &str) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbslots"));
+        let mut cmd = crate::support::dbslots();
         cmd.args(["import", subcommand, "--url", &self.url])
             .args(args)
-            .env_remove("DATABASE_URL")
-            .env_remove("DBSLOTS_POOL")
             .stdin(Stdio::null())
             .stdout(File::create(self.dir.path().join(format!("{log}.out"))).unwrap())
             .stderr(File::create(self.dir.path().join(format!("{log}.err"))).unwrap());
@@ -115,29 +88,6 @@ impl TestDb {
         let (out, err) = self.output(log);
         (status, out, err)
     }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let (url, name) = (self.url.clone(), self.name.clone());
-        let _ = self.rt.block_on(async move {
-            let mut conn = mysql_async::Conn::from_url(&url).await?;
-            conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
-                .await?;
-            conn.disconnect().await
-        });
-    }
-}
-
-fn with_database(url: &str, db: &str) -> String {
-    let authority_start = url.find("://").map_or(0, |i| i + 3);
-    let path_start = url[authority_start..]
-        .find('/')
-        .map_or(url.len(), |i| authority_start + i);
-    let query_start = url[path_start..]
-        .find('?')
-        .map_or(url.len(), |i| path_start + i);
-    format!("{}/{db}{}", &url[..path_start], &url[query_start..])
 }
 
 /// Waits for `child`; kills it and fails the test if it has not ended after

@@ -3,18 +3,14 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use dbslots_testkit::FreezableProxy;
 
-const LEASE_MS: u64 = 2000;
+use crate::support::dbslots;
 
-fn dbslots() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbslots"));
-    cmd.env_remove("DBSLOTS_POOL").env("RUST_LOG", "warn");
-    cmd
-}
+const LEASE_MS: u64 = 2000;
 
 fn port_of(url: &str) -> u16 {
     url.rsplit_once(':')

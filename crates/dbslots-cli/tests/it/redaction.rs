@@ -1,16 +1,7 @@
 //! No password in any output: errors, JSON, HTTP bodies, metric labels and
 //! the joblog, whatever the URL looks like (MySQL URLs and Redis pools).
 
-use std::process::{Command, Output};
-
-use crate::support::{Serve, dbslots};
-
-fn run(cmd: &mut Command) -> (Output, String, String) {
-    let out = cmd.output().expect("dbslots runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    (out, stdout, stderr)
-}
+use crate::support::{Serve, dbslots, run};
 
 /// Passwords no URL parser takes as they are written.
 const AWKWARD: [&str; 5] = [

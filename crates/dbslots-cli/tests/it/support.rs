@@ -24,6 +24,22 @@ pub(crate) fn dbslots() -> Command {
     cmd
 }
 
+/// Runs `cmd` to its end: its output, stdout and stderr as text.
+pub(crate) fn run(cmd: &mut Command) -> (std::process::Output, String, String) {
+    let out = cmd.output().expect("dbslots runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stdout, stderr)
+}
+
+/// A current-thread tokio runtime for a test's own async calls.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
 /// Held by the tests that saturate the machine (the gate's thousands of
 /// clients) and by those that measure memory or race a SIGKILL against the
 /// spawner's bookkeeping, so that the latter never run beside the former on

@@ -4,27 +4,12 @@
 //! demo worker in its own crate, the library paths in dbslots-mysql); and
 //! capacity advice that counts the other accounts' connections.
 
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
-use crate::support::{Serve, dbslots};
-
-fn run(cmd: &mut Command) -> (Output, String, String) {
-    let out = cmd.output().expect("dbslots runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    (out, stdout, stderr)
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-}
+use crate::support::{Serve, dbslots, run, runtime};
 
 /// `url` with `params` added to its query.
 fn with(url: &str, params: &str) -> String {

@@ -2,15 +2,13 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 use tokio::runtime::Runtime;
 
-/// A scratch database (the ordinary test account may create
-/// `dbslots_scratch*` databases), a runtime and a directory for files;
-/// dropping it drops the database.
+/// A scratch database (from dbslots-testkit), a runtime and a directory
+/// for files; dropping it drops the database.
 pub struct TestDb {
     /// The ordinary account's URL, pointing at the scratch database.
     pub url: String,
@@ -21,41 +19,25 @@ pub struct TestDb {
     /// A directory for the test's files.
     pub dir: tempfile::TempDir,
     rt: Runtime,
+    _db: dbslots_testkit::ScratchDb,
 }
 
 impl TestDb {
     /// `None` (after a SKIPPED line) when no test server is configured.
     pub fn create(tag: &str) -> Option<TestDb> {
-        let shared = dbslots_testkit::shared_mysql()?;
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "dbslots_scratch_imp_{tag}_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let db = dbslots_testkit::ScratchDb::create(&format!("imp_{tag}"))?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("a tokio runtime");
-        rt.block_on(async {
-            let mut conn = Conn::from_url(&shared.user_url)
-                .await
-                .expect("the test account connects");
-            conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
-                .await
-                .unwrap();
-            conn.query_drop(format!("CREATE DATABASE `{name}`"))
-                .await
-                .unwrap();
-            conn.disconnect().await.unwrap();
-        });
         Some(TestDb {
-            url: with_database(&shared.user_url, &name),
-            admin_url: with_database(&shared.admin_url, &name),
-            name,
+            url: db.url.clone(),
+            admin_url: db.admin_url.clone(),
+            name: db.name.clone(),
             dir: tempfile::tempdir().expect("a temporary directory"),
             rt,
+            _db: db,
         })
     }
 
@@ -99,30 +81,6 @@ impl TestDb {
         std::fs::write(&path, contents).expect("write a test file");
         path
     }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let (url, name) = (self.url.clone(), self.name.clone());
-        let _ = self.rt.block_on(async move {
-            let mut conn = Conn::from_url(&url).await?;
-            conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
-                .await?;
-            conn.disconnect().await
-        });
-    }
-}
-
-/// `url` with its database replaced by `db`.
-pub fn with_database(url: &str, db: &str) -> String {
-    let authority_start = url.find("://").map_or(0, |i| i + 3);
-    let path_start = url[authority_start..]
-        .find('/')
-        .map_or(url.len(), |i| authority_start + i);
-    let query_start = url[path_start..]
-        .find('?')
-        .map_or(url.len(), |i| path_start + i);
-    format!("{}/{db}{}", &url[..path_start], &url[query_start..])
 }
 
 /// The meter readings table of the documentation's example.
@@ -176,12 +134,12 @@ pub fn readings(n: u64, bad_every: u64) -> (Vec<u8>, u64, u64, Vec<u64>) {
 pub async fn run_once(
     queue: &dbslots_import::Queue,
     options: dbslots_import::ProcessorOptions,
-) -> dbslots_import::RunSummary {
+) -> dbslots_import::Summary {
     queue
         .processor(options)
         .run(
             &dbslots_import::RunOptions::new().once(true),
-            &dbslots_import::StopSignal::new(),
+            &dbslots_import::Stopper::new(),
             &dbslots_import::NoObserver,
         )
         .await
