@@ -13,7 +13,7 @@ use clap::{Args, Subcommand};
 use dbslots_core::{Pool, PoolAddr, PoolOptions};
 use dbslots_import::{
     EnqueueOptions, InstanceLock, JobOutcome, JobReport, Observer, ProcessorOptions, Progress,
-    Queue, RunEnd, RunOptions, Status, StopSignal,
+    Queue, RunEnd, RunOptions, Status, Stopper,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -248,7 +248,7 @@ fn run_processor(args: RunArgs) -> anyhow::Result<ExitCode> {
         .max_jobs(args.max_jobs)
         .max_time(args.max_time);
     let display = Display::new(std::io::stderr().is_terminal());
-    let stop = StopSignal::new();
+    let stop = Stopper::new();
     let runtime = common::runtime()?;
     let summary = runtime.block_on(async {
         listen_for_signals(stop.clone())?;
@@ -285,7 +285,7 @@ fn run_processor(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// The first SIGTERM or SIGINT stops the processor after its current
 /// batch; a second one exits at once.
-fn listen_for_signals(stop: StopSignal) -> anyhow::Result<()> {
+fn listen_for_signals(stop: Stopper) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;

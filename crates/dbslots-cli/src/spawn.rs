@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use dbslots_spawn::{Mode, Output, Progress, SpawnOptions, Spawner, Template};
+use dbslots_spawn::{Mode, Output, ProgressDisplay, SpawnOptions, Spawner, Template};
 
 use crate::common::PoolArgs;
 use crate::exec::parse_seconds;
@@ -164,11 +164,11 @@ fn spawn(args: SpawnArgs) -> anyhow::Result<ExitCode> {
         .mode(mode)
         .hold_slot(args.hold_slot)
         .grace(args.grace)
-        .progress(match args.progress {
-            ProgressArg::Auto => Progress::Auto,
-            ProgressArg::Bar => Progress::Bar,
-            ProgressArg::Lines => Progress::Lines,
-            ProgressArg::Quiet => Progress::Quiet,
+        .progress_display(match args.progress {
+            ProgressArg::Auto => ProgressDisplay::Auto,
+            ProgressArg::Bar => ProgressDisplay::Bar,
+            ProgressArg::Lines => ProgressDisplay::Lines,
+            ProgressArg::Quiet => ProgressDisplay::Quiet,
         });
     if let Some(id) = args.job_id {
         options = options.job_id(id);

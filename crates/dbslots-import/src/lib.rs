@@ -132,7 +132,7 @@
 //! ```
 //!
 //! ```no_run
-//! use dbslots_import::{EnqueueOptions, NoObserver, ProcessorOptions, Queue, RunOptions, StopSignal};
+//! use dbslots_import::{EnqueueOptions, NoObserver, ProcessorOptions, Queue, RunOptions, Stopper};
 //!
 //! # async fn demo() -> dbslots_import::Result<()> {
 //! let queue = Queue::new("mysql://app:secret@db:3306/energy", None)?;
@@ -141,7 +141,7 @@
 //!     .await?;
 //! let processor = queue.processor(ProcessorOptions::new().source_dir("/data"));
 //! let summary = processor
-//!     .run(&RunOptions::new().once(true), &StopSignal::new(), &NoObserver)
+//!     .run(&RunOptions::new().once(true), &Stopper::new(), &NoObserver)
 //!     .await?;
 //! println!("{ids:?}: {} jobs done", summary.jobs.len());
 //! # Ok(())
@@ -174,11 +174,11 @@ pub use error::{Error, Result};
 pub use lock::{InstanceLock, default_lock_path};
 pub use processor::{
     JobOutcome, JobReport, NoObserver, Observer, Processor, ProcessorOptions, Progress, RunEnd,
-    RunOptions, RunSummary,
+    RunOptions, Summary,
 };
 pub use queue::{JobStatus, Status};
 pub use record::{MAX_FIELDS, MAX_RAW_LINE_BYTES, MAX_RECORD_BYTES};
-pub use stop::StopSignal;
+pub use stop::Stopper;
 
 use identity::FileIdentity;
 use link::Connector;

@@ -7,19 +7,19 @@ use tokio::sync::watch;
 /// Asks a running processor to stop after its current batch. Cheap to clone;
 /// every clone stops the same processors.
 #[derive(Debug, Clone)]
-pub struct StopSignal {
+pub struct Stopper {
     tx: Arc<watch::Sender<bool>>,
 }
 
-impl Default for StopSignal {
+impl Default for Stopper {
     fn default() -> Self {
-        StopSignal {
+        Stopper {
             tx: Arc::new(watch::channel(false).0),
         }
     }
 }
 
-impl StopSignal {
+impl Stopper {
     /// A signal that has not been given.
     pub fn new() -> Self {
         Self::default()
@@ -49,7 +49,7 @@ mod tests {
 
     #[tokio::test]
     async fn stop_signal_wakes_waiters() {
-        let stop = StopSignal::new();
+        let stop = Stopper::new();
         assert!(!stop.is_stopped());
         let waiter = {
             let stop = stop.clone();

@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dbslots_core::{Pool, PoolOptions};
-use dbslots_spawn::{Mode, Output, Progress, SpawnOptions, Spawner, Template};
+use dbslots_spawn::{Mode, Output, ProgressDisplay, SpawnOptions, Spawner, Template};
 
 const WORKERS: u32 = 1000;
 const CAPACITY: u32 = 150;
@@ -50,7 +50,7 @@ fn spawner(dir: &std::path::Path, options: SpawnOptions) -> Duration {
     let template = Template::from_argv(["sleep", HOLD]).expect("a valid command");
     let options = options
         .output(Output::Prefixed)
-        .progress(Progress::Quiet)
+        .progress_display(ProgressDisplay::Quiet)
         .handle_signals(false);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

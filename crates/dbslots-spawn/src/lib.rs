@@ -114,7 +114,7 @@ mod template;
 
 pub use error::{Error, Result};
 pub use joblog::JOBLOG_HEADER;
-pub use options::{Mode, Output, Progress, SpawnOptions};
+pub use options::{Mode, Output, ProgressDisplay, SpawnOptions};
 pub use spawner::{Spawner, Stopper};
 pub use summary::{StopReason, Summary};
 pub use template::{ENV_JOB_ID, ENV_POOL, ENV_SLOT, ENV_WORKER_COUNT, ENV_WORKER_INDEX, Template};

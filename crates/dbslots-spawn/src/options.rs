@@ -55,7 +55,7 @@ pub enum Output {
 /// How the spawner reports progress (on stderr).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
-pub enum Progress {
+pub enum ProgressDisplay {
     /// A bar when stderr is a terminal, lines otherwise. The default.
     #[default]
     Auto,
@@ -78,7 +78,7 @@ pub struct SpawnOptions {
     pub(crate) joblog: Option<PathBuf>,
     pub(crate) output: Output,
     pub(crate) grace: Duration,
-    pub(crate) progress: Progress,
+    pub(crate) progress: ProgressDisplay,
     pub(crate) progress_interval: Duration,
     pub(crate) handle_signals: bool,
 }
@@ -94,7 +94,7 @@ impl SpawnOptions {
             joblog: None,
             output: Output::Prefixed,
             grace: Duration::from_secs(10),
-            progress: Progress::Auto,
+            progress: ProgressDisplay::Auto,
             progress_interval: Duration::from_secs(5),
             handle_signals: true,
         }
@@ -148,8 +148,8 @@ impl SpawnOptions {
         self
     }
 
-    /// How progress is reported; [`Progress::Auto`] by default.
-    pub fn progress(mut self, progress: Progress) -> Self {
+    /// How progress is reported; [`ProgressDisplay::Auto`] by default.
+    pub fn progress_display(mut self, progress: ProgressDisplay) -> Self {
         self.progress = progress;
         self
     }

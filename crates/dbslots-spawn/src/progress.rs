@@ -6,7 +6,7 @@ use dbslots_core::PoolStats;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::console::Console;
-use crate::options::Progress;
+use crate::options::ProgressDisplay;
 
 /// A snapshot of the counters shown.
 #[derive(Debug, Clone, Copy, Default)]
@@ -18,7 +18,7 @@ pub(crate) struct Counts {
     pub waiting_for_slot: bool,
 }
 
-/// Reports progress as chosen by [`Progress`]. Every method only queues
+/// Reports progress as chosen by [`ProgressDisplay`]. Every method only queues
 /// text for the console thread (see `console.rs`): none writes or blocks.
 pub(crate) struct Reporter {
     console: Console,
@@ -29,13 +29,13 @@ pub(crate) struct Reporter {
 }
 
 /// Whether to draw a bar and whether to print lines.
-pub(crate) fn choose(progress: Progress) -> (bool, bool) {
+pub(crate) fn choose(progress: ProgressDisplay) -> (bool, bool) {
     let terminal = std::io::stderr().is_terminal();
     match progress {
-        Progress::Auto => (terminal, !terminal),
-        Progress::Bar => (true, false),
-        Progress::Lines => (false, true),
-        Progress::Quiet => (false, false),
+        ProgressDisplay::Auto => (terminal, !terminal),
+        ProgressDisplay::Bar => (true, false),
+        ProgressDisplay::Lines => (false, true),
+        ProgressDisplay::Quiet => (false, false),
     }
 }
 

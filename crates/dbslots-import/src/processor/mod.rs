@@ -47,12 +47,12 @@ use crate::error::{Error, Result};
 use crate::link::{Connection, Connector, is_connection_problem};
 use crate::queue::{self, Committed, JobRow, Status};
 use crate::source::{Chunk, FileProblem, ReadPlan, spawn_reader};
-use crate::stop::StopSignal;
+use crate::stop::Stopper;
 use crate::table;
 use crate::value::{Form, Zone, push_text};
 use heartbeat::{Beats, Heartbeat, close_quickly};
 pub use options::{ProcessorOptions, RunOptions};
-pub use report::{JobOutcome, JobReport, NoObserver, Observer, Progress, RunEnd, RunSummary};
+pub use report::{JobOutcome, JobReport, NoObserver, Observer, Progress, RunEnd, Summary};
 
 /// Attempts in a row that may lose the connection without progress before
 /// the job is failed.
@@ -146,16 +146,16 @@ impl Processor {
     pub async fn run(
         &self,
         run: &RunOptions,
-        stop: &StopSignal,
+        stop: &Stopper,
         observer: &dyn Observer,
-    ) -> Result<RunSummary> {
+    ) -> Result<Summary> {
         // A source directory that does not exist stops the run before any
         // job is claimed.
         canonical_dirs(&self.options.source_dirs)?;
         let started = Instant::now();
         let deadline = run.max_time.map(|t| started + t);
         let sleep = run.sleep.unwrap_or(Duration::from_secs(3));
-        let mut summary = RunSummary {
+        let mut summary = Summary {
             jobs: Vec::new(),
             recovered: 0,
             end: RunEnd::QueueEmpty,
@@ -232,7 +232,7 @@ impl Processor {
 
     /// Connects, retrying transient failures within the reconnect window.
     /// `None` when stopped meanwhile.
-    async fn connect(&self, stop: &StopSignal) -> Result<Option<Connection>> {
+    async fn connect(&self, stop: &Stopper) -> Result<Option<Connection>> {
         let started = Instant::now();
         let mut delay = Duration::from_millis(100);
         loop {
@@ -313,7 +313,7 @@ impl Processor {
         &self,
         conn: Connection,
         row: JobRow,
-        stop: &StopSignal,
+        stop: &Stopper,
         observer: &dyn Observer,
     ) -> Result<JobReport> {
         let beats = Beats::new();
@@ -335,7 +335,7 @@ impl Processor {
         mut conn: Connection,
         row: JobRow,
         beats: Beats,
-        stop: &StopSignal,
+        stop: &Stopper,
         observer: &dyn Observer,
     ) -> Result<JobReport> {
         let started = Instant::now();
@@ -504,7 +504,7 @@ impl Processor {
         &self,
         conn: &mut Connection,
         job: &mut Job,
-        stop: &StopSignal,
+        stop: &Stopper,
         observer: &dyn Observer,
     ) -> Step {
         let statement_bytes = match queue::statement_bytes(conn).await {

@@ -117,14 +117,14 @@ pub enum RunEnd {
     MaxJobs,
     /// `max_time` passed.
     MaxTime,
-    /// The [`StopSignal`] was given.
+    /// The [`Stopper`] was given.
     Stopped,
 }
 
 /// What [`Processor::run`] did.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-pub struct RunSummary {
+pub struct Summary {
     /// Every job it worked on, in order.
     pub jobs: Vec<JobReport>,
     /// Stale jobs it put back or failed.

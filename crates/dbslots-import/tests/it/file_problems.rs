@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use dbslots_import::{
     EnqueueOptions, Error, JobOutcome, Observer, ProcessorOptions, Progress, Queue, RunOptions,
-    Status, StopSignal,
+    Status, Stopper,
 };
 
 use crate::support::{TestDb, run_once};
@@ -124,7 +124,7 @@ fn enqueue_refuses_a_file_that_does_not_fit_its_table_naming_why() {
 }
 
 /// Stops the processor after its first batch.
-struct StopAfterFirst(StopSignal, AtomicBool);
+struct StopAfterFirst(Stopper, AtomicBool);
 
 impl Observer for StopAfterFirst {
     fn batch_committed(&self, _: &Progress) {
@@ -165,7 +165,7 @@ fn a_file_changed_after_enqueue_fails_its_job_saying_what_changed() {
         std::fs::rename(&other, &replaced).unwrap();
         std::fs::remove_file(&deleted).unwrap();
         // `edited` is imported partly: the processor stops after a batch.
-        let stop = StopSignal::new();
+        let stop = Stopper::new();
         let observer = StopAfterFirst(stop.clone(), AtomicBool::new(false));
         let summary = queue
             .processor(ProcessorOptions::new().batch_rows(5_000))

@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use dbslots_import::{
     EnqueueOptions, JobOutcome, Observer, ProcessorOptions, Progress, Queue, RunOptions, Status,
-    StopSignal,
+    Stopper,
 };
 use mysql_async::prelude::Queryable;
 
@@ -71,7 +71,7 @@ fn a_job_survives_the_server_killing_its_connection() {
             .unwrap();
         let summary = queue
             .processor(ProcessorOptions::new().batch_rows(250))
-            .run(&RunOptions::new().once(true), &StopSignal::new(), &killer)
+            .run(&RunOptions::new().once(true), &Stopper::new(), &killer)
             .await
             .unwrap();
         assert_eq!(summary.jobs.len(), 1);

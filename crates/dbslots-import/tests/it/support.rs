@@ -134,12 +134,12 @@ pub fn readings(n: u64, bad_every: u64) -> (Vec<u8>, u64, u64, Vec<u64>) {
 pub async fn run_once(
     queue: &dbslots_import::Queue,
     options: dbslots_import::ProcessorOptions,
-) -> dbslots_import::RunSummary {
+) -> dbslots_import::Summary {
     queue
         .processor(options)
         .run(
             &dbslots_import::RunOptions::new().once(true),
-            &dbslots_import::StopSignal::new(),
+            &dbslots_import::Stopper::new(),
             &dbslots_import::NoObserver,
         )
         .await

@@ -1,7 +1,7 @@
 //! The same file imported twice leaves the same rows.
 
 use dbslots_import::{
-    EnqueueOptions, NoObserver, ProcessorOptions, Queue, RunOptions, Status, StopSignal,
+    EnqueueOptions, NoObserver, ProcessorOptions, Queue, RunOptions, Status, Stopper,
 };
 
 use crate::support::{METER_READINGS, TestDb, readings};
@@ -23,11 +23,7 @@ fn importing_a_file_twice_leaves_exactly_one_row_per_reading() {
                 .unwrap();
             let summary = queue
                 .processor(ProcessorOptions::new().batch_rows(300))
-                .run(
-                    &RunOptions::new().once(true),
-                    &StopSignal::new(),
-                    &NoObserver,
-                )
+                .run(&RunOptions::new().once(true), &Stopper::new(), &NoObserver)
                 .await
                 .unwrap();
             assert_eq!(summary.jobs.len(), 1, "round {round}");

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use dbslots_import::{
     EnqueueOptions, InstanceLock, JobOutcome, NoObserver, ProcessorOptions, Queue, RunOptions,
-    Status, StopSignal,
+    Status, Stopper,
 };
 
 use crate::support::{METER_READINGS, TestDb, readings};
@@ -39,11 +39,7 @@ fn two_processors_on_one_queue_do_every_job_exactly_once() {
             async move {
                 let _lock = InstanceLock::acquire(&lock).unwrap();
                 processor
-                    .run(
-                        &RunOptions::new().once(true),
-                        &StopSignal::new(),
-                        &NoObserver,
-                    )
+                    .run(&RunOptions::new().once(true), &Stopper::new(), &NoObserver)
                     .await
                     .unwrap()
             }

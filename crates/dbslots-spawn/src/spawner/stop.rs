@@ -49,6 +49,11 @@ impl Stopper {
             }
         });
     }
+
+    /// Whether a stop was asked for (by [`Stopper::stop`] or a signal).
+    pub fn is_stopped(&self) -> bool {
+        self.tx.borrow().phase != Phase::Running
+    }
 }
 
 impl Ctx {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use dbslots_core::{Pool, PoolOptions};
-use dbslots_spawn::{Error, Mode, Progress, SpawnOptions, Spawner, StopReason, Template};
+use dbslots_spawn::{Error, Mode, ProgressDisplay, SpawnOptions, Spawner, StopReason, Template};
 use std::num::NonZeroU32;
 
 fn pool(dir: &std::path::Path, capacity: u32) -> Pool {
@@ -13,7 +13,7 @@ fn pool(dir: &std::path::Path, capacity: u32) -> Pool {
 
 fn quiet(workers: u32) -> SpawnOptions {
     SpawnOptions::new(workers)
-        .progress(Progress::Quiet)
+        .progress_display(ProgressDisplay::Quiet)
         .handle_signals(false)
 }
 
@@ -103,7 +103,9 @@ fn a_stopper_terminates_the_workers_and_sets_the_exit_status() {
             while !marker.exists() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            assert!(!stopper.is_stopped());
             stopper.stop(libc::SIGTERM);
+            assert!(stopper.is_stopped(), "a stop asked for is seen at once");
         };
         let (summary, ()) = tokio::join!(spawner.run(), stop);
         summary.unwrap()
