@@ -6,6 +6,7 @@
 //! Ctrl-C or SIGTERM (see [`child`]).
 
 mod bench;
+mod bench_gate;
 mod child;
 mod db;
 mod demo;
@@ -27,6 +28,10 @@ const TASKS: &[(&str, &str)] = &[
     (
         "bench [CRITERION-ARGS]",
         "cargo bench --workspace against throwaway MySQL and Redis",
+    ),
+    (
+        "bench-gate [--rounds N] [--seconds S] [--connects N]",
+        "`dbslots gate` vs HAProxy (maxconn) vs direct against a throwaway MySQL: sysbench point selects and PHP PDO connect+query+close, with ratios, CPU per query and memory per idle connection (installs sysbench, haproxy, php-cli as root when missing)",
     ),
     (
         "demo [--batches | --no-throttle | --all] [--php] [--runs N]",
@@ -53,6 +58,7 @@ fn main() -> ExitCode {
         }
         Some("test") => test::run(rest),
         Some("bench") => bench::run(rest),
+        Some("bench-gate") => bench_gate::run(rest),
         Some("db") => db::run(rest),
         Some("demo") => demo::run(rest),
         // Further tasks (such as `demo`) get an arm and a module here.

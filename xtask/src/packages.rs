@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::child;
 
@@ -55,4 +55,19 @@ pub fn install(packages: &[&str], purpose: &str) -> Result<()> {
     let mut install = apt(&["install", "-y", "--no-install-recommends"]);
     install.args(packages);
     child::run(&format!("`apt-get install -y {list}`"), install)
+}
+
+/// Installs PDO's MySQL driver (`php-mysql`) when `php` lacks it.
+pub fn ensure_pdo_mysql(purpose: &str) -> Result<()> {
+    let out = std::process::Command::new("php")
+        .args([
+            "-r",
+            "echo in_array('mysql', PDO::getAvailableDrivers()) ? 'yes' : 'no';",
+        ])
+        .output()
+        .context("cannot run php")?;
+    if String::from_utf8_lossy(&out.stdout).trim() != "yes" {
+        install(&["php-mysql"], &format!("{purpose} (PDO's MySQL driver)"))?;
+    }
+    Ok(())
 }

@@ -20,6 +20,11 @@ use crate::exec::parse_seconds;
 /// SIGTERM or SIGINT: stop accepting and let connections finish for
 /// --drain seconds; a second one closes everything at once. SIGHUP logs
 /// the gate's counters and carries on.
+///
+/// With a redis:// pool each slot is a lease the gate renews: when a
+/// lease is lost (the gate was cut off from Redis or paused for longer
+/// than the lease), the gate closes that connection, the client's socket
+/// and the server's, before the pool can give the slot to anyone else.
 #[derive(Debug, Args)]
 pub struct GateArgs {
     /// Where clients connect: HOST:PORT or unix:/PATH (repeat for several)
@@ -78,8 +83,17 @@ pub fn run(args: GateArgs) -> anyhow::Result<ExitCode> {
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
     let pool = args.pool.open()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(usize::from(args.threads))
+    // One thread: everything on this thread (tokio's current-thread
+    // runtime: no hand-over between threads per relayed packet); more: a
+    // work-stealing pool of that many threads.
+    let mut builder = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(usize::from(args.threads));
+        b
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

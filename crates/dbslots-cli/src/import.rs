@@ -49,6 +49,12 @@ enum ImportCommand {
     /// job back in the queue at its checkpoint and exits 0; a second signal
     /// exits at once (the job goes back once its heartbeat is stale).
     ///
+    /// New keys go into InnoDB tables with LOAD DATA LOCAL INFILE of the
+    /// validated rows from memory (the server's local_infile must be on;
+    /// MySQL 8 has it off, and then INSERT statements are used); from the
+    /// first batch with a key already in the table on, a job's rows are
+    /// upserted with INSERT ... ON DUPLICATE KEY UPDATE.
+    ///
     /// Exit status: 0 when every job it worked on completed (with or without
     /// rejected records), and with --once also when another processor holds
     /// the lock file; 1 when a job it worked on failed, or on an error.

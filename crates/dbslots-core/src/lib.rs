@@ -54,4 +54,4 @@ pub use check::{
 pub use error::{Error, Result};
 pub use file::MAX_CAPACITY;
 pub use pool::{Pool, PoolOptions, Slot};
-pub use stats::{Holder, PoolStats, WaitHistogram, Waiter};
+pub use stats::{Holder, PoolStats, WAIT_BUCKETS_US, WaitHistogram, Waiter};

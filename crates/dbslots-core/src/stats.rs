@@ -65,6 +65,22 @@ pub struct Waiter {
     pub since_unix_ms: Option<u64>,
 }
 
+/// Upper bounds of the buckets of a [`WaitHistogram`] kept in microseconds
+/// (a file pool's board, a gate's counters), ascending; a final bucket takes
+/// everything longer. One list, so that the histograms line up.
+pub const WAIT_BUCKETS_US: [u64; 10] = [
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    5_000_000,
+    30_000_000,
+    120_000_000,
+    600_000_000,
+];
+
 /// Distribution of acquisition waits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[non_exhaustive]
@@ -82,6 +98,25 @@ pub struct WaitHistogram {
 }
 
 impl WaitHistogram {
+    /// The bucket of [`WAIT_BUCKETS_US`] (an index into `counts`) that a
+    /// wait of `us` microseconds falls in.
+    pub fn bucket_of(us: u64) -> usize {
+        WAIT_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(WAIT_BUCKETS_US.len())
+    }
+
+    /// The histogram over [`WAIT_BUCKETS_US`] from its per-bucket `counts`
+    /// (see [`WaitHistogram::from_buckets`]) and the sum of the waits.
+    pub fn from_counts(counts: Vec<u64>, sum_seconds: f64) -> Self {
+        Self::from_buckets(
+            WAIT_BUCKETS_US.iter().map(|&us| us as f64 / 1e6).collect(),
+            counts,
+            sum_seconds,
+        )
+    }
+
     /// A histogram from per-bucket counts (not cumulative) and the sum of
     /// all waits: `counts[i]` waits took at most `bounds_seconds[i]`, the
     /// last entry counts the waits above the last bound. `count` is their

@@ -22,7 +22,7 @@ pub fn render_gate_metrics(reports: &[GateReport]) -> String {
         )
     };
     type Value = fn(&GateReport) -> u64;
-    let families: [(&str, &str, &str, Value); 9] = [
+    let families: [(&str, &str, &str, Value); 10] = [
         (
             "dbslots_gate_accepted_total",
             "counter",
@@ -64,6 +64,12 @@ pub fn render_gate_metrics(reports: &[GateReport]) -> String {
             "counter",
             "Clients refused with 2003 because the server could not be reached.",
             |g| g.upstream_failures,
+        ),
+        (
+            "dbslots_gate_leases_lost_total",
+            "counter",
+            "Relayed connections closed because their slot's lease was lost (redis:// pools).",
+            |g| g.leases_lost,
         ),
         (
             "dbslots_gate_idle_closes_total",
@@ -154,6 +160,7 @@ mod tests {
             queue_timeouts: 1,
             abandoned: 0,
             upstream_failures: 0,
+            leases_lost: 3,
             idle_closes: 0,
             bytes_from_clients: 10,
             bytes_to_clients: 20,
@@ -169,6 +176,7 @@ mod tests {
         for line in [
             format!("dbslots_gate_accepted_total{{{l}}} 5"),
             format!("dbslots_gate_queued{{{l}}} 1"),
+            format!("dbslots_gate_leases_lost_total{{{l}}} 3"),
             format!("dbslots_gate_bytes_total{{{l},direction=\"to_clients\"}} 20"),
             format!("dbslots_gate_wait_seconds_bucket{{{l},le=\"0.001\"}} 3"),
             format!("dbslots_gate_wait_seconds_bucket{{{l},le=\"1\"}} 3"),

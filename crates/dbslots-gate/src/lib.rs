@@ -12,6 +12,11 @@
 //! naming dbslots, the pool, its capacity and the number waiting), which
 //! every client reports like the server's own "Too many connections".
 //!
+//! With a `redis://` pool a slot is a lease: a connection whose lease is
+//! lost (the gate cut off from Redis or paused) is closed, the client's
+//! socket and the server's, a safety margin before the pool can give the
+//! slot to anyone else (see `lease`).
+//!
 //! Clients queue in the gate in accept order; a few agents wait in the pool
 //! on their behalf (see `queue`), so the gate holds 10,000 queued clients
 //! without 10,000 threads, and shares the pool FIFO with every other user.
@@ -42,6 +47,7 @@
 mod endpoint;
 mod error;
 mod exposition;
+mod lease;
 mod limits;
 mod net;
 mod packet;
@@ -65,9 +71,10 @@ pub use limits::raise_open_file_limit;
 pub use packet::{CR_CONN_HOST_ERROR, ER_CON_COUNT_ERROR, error_packet};
 pub use stats::{GateReport, gates_dir, read_gates, read_gates_in};
 
+use lease::Leases;
 use net::{Listener, Stream};
 use queue::{Admission, Ticket};
-use relay::{Activity, Clock, Tracked};
+use relay::{Activity, Clock, Side, Tracked};
 use stats::{Counters, Identity, Publication, bump, drop_one};
 
 /// How a gate behaves.
@@ -196,6 +203,10 @@ struct Shared {
     counters: Arc<Counters>,
     admission: Arc<Admission>,
     clock: Arc<Clock>,
+    /// The slots of relayed connections while their leases are watched.
+    leases: Leases,
+    /// Numbers relayed connections for `leases`.
+    next_connection: AtomicU64,
     /// Waiters of the pool as a whole (other gates and processes), looked
     /// at once a second while an idle timeout is set.
     pool_waiting: AtomicU64,
@@ -265,6 +276,7 @@ impl Gate {
         };
         let shared = Arc::new(Shared {
             admission: Admission::new(pool.clone(), options.max_pool_waiters, counters.clone()),
+            leases: Leases::new(&pool),
             pool,
             pool_name,
             upstream: options.upstream,
@@ -274,6 +286,7 @@ impl Gate {
             connect_timeout: options.connect_timeout,
             counters,
             clock: Clock::new(),
+            next_connection: AtomicU64::new(0),
             pool_waiting: AtomicU64::new(0),
             open: AtomicU64::new(0),
             all_closed: Notify::new(),
@@ -332,6 +345,13 @@ impl Gate {
             self.publication.take(),
             self.phase.subscribe(),
         ));
+        if self.shared.pool.lease_margin().is_some() {
+            let shared = self.shared.clone();
+            let mut phase = self.phase.subscribe();
+            background.spawn(async move {
+                shared.leases.watch(stopping(&mut phase)).await;
+            });
+        }
         if self.shared.idle_timeout.is_some() {
             background.spawn(idle_support_loop(
                 self.shared.clone(),
@@ -551,10 +571,12 @@ async fn serve_client(
         }
     };
     bump(&shared.counters.active);
+    let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+    let kept = shared.leases.keep(id, slot);
     let activity = Activity::new(&shared.clock);
     let track = shared.idle_timeout.map(|_| (&activity, &*shared.clock));
-    let mut c = Tracked::client(client, &shared.counters, track);
-    let mut s = Tracked::server(upstream, &shared.counters, track);
+    let mut c = Tracked::new(client, Side::Client, &shared.counters, track);
+    let mut s = Tracked::new(upstream, Side::Server, &shared.counters, track);
     let idle = async {
         match shared.idle_timeout {
             Some(idle) => {
@@ -583,13 +605,19 @@ async fn serve_client(
             bump(&shared.counters.idle_closes);
             tracing::info!(gate = %shared.name, client = %peer, idle_timeout = ?shared.idle_timeout, "closed an idle connection: others wait for its slot");
         }
+        () = kept.lost() => {
+            bump(&shared.counters.leases_lost);
+            tracing::warn!(gate = %shared.name, pool = %shared.pool_name, client = %peer, "the slot's lease was lost (cut off from Redis, or paused): closing the client's and the server's connection before the pool gives the slot to another holder");
+        }
         _ = stopping(&mut phase) => {}
     }
     // The server's socket first, then the slot.
     drop(s);
     drop(c);
     drop_one(&shared.counters.active);
-    queue::release(slot);
+    if let Some(slot) = shared.leases.take(kept) {
+        queue::release(slot);
+    }
 }
 
 /// Resolves when a queued client hangs up. A client that sends something

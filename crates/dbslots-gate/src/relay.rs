@@ -77,29 +77,29 @@ pub(crate) struct Tracked<'a> {
     activity: Option<(&'a Activity, &'a Clock)>,
 }
 
-impl<'a> Tracked<'a> {
-    pub(crate) fn client(
-        inner: Stream,
-        counters: &'a Counters,
-        activity: Option<(&'a Activity, &'a Clock)>,
-    ) -> Self {
-        Tracked {
-            inner,
-            bytes: &counters.bytes_from_clients,
-            from_server: false,
-            activity,
-        }
-    }
+/// Which end of a relayed connection a stream is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Side {
+    /// The client's socket: what is read from it goes to the server.
+    Client,
+    /// The server's socket: what is read from it goes to the client.
+    Server,
+}
 
-    pub(crate) fn server(
+impl<'a> Tracked<'a> {
+    pub(crate) fn new(
         inner: Stream,
+        side: Side,
         counters: &'a Counters,
         activity: Option<(&'a Activity, &'a Clock)>,
     ) -> Self {
         Tracked {
             inner,
-            bytes: &counters.bytes_to_clients,
-            from_server: true,
+            bytes: match side {
+                Side::Client => &counters.bytes_from_clients,
+                Side::Server => &counters.bytes_to_clients,
+            },
+            from_server: side == Side::Server,
             activity,
         }
     }

@@ -17,26 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dbslots_core::{PoolAddr, WaitHistogram};
+use dbslots_core::{PoolAddr, WAIT_BUCKETS_US, WaitHistogram};
 use rustix::fs::{FlockOperation, flock};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-
-/// Upper bounds of the wait histogram's buckets, in microseconds (the pool
-/// board's buckets, so the two histograms line up).
-const WAIT_BUCKETS_US: [u64; 10] = [
-    10,
-    100,
-    1_000,
-    10_000,
-    100_000,
-    1_000_000,
-    5_000_000,
-    30_000_000,
-    120_000_000,
-    600_000_000,
-];
 
 /// Where the gates of a pool publish their counters: `gates/` inside a file
 /// pool's directory; for a Redis pool, `gates/redis-NAME` next to this
@@ -115,6 +100,10 @@ pub struct GateReport {
     pub abandoned: u64,
     /// Clients refused because the server could not be reached.
     pub upstream_failures: u64,
+    /// Relayed connections closed because their slot's lease was lost
+    /// (`redis://` pools: the gate was cut off from Redis or paused).
+    #[serde(default)]
+    pub leases_lost: u64,
     /// Connections closed by `--idle-timeout`.
     pub idle_closes: u64,
     /// Bytes relayed from clients to the server.
@@ -135,6 +124,7 @@ pub(crate) struct Counters {
     pub queue_timeouts: AtomicU64,
     pub abandoned: AtomicU64,
     pub upstream_failures: AtomicU64,
+    pub leases_lost: AtomicU64,
     pub idle_closes: AtomicU64,
     pub bytes_from_clients: AtomicU64,
     pub bytes_to_clients: AtomicU64,
@@ -151,26 +141,20 @@ pub(crate) fn drop_one(c: &AtomicU64) {
 }
 
 impl Counters {
-    /// Records one admitted client's wait.
+    /// Records one admitted client's wait (the pools' buckets, so the
+    /// histograms line up).
     pub(crate) fn record_wait(&self, waited: Duration) {
         let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
-        let i = WAIT_BUCKETS_US
-            .iter()
-            .position(|&b| us <= b)
-            .unwrap_or(WAIT_BUCKETS_US.len());
-        self.wait_buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.wait_buckets[WaitHistogram::bucket_of(us)].fetch_add(1, Ordering::Relaxed);
         self.wait_sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
     fn histogram(&self) -> WaitHistogram {
-        let counts: Vec<u64> = self
-            .wait_buckets
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
-        WaitHistogram::from_buckets(
-            WAIT_BUCKETS_US.iter().map(|&b| b as f64 / 1e6).collect(),
-            counts,
+        WaitHistogram::from_counts(
+            self.wait_buckets
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
             self.wait_sum_us.load(Ordering::Relaxed) as f64 / 1e6,
         )
     }
@@ -212,6 +196,7 @@ impl Counters {
             queue_timeouts: get(&self.queue_timeouts),
             abandoned: get(&self.abandoned),
             upstream_failures: get(&self.upstream_failures),
+            leases_lost: get(&self.leases_lost),
             idle_closes: get(&self.idle_closes),
             bytes_from_clients: get(&self.bytes_from_clients),
             bytes_to_clients: get(&self.bytes_to_clients),
@@ -264,9 +249,10 @@ impl Publication {
         let tmp = self.dir.join(format!(".{}.json.tmp", self.name));
         let path = self.dir.join(format!("{}.json", self.name));
         let _ = std::fs::remove_file(&tmp);
-        let mut f = open_nofollow(&tmp, true)?;
-        serde_json::to_writer(&mut f, report)?;
-        f.write_all(b"\n")?;
+        // One write: serde writes token by token, a syscall each unbuffered.
+        let mut doc = serde_json::to_vec(report)?;
+        doc.push(b'\n');
+        open_nofollow(&tmp, true)?.write_all(&doc)?;
         std::fs::rename(&tmp, &path)
     }
 }

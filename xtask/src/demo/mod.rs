@@ -60,7 +60,7 @@ const BATCH_DELAY_SECS: u32 = 2;
 /// The PHP worker, relative to the workspace root.
 const PHP_WORKER: &str = "crates/dbslots-demo-worker/php/worker.php";
 /// What `--php` needs: a file, and the Debian package that provides it.
-/// PDO's MySQL driver (php-mysql) is checked by [`ensure_pdo_mysql`].
+/// PDO's MySQL driver (php-mysql) is checked by [`packages::ensure_pdo_mysql`].
 const PHP_PROGRAMS: &[(&str, &str)] = &[("/usr/bin/php", "php-cli")];
 
 const USAGE: &str = "usage: cargo xtask demo [--batches | --no-throttle | --all] [--php] [--runs N] \
@@ -168,7 +168,7 @@ pub fn run(args: &[String]) -> Result<()> {
     child::install_interrupt_handler()?;
     if args.kind == Kind::Php {
         packages::ensure(PHP_PROGRAMS, "`cargo xtask demo --php`")?;
-        ensure_pdo_mysql()?;
+        packages::ensure_pdo_mysql("`cargo xtask demo --php`")?;
     }
     eprintln!(
         "demo: building dbslots and the demo worker (release; the first build takes a few minutes)"
@@ -312,23 +312,6 @@ fn json_of(command: &mut Command, what: &str) -> Result<Value> {
 }
 
 /// Fails with what to run when PHP lacks PDO's MySQL driver.
-fn ensure_pdo_mysql() -> Result<()> {
-    let out = Command::new("php")
-        .args([
-            "-r",
-            "echo in_array('mysql', PDO::getAvailableDrivers()) ? 'yes' : 'no';",
-        ])
-        .output()
-        .context("cannot run php")?;
-    if String::from_utf8_lossy(&out.stdout).trim() != "yes" {
-        packages::install(
-            &["php-mysql"],
-            "`cargo xtask demo --php` (PDO's MySQL driver)",
-        )?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1035,3 +1035,117 @@ fn an_idle_relayed_connection_costs_the_gate_at_most_64_kib() {
         drop(warm);
     });
 }
+
+/// `redis://[auth@]HOST:PORT/...` with HOST:PORT replaced by `127.0.0.1:port`.
+fn redis_url_through(url: &str, port: u16) -> String {
+    let rest = url.strip_prefix("redis://").expect("a redis:// URL");
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let auth = authority.rsplit_once('@').map(|(a, _)| format!("{a}@"));
+    format!(
+        "redis://{}127.0.0.1:{port}/{path}",
+        auth.unwrap_or_default()
+    )
+}
+
+#[test]
+fn a_connection_whose_lease_is_lost_is_closed_on_both_sides_before_the_lease_runs_out() {
+    let _heavy = crate::support::heavy_or_sensitive();
+    let Some(redis) = dbslots_testkit::shared_redis() else {
+        return;
+    };
+    let Some(mysql) = dbslots_testkit::shared_mysql() else {
+        return;
+    };
+    let opts = mysql_async::Opts::from_url(&mysql.user_url).expect("a MySQL URL");
+    let upstream = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
+    let redis_port: u16 = redis
+        .strip_prefix("redis://")
+        .and_then(|r| r.split('/').next())
+        .and_then(|a| a.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("redis://HOST:PORT/...");
+    // The gate reaches Redis through a proxy the test can turn into a black
+    // hole: bytes stop, sockets stay open, renewals get no answer.
+    let proxy = dbslots_testkit::FreezableProxy::start(std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        redis_port,
+    )))
+    .expect("a proxy in front of Redis");
+    let lease = Duration::from_millis(2000);
+    let base = redis_url_through(&redis, proxy.port());
+    let sep = if base.contains('?') { '&' } else { '?' };
+    // `pool=` last: GateProc finds the gate's directory from it.
+    let pool = format!(
+        "{base}{sep}lease_ms={}&pool=gate-lease-{}",
+        lease.as_millis(),
+        std::process::id()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let runtime_dir = dir.path().join("run");
+    std::fs::create_dir(&runtime_dir).unwrap();
+    let env = [("XDG_RUNTIME_DIR", runtime_dir.as_path())];
+    let gate = GateProc::start_with(dir.path(), &upstream, &pool, &["--capacity", "2"], &env);
+    let url = gate.url();
+    let admin = mysql.admin_url.clone();
+    runtime().block_on(async move {
+        let mut conn = mysql_async::Conn::from_url(&url)
+            .await
+            .expect("through the gate");
+        let id: u64 = conn
+            .query_first("SELECT CONNECTION_ID()")
+            .await
+            .unwrap()
+            .unwrap();
+        // Renewals work: the connection outlives a lease.
+        tokio::time::sleep(lease + Duration::from_millis(500)).await;
+        let one: Option<u8> = conn.query_first("SELECT 1").await.expect("still relayed");
+        assert_eq!(one, Some(1));
+
+        proxy.freeze();
+        let frozen = Instant::now();
+        // The client learns it at its next query: the gate closed its socket.
+        let closed_at = loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if conn.query_drop("SELECT 1").await.is_err() {
+                break Instant::now();
+            }
+            assert!(
+                frozen.elapsed() < lease * 3,
+                "the connection was not closed after its lease was lost"
+            );
+        };
+        // Before Redis could have given the slot to anyone else.
+        assert!(
+            closed_at - frozen < lease,
+            "closed {:?} after the cut, the lease is {lease:?}",
+            closed_at - frozen
+        );
+        // And the server's side is gone too.
+        let mut admin = mysql_async::Conn::from_url(&admin).await.expect("admin");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let alive: Option<u64> = admin
+                .query_first(format!(
+                    "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {id}"
+                ))
+                .await
+                .unwrap();
+            if alive == Some(0) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server still has the connection the gate was told to close"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        admin.disconnect().await.unwrap();
+    });
+    let r = gate.report_when("the lost lease counted", |r| r.leases_lost == 1);
+    assert_eq!(r.active, 0, "{r:#?}");
+    assert!(
+        gate.log_text().contains("lease was lost"),
+        "{}",
+        gate.log_text()
+    );
+}

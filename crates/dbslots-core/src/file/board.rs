@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use memmap2::MmapRaw;
 
 use crate::error::{Error, Result};
+use crate::stats::{WAIT_BUCKETS_US, WaitHistogram};
 
 /// File magic at offset 0.
 pub(crate) const MAGIC: [u8; 8] = *b"DBSLOTS\0";
@@ -35,20 +36,6 @@ pub(crate) const MAGIC: [u8; 8] = *b"DBSLOTS\0";
 pub(crate) const FORMAT: u32 = 2;
 /// Slots a board has room for; also the largest capacity.
 pub const MAX_CAPACITY: u32 = 4096;
-/// Upper bounds of the wait-time histogram buckets, in microseconds. A final
-/// bucket takes everything longer.
-pub(crate) const WAIT_BUCKETS_US: [u64; 10] = [
-    10,
-    100,
-    1_000,
-    10_000,
-    100_000,
-    1_000_000,
-    5_000_000,
-    30_000_000,
-    120_000_000,
-    600_000_000,
-];
 
 const OFF_MAGIC: usize = 0;
 const OFF_FORMAT: usize = 8;
@@ -313,12 +300,8 @@ impl Board {
 
     /// Records a queued wait of `ns` nanoseconds.
     pub(crate) fn record_wait(&self, ns: u64) {
-        let us = ns / 1_000;
-        let i = WAIT_BUCKETS_US
-            .iter()
-            .position(|&b| us <= b)
-            .unwrap_or(WAIT_BUCKETS_US.len());
-        self.wait_bucket(i).fetch_add(1, Ordering::Relaxed);
+        self.wait_bucket(WaitHistogram::bucket_of(ns / 1_000))
+            .fetch_add(1, Ordering::Relaxed);
         self.waited().fetch_add(1, Ordering::Relaxed);
         self.wait_sum_ns().fetch_add(ns, Ordering::Relaxed);
     }

@@ -18,11 +18,10 @@ use std::time::Duration;
 use rustix::fs::{self as rfs, FlockOperation, OFlags};
 use rustix::io::Errno;
 
-use super::board::WAIT_BUCKETS_US;
 use super::layout::{WAITERS, open_in};
 use super::{FilePool, errno_io, unlock};
 use crate::error::{Error, Result};
-use crate::stats::{Holder, PoolStats, WaitHistogram, Waiter};
+use crate::stats::{Holder, PoolStats, WAIT_BUCKETS_US, WaitHistogram, Waiter};
 
 impl FilePool {
     /// Live waiters (dbslots' and foreign ones); removes the files of
@@ -144,8 +143,7 @@ impl FilePool {
             .map(|i| self.board.wait_bucket(i).load(Ordering::Relaxed))
             .collect();
         counts[0] += acquisitions.saturating_sub(waited);
-        let wait_histogram = WaitHistogram::from_buckets(
-            WAIT_BUCKETS_US.iter().map(|us| *us as f64 / 1e6).collect(),
+        let wait_histogram = WaitHistogram::from_counts(
             counts,
             self.board.wait_sum_ns().load(Ordering::Relaxed) as f64 / 1e9,
         );
