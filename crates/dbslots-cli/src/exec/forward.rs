@@ -19,7 +19,7 @@
 //!   being started.
 
 use std::io;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::SeqCst};
 
 /// The signals passed on to the command.
 pub const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
@@ -38,24 +38,36 @@ static RECEIVED: AtomicU32 = AtomicU32::new(0);
 /// soon as it is reaped, so nothing is forwarded any more.
 const COMMAND_EXITED: u64 = u64::MAX;
 
-/// Whether a signal described by `info` reached the command already (see
+/// [`sender`]'s word for a signal the terminal sent.
+const FROM_TERMINAL: libc::pid_t = -1;
+
+/// Who sent a signal that came before the command's pid was known, per
+/// signal number (the last one, if several), for [`publish_command_pid`].
+static EARLY_SENDER: [AtomicI32; 32] = [const { AtomicI32::new(0) }; 32];
+
+/// Who sent a signal: the terminal ([`FROM_TERMINAL`]), a process (its
+/// pid), or something else (0).
+fn sender(info: &libc::siginfo_t) -> libc::pid_t {
+    match info.si_code {
+        libc::SI_KERNEL => FROM_TERMINAL,
+        // SAFETY: si_pid is valid for signals sent by kill (SI_USER) and
+        // sigqueue/tgkill (SI_QUEUE, SI_TKILL).
+        libc::SI_USER | libc::SI_QUEUE | libc::SI_TKILL => unsafe { info.si_pid() },
+        _ => 0,
+    }
+}
+
+/// Whether a signal from `sender` reached the command `pid` already (see
 /// the module doc). Async-signal-safe: `getpgid` and `getpgrp` are system
 /// calls.
-fn reached_the_command_already(info: &libc::siginfo_t, pid: libc::pid_t) -> bool {
-    if info.si_code == libc::SI_KERNEL {
+fn reached_the_command_already(sender: libc::pid_t, pid: libc::pid_t) -> bool {
+    if sender == FROM_TERMINAL {
         // From the terminal, to the foreground group: the command has it
         // if it is still in ours.
         // SAFETY: plain system calls.
         return unsafe { libc::getpgid(pid) == libc::getpgrp() };
     }
-    // SAFETY: si_pid is valid for signals sent by kill (SI_USER) and
-    // sigqueue/tgkill (SI_QUEUE, SI_TKILL), the only other codes these
-    // signals arrive with.
-    let sender = unsafe { info.si_pid() };
-    matches!(
-        info.si_code,
-        libc::SI_USER | libc::SI_QUEUE | libc::SI_TKILL
-    ) && sender == pid
+    sender == pid
 }
 
 /// The handler of the forwarded signals: passes the signal to the command,
@@ -65,6 +77,11 @@ extern "C" fn forward_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *m
     // SAFETY: errno is thread-local; the handler restores it.
     let errno = unsafe { *libc::__errno_location() };
     RECEIVED.fetch_or(1 << sig, SeqCst);
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let from = sender(unsafe { &*info });
+    // Stored before the pending bit is set: publish_command_pid reads it
+    // after taking the bits.
+    EARLY_SENDER[sig as usize].store(from, SeqCst);
     let mut word = FORWARDING.load(SeqCst);
     loop {
         if word == COMMAND_EXITED {
@@ -72,10 +89,7 @@ extern "C" fn forward_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *m
         }
         let pid = (word >> 32) as libc::pid_t;
         if pid != 0 {
-            // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO
-            // handler.
-            let info = unsafe { &*info };
-            if !reached_the_command_already(info, pid) {
+            if !reached_the_command_already(from, pid) {
                 // SAFETY: kill is async-signal-safe; the pid is not reaped
                 // before COMMAND_EXITED is stored (see `command_exited`).
                 unsafe { libc::kill(pid, sig) };
@@ -132,7 +146,8 @@ pub fn publish_command_pid(pid: u32) {
     let before = FORWARDING.swap(u64::from(pid) << 32, SeqCst);
     let pending = before as u32;
     for sig in FORWARDED {
-        if pending & (1 << sig) != 0 {
+        let from = EARLY_SENDER[sig as usize].load(SeqCst);
+        if pending & (1 << sig) != 0 && !reached_the_command_already(from, pid as libc::pid_t) {
             tracing::debug!(
                 signal = sig,
                 pid,

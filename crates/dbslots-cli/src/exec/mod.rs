@@ -11,7 +11,6 @@ use clap::Args;
 use crate::common::{EXIT_TIMEOUT, PoolArgs};
 
 mod forward;
-mod script;
 
 /// The exit status of a Redis-pool command whose `dbslots` died while it
 /// was being started: it never runs (nothing would stop it when the lease
@@ -167,7 +166,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let mut spawned = command(program, &args.command[1..]).spawn();
     if let Err(e) = &spawned
         && e.raw_os_error() == Some(libc::ENOEXEC)
-        && let Some(script) = script::without_interpreter(program)
+        && let Some(script) = dbslots_spawn::script::without_interpreter(program)
     {
         // A script without a `#!` line: run it with /bin/sh, as a shell
         // and execvp do (posix_spawnp does not).

@@ -143,6 +143,15 @@ fn killing_dbslots_does_not_free_the_slot_while_the_command_runs() {
         assert!(Instant::now() < deadline, "command never started");
         std::thread::sleep(Duration::from_millis(10));
     };
+    // dbslots names the command as the holder once it started it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_json(&p)["holders"][0]["pid"] != child_pid {
+        assert!(
+            Instant::now() < deadline,
+            "the command never became the holder"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     exec.kill().expect("SIGKILL dbslots");
     exec.wait().expect("reap dbslots");
     let s = status_json(&p);

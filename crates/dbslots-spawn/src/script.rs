@@ -2,8 +2,9 @@
 //!
 //! The kernel refuses such a file (`ENOEXEC`); a shell, and glibc's
 //! `execvp`, then run it with `/bin/sh`. `posix_spawnp`, which std uses
-//! and which spares `dbslots exec` a fork, does not, so `exec` does it
-//! itself when the spawn fails that way. Written by hand because the rule
+//! and which spares the spawner (and `dbslots exec`) a fork, does not, so
+//! they do it themselves when a start fails that way: run `/bin/sh FILE
+//! ARGS...` with the file [`without_interpreter`] finds. Written by hand because the rule
 //! is four lines of POSIX (`execvp`'s PATH search) and no crate offers it
 //! without pulling in a process library of its own.
 
