@@ -93,6 +93,7 @@ impl Cluster {
     }
 
     fn client(&self, node: &str) -> RedisResult<redis::Client> {
+        let node = &self.endpoint(node);
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get(node) {
             return Ok(c.clone());
@@ -106,6 +107,29 @@ impl Cluster {
         })?;
         clients.insert(node.to_string(), client.clone());
         Ok(client)
+    }
+
+    /// `node` as a redirect names it, made addressable: Redis 7 names a
+    /// node whose host it does not know as `:PORT` (or `?:PORT`): that is
+    /// the host of the node we spoke to, which is the first seed's network;
+    /// an IPv6 host gets its brackets.
+    fn endpoint(&self, node: &str) -> String {
+        let Some((host, port)) = node.rsplit_once(':') else {
+            return node.to_string();
+        };
+        let host = match host {
+            "" | "?" => self
+                .seeds
+                .first()
+                .and_then(|seed| seed.rsplit_once(':'))
+                .map_or("127.0.0.1", |(h, _)| h),
+            h => h,
+        };
+        if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        }
     }
 
     /// A connection to `node`, made within `timeout`.
@@ -212,6 +236,19 @@ pub(super) fn split_seeds(after_scheme: &str) -> Result<(String, Vec<String>, St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirect_endpoints_without_a_host_or_with_ipv6_are_addressable() {
+        let cluster = Cluster::new(
+            vec!["10.0.0.5:7000".into()],
+            Box::new(|_| Err("unused".into())),
+        );
+        assert_eq!(cluster.endpoint("10.0.0.6:7001"), "10.0.0.6:7001");
+        assert_eq!(cluster.endpoint(":7002"), "10.0.0.5:7002");
+        assert_eq!(cluster.endpoint("?:7002"), "10.0.0.5:7002");
+        assert_eq!(cluster.endpoint("::1:7003"), "[::1]:7003");
+        assert_eq!(cluster.endpoint("[::1]:7003"), "[::1]:7003");
+    }
 
     #[test]
     fn seeds_credentials_and_the_shared_rest_are_split() {

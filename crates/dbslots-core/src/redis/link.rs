@@ -242,7 +242,13 @@ impl Link {
                             }
                             return Err(e);
                         }
-                        Some(Redirect::Ask(node)) => return connector.ask(&node, &f),
+                        // A slot in migration: ask its target, unless this
+                        // call was already redirected (a call stays within
+                        // two attempts' time).
+                        Some(Redirect::Ask(node)) if attempt == 0 => {
+                            return connector.ask(&node, &f);
+                        }
+                        Some(Redirect::Ask(_)) => return Err(e),
                         None => {}
                     }
                     let broken = e.is_io_error()

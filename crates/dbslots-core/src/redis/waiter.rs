@@ -172,15 +172,25 @@ impl RedisPool {
             .position(|b| ms <= *b)
             .unwrap_or(WAIT_BOUNDS_MS.len());
         let k = &self.shared.keys;
+        // One command (EVAL), not a pipeline: on a cluster whose pool slot
+        // is migrating, ASKING covers only the next command, so the other
+        // counters of a pipeline would be refused and the histogram torn.
         let _ = self.shared.command("recording a wait", |c| {
-            redis::pipe()
-                .hincr(&k.stats, "waited", 1)
-                .hincr(&k.stats, "wait_sum_ms", ms)
-                .hincr(&k.stats, format!("b{bucket}"), 1)
+            redis::cmd("EVAL")
+                .arg(RECORD_WAIT)
+                .arg(1)
+                .arg(&k.stats)
+                .arg(ms)
+                .arg(format!("b{bucket}"))
                 .query::<()>(c)
         });
     }
 }
+
+/// Counts one finished wait of ARGV[1] ms in histogram bucket ARGV[2].
+const RECORD_WAIT: &str = "redis.call('HINCRBY', KEYS[1], 'waited', 1) \
+    redis.call('HINCRBY', KEYS[1], 'wait_sum_ms', ARGV[1]) \
+    redis.call('HINCRBY', KEYS[1], ARGV[2], 1)";
 
 fn sleep_until(until: Instant, cancel: &CancelToken) {
     while !cancel.is_cancelled() {
