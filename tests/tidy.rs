@@ -128,3 +128,32 @@ fn every_library_crate_requires_docs_on_public_items() {
         );
     }
 }
+
+#[test]
+fn no_library_message_names_a_flag_of_the_binary() {
+    // What a command-line redaction looks for, not advice.
+    const REDACTED: &[&str] = &["password", "passwd", "pass", "db-password"];
+    let mut found = Vec::new();
+    for krate in ["core", "mysql", "spawn", "import", "gate"] {
+        found.extend(offenders(&format!("crates/dbslots-{krate}/src"), |line| {
+            line.match_indices("--")
+                .map(|(i, _)| {
+                    line[i + 2..]
+                        .split(|c: char| !(c.is_ascii_lowercase() || c == '-'))
+                        .next()
+                        .unwrap_or_default()
+                })
+                .find(|flag| flag.starts_with(|c: char| c.is_ascii_lowercase()) && !REDACTED.contains(flag))
+                .map(|flag| {
+                    format!(
+                        "--{flag} in a library: name the library's option, and map it in crates/dbslots-cli/src/advice.rs"
+                    )
+                })
+        }));
+    }
+    assert!(
+        found.is_empty(),
+        "ARCHITECTURE.md says no library message names a flag of the binary:\n{}",
+        found.join("\n")
+    );
+}

@@ -33,6 +33,10 @@ const TERMS: &[(&str, &str)] = &[
         "(or `dbslots connections --kill-idle --max-idle SECONDS`)",
     ),
     ("(kill_idle)", "(`dbslots connections --kill-idle`)"),
+    (
+        "that sleep too long with kill_idle",
+        "with `dbslots connections --kill-idle --max-idle SECONDS --user NAME`",
+    ),
     ("warn_percent", "--warn"),
     ("crit_percent", "--crit"),
     // dbslots-import

@@ -49,6 +49,12 @@ enum ImportCommand {
     /// job back in the queue at its checkpoint and exits 0; a second signal
     /// exits at once (the job goes back once its heartbeat is stale).
     ///
+    /// New keys go into InnoDB tables with LOAD DATA LOCAL INFILE of the
+    /// validated rows from memory (the server's local_infile must be on;
+    /// MySQL 8 has it off, and then INSERT statements are used); from the
+    /// first batch with a key already in the table on, a job's rows are
+    /// upserted with INSERT ... ON DUPLICATE KEY UPDATE.
+    ///
     /// Exit status: 0 when every job it worked on completed (with or without
     /// rejected records), and with --once also when another processor holds
     /// the lock file; 1 when a job it worked on failed, or on an error.
@@ -151,7 +157,7 @@ struct RunArgs {
     capacity: Option<u32>,
 
     /// Records per batch (one transaction with its checkpoint)
-    #[arg(long, value_name = "N", default_value_t = 10_000,
+    #[arg(long, value_name = "N", default_value_t = 50_000,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     batch_rows: u32,
 

@@ -160,8 +160,10 @@ impl PoolAddr {
         }
     }
 
-    /// Parses an address: a path, `file:PATH` / `file://PATH`, or
-    /// `redis://host:port/db?pool=NAME[&lease_ms=N]`.
+    /// Parses an address: a path, `file:PATH` / `file://PATH`,
+    /// `redis://host:port/db?pool=NAME[&lease_ms=N]` (and the other Redis
+    /// forms of [`PoolAddr::Redis`]), or a Redis Cluster through some of
+    /// its nodes: `redis+cluster://HOST:PORT[,HOST:PORT...]/?pool=NAME`.
     pub fn parse(s: &str) -> Result<PoolAddr> {
         let trimmed = s.trim();
         if trimmed.is_empty() {

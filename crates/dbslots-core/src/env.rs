@@ -25,6 +25,11 @@ pub const WORKER_COUNT: &str = "DBSLOTS_WORKER_COUNT";
 /// The job id given to the spawner; unset when none was given.
 pub const JOB_ID: &str = "DBSLOTS_JOB_ID";
 
+/// The host name a Redis pool records for this process's slots and waits
+/// (`PoolStats` holders' and waiters' `host`); the kernel's host name when
+/// unset or empty. Set it where several containers share one host name.
+pub const HOST: &str = "DBSLOTS_HOST";
+
 /// A slot this process holds through its parent, as [`SLOT`] and [`POOL`]
 /// describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -306,7 +306,7 @@ impl ServerCheck {
                 result.problem(
                     CheckStatus::Warning,
                     format!(
-                        "account {user} has {} sleeping connections (more than {n}), the oldest idle {oldest}: a leak? end them with `dbslots connections --kill-idle --max-idle SECONDS --user {user}`",
+                        "account {user} has {} sleeping connections (more than {n}), the oldest idle {oldest}: a leak? end those of {user} that sleep too long with kill_idle",
                         usage.sleeping()
                     ),
                 );
@@ -324,10 +324,9 @@ impl ServerCheck {
                 result.problem(
                     CheckStatus::Warning,
                     format!(
-                        "account {user} has {idle_too_long} connections idle longer than {} ({} sleeping), the oldest idle {oldest}: a leak? end them with `dbslots connections --kill-idle --max-idle {} --user {user}`",
+                        "account {user} has {idle_too_long} connections idle longer than {} ({} sleeping), the oldest idle {oldest}: a leak? end those of {user} that sleep too long with kill_idle",
                         format_seconds(max_idle),
-                        usage.sleeping(),
-                        max_idle.as_secs()
+                        usage.sleeping()
                     ),
                 );
             }

@@ -108,6 +108,7 @@ mod joblog;
 mod options;
 mod output;
 mod progress;
+pub mod script;
 mod spawner;
 mod summary;
 mod template;

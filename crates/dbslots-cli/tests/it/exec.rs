@@ -40,14 +40,16 @@ fn wait_for_file(marker: &std::path::Path) {
     }
 }
 
-/// Sends SIGTERM to a `dbslots exec` and checks that its command died of it.
+/// Sends SIGTERM to a `dbslots exec` and checks that its command died of
+/// it (and so `dbslots` ends by the same signal, as a shell expects).
 fn assert_sigterm_reaches_the_command(mut exec: std::process::Child) {
+    use std::os::unix::process::ExitStatusExt;
     unsafe { libc::kill(exec.id() as i32, libc::SIGTERM) };
     let status = exec.wait().expect("reap");
     assert_eq!(
-        status.code(),
-        Some(128 + 15),
-        "the command died of the forwarded SIGTERM"
+        status.signal(),
+        Some(libc::SIGTERM),
+        "the command died of the forwarded SIGTERM: {status:?}"
     );
 }
 
@@ -141,6 +143,15 @@ fn killing_dbslots_does_not_free_the_slot_while_the_command_runs() {
         assert!(Instant::now() < deadline, "command never started");
         std::thread::sleep(Duration::from_millis(10));
     };
+    // dbslots names the command as the holder once it started it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_json(&p)["holders"][0]["pid"] != child_pid {
+        assert!(
+            Instant::now() < deadline,
+            "the command never became the holder"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     exec.kill().expect("SIGKILL dbslots");
     exec.wait().expect("reap dbslots");
     let s = status_json(&p);
@@ -339,15 +350,12 @@ fn the_command_starts_with_no_signal_blocked_or_ignored_and_holds_the_lock_itsel
     // the command must start as from a shell: nothing blocked, nothing
     // ignored (a blocked SIGTERM would make it unstoppable, an ignored
     // SIGPIPE would make `cmd | head` run on), and the slot's lock open
-    // in its own process.
+    // in its own process. (grep and ls read their own /proc entry: a
+    // shell's would show the mask it sets while it forks.)
     let (_d, p) = pool();
     let out = dbslots()
         .args(["exec", "--pool", &p, "--capacity", "1", "--"])
-        .args([
-            "sh",
-            "-c",
-            "grep -E '^Sig(Blk|Ign)' /proc/$$/status; ls -l /proc/$$/fd",
-        ])
+        .args(["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"])
         .stdin(Stdio::null())
         .output()
         .expect("run exec");
@@ -365,9 +373,110 @@ fn the_command_starts_with_no_signal_blocked_or_ignored_and_holds_the_lock_itsel
         |name: &str| u64::from_str_radix(&field(name), 16).expect("hex mask") & 0x7fff_ffff;
     assert_eq!(standard("SigBlk:"), 0, "{text}");
     assert_eq!(standard("SigIgn:"), 0, "{text}");
+
+    let out = dbslots()
+        .args(["exec", "--pool", &p, "--", "ls", "-l", "/proc/self/fd"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run exec");
+    let text = String::from_utf8_lossy(&out.stdout);
     let pool_dir = std::fs::canonicalize(&p).expect("pool dir");
     assert!(
         text.contains(&format!("{}/slots/0", pool_dir.display())),
         "the command holds slots/0 open itself: {text}"
+    );
+}
+
+/// Runs `script` with sh, which starts `dbslots exec --pool POOL -- ARGS`
+/// (as `$DBSLOTS`), and returns the output.
+fn from_shell(script: &str) -> std::process::Output {
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_dbslots"));
+    std::process::Command::new("sh")
+        .args(["-c", script])
+        .env("DBSLOTS", exe)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sh")
+}
+
+#[test]
+fn signals_ignored_by_the_caller_stay_ignored_for_the_command() {
+    // `nohup dbslots exec ...`, or `dbslots exec ... &` in a script: the
+    // command must not die of the hang-up or the Ctrl-C its caller ignores.
+    let (_d, p) = pool();
+    let out = from_shell(&format!(
+        "trap '' HUP INT; exec \"$DBSLOTS\" exec --pool {p} --capacity 1 -- grep '^SigIgn' /proc/self/status"
+    ));
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mask = u64::from_str_radix(text.trim().trim_start_matches("SigIgn:").trim(), 16)
+        .expect("a hex mask");
+    assert_eq!(mask & 0b11, 0b11, "SIGHUP and SIGINT ignored: {text}");
+}
+
+#[test]
+fn a_signal_from_the_command_itself_is_not_sent_back_to_it() {
+    let (_d, p) = pool();
+    // The command signals its parent (dbslots): dbslots must not send it
+    // back, or the command would get a signal nobody sent it.
+    let out = from_shell(&format!(
+        "exec \"$DBSLOTS\" exec --pool {p} --capacity 1 -- sh -c 'trap \"echo echoed\" TERM; kill -TERM $PPID; sleep 0.3; echo done'"
+    ));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.trim(), "done", "{out:?}");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+#[test]
+fn a_command_killed_by_the_sigint_dbslots_got_ends_dbslots_by_sigint_too() {
+    // bash stops a script's loop at Ctrl-C only if the foreground program
+    // died of SIGINT; a plain exit status 130 means "handled, go on".
+    use std::os::unix::process::ExitStatusExt;
+    let (dir, p) = pool();
+    let marker = dir.path().join("started");
+    let exec = dbslots()
+        .args(["exec", "--pool", &p, "--capacity", "1", "--", "sh", "-c"])
+        .arg(format!("touch {}; exec sleep 30", marker.display()))
+        .spawn()
+        .expect("exec");
+    wait_for_file(&marker);
+    unsafe { libc::kill(exec.id() as i32, libc::SIGINT) };
+    let status = exec.wait_with_output().expect("reap").status;
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}");
+}
+
+#[test]
+fn a_script_without_a_shebang_line_runs_with_sh_as_from_a_shell() {
+    let (dir, p) = pool();
+    let script = dir.path().join("job");
+    std::fs::write(&script, "echo \"from the script: $1\"\n").expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = dbslots()
+        .args(["exec", "--pool", &p, "--capacity", "1", "--"])
+        .arg(&script)
+        .arg("hello")
+        .output()
+        .expect("run exec");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "from the script: hello"
+    );
+    // Found through PATH too.
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = dbslots()
+        .env("PATH", path)
+        .args(["exec", "--pool", &p, "--", "job", "again"])
+        .output()
+        .expect("run exec");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "from the script: again"
     );
 }

@@ -965,3 +965,52 @@ fn workers_start_in_their_own_group_with_no_signal_blocked_and_sigpipe_as_the_ou
         .collect();
     check(self_reports(&logged), false, "--log-dir");
 }
+
+#[test]
+fn a_script_without_a_shebang_line_runs_with_sh_in_every_output_mode() {
+    // posix_spawn, unlike a shell or execvp, refuses such a file (ENOEXEC).
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("job");
+    std::fs::write(&script, "echo \"worker $1\"\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Prefixed output (the spawner's own posix_spawn).
+    let out = run(dbslots()
+        .args(["spawn", "--workers", "2", "--capacity", "2", "--pool"])
+        .arg(dir.path().join("pool"))
+        .arg("--")
+        .arg(&script)
+        .arg("{index}"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("[0] worker 0\n") && stdout.contains("[1] worker 1\n"),
+        "{stdout}"
+    );
+    // Log files (std's posix_spawn), and batches (fork + execvp).
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let out = run(dbslots()
+        .args(["spawn", "--workers", "2", "--capacity", "2", "--pool"])
+        .arg(dir.path().join("pool"))
+        .arg("--log-dir")
+        .arg(&logs)
+        .arg("--")
+        .arg(&script)
+        .arg("{index}"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(logs.join("1.log")).unwrap(),
+        "worker 1\n"
+    );
+    let out = run(dbslots()
+        .args(["spawn", "--workers", "2", "--batch-size", "2", "--"])
+        .arg(&script)
+        .arg("{index}"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("worker 1"),
+        "{}",
+        text(&out.stdout)
+    );
+}

@@ -40,6 +40,18 @@ pub(crate) fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime")
 }
 
+/// A private server that refuses anything but TLS
+/// (`require_secure_transport=ON`), and the path of its CA certificate;
+/// `None` (skipped) without a way to start one.
+pub(crate) fn mysql_requiring_tls() -> Option<(dbslots_testkit::MysqlServer, String)> {
+    let server = dbslots_testkit::private_mysql(dbslots_testkit::MysqlOptions {
+        require_secure_transport: true,
+        ..Default::default()
+    })?;
+    let ca = server.tls().expect("certificates").ca.display().to_string();
+    Some((server, ca))
+}
+
 /// Held by the tests that saturate the machine (the gate's thousands of
 /// clients) and by those that measure memory or race a SIGKILL against the
 /// spawner's bookkeeping, so that the latter never run beside the former on

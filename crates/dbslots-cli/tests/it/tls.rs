@@ -29,13 +29,9 @@ async fn admin(url: &str) -> Conn {
 
 #[test]
 fn every_command_connects_with_verify_ca_to_a_server_that_requires_tls() {
-    let Some(server) = dbslots_testkit::private_mysql(dbslots_testkit::MysqlOptions {
-        require_secure_transport: true,
-        ..Default::default()
-    }) else {
+    let Some((server, ca)) = crate::support::mysql_requiring_tls() else {
         return;
     };
-    let ca = server.tls().expect("certificates").ca.display().to_string();
     let verify_ca = |url: &str| with(url, &format!("ssl-mode=VERIFY_CA&ssl-ca={ca}"));
     let user_url = verify_ca(&server.user_url());
     let admin_url = verify_ca(&server.admin_url());

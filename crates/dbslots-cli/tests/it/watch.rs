@@ -233,13 +233,9 @@ fn watch_refuses_without_a_terminal_and_points_to_status() {
 
 #[test]
 fn watch_reads_a_server_that_requires_tls_with_verify_ca() {
-    let Some(server) = dbslots_testkit::private_mysql(dbslots_testkit::MysqlOptions {
-        require_secure_transport: true,
-        ..Default::default()
-    }) else {
+    let Some((server, ca)) = crate::support::mysql_requiring_tls() else {
         return;
     };
-    let ca = server.tls().expect("certificates").ca.display().to_string();
     // The certificate names localhost, the URL 127.0.0.1: VERIFY_CA checks
     // the chain only; the server refuses anything but TLS.
     let url = format!("{}&ssl-mode=VERIFY_CA&ssl-ca={ca}", server.user_url());

@@ -122,7 +122,7 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
 }
 
 fn host_name() -> String {
-    std::env::var("DBSLOTS_HOST")
+    std::env::var(crate::env::HOST)
         .ok()
         .filter(|h| !h.is_empty())
         .or_else(|| {

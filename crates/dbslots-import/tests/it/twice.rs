@@ -1,10 +1,8 @@
 //! The same file imported twice leaves the same rows.
 
-use dbslots_import::{
-    EnqueueOptions, NoObserver, ProcessorOptions, Queue, RunOptions, Status, Stopper,
-};
+use dbslots_import::{EnqueueOptions, ProcessorOptions, Queue, Status};
 
-use crate::support::{METER_READINGS, TestDb, readings};
+use crate::support::{METER_READINGS, TestDb, readings, run_once};
 
 #[test]
 fn importing_a_file_twice_leaves_exactly_one_row_per_reading() {
@@ -21,11 +19,7 @@ fn importing_a_file_twice_leaves_exactly_one_row_per_reading() {
                 .enqueue(&[&path], &EnqueueOptions::new("meter_readings"))
                 .await
                 .unwrap();
-            let summary = queue
-                .processor(ProcessorOptions::new().batch_rows(300))
-                .run(&RunOptions::new().once(true), &Stopper::new(), &NoObserver)
-                .await
-                .unwrap();
+            let summary = run_once(&queue, ProcessorOptions::new().batch_rows(300)).await;
             assert_eq!(summary.jobs.len(), 1, "round {round}");
             assert_eq!(db.number("SELECT COUNT(*) FROM meter_readings").await, good);
             assert_eq!(

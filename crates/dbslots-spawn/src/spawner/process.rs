@@ -190,6 +190,10 @@ pub(super) fn spawn_sigpipe_ignored<'a>(
     let envp = environment(envs)?;
     let (out_read, out_write) = pipe_cloexec()?;
     let (err_read, err_write) = pipe_cloexec()?;
+    // Registered before the worker exists: once it runs, nothing may fail
+    // before it is handed over (it would run unsupervised).
+    let stdout = pipe::Receiver::from_owned_fd(out_read)?;
+    let stderr = pipe::Receiver::from_owned_fd(err_read)?;
 
     let mut actions = FileActions::new()?;
     match &stdin {
@@ -246,8 +250,8 @@ pub(super) fn spawn_sigpipe_ignored<'a>(
         pid,
         pidfd,
         status: None,
-        stdout: Some(pipe::Receiver::from_owned_fd(out_read)?),
-        stderr: Some(pipe::Receiver::from_owned_fd(err_read)?),
+        stdout: Some(stdout),
+        stderr: Some(stderr),
     })
 }
 

@@ -3,6 +3,7 @@
 //! slot as stdin, `posix_spawn` wherever no death signal needs std's
 //! `pre_exec` hook).
 
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -129,10 +130,32 @@ impl Ctx {
         }
     }
 
-    /// Builds and starts worker `index`'s process.
+    /// Builds and starts worker `index`'s process; a script without a
+    /// `#!` line runs with /bin/sh, as from a shell.
     fn spawn_worker(&self, index: u32, slot: Option<&Slot>) -> Result<WorkerProcess, StopReason> {
         let n = self.options.workers;
-        let fail = |e: io::Error, what: &str| {
+        let program = self.template.program();
+        let args = self.template.args(index, n);
+        let started = match self.spawn_as(index, slot, program, &args) {
+            Err((e, _)) if e.raw_os_error() == Some(libc::ENOEXEC) => {
+                match crate::script::without_interpreter(program) {
+                    Some(script) => {
+                        let mut sh_args = vec![script.into_os_string()];
+                        sh_args.extend(args);
+                        self.spawn_as(index, slot, OsStr::new("/bin/sh"), &sh_args)
+                    }
+                    None => Err((e, "spawning".to_owned())),
+                }
+            }
+            started => started,
+        };
+        started.map_err(|(e, what)| self.start_failed(index, e, &what))
+    }
+
+    /// Why worker `index` could not start, with what to do about it.
+    fn start_failed(&self, index: u32, e: io::Error, what: &str) -> StopReason {
+        let n = self.options.workers;
+        {
             let (exit_code, hint) = match e.kind() {
                 io::ErrorKind::NotFound => (127, "check the command and PATH"),
                 io::ErrorKind::PermissionDenied => (126, "make the program executable"),
@@ -156,10 +179,22 @@ impl Ctx {
                 ),
                 exit_code,
             }
-        };
+        }
+    }
 
-        let mut cmd = Command::new(self.template.program());
-        cmd.args(self.template.args(index, n))
+    /// Starts worker `index` as `program args`; on failure, the error and
+    /// what was being done.
+    fn spawn_as(
+        &self,
+        index: u32,
+        slot: Option<&Slot>,
+        program: &OsStr,
+        args: &[OsString],
+    ) -> Result<WorkerProcess, (io::Error, String)> {
+        let n = self.options.workers;
+        let fail = |e: io::Error, what: &str| (e, what.to_owned());
+        let mut cmd = Command::new(program);
+        cmd.args(args)
             .env(ENV_WORKER_INDEX, index.to_string())
             .env(ENV_WORKER_COUNT, n.to_string())
             .env_remove(ENV_SLOT)

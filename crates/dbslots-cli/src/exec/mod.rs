@@ -1,6 +1,6 @@
 //! `dbslots exec`: run one command while holding a slot.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::process::{Command, ExitCode};
 use std::time::Duration;
@@ -10,11 +10,24 @@ use clap::Args;
 
 use crate::common::{EXIT_TIMEOUT, PoolArgs};
 
+mod forward;
+
+/// The exit status of a Redis-pool command whose `dbslots` died while it
+/// was being started: it never runs (nothing would stop it when the lease
+/// is lost).
+const EXIT_PARENT_GONE: libc::c_int = 126;
+
 /// Waits for a slot, runs CMD holding it, and releases it when CMD ends.
 ///
-/// The exit status is CMD's (128+N when CMD is killed by signal N); 75 when
-/// no slot came in time; 126/127 when CMD cannot be run. CMD sees
-/// DBSLOTS_SLOT and DBSLOTS_POOL.
+/// The exit status is CMD's (128+N when CMD is killed by signal N; when
+/// that signal was SIGINT, SIGTERM or SIGHUP sent to dbslots, dbslots ends
+/// by it too, as a shell expects); 75 when no slot came in time; 126/127
+/// when CMD cannot be run. CMD sees DBSLOTS_SLOT and DBSLOTS_POOL.
+///
+/// SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to dbslots are passed on to
+/// CMD, except those it got from the terminal (CMD got them too) or from
+/// CMD itself; signals ignored by the caller (nohup) stay ignored. A
+/// script without a `#!` line runs with /bin/sh.
 ///
 /// On a file pool CMD inherits the slot's lock, so the slot stays held
 /// while CMD runs even if `dbslots` itself is killed. On a Redis pool the
@@ -80,87 +93,6 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
     Ok(Duration::try_from_secs_f64(v).unwrap_or(Duration::MAX))
 }
 
-const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
-
-/// The command's pid (high 32 bits) once it runs, and the forwarded signals
-/// that arrived before that (one bit per signal number, low 32 bits). One
-/// word, so that a signal is either seen by the handler with the pid (and
-/// forwarded there) or left pending for [`publish_command_pid`] (and
-/// forwarded there): exactly once, whichever thread takes it.
-static FORWARDING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// [`FORWARDING`] once the command has exited: its pid may be reused as
-/// soon as it is reaped, so nothing is forwarded any more.
-const COMMAND_EXITED: u64 = u64::MAX;
-
-/// The handler of the forwarded signals: passes the signal to the command,
-/// or keeps it until the command runs. Only async-signal-safe calls (an
-/// atomic and `kill`).
-extern "C" fn forward_signal(sig: libc::c_int) {
-    use std::sync::atomic::Ordering::SeqCst;
-    let mut word = FORWARDING.load(SeqCst);
-    loop {
-        if word == COMMAND_EXITED {
-            return;
-        }
-        let pid = (word >> 32) as libc::pid_t;
-        if pid != 0 {
-            // SAFETY: kill is async-signal-safe; the pid is not reaped
-            // before the handlers are gone (see `run`).
-            unsafe { libc::kill(pid, sig) };
-            return;
-        }
-        match FORWARDING.compare_exchange(word, word | (1 << sig), SeqCst, SeqCst) {
-            Ok(_) => return,
-            Err(now) => word = now,
-        }
-    }
-}
-
-/// Catches the forwarded signals with [`forward_signal`].
-///
-/// Handlers rather than blocked signals and a `sigwait` thread: the command
-/// must start with them unblocked, and std's `posix_spawn` path (which
-/// spares this process a `fork`, the bulk of what `exec` costs) keeps the
-/// parent's signal mask, while a caught signal is reset to its default by
-/// `exec` in the child. No helper thread is needed either.
-fn catch_forwarded_signals() -> io::Result<()> {
-    for sig in FORWARDED {
-        // SAFETY: installs a handler that only touches an atomic and calls
-        // kill; the struct is zeroed and then filled in.
-        let r = unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = forward_signal as extern "C" fn(libc::c_int) as usize;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(sig, &action, std::ptr::null_mut())
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// Records the command's pid for [`forward_signal`] and forwards the
-/// signals that arrived while it was being started.
-fn publish_command_pid(pid: u32) {
-    use std::sync::atomic::Ordering::SeqCst;
-    let before = FORWARDING.swap(u64::from(pid) << 32, SeqCst);
-    let pending = before as u32;
-    for sig in FORWARDED {
-        if pending & (1 << sig) != 0 {
-            tracing::debug!(
-                signal = sig,
-                pid,
-                "forwarding an early signal to the command"
-            );
-            // SAFETY: plain kill on the child's pid, which is not reaped.
-            unsafe { libc::kill(pid as libc::pid_t, sig) };
-        }
-    }
-}
-
 /// Runs `dbslots exec`.
 pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let pool = args.pool.open()?;
@@ -195,35 +127,54 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     // From the moment the command may exist, the signals we forward are
     // caught (a signal that comes before its pid is known is passed on
     // once it is).
-    catch_forwarded_signals().context("cannot catch the signals to forward to the command")?;
+    forward::catch_forwarded_signals()
+        .context("cannot catch the signals to forward to the command")?;
 
-    let program = &args.command[0];
-    let mut cmd = Command::new(program);
-    cmd.args(&args.command[1..]);
     // The slot goes to the command as a duplicate of its locked descriptor
     // (kept across exec, under its own number: the command keeps its
     // stdin), with DBSLOTS_SLOT and DBSLOTS_POOL.
-    cmd.envs(slot.child_env());
     let lock = slot.lock_fd_for_child()?;
     if let Some(fd) = &lock {
         // Inheritable from here on: no other thread of this process starts
         // programs, and the duplicate is closed right after the spawn.
         clear_close_on_exec(fd).context("cannot pass the slot's lock to the command")?;
     }
-    if stop_grace.is_some() {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                // A lease dies with this process: so must the command. (A
-                // lock needs no hook: it is the command's own; leaving
-                // `pre_exec` out keeps std's posix_spawn path.)
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
+    let parent = std::process::id();
+    let command = |program: &OsStr, args: &[OsString]| {
+        let mut cmd = Command::new(program);
+        cmd.args(args).envs(slot.child_env());
+        if stop_grace.is_some() {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl, getppid and _exit are async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    // A lease dies with this process: so must the command.
+                    // (A lock needs no hook: it is the command's own;
+                    // leaving `pre_exec` out keeps std's posix_spawn path.)
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    // Killed before the death signal was armed.
+                    if libc::getppid() as u32 != parent {
+                        libc::_exit(EXIT_PARENT_GONE);
+                    }
+                    Ok(())
+                });
+            }
         }
+        cmd
+    };
+    let program = args.command[0].as_os_str();
+    let mut spawned = command(program, &args.command[1..]).spawn();
+    if let Err(e) = &spawned
+        && e.raw_os_error() == Some(libc::ENOEXEC)
+        && let Some(script) = dbslots_spawn::script::without_interpreter(program)
+    {
+        // A script without a `#!` line: run it with /bin/sh, as a shell
+        // and execvp do (posix_spawnp does not).
+        let mut sh_args = vec![script.into_os_string()];
+        sh_args.extend_from_slice(&args.command[1..]);
+        spawned = command(OsStr::new("/bin/sh"), &sh_args).spawn();
     }
-    let mut child = match cmd.spawn() {
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let code = match e.kind() {
@@ -235,7 +186,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let pid = child.id();
-    publish_command_pid(pid);
+    forward::publish_command_pid(pid);
     slot.set_holder_pid(pid);
     // The child has its copy; this process holds the slot through the guard.
     drop(lock);
@@ -250,13 +201,16 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
             let (slot, exited) = (&slot, &exited);
             std::thread::Builder::new()
                 .name("lease-watch".into())
-                .spawn_scoped(scope, move || stop_on_lost_lease(slot, pid, grace, exited))
+                .spawn_scoped(scope, move || {
+                    forward::block_in_this_thread();
+                    stop_on_lost_lease(slot, pid, grace, exited)
+                })
                 .context("cannot start the lease watcher")?;
         }
         // Wait for the exit without reaping, so the watcher never signals
         // a recycled pid; then reap.
         wait_exited(pid);
-        FORWARDING.store(COMMAND_EXITED, std::sync::atomic::Ordering::SeqCst);
+        forward::command_exited();
         exited.set();
         child.wait().context("waiting for the command")
     });
@@ -276,7 +230,12 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     use std::os::unix::process::ExitStatusExt;
     let code = match (status.code(), status.signal()) {
         (Some(c), _) => c as u8,
-        (None, Some(sig)) => (128 + sig) as u8,
+        (None, Some(sig)) => {
+            // Killed by Ctrl-C or a stop request: end the same way, so that
+            // a shell sees it (a script's loop stops); else 128+N.
+            forward::die_like_the_command(sig);
+            (128 + sig) as u8
+        }
         _ => 1,
     };
     Ok(ExitCode::from(code))
