@@ -157,7 +157,7 @@ struct RunArgs {
     capacity: Option<u32>,
 
     /// Records per batch (one transaction with its checkpoint)
-    #[arg(long, value_name = "N", default_value_t = 10_000,
+    #[arg(long, value_name = "N", default_value_t = 50_000,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     batch_rows: u32,
 

@@ -1,8 +1,11 @@
 //! Relaying bytes both ways, unchanged, and knowing who spoke last.
 //!
-//! The relay is tokio's `copy_bidirectional` (one task per connection, a
-//! buffer per direction, no copy between tasks) over streams that note each
-//! read: how many bytes moved (the gate's counters) and, when an idle
+//! One task per connection relays both directions. A read lands in the
+//! thread's one scratch buffer and is written on in the same poll, so a
+//! connection that keeps up owns no buffer at all (an idle relayed
+//! connection costs its task and sockets, not 2 x 8 KiB); only bytes the
+//! receiver cannot take yet are copied aside until it can. Streams note
+//! each read: how many bytes moved (the gate's counters) and, when an idle
 //! timeout is set, which side moved last and when, on a coarse clock (a
 //! gate-wide tick every 50 ms) so a read costs two relaxed atomic writes,
 //! not a clock call.
@@ -19,8 +22,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::net::Stream;
 use crate::stats::Counters;
 
-/// Bytes of each direction's buffer.
-const BUFFER: usize = 8 * 1024;
+/// Bytes of a thread's scratch buffer: the most one read takes.
+const BUFFER: usize = 64 * 1024;
 
 /// Milliseconds since the gate started, advanced by a ticker task.
 #[derive(Debug)]
@@ -146,14 +149,116 @@ impl AsyncWrite for Tracked<'_> {
     }
 }
 
-/// Relays until both sides are done (or one fails).
+/// Relays until both directions are done (or one fails): what one side
+/// sends, the other gets unchanged; one side's end of stream becomes a
+/// shutdown of the other's writing half, and the other direction goes on.
 pub(crate) async fn copy_both(
     client: &mut Tracked<'_>,
     server: &mut Tracked<'_>,
 ) -> io::Result<()> {
-    tokio::io::copy_bidirectional_with_sizes(client, server, BUFFER, BUFFER)
-        .await
-        .map(|_| ())
+    let mut up = Direction::default();
+    let mut down = Direction::default();
+    std::future::poll_fn(|cx| {
+        let up_done = up.poll(cx, client, server)?.is_ready();
+        let down_done = down.poll(cx, server, client)?.is_ready();
+        if up_done && down_done {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+thread_local! {
+    /// Where every relayed read of this thread lands. A read is written on
+    /// at once, in the same poll, so one buffer serves every connection of
+    /// the thread; only what the receiver cannot take yet is copied aside.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; BUFFER].into_boxed_slice());
+}
+
+/// One direction of a relayed connection.
+#[derive(Default)]
+struct Direction {
+    /// Bytes read but not yet written (the receiver was full); empty, and
+    /// without an allocation, while the connection keeps up.
+    backlog: Vec<u8>,
+    /// How much of `backlog` is written.
+    written: usize,
+    /// End of stream read and passed on.
+    done: bool,
+}
+
+impl Direction {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut Tracked<'_>,
+        to: &mut Tracked<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            while self.written < self.backlog.len() {
+                let n = ready(Pin::new(&mut *to).poll_write(cx, &self.backlog[self.written..]))?;
+                let Some(n) = n else { return Poll::Pending };
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.written += n;
+            }
+            if !self.backlog.is_empty() {
+                // Caught up: give the memory back.
+                self.backlog = Vec::new();
+                self.written = 0;
+            }
+            let step = SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let mut buf = ReadBuf::new(&mut scratch[..]);
+                match Pin::new(&mut *from).poll_read(cx, &mut buf) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {}
+                }
+                let read = buf.filled().len();
+                if read == 0 {
+                    return Poll::Ready(Ok(None));
+                }
+                let written = match Pin::new(&mut *to).poll_write(cx, &scratch[..read]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    Poll::Ready(Ok(n)) => n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => 0,
+                };
+                Poll::Ready(Ok(Some(scratch[written..read].to_vec())))
+            });
+            match step {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(None)) => {
+                    // End of stream: pass it on, and this direction is done.
+                    if ready(Pin::new(&mut *to).poll_shutdown(cx))?.is_none() {
+                        return Poll::Pending;
+                    }
+                    self.done = true;
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Ok(Some(rest))) => self.backlog = rest,
+            }
+        }
+    }
+}
+
+/// `Poll<io::Result<T>>` as `io::Result<Option<T>>` (`None`: pending).
+fn ready<T>(p: Poll<io::Result<T>>) -> io::Result<Option<T>> {
+    match p {
+        Poll::Ready(r) => r.map(Some),
+        Poll::Pending => Ok(None),
+    }
 }
 
 /// Resolves when the connection has been idle for `idle` with the server

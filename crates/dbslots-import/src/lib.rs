@@ -97,7 +97,7 @@
 //! * A processor holds a connection (and, with a [`dbslots_core::Pool`], a
 //!   slot) only while it works on a job; it closes it between jobs and
 //!   before sleeping.
-//! * Batches (10,000 records by default) are built on a reader thread
+//! * Batches (50,000 records by default) are built on a reader thread
 //!   while the previous batch is inserted; memory stays flat whatever the
 //!   file's size.
 //! * **How rows are written.** Into an InnoDB table, a batch's rows go in

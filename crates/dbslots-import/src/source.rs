@@ -40,7 +40,7 @@ use crate::table::{MappingProblem, Table};
 use crate::value::{self, Form, Zone};
 
 /// Batches validated ahead of the one being inserted.
-pub(crate) const CHANNEL_BATCHES: usize = 2;
+pub(crate) const CHANNEL_BATCHES: usize = 1;
 
 /// What the reader thread sends.
 #[derive(Debug)]
