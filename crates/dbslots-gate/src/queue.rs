@@ -84,11 +84,32 @@ impl Admission {
     }
 
     /// Queues a client at the tail.
+    ///
+    /// With nobody queued on a pool of locks, the client first tries for a
+    /// slot itself (a non-blocking `flock`, about a microsecond): a free
+    /// slot then costs no agent task, no blocking-pool thread and no
+    /// hand-over. A lease (Redis pool) needs a round trip, which the
+    /// runtime must not wait for, so it always goes through an agent.
     pub(crate) fn enqueue(self: &Arc<Self>) -> Ticket {
         let (tx, rx) = oneshot::channel();
         let mut st = self.lock();
         st.next_id += 1;
         let id = st.next_id;
+        if st.waiters.is_empty() && matches!(self.pool.addr(), dbslots_core::PoolAddr::Dir(_)) {
+            // Taken, or the try failed: queue below, and an agent waits
+            // (and reports a failure to this client in the usual way).
+            if let Ok(Some(slot)) = self.pool.try_acquire() {
+                // Sent before anyone can read it: the receiver is ours.
+                let _ = tx.send(Ok(slot));
+                return Ticket {
+                    id,
+                    queued_at: std::time::Instant::now(),
+                    rx,
+                    admission: self.clone(),
+                    left: false,
+                };
+            }
+        }
         st.waiters.push_back(Waiter { id, tx });
         crate::stats::bump(&self.counters.queued);
         self.add_agents(&mut st);
