@@ -53,6 +53,19 @@ fn assert_sigterm_reaches_the_command(mut exec: std::process::Child) {
     );
 }
 
+/// A `dbslots exec` on a new pool `p` of capacity 1 whose command (a
+/// `sleep 30`) has started.
+fn sleeping_command(dir: &std::path::Path, p: &str) -> std::process::Child {
+    let marker = dir.join("started");
+    let exec = dbslots()
+        .args(["exec", "--pool", p, "--capacity", "1", "--", "sh", "-c"])
+        .arg(format!("touch {}; exec sleep 30", marker.display()))
+        .spawn()
+        .expect("exec");
+    wait_for_file(&marker);
+    exec
+}
+
 fn pool() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path().join("pool").display().to_string();
@@ -234,13 +247,7 @@ fn the_pool_comes_from_the_environment_and_bad_input_is_explained() {
 #[test]
 fn a_terminated_dbslots_passes_the_signal_to_the_command() {
     let (dir, p) = pool();
-    let marker = dir.path().join("started");
-    let exec = dbslots()
-        .args(["exec", "--pool", &p, "--capacity", "1", "--", "sh", "-c"])
-        .arg(format!("touch {}; exec sleep 30", marker.display()))
-        .spawn()
-        .expect("exec");
-    wait_for_file(&marker);
+    let exec = sleeping_command(dir.path(), &p);
     assert_sigterm_reaches_the_command(exec);
     assert_eq!(status_json(&p)["active"], 0);
 }
@@ -433,13 +440,7 @@ fn a_command_killed_by_the_sigint_dbslots_got_ends_dbslots_by_sigint_too() {
     // died of SIGINT; a plain exit status 130 means "handled, go on".
     use std::os::unix::process::ExitStatusExt;
     let (dir, p) = pool();
-    let marker = dir.path().join("started");
-    let exec = dbslots()
-        .args(["exec", "--pool", &p, "--capacity", "1", "--", "sh", "-c"])
-        .arg(format!("touch {}; exec sleep 30", marker.display()))
-        .spawn()
-        .expect("exec");
-    wait_for_file(&marker);
+    let exec = sleeping_command(dir.path(), &p);
     unsafe { libc::kill(exec.id() as i32, libc::SIGINT) };
     let status = exec.wait_with_output().expect("reap").status;
     assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}");
