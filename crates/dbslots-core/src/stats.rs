@@ -107,6 +107,28 @@ impl WaitHistogram {
             .unwrap_or(WAIT_BUCKETS_US.len())
     }
 
+    /// The buckets as Prometheus counts them: each upper bound with the
+    /// number of waits at or under it (cumulative), then `f64::INFINITY`
+    /// with every wait.
+    ///
+    /// ```
+    /// let h = dbslots_core::WaitHistogram::from_buckets(vec![0.1, 1.0], vec![2, 1, 4], 9.5);
+    /// let buckets: Vec<(f64, u64)> = h.cumulative().collect();
+    /// assert_eq!(buckets, [(0.1, 2), (1.0, 3), (f64::INFINITY, 7)]);
+    /// ```
+    pub fn cumulative(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
+        let total: u64 = self.counts.iter().sum();
+        let mut running = 0u64;
+        self.bounds_seconds
+            .iter()
+            .enumerate()
+            .map(move |(i, &bound)| {
+                running += self.counts.get(i).copied().unwrap_or(0);
+                (bound, running)
+            })
+            .chain(std::iter::once((f64::INFINITY, total)))
+    }
+
     /// The histogram over [`WAIT_BUCKETS_US`] from its per-bucket `counts`
     /// (see [`WaitHistogram::from_buckets`]) and the sum of the waits.
     pub fn from_counts(counts: Vec<u64>, sum_seconds: f64) -> Self {

@@ -116,13 +116,17 @@ pub fn render_gate_metrics(reports: &[GateReport]) -> String {
     for g in reports {
         let l = labels(g);
         let h = &g.wait_histogram;
-        let mut cumulative = 0u64;
-        for (i, bound) in h.bounds_seconds.iter().enumerate() {
-            cumulative += h.counts.get(i).copied().unwrap_or(0);
-            let _ = writeln!(out, "{name}_bucket{{{l},le=\"{bound}\"}} {cumulative}");
+        let mut total = 0;
+        for (bound, count) in h.cumulative() {
+            let le = if bound.is_finite() {
+                bound.to_string()
+            } else {
+                "+Inf".to_owned()
+            };
+            let _ = writeln!(out, "{name}_bucket{{{l},le=\"{le}\"}} {count}");
+            // The last bucket (+Inf) holds every wait.
+            total = count;
         }
-        let total: u64 = h.counts.iter().sum();
-        let _ = writeln!(out, "{name}_bucket{{{l},le=\"+Inf\"}} {total}");
         let _ = writeln!(out, "{name}_sum{{{l}}} {}", h.sum_seconds);
         let _ = writeln!(out, "{name}_count{{{l}}} {total}");
     }

@@ -203,17 +203,13 @@ pub fn render_metrics(readings: &[PoolReading], server: Option<&ServerSnapshot>)
         let Ok(s) = &r.stats else { continue };
         let pool = escape_label_value(&r.name);
         let h = &s.wait_histogram;
-        let mut cumulative: u64 = 0;
-        for (i, bound) in h.bounds_seconds.iter().enumerate() {
-            cumulative += h.counts.get(i).copied().unwrap_or(0);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{pool=\"{pool}\",le=\"{}\"}} {cumulative}",
-                format_value(*bound)
-            );
+        let mut total = 0;
+        for (bound, count) in h.cumulative() {
+            let le = format_value(bound);
+            let _ = writeln!(out, "{name}_bucket{{pool=\"{pool}\",le=\"{le}\"}} {count}");
+            // The last bucket (+Inf) holds every wait.
+            total = count;
         }
-        let total: u64 = h.counts.iter().sum();
-        let _ = writeln!(out, "{name}_bucket{{pool=\"{pool}\",le=\"+Inf\"}} {total}");
         let _ = writeln!(
             out,
             "{name}_sum{{pool=\"{pool}\"}} {}",
