@@ -96,8 +96,8 @@ impl Admission {
         st.next_id += 1;
         let id = st.next_id;
         if st.waiters.is_empty() && matches!(self.pool.addr(), dbslots_core::PoolAddr::Dir(_)) {
-            // Taken, or the try failed: queue below, and an agent waits
-            // (and reports a failure to this client in the usual way).
+            // If every slot is taken, or the try fails, the client queues
+            // below and an agent waits (and reports a failure to it).
             if let Ok(Some(slot)) = self.pool.try_acquire() {
                 // Sent before anyone can read it: the receiver is ours.
                 let _ = tx.send(Ok(slot));
