@@ -30,6 +30,28 @@ pub const JOB_ID: &str = "DBSLOTS_JOB_ID";
 /// unset or empty. Set it where several containers share one host name.
 pub const HOST: &str = "DBSLOTS_HOST";
 
+/// The host name a Redis pool records for this process (slot holders,
+/// waiters, and the observers' reports such as `dbslots gate`'s): [`HOST`]
+/// when set and not empty, else the kernel's host name, else `localhost`.
+/// A name with whitespace is not used (it would break the records).
+///
+/// ```
+/// let host = dbslots_core::env::host_name();
+/// assert!(!host.is_empty() && !host.contains(char::is_whitespace));
+/// ```
+pub fn host_name() -> String {
+    std::env::var(HOST)
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty() && !h.contains(char::is_whitespace))
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// A slot this process holds through its parent, as [`SLOT`] and [`POOL`]
 /// describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -82,6 +82,17 @@ pub enum Error {
         /// What is wrong and what to do.
         reason: String,
     },
+    /// A report's kind, name or owner that cannot be used
+    /// ([`Pool::post_report`](crate::Pool::post_report)).
+    #[error("invalid report {kind:?} named {name:?}: {reason}")]
+    InvalidReport {
+        /// The report's kind.
+        kind: String,
+        /// The report's name.
+        name: String,
+        /// What is wrong and what to write instead.
+        reason: String,
+    },
     /// The backend cannot do what was asked.
     #[error("{what} is not supported by {backend} pools")]
     Unsupported {

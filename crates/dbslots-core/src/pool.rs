@@ -359,6 +359,94 @@ impl Pool {
         }
     }
 
+    /// Posts (or reposts) a report: a document an observer of the pool
+    /// (such as `dbslots gate`, kind `gates`) publishes for every client of
+    /// the pool to read with [`Pool::reports`], on any host. **Redis pools
+    /// only**: the clients of a file pool share its directory, and publish
+    /// files there.
+    ///
+    /// The report lives `ttl` from now (the Redis server's clock): repost
+    /// it well within `ttl` for as long as it holds, and it disappears
+    /// within `ttl` of its poster dying. `owner` is the poster's token (any
+    /// word without whitespace, random and per process): a name is held by
+    /// one owner at a time, so `Ok(false)` means another owner's report
+    /// under `name` is still live, and nothing was posted.
+    ///
+    /// One round trip to the server, on a connection of the handle's own
+    /// (never queued behind acquisitions); it blocks the calling thread, so
+    /// async code calls it through `spawn_blocking`.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use dbslots_core::{Pool, PoolOptions};
+    ///
+    /// let pool = Pool::open("redis://redis.internal:6379/0?pool=orders", PoolOptions::new())?;
+    /// let owner = format!("{}-{}", dbslots_core::env::host_name(), std::process::id());
+    /// if !pool.post_report("batch", "nightly", &owner, r#"{"done":42}"#, Duration::from_secs(5))? {
+    ///     eprintln!("another live process reports as \"nightly\"");
+    /// }
+    /// for doc in pool.reports("batch")? {
+    ///     println!("{doc}");
+    /// }
+    /// pool.withdraw_report("batch", "nightly", &owner)?;
+    /// # Ok::<(), dbslots_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] for a file pool; [`Error::InvalidReport`]
+    /// for an empty `kind`, `name` or `owner`, a `kind` other than ASCII
+    /// letters, digits, `-`, `_` and `.`, or an `owner` with whitespace;
+    /// [`Error::Backend`] when the server cannot be reached.
+    pub fn post_report(
+        &self,
+        kind: &str,
+        name: &str,
+        owner: &str,
+        doc: &str,
+        ttl: Duration,
+    ) -> Result<bool> {
+        check_report_words(kind, name, Some(owner))?;
+        match &self.inner.backend {
+            Backend::File(_) => Err(reports_unsupported()),
+            #[cfg(feature = "redis")]
+            Backend::Redis(p) => p.post_report(kind, name, owner, doc, ttl),
+        }
+    }
+
+    /// The live reports of `kind` ([`Pool::post_report`]), ordered by
+    /// their names; reports whose ttl ran out are deleted on the way.
+    /// **Redis pools only**; one round trip that blocks the calling thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pool::post_report`]'s.
+    pub fn reports(&self, kind: &str) -> Result<Vec<String>> {
+        check_report_words(kind, "-", None)?;
+        match &self.inner.backend {
+            Backend::File(_) => Err(reports_unsupported()),
+            #[cfg(feature = "redis")]
+            Backend::Redis(p) => Ok(p.reports(kind)?.into_iter().map(|(_, doc)| doc).collect()),
+        }
+    }
+
+    /// Withdraws `owner`'s report `name` of `kind` at once (a poster that
+    /// stops cleanly); `Ok(false)` when there was none, or it is another
+    /// owner's (left alone). **Redis pools only**; one round trip that
+    /// blocks the calling thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pool::post_report`]'s.
+    pub fn withdraw_report(&self, kind: &str, name: &str, owner: &str) -> Result<bool> {
+        check_report_words(kind, name, Some(owner))?;
+        match &self.inner.backend {
+            Backend::File(_) => Err(reports_unsupported()),
+            #[cfg(feature = "redis")]
+            Backend::Redis(p) => p.withdraw_report(kind, name, owner),
+        }
+    }
+
     fn guard(&self, index: u32) -> Slot {
         tracing::trace!(pool = %self.name(), slot = index, "slot acquired");
         Slot {
@@ -367,6 +455,40 @@ impl Pool {
             released: false,
         }
     }
+}
+
+fn reports_unsupported() -> Error {
+    Error::Unsupported {
+        backend: "file",
+        what: "posting or reading reports",
+    }
+}
+
+/// Checks the words of a report's key and value.
+fn check_report_words(kind: &str, name: &str, owner: Option<&str>) -> Result<()> {
+    let bad = |reason: &str| {
+        Err(Error::InvalidReport {
+            kind: kind.into(),
+            name: name.into(),
+            reason: reason.into(),
+        })
+    };
+    if kind.is_empty()
+        || !kind
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return bad("a report's kind is ASCII letters, digits, '-', '_' and '.'; pick such a word");
+    }
+    if name.is_empty() {
+        return bad("a report needs a name; give one");
+    }
+    if let Some(owner) = owner
+        && (owner.is_empty() || owner.contains(char::is_whitespace))
+    {
+        return bad("a report's owner is one word without whitespace (a random token per process)");
+    }
+    Ok(())
 }
 
 /// The deadline `timeout` from now; `None` (no deadline) for a timeout too

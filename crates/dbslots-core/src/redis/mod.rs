@@ -44,12 +44,16 @@
 //! the channel, re-subscribes after a connection error, and renews its
 //! place every 200 ms (a dead waiter's place lapses within 1.5 s).
 //!
+//! Observers of the pool (`dbslots gate`) post reports that clients on
+//! every host read ([`reports`]).
+//!
 //! Uncontended, an acquisition is one round trip (`EVALSHA`) and a release
 //! another.
 
 mod cluster;
 mod lease;
 mod link;
+mod reports;
 mod scripts;
 mod waiter;
 
@@ -76,6 +80,8 @@ struct Shared {
     commands: Link,
     /// [`crate::Slot::check`]'s questions (never waited for).
     checks: Link,
+    /// Observers' reports ([`reports`]).
+    reports: Link,
     keys: Keys,
     scripts: Scripts,
     name: String,
@@ -119,19 +125,6 @@ fn token() -> String {
 fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
-}
-
-fn host_name() -> String {
-    std::env::var(crate::env::HOST)
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-        })
-        .filter(|h| !h.is_empty() && !h.contains(char::is_whitespace))
-        .unwrap_or_else(|| "localhost".into())
 }
 
 impl Shared {
@@ -414,12 +407,13 @@ impl RedisPool {
             connector,
             commands: Link::new(),
             checks: Link::new(),
+            reports: Link::new(),
             keys: Keys::new(&addr.pool),
             scripts: Scripts::new(),
             name: display.to_string(),
             timing,
             wait_replicas: addr.wait_replicas,
-            info: format!("{} {}", host_name(), std::process::id()),
+            info: format!("{} {}", crate::env::host_name(), std::process::id()),
             capacity: AtomicU32::new(0),
             max_lease_ms: AtomicU64::new(0),
             leases: Mutex::new(HashMap::new()),

@@ -39,6 +39,8 @@ pub(super) struct Keys {
     pub tickets: String,
     pub stats: String,
     pub channel: String,
+    /// `dbslots:{NAME}:reports:`, followed by a kind ([`Keys::reports`]).
+    reports_prefix: String,
 }
 
 impl Keys {
@@ -54,7 +56,13 @@ impl Keys {
             tickets: k("tickets"),
             stats: k("stats"),
             channel: k("events"),
+            reports_prefix: k("reports:"),
         }
+    }
+
+    /// The hash of the reports of one kind (see [`super::reports`]).
+    pub fn reports(&self, kind: &str) -> String {
+        format!("{}{kind}", self.reports_prefix)
     }
 }
 
@@ -276,6 +284,57 @@ redis.call('HSET', KEYS[1], ARGV[1], token .. ' ' .. host .. ' ' .. ARGV[3] .. '
 return 1
 "#;
 
+/// Posts an observer's report ([`super::reports`]): refused (0) while the
+/// name is held by another owner whose entry has not expired. The hash
+/// itself expires well after the longest ttl posted, so reports of
+/// observers that all died leave nothing behind.
+/// KEYS: reports. ARGV: name owner ttl_ms doc. Returns 1 posted, 0 refused.
+const POST_REPORT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then
+  local exp, owner = string.match(cur, '^(%d+) (%S+) ')
+  if exp and tonumber(exp) > now and owner ~= ARGV[2] then return 0 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', now + ttl) .. ' ' .. ARGV[2] .. ' ' .. ARGV[4])
+local keep = 2 * ttl + 1000
+if redis.call('PTTL', KEYS[1]) < keep then redis.call('PEXPIRE', KEYS[1], keep) end
+return 1
+"#;
+
+/// The live reports, as {name, doc, name, doc, ...}; expired ones are
+/// deleted on the way.
+/// KEYS: reports.
+const READ_REPORTS: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #all, 2 do
+  local exp, doc = string.match(all[i + 1], '^(%d+) %S+ (.*)$')
+  if exp and tonumber(exp) > now then
+    out[#out + 1] = all[i]
+    out[#out + 1] = doc
+  else
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return out
+"#;
+
+/// Withdraws a report if `owner` posted it.
+/// KEYS: reports. ARGV: name owner. Returns 1 withdrawn, 0 not there or
+/// another owner's.
+const WITHDRAW_REPORT: &str = r#"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+if string.match(cur, '^%d+ (%S+) ') ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 1
+"#;
+
 /// The scripts, hashed once per handle.
 pub(super) struct Scripts {
     pub acquire: Script,
@@ -286,6 +345,9 @@ pub(super) struct Scripts {
     pub resize: Script,
     pub set_pid: Script,
     pub stats: Script,
+    pub post_report: Script,
+    pub read_reports: Script,
+    pub withdraw_report: Script,
 }
 
 impl Scripts {
@@ -299,6 +361,9 @@ impl Scripts {
             resize: Script::new(RESIZE),
             set_pid: Script::new(SET_PID),
             stats: Script::new(STATS),
+            post_report: Script::new(POST_REPORT),
+            read_reports: Script::new(READ_REPORTS),
+            withdraw_report: Script::new(WITHDRAW_REPORT),
         }
     }
 }

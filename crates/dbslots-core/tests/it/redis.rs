@@ -393,3 +393,129 @@ fn a_holder_cut_off_by_a_black_hole_knows_before_anyone_else_gets_its_slot() {
     );
     assert_eq!(got.index(), 0);
 }
+
+/// Reports on `pool` (a fresh Redis pool): posted, read back, refused to
+/// a second owner while live, gone after their ttl, withdrawn. `hash_len`
+/// counts the entries of the kind's hash behind the pool's back, where
+/// the test can reach it.
+pub fn reports_contract(pool: &Pool, hash_len: Option<&dyn Fn(&str) -> u64>) {
+    let long = Duration::from_secs(5);
+    let short = Duration::from_millis(300);
+    assert!(pool.reports("gates").expect("read").is_empty());
+    assert!(
+        pool.post_report("gates", "g1", "ownerA", r#"{"n":1}"#, long)
+            .expect("post")
+    );
+    assert_eq!(pool.reports("gates").expect("read"), [r#"{"n":1}"#]);
+    // Another owner is refused while the first one's report is live.
+    assert!(
+        !pool
+            .post_report("gates", "g1", "ownerB", r#"{"n":2}"#, long)
+            .expect("post")
+    );
+    assert_eq!(pool.reports("gates").expect("read"), [r#"{"n":1}"#]);
+    // Its owner reposts; a document with spaces and newlines round trips.
+    let doc = "{\"n\": 3,\n \"s\": \"a b\"}";
+    assert!(
+        pool.post_report("gates", "g1", "ownerA", doc, long)
+            .expect("repost")
+    );
+    assert_eq!(pool.reports("gates").expect("read"), [doc]);
+    // Kinds are separate.
+    assert!(pool.reports("other").expect("read").is_empty());
+    // An owner that stops reposting: its report lapses after the ttl.
+    assert!(
+        pool.post_report("gates", "g2", "ownerC", "two", short)
+            .expect("post")
+    );
+    assert!(
+        !pool
+            .post_report("gates", "g2", "ownerD", "x", long)
+            .expect("post")
+    );
+    assert_eq!(pool.reports("gates").expect("read"), [doc, "two"]);
+    if let Some(len) = hash_len {
+        assert_eq!(len("gates"), 2);
+    }
+    std::thread::sleep(short + Duration::from_millis(200));
+    if let Some(len) = hash_len {
+        assert_eq!(len("gates"), 2, "an expired entry stays until read");
+    }
+    assert_eq!(pool.reports("gates").expect("read"), [doc]);
+    if let Some(len) = hash_len {
+        assert_eq!(len("gates"), 1, "reading deletes expired entries");
+    }
+    // The lapsed name is free for another owner.
+    assert!(
+        pool.post_report("gates", "g2", "ownerD", "d", long)
+            .expect("post")
+    );
+    // Only the owner withdraws.
+    assert!(
+        !pool
+            .withdraw_report("gates", "g1", "ownerB")
+            .expect("withdraw")
+    );
+    assert!(
+        pool.withdraw_report("gates", "g1", "ownerA")
+            .expect("withdraw")
+    );
+    assert!(
+        !pool
+            .withdraw_report("gates", "g1", "ownerA")
+            .expect("again")
+    );
+    assert_eq!(pool.reports("gates").expect("read"), ["d"]);
+    assert!(
+        pool.withdraw_report("gates", "g2", "ownerD")
+            .expect("withdraw")
+    );
+    assert!(pool.reports("gates").expect("read").is_empty());
+    let err = pool.post_report("no/kind", "g", "o", "", long).unwrap_err();
+    assert!(matches!(err, Error::InvalidReport { .. }), "{err}");
+    let err = pool
+        .post_report("gates", "g", "two words", "", long)
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidReport { .. }), "{err}");
+}
+
+#[test]
+fn reports_round_trip_refuse_a_second_owner_and_lapse_after_their_ttl() {
+    let _serial = crate::support::timing_sensitive();
+    let Some(url) = redis_url() else { return };
+    let addr = unique_pool(&url);
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let name = crate::redis_faults::pool_name(&addr);
+    let mut conn = ::redis::Client::open(url.as_str())
+        .expect("client")
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .expect("connect");
+    let conn = std::cell::RefCell::new(&mut conn);
+    let key = |kind: &str| format!("dbslots:{{{name}}}:reports:{kind}");
+    let len = |kind: &str| -> u64 {
+        ::redis::cmd("HLEN")
+            .arg(key(kind))
+            .query(*conn.borrow_mut())
+            .expect("HLEN")
+    };
+    reports_contract(&pool, Some(&len));
+    // The hash expires by itself a little after the longest ttl posted.
+    assert!(
+        pool.post_report("gates", "g", "o", "{}", Duration::from_secs(5))
+            .expect("post")
+    );
+    let pttl: i64 = ::redis::cmd("PTTL")
+        .arg(key("gates"))
+        .query(*conn.borrow_mut())
+        .expect("PTTL");
+    assert!((5_000..=11_000).contains(&pttl), "PTTL {pttl}");
+    // A file pool has no reports: its clients share the directory.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file_pool = Pool::open(dir.path(), PoolOptions::new().capacity(1)).expect("file pool");
+    let err = file_pool.reports("gates").unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    let err = file_pool
+        .post_report("gates", "g", "o", "{}", Duration::from_secs(1))
+        .unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+}

@@ -456,3 +456,11 @@ fn a_waiter_on_a_cluster_subscribes_again_and_is_woken_by_notification() {
     };
     waiters_subscribe_again_and_are_woken(&addr, &mut node_conn(master));
 }
+
+#[test]
+fn reports_work_on_a_cluster() {
+    let Some(url) = cluster_url() else { return };
+    let addr = unique_pool(&url);
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    crate::redis::reports_contract(&pool, None);
+}
