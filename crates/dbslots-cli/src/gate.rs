@@ -124,21 +124,18 @@ pub fn run(args: GateArgs) -> anyhow::Result<ExitCode> {
         let control = gate.control();
         let drain = args.drain;
         let name = gate.name().to_string();
+        // Reads the counters as everyone else does (from the pool's Redis
+        // for a Redis pool: on the blocking pool, never the relay's thread).
         let reporter = {
-            let dir = dbslots_gate::gates_dir(pool.addr()).ok();
+            let pool = pool.clone();
             move || {
-                let gates = dir.as_deref().map(dbslots_gate::read_gates_in);
-                match gates
-                    .and_then(Result::ok)
-                    .and_then(|g| g.into_iter().find(|g| g.name == name))
-                {
-                    Some(g) => tracing::info!(
-                        gate = %g.name, accepted = g.accepted, admitted = g.admitted,
-                        queued = g.queued, active = g.active, queue_timeouts = g.queue_timeouts,
-                        idle_closes = g.idle_closes, "counters (SIGHUP)"
-                    ),
-                    None => tracing::info!(gate = %name, "SIGHUP: no counters published yet"),
-                }
+                let (pool, name) = (pool.clone(), name.clone());
+                tokio::task::spawn_blocking(move || {
+                    let gate = dbslots_gate::read_gates(&pool)
+                        .ok()
+                        .and_then(|g| g.into_iter().find(|g| g.name == name));
+                    log_counters(&name, gate);
+                });
             }
         };
         tokio::spawn(async move {
@@ -167,4 +164,16 @@ pub fn run(args: GateArgs) -> anyhow::Result<ExitCode> {
         );
         anyhow::Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The SIGHUP log line of gate `name`'s counters as published.
+fn log_counters(name: &str, gate: Option<dbslots_gate::GateReport>) {
+    match gate {
+        Some(g) => tracing::info!(
+            gate = %g.name, host = %g.host, accepted = g.accepted, admitted = g.admitted,
+            queued = g.queued, active = g.active, queue_timeouts = g.queue_timeouts,
+            idle_closes = g.idle_closes, "counters (SIGHUP)"
+        ),
+        None => tracing::info!(gate = %name, "SIGHUP: no counters published yet"),
+    }
 }

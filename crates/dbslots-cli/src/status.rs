@@ -61,7 +61,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let pool = args.pool.open()?;
     let stats = pool.stats()?;
     // Gates in front of a server that use this pool (`dbslots gate`).
-    let gates = dbslots_gate::read_gates(pool.addr()).unwrap_or_else(|e| {
+    let gates = dbslots_gate::read_gates(&pool).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot read the pool's gates");
         Vec::new()
     });
@@ -88,13 +88,14 @@ pub fn render_gates(gates: &[dbslots_gate::GateReport]) -> String {
         return String::new();
     }
     let mut t = String::from(
-        "\nGATE             LISTEN                 ACCEPTED  ADMITTED  QUEUED  ACTIVE  TIMEOUTS  IDLE-CLOSED  MB IN/OUT\n",
+        "\nGATE             HOST             LISTEN                 ACCEPTED  ADMITTED  QUEUED  ACTIVE  TIMEOUTS  IDLE-CLOSED  MB IN/OUT\n",
     );
     for g in gates {
         let mb = |b: u64| b as f64 / 1e6;
         t += &format!(
-            "{:<16} {:<22} {:>8}  {:>8}  {:>6}  {:>6}  {:>8}  {:>11}  {:.1}/{:.1}{}\n",
+            "{:<16} {:<16} {:<22} {:>8}  {:>8}  {:>6}  {:>6}  {:>8}  {:>11}  {:.1}/{:.1}{}\n",
             g.name,
+            if g.host.is_empty() { "-" } else { &g.host },
             g.listen.first().map_or("-", String::as_str),
             g.accepted,
             g.admitted,
@@ -247,7 +248,7 @@ mod tests {
     fn gates_get_a_row_each_and_no_table_without_gates() {
         assert_eq!(super::render_gates(&[]), "");
         let g = gate_report(json!({
-            "draining": true, "bytes_from_clients": 1_500_000, "bytes_to_clients": 42_000_000,
+            "host": "app-3", "draining": true, "bytes_from_clients": 1_500_000, "bytes_to_clients": 42_000_000,
         }));
         let t = super::render_gates(&[g]);
         let row: Vec<&str> = t.lines().nth(2).unwrap().split_whitespace().collect();
@@ -255,6 +256,7 @@ mod tests {
             row,
             [
                 "web-1",
+                "app-3",
                 "127.0.0.1:3307",
                 "12",
                 "10",

@@ -113,7 +113,7 @@ fn view_loop(
         let (width, height) = terminal::size().unwrap_or((80, 24));
         let server_view = server.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let lines = render(&stats, server_view.as_ref(), width, height, now_unix_ms());
-        let gates = dbslots_gate::read_gates(pool.addr()).unwrap_or_default();
+        let gates = dbslots_gate::read_gates(pool).unwrap_or_default();
         let lines = with_gate_lines(lines, &gates, width, height);
         draw(&mut out, &lines)?;
         let next = Instant::now() + REFRESH;
@@ -159,10 +159,17 @@ pub fn with_gate_lines(
         .position(|l| l.starts_with("counters"))
         .map_or(lines.len(), |i| i + 1);
     let extra = gates.iter().map(|g| {
+        let listen = g.listen.first().map_or("-", String::as_str);
+        // The host where one is known (every host's gates of a Redis pool).
+        let place = if g.host.is_empty() {
+            listen.to_string()
+        } else {
+            format!("{} {listen}", g.host)
+        };
         format!(
             "gate      {} {}  queued {}  active {}  accepted {}  admitted {}  timeouts {}  idle-closed {}{}",
             g.name,
-            g.listen.first().map_or("-", String::as_str),
+            place,
             g.queued,
             g.active,
             g.accepted,

@@ -30,6 +30,16 @@ pub enum Error {
     /// The pool failed.
     #[error(transparent)]
     Pool(#[from] dbslots_core::Error),
+    /// The gate's counters cannot be posted into its Redis pool.
+    #[error("cannot publish the counters of gate {name:?} in pool {pool}: {reason}")]
+    PublishToPool {
+        /// The pool (redacted address).
+        pool: String,
+        /// The gate's name.
+        name: String,
+        /// What went wrong and what to do.
+        reason: String,
+    },
     /// The gate's counters cannot be published next to the pool.
     #[error("cannot publish the gate's counters in {path}: {reason}")]
     Publish {

@@ -6,7 +6,8 @@ use std::fmt::Write;
 use crate::stats::GateReport;
 
 /// The `dbslots_gate_*` families of `reports`, each sample labelled
-/// `gate="NAME",pool="ADDRESS"`. Empty when there are no gates (so the
+/// `gate="NAME",host="HOST",pool="ADDRESS"` (a gate's name is unique
+/// within its pool; the host tells where it runs). Empty when there are no gates (so the
 /// families do not appear at all). The wait histogram's buckets are
 /// cumulative; its `+Inf` bucket equals `_count`.
 pub fn render_gate_metrics(reports: &[GateReport]) -> String {
@@ -16,8 +17,9 @@ pub fn render_gate_metrics(reports: &[GateReport]) -> String {
     }
     let labels = |g: &GateReport| {
         format!(
-            "gate=\"{}\",pool=\"{}\"",
+            "gate=\"{}\",host=\"{}\",pool=\"{}\"",
             escape_label_value(&g.name),
+            escape_label_value(&g.host),
             escape_label_value(&g.pool)
         )
     };
@@ -150,6 +152,7 @@ mod tests {
         GateReport {
             name: name.into(),
             pid: 1,
+            host: "h1".into(),
             listen: vec!["127.0.0.1:3307".into()],
             upstream: "db:3306".into(),
             pool: "/run/p\"q".into(),
@@ -176,7 +179,7 @@ mod tests {
     fn families_have_one_sample_per_gate_and_cumulative_buckets() {
         assert_eq!(render_gate_metrics(&[]), "");
         let text = render_gate_metrics(&[report("a"), report("b")]);
-        let l = r#"gate="a",pool="/run/p\"q""#;
+        let l = r#"gate="a",host="h1",pool="/run/p\"q""#;
         for line in [
             format!("dbslots_gate_accepted_total{{{l}}} 5"),
             format!("dbslots_gate_queued{{{l}}} 1"),

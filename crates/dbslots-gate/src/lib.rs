@@ -51,6 +51,7 @@ mod lease;
 mod limits;
 mod net;
 mod packet;
+mod posting;
 mod queue;
 mod relay;
 mod stats;
@@ -73,9 +74,10 @@ pub use stats::{GateReport, gates_dir, read_gates, read_gates_in};
 
 use lease::Leases;
 use net::{Listener, Stream};
+use posting::Posting;
 use queue::{Admission, Ticket};
 use relay::{Activity, Clock, Side, Tracked};
-use stats::{Counters, Identity, Publication, bump, drop_one};
+use stats::{Counters, FilePublication, Identity, Publication, bump, drop_one};
 
 /// How a gate behaves.
 #[derive(Debug, Clone)]
@@ -134,7 +136,11 @@ impl GateOptions {
         self
     }
 
-    /// Where to publish the counters instead of [`gates_dir`] of the pool.
+    /// Where to publish the counters instead of the pool: files in `dir`
+    /// (read them with [`read_gates_in`]). Without it, the gates of a file
+    /// pool publish in its [`gates_dir`], and those of a `redis://` pool
+    /// into the pool's Redis; either way [`read_gates`] finds them. A gate
+    /// of a Redis pool given a directory is not seen by [`read_gates`].
     pub fn stats_dir(mut self, dir: Option<PathBuf>) -> Self {
         self.stats_dir = dir;
         self
@@ -237,8 +243,15 @@ impl std::fmt::Debug for Gate {
 }
 
 impl Gate {
-    /// Binds every listen address and claims the gate's name in the pool's
-    /// gate directory. Nothing is accepted before [`Gate::run`].
+    /// Binds every listen address and claims the gate's name where it
+    /// publishes its counters (see [`GateOptions::stats_dir`]). Nothing is
+    /// accepted before [`Gate::run`].
+    ///
+    /// The name is the gate's in the pool: another live gate that publishes
+    /// under it is an error ([`Error::Publish`], or for a Redis pool
+    /// [`Error::PublishToPool`]). For a Redis pool the claim first waits up
+    /// to 5 s for a report under the name to lapse, the time a gate that
+    /// was killed takes to disappear.
     pub async fn bind(pool: Pool, options: GateOptions) -> Result<Gate, Error> {
         if options.listen.is_empty() {
             return Err(Error::NoListener);
@@ -260,19 +273,23 @@ impl Gate {
         }
         let name = options.name.clone().unwrap_or_else(|| bound[0].to_string());
         let name = stats::file_safe(&name);
-        let dir = match &options.stats_dir {
-            Some(d) => d.clone(),
-            None => gates_dir(pool.addr())?,
-        };
-        let publication = Publication::claim(&dir, &name)?;
         let counters = Arc::new(Counters::default());
         let pool_name = pool.addr().to_string();
         let identity = Identity {
             name: name.clone(),
+            host: dbslots_core::env::host_name(),
             listen: bound.iter().map(ToString::to_string).collect(),
             upstream: options.upstream.to_string(),
             pool: pool_name.clone(),
             started_unix_ms: stats::now_unix_ms(),
+        };
+        let publication = match (&options.stats_dir, pool.addr()) {
+            (Some(dir), _) => Publication::Files(FilePublication::claim(dir, &name)?),
+            (None, dbslots_core::PoolAddr::Redis(_)) => {
+                let first = counters.report(&identity, pool.capacity(), false);
+                Publication::Redis(Posting::claim(&pool, &first).await?)
+            }
+            (None, addr) => Publication::Files(FilePublication::claim(&gates_dir(addr)?, &name)?),
         };
         let shared = Arc::new(Shared {
             admission: Admission::new(pool.clone(), options.max_pool_waiters, counters.clone()),
@@ -395,7 +412,8 @@ impl Gate {
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), closed).await;
-        // The publisher writes its last report and removes its files.
+        // The publisher writes its last report and removes its files (or
+        // withdraws its report from Redis).
         while background.join_next().await.is_some() {}
         self.report()
     }
@@ -672,6 +690,10 @@ async fn refuse(
     .await;
 }
 
+/// Publishes the counters twice a second while anything changed; into a
+/// Redis pool also at least once a second (its reports lapse unless
+/// reposted). Never blocks the runtime: Redis calls run on the blocking
+/// pool, and an unreachable Redis is logged once per outage.
 async fn publish_loop(
     shared: Arc<Shared>,
     identity: Identity,
@@ -682,6 +704,9 @@ async fn publish_loop(
         return;
     };
     let mut last = None;
+    let mut posted_at: Option<Instant> = None;
+    // Redis trouble already logged: an outage, a name taken over.
+    let (mut unreachable, mut taken) = (false, false);
     loop {
         let draining = *phase.borrow() != Phase::Running;
         let mut report = shared
@@ -689,23 +714,53 @@ async fn publish_loop(
             .report(&identity, shared.pool.capacity(), draining);
         let stamp = report.updated_unix_ms;
         report.updated_unix_ms = 0;
-        if last.as_ref() != Some(&report) {
+        let due = posted_at.is_some_and(|t| t.elapsed() >= posting::REPOST_AFTER);
+        if last.as_ref() != Some(&report) || due {
             last = Some(report.clone());
             report.updated_unix_ms = stamp;
-            if let Err(e) = publication.write(&report) {
-                tracing::warn!(gate = %shared.name, error = %e, "cannot publish the gate's counters");
+            match &publication {
+                Publication::Files(files) => {
+                    if let Err(e) = files.write(&report) {
+                        tracing::warn!(gate = %shared.name, error = %e, "cannot publish the gate's counters");
+                    }
+                }
+                Publication::Redis(p) => {
+                    posted_at = Some(Instant::now());
+                    match p.post(&report).await {
+                        Ok(true) => {
+                            if std::mem::take(&mut unreachable) {
+                                tracing::info!(gate = %shared.name, "publishing the gate's counters again");
+                            }
+                            taken = false;
+                        }
+                        Ok(false) => {
+                            unreachable = false;
+                            if !std::mem::replace(&mut taken, true) {
+                                tracing::warn!(gate = %shared.name, "another gate publishes under this name now (this one's report had lapsed); this gate is not shown until it stops");
+                            }
+                        }
+                        Err(e) => {
+                            if !std::mem::replace(&mut unreachable, true) {
+                                tracing::warn!(gate = %shared.name, error = %e, "cannot publish the gate's counters into the pool's Redis; relaying goes on, retrying every second");
+                            }
+                        }
+                    }
+                }
             }
         }
         if *phase.borrow() == Phase::Stopping {
-            return;
+            break;
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = stopping(&mut phase) => {}
         }
         if *phase.borrow() == Phase::Stopping && shared.open.load(Ordering::Relaxed) == 0 {
-            return;
+            break;
         }
+    }
+    if let Publication::Redis(p) = publication {
+        p.withdraw().await;
     }
 }
 

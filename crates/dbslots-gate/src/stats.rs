@@ -2,9 +2,12 @@
 //!
 //! # Implementation Details
 //!
-//! Counters are atomics in the gate's memory. A publisher task writes them
-//! as one JSON document, [`GateReport`], to `NAME.json` in the pool's gate
-//! directory (see [`gates_dir`]) every half second while anything changed
+//! Counters are atomics in the gate's memory. A publisher task takes them
+//! as one JSON document, [`GateReport`], every half second. The gates of a
+//! `redis://` pool post it into the pool's Redis, so that every host sees
+//! every gate (see `posting`). The gates of a file pool write it to
+//! `NAME.json` in the pool's gate directory (see [`gates_dir`]) while
+//! anything changed
 //! (write to a temporary file, then rename, so a reader never sees half a
 //! document). Next to it the gate holds an exclusive `flock` on `NAME.lock`
 //! for as long as it lives: a reader that can take that lock knows the gate
@@ -17,25 +20,25 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dbslots_core::{PoolAddr, WAIT_BUCKETS_US, WaitHistogram};
+use dbslots_core::{Pool, PoolAddr, WAIT_BUCKETS_US, WaitHistogram};
 use rustix::fs::{FlockOperation, flock};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::posting::{self, NAME_TAKEN, Posting};
 
-/// Where the gates of a pool publish their counters: `gates/` inside a file
-/// pool's directory; for a Redis pool, `gates/redis-NAME` next to this
-/// user's default pool directory (so only the gates of this host are seen).
+/// Where the gates of a file pool publish their counters: `gates/` inside
+/// the pool's directory, as `NAME.json` next to a `NAME.lock` the gate
+/// holds while it lives. The gates of a `redis://` pool post their counters
+/// into the pool's Redis instead, for every host to see (read them with
+/// [`read_gates`]): for such a pool this is an error.
 pub fn gates_dir(pool: &PoolAddr) -> Result<PathBuf, Error> {
     match pool {
         PoolAddr::Dir(dir) => Ok(dir.join("gates")),
-        PoolAddr::Redis(r) => {
-            let default = dbslots_core::default_pool_dir().map_err(Error::Pool)?;
-            let base = default.parent().unwrap_or(Path::new("/")).to_path_buf();
-            Ok(base
-                .join("gates")
-                .join(format!("redis-{}", file_safe(&r.pool))))
-        }
+        PoolAddr::Redis(_) => Err(Error::InvalidEndpoint {
+            endpoint: pool.to_string(),
+            reason: "the gates of a Redis pool publish into the pool's Redis, not a directory; read them with read_gates".into(),
+        }),
         _ => Err(Error::InvalidEndpoint {
             endpoint: pool.to_string(),
             reason: "this kind of pool has no gate directory".into(),
@@ -71,6 +74,11 @@ pub struct GateReport {
     pub name: String,
     /// The gate's process id.
     pub pid: u32,
+    /// The gate's host: `DBSLOTS_HOST`, else the kernel's host name (the
+    /// rule of [`dbslots_core::env::host_name`]); empty in reports of
+    /// gates older than this field.
+    #[serde(default)]
+    pub host: String,
     /// The addresses it accepts clients on.
     pub listen: Vec<String>,
     /// The server it relays to.
@@ -164,6 +172,7 @@ impl Counters {
 #[derive(Debug, Clone)]
 pub(crate) struct Identity {
     pub name: String,
+    pub host: String,
     pub listen: Vec<String>,
     pub upstream: String,
     pub pool: String,
@@ -182,6 +191,7 @@ impl Counters {
         GateReport {
             name: id.name.clone(),
             pid: std::process::id(),
+            host: id.host.clone(),
             listen: id.listen.clone(),
             upstream: id.upstream.clone(),
             pool: id.pool.clone(),
@@ -205,17 +215,25 @@ impl Counters {
     }
 }
 
+/// Where a running gate publishes its counters.
+pub(crate) enum Publication {
+    /// Files in a directory (a file pool, or `GateOptions::stats_dir`).
+    Files(FilePublication),
+    /// Reports in the gate's Redis pool.
+    Redis(Posting),
+}
+
 /// The files a running gate publishes; removed on drop.
-pub(crate) struct Publication {
+pub(crate) struct FilePublication {
     dir: PathBuf,
     name: String,
     _lock: File,
 }
 
-impl Publication {
+impl FilePublication {
     /// Creates `dir` if needed and takes `NAME.lock`; an error when another
     /// live gate publishes under the same name.
-    pub(crate) fn claim(dir: &Path, name: &str) -> Result<Publication, Error> {
+    pub(crate) fn claim(dir: &Path, name: &str) -> Result<FilePublication, Error> {
         let io_err = |what: &str, path: &Path, e: io::Error| Error::Publish {
             path: path.to_path_buf(),
             reason: format!("{what}: {e}"),
@@ -232,12 +250,10 @@ impl Publication {
         if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
             return Err(Error::Publish {
                 path: lock_path,
-                reason:
-                    "another running gate publishes under this name; give this one another name (GateOptions::name)"
-                        .into(),
+                reason: NAME_TAKEN.into(),
             });
         }
-        Ok(Publication {
+        Ok(FilePublication {
             dir: dir.to_path_buf(),
             name: name.to_string(),
             _lock: lock,
@@ -257,7 +273,7 @@ impl Publication {
     }
 }
 
-impl Drop for Publication {
+impl Drop for FilePublication {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(self.dir.join(format!("{}.json", self.name)));
         let _ = std::fs::remove_file(self.dir.join(format!("{}.lock", self.name)));
@@ -279,10 +295,30 @@ fn libc_o_nofollow() -> i32 {
     rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
-/// The live gates of `pool`, by name. Reads only: files of gates that died
-/// are skipped, not removed.
-pub fn read_gates(pool: &PoolAddr) -> Result<Vec<GateReport>, Error> {
-    read_gates_in(&gates_dir(pool)?)
+/// The live gates of `pool`, by name.
+///
+/// For a `redis://` pool: every live gate of the pool, on every host, read
+/// from the pool's Redis in one round trip (reports of gates that were
+/// killed lapse within 5 s, and are deleted on the way). This blocks the
+/// calling thread: async code calls it through `spawn_blocking`.
+///
+/// For a file pool: the gates publishing in its [`gates_dir`]. Reads only:
+/// files of gates that died are skipped, not removed.
+///
+/// ```no_run
+/// use dbslots_core::{Pool, PoolOptions};
+///
+/// let pool = Pool::open("redis://redis.internal:6379/0?pool=orders", PoolOptions::new())?;
+/// for gate in dbslots_gate::read_gates(&pool)? {
+///     println!("{} on {} (pid {}): {} active", gate.name, gate.host, gate.pid, gate.active);
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn read_gates(pool: &Pool) -> Result<Vec<GateReport>, Error> {
+    match pool.addr() {
+        PoolAddr::Redis(_) => posting::read(pool),
+        addr => read_gates_in(&gates_dir(addr)?),
+    }
 }
 
 /// The live gates publishing in `dir`, by name.
@@ -331,6 +367,7 @@ mod tests {
     fn identity() -> Identity {
         Identity {
             name: "g1".into(),
+            host: "h1".into(),
             listen: vec!["127.0.0.1:1".into()],
             upstream: "127.0.0.1:2".into(),
             pool: "/p".into(),
@@ -345,17 +382,18 @@ mod tests {
         bump(&c.accepted);
         c.record_wait(Duration::from_millis(3));
         c.record_wait(Duration::from_secs(700));
-        let publication = Publication::claim(dir.path(), "g1").unwrap();
+        let publication = FilePublication::claim(dir.path(), "g1").unwrap();
         publication.write(&c.report(&identity(), 9, false)).unwrap();
         let gates = read_gates_in(dir.path()).unwrap();
         assert_eq!(gates.len(), 1);
         assert_eq!(gates[0].accepted, 1);
         assert_eq!(gates[0].capacity, 9);
+        assert_eq!(gates[0].host, "h1");
         assert_eq!(gates[0].wait_histogram.count, 2);
         assert_eq!(gates[0].wait_histogram.counts[3], 1);
         assert_eq!(gates[0].wait_histogram.counts[10], 1);
         assert!(
-            Publication::claim(dir.path(), "g1").is_err(),
+            FilePublication::claim(dir.path(), "g1").is_err(),
             "two live gates under one name"
         );
         // A gate that died without cleaning up: files there, lock free.

@@ -55,6 +55,14 @@ impl FreezableProxy {
     pub fn freeze(&self) {
         self.frozen.store(true, Ordering::SeqCst);
     }
+
+    /// Lets bytes pass again (the network healed): connections made from
+    /// now on work; bytes dropped while frozen stay lost, so a client whose
+    /// call timed out reconnects, and sockets accepted while frozen stay
+    /// dead.
+    pub fn thaw(&self) {
+        self.frozen.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Drop for FreezableProxy {

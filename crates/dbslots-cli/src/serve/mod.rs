@@ -245,7 +245,7 @@ async fn read_gates(pools: &Arc<Vec<Pool>>) -> Vec<dbslots_gate::GateReport> {
     tokio::task::spawn_blocking(move || {
         pools
             .iter()
-            .flat_map(|p| dbslots_gate::read_gates(p.addr()).unwrap_or_default())
+            .flat_map(|p| dbslots_gate::read_gates(p).unwrap_or_default())
             .collect()
     })
     .await

@@ -13,10 +13,35 @@ use dbslots_gate::GateReport;
 use dbslots_testkit::{MysqlOptions, PASSWORD, USER};
 use mysql_async::prelude::Queryable;
 
+/// Where a gate's counters are read from: the pool's gate directory, or
+/// (a Redis pool) the pool's Redis, opened once the gate created the pool.
+enum Published {
+    Dir(PathBuf),
+    Redis(String, std::sync::OnceLock<Pool>),
+}
+
+impl Published {
+    fn read(&self) -> Option<Vec<GateReport>> {
+        match self {
+            Published::Dir(dir) => dbslots_gate::read_gates_in(dir).ok(),
+            Published::Redis(addr, pool) => {
+                let pool = match pool.get() {
+                    Some(p) => p,
+                    None => {
+                        let p = Pool::open(addr.as_str(), PoolOptions::new()).ok()?;
+                        pool.get_or_init(|| p)
+                    }
+                };
+                dbslots_gate::read_gates(pool).ok()
+            }
+        }
+    }
+}
+
 /// A `dbslots gate` process, SIGKILLed on drop.
 struct GateProc {
     child: Child,
-    gates_dir: PathBuf,
+    published: Published,
     log: PathBuf,
     /// `127.0.0.1:PORT` of its first --listen.
     addr: String,
@@ -36,11 +61,25 @@ impl GateProc {
         extra: &[&str],
         env: &[(&str, &Path)],
     ) -> GateProc {
+        Self::start_as(dir, None, upstream, pool, extra, env)
+    }
+
+    /// Starts a gate named `name` (by default `gN`, N the number of files
+    /// in `dir`).
+    fn start_as(
+        dir: &Path,
+        name: Option<&str>,
+        upstream: &str,
+        pool: &str,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+    ) -> GateProc {
         let n = std::fs::read_dir(dir).map_or(0, |d| d.count());
         let log = dir.join(format!("gate-{n}.log"));
+        let name = name.map_or_else(|| format!("g{n}"), str::to_string);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbslots"));
         cmd.args(["gate", "--listen", "127.0.0.1:0", "--upstream", upstream])
-            .args(["--pool", pool, "--name", &format!("g{n}")])
+            .args(["--pool", pool, "--name", &name])
             .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("DBSLOTS_POOL")
@@ -51,21 +90,13 @@ impl GateProc {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("dbslots gate starts");
-        let gates_dir = match dbslots_core::PoolAddr::parse(pool).expect("a pool address") {
-            dbslots_core::PoolAddr::Dir(d) => d.join("gates"),
-            _ => {
-                let base = env
-                    .iter()
-                    .find(|(k, _)| *k == "XDG_RUNTIME_DIR")
-                    .expect("a Redis pool test sets XDG_RUNTIME_DIR")
-                    .1;
-                let name = pool.rsplit_once("pool=").expect("pool=NAME").1;
-                base.join("dbslots/gates").join(format!("redis-{name}"))
-            }
+        let published = match dbslots_core::PoolAddr::parse(pool).expect("a pool address") {
+            dbslots_core::PoolAddr::Dir(d) => Published::Dir(d.join("gates")),
+            _ => Published::Redis(pool.to_string(), std::sync::OnceLock::new()),
         };
         let mut gate = GateProc {
             child,
-            gates_dir,
+            published,
             log,
             addr: String::new(),
         };
@@ -93,10 +124,7 @@ impl GateProc {
 
     fn report(&self) -> Option<GateReport> {
         let pid = self.child.id();
-        dbslots_gate::read_gates_in(&self.gates_dir)
-            .ok()?
-            .into_iter()
-            .find(|g| g.pid == pid)
+        self.published.read()?.into_iter().find(|g| g.pid == pid)
     }
 
     /// The report once `ok` holds (counters are published twice a second).
@@ -107,7 +135,11 @@ impl GateProc {
             if let Some(r) = r.as_ref().filter(|r| ok(r)) {
                 return r.clone();
             }
-            assert!(Instant::now() < deadline, "{what}: last report {r:#?}");
+            assert!(
+                Instant::now() < deadline,
+                "{what}: last report {r:#?}; the gate's log: {}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -453,9 +485,10 @@ fn a_queue_timeout_reaches_php_and_mariadb_as_error_1040_with_the_gates_message(
         .find(|l| l.starts_with("g"))
         .unwrap_or_else(|| panic!("a gate row: {table}"));
     let cols: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(cols[1], gate.addr, "{table}");
+    assert_eq!(cols[1], dbslots_core::env::host_name(), "{table}");
+    assert_eq!(cols[2], gate.addr, "{table}");
     // ACCEPTED ADMITTED QUEUED ACTIVE TIMEOUTS
-    assert_eq!(&cols[2..7], ["2", "0", "0", "0", "2"], "{table}");
+    assert_eq!(&cols[3..8], ["2", "0", "0", "0", "2"], "{table}");
     let doc: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
     assert_eq!(doc["gates"][0]["queue_timeouts"], 2, "{doc:#}");
     assert_eq!(doc["gates"][0]["upstream"], upstream.as_str(), "{doc:#}");
@@ -908,6 +941,178 @@ fn two_gates_on_one_redis_pool_keep_the_server_within_the_shared_capacity() {
     eprintln!("two gates, one Redis pool of 5: Max_used_connections {max_used}");
 }
 
+/// The gates `dbslots status --json` shows for `pool`, run with `env` (as
+/// on another host).
+fn status_gates(pool: &str, env: &[(&str, &Path)]) -> Vec<serde_json::Value> {
+    let mut cmd = crate::support::dbslots();
+    cmd.args(["status", "--json", "--pool", pool]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let (out, stdout, stderr) = crate::support::run(&mut cmd);
+    assert!(out.status.success(), "dbslots status: {stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    doc["gates"].as_array().cloned().unwrap_or_default()
+}
+
+/// The gate named `name` among `gates`.
+fn gate_named<'a>(gates: &'a [serde_json::Value], name: &str) -> Option<&'a serde_json::Value> {
+    gates.iter().find(|g| g["name"] == name)
+}
+
+#[test]
+fn gates_of_a_redis_pool_on_two_hosts_are_seen_from_any_host_and_a_killed_one_lapses() {
+    let _heavy = crate::support::heavy_or_sensitive();
+    let Some(redis) = dbslots_testkit::shared_redis() else {
+        return;
+    };
+    let (upstream, _server) = numbering_server();
+    let dir = tempfile::tempdir().unwrap();
+    let sep = if redis.contains('?') { '&' } else { '?' };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let pool = format!("{redis}{sep}pool=gate-hosts-{}-{nanos}", std::process::id());
+    // Three "hosts": each its own DBSLOTS_HOST and runtime directory, so
+    // nothing on disk is shared between them.
+    let host = |name: &str| {
+        let run = dir.path().join(format!("run-{name}"));
+        std::fs::create_dir(&run).unwrap();
+        (run, PathBuf::from(name))
+    };
+    let (run_a, host_a) = host("host-a");
+    let (run_b, host_b) = host("host-b");
+    let (run_c, host_c) = host("host-c");
+    let env_a = [
+        ("XDG_RUNTIME_DIR", run_a.as_path()),
+        ("DBSLOTS_HOST", host_a.as_path()),
+    ];
+    let env_b = [
+        ("XDG_RUNTIME_DIR", run_b.as_path()),
+        ("DBSLOTS_HOST", host_b.as_path()),
+    ];
+    let env_c = [
+        ("XDG_RUNTIME_DIR", run_c.as_path()),
+        ("DBSLOTS_HOST", host_c.as_path()),
+    ];
+    let cap = ["--capacity", "2"];
+    let mut a = GateProc::start_as(dir.path(), Some("web-a"), &upstream, &pool, &cap, &env_a);
+    let mut b = GateProc::start_as(dir.path(), Some("web-b"), &upstream, &pool, &cap, &env_b);
+    // Three clients through a, one through b: each is greeted by the
+    // stand-in server, then hangs up.
+    for (gate, n) in [(&a, 3), (&b, 1)] {
+        for _ in 0..n {
+            let mut c = std::net::TcpStream::connect(&gate.addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut greeting = [0u8; 8];
+            c.read_exact(&mut greeting)
+                .expect("greeted through the gate");
+        }
+    }
+    a.report_when("a's clients", |r| r.admitted == 3 && r.active == 0);
+    b.report_when("b's clients", |r| r.admitted == 1 && r.active == 0);
+
+    // `dbslots status` on a third host sees both gates, with their hosts.
+    let gates = status_gates(&pool, &env_c);
+    assert_eq!(gates.len(), 2, "{gates:#?}");
+    let ga = gate_named(&gates, "web-a").expect("web-a");
+    let gb = gate_named(&gates, "web-b").expect("web-b");
+    assert_eq!(
+        (&ga["host"], &ga["pid"], &ga["admitted"]),
+        (&"host-a".into(), &a.child.id().into(), &3.into()),
+        "{gates:#?}"
+    );
+    assert_eq!(
+        (&gb["host"], &gb["pid"], &gb["admitted"]),
+        (&"host-b".into(), &b.child.id().into(), &1.into()),
+        "{gates:#?}"
+    );
+    // So do `dbslots serve`'s JSON and /metrics.
+    let serve = crate::support::Serve::start(&["--pool", &pool]);
+    let api = serve.get("/api/pool-stats").json();
+    let api_gates = api["gates"].as_array().cloned().unwrap_or_default();
+    assert_eq!(api_gates.len(), 2, "{api:#}");
+    assert_eq!(gate_named(&api_gates, "web-b").unwrap()["host"], "host-b");
+    let text = serve.get("/metrics").body;
+    let families = crate::support::prom::parse(&text).expect("valid exposition");
+    let admitted = |gate: &str, host: &str| {
+        crate::support::prom::value(
+            &families,
+            "dbslots_gate_admitted_total",
+            &[("gate", gate), ("host", host)],
+        )
+    };
+    assert_eq!(admitted("web-a", "host-a"), 3.0);
+    assert_eq!(admitted("web-b", "host-b"), 1.0);
+    drop(serve);
+
+    // A name is the pool's: a gate on host c cannot take web-b's while
+    // web-b lives (it waits for the report to lapse, then gives up).
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbslots"));
+    cmd.args(["gate", "--listen", "127.0.0.1:0", "--upstream", &upstream])
+        .args(["--pool", &pool, "--name", "web-b"])
+        .env_remove("DBSLOTS_POOL")
+        .envs(env_c);
+    let out = output_within(cmd, Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("another running gate publishes under this name"),
+        "{err}"
+    );
+
+    // A gate killed with SIGKILL disappears from every host within the
+    // report's lifetime (5 s) plus slack.
+    b.signal(libc::SIGKILL);
+    b.wait_exit(Duration::from_secs(5));
+    let killed = Instant::now();
+    loop {
+        let gates = status_gates(&pool, &env_c);
+        if gate_named(&gates, "web-b").is_none() {
+            assert!(gate_named(&gates, "web-a").is_some(), "{gates:#?}");
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(8),
+            "the killed gate is still shown after {:?}: {gates:#?}",
+            killed.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let lapsed = killed.elapsed();
+    assert!(
+        lapsed > Duration::from_secs(3),
+        "it lapsed too soon: {lapsed:?}"
+    );
+
+    // A killed gate restarted under its name at once waits for its old
+    // report to lapse, then runs.
+    a.signal(libc::SIGKILL);
+    a.wait_exit(Duration::from_secs(5));
+    let killed = Instant::now();
+    let a2 = GateProc::start_as(dir.path(), Some("web-a"), &upstream, &pool, &cap, &env_a);
+    let restarted = killed.elapsed();
+    assert!(
+        restarted < Duration::from_secs(8),
+        "restart took {restarted:?}"
+    );
+    assert!(a2.log_text().contains("waiting up to"), "{}", a2.log_text());
+    let gates = status_gates(&pool, &env_c);
+    assert_eq!(gates.len(), 1, "{gates:#?}");
+    assert_eq!(gates[0]["pid"], a2.child.id(), "{gates:#?}");
+    assert_eq!(gates[0]["admitted"], 0, "{gates:#?}");
+
+    // A gate that stops cleanly withdraws its report at once.
+    a2.signal(libc::SIGTERM);
+    let mut a2 = a2;
+    assert!(a2.wait_exit(Duration::from_secs(10)).success());
+    assert!(status_gates(&pool, &env_c).is_empty());
+    eprintln!(
+        "gates on two hosts: a killed gate left status after {lapsed:?}; a restart under its name took {restarted:?}"
+    );
+}
+
 /// A stand-in server for the tests that need thousands of connections: it
 /// greets each connection with its accept number (8 bytes, little endian)
 /// and keeps it open until the client closes.
@@ -1074,7 +1279,6 @@ fn a_connection_whose_lease_is_lost_is_closed_on_both_sides_before_the_lease_run
     let lease = Duration::from_millis(2000);
     let base = redis_url_through(&redis, proxy.port());
     let sep = if base.contains('?') { '&' } else { '?' };
-    // `pool=` last: GateProc finds the gate's directory from it.
     let pool = format!(
         "{base}{sep}lease_ms={}&pool=gate-lease-{}",
         lease.as_millis(),
@@ -1087,6 +1291,8 @@ fn a_connection_whose_lease_is_lost_is_closed_on_both_sides_before_the_lease_run
     let gate = GateProc::start_with(dir.path(), &upstream, &pool, &["--capacity", "2"], &env);
     let url = gate.url();
     let admin = mysql.admin_url.clone();
+    // Kept past the block: the gate's counters are read through it.
+    let proxy = &proxy;
     runtime().block_on(async move {
         let mut conn = mysql_async::Conn::from_url(&url)
             .await
@@ -1140,12 +1346,23 @@ fn a_connection_whose_lease_is_lost_is_closed_on_both_sides_before_the_lease_run
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         admin.disconnect().await.unwrap();
+        // The gate's counters live in Redis: readable again once it heals.
+        proxy.thaw();
     });
     let r = gate.report_when("the lost lease counted", |r| r.leases_lost == 1);
     assert_eq!(r.active, 0, "{r:#?}");
+    let log = gate.log_text();
+    assert!(log.contains("lease was lost"), "{log}");
+    // The outage is logged once by the publisher, however many reposts
+    // failed, and so is the recovery.
+    assert_eq!(
+        log.matches("cannot publish the gate's counters into the pool's Redis")
+            .count(),
+        1,
+        "{log}"
+    );
     assert!(
-        gate.log_text().contains("lease was lost"),
-        "{}",
-        gate.log_text()
+        log.contains("publishing the gate's counters again"),
+        "{log}"
     );
 }

@@ -60,7 +60,7 @@ impl RedisPool {
                 s.scripts.read_reports.key(s.keys.reports(kind)).invoke(c)
             })
             .map_err(|e| s.backend_error("reading reports", e))?;
-        if flat.len() % 2 != 0 {
+        if !flat.len().is_multiple_of(2) {
             return Err(Error::Backend {
                 pool: s.name.clone(),
                 message: "unexpected answer from the read_reports script".into(),
