@@ -102,6 +102,7 @@ mod tests {
             include_str!("../../dbslots-import/src/processor/mod.rs"),
             include_str!("../../dbslots-gate/src/error.rs"),
             include_str!("../../dbslots-gate/src/stats.rs"),
+            include_str!("../../dbslots-gate/src/posting.rs"),
         ]
         .concat();
         for (library, _) in super::TERMS {

@@ -406,6 +406,16 @@ mod tests {
     }
 
     #[test]
+    fn a_report_of_a_gate_without_a_host_field_still_reads() {
+        let c = Counters::default();
+        let mut doc = serde_json::to_value(c.report(&identity(), 1, false)).unwrap();
+        assert_eq!(doc["host"], "h1");
+        doc.as_object_mut().unwrap().remove("host");
+        let old: GateReport = serde_json::from_value(doc).unwrap();
+        assert_eq!(old.host, "");
+    }
+
+    #[test]
     fn names_become_safe_file_names() {
         assert_eq!(file_safe("127.0.0.1:3307"), "127.0.0.1_3307");
         assert_eq!(file_safe("unix:/run/x.sock"), "unix__run_x.sock");
