@@ -56,8 +56,9 @@ pub struct GateArgs {
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, default_value = "30")]
     drain: Duration,
 
-    /// The name the gate's counters are shown under [default: the first
-    /// --listen address]
+    /// The name the gate's counters are shown under, unique in the pool
+    /// [default: the first --listen address; for a redis:// pool, the host
+    /// and the first --listen address]
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
 

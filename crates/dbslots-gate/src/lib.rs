@@ -129,8 +129,10 @@ impl GateOptions {
         self
     }
 
-    /// The name the gate publishes its counters under (by default its first
-    /// listen address).
+    /// The name the gate publishes its counters under, unique within the
+    /// pool. By default its first listen address; for a `redis://` pool
+    /// (shared by hosts that may all listen on the same address) its host
+    /// and first listen address, such as `app-1_127.0.0.1_3307`.
     pub fn name(mut self, name: Option<String>) -> Self {
         self.name = name;
         self
@@ -271,13 +273,22 @@ impl Gate {
             })?);
             listeners.push(l);
         }
-        let name = options.name.clone().unwrap_or_else(|| bound[0].to_string());
+        let host = dbslots_core::env::host_name();
+        let shared_by_hosts =
+            options.stats_dir.is_none() && matches!(pool.addr(), dbslots_core::PoolAddr::Redis(_));
+        let name = options.name.clone().unwrap_or_else(|| {
+            if shared_by_hosts {
+                format!("{host}_{}", bound[0])
+            } else {
+                bound[0].to_string()
+            }
+        });
         let name = stats::file_safe(&name);
         let counters = Arc::new(Counters::default());
         let pool_name = pool.addr().to_string();
         let identity = Identity {
             name: name.clone(),
-            host: dbslots_core::env::host_name(),
+            host,
             listen: bound.iter().map(ToString::to_string).collect(),
             upstream: options.upstream.to_string(),
             pool: pool_name.clone(),

@@ -1047,6 +1047,37 @@ fn gates_of_a_redis_pool_on_two_hosts_are_seen_from_any_host_and_a_killed_one_la
     assert_eq!(admitted("web-b", "host-b"), 1.0);
     drop(serve);
 
+    // Without --name, a gate's name says its host: the same command on
+    // every host is fine.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbslots"));
+    cmd.args(["gate", "--listen", "127.0.0.1:0", "--upstream", &upstream])
+        .args(["--pool", &pool])
+        .env_remove("DBSLOTS_POOL")
+        .envs(env_c)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut unnamed = cmd.spawn().expect("dbslots gate starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let shown = loop {
+        let gates = status_gates(&pool, &env_c);
+        if let Some(g) = gates.iter().find(|g| g["pid"] == unnamed.id()) {
+            break g.clone();
+        }
+        assert!(Instant::now() < deadline, "{gates:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        shown["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("host-c_127.0.0.1_"),
+        "{shown:#}"
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(unnamed.id() as i32, libc::SIGTERM) };
+    assert!(unnamed.wait().unwrap().success());
+
     // A name is the pool's: a gate on host c cannot take web-b's while
     // web-b lives (it waits for the report to lapse, then gives up).
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbslots"));
