@@ -23,6 +23,18 @@ use super::RedisPool;
 use crate::error::{Error, Result};
 
 impl RedisPool {
+    /// Runs `f` on the reports' own connection; `what` names it in errors.
+    fn on_reports<T>(
+        &self,
+        what: &str,
+        f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T> {
+        let s = &self.shared;
+        s.reports
+            .call(&s.connector, f)
+            .map_err(|e| s.backend_error(what, e))
+    }
+
     /// Posts `doc` under `name` for `ttl`: `Ok(false)` when another owner's
     /// entry under that name is still live.
     pub(crate) fn post_report(
@@ -35,31 +47,25 @@ impl RedisPool {
     ) -> Result<bool> {
         let s = &self.shared;
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let posted: i64 = s
-            .reports
-            .call(&s.connector, |c| {
-                s.scripts
-                    .post_report
-                    .key(s.keys.reports(kind))
-                    .arg(name)
-                    .arg(owner)
-                    .arg(ttl_ms)
-                    .arg(doc)
-                    .invoke(c)
-            })
-            .map_err(|e| s.backend_error("posting a report", e))?;
+        let posted: i64 = self.on_reports("posting a report", |c| {
+            s.scripts
+                .post_report
+                .key(s.keys.reports(kind))
+                .arg(name)
+                .arg(owner)
+                .arg(ttl_ms)
+                .arg(doc)
+                .invoke(c)
+        })?;
         Ok(posted == 1)
     }
 
     /// The live reports of `kind` as (name, doc), by name.
     pub(crate) fn reports(&self, kind: &str) -> Result<Vec<(String, String)>> {
         let s = &self.shared;
-        let flat: Vec<String> = s
-            .reports
-            .call(&s.connector, |c| {
-                s.scripts.read_reports.key(s.keys.reports(kind)).invoke(c)
-            })
-            .map_err(|e| s.backend_error("reading reports", e))?;
+        let flat: Vec<String> = self.on_reports("reading reports", |c| {
+            s.scripts.read_reports.key(s.keys.reports(kind)).invoke(c)
+        })?;
         if !flat.len().is_multiple_of(2) {
             return Err(Error::Backend {
                 pool: s.name.clone(),
@@ -77,17 +83,14 @@ impl RedisPool {
     /// Withdraws `owner`'s report `name`; `Ok(false)` when there is none.
     pub(crate) fn withdraw_report(&self, kind: &str, name: &str, owner: &str) -> Result<bool> {
         let s = &self.shared;
-        let withdrawn: i64 = s
-            .reports
-            .call(&s.connector, |c| {
-                s.scripts
-                    .withdraw_report
-                    .key(s.keys.reports(kind))
-                    .arg(name)
-                    .arg(owner)
-                    .invoke(c)
-            })
-            .map_err(|e| s.backend_error("withdrawing a report", e))?;
+        let withdrawn: i64 = self.on_reports("withdrawing a report", |c| {
+            s.scripts
+                .withdraw_report
+                .key(s.keys.reports(kind))
+                .arg(name)
+                .arg(owner)
+                .invoke(c)
+        })?;
         Ok(withdrawn == 1)
     }
 }
