@@ -54,6 +54,17 @@ fn steps(args: &[String], scratch: TempDir) -> Result<()> {
             "warnings",
         ]),
     )?;
+    // Users pick single crates, so dbslots-core must also build cleanly
+    // with the features they choose (the workspace build unifies them).
+    for features in [
+        &["--all-targets"][..],
+        &["--lib", "--no-default-features"][..],
+    ] {
+        let mut args = vec!["clippy", "-p", "dbslots-core"];
+        args.extend_from_slice(features);
+        args.extend_from_slice(&["--", "-D", "warnings"]);
+        child::run(&format!("`cargo {}`", args.join(" ")), cargo(&args))?;
+    }
     // The multi-process tests drive example programs (dbslots-core's
     // `holder`), and `cargo test --all-targets` builds examples only as test
     // harnesses: build the real programs first.

@@ -398,6 +398,7 @@ impl Pool {
     /// for an empty `kind`, `name` or `owner`, a `kind` other than ASCII
     /// letters, digits, `-`, `_` and `.`, or an `owner` with whitespace;
     /// [`Error::Backend`] when the server cannot be reached.
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
     pub fn post_report(
         &self,
         kind: &str,

@@ -34,7 +34,9 @@ impl CancelToken {
         Self::default()
     }
 
-    /// Requests cancellation and wakes the waiter, if it sleeps.
+    /// Requests cancellation and wakes the waiter, if it sleeps (an async
+    /// acquisition that is dropped).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn cancel(&self) {
         self.0.cancelled.store(true, Ordering::SeqCst);
         let word = self.0.sleeper.load(Ordering::SeqCst);
