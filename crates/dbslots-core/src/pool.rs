@@ -396,8 +396,9 @@ impl Pool {
     ///
     /// [`Error::Unsupported`] for a file pool; [`Error::InvalidReport`]
     /// for an empty `kind`, `name` or `owner`, a `kind` other than ASCII
-    /// letters, digits, `-`, `_` and `.`, or an `owner` with whitespace;
-    /// [`Error::Backend`] when the server cannot be reached.
+    /// letters, digits, `-`, `_` and `.`, an `owner` with whitespace, or a
+    /// `ttl` outside 1 ms to 24 h; [`Error::Backend`] when the server
+    /// cannot be reached.
     #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
     pub fn post_report(
         &self,
@@ -408,6 +409,16 @@ impl Pool {
         ttl: Duration,
     ) -> Result<bool> {
         check_report_words(kind, name, Some(owner))?;
+        if ttl < Duration::from_millis(1) || ttl > MAX_REPORT_TTL {
+            return Err(Error::InvalidReport {
+                kind: kind.into(),
+                name: name.into(),
+                reason: format!(
+                    "a report lives 1 ms to {} h, not {ttl:?}; repost it within that time to keep it",
+                    MAX_REPORT_TTL.as_secs() / 3600
+                ),
+            });
+        }
         match &self.inner.backend {
             Backend::File(_) => Err(reports_unsupported()),
             #[cfg(feature = "redis")]
@@ -466,6 +477,9 @@ fn reports_unsupported() -> Error {
 }
 
 /// Checks the words of a report's key and value.
+/// The longest a report may live without a repost ([`Pool::post_report`]).
+const MAX_REPORT_TTL: Duration = Duration::from_secs(24 * 3600);
+
 fn check_report_words(kind: &str, name: &str, owner: Option<&str>) -> Result<()> {
     let bad = |reason: &str| {
         Err(Error::InvalidReport {

@@ -293,6 +293,11 @@ const POST_REPORT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[3])
+-- Checked before any write: a script is not rolled back, and a ttl too
+-- large for PEXPIRE would leave the entry stored and the hash immortal.
+if not ttl or ttl < 1 or ttl > 86400000 then
+  return redis.error_reply('a report ttl is 1 ms to 1 day')
+end
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur then
   local exp, owner = string.match(cur, '^(%d+) (%S+) ')

@@ -398,9 +398,14 @@ fn a_holder_cut_off_by_a_black_hole_knows_before_anyone_else_gets_its_slot() {
 /// a second owner while live, gone after their ttl, withdrawn. `hash_len`
 /// counts the entries of the kind's hash behind the pool's back, where
 /// the test can reach it.
+/// The ttl of the reports [`reports_contract`] keeps live throughout.
+const REPORT_LONG: Duration = Duration::from_secs(60);
+
 pub fn reports_contract(pool: &Pool, hash_len: Option<&dyn Fn(&str) -> u64>) {
-    let long = Duration::from_secs(5);
-    let short = Duration::from_millis(300);
+    // Long enough never to lapse during the test; short enough to wait out,
+    // and far above any stall of a loaded machine between two calls.
+    let long = REPORT_LONG;
+    let short = Duration::from_secs(2);
     assert!(pool.reports("gates").expect("read").is_empty());
     assert!(
         pool.post_report("gates", "g1", "ownerA", r#"{"n":1}"#, long)
@@ -437,7 +442,7 @@ pub fn reports_contract(pool: &Pool, hash_len: Option<&dyn Fn(&str) -> u64>) {
     if let Some(len) = hash_len {
         assert_eq!(len("gates"), 2);
     }
-    std::thread::sleep(short + Duration::from_millis(200));
+    std::thread::sleep(short + Duration::from_secs(1));
     if let Some(len) = hash_len {
         assert_eq!(len("gates"), 2, "an expired entry stays until read");
     }
@@ -499,16 +504,41 @@ fn reports_round_trip_refuse_a_second_owner_and_lapse_after_their_ttl() {
             .expect("HLEN")
     };
     reports_contract(&pool, Some(&len));
-    // The hash expires by itself a little after the longest ttl posted.
+    let pttl = |kind: &str| -> i64 {
+        ::redis::cmd("PTTL")
+            .arg(key(kind))
+            .query(*conn.borrow_mut())
+            .expect("PTTL")
+    };
+    // The hash expires by itself a little after the longest ttl posted
+    // (twice it, plus a second)...
     assert!(
-        pool.post_report("gates", "g", "o", "{}", Duration::from_secs(5))
+        pool.post_report("fresh", "g", "o", "{}", Duration::from_secs(5))
             .expect("post")
     );
-    let pttl: i64 = ::redis::cmd("PTTL")
-        .arg(key("gates"))
-        .query(*conn.borrow_mut())
-        .expect("PTTL");
-    assert!((5_000..=11_000).contains(&pttl), "PTTL {pttl}");
+    let fresh = pttl("fresh");
+    assert!((5_000..=11_000).contains(&fresh), "PTTL {fresh}");
+    // ... and a shorter post never brings that forward.
+    assert!(
+        pool.post_report("kept", "a", "o", "{}", REPORT_LONG)
+            .expect("post")
+    );
+    assert!(
+        pool.post_report("kept", "b", "o", "{}", Duration::from_secs(1))
+            .expect("post")
+    );
+    let long_ms = REPORT_LONG.as_millis() as i64;
+    let kept = pttl("kept");
+    assert!(
+        (2 * long_ms - 30_000..=2 * long_ms + 1_000).contains(&kept),
+        "PTTL {kept} after posts of {long_ms} ms and then 1 s"
+    );
+    // A ttl Redis cannot keep is refused before anything is stored.
+    for ttl in [Duration::ZERO, Duration::from_secs(86_401), Duration::MAX] {
+        let err = pool.post_report("huge", "g", "o", "{}", ttl).unwrap_err();
+        assert!(matches!(err, Error::InvalidReport { .. }), "{err}");
+    }
+    assert_eq!(len("huge"), 0);
     // A file pool has no reports: its clients share the directory.
     let dir = tempfile::tempdir().expect("tempdir");
     let file_pool = Pool::open(dir.path(), PoolOptions::new().capacity(1)).expect("file pool");

@@ -459,6 +459,7 @@ fn a_waiter_on_a_cluster_subscribes_again_and_is_woken_by_notification() {
 
 #[test]
 fn reports_work_on_a_cluster() {
+    let _serial = crate::support::timing_sensitive();
     let Some(url) = cluster_url() else { return };
     let addr = unique_pool(&url);
     let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
