@@ -99,7 +99,7 @@ pub fn run(args: GateArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let upstream = args.upstream.to_string();
-    runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         let options = GateOptions::new(args.listen, args.upstream)
             .queue_timeout(args.queue_timeout)
             .idle_timeout(args.idle_timeout)
@@ -124,27 +124,12 @@ pub fn run(args: GateArgs) -> anyhow::Result<ExitCode> {
         );
         let control = gate.control();
         let drain = args.drain;
-        let name = gate.name().to_string();
-        // Reads the counters as everyone else does (from the pool's Redis
-        // for a Redis pool: on the blocking pool, never the relay's thread).
-        let reporter = {
-            let pool = pool.clone();
-            move || {
-                let (pool, name) = (pool.clone(), name.clone());
-                tokio::task::spawn_blocking(move || {
-                    let gate = dbslots_gate::read_gates(&pool)
-                        .ok()
-                        .and_then(|g| g.into_iter().find(|g| g.name == name));
-                    log_counters(&name, gate);
-                });
-            }
-        };
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = term.recv() => {}
                     _ = int.recv() => {}
-                    _ = hup.recv() => { reporter(); continue; }
+                    _ = hup.recv() => { log_counters(&control.report()); continue; }
                 }
                 if control.is_stopping() {
                     tracing::warn!("second stop signal: closing every connection now");
@@ -164,17 +149,18 @@ pub fn run(args: GateArgs) -> anyhow::Result<ExitCode> {
             "gate stopped"
         );
         anyhow::Ok(ExitCode::SUCCESS)
-    })
+    });
+    // A Redis call still running on the blocking pool (a pool that stopped
+    // answering) must not hold the exit up: its work is over.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    outcome
 }
 
-/// The SIGHUP log line of gate `name`'s counters as published.
-fn log_counters(name: &str, gate: Option<dbslots_gate::GateReport>) {
-    match gate {
-        Some(g) => tracing::info!(
-            gate = %g.name, host = %g.host, accepted = g.accepted, admitted = g.admitted,
-            queued = g.queued, active = g.active, queue_timeouts = g.queue_timeouts,
-            idle_closes = g.idle_closes, "counters (SIGHUP)"
-        ),
-        None => tracing::info!(gate = %name, "SIGHUP: no counters published yet"),
-    }
+/// The SIGHUP log line: the gate's counters now.
+fn log_counters(g: &dbslots_gate::GateReport) {
+    tracing::info!(
+        gate = %g.name, host = %g.host, accepted = g.accepted, admitted = g.admitted,
+        queued = g.queued, active = g.active, queue_timeouts = g.queue_timeouts,
+        idle_closes = g.idle_closes, "counters (SIGHUP)"
+    );
 }

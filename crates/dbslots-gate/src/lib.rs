@@ -166,13 +166,35 @@ enum Phase {
     Stopping,
 }
 
-/// Tells a running gate to drain or stop (from a signal handler task).
-#[derive(Debug, Clone)]
+/// Tells a running gate to drain or stop (from a signal handler task), and
+/// reads its counters.
+#[derive(Clone)]
 pub struct GateControl {
     phase: Arc<watch::Sender<Phase>>,
+    shared: Arc<Shared>,
+    identity: Identity,
+}
+
+impl std::fmt::Debug for GateControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GateControl")
+            .field("gate", &self.shared.name)
+            .field("phase", &*self.phase.borrow())
+            .finish()
+    }
 }
 
 impl GateControl {
+    /// The gate's counters now, from its own memory (what others read is
+    /// published from the same counters every half second).
+    pub fn report(&self) -> GateReport {
+        self.shared.counters.report(
+            &self.identity,
+            self.shared.pool.capacity(),
+            self.is_stopping(),
+        )
+    }
+
     /// Stops accepting clients at once; connections and queued clients get
     /// `within` to finish (queued ones may still be admitted), then
     /// everything left is closed. A second call does not extend the time.
@@ -343,6 +365,8 @@ impl Gate {
     pub fn control(&self) -> GateControl {
         GateControl {
             phase: self.phase.clone(),
+            shared: self.shared.clone(),
+            identity: self.identity.clone(),
         }
     }
 
@@ -356,7 +380,11 @@ impl Gate {
     }
 
     /// Accepts and relays until drained or stopped through
-    /// [`Gate::control`]; returns the final counters.
+    /// [`Gate::control`]; returns the final counters. Await it to the end
+    /// rather than dropping it: at the end the gate withdraws the counters
+    /// it published. A dropped gate's counters only lapse, for a
+    /// `redis://` pool within 5 s, and a restart under the same name waits
+    /// that long.
     pub async fn run(mut self) -> GateReport {
         let mut phase = self.phase.subscribe();
         let mut background = tokio::task::JoinSet::new();
@@ -735,9 +763,18 @@ async fn publish_loop(
                         tracing::warn!(gate = %shared.name, error = %e, "cannot publish the gate's counters");
                     }
                 }
+                // Stopping: the report is withdrawn right after, so a
+                // last post would only make the stop wait on Redis.
+                Publication::Redis(_) if *phase.borrow() == Phase::Stopping => {}
                 Publication::Redis(p) => {
                     posted_at = Some(Instant::now());
-                    match p.post(&report).await {
+                    // A post stuck on an unanswering Redis must not hold
+                    // the stop up: give up waiting for it then.
+                    let posted = tokio::select! {
+                        r = p.post(&report) => r,
+                        _ = stopping(&mut phase) => continue,
+                    };
+                    match posted {
                         Ok(true) => {
                             if std::mem::take(&mut unreachable) {
                                 tracing::info!(gate = %shared.name, "publishing the gate's counters again");
@@ -771,7 +808,13 @@ async fn publish_loop(
         }
     }
     if let Publication::Redis(p) = publication {
-        p.withdraw().await;
+        // Waiting longer than the report lives gains nothing: it lapses.
+        if tokio::time::timeout(posting::TTL, p.withdraw())
+            .await
+            .is_err()
+        {
+            tracing::warn!(gate = %shared.name, "Redis did not answer the withdrawal of the gate's counters; they lapse within {:?}", posting::TTL);
+        }
     }
 }
 

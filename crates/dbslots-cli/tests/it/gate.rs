@@ -1397,3 +1397,58 @@ fn a_connection_whose_lease_is_lost_is_closed_on_both_sides_before_the_lease_run
         "{log}"
     );
 }
+
+#[test]
+fn a_gate_stops_promptly_while_its_redis_does_not_answer() {
+    let _heavy = crate::support::heavy_or_sensitive();
+    let Some(redis) = dbslots_testkit::shared_redis() else {
+        return;
+    };
+    let Some(mysql) = dbslots_testkit::shared_mysql() else {
+        return;
+    };
+    let opts = mysql_async::Opts::from_url(&mysql.user_url).expect("a MySQL URL");
+    let upstream = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
+    let redis_port: u16 = redis
+        .strip_prefix("redis://")
+        .and_then(|r| r.split('/').next())
+        .and_then(|a| a.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("redis://HOST:PORT/...");
+    let proxy = dbslots_testkit::FreezableProxy::start(std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        redis_port,
+    )))
+    .expect("a proxy in front of Redis");
+    // A long lease, so each Redis call may wait many seconds for an answer
+    // (its timeouts are a fraction of the lease): without a bound, the
+    // last post and the withdrawal would hold the stop up for longer.
+    let base = redis_url_through(&redis, proxy.port());
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let pool = format!(
+        "{base}{sep}lease_ms=300000&pool=gate-stop-{}",
+        std::process::id()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let runtime_dir = dir.path().join("run");
+    std::fs::create_dir(&runtime_dir).unwrap();
+    let env = [("XDG_RUNTIME_DIR", runtime_dir.as_path())];
+    let mut gate = GateProc::start_with(dir.path(), &upstream, &pool, &["--capacity", "2"], &env);
+    proxy.freeze();
+    // Let a repost start and hang on the frozen Redis.
+    std::thread::sleep(Duration::from_millis(1500));
+    let asked = Instant::now();
+    gate.signal(libc::SIGTERM);
+    let status = gate.wait_exit(Duration::from_secs(60));
+    let took = asked.elapsed();
+    let log = gate.log_text();
+    assert!(status.success(), "{status}: {log}");
+    // The withdrawal is given up after the report's lifetime (5 s): it
+    // lapses anyway.
+    assert!(
+        took < Duration::from_secs(9),
+        "the gate took {took:?} to stop while Redis did not answer: {log}"
+    );
+    assert!(log.contains("they lapse within"), "{log}");
+    proxy.thaw();
+}
