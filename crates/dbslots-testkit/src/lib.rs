@@ -84,6 +84,7 @@ mod process;
 mod proxy;
 mod redis;
 mod redis_cluster;
+mod tls;
 
 pub use detached::DetachedState;
 pub use env::{
@@ -94,12 +95,13 @@ pub use env::{
 pub use fixtures::{ScratchDb, TEMP_PASSWORD, TempAccount, url_as, with_database};
 pub use mysql::{
     ADMIN_PASSWORD, ADMIN_USER, DATABASE, DEFAULT_MYSQL_IMAGE, MYSQL_IMAGE_ENV, MysqlOptions,
-    MysqlServer, PASSWORD, TlsFiles, USER, make_certificates,
+    MysqlServer, PASSWORD, USER, make_certificates,
 };
 pub use process::TMPDIR_ENV;
 pub use proxy::FreezableProxy;
 pub use redis::{DEFAULT_REDIS_IMAGE, REDIS_IMAGE_ENV, RedisOptions, RedisServer};
 pub use redis_cluster::{ClusterOptions, RedisCluster};
+pub use tls::TlsFiles;
 
 /// Where a server runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,6 +13,7 @@ use crate::install::install_with_apt;
 use crate::process::{
     STOP_GRACE, ServerProcess, find_program, free_port, is_root, run_captured, tail, temp_dir,
 };
+use crate::tls::{self, TlsFiles};
 use crate::{Backend, DetachedState};
 
 /// The database the ordinary account works in.
@@ -109,138 +110,24 @@ const CA_FILE: &str = "ca.pem";
 const CERT_FILE: &str = "server.pem";
 const KEY_FILE: &str = "server-key.pem";
 
-/// Certificate files made for a test.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// The CA certificate (PEM): what `ssl-ca=` must name.
-    pub ca: PathBuf,
-    /// The server certificate (PEM), signed by [`TlsFiles::ca`].
-    pub cert: PathBuf,
-    /// The server certificate's private key (PEM).
-    pub key: PathBuf,
-}
-
 /// Makes a fresh CA and a server certificate for `dns_name` signed by it,
-/// in `dir`, with the `openssl` program (installed with apt-get as root when
-/// missing, saying so). Valid for two days; EC P-256 keys (fast to make).
+/// in `dir` (`ca.pem`, `server.pem`, `server-key.pem`), with the `openssl`
+/// program (installed with apt-get as root when missing, saying so). Valid
+/// for two days; EC P-256 keys (fast to make).
 ///
 /// # Errors
 ///
 /// When `openssl` is missing and cannot be installed, or fails.
 pub fn make_certificates(dir: &Path, dns_name: &str) -> Result<TlsFiles> {
-    if find_program(&["openssl"]).is_none() {
-        install_with_apt(
-            "openssl",
-            "the openssl program (test certificates)",
-            || find_program(&["openssl"]).is_some(),
-            "the TLS tests make certificates with the openssl program: install the `openssl` package",
-        )?;
-    }
-    let openssl = find_program(&["openssl"]).context("openssl is still missing")?;
-    let files = TlsFiles {
-        ca: dir.join(CA_FILE),
-        cert: dir.join(CERT_FILE),
-        key: dir.join(KEY_FILE),
-    };
-    let ca_key = dir.join("ca-key.pem");
-    let csr = dir.join("server.csr");
-    let ext = dir.join("server.ext");
-    std::fs::write(
-        &ext,
-        format!(
-            "subjectAltName=DNS:{dns_name}\nbasicConstraints=critical,CA:FALSE\n\
-             keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
-        ),
-    )?;
-    let p = |path: &Path| path.display().to_string();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let serial = format!(
-        "{}",
-        std::process::id() as u64 * 1000 + u64::from(rand_u16())
-    );
-    let steps: [Vec<String>; 3] = [
-        ["req", "-x509"]
-            .iter()
-            .chain(&ec)
-            .map(|s| s.to_string())
-            .chain([
-                "-keyout".into(),
-                p(&ca_key),
-                "-out".into(),
-                p(&files.ca),
-                "-days".into(),
-                "2".into(),
-                "-subj".into(),
-                format!("/CN=dbslots test CA {serial}"),
-                "-addext".into(),
-                "basicConstraints=critical,CA:TRUE".into(),
-                "-addext".into(),
-                "keyUsage=critical,keyCertSign,cRLSign".into(),
-            ])
-            .collect(),
-        ["req"]
-            .iter()
-            .chain(&ec)
-            .map(|s| s.to_string())
-            .chain([
-                "-keyout".into(),
-                p(&files.key),
-                "-out".into(),
-                p(&csr),
-                "-subj".into(),
-                format!("/CN={dns_name}"),
-            ])
-            .collect(),
-        [
-            "x509",
-            "-req",
-            "-in",
-            &p(&csr),
-            "-CA",
-            &p(&files.ca),
-            "-CAkey",
-            &p(&ca_key),
-            "-set_serial",
-            &serial,
-            "-out",
-            &p(&files.cert),
-            "-days",
-            "2",
-            "-extfile",
-            &p(&ext),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
-    ];
-    for args in steps {
-        run_captured(Command::new(&openssl).args(&args))
-            .with_context(|| format!("openssl {} failed", args.join(" ")))?;
-    }
-    // A container's server runs as another user: let it read the key (a
-    // throwaway key of a throwaway server).
-    use std::os::unix::fs::PermissionsExt;
-    for file in [&files.ca, &files.cert, &files.key] {
-        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644))?;
-    }
-    Ok(files)
-}
-
-fn rand_u16() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64),
-    );
-    h.finish() as u16
+    tls::make_certificates(
+        dir,
+        &tls::Request {
+            names: [CA_FILE, CERT_FILE, KEY_FILE],
+            subject_alt_names: &format!("DNS:{dns_name}"),
+            common_name: dns_name,
+            client_auth: false,
+        },
+    )
 }
 
 /// A running throwaway MySQL or MariaDB server, stopped and deleted on drop.

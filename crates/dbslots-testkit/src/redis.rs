@@ -566,81 +566,18 @@ fn command(port: u16, password: Option<&str>, line: &str) -> Result<String> {
 }
 
 /// A throwaway CA and a server certificate for `127.0.0.1`/`localhost`
-/// signed by it, made with the `openssl` command-line tool. The
+/// signed by it (`ca.crt`, `server.crt`, `server.key` in `dir`). The
 /// certificate is a client certificate too: the nodes of a TLS cluster
 /// present it to each other on the cluster bus, which requires one.
 pub(crate) fn make_certificates(dir: &std::path::Path) -> Result<()> {
-    let openssl =
-        find_program(&["openssl"]).context("no openssl found: install the `openssl` package")?;
-    let run = |args: &[&str]| -> Result<()> {
-        let out = Command::new(&openssl)
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .context("cannot run openssl")?;
-        if !out.status.success() {
-            bail!(
-                "openssl {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(&[
-        &["req", "-x509"][..],
-        &ec[..],
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=dbslots test CA",
-        ][..],
-    ]
-    .concat())?;
-    run(&[
-        &["req"][..],
-        &ec[..],
-        &[
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ][..],
-    ]
-    .concat())?;
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n",
+    crate::tls::make_certificates(
+        dir,
+        &crate::tls::Request {
+            names: ["ca.crt", "server.crt", "server.key"],
+            subject_alt_names: "DNS:localhost,IP:127.0.0.1",
+            common_name: "localhost",
+            client_auth: true,
+        },
     )?;
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-    ])
+    Ok(())
 }
