@@ -1283,47 +1283,74 @@ fn redis_url_through(url: &str, port: u16) -> String {
     )
 }
 
+/// A gate's test setup with Redis behind a proxy the test can turn into a
+/// black hole (bytes stop, sockets stay open, calls get no answer).
+struct FreezableRedis {
+    /// The shared MySQL: `host:port` for `--upstream`, and its URLs.
+    upstream: String,
+    mysql: dbslots_testkit::SharedMysql,
+    proxy: dbslots_testkit::FreezableProxy,
+    /// A pool of its own, reached through the proxy, with `lease`.
+    pool: String,
+}
+
+impl FreezableRedis {
+    /// `None` when the test servers are missing (the test is skipped).
+    fn start(lease: Duration, pool_name: &str) -> Option<FreezableRedis> {
+        let redis = dbslots_testkit::shared_redis()?;
+        let mysql = dbslots_testkit::shared_mysql()?;
+        let opts = mysql_async::Opts::from_url(&mysql.user_url).expect("a MySQL URL");
+        let upstream = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
+        let redis_port: u16 = redis
+            .strip_prefix("redis://")
+            .and_then(|r| r.split('/').next())
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse().ok())
+            .expect("redis://HOST:PORT/...");
+        let proxy = dbslots_testkit::FreezableProxy::start(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            redis_port,
+        )))
+        .expect("a proxy in front of Redis");
+        let base = redis_url_through(&redis, proxy.port());
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let pool = format!(
+            "{base}{sep}lease_ms={}&pool={pool_name}-{}",
+            lease.as_millis(),
+            std::process::id()
+        );
+        Some(FreezableRedis {
+            upstream,
+            mysql,
+            proxy,
+            pool,
+        })
+    }
+
+    /// A gate of capacity 2 on the pool, with a runtime directory of its
+    /// own in `dir`.
+    fn gate(&self, dir: &Path) -> GateProc {
+        let runtime_dir = dir.join("run");
+        std::fs::create_dir(&runtime_dir).unwrap();
+        let env = [("XDG_RUNTIME_DIR", runtime_dir.as_path())];
+        GateProc::start_with(dir, &self.upstream, &self.pool, &["--capacity", "2"], &env)
+    }
+}
+
 #[test]
 fn a_connection_whose_lease_is_lost_is_closed_on_both_sides_before_the_lease_runs_out() {
     let _heavy = crate::support::heavy_or_sensitive();
-    let Some(redis) = dbslots_testkit::shared_redis() else {
-        return;
-    };
-    let Some(mysql) = dbslots_testkit::shared_mysql() else {
-        return;
-    };
-    let opts = mysql_async::Opts::from_url(&mysql.user_url).expect("a MySQL URL");
-    let upstream = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
-    let redis_port: u16 = redis
-        .strip_prefix("redis://")
-        .and_then(|r| r.split('/').next())
-        .and_then(|a| a.rsplit_once(':'))
-        .and_then(|(_, p)| p.parse().ok())
-        .expect("redis://HOST:PORT/...");
-    // The gate reaches Redis through a proxy the test can turn into a black
-    // hole: bytes stop, sockets stay open, renewals get no answer.
-    let proxy = dbslots_testkit::FreezableProxy::start(std::net::SocketAddr::from((
-        [127, 0, 0, 1],
-        redis_port,
-    )))
-    .expect("a proxy in front of Redis");
     let lease = Duration::from_millis(2000);
-    let base = redis_url_through(&redis, proxy.port());
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let pool = format!(
-        "{base}{sep}lease_ms={}&pool=gate-lease-{}",
-        lease.as_millis(),
-        std::process::id()
-    );
+    let Some(redis) = FreezableRedis::start(lease, "gate-lease") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
-    let runtime_dir = dir.path().join("run");
-    std::fs::create_dir(&runtime_dir).unwrap();
-    let env = [("XDG_RUNTIME_DIR", runtime_dir.as_path())];
-    let gate = GateProc::start_with(dir.path(), &upstream, &pool, &["--capacity", "2"], &env);
+    let gate = redis.gate(dir.path());
     let url = gate.url();
-    let admin = mysql.admin_url.clone();
-    // Kept past the block: the gate's counters are read through it.
-    let proxy = &proxy;
+    let admin = redis.mysql.admin_url.clone();
+    // A reference moves into the block; the proxy stays, since the gate's
+    // counters are read through it afterwards.
+    let proxy = &redis.proxy;
     runtime().block_on(async move {
         let mut conn = mysql_async::Conn::from_url(&url)
             .await
@@ -1401,39 +1428,15 @@ fn a_connection_whose_lease_is_lost_is_closed_on_both_sides_before_the_lease_run
 #[test]
 fn a_gate_stops_promptly_while_its_redis_does_not_answer() {
     let _heavy = crate::support::heavy_or_sensitive();
-    let Some(redis) = dbslots_testkit::shared_redis() else {
-        return;
-    };
-    let Some(mysql) = dbslots_testkit::shared_mysql() else {
-        return;
-    };
-    let opts = mysql_async::Opts::from_url(&mysql.user_url).expect("a MySQL URL");
-    let upstream = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
-    let redis_port: u16 = redis
-        .strip_prefix("redis://")
-        .and_then(|r| r.split('/').next())
-        .and_then(|a| a.rsplit_once(':'))
-        .and_then(|(_, p)| p.parse().ok())
-        .expect("redis://HOST:PORT/...");
-    let proxy = dbslots_testkit::FreezableProxy::start(std::net::SocketAddr::from((
-        [127, 0, 0, 1],
-        redis_port,
-    )))
-    .expect("a proxy in front of Redis");
     // A long lease, so each Redis call may wait many seconds for an answer
     // (its timeouts are a fraction of the lease): without a bound, the
     // last post and the withdrawal would hold the stop up for longer.
-    let base = redis_url_through(&redis, proxy.port());
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let pool = format!(
-        "{base}{sep}lease_ms=300000&pool=gate-stop-{}",
-        std::process::id()
-    );
+    let Some(redis) = FreezableRedis::start(Duration::from_secs(300), "gate-stop") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
-    let runtime_dir = dir.path().join("run");
-    std::fs::create_dir(&runtime_dir).unwrap();
-    let env = [("XDG_RUNTIME_DIR", runtime_dir.as_path())];
-    let mut gate = GateProc::start_with(dir.path(), &upstream, &pool, &["--capacity", "2"], &env);
+    let mut gate = redis.gate(dir.path());
+    let proxy = &redis.proxy;
     proxy.freeze();
     // Let a repost start and hang on the frozen Redis.
     std::thread::sleep(Duration::from_millis(1500));
