@@ -55,10 +55,18 @@ pub fn tls_url() -> Option<String> {
         std::sync::OnceLock::new();
     let server = SERVER
         .get_or_init(|| {
-            dbslots_testkit::private_redis_with(dbslots_testkit::RedisOptions {
+            let server = dbslots_testkit::private_redis_with(dbslots_testkit::RedisOptions {
                 tls: true,
                 ..Default::default()
-            })
+            });
+            // A pool created on a server younger than its lease is
+            // quarantined for the rest of the lease (the server may have
+            // restarted and lost a pool whose holders still hold): wait
+            // that out once, so tests that run first see a normal pool.
+            if server.is_some() {
+                std::thread::sleep(Duration::from_millis(TLS_LEASE_MS + 1000));
+            }
+            server
         })
         .as_ref()?;
     Some(format!(
