@@ -1,10 +1,11 @@
 //! `cargo xtask bench-gate`: `dbslots gate` side by side with HAProxy in
 //! front of one throwaway MariaDB/MySQL, and the same clients directly.
 //!
-//! Three rows, measured in one run and interleaved in rounds (the order
-//! rotates each round), so that a machine that gets busier hurts all three
-//! alike: direct, HAProxy (`mode tcp`, `server ... maxconn 20`) and
-//! `dbslots gate` (a file pool of 20, its default single thread). Two
+//! Four rows, measured in one run and interleaved in rounds (the order
+//! rotates each round), so that a machine that gets busier hurts all of
+//! them alike: direct, HAProxy (`mode tcp`, `server ... maxconn 20`),
+//! `dbslots gate` (a file pool of 20, its default single thread) and the
+//! gate with `--threads 2` (two relay threads, an event loop each). Two
 //! workloads each: sysbench `oltp_point_select` (8 threads, persistent
 //! connections, `--seconds` per round) and PHP PDO connect + `SELECT 1` +
 //! close (`--connects` in a row per round). Besides the rates it reports
@@ -111,13 +112,24 @@ pub fn run(args: &[String]) -> Result<()> {
     outcome.and(stopped)
 }
 
-/// The three ways the clients reach the server.
+/// The ways the clients reach the server.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Route {
     Direct,
     Haproxy,
     Gate,
+    /// The gate with `--threads 2`: two relay threads with an event loop
+    /// each.
+    GateTwoThreads,
 }
+
+/// Every route, in the order of the table.
+const ROUTES: [Route; 4] = [
+    Route::Direct,
+    Route::Haproxy,
+    Route::Gate,
+    Route::GateTwoThreads,
+];
 
 impl Route {
     fn label(self) -> &'static str {
@@ -125,6 +137,7 @@ impl Route {
             Route::Direct => "direct",
             Route::Haproxy => "HAProxy maxconn 20",
             Route::Gate => "dbslots gate",
+            Route::GateTwoThreads => "gate --threads 2",
         }
     }
 }
@@ -147,13 +160,14 @@ fn bench(args: &Args, server: &MysqlServer, dbslots: &Path, dir: &Path) -> Resul
         "bench-gate: MySQL {} on {upstream}, {cores} cores, load average {load_before}",
         server.version()
     );
-    let gate = start_gate(dbslots, dir, "bench", &upstream, CAP)?;
+    let gate = start_gate(dbslots, dir, "bench", &upstream, CAP, 1)?;
+    let gate_two = start_gate(dbslots, dir, "bench-two", &upstream, CAP, 2)?;
     let haproxy = start_haproxy(dir, "bench", &upstream, CAP)?;
     let php = dir.join("connect.php");
     std::fs::write(&php, CONNECT_PHP)?;
     sysbench(server.port(), &["prepare"]).context("sysbench prepare")?;
     let mut samples = Vec::new();
-    let mut order = [Route::Direct, Route::Haproxy, Route::Gate];
+    let mut order = ROUTES;
     for round in 1..=args.rounds {
         for &route in &order {
             check_interrupted()?;
@@ -161,6 +175,7 @@ fn bench(args: &Args, server: &MysqlServer, dbslots: &Path, dir: &Path) -> Resul
                 Route::Direct => (server.port(), None),
                 Route::Haproxy => (haproxy.port, Some(haproxy.pid())),
                 Route::Gate => (gate.port, Some(gate.pid())),
+                Route::GateTwoThreads => (gate_two.port, Some(gate_two.pid())),
             };
             let cpu = pid.map(cpu_seconds).transpose()?;
             let out = sysbench(
@@ -203,6 +218,7 @@ fn bench(args: &Args, server: &MysqlServer, dbslots: &Path, dir: &Path) -> Resul
         order.rotate_left(1);
     }
     drop(gate);
+    drop(gate_two);
     drop(haproxy);
     let memory = idle_memory(dbslots, dir)?;
     let load_after = load_average();
@@ -234,7 +250,7 @@ fn print_table(samples: &[Sample], memory: &Memory, before: &str, after: &str) {
     println!();
     println!(
         "medians of {} rounds; load average {before} at the start, {after} at the end",
-        samples.len() / 3
+        samples.len() / ROUTES.len()
     );
     println!(
         "{:<20} {:>15} {:>9} {:>11} {:>16} {:>9} {:>13}",
@@ -247,7 +263,7 @@ fn print_table(samples: &[Sample], memory: &Memory, before: &str, after: &str) {
         "CPU/connect"
     );
     let mut ratios = Vec::new();
-    for route in [Route::Direct, Route::Haproxy, Route::Gate] {
+    for route in ROUTES {
         let qps = of(route, |s| Some(s.qps));
         let connect = of(route, |s| Some(s.connect_us));
         let cpu_q = of(route, |s| s.cpu_per_query_us);
@@ -275,7 +291,7 @@ fn print_table(samples: &[Sample], memory: &Memory, before: &str, after: &str) {
         "memory per idle relayed connection: dbslots gate {:.1} KiB, HAProxy {:.1} KiB ({IDLE_CONNECTIONS} connections)",
         memory.gate_kib, memory.haproxy_kib
     );
-    let (haproxy, gate) = (ratios[1], ratios[2]);
+    let (haproxy, gate, two) = (ratios[1], ratios[2], ratios[3]);
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     println!(
         "goals: gate >= 0.80x direct on point selects ({:.2}x): {}; <= 1.30x direct on connect+query+close ({:.2}x): {}; better than HAProxy on both ({:.2}x vs {:.2}x, {:.2}x vs {:.2}x): {}; <= 64 KiB per idle connection: {}",
@@ -289,6 +305,10 @@ fn print_table(samples: &[Sample], memory: &Memory, before: &str, after: &str) {
         haproxy.1,
         verdict(gate.0 > haproxy.0 && gate.1 < haproxy.1),
         verdict(memory.gate_kib <= 64.0),
+    );
+    println!(
+        "with --threads 2: {:.2}x direct on point selects, {:.2}x on connect+query+close",
+        two.0, two.1
     );
 }
 
@@ -376,7 +396,14 @@ fn wait_ready(mut proxy: Proxy, log: &Path) -> Result<Proxy> {
     }
 }
 
-fn start_gate(dbslots: &Path, dir: &Path, name: &str, upstream: &str, cap: u32) -> Result<Proxy> {
+fn start_gate(
+    dbslots: &Path,
+    dir: &Path,
+    name: &str,
+    upstream: &str,
+    cap: u32,
+    threads: u32,
+) -> Result<Proxy> {
     let port = free_port()?;
     let log = dir.join(format!("gate-{name}.log"));
     let child = Command::new(dbslots)
@@ -385,6 +412,7 @@ fn start_gate(dbslots: &Path, dir: &Path, name: &str, upstream: &str, cap: u32) 
         .arg("--pool")
         .arg(dir.join(format!("pool-{name}")))
         .args(["--capacity", &cap.to_string()])
+        .args(["--threads", &threads.to_string()])
         .env("RUST_LOG", "warn")
         .env_remove("DBSLOTS_POOL")
         .stdin(Stdio::null())
@@ -563,7 +591,7 @@ fn idle_memory(dbslots: &Path, dir: &Path) -> Result<Memory> {
     raise_open_file_limit();
     let server = HoldingServer::start()?;
     let cap = u32::try_from(IDLE_CONNECTIONS * 2)?;
-    let gate = start_gate(dbslots, dir, "memory", &server.addr, cap)?;
+    let gate = start_gate(dbslots, dir, "memory", &server.addr, cap, 1)?;
     let gate_kib = per_connection_kib(&gate)?;
     drop(gate);
     let haproxy = start_haproxy(dir, "memory", &server.addr, cap)?;

@@ -27,6 +27,11 @@ pub enum Error {
     /// The gate was given nothing to listen on.
     #[error("the gate needs at least one listen address (GateOptions::new)")]
     NoListener,
+    /// The relay threads cannot be started.
+    #[error(
+        "cannot start the gate's relay threads: {0}; lower the number of threads or raise the process limits (ulimit -u)"
+    )]
+    Threads(std::io::Error),
     /// The pool failed.
     #[error(transparent)]
     Pool(#[from] dbslots_core::Error),

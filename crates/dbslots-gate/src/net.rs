@@ -128,7 +128,32 @@ pub(crate) enum Stream {
     Unix(UnixStream),
 }
 
+/// A connected socket registered with no runtime: how a connection moves
+/// from the thread that accepted it to the relay thread that serves it.
+pub(crate) enum StdStream {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl StdStream {
+    /// Registers the socket with the runtime this is called on.
+    pub(crate) fn register(self) -> io::Result<Stream> {
+        match self {
+            StdStream::Tcp(s) => Ok(Stream::Tcp(TcpStream::from_std(s)?)),
+            StdStream::Unix(s) => Ok(Stream::Unix(UnixStream::from_std(s)?)),
+        }
+    }
+}
+
 impl Stream {
+    /// Deregisters the socket from this runtime (it stays non-blocking).
+    pub(crate) fn into_std(self) -> io::Result<StdStream> {
+        match self {
+            Stream::Tcp(s) => Ok(StdStream::Tcp(s.into_std()?)),
+            Stream::Unix(s) => Ok(StdStream::Unix(s.into_std()?)),
+        }
+    }
+
     /// Waits until the socket is readable (data, end of stream or an error).
     pub(crate) async fn readable(&self) -> io::Result<()> {
         match self {

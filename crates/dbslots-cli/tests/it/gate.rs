@@ -879,6 +879,110 @@ fn sigkill_of_the_gate_frees_its_slots_and_sigterm_drains() {
     }
 }
 
+/// The scheduler's run time of each of a process's threads, by thread name.
+fn thread_run_times(pid: u32) -> Vec<(String, u64)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("the gate's threads") {
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        let schedstat = std::fs::read_to_string(task.join("schedstat")).unwrap_or_default();
+        let ns = schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        threads.push((name.trim().to_string(), ns));
+    }
+    threads.sort();
+    threads
+}
+
+#[test]
+fn relay_threads_share_the_clients_keep_the_cap_and_drain() {
+    let Some(mysql) = dbslots_testkit::shared_mysql() else {
+        return;
+    };
+    let upstream = mysql_async::Opts::from_url(&mysql.user_url).unwrap();
+    let upstream = format!("{}:{}", upstream.ip_or_hostname(), upstream.tcp_port());
+    let dir = tempfile::tempdir().unwrap();
+    let pool_dir = dir.path().join("pool");
+    let mut gate = GateProc::start(
+        dir.path(),
+        &upstream,
+        pool_dir.to_str().unwrap(),
+        &["--capacity", "4", "--threads", "2", "--drain", "20"],
+    );
+    let pool = Pool::open(pool_dir.as_path(), PoolOptions::new()).unwrap();
+    let relays = |times: &[(String, u64)]| -> Vec<u64> {
+        times
+            .iter()
+            .filter(|(name, _)| name.starts_with("relay-"))
+            .map(|(_, ns)| *ns)
+            .collect()
+    };
+    let before = thread_run_times(gate.child.id());
+    assert_eq!(relays(&before).len(), 2, "two relay threads: {before:?}");
+
+    // 24 clients at once, each with a few round trips: all served, never
+    // more than 4 at a time, and both relay threads carry some.
+    let url = gate.url();
+    let rt = runtime();
+    let most = rt.block_on(async {
+        let clients: Vec<_> = (0..24)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let mut c = mysql_async::Conn::from_url(&url).await?;
+                    for _ in 0..3 {
+                        c.query_drop("SELECT SLEEP(0.02)").await?;
+                    }
+                    c.disconnect().await
+                })
+            })
+            .collect();
+        let mut most = 0;
+        while clients.iter().any(|c| !c.is_finished()) {
+            most = most.max(pool.stats().unwrap().active);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for c in clients {
+            c.await.unwrap().expect("a client through a relay thread");
+        }
+        most
+    });
+    assert_eq!(most, 4, "the 4 slots are used, and never more");
+    let r = gate.report_when("all 24 admitted and closed", |r| {
+        r.admitted == 24 && r.active == 0
+    });
+    assert_eq!(r.queue_timeouts, 0);
+    assert_eq!(pool.stats().unwrap().active, 0, "every slot came back");
+    let after = thread_run_times(gate.child.id());
+    for (b, a) in relays(&before).iter().zip(relays(&after)) {
+        assert!(
+            a > *b,
+            "both relay threads relayed: {before:?} then {after:?}"
+        );
+    }
+
+    // SIGTERM: a query running on a relay thread finishes, then the gate
+    // exits, having given its slots back.
+    let (result, status) = rt.block_on(async {
+        let mut c = mysql_async::Conn::from_url(&url).await.expect("connects");
+        let query = tokio::spawn(async move {
+            let v: Option<u8> = c.query_first("SELECT SLEEP(1)").await?;
+            c.disconnect().await?;
+            Ok::<_, mysql_async::Error>(v)
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        gate.signal(libc::SIGTERM);
+        let result = query.await.unwrap();
+        (result, gate.wait_exit(Duration::from_secs(5)))
+    });
+    assert_eq!(result.expect("the running query finished"), Some(0));
+    assert!(status.success(), "{status}: {}", gate.log_text());
+    assert_eq!(pool.stats().unwrap().active, 0);
+}
+
 #[test]
 fn two_gates_on_one_redis_pool_keep_the_server_within_the_shared_capacity() {
     let _heavy = crate::support::heavy_or_sensitive();
