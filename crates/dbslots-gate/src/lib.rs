@@ -164,11 +164,13 @@ impl GateOptions {
     ///
     /// Each relay thread runs its own event loop, and a connection stays
     /// on the one it was given (the one with the fewest open connections
-    /// then), so its packets never change threads. On 2 cores, two relay
-    /// threads relayed about 10 % more point selects than none; a
-    /// multi-threaded runtime with work stealing relayed no more than a
-    /// current-thread one. The threads stop when [`Gate::run`] ends or is
-    /// dropped, closing what is still open on them.
+    /// then), so its packets never change threads. A new connection pays
+    /// one hand-over from the accepting thread to its relay thread. On 2
+    /// cores two relay threads relayed as many point selects as none, or
+    /// up to 10 % more (`docs/benchmarks.md`); they are for hosts with more
+    /// cores, where one thread would cap the gate at one core. The threads
+    /// stop when [`Gate::run`] ends or is dropped, closing what is still
+    /// open on them.
     pub fn relay_threads(mut self, n: usize) -> Self {
         self.relay_threads = n;
         self

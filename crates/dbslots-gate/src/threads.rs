@@ -5,10 +5,9 @@
 //! This is HAProxy's and nginx's shape (one poller per thread, a
 //! connection bound to one), not tokio's work-stealing pool, where one
 //! shared poller dispatches every socket's events and a woken task may be
-//! stolen by the other thread. Measured on 2 cores with sysbench
-//! (`docs/benchmarks.md`): two such threads relay about 10 % more point
-//! selects than one, while a work-stealing pool of two relayed no more than
-//! one thread.
+//! stolen by the other thread. On 2 cores (`docs/benchmarks.md`) two such
+//! threads relayed as many point selects as one thread, or up to 10 %
+//! more; they let the gate use more than one core where there are more.
 //!
 //! A new connection goes to the thread with the fewest open connections,
 //! which spreads persistent connections evenly however long each lives.
