@@ -25,7 +25,7 @@ use rustix::fs::{FlockOperation, flock};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::posting::{self, NAME_TAKEN, Posting};
+use crate::posting::{self, Posting};
 
 /// Where the gates of a file pool publish their counters: `gates/` inside
 /// the pool's directory, as `NAME.json` next to a `NAME.lock` the gate
@@ -248,9 +248,13 @@ impl FilePublication {
         let lock = open_nofollow(&lock_path, true)
             .map_err(|e| io_err("cannot open the lock file", &lock_path, e))?;
         if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
+            // The holder's report, if it has written one yet.
+            let holder = std::fs::read(dir.join(format!("{name}.json")))
+                .ok()
+                .and_then(|doc| serde_json::from_slice::<GateReport>(&doc).ok());
             return Err(Error::Publish {
                 path: lock_path,
-                reason: NAME_TAKEN.into(),
+                reason: posting::name_taken(holder.as_ref()),
             });
         }
         Ok(FilePublication {

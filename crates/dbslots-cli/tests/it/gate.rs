@@ -984,6 +984,38 @@ fn relay_threads_share_the_clients_keep_the_cap_and_drain() {
 }
 
 #[test]
+fn a_second_gate_under_a_taken_name_is_told_which_gate_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    let pool = pool.to_str().unwrap();
+    // Nobody needs to answer upstream: the clash is found at start.
+    let cap = ["--capacity", "2"];
+    let first = GateProc::start_as(dir.path(), Some("web"), "127.0.0.1:9", pool, &cap, &[]);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbslots"));
+    cmd.args([
+        "gate",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "127.0.0.1:9",
+    ])
+    .args(["--pool", pool, "--name", "web"])
+    .env_remove("DBSLOTS_POOL");
+    let out = output_within(cmd, Duration::from_secs(10));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let holder = format!(
+        "another running gate publishes under this name: pid {} on host {}, listening on {}",
+        first.child.id(),
+        dbslots_core::env::host_name(),
+        first.addr
+    );
+    assert!(err.contains(&holder), "{err}");
+    assert!(err.contains("another --name, or stop that one"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
 fn two_gates_on_one_redis_pool_keep_the_server_within_the_shared_capacity() {
     let _heavy = crate::support::heavy_or_sensitive();
     if !php_available() {
@@ -1192,10 +1224,13 @@ fn gates_of_a_redis_pool_on_two_hosts_are_seen_from_any_host_and_a_killed_one_la
     let out = output_within(cmd, Duration::from_secs(30));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
-    assert!(
-        err.contains("another running gate publishes under this name"),
-        "{err}"
+    let holder = format!(
+        "another running gate publishes under this name: pid {} on host host-b, listening on {}",
+        b.child.id(),
+        b.addr
     );
+    assert!(err.contains(&holder), "{err}");
+    assert!(err.contains("another --name, or stop that one"), "{err}");
 
     // A gate killed with SIGKILL disappears from every host within the
     // report's lifetime (5 s) plus slack.
