@@ -4,8 +4,8 @@
 //! Four rows, measured in one run and interleaved in rounds (the order
 //! rotates each round), so that a machine that gets busier hurts all of
 //! them alike: direct, HAProxy (`mode tcp`, `server ... maxconn 20`),
-//! `dbslots gate` (a file pool of 20, its default single thread) and the
-//! gate with `--threads 2` (two relay threads, an event loop each). Two
+//! `dbslots gate` (a file pool of 20, its default threads: two where
+//! there are two cores) and the gate with `--threads 1`. Two
 //! workloads each: sysbench `oltp_point_select` (8 threads, persistent
 //! connections, `--seconds` per round) and PHP PDO connect + `SELECT 1` +
 //! close (`--connects` in a row per round). Besides the rates it reports
@@ -118,9 +118,8 @@ enum Route {
     Direct,
     Haproxy,
     Gate,
-    /// The gate with `--threads 2`: two relay threads with an event loop
-    /// each.
-    GateTwoThreads,
+    /// The gate with `--threads 1`: accepting and relaying on one thread.
+    GateOneThread,
 }
 
 /// Every route, in the order of the table.
@@ -128,7 +127,7 @@ const ROUTES: [Route; 4] = [
     Route::Direct,
     Route::Haproxy,
     Route::Gate,
-    Route::GateTwoThreads,
+    Route::GateOneThread,
 ];
 
 impl Route {
@@ -137,7 +136,7 @@ impl Route {
             Route::Direct => "direct",
             Route::Haproxy => "HAProxy maxconn 20",
             Route::Gate => "dbslots gate",
-            Route::GateTwoThreads => "gate --threads 2",
+            Route::GateOneThread => "gate --threads 1",
         }
     }
 }
@@ -160,8 +159,8 @@ fn bench(args: &Args, server: &MysqlServer, dbslots: &Path, dir: &Path) -> Resul
         "bench-gate: MySQL {} on {upstream}, {cores} cores, load average {load_before}",
         server.version()
     );
-    let gate = start_gate(dbslots, dir, "bench", &upstream, CAP, 1)?;
-    let gate_two = start_gate(dbslots, dir, "bench-two", &upstream, CAP, 2)?;
+    let gate = start_gate(dbslots, dir, "bench", &upstream, CAP, None)?;
+    let gate_one = start_gate(dbslots, dir, "bench-one", &upstream, CAP, Some(1))?;
     let haproxy = start_haproxy(dir, "bench", &upstream, CAP)?;
     let php = dir.join("connect.php");
     std::fs::write(&php, CONNECT_PHP)?;
@@ -175,7 +174,7 @@ fn bench(args: &Args, server: &MysqlServer, dbslots: &Path, dir: &Path) -> Resul
                 Route::Direct => (server.port(), None),
                 Route::Haproxy => (haproxy.port, Some(haproxy.pid())),
                 Route::Gate => (gate.port, Some(gate.pid())),
-                Route::GateTwoThreads => (gate_two.port, Some(gate_two.pid())),
+                Route::GateOneThread => (gate_one.port, Some(gate_one.pid())),
             };
             let cpu = pid.map(cpu_seconds).transpose()?;
             let out = sysbench(
@@ -218,7 +217,7 @@ fn bench(args: &Args, server: &MysqlServer, dbslots: &Path, dir: &Path) -> Resul
         order.rotate_left(1);
     }
     drop(gate);
-    drop(gate_two);
+    drop(gate_one);
     drop(haproxy);
     let memory = idle_memory(dbslots, dir)?;
     let load_after = load_average();
@@ -291,7 +290,7 @@ fn print_table(samples: &[Sample], memory: &Memory, before: &str, after: &str) {
         "memory per idle relayed connection: dbslots gate {:.1} KiB, HAProxy {:.1} KiB ({IDLE_CONNECTIONS} connections)",
         memory.gate_kib, memory.haproxy_kib
     );
-    let (haproxy, gate, two) = (ratios[1], ratios[2], ratios[3]);
+    let (haproxy, gate, one) = (ratios[1], ratios[2], ratios[3]);
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     println!(
         "goals: gate >= 0.80x direct on point selects ({:.2}x): {}; <= 1.30x direct on connect+query+close ({:.2}x): {}; better than HAProxy on both ({:.2}x vs {:.2}x, {:.2}x vs {:.2}x): {}; <= 64 KiB per idle connection: {}",
@@ -307,8 +306,8 @@ fn print_table(samples: &[Sample], memory: &Memory, before: &str, after: &str) {
         verdict(memory.gate_kib <= 64.0),
     );
     println!(
-        "with --threads 2: {:.2}x direct on point selects, {:.2}x on connect+query+close",
-        two.0, two.1
+        "with --threads 1: {:.2}x direct on point selects, {:.2}x on connect+query+close",
+        one.0, one.1
     );
 }
 
@@ -402,7 +401,7 @@ fn start_gate(
     name: &str,
     upstream: &str,
     cap: u32,
-    threads: u32,
+    threads: Option<u32>,
 ) -> Result<Proxy> {
     let port = free_port()?;
     let log = dir.join(format!("gate-{name}.log"));
@@ -412,7 +411,7 @@ fn start_gate(
         .arg("--pool")
         .arg(dir.join(format!("pool-{name}")))
         .args(["--capacity", &cap.to_string()])
-        .args(["--threads", &threads.to_string()])
+        .args(threads.map(|n| format!("--threads={n}")))
         .env("RUST_LOG", "warn")
         .env_remove("DBSLOTS_POOL")
         .stdin(Stdio::null())
@@ -591,7 +590,7 @@ fn idle_memory(dbslots: &Path, dir: &Path) -> Result<Memory> {
     raise_open_file_limit();
     let server = HoldingServer::start()?;
     let cap = u32::try_from(IDLE_CONNECTIONS * 2)?;
-    let gate = start_gate(dbslots, dir, "memory", &server.addr, cap, 1)?;
+    let gate = start_gate(dbslots, dir, "memory", &server.addr, cap, None)?;
     let gate_kib = per_connection_kib(&gate)?;
     drop(gate);
     let haproxy = start_haproxy(dir, "memory", &server.addr, cap)?;

@@ -159,18 +159,19 @@ impl GateOptions {
         self
     }
 
-    /// Threads of the gate's own that relay the connections; 0 (the
-    /// default) relays them on the runtime that runs [`Gate::run`].
+    /// Threads of the gate's own that relay connections besides the
+    /// task that runs [`Gate::run`] (which accepts, and relays too); 0 by
+    /// default.
     ///
     /// Each relay thread runs its own event loop, and a connection stays
-    /// on the one it was given (the one with the fewest open connections
-    /// then), so its packets never change threads. A new connection pays
-    /// one hand-over from the accepting thread to its relay thread. On 2
-    /// cores two relay threads relayed as many point selects as none, or
-    /// up to 10 % more (`docs/benchmarks.md`); they are for hosts with more
-    /// cores, where one thread would cap the gate at one core. The threads
-    /// stop when [`Gate::run`] ends or is dropped, closing what is still
-    /// open on them.
+    /// on the thread it was given, so its packets never change threads. A
+    /// new connection goes to the relay thread with the fewest open
+    /// connections if it has fewer than the accepting side, else it stays
+    /// (no hand-over): connections made one after another never change
+    /// threads, concurrent ones spread evenly. On 2 cores, one relay
+    /// thread relayed 12-20 % more point selects over 8 persistent
+    /// connections than none (`docs/benchmarks.md`). The threads stop when [`Gate::run`] ends or
+    /// is dropped, closing what is still open on them.
     pub fn relay_threads(mut self, n: usize) -> Self {
         self.relay_threads = n;
         self
@@ -510,7 +511,19 @@ async fn accept_loop(
                         None => {
                             tokio::spawn(serve_client(shared.clone(), open, stream, peer, ticket, phase));
                         }
-                        Some(spreader) => hand_to_relay_thread(spreader, &shared, open, stream, peer, ticket, phase),
+                        Some(spreader) => {
+                            let shared = shared.clone();
+                            spreader.spawn(stream, move |stream| async move {
+                                match stream {
+                                    Ok(stream) => serve_client(shared, open, stream, peer, ticket, phase).await,
+                                    // The ticket and the guard are dropped:
+                                    // the client leaves the queue (a slot it
+                                    // got meanwhile goes back), its socket
+                                    // closes.
+                                    Err(e) => tracing::warn!(gate = %shared.name, client = %peer, error = %e, "cannot move a client to a relay thread"),
+                                }
+                            });
+                        }
                     }
                 }
                 Err(e) => {
@@ -523,30 +536,6 @@ async fn accept_loop(
             _ = not_running(&mut watch_phase) => return,
         }
     }
-}
-
-/// Moves an accepted client to a relay thread and serves it there.
-fn hand_to_relay_thread(
-    spreader: &Spreader,
-    shared: &Arc<Shared>,
-    open: OpenGuard,
-    stream: Stream,
-    peer: String,
-    ticket: Ticket,
-    phase: watch::Receiver<Phase>,
-) {
-    let shared = shared.clone();
-    let moved = stream.into_std();
-    spreader.spawn(move || async move {
-        match moved.and_then(net::StdStream::register) {
-            Ok(stream) => serve_client(shared, open, stream, peer, ticket, phase).await,
-            // The ticket and the guard are dropped: the client leaves the
-            // queue (a slot it got meanwhile goes back) and its socket closes.
-            Err(e) => {
-                tracing::warn!(gate = %shared.name, client = %peer, error = %e, "cannot move a client to a relay thread");
-            }
-        }
-    });
 }
 
 /// Counts a client in the open-connections gauge until it is dropped,

@@ -5,12 +5,14 @@
 //! This is HAProxy's and nginx's shape (one poller per thread, a
 //! connection bound to one), not tokio's work-stealing pool, where one
 //! shared poller dispatches every socket's events and a woken task may be
-//! stolen by the other thread. On 2 cores (`docs/benchmarks.md`) two such
-//! threads relayed as many point selects as one thread, or up to 10 %
-//! more; they let the gate use more than one core where there are more.
+//! stolen by the other thread (which relayed no more than one thread).
 //!
-//! A new connection goes to the thread with the fewest open connections,
-//! which spreads persistent connections evenly however long each lives.
+//! The thread that accepts (the one that runs `Gate::run`) relays too: a
+//! new connection stays there unless a relay thread has fewer open
+//! connections, so ties go to it. A client that connects, queries and
+//! closes one after another (PHP without persistent connections) then
+//! never pays a hand-over between threads, and persistent connections
+//! still spread evenly however long each lives.
 
 use std::future::Future;
 use std::io;
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::net::{StdStream, Stream};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
@@ -32,11 +35,13 @@ pub(crate) struct RelayThreads {
     stop: watch::Sender<bool>,
 }
 
-/// Where [`RelayThreads::spawn`] puts connections; cheap to clone into the
+/// Picks the thread for each new connection; cheap to clone into the
 /// accept loops.
 #[derive(Clone)]
 pub(crate) struct Spreader {
     threads: Arc<[RelayThread]>,
+    /// Connections relayed by the accepting thread itself.
+    here: Arc<AtomicUsize>,
 }
 
 struct RelayThread {
@@ -80,6 +85,7 @@ impl RelayThreads {
     pub(crate) fn spreader(&self) -> Spreader {
         Spreader {
             threads: self.threads.clone(),
+            here: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
@@ -93,31 +99,51 @@ impl Drop for RelayThreads {
 }
 
 impl Spreader {
-    /// Runs the future `make` builds on the least busy relay thread.
-    /// `make` runs on that thread, so sockets it registers belong to it.
-    pub(crate) fn spawn<F, Fut>(&self, make: F)
+    /// Serves `stream` with the future `serve` makes, on the thread with
+    /// the fewest open connections: this one (the accepting thread, which
+    /// wins ties) or a relay thread. A stream moved to a relay thread is
+    /// registered with that thread's event loop first; `serve` gets the
+    /// error if that fails.
+    pub(crate) fn spawn<F, Fut>(&self, stream: Stream, serve: F)
     where
-        F: FnOnce() -> Fut + Send + 'static,
+        F: FnOnce(io::Result<Stream>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let Some(thread) = self
+        let here = self.here.load(Ordering::Relaxed);
+        let relay = self
             .threads
             .iter()
             .min_by_key(|t| t.open.load(Ordering::Relaxed))
-        else {
-            return;
-        };
-        thread.open.fetch_add(1, Ordering::Relaxed);
-        let open = OpenOnThread(thread.open.clone());
-        thread.handle.spawn(async move {
-            let _open = open;
-            make().await;
-        });
+            .filter(|t| t.open.load(Ordering::Relaxed) < here);
+        match relay {
+            Some(thread) => {
+                let open = OpenOnThread::new(&thread.open);
+                let moved = stream.into_std();
+                thread.handle.spawn(async move {
+                    let _open = open;
+                    serve(moved.and_then(StdStream::register)).await;
+                });
+            }
+            None => {
+                let open = OpenOnThread::new(&self.here);
+                tokio::spawn(async move {
+                    let _open = open;
+                    serve(Ok(stream)).await;
+                });
+            }
+        }
     }
 }
 
-/// Counts a connection off its thread however its task ends.
+/// Counts a connection on its thread until its task ends, however.
 struct OpenOnThread(Arc<AtomicUsize>);
+
+impl OpenOnThread {
+    fn new(open: &Arc<AtomicUsize>) -> OpenOnThread {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenOnThread(open.clone())
+    }
+}
 
 impl Drop for OpenOnThread {
     fn drop(&mut self) {
