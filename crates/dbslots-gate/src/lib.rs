@@ -73,7 +73,7 @@ pub use limits::raise_open_file_limit;
 pub use packet::{CR_CONN_HOST_ERROR, ER_CON_COUNT_ERROR, error_packet};
 pub use stats::{GateReport, gates_dir, read_gates, read_gates_in};
 
-use lease::Leases;
+use lease::{Kept, Leases};
 use net::{Listener, Stream};
 use posting::Posting;
 use queue::{Admission, Ticket};
@@ -417,11 +417,14 @@ impl Gate {
     pub async fn run(mut self) -> GateReport {
         let mut phase = self.phase.subscribe();
         let mut background = tokio::task::JoinSet::new();
+        // One spreader for all listeners: it counts the accepting thread's
+        // connections, whichever listener they came through.
+        let spreader = self.relays.as_ref().map(RelayThreads::spreader);
         for listener in std::mem::take(&mut self.listeners) {
             background.spawn(accept_loop(
                 listener,
                 self.shared.clone(),
-                self.relays.as_ref().map(RelayThreads::spreader),
+                spreader.clone(),
                 self.phase.subscribe(),
             ));
         }
@@ -481,8 +484,12 @@ impl Gate {
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), closed).await;
-        // What is still open on relay threads is closed with them.
-        drop(self.relays.take());
+        // What is still open on relay threads is closed with them; wait for
+        // them to end, so that slots they give back (a lease returned to
+        // Redis from a blocking thread) are given back before the gate is.
+        if let Some(relays) = self.relays.take() {
+            let _ = tokio::task::spawn_blocking(move || relays.stop_and_join()).await;
+        }
         // The publisher writes its last report and removes its files (or
         // withdraws its report from Redis).
         while background.join_next().await.is_some() {}
@@ -690,9 +697,10 @@ async fn serve_client(
             return;
         }
     };
-    bump(&shared.counters.active);
     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
-    let kept = shared.leases.keep(id, slot);
+    // Declared before the streams, so that even a cancelled task (a relay
+    // thread shut down under it) drops the server's socket first.
+    let relayed = Relayed::new(&shared, shared.leases.keep(id, slot));
     let activity = Activity::new(&shared.clock);
     let track = shared.idle_timeout.map(|_| (&activity, &*shared.clock));
     let mut c = Tracked::new(client, Side::Client, &shared.counters, track);
@@ -725,7 +733,7 @@ async fn serve_client(
             bump(&shared.counters.idle_closes);
             tracing::info!(gate = %shared.name, client = %peer, idle_timeout = ?shared.idle_timeout, "closed an idle connection: others wait for its slot");
         }
-        () = kept.lost() => {
+        () = relayed.kept().lost() => {
             bump(&shared.counters.leases_lost);
             tracing::warn!(gate = %shared.name, pool = %shared.pool_name, client = %peer, "the slot's lease was lost (cut off from Redis, or paused): closing the client's and the server's connection before the pool gives the slot to another holder");
         }
@@ -734,9 +742,38 @@ async fn serve_client(
     // The server's socket first, then the slot.
     drop(s);
     drop(c);
-    drop_one(&shared.counters.active);
-    if let Some(slot) = shared.leases.take(kept) {
-        queue::release(slot);
+    drop(relayed);
+}
+
+/// A relayed connection's slot and its place in the `active` gauge, given
+/// back on drop: when the relay ends, and also when its task is cancelled
+/// (a relay thread stopped with the connection open), which must not leave
+/// a lease held by nobody.
+struct Relayed<'a> {
+    shared: &'a Shared,
+    kept: Option<Kept>,
+}
+
+impl<'a> Relayed<'a> {
+    fn new(shared: &'a Shared, kept: Kept) -> Self {
+        bump(&shared.counters.active);
+        Relayed {
+            shared,
+            kept: Some(kept),
+        }
+    }
+
+    fn kept(&self) -> &Kept {
+        self.kept.as_ref().expect("taken only on drop")
+    }
+}
+
+impl Drop for Relayed<'_> {
+    fn drop(&mut self) {
+        drop_one(&self.shared.counters.active);
+        if let Some(slot) = self.kept.take().and_then(|k| self.shared.leases.take(k)) {
+            queue::release(slot);
+        }
     }
 }
 

@@ -33,6 +33,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 pub(crate) struct RelayThreads {
     threads: Arc<[RelayThread]>,
     stop: watch::Sender<bool>,
+    joins: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// Picks the thread for each new connection; cheap to clone into the
@@ -55,30 +56,57 @@ impl RelayThreads {
     pub(crate) fn start(n: usize, gate: &str) -> io::Result<RelayThreads> {
         let (stop, stopped) = watch::channel(false);
         let mut threads = Vec::with_capacity(n);
+        let mut joins = Vec::with_capacity(n);
         for i in 0..n {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            threads.push(RelayThread {
-                handle: runtime.handle().clone(),
-                open: Arc::new(AtomicUsize::new(0)),
-            });
+            // The runtime is built on its own thread and only its handle
+            // comes back: a runtime must not be dropped in async code, and
+            // this runs inside `Gate::bind`.
+            let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel(1);
             let mut stopped = stopped.clone();
-            std::thread::Builder::new()
+            let join = std::thread::Builder::new()
                 .name(format!("relay-{i}"))
                 .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = handle_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = handle_tx.send(Ok(runtime.handle().clone()));
                     runtime.block_on(async {
                         // Ends on `true` or when the sender is gone.
                         let _ = stopped.wait_for(|stop| *stop).await;
                     });
                     runtime.shutdown_timeout(SHUTDOWN_GRACE);
                 })?;
+            let handle = handle_rx.recv().map_err(|_| {
+                io::Error::other("a relay thread ended before its runtime started")
+            })??;
+            threads.push(RelayThread {
+                handle,
+                open: Arc::new(AtomicUsize::new(0)),
+            });
+            joins.push(join);
             tracing::debug!(gate, thread = i, "relay thread started");
         }
         Ok(RelayThreads {
             threads: threads.into(),
             stop,
+            joins,
         })
+    }
+
+    /// Stops the threads and waits until each has shut its runtime down
+    /// (at most [`SHUTDOWN_GRACE`] for work it cannot cancel). Blocks.
+    pub(crate) fn stop_and_join(mut self) {
+        self.stop.send_replace(true);
+        for join in std::mem::take(&mut self.joins) {
+            let _ = join.join();
+        }
     }
 
     /// What the accept loops hand connections to.

@@ -344,6 +344,13 @@ async fn status_value(admin_url: &str, name: &str) -> u64 {
     v.expect("the status variable exists").1
 }
 
+/// `HOST:PORT` of the shared test server, for a gate's `--upstream`.
+fn shared_upstream() -> Option<String> {
+    let mysql = dbslots_testkit::shared_mysql()?;
+    let opts = mysql_async::Opts::from_url(&mysql.user_url).unwrap();
+    Some(format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port()))
+}
+
 fn private_mysql(max_connections: u32, extra: &[String]) -> Option<dbslots_testkit::MysqlServer> {
     let mut extra_args = vec!["--back-log=1000".to_string()];
     extra_args.extend(extra.iter().cloned());
@@ -424,11 +431,9 @@ fn a_queue_timeout_reaches_php_and_mariadb_as_error_1040_with_the_gates_message(
     if !php_available() {
         return;
     }
-    let Some(mysql) = dbslots_testkit::shared_mysql() else {
+    let Some(upstream) = shared_upstream() else {
         return;
     };
-    let upstream = mysql_async::Opts::from_url(&mysql.user_url).unwrap();
-    let upstream = format!("{}:{}", upstream.ip_or_hostname(), upstream.tcp_port());
     let dir = tempfile::tempdir().unwrap();
     let pool_dir = dir.path().join("pool");
     let pool = Pool::open(pool_dir.as_path(), PoolOptions::new().capacity(1)).unwrap();
@@ -721,11 +726,9 @@ fn tls_negotiated_by_client_and_server_passes_through_and_is_verified() {
 
 #[test]
 fn idle_timeout_closes_an_idle_client_for_a_waiter_but_not_a_running_query() {
-    let Some(mysql) = dbslots_testkit::shared_mysql() else {
+    let Some(upstream) = shared_upstream() else {
         return;
     };
-    let upstream = mysql_async::Opts::from_url(&mysql.user_url).unwrap();
-    let upstream = format!("{}:{}", upstream.ip_or_hostname(), upstream.tcp_port());
     let dir = tempfile::tempdir().unwrap();
     let pool = dir.path().join("pool");
     let gate = GateProc::start(
@@ -792,11 +795,9 @@ fn idle_timeout_closes_an_idle_client_for_a_waiter_but_not_a_running_query() {
 
 #[test]
 fn sigkill_of_the_gate_frees_its_slots_and_sigterm_drains() {
-    let Some(mysql) = dbslots_testkit::shared_mysql() else {
+    let Some(upstream) = shared_upstream() else {
         return;
     };
-    let upstream = mysql_async::Opts::from_url(&mysql.user_url).unwrap();
-    let upstream = format!("{}:{}", upstream.ip_or_hostname(), upstream.tcp_port());
     let dir = tempfile::tempdir().unwrap();
     let pool_dir = dir.path().join("pool");
     let pool_arg = pool_dir.to_str().unwrap().to_string();
@@ -899,11 +900,9 @@ fn thread_run_times(pid: u32) -> Vec<(String, u64)> {
 
 #[test]
 fn relay_threads_share_the_clients_keep_the_cap_and_drain() {
-    let Some(mysql) = dbslots_testkit::shared_mysql() else {
+    let Some(upstream) = shared_upstream() else {
         return;
     };
-    let upstream = mysql_async::Opts::from_url(&mysql.user_url).unwrap();
-    let upstream = format!("{}:{}", upstream.ip_or_hostname(), upstream.tcp_port());
     let dir = tempfile::tempdir().unwrap();
     let pool_dir = dir.path().join("pool");
     let mut gate = GateProc::start(
@@ -1026,6 +1025,69 @@ fn a_second_gate_under_a_taken_name_is_told_which_gate_holds_it() {
     assert!(err.contains(&holder), "{err}");
     assert!(err.contains("another --name, or stop that one"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_dropped_gate_gives_back_the_leases_of_connections_on_its_relay_threads() {
+    let Some(redis) = dbslots_testkit::shared_redis() else {
+        return;
+    };
+    let Some(upstream) = shared_upstream() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sep = if redis.contains('?') { '&' } else { '?' };
+    let addr = format!("{redis}{sep}pool=gate-dropped-{}", std::process::id());
+    let pool = Pool::open(addr.as_str(), PoolOptions::new().capacity(4)).unwrap();
+    let active = |pool: &Pool| pool.stats().unwrap().active;
+    runtime().block_on(async {
+        let options = dbslots_gate::GateOptions::new(
+            vec!["127.0.0.1:0".parse().unwrap()],
+            upstream.parse().unwrap(),
+        )
+        .relay_threads(1)
+        .stats_dir(Some(dir.path().join("gates")));
+        let gate = dbslots_gate::Gate::bind(pool.clone(), options)
+            .await
+            .unwrap();
+        let url = format!(
+            "mysql://{USER}:{PASSWORD}@{}/{}?prefer_socket=false",
+            gate.local_endpoints()[0],
+            dbslots_testkit::DATABASE
+        );
+        // A control handle (a signal handler's, say) outlives the gate.
+        let control = gate.control();
+        let run = tokio::spawn(gate.run());
+        // The first client stays on the accepting side (a tie), the second
+        // goes to the relay thread, which then has fewer.
+        let mut here = mysql_async::Conn::from_url(&url).await.unwrap();
+        let mut relayed = mysql_async::Conn::from_url(&url).await.unwrap();
+        assert_eq!(active(&pool), 2);
+
+        // Dropping the gate stops its relay thread with a connection open:
+        // that one is closed and its lease given back at once, although
+        // the gate's state lives on (the control handle, the connection on
+        // the accepting side, which goes on until the last handle is gone).
+        run.abort();
+        let _ = run.await;
+        async fn leases_down_to(pool: &Pool, n: u32) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while pool.stats().unwrap().active > n {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} leases held, {n} expected",
+                    pool.stats().unwrap().active
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        leases_down_to(&pool, 1).await;
+        assert!(relayed.query_drop("SELECT 1").await.is_err(), "closed");
+        here.query_drop("SELECT 1").await.unwrap();
+        drop(control);
+        leases_down_to(&pool, 0).await;
+        assert!(here.query_drop("SELECT 1").await.is_err(), "closed");
+    });
 }
 
 #[test]
