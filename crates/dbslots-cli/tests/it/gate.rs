@@ -344,6 +344,20 @@ async fn status_value(admin_url: &str, name: &str) -> u64 {
     v.expect("the status variable exists").1
 }
 
+/// Connects to `url` and runs `sql` (which answers one small number) in a
+/// task: its answer once it has finished and disconnected.
+async fn running_query(
+    url: &str,
+    sql: &'static str,
+) -> tokio::task::JoinHandle<Result<Option<u8>, mysql_async::Error>> {
+    let mut c = mysql_async::Conn::from_url(url).await.expect("connects");
+    tokio::spawn(async move {
+        let v: Option<u8> = c.query_first(sql).await?;
+        c.disconnect().await?;
+        Ok(v)
+    })
+}
+
 /// `HOST:PORT` of the shared test server, for a gate's `--upstream`.
 fn shared_upstream() -> Option<String> {
     let mysql = dbslots_testkit::shared_mysql()?;
@@ -838,12 +852,7 @@ fn sigkill_of_the_gate_frees_its_slots_and_sigterm_drains() {
     let url = gate.url();
     let port = gate.port();
     let (result, exited_after) = rt.block_on(async {
-        let mut c = mysql_async::Conn::from_url(&url).await.expect("connects");
-        let query = tokio::spawn(async move {
-            let v: Option<u8> = c.query_first("SELECT SLEEP(1.5)").await?;
-            c.disconnect().await?;
-            Ok::<_, mysql_async::Error>(v)
-        });
+        let query = running_query(&url, "SELECT SLEEP(1.5)").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         gate.signal(libc::SIGTERM);
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -976,21 +985,25 @@ fn relay_threads_share_the_clients_keep_the_cap_and_drain() {
     assert_eq!(pool.stats().unwrap().active, 0, "every slot came back");
     assert!(relay(&gate) > idle, "the relay thread relayed some clients");
 
-    // SIGTERM: a query running on a relay thread finishes, then the gate
-    // exits, having given its slots back.
-    let (result, status) = rt.block_on(async {
-        let mut c = mysql_async::Conn::from_url(&url).await.expect("connects");
-        let query = tokio::spawn(async move {
-            let v: Option<u8> = c.query_first("SELECT SLEEP(1)").await?;
-            c.disconnect().await?;
-            Ok::<_, mysql_async::Error>(v)
-        });
+    // SIGTERM: queries running on both threads finish (the first client
+    // stays on the accepting thread, the second goes to the relay thread,
+    // which then has fewer), then the gate exits, its slots given back.
+    let before = relay(&gate);
+    let (results, status) = rt.block_on(async {
+        let here = running_query(&url, "SELECT SLEEP(1)").await;
+        let relayed = running_query(&url, "SELECT SLEEP(1)").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            relay(&gate) > before,
+            "the second client is on the relay thread"
+        );
         gate.signal(libc::SIGTERM);
-        let result = query.await.unwrap();
-        (result, gate.wait_exit(Duration::from_secs(5)))
+        let results = [here.await.unwrap(), relayed.await.unwrap()];
+        (results, gate.wait_exit(Duration::from_secs(5)))
     });
-    assert_eq!(result.expect("the running query finished"), Some(0));
+    for result in results {
+        assert_eq!(result.expect("the running query finished"), Some(0));
+    }
     assert!(status.success(), "{status}: {}", gate.log_text());
     assert_eq!(pool.stats().unwrap().active, 0);
 }
