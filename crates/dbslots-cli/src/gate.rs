@@ -98,10 +98,8 @@ pub fn run(args: GateArgs) -> anyhow::Result<ExitCode> {
     // (tokio's current-thread runtime: no hand-over between threads per
     // relayed packet); each further thread of --threads is a relay thread
     // with its own event loop.
-    let mut builder = tokio::runtime::Builder::new_current_thread();
-    let threads = args.threads.map_or_else(default_threads, usize::from);
-    let relay_threads = threads - 1;
-    let runtime = builder
+    let relay_threads = args.threads.map_or_else(default_threads, usize::from) - 1;
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

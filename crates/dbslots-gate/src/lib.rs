@@ -170,8 +170,9 @@ impl GateOptions {
     /// (no hand-over): connections made one after another never change
     /// threads, concurrent ones spread evenly. On 2 cores, one relay
     /// thread relayed 12-20 % more point selects over 8 persistent
-    /// connections than none (`docs/benchmarks.md`). The threads stop when [`Gate::run`] ends or
-    /// is dropped, closing what is still open on them.
+    /// connections than none (`docs/benchmarks.md`). The threads stop when
+    /// [`Gate::run`] ends or is dropped, closing what is still open on
+    /// them.
     pub fn relay_threads(mut self, n: usize) -> Self {
         self.relay_threads = n;
         self
@@ -417,8 +418,6 @@ impl Gate {
     pub async fn run(mut self) -> GateReport {
         let mut phase = self.phase.subscribe();
         let mut background = tokio::task::JoinSet::new();
-        // One spreader for all listeners: it counts the accepting thread's
-        // connections, whichever listener they came through.
         let spreader = self.relays.as_ref().map(RelayThreads::spreader);
         for listener in std::mem::take(&mut self.listeners) {
             background.spawn(accept_loop(

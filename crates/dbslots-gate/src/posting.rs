@@ -38,23 +38,6 @@ pub(crate) const TTL: Duration = Duration::from_secs(5);
 /// second; a repost is due once this much passed since the last one).
 pub(crate) const REPOST_AFTER: Duration = Duration::from_millis(750);
 
-/// Why a gate cannot publish under its name, naming the gate that holds
-/// it where its report says who that is (the same words for both kinds of
-/// pool).
-pub(crate) fn name_taken(holder: Option<&GateReport>) -> String {
-    let advice = "give this one another name (GateOptions::name)";
-    match holder {
-        Some(h) => format!(
-            "another running gate publishes under this name: pid {} on host {}, listening on {}, started {} s ago; {advice}, or stop that one",
-            h.pid,
-            h.host,
-            h.listen.join(" "),
-            crate::stats::now_unix_ms().saturating_sub(h.started_unix_ms) / 1000,
-        ),
-        None => format!("another running gate publishes under this name; {advice}"),
-    }
-}
-
 /// A gate's report in its Redis pool; withdrawn when dropped.
 pub(crate) struct Posting {
     pool: Pool,
@@ -94,7 +77,7 @@ impl Posting {
                 return Err(Error::PublishToPool {
                     pool: pool.addr().to_string(),
                     name: posting.name.clone(),
-                    reason: name_taken(holder.as_ref()),
+                    reason: crate::stats::name_taken(holder.as_ref()),
                 });
             }
             if !said {

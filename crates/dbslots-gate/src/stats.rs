@@ -223,6 +223,23 @@ pub(crate) enum Publication {
     Redis(Posting),
 }
 
+/// Why a gate cannot publish under its name, naming the gate that holds
+/// it where its report says who that is (the same words for both kinds of
+/// pool).
+pub(crate) fn name_taken(holder: Option<&GateReport>) -> String {
+    let advice = "give this one another name (GateOptions::name)";
+    match holder {
+        Some(h) => format!(
+            "another running gate publishes under this name: pid {} on host {}, listening on {}, started {} s ago; {advice}, or stop that one",
+            h.pid,
+            h.host,
+            h.listen.join(" "),
+            now_unix_ms().saturating_sub(h.started_unix_ms) / 1000,
+        ),
+        None => format!("another running gate publishes under this name; {advice}"),
+    }
+}
+
 /// The files a running gate publishes; removed on drop.
 pub(crate) struct FilePublication {
     dir: PathBuf,
@@ -254,7 +271,7 @@ impl FilePublication {
                 .and_then(|doc| serde_json::from_slice::<GateReport>(&doc).ok());
             return Err(Error::Publish {
                 path: lock_path,
-                reason: posting::name_taken(holder.as_ref()),
+                reason: name_taken(holder.as_ref()),
             });
         }
         Ok(FilePublication {

@@ -20,9 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::net::{StdStream, Stream};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
+
+use crate::net::{StdStream, Stream};
 
 /// How long a stopping relay thread gives work it cannot cancel (a slot
 /// being given back to Redis from a blocking thread).
@@ -31,7 +32,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// The gate's relay threads. Dropping this stops them: their runtimes are
 /// shut down, and connections still open on them are closed.
 pub(crate) struct RelayThreads {
-    threads: Arc<[RelayThread]>,
+    spreader: Spreader,
     stop: watch::Sender<bool>,
     joins: Vec<std::thread::JoinHandle<()>>,
 }
@@ -94,7 +95,10 @@ impl RelayThreads {
             tracing::debug!(gate, thread = i, "relay thread started");
         }
         Ok(RelayThreads {
-            threads: threads.into(),
+            spreader: Spreader {
+                threads: threads.into(),
+                here: Arc::new(AtomicUsize::new(0)),
+            },
             stop,
             joins,
         })
@@ -109,12 +113,11 @@ impl RelayThreads {
         }
     }
 
-    /// What the accept loops hand connections to.
+    /// What the accept loops hand connections to: one spreader for the
+    /// gate, so the accepting thread's connections are counted once,
+    /// whichever listener they came through.
     pub(crate) fn spreader(&self) -> Spreader {
-        Spreader {
-            threads: self.threads.clone(),
-            here: Arc::new(AtomicUsize::new(0)),
-        }
+        self.spreader.clone()
     }
 }
 
