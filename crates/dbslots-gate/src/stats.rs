@@ -266,9 +266,7 @@ impl FilePublication {
             .map_err(|e| io_err("cannot open the lock file", &lock_path, e))?;
         if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
             // The holder's report, if it has written one yet.
-            let holder = std::fs::read(dir.join(format!("{name}.json")))
-                .ok()
-                .and_then(|doc| serde_json::from_slice::<GateReport>(&doc).ok());
+            let holder = read_report(&dir.join(format!("{name}.json")));
             return Err(Error::Publish {
                 path: lock_path,
                 reason: name_taken(holder.as_ref()),
@@ -314,6 +312,34 @@ fn open_nofollow(path: &Path, create: bool) -> io::Result<File> {
 
 fn libc_o_nofollow() -> i32 {
     rustix::fs::OFlags::NOFOLLOW.bits() as i32
+}
+
+/// The most a gate's report file may hold; a real one is about 1 KiB.
+const REPORT_MAX_BYTES: u64 = 64 * 1024;
+
+/// The report in `path`, if it is a regular file (not a symlink) holding a
+/// valid report no larger than [`REPORT_MAX_BYTES`].
+///
+/// Anyone who can write the gates directory can plant a file there, so
+/// this never follows a symlink (one to `/dev/zero` would fill memory),
+/// never blocks (a FIFO would hang `status`), and reads a bounded amount.
+fn read_report(path: &Path) -> Option<GateReport> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_o_nofollow() | rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.file_type().is_file() {
+        return None;
+    }
+    let mut doc = Vec::new();
+    file.take(REPORT_MAX_BYTES + 1).read_to_end(&mut doc).ok()?;
+    if doc.len() as u64 > REPORT_MAX_BYTES {
+        return None;
+    }
+    serde_json::from_slice(&doc).ok()
 }
 
 /// The live gates of `pool`, by name.
@@ -370,10 +396,7 @@ pub fn read_gates_in(dir: &Path) -> Result<Vec<GateReport>, Error> {
             // Nobody holds it: the gate is gone.
             continue;
         }
-        let Ok(text) = std::fs::read_to_string(entry.path()) else {
-            continue;
-        };
-        if let Ok(report) = serde_json::from_str::<GateReport>(&text) {
+        if let Some(report) = read_report(&entry.path()) {
             out.push(report);
         }
     }
@@ -424,6 +447,49 @@ mod tests {
         assert_eq!(read_gates_in(dir.path()).unwrap().len(), 1);
         drop(publication);
         assert!(read_gates_in(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn planted_report_files_are_skipped_without_hanging_or_filling_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Counters::default();
+        let publication = FilePublication::claim(dir.path(), "g1").unwrap();
+        publication.write(&c.report(&identity(), 9, false)).unwrap();
+        // Each planted name has a held lock, so it looks like a live gate.
+        let mut held = Vec::new();
+        for name in ["zero", "fifo", "link", "huge"] {
+            let lock = File::create(dir.path().join(format!("{name}.lock"))).unwrap();
+            flock(&lock, FlockOperation::NonBlockingLockExclusive).unwrap();
+            held.push(lock);
+        }
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.json")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.path().join("fifo.json"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        // A symlink to a valid report elsewhere is not followed either.
+        std::os::unix::fs::symlink(dir.path().join("g1.json"), dir.path().join("link.json"))
+            .unwrap();
+        // A valid report padded past the limit.
+        let mut huge = serde_json::to_vec(&c.report(&identity(), 9, false)).unwrap();
+        huge.extend(std::iter::repeat_n(b' ', REPORT_MAX_BYTES as usize));
+        std::fs::write(dir.path().join("huge.json"), huge).unwrap();
+
+        let gates = read_gates_in(dir.path()).unwrap();
+        assert_eq!(gates.len(), 1, "only the real gate: {gates:?}");
+        assert_eq!(gates[0].name, "g1");
+
+        // A name clash under a planted name reads the holder the same way.
+        let err = FilePublication::claim(dir.path(), "zero").err().unwrap();
+        assert!(
+            err.to_string()
+                .contains("another running gate publishes under this name"),
+            "{err}"
+        );
     }
 
     #[test]
