@@ -30,6 +30,8 @@ use super::errno_io;
 use crate::error::{Error, Result};
 
 pub(super) const META: &str = "pool.json";
+/// The most `pool.json` may hold.
+const META_MAX_BYTES: u64 = 64 * 1024;
 pub(super) const INIT_LOCK: &str = "init.lock";
 pub(super) const STATE: &str = "state";
 pub(super) const SLOTS: &str = "slots";
@@ -212,6 +214,11 @@ fn user_name(uid: u32) -> String {
 /// Opens the entry `name` (one path component) of the directory `dirfd`
 /// without following a symlink. With `CREATE`, a file that does not exist
 /// yet is created exclusively and given exactly `mode`, whatever the umask.
+///
+/// Unless `DIRECTORY` is asked for, the entry must be a regular file: it is
+/// opened `O_NONBLOCK` (no effect on a regular file's reads, writes or
+/// locks) so that a FIFO or device planted in its place is refused instead
+/// of blocking the opener until somebody writes to it.
 pub(super) fn open_in(
     dirfd: impl AsFd,
     dir: &Path,
@@ -222,7 +229,25 @@ pub(super) fn open_in(
     debug_assert!(!name.contains('/'), "{name} is one component");
     let dirfd = dirfd.as_fd();
     let path = || dir.join(name);
-    let base = (flags - OFlags::CREATE - OFlags::EXCL) | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let want_file = !flags.contains(OFlags::DIRECTORY);
+    let mut base = (flags - OFlags::CREATE - OFlags::EXCL) | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if want_file {
+        base |= OFlags::NONBLOCK;
+    }
+    let regular = |fd: OwnedFd| -> Result<OwnedFd> {
+        if !want_file {
+            return Ok(fd);
+        }
+        let stat = rfs::fstat(&fd).map_err(|e| Error::io("inspecting", path(), errno_io(e)))?;
+        if rfs::FileType::from_raw_mode(stat.st_mode) == rfs::FileType::RegularFile {
+            Ok(fd)
+        } else {
+            Err(location(
+                &path(),
+                "it is not a regular file (a FIFO, device or socket was put in its place); remove it",
+            ))
+        }
+    };
     let fail = |e: Errno| match e {
         Errno::LOOP => location(
             &path(),
@@ -236,7 +261,7 @@ pub(super) fn open_in(
     };
     if !flags.contains(OFlags::EXCL) {
         match rfs::openat(dirfd, name, base, Mode::empty()) {
-            Ok(fd) => return Ok(fd),
+            Ok(fd) => return regular(fd),
             Err(Errno::NOENT) if flags.contains(OFlags::CREATE) => {}
             Err(e) => return Err(fail(e)),
         }
@@ -248,7 +273,7 @@ pub(super) fn open_in(
         }
         // Somebody else created it in between.
         Err(Errno::EXIST) if !flags.contains(OFlags::EXCL) => {
-            rfs::openat(dirfd, name, base, Mode::empty()).map_err(fail)
+            regular(rfs::openat(dirfd, name, base, Mode::empty()).map_err(fail)?)
         }
         Err(e) => Err(fail(e)),
     }
@@ -354,7 +379,7 @@ impl Dirs {
         let fd = match rfs::openat(
             &self.root,
             META,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
             Mode::empty(),
         ) {
             Ok(fd) => fd,
@@ -364,10 +389,31 @@ impl Dirs {
             }
             Err(e) => return Err(Error::io("opening", path, errno_io(e))),
         };
+        let file = File::from(fd);
+        if !file
+            .metadata()
+            .map_err(|e| Error::io("inspecting", &path, e))?
+            .is_file()
+        {
+            return Err(location(
+                &path,
+                "it is not a regular file (a FIFO, device or socket was put in its place); remove it",
+            ));
+        }
+        // A real pool.json is a few hundred bytes; never read a planted
+        // giant whole.
         let mut text = String::new();
-        File::from(fd)
+        file.take(META_MAX_BYTES + 1)
             .read_to_string(&mut text)
             .map_err(|e| Error::io("reading", &path, e))?;
+        if text.len() as u64 > META_MAX_BYTES {
+            return Err(Error::Corrupt {
+                path,
+                detail: format!(
+                    "pool.json is larger than {META_MAX_BYTES} bytes; a pool's is a few hundred"
+                ),
+            });
+        }
         let meta: Meta = serde_json::from_str(&text).map_err(|e| Error::Corrupt {
             path: path.clone(),
             detail: format!("pool.json: {e}"),

@@ -276,7 +276,9 @@ impl FilePool {
         let fd = match rfs::openat(
             &self.dirs.waiters,
             name.as_str(),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            // Non-blocking: a FIFO planted under a waiter's name must not
+            // hang the sweep.
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
             rfs::Mode::empty(),
         ) {
             Ok(fd) => fd,

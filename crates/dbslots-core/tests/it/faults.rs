@@ -230,6 +230,55 @@ fn symlinks_at_every_component_are_refused_and_nothing_outside_is_touched() {
 }
 
 #[test]
+fn fifos_planted_in_place_of_pool_files_are_refused_without_blocking() {
+    for component in ["state", "pool.json", "init.lock", "slots/0", "slots/1"] {
+        let (_dir, addr) = pool_dir();
+        let root = Path::new(&addr);
+        drop(Pool::open(&addr, PoolOptions::new().capacity(2)).expect("create"));
+        let path = root.join(component);
+        let _ = std::fs::remove_file(&path);
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+
+        // Opening a FIFO for reading blocks until a writer comes: run every
+        // way in on a thread, and fail (not hang) if it does not return.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let addr2 = addr.clone();
+        std::thread::spawn(move || {
+            let mut errors = Vec::new();
+            match Pool::open(&addr2, PoolOptions::new()) {
+                Err(e) => errors.push(e.to_string()),
+                Ok(p) => {
+                    // Take both slots: one of them is the planted one.
+                    let held: Vec<_> = (0..2)
+                        .map(|_| p.try_acquire())
+                        .filter_map(|r| r.err())
+                        .map(|e| e.to_string())
+                        .collect();
+                    errors.extend(held);
+                    errors.extend(p.stats().err().map(|e| e.to_string()));
+                }
+            }
+            let _ = tx.send(errors);
+        });
+        let errors = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("{component}: a FIFO in its place blocked the pool"));
+        // init.lock is only opened while a pool is created; the rest on
+        // every open or acquisition.
+        assert!(
+            !errors.is_empty() || component == "init.lock",
+            "{component}: nothing noticed the FIFO"
+        );
+        assert!(
+            errors.iter().all(|e| e.contains("not a regular file")),
+            "{component}: unclear errors {errors:?}"
+        );
+    }
+}
+
+#[test]
 fn a_pool_directory_others_could_have_prepared_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pool = dir.path().join("pool");
