@@ -16,12 +16,14 @@
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dbslots_core::{Pool, PoolAddr, WAIT_BUCKETS_US, WaitHistogram};
-use rustix::fs::{FlockOperation, flock};
+use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags, flock};
+use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -241,8 +243,14 @@ pub(crate) fn name_taken(holder: Option<&GateReport>) -> String {
 }
 
 /// The files a running gate publishes; removed on drop.
+///
+/// Everything goes through a descriptor of the directory opened without
+/// following a symlink, and each file is opened `O_NOFOLLOW | O_NONBLOCK`
+/// and must be a regular file: anyone who can write the directory could
+/// plant a symlink (to make the gate write or delete elsewhere) or a FIFO
+/// (to hang it), as inside a pool's own directory.
 pub(crate) struct FilePublication {
-    dir: PathBuf,
+    dir: OwnedFd,
     name: String,
     _lock: File,
 }
@@ -261,19 +269,20 @@ impl FilePublication {
             .mode(0o2770)
             .create(dir)
             .map_err(|e| io_err("cannot create the directory", dir, e))?;
-        let lock_path = dir.join(format!("{name}.lock"));
-        let lock = open_nofollow(&lock_path, true)
-            .map_err(|e| io_err("cannot open the lock file", &lock_path, e))?;
+        let dir_fd = open_dir(dir).map_err(|e| io_err("cannot open the directory", dir, e))?;
+        let lock_name = format!("{name}.lock");
+        let lock = open_file_in(&dir_fd, &lock_name, true)
+            .map_err(|e| io_err("cannot open the lock file", &dir.join(&lock_name), e))?;
         if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
             // The holder's report, if it has written one yet.
-            let holder = read_report(&dir.join(format!("{name}.json")));
+            let holder = read_report(&dir_fd, &format!("{name}.json"));
             return Err(Error::Publish {
-                path: lock_path,
+                path: dir.join(lock_name),
                 reason: name_taken(holder.as_ref()),
             });
         }
         Ok(FilePublication {
-            dir: dir.to_path_buf(),
+            dir: dir_fd,
             name: name.to_string(),
             _lock: lock,
         })
@@ -281,59 +290,78 @@ impl FilePublication {
 
     /// Writes `report` atomically (temporary file, then rename).
     pub(crate) fn write(&self, report: &GateReport) -> io::Result<()> {
-        let tmp = self.dir.join(format!(".{}.json.tmp", self.name));
-        let path = self.dir.join(format!("{}.json", self.name));
-        let _ = std::fs::remove_file(&tmp);
+        let tmp = format!(".{}.json.tmp", self.name);
+        let _ = rustix::fs::unlinkat(&self.dir, tmp.as_str(), AtFlags::empty());
         // One write: serde writes token by token, a syscall each unbuffered.
         let mut doc = serde_json::to_vec(report)?;
         doc.push(b'\n');
-        open_nofollow(&tmp, true)?.write_all(&doc)?;
-        std::fs::rename(&tmp, &path)
+        open_file_in(&self.dir, &tmp, true)?.write_all(&doc)?;
+        rustix::fs::renameat(
+            &self.dir,
+            tmp.as_str(),
+            &self.dir,
+            format!("{}.json", self.name),
+        )?;
+        Ok(())
     }
 }
 
 impl Drop for FilePublication {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(self.dir.join(format!("{}.json", self.name)));
-        let _ = std::fs::remove_file(self.dir.join(format!("{}.lock", self.name)));
+        for suffix in ["json", "lock"] {
+            let file = format!("{}.{suffix}", self.name);
+            let _ = rustix::fs::unlinkat(&self.dir, file.as_str(), AtFlags::empty());
+        }
     }
 }
 
-fn open_nofollow(path: &Path, create: bool) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(create)
-        .create(create)
-        .mode(0o660)
-        .custom_flags(libc_o_nofollow())
-        .open(path)
+/// Opens the directory `dir`, not following a symlink in its last component.
+fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
+    rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        // O_NOFOLLOW on a symlink to a directory gives ENOTDIR.
+        Errno::NOTDIR | Errno::LOOP => io::Error::other(
+            "it is not a directory (a symbolic link or a file is in its place); remove it, or give the real directory",
+        ),
+        e => e.into(),
+    })
 }
 
-fn libc_o_nofollow() -> i32 {
-    rustix::fs::OFlags::NOFOLLOW.bits() as i32
+/// Opens the regular file `name` in `dir` (creating it with `create`),
+/// never following a symlink and never blocking on a FIFO.
+fn open_file_in(dir: &OwnedFd, name: &str, create: bool) -> io::Result<File> {
+    let mut flags = OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    flags |= if create {
+        OFlags::RDWR | OFlags::CREATE
+    } else {
+        OFlags::RDONLY
+    };
+    let file = File::from(rustix::fs::openat(
+        dir,
+        name,
+        flags,
+        Mode::from_raw_mode(0o660),
+    )?);
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other(
+            "it is not a regular file (a FIFO, device or socket is in its place); remove it",
+        ));
+    }
+    Ok(file)
 }
 
 /// The most a gate's report file may hold; a real one is about 1 KiB.
 const REPORT_MAX_BYTES: u64 = 64 * 1024;
 
-/// The report in `path`, if it is a regular file (not a symlink) holding a
-/// valid report no larger than [`REPORT_MAX_BYTES`].
-///
-/// Anyone who can write the gates directory can plant a file there, so
-/// this never follows a symlink (one to `/dev/zero` would fill memory),
-/// never blocks (a FIFO would hang `status`), and reads a bounded amount.
-fn read_report(path: &Path) -> Option<GateReport> {
+/// The report `name` in `dir`, if it is a regular file (not a symlink)
+/// holding a valid report no larger than [`REPORT_MAX_BYTES`].
+fn read_report(dir: &OwnedFd, name: &str) -> Option<GateReport> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc_o_nofollow() | rustix::fs::OFlags::NONBLOCK.bits() as i32)
-        .open(path)
-        .ok()?;
-    if !file.metadata().ok()?.file_type().is_file() {
-        return None;
-    }
+    let file = open_file_in(dir, name, false).ok()?;
     let mut doc = Vec::new();
     file.take(REPORT_MAX_BYTES + 1).read_to_end(&mut doc).ok()?;
     if doc.len() as u64 > REPORT_MAX_BYTES {
@@ -370,33 +398,35 @@ pub fn read_gates(pool: &Pool) -> Result<Vec<GateReport>, Error> {
 
 /// The live gates publishing in `dir`, by name.
 pub fn read_gates_in(dir: &Path) -> Result<Vec<GateReport>, Error> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(Error::Publish {
-                path: dir.to_path_buf(),
-                reason: format!("cannot list the gates: {e}"),
-            });
-        }
+    let unreadable = |e: io::Error| Error::Publish {
+        path: dir.to_path_buf(),
+        reason: format!("cannot list the gates: {e}"),
     };
+    let dir_fd = match open_dir(dir) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(unreadable(e)),
+    };
+    let entries = rustix::fs::Dir::read_from(&dir_fd).map_err(|e| unreadable(e.into()))?;
     let mut out = Vec::new();
     for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+        let Ok(file_name) = entry.file_name().to_str() else {
+            continue;
+        };
+        let Some(name) = file_name.strip_suffix(".json") else {
             continue;
         };
         if name.starts_with('.') {
             continue;
         }
-        let Ok(lock) = open_nofollow(&dir.join(format!("{name}.lock")), false) else {
+        let Ok(lock) = open_file_in(&dir_fd, &format!("{name}.lock"), false) else {
             continue;
         };
         if flock(&lock, FlockOperation::NonBlockingLockShared).is_ok() {
             // Nobody holds it: the gate is gone.
             continue;
         }
-        if let Some(report) = read_report(&entry.path()) {
+        if let Some(report) = read_report(&dir_fd, file_name) {
             out.push(report);
         }
     }
@@ -474,6 +504,16 @@ mod tests {
         // A symlink to a valid report elsewhere is not followed either.
         std::os::unix::fs::symlink(dir.path().join("g1.json"), dir.path().join("link.json"))
             .unwrap();
+        // A FIFO in place of a lock file.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.path().join("fifolock.lock"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        std::fs::copy(dir.path().join("g1.json"), dir.path().join("fifolock.json")).unwrap();
         // A valid report padded past the limit.
         let mut huge = serde_json::to_vec(&c.report(&identity(), 9, false)).unwrap();
         huge.extend(std::iter::repeat_n(b' ', REPORT_MAX_BYTES as usize));
@@ -489,6 +529,23 @@ mod tests {
             err.to_string()
                 .contains("another running gate publishes under this name"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_gates_directory_planted_as_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let gates = dir.path().join("gates");
+        std::os::unix::fs::symlink(&elsewhere, &gates).unwrap();
+        let err = FilePublication::claim(&gates, "g1").err().unwrap();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+        assert!(read_gates_in(&gates).is_err());
+        assert_eq!(
+            std::fs::read_dir(&elsewhere).unwrap().count(),
+            0,
+            "nothing written through the link"
         );
     }
 
