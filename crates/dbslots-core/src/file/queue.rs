@@ -434,10 +434,25 @@ impl FilePool {
         mine
     }
 
+    /// The board's head word: 0 when nobody queues, else the head's entry
+    /// plus one. Any process that can write the pool can write the board,
+    /// so a value past the queue is not used as an index: the queue is
+    /// looked at again, which rewrites the word.
+    fn head(&self) -> u32 {
+        let h = self.board.head().load(Ordering::SeqCst);
+        if h <= QUEUE_LEN {
+            return h;
+        }
+        self.board.head().store(0, Ordering::SeqCst);
+        self.refresh(None);
+        let h = self.board.head().load(Ordering::SeqCst);
+        if h <= QUEUE_LEN { h } else { 0 }
+    }
+
     /// Wakes the head waiter, if anybody queues; passes over a head that
     /// does not run first.
     pub(super) fn wake_head(&self) {
-        let mut h = self.board.head().load(Ordering::SeqCst);
+        let mut h = self.head();
         if h == 0 {
             return;
         }
@@ -446,7 +461,7 @@ impl FilePool {
             && mono_ns().saturating_sub(e.beat_ns.load(Ordering::Relaxed)) > STALE.as_nanos() as u64
         {
             self.refresh(None);
-            h = self.board.head().load(Ordering::SeqCst);
+            h = self.head();
             if h == 0 {
                 return;
             }
@@ -456,7 +471,7 @@ impl FilePool {
 
     /// True when somebody queues ahead of a newcomer.
     pub(super) fn queue_busy(&self) -> bool {
-        let h = self.board.head().load(Ordering::SeqCst);
+        let h = self.head();
         if h == 0 {
             return false;
         }
@@ -465,7 +480,7 @@ impl FilePool {
             || mono_ns().saturating_sub(e.beat_ns.load(Ordering::Relaxed)) > STALE.as_nanos() as u64
         {
             self.refresh(None);
-            return self.board.head().load(Ordering::SeqCst) != 0;
+            return self.head() != 0;
         }
         true
     }

@@ -279,6 +279,46 @@ fn fifos_planted_in_place_of_pool_files_are_refused_without_blocking() {
 }
 
 #[test]
+fn a_head_word_past_the_queue_is_repaired_not_followed() {
+    use std::os::unix::fs::FileExt;
+    let (_dir, addr) = pool_dir();
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let state = std::fs::OpenOptions::new()
+        .write(true)
+        .open(Path::new(&addr).join("state"))
+        .expect("state");
+    // docs/protocol.md: the head word is the u32 at offset 64.
+    let plant = |head: u32| {
+        state
+            .write_all_at(&head.to_le_bytes(), 64)
+            .expect("write head")
+    };
+    for head in [4097, 5000, u32::MAX] {
+        plant(head);
+        // A release wakes the head; a newcomer asks whether anybody queues.
+        drop(pool.try_acquire().expect("try").expect("a free slot"));
+        plant(head);
+        let held = pool
+            .blocking_acquire_timeout(Duration::from_secs(5))
+            .expect("a free slot, whatever the head word says");
+        plant(head);
+        let waiter_pool = pool.clone();
+        let waiter = std::thread::spawn(move || {
+            waiter_pool
+                .blocking_acquire_timeout(Duration::from_secs(20))
+                .map(drop)
+        });
+        wait_for_waiters(&pool, 1);
+        plant(head);
+        drop(held);
+        waiter
+            .join()
+            .expect("waiter thread")
+            .unwrap_or_else(|e| panic!("head {head}: the waiter was not served: {e}"));
+    }
+}
+
+#[test]
 fn a_pool_directory_others_could_have_prepared_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pool = dir.path().join("pool");
