@@ -2,7 +2,7 @@
 //! which kind a client or the server came through.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,12 +23,33 @@ pub(crate) enum Listener {
     Unix(UnixListener, UnixPath),
 }
 
-/// Removes a unix socket file this gate created, on drop.
-pub(crate) struct UnixPath(PathBuf);
+/// Removes a unix socket file this gate created, on drop: only while the
+/// path still names that socket (same device and inode), never a file
+/// somebody put there since.
+pub(crate) struct UnixPath {
+    path: PathBuf,
+    id: Option<(u64, u64)>,
+}
+
+impl UnixPath {
+    fn new(path: PathBuf) -> UnixPath {
+        let id = file_id(&path);
+        UnixPath { path, id }
+    }
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
 
 impl Drop for UnixPath {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if self.id.is_some() && file_id(&self.path) == self.id {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -56,7 +77,16 @@ impl Listener {
                 }))
             }
             Endpoint::Unix(path) => {
-                if path.exists() {
+                if let Ok(meta) = std::fs::symlink_metadata(path) {
+                    use std::os::unix::fs::FileTypeExt;
+                    // Only a socket is ours to replace: a file or a symlink
+                    // at the path is somebody's mistake, not a stale gate.
+                    if !meta.file_type().is_socket() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::AlreadyExists,
+                            "something other than a socket is at this path; remove it or listen elsewhere",
+                        ));
+                    }
                     if UnixStream::connect(path).await.is_ok() {
                         return Err(io::Error::new(
                             io::ErrorKind::AddrInUse,
@@ -71,7 +101,7 @@ impl Listener {
                 rustix::net::listen(&std, BACKLOG as i32)?;
                 Ok(Listener::Unix(
                     UnixListener::from_std(std)?,
-                    UnixPath(path.clone()),
+                    UnixPath::new(path.clone()),
                 ))
             }
         }
@@ -81,7 +111,7 @@ impl Listener {
     pub(crate) fn local_endpoint(&self) -> io::Result<Endpoint> {
         match self {
             Listener::Tcp(l) => Ok(Endpoint::from(l.local_addr()?)),
-            Listener::Unix(_, p) => Ok(Endpoint::Unix(p.0.clone())),
+            Listener::Unix(_, p) => Ok(Endpoint::Unix(p.path.clone())),
         }
     }
 
@@ -95,7 +125,7 @@ impl Listener {
             }
             Listener::Unix(l, p) => {
                 let (s, _) = l.accept().await?;
-                Ok((Stream::Unix(s), format!("unix:{}", p.0.display())))
+                Ok((Stream::Unix(s), format!("unix:{}", p.path.display())))
             }
         }
     }
@@ -221,5 +251,53 @@ impl Stream {
                     .map_err(io::Error::from)
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_unix_listen_path_holding_a_file_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let notes = dir.path().join("notes.txt");
+        std::fs::write(&notes, "precious").unwrap();
+        let err = runtime()
+            .block_on(Listener::bind(&Endpoint::Unix(notes.clone())))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("other than a socket"), "{err}");
+        assert_eq!(std::fs::read(&notes).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn a_unix_socket_is_removed_on_drop_only_while_it_is_still_ours() {
+        let rt = runtime();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gate.sock");
+        // A stale socket (nobody accepts) is replaced.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let listener = rt
+            .block_on(Listener::bind(&Endpoint::Unix(path.clone())))
+            .unwrap();
+        drop(listener);
+        assert!(!path.exists(), "our socket is removed");
+
+        // Somebody replaced it while we ran: theirs stays.
+        let listener = rt
+            .block_on(Listener::bind(&Endpoint::Unix(path.clone())))
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "theirs").unwrap();
+        drop(listener);
+        assert_eq!(std::fs::read(&path).unwrap(), b"theirs");
     }
 }
