@@ -222,7 +222,12 @@ impl GateControl {
     /// `within` to finish (queued ones may still be admitted), then
     /// everything left is closed. A second call does not extend the time.
     pub fn drain(&self, within: Duration) {
-        let deadline = Instant::now() + within;
+        // `Duration::MAX` (no limit) and anything past what an Instant
+        // holds: a deadline a century out.
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(within)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
         self.phase.send_if_modified(|p| match p {
             Phase::Running => {
                 *p = Phase::Draining(deadline);

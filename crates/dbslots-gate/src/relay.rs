@@ -270,10 +270,11 @@ pub(crate) async fn idle_expired(
     demand: &tokio::sync::Notify,
     someone_waits: impl Fn() -> bool,
 ) {
-    let idle_ms = idle.as_millis() as u64;
+    // `Duration::MAX` and anything past u64 milliseconds: never due.
+    let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
     loop {
         let (at, server_last) = activity.last();
-        let due = at + idle_ms;
+        let due = at.saturating_add(idle_ms);
         let now = clock.now_ms();
         if now < due || !server_last {
             // Not idle long enough, or a query is running (the client spoke

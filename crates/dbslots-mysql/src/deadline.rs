@@ -129,7 +129,11 @@ impl Watchdog {
 /// Runs `fut` until it finishes or `after` has passed; `Err(())` when the
 /// deadline came first (`fut` is then dropped).
 pub(crate) async fn within<F: Future>(after: Duration, fut: F) -> Result<F::Output, ()> {
-    let expiry = watchdog().register(Instant::now() + after);
+    let Some(at) = Instant::now().checked_add(after) else {
+        // Past what an Instant holds: no deadline.
+        return Ok(fut.await);
+    };
+    let expiry = watchdog().register(at);
     let mut fut = std::pin::pin!(fut);
     std::future::poll_fn(|cx| {
         if let Poll::Ready(v) = fut.as_mut().poll(cx) {

@@ -313,7 +313,8 @@ fn stop_on_lost_lease(slot: &dbslots_core::Slot, pid: u32, grace: Duration, exit
     );
     // SAFETY: kill on a pid that is not reaped (we hold the flag's lock).
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-    let deadline = std::time::Instant::now() + grace;
+    // A century stands for a grace past what an Instant holds.
+    let deadline = std::time::Instant::now() + grace.min(Duration::from_secs(100 * 365 * 86_400));
     while !*done {
         let now = std::time::Instant::now();
         if now >= deadline {

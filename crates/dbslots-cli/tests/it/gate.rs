@@ -808,6 +808,45 @@ fn idle_timeout_closes_an_idle_client_for_a_waiter_but_not_a_running_query() {
 }
 
 #[test]
+fn an_idle_timeout_longer_than_a_clock_holds_never_closes_a_client() {
+    let Some(upstream) = shared_upstream() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    let gate = GateProc::start(
+        dir.path(),
+        &upstream,
+        pool.to_str().unwrap(),
+        &[
+            "--capacity",
+            "1",
+            "--idle-timeout",
+            "1e30",
+            "--queue-timeout",
+            "1.5",
+        ],
+    );
+    let url = gate.url();
+    runtime().block_on(async move {
+        let mut idle = mysql_async::Conn::from_url(&url)
+            .await
+            .expect("first client");
+        let _: Option<u8> = idle.query_first("SELECT 1").await.unwrap();
+        let err = mysql_async::Conn::from_url(&url)
+            .await
+            .expect_err("the waiter times out: the idle client keeps its slot");
+        assert!(err.to_string().contains("1040"), "{err}");
+        let _: Option<u8> = idle
+            .query_first("SELECT 1")
+            .await
+            .expect("the idle client was not closed");
+    });
+    let r = gate.report_when("a queue timeout", |r| r.queue_timeouts == 1);
+    assert_eq!(r.idle_closes, 0);
+}
+
+#[test]
 fn sigkill_of_the_gate_frees_its_slots_and_sigterm_drains() {
     let Some(upstream) = shared_upstream() else {
         return;
@@ -872,7 +911,9 @@ fn sigkill_of_the_gate_frees_its_slots_and_sigterm_drains() {
 
     // The drain time is a bound: an idle client does not keep it open, and
     // a second SIGTERM closes at once.
-    for (drain, second_term, bound) in [("1", false, 4), ("30", true, 3)] {
+    // A drain time past what a clock holds means no limit, not a crash of
+    // the signal handling.
+    for (drain, second_term, bound) in [("1", false, 4), ("30", true, 3), ("1e19", true, 3)] {
         let mut gate = GateProc::start(dir.path(), &upstream, &pool_arg, &["--drain", drain]);
         let url = gate.url();
         rt.block_on(async {

@@ -260,7 +260,17 @@ fn a_second_processor_on_the_same_lock_exits_at_once_and_sigterm_leaves_the_job_
     let mut first = db
         .dbslots(
             "run",
-            &["--lock-file", lock, "--batch-rows", "100", "--sleep", "1"],
+            // A max time past what a clock holds is no limit (not a crash).
+            &[
+                "--lock-file",
+                lock,
+                "--batch-rows",
+                "100",
+                "--sleep",
+                "1",
+                "--max-time",
+                "1e19",
+            ],
             "first",
         )
         .spawn()

@@ -480,6 +480,8 @@ fn ctrl_c_leaves_no_worker_running() {
     for (extra, ignore_term) in [
         (&["--grace", "10"][..], false),
         (&["--grace", "0.5", "--hold-slot"][..], true),
+        // Longer than a clock holds: no SIGKILL deadline, no crash.
+        (&["--grace", "1e19"][..], false),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let (child, sleepers) = start_sleepers(dir.path(), extra, ignore_term);

@@ -137,7 +137,8 @@ impl Lease {
 
     /// Waits up to `timeout` for the lease to be lost; true when it is.
     pub fn wait_lost(&self, timeout: Duration) -> bool {
-        let until = Instant::now() + timeout;
+        // No deadline past what an Instant holds (`Duration::MAX`: forever).
+        let until = Instant::now().checked_add(timeout);
         let mut st = self.state();
         loop {
             let now = Instant::now();
@@ -145,10 +146,10 @@ impl Lease {
             if st.gone.is_some() || now >= deadline {
                 return true;
             }
-            if now >= until {
+            if until.is_some_and(|u| now >= u) {
                 return false;
             }
-            let wait = deadline.min(until) - now;
+            let wait = until.map_or(deadline, |u| deadline.min(u)) - now;
             st = self
                 .changed
                 .wait_timeout(st, wait)

@@ -141,6 +141,23 @@ fn an_evicted_lease_quarantines() {
 }
 
 #[test]
+fn waiting_without_limit_for_a_lease_to_be_lost_returns_when_it_is() {
+    let Some(url) = redis_url() else { return };
+    let addr = unique_pool(&url);
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let slot = pool.try_acquire().expect("try").expect("free");
+    let mut conn = admin(&url);
+    let _: () = ::redis::cmd("DEL")
+        .arg(format!("dbslots:{{{}}}:leases", pool_name(&addr)))
+        .query(&mut conn)
+        .expect("DEL");
+    let started = Instant::now();
+    // Duration::MAX: "forever", which no Instant can hold.
+    assert!(slot.wait_lost(Duration::MAX), "the evicted lease is lost");
+    assert!(started.elapsed() < lease() * 2, "{:?}", started.elapsed());
+}
+
+#[test]
 fn resize_after_the_keys_vanished_quarantines() {
     let _serial = crate::support::timing_sensitive();
     let Some(url) = redis_url() else { return };

@@ -153,7 +153,8 @@ impl Processor {
         // job is claimed.
         canonical_dirs(&self.options.source_dirs)?;
         let started = Instant::now();
-        let deadline = run.max_time.map(|t| started + t);
+        // A max time past what an Instant holds is no limit.
+        let deadline = run.max_time.and_then(|t| started.checked_add(t));
         let sleep = run.sleep.unwrap_or(Duration::from_secs(3));
         let mut summary = Summary {
             jobs: Vec::new(),
@@ -194,7 +195,9 @@ impl Processor {
                                 break RunEnd::QueueEmpty;
                             }
                             tracing::debug!(sleep = ?sleep, "no job pending; connection closed, sleeping");
-                            let wake = Instant::now() + sleep;
+                            // A sleep past what an Instant holds: a day,
+                            // then look again.
+                            let wake = Instant::now() + sleep.min(Duration::from_secs(86_400));
                             let wake = deadline.map_or(wake, |d| wake.min(d));
                             tokio::select! {
                                 () = stop.stopped() => {}

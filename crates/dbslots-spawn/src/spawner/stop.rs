@@ -77,7 +77,9 @@ impl Ctx {
                             self.options.grace.as_secs_f64()
                         ));
                         tracing::warn!(signal = ?state.signal, running, "stopping workers");
-                        kill_at = Some(tokio::time::Instant::now() + self.options.grace);
+                        // A grace past what an Instant holds: no SIGKILL
+                        // but the one a second signal asks for.
+                        kill_at = tokio::time::Instant::now().checked_add(self.options.grace);
                     }
                     Phase::Kill => {
                         self.reporter

@@ -30,6 +30,8 @@ const LINGER_POLL_MAX: Duration = Duration::from_millis(200);
 /// How often a worker's supervisor looks whether its slot's lease (Redis
 /// pool) was lost; the look is local (no network).
 const LEASE_POLL: Duration = Duration::from_millis(20);
+/// Stands for a grace longer than an `Instant` can reach.
+const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 impl Ctx {
     /// Hands a started worker to its supervisor task.
@@ -102,7 +104,9 @@ impl Ctx {
                                         signal_phase(pgid, Phase::Terminate, index);
                                         sent = Phase::Terminate;
                                     }
-                                    kill_at = Some(Instant::now() + grace);
+                                    // A century stands for a grace past what
+                                    // an Instant holds (`Duration::MAX`).
+                                    kill_at = Some(Instant::now() + grace.min(CENTURY));
                                 }
                                 (Some(at), _) if Instant::now() >= at => {
                                     signal_phase(pgid, Phase::Kill, index);
