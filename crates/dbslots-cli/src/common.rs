@@ -12,7 +12,7 @@ pub const EXIT_TIMEOUT: u8 = 75;
 pub struct PoolArgs {
     /// The pool: a directory shared by every process that uses it
     /// [default: $XDG_RUNTIME_DIR/dbslots/default, or /run/dbslots/default for root]
-    #[arg(long, env = dbslots_core::env::POOL, value_name = "DIR")]
+    #[arg(long, env = dbslots_core::env::POOL, hide_env_values = true, value_name = "DIR")]
     pub pool: Option<String>,
 
     /// Capacity of the pool; needed only to create it (checked against an

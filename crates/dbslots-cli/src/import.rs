@@ -148,7 +148,7 @@ struct RunArgs {
     lock_file: Option<PathBuf>,
 
     /// Hold a slot of this pool while connected [default: connect directly]
-    #[arg(long, env = dbslots_core::env::POOL, value_name = "DIR")]
+    #[arg(long, env = dbslots_core::env::POOL, hide_env_values = true, value_name = "DIR")]
     pool: Option<String>,
 
     /// Capacity of the pool; needed only to create it

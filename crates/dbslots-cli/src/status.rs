@@ -45,7 +45,7 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct ResizeArgs {
     /// The pool
-    #[arg(long, env = dbslots_core::env::POOL, value_name = "DIR")]
+    #[arg(long, env = dbslots_core::env::POOL, hide_env_values = true, value_name = "DIR")]
     pool: Option<String>,
 
     /// The new capacity

@@ -34,7 +34,7 @@ const REFRESH: Duration = Duration::from_secs(1);
 pub struct WatchArgs {
     /// The pool
     /// [default: $XDG_RUNTIME_DIR/dbslots/default, or /run/dbslots/default for root]
-    #[arg(long, env = dbslots_core::env::POOL, value_name = "DIR")]
+    #[arg(long, env = dbslots_core::env::POOL, hide_env_values = true, value_name = "DIR")]
     pool: Option<String>,
 
     /// The MySQL server whose connections to show as well (read with a

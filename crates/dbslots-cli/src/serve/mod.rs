@@ -61,7 +61,7 @@ pub const SERVER_WAIT: Duration = Duration::from_millis(300);
 pub struct ServeArgs {
     /// A pool to show; repeat for several
     /// [default: $DBSLOTS_POOL, else the private default pool]
-    #[arg(long = "pool", env = dbslots_core::env::POOL, value_name = "DIR")]
+    #[arg(long = "pool", env = dbslots_core::env::POOL, hide_env_values = true, value_name = "DIR")]
     pools: Vec<String>,
 
     /// The MySQL server whose connections to show (read with a monitor

@@ -34,6 +34,37 @@ fn awkward_passwords_never_reach_an_error_message() {
     }
 }
 
+#[test]
+fn help_never_shows_the_pool_or_database_url_from_the_environment() {
+    // `exec` and `spawn` pass DBSLOTS_POOL to every worker, so anything in
+    // the fleet that prints our help would otherwise print the password.
+    let pool = "redis://app:Zse-pool-pw@127.0.0.1:1/0?pool=p";
+    let db = "mysql://app:Zse-db-pw@127.0.0.1:1/app";
+    for args in [
+        &["exec", "--help"][..],
+        &["spawn", "--help"],
+        &["import", "run", "--help"],
+        &["import", "enqueue", "--help"],
+        &["import", "status", "--help"],
+        &["status", "--help"],
+        &["resize", "--help"],
+        &["connections", "--help"],
+        &["serve", "--help"],
+        &["watch", "--help"],
+        &["gate", "--help"],
+        &["man"],
+    ] {
+        let (out, stdout, stderr) = run(dbslots()
+            .args(args)
+            .env("DBSLOTS_POOL", pool)
+            .env("DATABASE_URL", db));
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        for text in [&stdout, &stderr] {
+            assert!(!text.contains("Zse"), "{args:?}: {text}");
+        }
+    }
+}
+
 /// Runs `args`, expecting a failure whose output holds no piece of the
 /// awkward passwords.
 fn check(args: &[&str]) {
