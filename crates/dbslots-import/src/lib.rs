@@ -31,7 +31,11 @@
 //! Files are RFC 4180 CSV, read with `csv-core`: quoted fields may hold the
 //! delimiter (`,` by default, or `;` or tab), doubled quotes, CR and LF;
 //! records end with LF or CRLF; a UTF-8 byte order mark is skipped. A
-//! record over [`MAX_RECORD_BYTES`] is rejected, never buffered.
+//! record over [`MAX_RECORD_BYTES`] is rejected, never buffered. So is a
+//! record that breaks the quoting rules (text after a quoted field's
+//! closing quote, or a quote never closed before the end of the file),
+//! naming the line of the quote: read leniently, one stray quote would
+//! merge the records after it into one field.
 //!
 //! Every value is checked against its column's type as the server in strict
 //! mode would store it, and a value the server would round, truncate or

@@ -18,6 +18,14 @@
 //! hash of the file up to it. Line feeds before a record (blank lines) are
 //! consumed before the record starts, so a record's line number is the line
 //! its first byte is on. A UTF-8 byte order mark at offset 0 is skipped.
+//!
+//! `csv-core` is lenient where RFC 4180 is strict: text after a closing
+//! quote is appended to the field, and the end of the file inside quotes
+//! ends the record. So one stray opening quote would silently merge the
+//! records after it into one field, which may even have the right field
+//! count. [`QuoteCheck`] runs alongside on the same bytes and marks such a
+//! record [`Malformed`], for the importer to reject with where the quote
+//! went wrong.
 
 use std::io::{self, Read};
 
@@ -55,6 +63,23 @@ pub(crate) enum Oversize {
     Fields,
 }
 
+/// How a record breaks RFC 4180's quoting (its fields are kept, but are
+/// not what the writer meant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Malformed {
+    /// A quoted field's closing quote, on this line, is followed by text
+    /// rather than a delimiter or the end of the line.
+    TextAfterQuote {
+        /// The line of the closing quote.
+        line_no: u64,
+    },
+    /// The file ends inside a quoted field opened on this line.
+    UnclosedQuote {
+        /// The line of the opening quote.
+        line_no: u64,
+    },
+}
+
 /// A record just read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RecordInfo {
@@ -62,6 +87,8 @@ pub(crate) struct RecordInfo {
     pub line_no: u64,
     /// Set when the record did not fit and its fields were not kept.
     pub oversize: Option<Oversize>,
+    /// Set when the record breaks RFC 4180's quoting.
+    pub malformed: Option<Malformed>,
     /// Its raw length in bytes, line break included.
     pub raw_len: u64,
 }
@@ -78,8 +105,94 @@ pub(crate) struct RecordReader<R> {
     ends: Box<[usize]>,
     fields: usize,
     raw: Vec<u8>,
+    quotes: QuoteCheck,
     at: Checkpoint,
     hash: Xxh3,
+}
+
+/// RFC 4180's quoting rules, checked over a record's bytes as they are
+/// consumed (see the module docs for why `csv-core` alone is not enough).
+#[derive(Debug, Clone, Copy)]
+struct QuoteCheck {
+    delimiter: u8,
+    state: QuoteState,
+    /// Line feeds seen in the record so far.
+    lines: u64,
+    /// Lines into the record where the open quoted field started.
+    opened_at: u64,
+    malformed: Option<Malformed>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QuoteState {
+    /// At the start of a field.
+    FieldStart,
+    /// In a field that did not start with a quote (quotes in it are text).
+    Unquoted,
+    /// In a quoted field.
+    Quoted,
+    /// Just after a quote in a quoted field: a doubled quote, or the end.
+    QuoteInQuoted,
+    /// Past the record's end, or past the first problem.
+    Done,
+}
+
+impl QuoteCheck {
+    fn new(delimiter: u8) -> Self {
+        QuoteCheck {
+            delimiter,
+            state: QuoteState::FieldStart,
+            lines: 0,
+            opened_at: 0,
+            malformed: None,
+        }
+    }
+
+    /// Starts over, for the next record.
+    fn start(&mut self) {
+        *self = QuoteCheck::new(self.delimiter);
+    }
+
+    /// Checks the next bytes of the record that starts on `line_no`.
+    fn feed(&mut self, bytes: &[u8], line_no: u64) {
+        use QuoteState::*;
+        for &b in bytes {
+            let end_of_line = b == b'\n' || b == b'\r';
+            self.state = match (self.state, b) {
+                (Done, _) => return,
+                (FieldStart, b'"') => {
+                    self.opened_at = self.lines;
+                    Quoted
+                }
+                (FieldStart | Unquoted | QuoteInQuoted, _) if end_of_line => Done,
+                (FieldStart | Unquoted | QuoteInQuoted, d) if d == self.delimiter => FieldStart,
+                (FieldStart | Unquoted, _) => Unquoted,
+                (Quoted, b'"') => QuoteInQuoted,
+                (Quoted, _) => Quoted,
+                (QuoteInQuoted, b'"') => Quoted,
+                (QuoteInQuoted, _) => {
+                    self.malformed = Some(Malformed::TextAfterQuote {
+                        line_no: line_no + self.lines,
+                    });
+                    Done
+                }
+            };
+            if b == b'\n' {
+                self.lines += 1;
+            }
+        }
+    }
+
+    /// The record's problem, once its last byte was fed (at the end of the
+    /// file, an open quoted field is one).
+    fn finish(&mut self, line_no: u64) -> Option<Malformed> {
+        if self.state == QuoteState::Quoted {
+            self.malformed = Some(Malformed::UnclosedQuote {
+                line_no: line_no + self.opened_at,
+            });
+        }
+        self.malformed
+    }
 }
 
 impl<R: Read> RecordReader<R> {
@@ -98,6 +211,7 @@ impl<R: Read> RecordReader<R> {
             ends: vec![0; MAX_FIELDS].into_boxed_slice(),
             fields: 0,
             raw: Vec::with_capacity(MAX_RAW_LINE_BYTES),
+            quotes: QuoteCheck::new(delimiter),
             at,
             hash,
         }
@@ -167,12 +281,17 @@ impl<R: Read> RecordReader<R> {
         }
     }
 
-    fn consume(&mut self, n: usize, keep_raw: bool) {
+    /// Consumes `n` bytes of input; `in_record`: they belong to the record
+    /// being read (kept as its raw text, checked for quoting).
+    fn consume(&mut self, n: usize, in_record: bool, line_no: u64) {
         let bytes = &self.input[self.pos..self.pos + n];
         self.hash.update(bytes);
+        if in_record {
+            self.quotes.feed(bytes, line_no);
+        }
         self.at.offset += n as u64;
         self.at.line_no += memchr::memchr_iter(b'\n', bytes).count() as u64;
-        if keep_raw && self.raw.len() < MAX_RAW_LINE_BYTES {
+        if in_record && self.raw.len() < MAX_RAW_LINE_BYTES {
             let room = (MAX_RAW_LINE_BYTES - self.raw.len()).min(n);
             self.raw.extend_from_slice(&bytes[..room]);
         }
@@ -188,7 +307,7 @@ impl<R: Read> RecordReader<R> {
                 return Ok(None);
             }
             if self.at.offset == 0 && self.input[..self.len].starts_with(b"\xEF\xBB\xBF") {
-                self.consume(3, false);
+                self.consume(3, false, 0);
                 continue;
             }
             let blank = self.input[self.pos..self.len]
@@ -198,11 +317,12 @@ impl<R: Read> RecordReader<R> {
             if blank == 0 {
                 break;
             }
-            self.consume(blank, false);
+            self.consume(blank, false, 0);
         }
         let line_no = self.at.line_no + 1;
         let start = self.at.offset;
         self.raw.clear();
+        self.quotes.start();
         self.fields = 0;
         let mut nout = 0;
         let mut oversize = None;
@@ -219,7 +339,7 @@ impl<R: Read> RecordReader<R> {
                 let mut ends = [0usize; 64];
                 self.parser.read_record(input, &mut sink, &mut ends)
             };
-            self.consume(nin, true);
+            self.consume(nin, true, line_no);
             if oversize.is_none() {
                 nout += written;
                 self.fields += nend;
@@ -244,9 +364,11 @@ impl<R: Read> RecordReader<R> {
         if oversize.is_some() {
             self.fields = 0;
         }
+        let malformed = self.quotes.finish(line_no);
         Ok(Some(RecordInfo {
             line_no,
             oversize,
+            malformed,
             raw_len: self.at.offset - start,
         }))
     }
@@ -346,6 +468,58 @@ mod tests {
         assert_eq!((next.line_no, next.oversize), (3, None));
         assert_eq!(r.field(0), b"ok");
         assert!(r.next_record().unwrap().is_none());
+    }
+
+    fn quoting(data: &[u8]) -> Vec<(u64, Option<Malformed>)> {
+        let mut r = RecordReader::new(data, b',', Checkpoint::default(), Xxh3::new());
+        let mut out = Vec::new();
+        while let Some(info) = r.next_record().unwrap() {
+            out.push((info.line_no, info.malformed));
+        }
+        out
+    }
+
+    #[test]
+    fn a_stray_quote_that_would_merge_records_is_marked() {
+        // The reviewer's file: csv-core alone reads records 2-4 as one
+        // field of record 1, with the right field count.
+        let got = quoting(b"id,note\n1,\"first\n2,second\n3,\"third\"\n4,fourth\n");
+        assert_eq!(
+            got,
+            [
+                (1, None),
+                (2, Some(Malformed::TextAfterQuote { line_no: 4 })),
+                (5, None),
+            ]
+        );
+        assert_eq!(
+            quoting(b"a,b\n1,\"open\n2,x\n"),
+            [
+                (1, None),
+                (2, Some(Malformed::UnclosedQuote { line_no: 2 }))
+            ]
+        );
+        assert_eq!(
+            quoting(b"a,b\n1,\"x\"y\n"),
+            [
+                (1, None),
+                (2, Some(Malformed::TextAfterQuote { line_no: 2 }))
+            ]
+        );
+    }
+
+    #[test]
+    fn well_formed_quoting_and_quotes_inside_unquoted_fields_pass() {
+        let data =
+            b"a,b\r\n\"x,1\",\"say \"\"hi\"\"\"\r\n\"multi\nline\",2\n5\" pipe,\"\"\nlast,\"end\"";
+        assert!(
+            quoting(data).iter().all(|(_, m)| m.is_none()),
+            "{:?}",
+            quoting(data)
+        );
+        // Resuming in the middle of a file starts clean.
+        let mut r = RecordReader::new(&b"x,\"y\"\n"[..], b',', Checkpoint::default(), Xxh3::new());
+        assert_eq!(r.next_record().unwrap().unwrap().malformed, None);
     }
 
     #[test]

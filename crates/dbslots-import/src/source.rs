@@ -34,7 +34,8 @@ use tokio::sync::mpsc;
 use crate::batch::{Batch, BatchBuilder, Limits};
 use crate::identity::FileIdentity;
 use crate::record::{
-    Checkpoint, MAX_FIELDS, MAX_RECORD_BYTES, Oversize, PrefixHash, RecordReader, hash_prefix,
+    Checkpoint, MAX_FIELDS, MAX_RECORD_BYTES, Malformed, Oversize, PrefixHash, RecordReader,
+    hash_prefix,
 };
 use crate::table::{MappingProblem, Table};
 use crate::value::{self, Form, Zone};
@@ -197,6 +198,19 @@ pub(crate) fn open_checked(path: &Path, source_dirs: &[PathBuf]) -> Result<File,
 
 /// The header of an open file (read from its start) as column names, and
 /// the reader positioned after it.
+/// What is wrong with a record's quoting, for the rejection (or the
+/// header's error).
+fn quoting_problem(m: Malformed) -> String {
+    match m {
+        Malformed::TextAfterQuote { line_no } => format!(
+            "bad quoting: a quoted field's closing quote on line {line_no} is followed by text; a quote inside a quoted field must be doubled (\"\"), and a record spanning lines here usually means a quote was opened and never closed"
+        ),
+        Malformed::UnclosedQuote { line_no } => format!(
+            "bad quoting: the quote opened on line {line_no} is never closed before the end of the file"
+        ),
+    }
+}
+
 pub(crate) fn read_header<'f>(
     path: &Path,
     file: &'f File,
@@ -219,6 +233,9 @@ pub(crate) fn read_header<'f>(
             "it is over {} KiB or has over {MAX_FIELDS} fields (is the delimiter right?)",
             MAX_RECORD_BYTES / 1024
         )));
+    }
+    if let Some(m) = info.malformed {
+        return Err(header(quoting_problem(m)));
     }
     let mut names = Vec::with_capacity(reader.field_count());
     for (i, field) in reader.fields().enumerate() {
@@ -352,6 +369,7 @@ fn read(plan: &ReadPlan, tx: &mpsc::Sender<Message>) -> Result<(), FileProblem> 
                 ),
             )),
             Some(Oversize::Fields) => Some((None, format!("record has over {MAX_FIELDS} fields"))),
+            None if info.malformed.is_some() => info.malformed.map(|m| (None, quoting_problem(m))),
             None if reader.field_count() != fields => Some((
                 None,
                 format!(

@@ -79,11 +79,55 @@ fn quoted_fields_keep_delimiters_quotes_and_line_breaks() {
         ];
         assert_eq!(got, expected);
         // Record 5 opens a quote that runs to the end of the file: one
-        // record of two fields starting on line 8, rejected there.
+        // record starting on line 8, rejected there for its quote.
         let errors = rejections(&db, ids[0]).await;
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].0, 8);
-        assert!(errors[0].2.contains("expected 3"), "{errors:?}");
+        assert!(
+            errors[0]
+                .2
+                .contains("quote opened on line 8 is never closed"),
+            "{errors:?}"
+        );
+    });
+}
+
+#[test]
+fn a_stray_quote_never_merges_records_silently() {
+    let Some(db) = TestDb::create("stray") else {
+        return;
+    };
+    // Record 2 opens a quote that record 4 appears to close: read leniently,
+    // lines 2-4 are one record of the right field count, whose body holds
+    // records 3 and 4.
+    let path = db.write(
+        "stray.csv",
+        b"id,body,tag\n1,\"first,a\n2,second,b\n3,\"third\",c\n4,fourth,d\n",
+    );
+    let queue = Queue::new(&db.url, None).unwrap();
+    db.block_on(async {
+        db.sql(&[NOTES]).await;
+        let ids = queue
+            .enqueue(&[&path], &EnqueueOptions::new("notes"))
+            .await
+            .unwrap();
+        let summary = run_once(&queue, ProcessorOptions::new()).await;
+        assert_eq!(summary.jobs[0].outcome, JobOutcome::CompletedWithErrors);
+        assert_eq!(
+            (summary.jobs[0].rows_imported, summary.jobs[0].rows_rejected),
+            (1, 1)
+        );
+        let ids_in: Vec<i32> = bodies(&db).await.into_iter().map(|r| r.0).collect();
+        assert_eq!(ids_in, [4]);
+        let errors = rejections(&db, ids[0]).await;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].0, 2, "{errors:?}");
+        assert!(
+            errors[0]
+                .2
+                .contains("closing quote on line 4 is followed by text"),
+            "{errors:?}"
+        );
     });
 }
 
