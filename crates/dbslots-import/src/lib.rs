@@ -26,7 +26,9 @@
 //! unless [`EnqueueOptions::no_key`] is set: then rows are appended with a
 //! plain `INSERT`, a job still never writes a record twice (its
 //! checkpoint), but **a second enqueue of the same file appends every row
-//! again**.
+//! again**. A key of `NOT NULL` columns is preferred; when the file covers
+//! only a key with a nullable column, a record with NULL there is rejected
+//! (NULLs never match, so a second import would add that row again).
 //!
 //! Files are RFC 4180 CSV, read with `csv-core`: quoted fields may hold the
 //! delimiter (`,` by default, or `;` or tab), doubled quotes, CR and LF;

@@ -160,10 +160,16 @@ impl Table {
         }) {
             return Err(MappingProblem::MissingRequired(missing.1.name.clone()));
         }
+        // A key of NOT NULL columns if the file covers one; else any key it
+        // covers, whose nullable columns then refuse NULL (see
+        // `Column::null_breaks_key`).
+        let covered = |k: &&Key| k.columns.iter().all(|c| picked.contains(c));
         let key = self
             .keys
             .iter()
-            .find(|k| k.columns.iter().all(|c| picked.contains(c)));
+            .filter(covered)
+            .find(|k| k.columns.iter().all(|&c| !self.columns[c].nullable))
+            .or_else(|| self.keys.iter().find(covered));
         if key.is_none() && !no_key {
             let keys = if self.keys.is_empty() {
                 "it has none".to_owned()
@@ -187,7 +193,18 @@ impl Table {
                 keys,
             });
         }
-        let columns: Vec<Column> = picked.iter().map(|&c| self.columns[c].clone()).collect();
+        let columns: Vec<Column> = picked
+            .iter()
+            .map(|&c| {
+                let mut column = self.columns[c].clone();
+                if let Some(key) =
+                    key.filter(|k| !no_key && column.nullable && k.columns.contains(&c))
+                {
+                    column.null_breaks_key = Some(key.name.clone());
+                }
+                column
+            })
+            .collect();
         let mut head = format!("INSERT INTO {} (", quote_name(&self.name));
         for (i, c) in columns.iter().enumerate() {
             if i > 0 {
@@ -338,6 +355,7 @@ pub(crate) async fn load(conn: &mut Conn, name: &str) -> DbResult<Result<Table, 
                         || nullable == "YES",
                     auto_increment: extra.contains("auto_increment"),
                     generated,
+                    null_breaks_key: None,
                 }
             },
         )
@@ -392,6 +410,7 @@ mod tests {
             has_default: nullable,
             auto_increment: false,
             generated: false,
+            null_breaks_key: None,
         }
     }
 

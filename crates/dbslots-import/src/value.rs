@@ -52,6 +52,10 @@ pub(crate) struct Column {
     pub has_default: bool,
     pub auto_increment: bool,
     pub generated: bool,
+    /// The key a job's writes are idempotent by, when this nullable column
+    /// is part of it: NULL is refused here, because NULLs never collide
+    /// and a second import of the file would add the row again.
+    pub null_breaks_key: Option<String>,
 }
 
 /// A character set the importer can check text against.
@@ -439,6 +443,11 @@ pub(crate) fn write(
     sql: &mut String,
 ) -> Result<(), Reason> {
     if field == b"\\N" || (field.is_empty() && (column.nullable || !column.kind.is_texty())) {
+        if let Some(key) = &column.null_breaks_key {
+            return Err(format!(
+                "NULL in a column of the key {key}, which makes importing the file twice update rows rather than add them again (NULLs never match); give it a value, or enqueue with EnqueueOptions::no_key"
+            ));
+        }
         if column.nullable {
             sql.push_str(if form == Form::Sql { "NULL" } else { "\\N" });
             return Ok(());
@@ -1031,6 +1040,7 @@ mod tests {
             has_default: nullable,
             auto_increment: false,
             generated: false,
+            null_breaks_key: None,
         }
     }
 
