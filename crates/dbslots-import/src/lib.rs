@@ -49,9 +49,9 @@
 //! | `TINYINT` … `BIGINT` | decimal integers in the signed or `UNSIGNED` range; `TINYINT(1)` (`BOOLEAN`) also `true`/`false` |
 //! | `DECIMAL(p,s)` | at most `p-s` integer digits and `s` decimals (trailing zeros beyond `s` are fine), no exponent |
 //! | `FLOAT`, `DOUBLE` | finite decimal numbers, exponent allowed, within the type's range (stored as the nearest binary value, as the server does) |
-//! | `CHAR(n)`, `VARCHAR(n)` | UTF-8 text of at most `n` characters that the column's character set (utf8mb4, utf8mb3, latin1, ascii) can hold |
+//! | `CHAR(n)`, `VARCHAR(n)` | UTF-8 text of at most `n` characters that the column's character set (utf8mb4, utf8mb3, latin1, ascii) can hold; in `CHAR`, no trailing spaces (the server drops them) |
 //! | `TINYTEXT` … `LONGTEXT` | the same, at most the type's length in bytes |
-//! | `BINARY`, `VARBINARY`, `BLOB`s | the field's bytes, at most the column's length |
+//! | `BINARY`, `VARBINARY`, `BLOB`s | the field's bytes, at most the column's length; in `BINARY(n)`, exactly `n` (the server pads shorter values with zero bytes) |
 //! | `ENUM`, `SET` | members (ASCII case ignored on case-insensitive collations), stored in the column's spelling |
 //! | `DATE` | `YYYY-MM-DD`, a real calendar date in the years 1000 to 9999 |
 //! | `DATETIME(n)` | `YYYY-MM-DD hh:mm:ss[.f]` (or with `T`), at most `n` fractional digits, optionally ending in `Z` or an offset (`+01:00`), which converts it to the job's time zone |

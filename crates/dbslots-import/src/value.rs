@@ -130,9 +130,14 @@ pub(crate) enum Kind {
         max_chars: Option<u64>,
         max_bytes: Option<u64>,
         charset: Charset,
+        /// `CHAR(n)`: the server pads values with spaces and strips
+        /// trailing spaces on reading, so a value's own are lost.
+        padded: bool,
     },
     Binary {
         max_bytes: u64,
+        /// `BINARY(n)`: the server pads shorter values with zero bytes.
+        padded: bool,
     },
     Enum {
         members: Vec<String>,
@@ -231,6 +236,7 @@ impl Kind {
                     max_chars: chars,
                     max_bytes: None,
                     charset: cs,
+                    padded: data_type == "char",
                 },
                 _ => Kind::Unsupported(column_type.to_owned()),
             },
@@ -241,12 +247,14 @@ impl Kind {
                     max_chars: None,
                     max_bytes: octets,
                     charset: cs,
+                    padded: false,
                 },
                 _ => Kind::Unsupported(column_type.to_owned()),
             },
             "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => {
                 Kind::Binary {
                     max_bytes: octets.or(chars).unwrap_or(0),
+                    padded: data_type == "binary",
                 }
             }
             "enum" | "set" => {
@@ -458,10 +466,16 @@ pub(crate) fn write(
             "\\N (NULL) in a NOT NULL column".into()
         });
     }
-    if let Kind::Binary { max_bytes } = column.kind {
+    if let Kind::Binary { max_bytes, padded } = column.kind {
         if field.len() as u64 > max_bytes {
             return Err(format!(
                 "{} bytes long; the column holds at most {max_bytes}",
+                field.len()
+            ));
+        }
+        if padded && (field.len() as u64) < max_bytes {
+            return Err(format!(
+                "{} bytes long; BINARY({max_bytes}) would pad it with zero bytes to {max_bytes} (use VARBINARY to store it as it is)",
                 field.len()
             ));
         }
@@ -532,7 +546,14 @@ pub(crate) fn write(
             max_chars,
             max_bytes,
             charset,
+            padded,
         } => {
+            if *padded && text.ends_with(' ') {
+                return Err(
+                    "trailing spaces in a CHAR column, which drops them (use VARCHAR to keep them)"
+                        .into(),
+                );
+            }
             let mut chars = 0u64;
             let mut bytes = 0u64;
             for c in text.chars() {
@@ -1363,5 +1384,34 @@ mod tests {
                 .contains("unknown time zone")
         );
         assert!(Zone::parse("+25:00").is_err());
+    }
+
+    #[test]
+    fn values_a_fixed_width_column_would_pad_are_rejected() {
+        let kind = |data_type: &str, column_type: &str, len: u64, cs: Option<Charset>| {
+            Kind::from_schema(data_type, column_type, Some(len), Some(len), cs, true)
+        };
+        let char6 = kind("char", "char(6)", 6, Some(Charset::Utf8mb4));
+        let varchar6 = kind("varchar", "varchar(6)", 6, Some(Charset::Utf8mb4));
+        let binary4 = kind("binary", "binary(4)", 4, None);
+        let varbinary4 = kind("varbinary", "varbinary(4)", 4, None);
+        assert!(lit(&char6, false, "UTC", "ab").is_ok());
+        assert!(
+            lit(&char6, false, "UTC", " ab").is_ok(),
+            "leading spaces are kept"
+        );
+        assert!(
+            lit(&char6, false, "UTC", "ab  ")
+                .unwrap_err()
+                .contains("trailing spaces in a CHAR column")
+        );
+        assert!(lit(&varchar6, false, "UTC", "ab  ").is_ok());
+        assert!(lit(&binary4, false, "UTC", "abcd").is_ok());
+        assert!(
+            lit(&binary4, false, "UTC", "ab")
+                .unwrap_err()
+                .contains("would pad it with zero bytes")
+        );
+        assert!(lit(&varbinary4, false, "UTC", "ab").is_ok());
     }
 }

@@ -172,3 +172,52 @@ fn every_value_is_checked_by_its_column_and_rejections_name_line_and_column() {
         conn.disconnect().await.unwrap();
     });
 }
+
+#[test]
+fn fixed_width_columns_get_exactly_what_the_file_says_or_a_rejection() {
+    let Some(db) = TestDb::create("fixed") else {
+        return;
+    };
+    // CHAR drops trailing spaces and BINARY pads with zero bytes: such
+    // values would not read back as written, so they are rejected.
+    let path = db.write(
+        "fixed.csv",
+        b"id,code,tag\n1,ab,abcd\n2,ab  ,abcd\n3,ab,ab\n4, ab,wxyz\n",
+    );
+    let queue = Queue::new(&db.url, None).unwrap();
+    db.block_on(async {
+        db.sql(&["CREATE TABLE fixed (
+                id INT NOT NULL PRIMARY KEY,
+                code CHAR(6) NOT NULL,
+                tag BINARY(4) NOT NULL
+            ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"])
+            .await;
+        let ids = queue
+            .enqueue(&[&path], &EnqueueOptions::new("fixed"))
+            .await
+            .unwrap();
+        let summary = run_once(&queue, ProcessorOptions::new()).await;
+        assert_eq!(summary.jobs[0].outcome, JobOutcome::CompletedWithErrors);
+        let errors = rejections(&db, ids[0]).await;
+        let blamed: Vec<(u64, Option<String>)> =
+            errors.iter().map(|e| (e.0, e.1.clone())).collect();
+        assert_eq!(
+            blamed,
+            [(3, Some("code".into())), (4, Some("tag".into()))],
+            "{errors:?}"
+        );
+        let mut conn = db.conn().await;
+        let rows: Vec<(i32, String, Vec<u8>)> = conn
+            .query("SELECT id, code, tag FROM fixed ORDER BY id")
+            .await
+            .unwrap();
+        conn.disconnect().await.unwrap();
+        assert_eq!(
+            rows,
+            [
+                (1, "ab".into(), b"abcd".to_vec()),
+                (4, " ab".into(), b"wxyz".to_vec())
+            ]
+        );
+    });
+}
