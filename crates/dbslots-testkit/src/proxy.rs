@@ -18,6 +18,7 @@ use anyhow::{Context, Result};
 pub struct FreezableProxy {
     port: u16,
     frozen: Arc<AtomicBool>,
+    replies_frozen: Arc<AtomicBool>,
     closed: Arc<AtomicBool>,
 }
 
@@ -34,14 +35,20 @@ impl FreezableProxy {
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let frozen = Arc::new(AtomicBool::new(false));
+        let replies_frozen = Arc::new(AtomicBool::new(false));
         let closed = Arc::new(AtomicBool::new(false));
-        let (f, c) = (Arc::clone(&frozen), Arc::clone(&closed));
+        let (f, r, c) = (
+            Arc::clone(&frozen),
+            Arc::clone(&replies_frozen),
+            Arc::clone(&closed),
+        );
         thread::Builder::new()
             .name("freezable-proxy".into())
-            .spawn(move || accept_loop(&listener, target, &f, &c))?;
+            .spawn(move || accept_loop(&listener, target, &f, &r, &c))?;
         Ok(Self {
             port,
             frozen,
+            replies_frozen,
             closed,
         })
     }
@@ -56,12 +63,20 @@ impl FreezableProxy {
         self.frozen.store(true, Ordering::SeqCst);
     }
 
+    /// Drops every byte from the server from now on, while the client's
+    /// still reach it: each request is carried out and its reply is lost,
+    /// as when a connection breaks between the two.
+    pub fn freeze_replies(&self) {
+        self.replies_frozen.store(true, Ordering::SeqCst);
+    }
+
     /// Lets bytes pass again (the network healed): connections made from
     /// now on work; bytes dropped while frozen stay lost, so a client whose
     /// call timed out reconnects, and sockets accepted while frozen stay
     /// dead.
     pub fn thaw(&self) {
         self.frozen.store(false, Ordering::SeqCst);
+        self.replies_frozen.store(false, Ordering::SeqCst);
     }
 }
 
@@ -75,6 +90,7 @@ fn accept_loop(
     listener: &TcpListener,
     target: SocketAddr,
     frozen: &Arc<AtomicBool>,
+    replies_frozen: &Arc<AtomicBool>,
     closed: &Arc<AtomicBool>,
 ) {
     let mut held = Vec::new();
@@ -90,15 +106,19 @@ fn accept_loop(
                 let Ok(server) = TcpStream::connect(target) else {
                     continue;
                 };
-                for (from, to) in [
-                    (client.try_clone(), server.try_clone()),
-                    (server.try_clone(), client.try_clone()),
+                for (from, to, replies) in [
+                    (client.try_clone(), server.try_clone(), false),
+                    (server.try_clone(), client.try_clone(), true),
                 ] {
                     if let (Ok(from), Ok(to)) = (from, to) {
-                        let (f, c) = (Arc::clone(frozen), Arc::clone(closed));
+                        let (f, r, c) = (
+                            Arc::clone(frozen),
+                            Arc::clone(replies_frozen),
+                            Arc::clone(closed),
+                        );
                         let _ = thread::Builder::new()
                             .name("freezable-proxy-pump".into())
-                            .spawn(move || pump(from, to, &f, &c));
+                            .spawn(move || pump(from, to, &f, replies.then_some(&*r), &c));
                     }
                 }
             }
@@ -110,7 +130,14 @@ fn accept_loop(
 
 /// Copies `from` to `to` until closed; while frozen, reads nothing and
 /// writes nothing (bytes in flight when the freeze comes are dropped).
-fn pump(mut from: TcpStream, mut to: TcpStream, frozen: &AtomicBool, closed: &AtomicBool) {
+/// While `dropping` is set, reads and drops what it read.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    frozen: &AtomicBool,
+    dropping: Option<&AtomicBool>,
+    closed: &AtomicBool,
+) {
     let _ = from.set_read_timeout(Some(POLL));
     let mut buf = [0u8; 16 * 1024];
     while !closed.load(Ordering::SeqCst) {
@@ -124,7 +151,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, frozen: &AtomicBool, closed: &At
                 return;
             }
             Ok(n) => {
-                if frozen.load(Ordering::SeqCst) {
+                if frozen.load(Ordering::SeqCst)
+                    || dropping.is_some_and(|d| d.load(Ordering::SeqCst))
+                {
                     continue;
                 }
                 if to.write_all(&buf[..n]).is_err() {

@@ -252,8 +252,12 @@ impl Shared {
                 .key(&k.qexp)
                 .key(&k.qinfo)
                 .key(&k.stats)
+                .key(&k.meta)
+                .key(&k.leases)
+                .key(&k.owners)
                 .arg(token)
                 .arg(if timed_out { "1" } else { "0" })
+                .arg(&k.channel)
                 .invoke::<i64>(c)
         });
     }
@@ -513,7 +517,18 @@ impl RedisPool {
     pub(crate) fn try_acquire(&self) -> Result<Option<u32>> {
         let token = token();
         let sent = Instant::now();
-        let slot = self.shared.acquire_once(&token, true)?;
+        let slot = match self.shared.acquire_once(&token, true) {
+            Ok(slot) => slot,
+            Err(e) => {
+                // The call may have taken a slot whose reply was lost:
+                // give it back (best effort) rather than leave it held for
+                // a lease.
+                if matches!(e, Error::Backend { .. }) {
+                    self.shared.leave(&token, false);
+                }
+                return Err(e);
+            }
+        };
         if slot < 0 {
             return Ok(None);
         }

@@ -148,6 +148,17 @@ local function notify()
     if #next > 0 then redis.call('PUBLISH', chan, table.concat(next, ' ')) end
   end
 end
+-- A call run again after its reply was lost (a timeout, a reset): this
+-- token already holds a slot, which is handed back rather than a second.
+local owned = redis.call('HGETALL', KEYS[3])
+for i = 1, #owned, 2 do
+  if string.sub(owned[i + 1], 1, #token + 1) == token .. ' ' then
+    redis.call('ZADD', KEYS[2], 'XX', now + lease, owned[i])
+    redis.call('ZREM', KEYS[4], token); redis.call('ZREM', KEYS[5], token); redis.call('HDEL', KEYS[6], token)
+    if changed then notify() end
+    return {tonumber(owned[i]), now, cap, maxl, admit}
+  end
+end
 if allowed then
   local slot = -1
   for i = 0, cap - 1 do
@@ -217,10 +228,25 @@ end
 return 1
 "#;
 
-/// KEYS: queue qexp qinfo stats. ARGV: token timed_out.
+/// KEYS: queue qexp qinfo stats meta leases owners. ARGV: token timed_out
+/// channel.
+///
+/// Also gives back a slot the token holds: one its acquisition took while
+/// the reply was lost, which nobody would renew or release.
 const LEAVE: &str = r#"
 redis.call('ZREM', KEYS[1], ARGV[1]); redis.call('ZREM', KEYS[2], ARGV[1]); redis.call('HDEL', KEYS[3], ARGV[1])
 if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[4], 'timeouts', 1) end
+local owned = redis.call('HGETALL', KEYS[7])
+for i = 1, #owned, 2 do
+  if string.sub(owned[i + 1], 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then
+    redis.call('ZREM', KEYS[6], owned[i]); redis.call('HDEL', KEYS[7], owned[i])
+    local f = tonumber(redis.call('HGET', KEYS[5], 'capacity') or '0') - redis.call('ZCARD', KEYS[6])
+    if f > 0 then
+      local next = redis.call('ZRANGE', KEYS[1], 0, f - 1)
+      if #next > 0 then redis.call('PUBLISH', ARGV[3], table.concat(next, ' ')) end
+    end
+  end
+end
 return 1
 "#;
 

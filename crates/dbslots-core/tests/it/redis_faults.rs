@@ -158,6 +158,48 @@ fn waiting_without_limit_for_a_lease_to_be_lost_returns_when_it_is() {
 }
 
 #[test]
+fn an_acquisition_whose_reply_was_lost_takes_one_slot_not_two() {
+    let _serial = crate::support::timing_sensitive();
+    let Some(url) = redis_url() else { return };
+    // A lease long enough that a slot taken and forgotten stays visible.
+    let addr = unique_pool(&format!("{url}?lease_ms=6000"));
+    let direct = Pool::open(&addr, PoolOptions::new().capacity(2)).expect("create");
+    let server: std::net::SocketAddr = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .expect("host:port")
+        .parse()
+        .expect("a socket address");
+    let proxy = dbslots_testkit::FreezableProxy::start(server).expect("proxy");
+    let through = addr.replacen(&server.port().to_string(), &proxy.port().to_string(), 1);
+    let pool = Pool::open(&through, PoolOptions::new()).expect("open through the proxy");
+    assert_eq!(pool.stats().expect("stats").active, 0);
+
+    // The server carries out the acquisition but its reply is lost; the
+    // acquirer tries again, with the same token, once the network heals.
+    proxy.freeze_replies();
+    let acquiring = std::thread::spawn(move || {
+        pool.blocking_acquire_timeout(Duration::from_secs(30))
+            .map(|slot| (slot, pool))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.thaw();
+    let (slot, _pool) = acquiring
+        .join()
+        .expect("acquirer")
+        .expect("the acquisition succeeds once replies pass");
+    let stats = direct.stats().expect("stats");
+    assert_eq!(
+        stats.active, 1,
+        "one acquisition holds {} slots: {:?}",
+        stats.active, stats.holders
+    );
+    drop(slot);
+    assert_eq!(direct.stats().expect("stats").active, 0);
+}
+
+#[test]
 fn resize_after_the_keys_vanished_quarantines() {
     let _serial = crate::support::timing_sensitive();
     let Some(url) = redis_url() else { return };
