@@ -194,9 +194,16 @@ impl Shared {
     }
 
     /// One run of the acquire script: the slot taken, or -1.
-    fn acquire_once(&self, token: &str, try_only: bool) -> Result<i64> {
+    ///
+    /// `maybe_owned`: an earlier call with this token failed, so it may
+    /// have taken a slot whose reply was lost; the script then looks for
+    /// it (a look over every holder, so only then). A call the link runs
+    /// again on a new connection looks too.
+    fn acquire_once(&self, token: &str, try_only: bool, maybe_owned: bool) -> Result<i64> {
         let k = &self.keys;
+        let runs = AtomicU32::new(0);
         let (r, acked): (Vec<i64>, u32) = self.command("acquiring a slot", |c| {
+            let again = runs.fetch_add(1, Ordering::Relaxed) > 0 || maybe_owned;
             let r: Vec<i64> = self
                 .scripts
                 .acquire
@@ -216,6 +223,7 @@ impl Shared {
                 .arg(&k.channel)
                 .arg(self.capacity.load(Ordering::Relaxed))
                 .arg(self.max_known())
+                .arg(if again { "1" } else { "0" })
                 .invoke(c)?;
             let acked = if r.first().is_some_and(|s| *s >= 0) {
                 self.acknowledge(c)?
@@ -517,7 +525,7 @@ impl RedisPool {
     pub(crate) fn try_acquire(&self) -> Result<Option<u32>> {
         let token = token();
         let sent = Instant::now();
-        let slot = match self.shared.acquire_once(&token, true) {
+        let slot = match self.shared.acquire_once(&token, true, false) {
             Ok(slot) => slot,
             Err(e) => {
                 // The call may have taken a slot whose reply was lost:

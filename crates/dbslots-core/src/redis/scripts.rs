@@ -103,7 +103,8 @@ end
 }
 
 /// KEYS: meta leases owners queue qexp qinfo tickets stats.
-/// ARGV: token lease_ms waiter_ttl_ms try_only info channel cap_known max_known.
+/// ARGV: token lease_ms waiter_ttl_ms try_only info channel cap_known max_known
+/// maybe_owned.
 /// Returns {slot (-1 none, -2 no pool), now, capacity, max_lease, admit_after}.
 const ACQUIRE: &str = concat!(
     prelude!(),
@@ -149,8 +150,9 @@ local function notify()
   end
 end
 -- A call run again after its reply was lost (a timeout, a reset): this
--- token already holds a slot, which is handed back rather than a second.
-local owned = redis.call('HGETALL', KEYS[3])
+-- token may already hold a slot, which is handed back rather than a second.
+local owned = {}
+if ARGV[9] == '1' then owned = redis.call('HGETALL', KEYS[3]) end
 for i = 1, #owned, 2 do
   if string.sub(owned[i + 1], 1, #token + 1) == token .. ' ' then
     redis.call('ZADD', KEYS[2], 'XX', now + lease, owned[i])

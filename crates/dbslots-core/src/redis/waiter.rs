@@ -33,15 +33,15 @@ impl RedisPool {
         let started = Instant::now();
         let token = token();
         let sent = Instant::now();
-        match self.shared.acquire_once(&token, true) {
+        let maybe_owned = match self.shared.acquire_once(&token, true, false) {
             Ok(slot) if slot >= 0 => return self.hold(slot, token, sent),
-            Ok(_) => {}
+            Ok(_) => false,
             // A hiccup (a timeout under load, a failover): the wait below
             // rides it out for up to a lease time.
-            Err(Error::Backend { .. }) => {}
+            Err(Error::Backend { .. }) => true,
             Err(e) => return Err(e),
-        }
-        let outcome = self.wait(&token, started, deadline, cancel);
+        };
+        let outcome = self.wait(&token, started, deadline, cancel, maybe_owned);
         match &outcome {
             Ok(_) => self.record_wait(started.elapsed()),
             Err(e) => self.shared.leave(&token, e.is_timeout()),
@@ -55,6 +55,7 @@ impl RedisPool {
         started: Instant,
         deadline: Option<Instant>,
         cancel: &CancelToken,
+        mut maybe_owned: bool,
     ) -> Result<u32> {
         let shared = &self.shared;
         let mut backoff = Duration::from_millis(50);
@@ -87,7 +88,7 @@ impl RedisPool {
             }
             loop {
                 let sent = Instant::now();
-                match shared.acquire_once(token, false) {
+                match shared.acquire_once(token, false, maybe_owned) {
                     Ok(slot) if slot >= 0 => {
                         return self.hold(slot, token.to_string(), sent);
                     }
@@ -95,6 +96,8 @@ impl RedisPool {
                     // The server may be restarting: keep waiting (and
                     // subscribe again) until the deadline.
                     Err(e @ Error::Backend { .. }) => {
+                        // It may have taken a slot whose reply was lost.
+                        maybe_owned = true;
                         let since = *failing_since.get_or_insert(sent);
                         if since == sent {
                             tracing::warn!(pool = %shared.name, error = %e, "cannot reach Redis while waiting for a slot; retrying");
