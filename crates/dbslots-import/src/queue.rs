@@ -334,6 +334,22 @@ pub(crate) async fn create_tables(conn: &mut Conn) -> DbResult<()> {
     Ok(())
 }
 
+/// Tells the server to end this connection's session (rolling back an open
+/// transaction) when it waits `secs` seconds for the client: for the next
+/// command (`wait_timeout`), for the rest of a packet or of a `LOAD DATA
+/// LOCAL` stream (`net_read_timeout`), or to send a result
+/// (`net_write_timeout`). A connection the client gave up on because it
+/// stopped passing bytes, with its socket left open, then does not keep
+/// its transaction and locks on the server until the default `wait_timeout`
+/// (8 hours).
+pub(crate) async fn end_sessions_left_waiting(conn: &mut Conn, secs: u64) -> DbResult<()> {
+    let secs = secs.max(1);
+    conn.query_drop(format!(
+        "SET SESSION wait_timeout = {secs}, net_read_timeout = {secs}, net_write_timeout = {secs}"
+    ))
+    .await
+}
+
 /// Bytes per statement: half the server's `max_allowed_packet`, at most
 /// 8 MiB.
 pub(crate) async fn statement_bytes(conn: &mut Conn) -> DbResult<usize> {
@@ -416,6 +432,19 @@ pub(crate) async fn load(conn: &mut Conn, id: u64) -> DbResult<Option<JobRow>> {
     let row: Option<Row> = conn
         .query_first(format!(
             "SELECT {JOB_COLUMNS} FROM import_jobs WHERE id = {id}"
+        ))
+        .await?;
+    row.map(job_row).transpose()
+}
+
+/// Reads a job's row once no transaction holds it: a batch's transaction
+/// that is still open on a connection the processor gave up on (it
+/// updated the row but its `COMMIT` may still come) is waited for, so the
+/// checkpoint read is the one that stays.
+pub(crate) async fn load_settled(conn: &mut Conn, id: u64) -> DbResult<Option<JobRow>> {
+    let row: Option<Row> = conn
+        .query_first(format!(
+            "SELECT {JOB_COLUMNS} FROM import_jobs WHERE id = {id} LOCK IN SHARE MODE"
         ))
         .await?;
     row.map(job_row).transpose()
