@@ -38,7 +38,14 @@
 //! * **A heartbeat of its own.** While a processor holds a job it writes
 //!   [`heartbeat`] on its own timer (from a second connection while a
 //!   statement is running; see the processor's `heartbeat` module), so a
-//!   slow batch never looks like a dead processor.
+//!   slow batch never looks like a dead processor; but not for a statement
+//!   that has had no answer for the processor's batch bound, so a
+//!   processor stuck on a dead connection loses its job.
+//! * **No abandoned transaction outlives the bound.** A processor's
+//!   sessions are told to end when left waiting for the batch bound
+//!   ([`end_sessions_left_waiting`]), so the transaction of a connection the
+//!   processor gave up on is rolled back by the server, and the checkpoint
+//!   read after a reconnect waits for it ([`load_settled`]).
 //! * **Staleness in seconds.** Heartbeats are `DATETIME(6)` in UTC and ages
 //!   are `TIMESTAMPDIFF(SECOND, heartbeat_at, UTC_TIMESTAMP(6))`, never
 //!   `NOW() - ts` (which is not a number of seconds) and never dependent on

@@ -53,7 +53,9 @@ impl ProcessorOptions {
     /// processor puts the job back; 60 s by default. Whole seconds, at
     /// least 1. The holder heartbeats on its own timer every third of
     /// this, also while a batch is still running (from a second
-    /// connection), so only a dead or cut-off processor looks stale.
+    /// connection), so only a dead or cut-off processor looks stale, or one
+    /// whose batch has had no answer for
+    /// [`ProcessorOptions::batch_timeout`].
     pub fn stale_after(mut self, after: Duration) -> Self {
         self.stale_after = after.max(Duration::from_secs(1));
         self
