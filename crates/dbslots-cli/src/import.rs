@@ -173,9 +173,9 @@ struct RunArgs {
     /// statement) before the connection is taken for lost: it is closed
     /// and the batch redone over a new one from the checkpoint (a
     /// connection that silently stopped passing bytes, as after a failover
-    /// or a database host reboot, never fails by itself). Also the
-    /// session's wait_timeout on the server, and how long the heartbeat
-    /// vouches for a batch without an answer [default: 3 × --stale-after]
+    /// or a database host reboot, never fails by itself). Half of it is
+    /// the session's wait_timeout on the server; the heartbeat vouches for
+    /// a batch without an answer for this long [default: 3 × --stale-after]
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     batch_timeout: Option<Duration>,
 

@@ -107,8 +107,8 @@
 //!   answer within [`ProcessorOptions::batch_timeout`] (three times
 //!   `stale_after` by default) counts as a lost connection: the batch is
 //!   redone from the checkpoint over a new connection, neither duplicated
-//!   nor skipped, and the server, told the same bound for the session,
-//!   rolls the abandoned transaction back by itself. The heartbeat vouches
+//!   nor skipped, and the server, given half that bound as the session's
+//!   timeouts, rolls the abandoned transaction back by itself within it. The heartbeat vouches
 //!   for a batch without an answer only up to that bound, so a processor
 //!   stuck beyond it loses its job to another one. Connections send TCP
 //!   keepalive probes after 10 s of silence.

@@ -42,7 +42,7 @@
 //!   that has had no answer for the processor's batch bound, so a
 //!   processor stuck on a dead connection loses its job.
 //! * **No abandoned transaction outlives the bound.** A processor's
-//!   sessions are told to end when left waiting for the batch bound
+//!   sessions are told to end when left waiting for half the batch bound
 //!   ([`end_sessions_left_waiting`]), so the transaction of a connection the
 //!   processor gave up on is rolled back by the server, and the checkpoint
 //!   read after a reconnect waits for it ([`load_settled`]).

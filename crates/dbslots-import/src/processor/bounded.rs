@@ -20,14 +20,18 @@
 //!   checkpoint. Whatever the abandoned transaction did is rolled back, or,
 //!   had its `COMMIT` already reached the server, committed with its
 //!   checkpoint: either way the row says which records are in.
-//! * The server is given the same bound for the session when a connection
-//!   is opened (`queue::end_sessions_left_waiting`), so it ends the
-//!   session of the abandoned connection, and rolls back its transaction
-//!   and its locks, within that bound of its last word from the client:
-//!   the retry does not wait behind its own rows. While the processor
-//!   waits for its reader instead of the server, it pings the connection
-//!   every third of the bound, which keeps the session alive and finds a
-//!   dead connection between batches too.
+//! * The server is given half the bound for the session's timeouts when a
+//!   connection is opened (`queue::end_sessions_left_waiting`), so it ends
+//!   the session of the abandoned connection, and rolls back its
+//!   transaction and its locks, within the bound of its last word from the
+//!   client: the retry does not wait behind its own rows for long. Half,
+//!   because a session cut off in the middle of a `LOAD DATA LOCAL` stream
+//!   waits for two of them (measured on MariaDB 10.11: a session frozen
+//!   mid-stream with timeouts of 6 s ended after 12 s), one waiting for its
+//!   next command for one. While the processor waits for its reader
+//!   instead of the server, it pings the connection every quarter of the
+//!   bound (half the session's timeout), which keeps the session alive and
+//!   finds a dead connection between batches too.
 //! * While a call waits, the heartbeat task sees it ([`Beats::call`]) and
 //!   stops vouching for the job once it has waited for the bound.
 //! * A stop request gives a call in progress at most [`STOP_GRACE`] more
@@ -59,17 +63,18 @@ pub(crate) struct Bounds {
 }
 
 impl Bounds {
-    /// The server's timeouts for the processor's sessions: the call bound
-    /// in whole seconds, rounded down so the server never waits longer
-    /// than the processor.
+    /// The server's timeouts for the processor's sessions: half the call
+    /// bound in whole seconds (rounded down, at least 1), so that even a
+    /// session cut off mid-stream, which waits for two of them, ends
+    /// within the bound.
     pub fn session_secs(&self) -> u64 {
-        self.call.as_secs().max(1)
+        (self.call.as_secs() / 2).max(1)
     }
 
     /// How often an idle connection is pinged while the processor waits
-    /// for its reader.
+    /// for its reader: twice per session timeout.
     pub fn ping_every(&self) -> Duration {
-        (self.call / 3).max(Duration::from_millis(100))
+        Duration::from_secs(self.session_secs()) / 2
     }
 }
 
@@ -120,6 +125,19 @@ mod tests {
             .start_paused(true)
             .build()
             .unwrap()
+    }
+
+    #[test]
+    fn the_server_waits_half_the_bound_and_idle_connections_are_pinged_twice_as_often() {
+        let bounds = |secs| Bounds {
+            call: Duration::from_secs(secs),
+        };
+        assert_eq!(bounds(180).session_secs(), 90);
+        assert_eq!(bounds(180).ping_every(), Duration::from_secs(45));
+        assert_eq!(bounds(18).session_secs(), 9);
+        assert_eq!(bounds(7).session_secs(), 3);
+        assert_eq!(bounds(1).session_secs(), 1);
+        assert_eq!(bounds(1).ping_every(), Duration::from_millis(500));
     }
 
     #[test]

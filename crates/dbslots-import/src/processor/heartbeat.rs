@@ -154,6 +154,12 @@ impl Heartbeat {
     ) -> Heartbeat {
         let (stop, mut stopped) = watch::channel(false);
         let interval = (stale_after / 3).max(Duration::from_millis(100));
+        // The connection idles for an interval between two writes; its
+        // statements commit at once, so a session the server keeps after
+        // the connection was given up holds no lock, only a connection.
+        let session_secs = bounds
+            .session_secs()
+            .max((interval * 2).as_secs_f64().ceil() as u64);
         let task = tokio::spawn(async move {
             let mut conn: Option<Connection> = None;
             let mut withheld = false;
@@ -189,8 +195,7 @@ impl Heartbeat {
                 if conn.is_none() {
                     let connect = tokio::time::timeout(interval, async {
                         let mut c = connector.connect().await.map_err(|f| f.message)?;
-                        match queue::end_sessions_left_waiting(&mut c, bounds.session_secs()).await
-                        {
+                        match queue::end_sessions_left_waiting(&mut c, session_secs).await {
                             Ok(()) => Ok(c),
                             Err(e) if is_connection_problem(&e) => {
                                 close_quickly(c).await;

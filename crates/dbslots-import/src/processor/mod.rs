@@ -302,7 +302,7 @@ impl Processor {
     }
 
     /// One connect (a round of attempts), with the session told to end
-    /// itself when left waiting for the batch bound.
+    /// itself when left waiting (see `Bounds::session_secs`).
     async fn open(&self, stop: &Stopper) -> std::result::Result<Connection, ConnectFailure> {
         let mut conn = self.connector.connect().await?;
         let secs = self.bounds.session_secs();

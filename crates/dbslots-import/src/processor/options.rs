@@ -70,10 +70,10 @@ impl ProcessorOptions {
     /// failover, a database host rebooting, a firewall dropping its state)
     /// never fails by itself; after this long the processor closes it,
     /// opens a new one and redoes the batch from the job's checkpoint, as
-    /// after any lost connection. The server is told the same bound
-    /// (`wait_timeout`, `net_read_timeout` and `net_write_timeout` of the
-    /// session), so it ends such a connection's session, and rolls back
-    /// its transaction, by itself. Meanwhile the heartbeat vouches for the
+    /// after any lost connection. The server is told half this bound as
+    /// the session's `wait_timeout`, `net_read_timeout` and
+    /// `net_write_timeout`, so it ends such a connection's session, and
+    /// rolls back its transaction, by itself within this bound. Meanwhile the heartbeat vouches for the
     /// batch only until this bound: a processor stuck beyond it lets its
     /// job go stale, and another processor takes it over.
     ///
