@@ -46,6 +46,7 @@ const TERMS: &[(&str, &str)] = &[
     ),
     ("use an InstanceLock path", "pass a --lock-file"),
     ("ProcessorOptions::source_dir", "--source-dir"),
+    ("ProcessorOptions::batch_timeout", "--batch-timeout"),
     ("EnqueueOptions::no_key", "--no-key"),
     ("EnqueueOptions::time_zone", "--time-zone"),
     ("EnqueueOptions::new(table)", "--table"),

@@ -46,8 +46,11 @@ enum ImportCommand {
     ///
     /// The connection (and, with --pool, the slot) is held only while a job
     /// is worked on. SIGTERM or SIGINT finishes the current batch, puts the
-    /// job back in the queue at its checkpoint and exits 0; a second signal
-    /// exits at once (the job goes back once its heartbeat is stale).
+    /// job back in the queue at its checkpoint and exits 0; a batch that
+    /// gets no answer from the server within 10 s of the signal is given
+    /// up (rolled back) instead, so the processor exits within 30 s
+    /// whatever the network does. A second signal exits at once (the job
+    /// goes back once its heartbeat is stale).
     ///
     /// New keys go into InnoDB tables with LOAD DATA LOCAL INFILE of the
     /// validated rows from memory (the server's local_infile must be on;
@@ -166,6 +169,16 @@ struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
     stale_after: Duration,
 
+    /// Seconds the server may take to answer a batch (or any other
+    /// statement) before the connection is taken for lost: it is closed
+    /// and the batch redone over a new one from the checkpoint (a
+    /// connection that silently stopped passing bytes, as after a failover
+    /// or a database host reboot, never fails by itself). Half of it is
+    /// the session's wait_timeout on the server; the heartbeat vouches for
+    /// a batch without an answer for this long [default: 3 × --stale-after]
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    batch_timeout: Option<Duration>,
+
     /// Attempts before a job whose processors keep dying fails
     #[arg(long, value_name = "N", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -233,14 +246,17 @@ fn run_processor(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let queue = Queue::new(&args.url.url, pool)?;
+    let mut options = ProcessorOptions::new()
+        .batch_rows(args.batch_rows as usize)
+        .stale_after(args.stale_after)
+        .max_attempts(args.max_attempts);
+    if let Some(timeout) = args.batch_timeout {
+        options = options.batch_timeout(timeout);
+    }
     let processor = queue.processor(
-        args.source_dir.iter().fold(
-            ProcessorOptions::new()
-                .batch_rows(args.batch_rows as usize)
-                .stale_after(args.stale_after)
-                .max_attempts(args.max_attempts),
-            |options, dir| options.source_dir(dir),
-        ),
+        args.source_dir
+            .iter()
+            .fold(options, |options, dir| options.source_dir(dir)),
     );
     let run = RunOptions::new()
         .once(args.once)
@@ -294,7 +310,9 @@ fn listen_for_signals(stop: Stopper) -> anyhow::Result<()> {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        eprintln!("dbslots: stopping after the current batch (signal again to exit at once)");
+        eprintln!(
+            "dbslots: stopping after the current batch, within 30 s (signal again to exit at once)"
+        );
         stop.stop();
         tokio::select! {
             _ = term.recv() => {}

@@ -100,6 +100,22 @@
 //!   the job; a holder that stops heartbeating loses it (the invariants are
 //!   listed in the documentation of the `queue` module). The heartbeat runs
 //!   on its own timer, so a slow batch does not look like a dead processor.
+//! * **No wait on the server is unbounded.** A connection that stops
+//!   passing bytes without being closed (a failover, a database host
+//!   rebooting, a firewall dropping its state) never fails by itself. A
+//!   batch (its whole transaction) or any other statement without an
+//!   answer within [`ProcessorOptions::batch_timeout`] (three times
+//!   `stale_after` by default) counts as a lost connection: the batch is
+//!   redone from the checkpoint over a new connection, neither duplicated
+//!   nor skipped, and the server, given half that bound as the session's
+//!   timeouts, rolls the abandoned transaction back by itself within it. The heartbeat vouches
+//!   for a batch without an answer only up to that bound, so a processor
+//!   stuck beyond it loses its job to another one. Connections send TCP
+//!   keepalive probes after 10 s of silence.
+//! * **Stopping** ([`Stopper`]) finishes the batch being committed and
+//!   puts the job back at its checkpoint; a batch that has no answer
+//!   within 10 s of the stop request is given up instead, so
+//!   [`Processor::run`] returns within 30 s whatever the network does.
 //! * A processor holds a connection (and, with a [`dbslots_core::Pool`], a
 //!   slot) only while it works on a job; it closes it between jobs and
 //!   before sleeping.

@@ -11,13 +11,30 @@
 //! Without a pool the connection is a plain `mysql_async::Conn`. Either way
 //! one `connect` is one round of attempts; the processor decides about
 //! further rounds (it knows its stop signal and its reconnect window).
+//!
+//! Every connection sends TCP keepalive probes after [`TCP_KEEPALIVE`]
+//! without traffic (unless the URL sets `tcp_keepalive`), so one to a host
+//! that rebooted fails at the first probe instead of waiting for an answer
+//! forever, and a direct connect that gets no answer gives up after
+//! [`CONNECT_TIMEOUT`] (the pool's connector has the same timeout of its
+//! own). Neither bounds a statement: the processor does that (see its
+//! module).
 
 use std::ops::{Deref, DerefMut};
+use std::time::Duration;
 
 use dbslots_core::Pool;
 use mysql_async::Conn;
 
 use crate::error::{Error, Result};
+
+/// Silence on a connection after which the kernel starts sending keepalive
+/// probes.
+pub(crate) const TCP_KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// How long one direct connect (TCP, handshake, login) may take: the
+/// default connect timeout of `dbslots-mysql`'s connector.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens connections to one server, each holding a slot of the pool if
 /// there is one.
@@ -44,13 +61,15 @@ pub(crate) struct ConnectFailure {
 impl Connector {
     pub fn new(url: &str, pool: Option<Pool>) -> Result<Connector> {
         let redacted = dbslots_core::redact(url);
-        let server = dbslots_mysql::ServerUrl::parse(url).map_err(|e| Error::InvalidUrl {
-            url: redacted.clone(),
-            reason: match e {
-                dbslots_mysql::Error::InvalidUrl { reason, .. } => reason,
-                other => other.to_string(),
-            },
-        })?;
+        let server = dbslots_mysql::ServerUrl::parse(url)
+            .map_err(|e| Error::InvalidUrl {
+                url: redacted.clone(),
+                reason: match e {
+                    dbslots_mysql::Error::InvalidUrl { reason, .. } => reason,
+                    other => other.to_string(),
+                },
+            })?
+            .with_tcp_keepalive(TCP_KEEPALIVE);
         if server.opts().db_name().is_none_or(str::is_empty) {
             return Err(Error::InvalidUrl {
                 url: redacted,
@@ -67,12 +86,15 @@ impl Connector {
             .is_some_and(|(held, pool)| &held.pool == pool.addr());
         Ok(match pool {
             Some(_) if inherited => Connector::Pooled(
-                dbslots_mysql::Connector::from_env(url, dbslots_mysql::ConnectorOptions::new())
-                    .map_err(|e| Error::Connect {
-                        url: redacted.clone(),
-                        waited: std::time::Duration::ZERO,
-                        message: e.to_string(),
-                    })?,
+                dbslots_mysql::Connector::from_env_server(
+                    server,
+                    dbslots_mysql::ConnectorOptions::new(),
+                )
+                .map_err(|e| Error::Connect {
+                    url: redacted.clone(),
+                    waited: std::time::Duration::ZERO,
+                    message: e.to_string(),
+                })?,
             ),
             Some(pool) => Connector::Pooled(dbslots_mysql::Connector::from_server(
                 server,
@@ -110,16 +132,26 @@ impl Connector {
                     message: e.to_string(),
                 }),
             },
-            Connector::Direct { server, url } => match server.connect_once().await {
-                Ok(conn) => {
-                    tracing::debug!(url = %url, id = conn.id(), "connected");
-                    Ok(Connection::Direct(DirectConn(Some(conn))))
+            Connector::Direct { server, url } => {
+                // A connect dropped by the timeout closes its socket (see
+                // `ServerUrl::connect`).
+                match tokio::time::timeout(CONNECT_TIMEOUT, server.connect_once()).await {
+                    Ok(Ok(conn)) => {
+                        tracing::debug!(url = %url, id = conn.id(), "connected");
+                        Ok(Connection::Direct(DirectConn(Some(conn))))
+                    }
+                    Ok(Err(e)) => Err(ConnectFailure {
+                        transient: is_transient_pooled(&e),
+                        message: e.to_string(),
+                    }),
+                    Err(_) => Err(ConnectFailure {
+                        transient: true,
+                        message: format!(
+                            "no answer from the server within {CONNECT_TIMEOUT:?} (a network problem, or the server is overloaded)"
+                        ),
+                    }),
                 }
-                Err(e) => Err(ConnectFailure {
-                    transient: is_transient_pooled(&e),
-                    message: e.to_string(),
-                }),
-            },
+            }
         }
     }
 }

@@ -38,7 +38,14 @@
 //! * **A heartbeat of its own.** While a processor holds a job it writes
 //!   [`heartbeat`] on its own timer (from a second connection while a
 //!   statement is running; see the processor's `heartbeat` module), so a
-//!   slow batch never looks like a dead processor.
+//!   slow batch never looks like a dead processor; but not for a statement
+//!   that has had no answer for the processor's batch bound, so a
+//!   processor stuck on a dead connection loses its job.
+//! * **No abandoned transaction outlives the bound.** A processor's
+//!   sessions are told to end when left waiting for half the batch bound
+//!   ([`end_sessions_left_waiting`]), so the transaction of a connection the
+//!   processor gave up on is rolled back by the server, and the checkpoint
+//!   read after a reconnect waits for it ([`load_settled`]).
 //! * **Staleness in seconds.** Heartbeats are `DATETIME(6)` in UTC and ages
 //!   are `TIMESTAMPDIFF(SECOND, heartbeat_at, UTC_TIMESTAMP(6))`, never
 //!   `NOW() - ts` (which is not a number of seconds) and never dependent on
@@ -334,6 +341,22 @@ pub(crate) async fn create_tables(conn: &mut Conn) -> DbResult<()> {
     Ok(())
 }
 
+/// Tells the server to end this connection's session (rolling back an open
+/// transaction) when it waits `secs` seconds for the client: for the next
+/// command (`wait_timeout`), for the rest of a packet or of a `LOAD DATA
+/// LOCAL` stream (`net_read_timeout`), or to send a result
+/// (`net_write_timeout`). A connection the client gave up on because it
+/// stopped passing bytes, with its socket left open, then does not keep
+/// its transaction and locks on the server until the default `wait_timeout`
+/// (8 hours).
+pub(crate) async fn end_sessions_left_waiting(conn: &mut Conn, secs: u64) -> DbResult<()> {
+    let secs = secs.max(1);
+    conn.query_drop(format!(
+        "SET SESSION wait_timeout = {secs}, net_read_timeout = {secs}, net_write_timeout = {secs}"
+    ))
+    .await
+}
+
 /// Bytes per statement: half the server's `max_allowed_packet`, at most
 /// 8 MiB.
 pub(crate) async fn statement_bytes(conn: &mut Conn) -> DbResult<usize> {
@@ -416,6 +439,19 @@ pub(crate) async fn load(conn: &mut Conn, id: u64) -> DbResult<Option<JobRow>> {
     let row: Option<Row> = conn
         .query_first(format!(
             "SELECT {JOB_COLUMNS} FROM import_jobs WHERE id = {id}"
+        ))
+        .await?;
+    row.map(job_row).transpose()
+}
+
+/// Reads a job's row once no transaction holds it: a batch's transaction
+/// that is still open on a connection the processor gave up on (it
+/// updated the row but its `COMMIT` may still come) is waited for, so the
+/// checkpoint read is the one that stays.
+pub(crate) async fn load_settled(conn: &mut Conn, id: u64) -> DbResult<Option<JobRow>> {
+    let row: Option<Row> = conn
+        .query_first(format!(
+            "SELECT {JOB_COLUMNS} FROM import_jobs WHERE id = {id} LOCK IN SHARE MODE"
         ))
         .await?;
     row.map(job_row).transpose()

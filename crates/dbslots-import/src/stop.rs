@@ -6,6 +6,14 @@ use tokio::sync::watch;
 
 /// Asks a running processor to stop after its current batch. Cheap to clone;
 /// every clone stops the same processors.
+///
+/// The batch being committed gets at most 10 s more: one that has no
+/// answer by then (its connection lost without a word) is given up, which
+/// the server rolls back, and the job is put back over a new connection if
+/// one opens within 5 s (else it goes back once its heartbeat is stale).
+/// A processor waiting for its file between batches puts the job back at
+/// once. So [`Processor::run`](crate::Processor::run) returns within 30 s
+/// of the stop whatever the server or the network does.
 #[derive(Debug, Clone)]
 pub struct Stopper {
     tx: Arc<watch::Sender<bool>>,

@@ -252,8 +252,17 @@ impl Connector {
     /// `dbslots exec`, or build the connector with [`Connector::new`]) or
     /// the pool cannot be opened.
     pub fn from_env(url: &str, options: ConnectorOptions) -> Result<Connector> {
+        Self::from_env_server(ServerUrl::parse(url)?, options)
+    }
+
+    /// [`Connector::from_env`] for a parsed [`ServerUrl`] (say, one with
+    /// [`ServerUrl::with_tcp_keepalive`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Slot`] as for [`Connector::from_env`].
+    pub fn from_env_server(server: ServerUrl, options: ConnectorOptions) -> Result<Connector> {
         use dbslots_core::{PoolOptions, env};
-        let server = ServerUrl::parse(url)?;
         let redacted = server.redacted().to_string();
         let slot_error = |source| Error::Slot {
             url: redacted.clone(),

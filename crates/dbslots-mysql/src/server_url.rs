@@ -237,6 +237,40 @@ impl ServerUrl {
         }
     }
 
+    /// The same server with TCP keepalive probes on every connection, sent
+    /// after `idle` without traffic (the driver sends none by default; the
+    /// kernel's interval and count of probes apply), unless the URL sets
+    /// `tcp_keepalive` itself. A peer that rebooted answers the first
+    /// probe with a reset, so a connection waiting for it fails instead of
+    /// waiting forever; a peer that is gone without a word is noticed only
+    /// after the kernel's probes run out (about 11 minutes on Linux), so
+    /// bound the calls too. Connections to a Unix socket are not affected.
+    ///
+    /// What was learnt about the server (whether it offers TLS) starts
+    /// afresh: call this before connecting.
+    pub fn with_tcp_keepalive(&self, idle: std::time::Duration) -> ServerUrl {
+        let keep = |opts: &Opts| -> Opts {
+            if opts.tcp_keepalive().is_some() {
+                opts.clone()
+            } else {
+                OptsBuilder::from_opts(opts.clone())
+                    .tcp_keepalive(Some(idle))
+                    .into()
+            }
+        };
+        ServerUrl {
+            inner: Arc::new(Inner {
+                first: keep(&self.inner.first),
+                plain: self.inner.plain.as_ref().map(keep),
+                mode: self.inner.mode,
+                redacted: self.inner.redacted.clone(),
+                server_without_tls: AtomicBool::new(false),
+                tls_known: AtomicBool::new(false),
+                finding_out: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
     /// The URL with its password replaced by `***`.
     pub fn redacted(&self) -> &str {
         &self.inner.redacted
@@ -549,6 +583,26 @@ mod tests {
         let (url, p) = split_ssl_params("mysql://db/x?require_ssl=true");
         assert_eq!(url, "mysql://db/x?require_ssl=true");
         assert!(p.driver_tls && p.mode.is_none());
+    }
+
+    #[test]
+    fn keepalive_is_added_to_both_attempts_unless_the_url_sets_it() {
+        use std::time::Duration;
+        let u = ServerUrl::parse("mysql://app:pw@db/x")
+            .unwrap()
+            .with_tcp_keepalive(Duration::from_secs(10));
+        assert_eq!(u.opts().tcp_keepalive(), Some(Duration::from_secs(10)));
+        let plain = u
+            .inner
+            .plain
+            .as_ref()
+            .expect("PREFERRED has a plain attempt");
+        assert_eq!(plain.tcp_keepalive(), Some(Duration::from_secs(10)));
+        assert_eq!(u.ssl_mode(), Some(SslMode::Preferred));
+        let u = ServerUrl::parse("mysql://app:pw@db/x?tcp_keepalive=2500")
+            .unwrap()
+            .with_tcp_keepalive(Duration::from_secs(10));
+        assert_eq!(u.opts().tcp_keepalive(), Some(Duration::from_millis(2500)));
     }
 
     #[test]

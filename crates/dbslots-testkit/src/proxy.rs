@@ -3,7 +3,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -12,14 +12,46 @@ use anyhow::{Context, Result};
 /// Forwards connections from a port of 127.0.0.1 to `target` until
 /// [`FreezableProxy::freeze`]: from then on bytes simply stop, in both
 /// directions and on connections made later, while every socket stays open
-/// (no RST, no FIN), like a cable cut or a partition. Dropping the value
-/// closes everything.
+/// (no RST, no FIN), like a cable cut or a partition; or, with
+/// [`FreezableProxy::freeze_open_connections`], only on the connections
+/// open at that moment, like a failover that leaves clients talking to the
+/// old host. Dropping the value closes everything.
 #[derive(Debug)]
 pub struct FreezableProxy {
     port: u16,
     frozen: Arc<AtomicBool>,
+    /// Connections numbered below this are frozen (they are numbered from
+    /// 1 as they are accepted).
+    frozen_below: Arc<AtomicU64>,
+    /// Replies are dropped: [`FreezableProxy::freeze_replies`].
     replies_frozen: Arc<AtomicBool>,
+    /// The number the next accepted connection gets.
+    next: Arc<AtomicU64>,
     closed: Arc<AtomicBool>,
+}
+
+/// What a pump reads to know whether its connection passes bytes.
+struct Gate {
+    frozen: Arc<AtomicBool>,
+    frozen_below: Arc<AtomicU64>,
+    number: u64,
+    /// Set on the server-to-client direction: [`FreezableProxy::freeze_replies`].
+    replies_frozen: Option<Arc<AtomicBool>>,
+}
+
+impl Gate {
+    fn is_frozen(&self) -> bool {
+        self.frozen.load(Ordering::SeqCst) || self.number < self.frozen_below.load(Ordering::SeqCst)
+    }
+
+    /// Whether what was read must be dropped rather than passed on.
+    fn drops(&self) -> bool {
+        self.is_frozen()
+            || self
+                .replies_frozen
+                .as_ref()
+                .is_some_and(|r| r.load(Ordering::SeqCst))
+    }
 }
 
 const POLL: Duration = Duration::from_millis(10);
@@ -35,20 +67,26 @@ impl FreezableProxy {
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let frozen = Arc::new(AtomicBool::new(false));
+        let frozen_below = Arc::new(AtomicU64::new(0));
         let replies_frozen = Arc::new(AtomicBool::new(false));
+        let next = Arc::new(AtomicU64::new(1));
         let closed = Arc::new(AtomicBool::new(false));
-        let (f, r, c) = (
-            Arc::clone(&frozen),
-            Arc::clone(&replies_frozen),
-            Arc::clone(&closed),
-        );
+        let state = Shared {
+            frozen: Arc::clone(&frozen),
+            frozen_below: Arc::clone(&frozen_below),
+            replies_frozen: Arc::clone(&replies_frozen),
+            next: Arc::clone(&next),
+            closed: Arc::clone(&closed),
+        };
         thread::Builder::new()
             .name("freezable-proxy".into())
-            .spawn(move || accept_loop(&listener, target, &f, &r, &c))?;
+            .spawn(move || accept_loop(&listener, target, &state))?;
         Ok(Self {
             port,
             frozen,
+            frozen_below,
             replies_frozen,
+            next,
             closed,
         })
     }
@@ -70,6 +108,20 @@ impl FreezableProxy {
         self.replies_frozen.store(true, Ordering::SeqCst);
     }
 
+    /// Stops every byte, from now on and for good, on the connections open
+    /// now (sockets stay open), while connections made later pass: the
+    /// old path to the server is a black hole, a new connect reaches it.
+    /// [`FreezableProxy::thaw`] does not revive them.
+    pub fn freeze_open_connections(&self) {
+        let next = self.next.load(Ordering::SeqCst);
+        self.frozen_below.fetch_max(next, Ordering::SeqCst);
+    }
+
+    /// How many connections the proxy has accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.next.load(Ordering::SeqCst) - 1
+    }
+
     /// Lets bytes pass again (the network healed): connections made from
     /// now on work; bytes dropped while frozen stay lost, so a client whose
     /// call timed out reconnects, and sockets accepted while frozen stay
@@ -86,17 +138,28 @@ impl Drop for FreezableProxy {
     }
 }
 
-fn accept_loop(
-    listener: &TcpListener,
-    target: SocketAddr,
-    frozen: &Arc<AtomicBool>,
-    replies_frozen: &Arc<AtomicBool>,
-    closed: &Arc<AtomicBool>,
-) {
+/// What the accepting thread shares with the proxy's handle.
+struct Shared {
+    frozen: Arc<AtomicBool>,
+    frozen_below: Arc<AtomicU64>,
+    replies_frozen: Arc<AtomicBool>,
+    next: Arc<AtomicU64>,
+    closed: Arc<AtomicBool>,
+}
+
+fn accept_loop(listener: &TcpListener, target: SocketAddr, state: &Shared) {
+    let Shared {
+        frozen,
+        frozen_below,
+        replies_frozen,
+        next,
+        closed,
+    } = state;
     let mut held = Vec::new();
     while !closed.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((client, _)) => {
+                let number = next.fetch_add(1, Ordering::SeqCst);
                 if frozen.load(Ordering::SeqCst) {
                     // The kernel completed the handshake; nothing more will
                     // ever pass. Keep the socket open until the proxy goes.
@@ -111,14 +174,16 @@ fn accept_loop(
                     (server.try_clone(), client.try_clone(), true),
                 ] {
                     if let (Ok(from), Ok(to)) = (from, to) {
-                        let (f, r, c) = (
-                            Arc::clone(frozen),
-                            Arc::clone(replies_frozen),
-                            Arc::clone(closed),
-                        );
+                        let gate = Gate {
+                            frozen: Arc::clone(frozen),
+                            frozen_below: Arc::clone(frozen_below),
+                            number,
+                            replies_frozen: replies.then(|| Arc::clone(replies_frozen)),
+                        };
+                        let c = Arc::clone(closed);
                         let _ = thread::Builder::new()
                             .name("freezable-proxy-pump".into())
-                            .spawn(move || pump(from, to, &f, replies.then_some(&*r), &c));
+                            .spawn(move || pump(from, to, &gate, &c));
                     }
                 }
             }
@@ -130,18 +195,12 @@ fn accept_loop(
 
 /// Copies `from` to `to` until closed; while frozen, reads nothing and
 /// writes nothing (bytes in flight when the freeze comes are dropped).
-/// While `dropping` is set, reads and drops what it read.
-fn pump(
-    mut from: TcpStream,
-    mut to: TcpStream,
-    frozen: &AtomicBool,
-    dropping: Option<&AtomicBool>,
-    closed: &AtomicBool,
-) {
+/// While replies are frozen, the server's bytes are read and dropped.
+fn pump(mut from: TcpStream, mut to: TcpStream, gate: &Gate, closed: &AtomicBool) {
     let _ = from.set_read_timeout(Some(POLL));
     let mut buf = [0u8; 16 * 1024];
     while !closed.load(Ordering::SeqCst) {
-        if frozen.load(Ordering::SeqCst) {
+        if gate.is_frozen() {
             thread::sleep(POLL);
             continue;
         }
@@ -151,9 +210,7 @@ fn pump(
                 return;
             }
             Ok(n) => {
-                if frozen.load(Ordering::SeqCst)
-                    || dropping.is_some_and(|d| d.load(Ordering::SeqCst))
-                {
+                if gate.drops() {
                     continue;
                 }
                 if to.write_all(&buf[..n]).is_err() {

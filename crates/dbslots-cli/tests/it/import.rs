@@ -1,6 +1,7 @@
 //! `dbslots import` as cron and supervisors run it: SIGKILL mid-job (and a
 //! file edited before the resume), a second processor on the same lock
-//! file, SIGTERM, a symlink out of the source directory, exit statuses. Each test works in a
+//! file, SIGTERM (also while a batch hangs on a connection that turned into
+//! a black hole), a symlink out of the source directory, exit statuses. Each test works in a
 //! scratch database of its own on the shared test server (skipped without
 //! one, see dbslots-testkit).
 
@@ -458,4 +459,104 @@ fn a_symlink_out_of_the_source_dir_is_refused_and_status_escapes_what_it_shows()
         err.contains("cannot use the source directory /nonexistent/dir"),
         "{err}"
     );
+}
+
+#[test]
+fn a_first_sigterm_while_a_batch_hangs_in_a_black_hole_exits_within_30_s() {
+    let Some(db) = TestDb::create("hole") else {
+        return;
+    };
+    let (csv, good, sum, bad) = readings(200_000, 1009);
+    let path = db.write("readings.csv", &csv);
+    enqueue(&db, &path);
+    // The processor reaches the server through a proxy that the test turns
+    // into a black hole for the connections open at that moment (new ones
+    // pass), as a failover or a host reboot looks to a client.
+    let opts = mysql_async::Opts::from_url(&db.url).unwrap();
+    let proxy = dbslots_testkit::FreezableProxy::start(std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        opts.tcp_port(),
+    )))
+    .expect("a proxy");
+    let server = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
+    assert!(db.url.contains(&server) && db.url.contains("prefer_socket=false"));
+    let proxied = db
+        .url
+        .replace(&server, &format!("127.0.0.1:{}", proxy.port()));
+    let lock = db.dir.path().join("import.lock");
+    let mut processor = crate::support::dbslots()
+        .args(["import", "run", "--url", &proxied, "--lock-file"])
+        .arg(&lock)
+        .args([
+            "--stale-after",
+            "2",
+            "--batch-rows",
+            "20000",
+            "--sleep",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(File::create(db.dir.path().join("hole.out")).unwrap())
+        .stderr(File::create(db.dir.path().join("hole.err")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_progress(&db, &mut processor, 20_000);
+    // Freeze while the server runs a batch's LOAD DATA.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            processor.try_wait().unwrap().is_none(),
+            "the processor ended before a batch was caught in its LOAD DATA"
+        );
+        assert!(Instant::now() < deadline, "no LOAD DATA caught in 60 s");
+        let loading: u64 = db.row(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+             WHERE DB = DATABASE() AND COMMAND = 'Query' AND INFO LIKE 'LOAD DATA%'",
+        );
+        if loading > 0 {
+            proxy.freeze_open_connections();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill(2) on the pid of our own child, which has not been
+    // reaped yet.
+    assert_eq!(
+        unsafe { libc::kill(processor.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let signalled = Instant::now();
+    let status = wait_guarded(&mut processor, "the terminated processor");
+    let took = signalled.elapsed();
+    let (_, err) = db.output("hole");
+    eprintln!("SIGTERM -> exit: {took:?}");
+    assert!(took < Duration::from_secs(30), "{took:?}\n{err}");
+    assert_eq!(status.code(), Some(0), "{err}");
+    // Put back over a new connection, unless the abandoned transaction
+    // still held the job's row (then it goes back once stale).
+    let released = err.contains("put back in the queue at its checkpoint");
+    assert!(
+        released || err.contains("once its heartbeat is stale"),
+        "{err}"
+    );
+    // Another processor, straight to the server, finishes the job.
+    let resume_lock = db.dir.path().join("resume.lock");
+    let resume_lock = resume_lock.to_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, _, err) = db.run(
+            "run",
+            &["--once", "--stale-after", "2", "--lock-file", resume_lock],
+            "resume",
+        );
+        assert!(status.success(), "{err}");
+        let done: String = db.row("SELECT CAST(status AS CHAR) FROM import_jobs");
+        if done != "pending" && done != "processing" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job was not finished: {err}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_imported_exactly_once(&db, good, sum, &bad, if released { 1 } else { 2 });
 }

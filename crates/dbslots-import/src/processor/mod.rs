@@ -28,14 +28,31 @@
 //! a reconnect, and the next attempt imports the rest of the job, from
 //! that batch on, with `INSERT ... ON DUPLICATE KEY UPDATE` statements.
 //!
-//! A stop request (SIGTERM, SIGINT) is looked at between batches: the batch
-//! being committed is finished, the job is put back in the queue with its
-//! checkpoint, the connection is closed and `run` returns.
+//! No call on the connection waits for the server without a bound: a batch
+//! (its whole transaction) or any other statement without an answer within
+//! the batch bound counts as a lost connection, the server ends such a
+//! session by itself within the same bound, and the heartbeat stops
+//! vouching for a call that has waited that long (see the `bounded`
+//! module).
+//!
+//! A stop request (SIGTERM, SIGINT) is looked at between batches and while
+//! waiting for the reader: the batch being committed is finished (given at
+//! most `bounded::STOP_GRACE` more), the job is put back in the queue with
+//! its checkpoint, the connection is closed and `run` returns. A batch that
+//! does not answer within the grace is abandoned like a lost connection,
+//! and the job is put back over a new connection if one opens within
+//! `bounded::RELEASE_WITHIN`; otherwise it stays `processing` until it is
+//! stale. So `run` returns within 30 s of a stop request whatever the
+//! network does: 10 s of grace, then at most 5 s each to close the lost
+//! connection, to put the job back and to close the heartbeat's
+//! connection.
 
+mod bounded;
 mod heartbeat;
 mod options;
 mod report;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,12 +61,13 @@ use mysql_async::prelude::Queryable;
 
 use crate::batch::{Limits, Rows};
 use crate::error::{Error, Result};
-use crate::link::{Connection, Connector, is_connection_problem};
+use crate::link::{ConnectFailure, Connection, Connector, is_connection_problem};
 use crate::queue::{self, Committed, JobRow, Status};
 use crate::source::{Chunk, FileProblem, ReadPlan, spawn_reader};
 use crate::stop::Stopper;
 use crate::table;
 use crate::value::{Form, Zone, push_text};
+use bounded::{Bounds, RELEASE_WITHIN};
 use heartbeat::{Beats, Heartbeat, close_quickly};
 pub use options::{ProcessorOptions, RunOptions};
 pub use report::{JobOutcome, JobReport, NoObserver, Observer, Progress, RunEnd, Summary};
@@ -64,6 +82,7 @@ const MAX_STALLED_ATTEMPTS: u32 = 3;
 pub struct Processor {
     connector: Arc<Connector>,
     options: ProcessorOptions,
+    bounds: Bounds,
     holder: String,
 }
 
@@ -117,9 +136,13 @@ impl Job {
 impl Processor {
     pub(crate) fn new(connector: Arc<Connector>, options: ProcessorOptions) -> Processor {
         let holder = options.holder.clone().unwrap_or_else(default_holder);
+        let bounds = Bounds {
+            call: options.batch_bound(),
+        };
         Processor {
             connector,
             options,
+            bounds,
             holder,
         }
     }
@@ -179,7 +202,7 @@ impl Processor {
             let Some(mut conn) = self.connect(stop).await? else {
                 break RunEnd::Stopped;
             };
-            match self.next_job(&mut conn, &mut tables_ready).await {
+            match self.next_job(&mut conn, &mut tables_ready, stop).await {
                 Ok((recovered, job)) => {
                     failures_since = None;
                     summary.recovered += recovered;
@@ -225,6 +248,18 @@ impl Processor {
         Ok(summary)
     }
 
+    /// Runs one call on the processor's connection within the batch bound
+    /// (see the `bounded` module); `beats` shows it to the job's heartbeat.
+    async fn call<T>(
+        &self,
+        what: &str,
+        stop: &Stopper,
+        beats: Option<&Beats>,
+        call: impl Future<Output = std::result::Result<T, mysql_async::Error>>,
+    ) -> std::result::Result<T, mysql_async::Error> {
+        bounded::call(what, self.bounds.call, stop, beats, call).await
+    }
+
     fn query_error(&self, what: &'static str, source: mysql_async::Error) -> Error {
         Error::Query {
             what,
@@ -242,7 +277,7 @@ impl Processor {
             let attempt = tokio::select! {
                 biased;
                 () = stop.stopped() => return Ok(None),
-                attempt = self.connector.connect() => attempt,
+                attempt = self.open(stop) => attempt,
             };
             let failure = match attempt {
                 Ok(conn) => return Ok(Some(conn)),
@@ -266,11 +301,43 @@ impl Processor {
         }
     }
 
+    /// One connect (a round of attempts), with the session told to end
+    /// itself when left waiting (see `Bounds::session_secs`).
+    async fn open(&self, stop: &Stopper) -> std::result::Result<Connection, ConnectFailure> {
+        let mut conn = self.connector.connect().await?;
+        let secs = self.bounds.session_secs();
+        let told = self
+            .call(
+                "setting the session's timeouts",
+                stop,
+                None,
+                queue::end_sessions_left_waiting(&mut conn, secs),
+            )
+            .await;
+        match told {
+            Ok(()) => Ok(conn),
+            Err(e) if is_connection_problem(&e) => {
+                close_quickly(conn).await;
+                Err(ConnectFailure {
+                    message: format!("the new connection failed at once: {e}"),
+                    transient: true,
+                })
+            }
+            Err(e) => {
+                // Nothing depends on it but how soon the server lets go of
+                // a connection the processor gave up on.
+                tracing::warn!(url = %self.connector.url(), error = %e, "the server refused the session's timeouts; a connection given up on may keep its transaction until the server's wait_timeout");
+                Ok(conn)
+            }
+        }
+    }
+
     /// Creates the tables (once per run), recovers stale jobs, claims one.
     async fn next_job(
         &self,
         conn: &mut Connection,
         tables_ready: &mut bool,
+        stop: &Stopper,
     ) -> std::result::Result<(u64, Option<JobRow>), ClaimFailure> {
         let classify = |what: &'static str, e: mysql_async::Error| {
             if is_connection_problem(&e) {
@@ -280,15 +347,25 @@ impl Processor {
             }
         };
         if !*tables_ready {
-            queue::create_tables(conn)
-                .await
-                .map_err(|e| classify("creating the import tables", e))?;
+            self.call(
+                "creating the import tables",
+                stop,
+                None,
+                queue::create_tables(conn),
+            )
+            .await
+            .map_err(|e| classify("creating the import tables", e))?;
             *tables_ready = true;
         }
-        let recovered =
-            queue::recover_stale(conn, self.options.stale_after, self.options.max_attempts)
-                .await
-                .map_err(|e| classify("putting back stale jobs", e))?;
+        let recovered = self
+            .call(
+                "putting back stale jobs",
+                stop,
+                None,
+                queue::recover_stale(conn, self.options.stale_after, self.options.max_attempts),
+            )
+            .await
+            .map_err(|e| classify("putting back stale jobs", e))?;
         if recovered > 0 {
             tracing::warn!(
                 jobs = recovered,
@@ -296,7 +373,13 @@ impl Processor {
                 "put back or failed jobs whose processor stopped heartbeating"
             );
         }
-        let job = queue::claim(conn, &self.holder)
+        let job = self
+            .call(
+                "claiming a job",
+                stop,
+                None,
+                queue::claim(conn, &self.holder),
+            )
             .await
             .map_err(|e| match e {
                 mysql_async::Error::Server(s) if s.code == 1064 => {
@@ -326,6 +409,7 @@ impl Processor {
             row.id,
             self.holder.clone(),
             self.options.stale_after,
+            self.bounds,
             beats.clone(),
         );
         let report = self.work_on(conn, row, beats, stop, observer).await;
@@ -364,7 +448,7 @@ impl Processor {
         let outcome = loop {
             let before = job.row.checkpoint;
             let step = if resync {
-                self.resync(&mut conn, &mut job).await
+                self.resync(&mut conn, &mut job, stop).await
             } else {
                 None
             };
@@ -388,6 +472,17 @@ impl Processor {
                     } else {
                         0
                     };
+                    close_quickly(conn).await;
+                    if stop.is_stopped() {
+                        tracing::warn!(
+                            job = job.row.id,
+                            error = %e,
+                            line = job.row.checkpoint.line_no,
+                            "lost the connection while stopping; putting the job back over a new one"
+                        );
+                        let outcome = self.release_elsewhere(&job).await;
+                        return Ok(self.report(&job, outcome, reconnects, started));
+                    }
                     tracing::warn!(
                         job = job.row.id,
                         error = %e,
@@ -395,24 +490,19 @@ impl Processor {
                         reconnects,
                         "lost the connection mid-job; re-opening it to resume from the checkpoint"
                     );
-                    close_quickly(conn).await;
                     conn = match self.connect(stop).await? {
                         Some(conn) => conn,
                         None => {
-                            return Ok(self.report(
-                                &job,
-                                JobOutcome::Interrupted,
-                                reconnects,
-                                started,
-                            ));
+                            let outcome = self.release_elsewhere(&job).await;
+                            return Ok(self.report(&job, outcome, reconnects, started));
                         }
                     };
                     if stalled >= MAX_STALLED_ATTEMPTS {
                         let message = format!(
-                            "the connection was lost {stalled} times in a row without progress at line {} (last: {e}); if the server's log shows packets too large, raise max_allowed_packet",
-                            job.row.checkpoint.line_no
+                            "the connection was lost {stalled} times in a row without progress at line {} (last: {e}); if the server's log shows packets too large, raise max_allowed_packet; if batches take longer than {:?}, raise ProcessorOptions::batch_timeout",
+                            job.row.checkpoint.line_no, self.bounds.call
                         );
-                        match self.fail(&mut conn, &job, &message).await {
+                        match self.fail(&mut conn, &job, &message, stop).await {
                             Step::Lost(e) => {
                                 close_quickly(conn).await;
                                 return Err(self.query_error("failing a stalled job", e));
@@ -477,10 +567,46 @@ impl Processor {
         }
     }
 
+    /// After a stop request that found the connection lost: puts the job
+    /// back over a new connection, if one opens within `RELEASE_WITHIN`
+    /// (a batch transaction still open on the lost connection may hold the
+    /// job's row; then the job goes back once it is stale).
+    async fn release_elsewhere(&self, job: &Job) -> JobOutcome {
+        let release = async {
+            let mut conn = self.connector.connect().await.map_err(|f| f.message)?;
+            let released = queue::release(&mut conn, job.row.id, &self.holder).await;
+            close_quickly(conn).await;
+            released.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(RELEASE_WITHIN, release).await {
+            Ok(Ok(true)) => {
+                tracing::info!(
+                    job = job.row.id,
+                    line = job.row.checkpoint.line_no,
+                    "stopping: job put back in the queue at its checkpoint"
+                );
+                JobOutcome::Released
+            }
+            Ok(Ok(false)) => JobOutcome::Lost,
+            Ok(Err(error)) => {
+                tracing::warn!(job = job.row.id, error = %error, "stopping: cannot put the job back; it goes back once its heartbeat is stale");
+                JobOutcome::Interrupted
+            }
+            Err(_) => {
+                tracing::warn!(job = job.row.id, waited = ?RELEASE_WITHIN, "stopping: the job could not be put back in time; it goes back once its heartbeat is stale");
+                JobOutcome::Interrupted
+            }
+        }
+    }
+
     /// After a reconnect: reads the job's row. `None` when the job is still
     /// ours (its checkpoint and counters now from the row).
-    async fn resync(&self, conn: &mut Connection, job: &mut Job) -> Option<Step> {
-        let row = match queue::load(conn, job.row.id).await {
+    async fn resync(&self, conn: &mut Connection, job: &mut Job, stop: &Stopper) -> Option<Step> {
+        let read = queue::load_settled(conn, job.row.id);
+        let row = match self
+            .call("reading a job", stop, Some(&job.beats), read)
+            .await
+        {
             Ok(row) => row,
             Err(e) if is_connection_problem(&e) => return Some(Step::Lost(e)),
             Err(e) => return Some(Step::Fatal(self.query_error("reading a job", e))),
@@ -510,11 +636,17 @@ impl Processor {
         stop: &Stopper,
         observer: &dyn Observer,
     ) -> Step {
-        let statement_bytes = match queue::statement_bytes(conn).await {
+        let beats = job.beats.clone();
+        let beats = Some(&beats);
+        let read = queue::statement_bytes(conn);
+        let statement_bytes = match self
+            .call("reading max_allowed_packet", stop, beats, read)
+            .await
+        {
             Ok(bytes) => bytes,
             Err(e) => {
                 return self
-                    .on_error(conn, job, "reading max_allowed_packet", e)
+                    .on_error(conn, job, "reading max_allowed_packet", e, stop)
                     .await;
             }
         };
@@ -524,36 +656,45 @@ impl Processor {
                     conn,
                     job,
                     "this job was enqueued by an older dbslots that recorded no table and no file identity; enqueue the file again with EnqueueOptions::new(table)",
+                    stop,
                 )
                 .await;
         };
         let zone = match Zone::parse(&spec.time_zone) {
             Ok(zone) => zone,
-            Err(reason) => return self.fail(conn, job, &reason).await,
+            Err(reason) => return self.fail(conn, job, &reason, stop).await,
         };
         let mut set_zone = String::from("SET time_zone = ");
         push_text(&mut set_zone, zone.session());
-        match conn.query_drop(set_zone).await {
+        let set = conn.query_drop(set_zone);
+        match self
+            .call("setting the session time zone", stop, beats, set)
+            .await
+        {
             Ok(()) => {}
             Err(mysql_async::Error::Server(e)) if e.code == 1298 => {
                 let message = format!(
                     "the server does not know the time zone {}: load its time zone tables (mariadb-tzinfo-to-sql /usr/share/zoneinfo | mariadb mysql, or mysql_tzinfo_to_sql for MySQL) or enqueue with an offset like +01:00",
                     zone.session()
                 );
-                return self.fail(conn, job, &message).await;
+                return self.fail(conn, job, &message, stop).await;
             }
             Err(e) => {
                 return self
-                    .on_error(conn, job, "setting the session time zone", e)
+                    .on_error(conn, job, "setting the session time zone", e, stop)
                     .await;
             }
         }
-        let table = match table::load(conn, &spec.table).await {
+        let read = table::load(conn, &spec.table);
+        let table = match self
+            .call("reading the table's columns", stop, beats, read)
+            .await
+        {
             Ok(Ok(table)) => table,
-            Ok(Err(problem)) => return self.fail(conn, job, &problem.to_string()).await,
+            Ok(Err(problem)) => return self.fail(conn, job, &problem.to_string(), stop).await,
             Err(e) => {
                 return self
-                    .on_error(conn, job, "reading the table's columns", e)
+                    .on_error(conn, job, "reading the table's columns", e, stop)
                     .await;
             }
         };
@@ -588,7 +729,22 @@ impl Processor {
             }
         };
         loop {
-            let Some(message) = rx.recv().await else {
+            // Waiting for the reader: a stop puts the job back at once (no
+            // batch is in flight), and the idle connection is pinged, so
+            // the server keeps the session and a dead connection is found.
+            let message = tokio::select! {
+                biased;
+                () = stop.stopped() => return self.release(conn, job, stop).await,
+                message = rx.recv() => message,
+                () = tokio::time::sleep(self.bounds.ping_every()) => {
+                    let ping = conn.ping();
+                    if let Err(e) = self.call("pinging the server while the file is read", stop, beats, ping).await {
+                        return self.on_error(conn, job, "pinging the server", e, stop).await;
+                    }
+                    continue;
+                }
+            };
+            let Some(message) = message else {
                 // The reader ends every file with `End` or a problem; a
                 // silent end means its thread died.
                 return self
@@ -600,11 +756,12 @@ impl Processor {
                             job.row.source.display(),
                             job.row.checkpoint.line_no
                         ),
+                        stop,
                     )
                     .await;
             };
             match message {
-                Err(problem) => return self.fail(conn, job, &problem.to_string()).await,
+                Err(problem) => return self.fail(conn, job, &problem.to_string(), stop).await,
                 Ok(Chunk::Opened { size, form }) => {
                     tracing::debug!(
                         job = job.row.id,
@@ -620,8 +777,8 @@ impl Processor {
                     observer.job_started(&job.progress());
                 }
                 Ok(Chunk::Batch(batch)) => {
-                    let committed =
-                        queue::commit_batch(conn, job.row.id, &self.holder, &batch).await;
+                    let commit = queue::commit_batch(conn, job.row.id, &self.holder, &batch);
+                    let committed = self.call("committing a batch", stop, beats, commit).await;
                     match committed {
                         Ok(Committed::Yes) => {
                             job.beats.beat();
@@ -642,7 +799,7 @@ impl Processor {
                             );
                             observer.batch_committed(&job.progress());
                             if stop.is_stopped() {
-                                return self.release(conn, job).await;
+                                return self.release(conn, job, stop).await;
                             }
                         }
                         Ok(Committed::Lost) => return Step::Done(JobOutcome::Lost),
@@ -656,18 +813,23 @@ impl Processor {
                             job.insert_only = true;
                             return Step::Again;
                         }
-                        Err(e) => return self.on_error(conn, job, "committing a batch", e).await,
+                        Err(e) => {
+                            return self
+                                .on_error(conn, job, "committing a batch", e, stop)
+                                .await;
+                        }
                     }
                 }
                 Ok(Chunk::End) => {
                     if job.row.rows_imported + job.row.rows_rejected == 0 {
                         let problem = FileProblem::NoData(job.row.source.clone());
-                        return self.fail(conn, job, &problem.to_string()).await;
+                        return self.fail(conn, job, &problem.to_string(), stop).await;
                     }
-                    return match queue::finish(conn, job.row.id, &self.holder).await {
+                    let finish = queue::finish(conn, job.row.id, &self.holder);
+                    return match self.call("finishing a job", stop, beats, finish).await {
                         Ok(Some(status)) => Step::Done(status.into()),
                         Ok(None) => Step::Done(JobOutcome::Lost),
-                        Err(e) => self.on_error(conn, job, "finishing a job", e).await,
+                        Err(e) => self.on_error(conn, job, "finishing a job", e, stop).await,
                     };
                 }
             }
@@ -682,16 +844,29 @@ impl Processor {
         job: &Job,
         what: &str,
         e: mysql_async::Error,
+        stop: &Stopper,
     ) -> Step {
         if is_connection_problem(&e) {
             return Step::Lost(e);
         }
-        let _ = conn.query_drop("ROLLBACK").await;
-        self.fail(conn, job, &format!("{what} failed: {e}")).await
+        let rollback = conn.query_drop("ROLLBACK");
+        if let Err(lost) = self
+            .call("rolling back", stop, Some(&job.beats), rollback)
+            .await
+            && is_connection_problem(&lost)
+        {
+            return Step::Lost(lost);
+        }
+        self.fail(conn, job, &format!("{what} failed: {e}"), stop)
+            .await
     }
 
-    async fn fail(&self, conn: &mut Connection, job: &Job, message: &str) -> Step {
-        match queue::fail(conn, job.row.id, &self.holder, message).await {
+    async fn fail(&self, conn: &mut Connection, job: &Job, message: &str, stop: &Stopper) -> Step {
+        let fail = queue::fail(conn, job.row.id, &self.holder, message);
+        match self
+            .call("failing a job", stop, Some(&job.beats), fail)
+            .await
+        {
             Ok(true) => Step::Done(JobOutcome::Failed(message.to_owned())),
             Ok(false) => Step::Done(JobOutcome::Lost),
             Err(e) if is_connection_problem(&e) => Step::Lost(e),
@@ -699,8 +874,12 @@ impl Processor {
         }
     }
 
-    async fn release(&self, conn: &mut Connection, job: &Job) -> Step {
-        match queue::release(conn, job.row.id, &self.holder).await {
+    async fn release(&self, conn: &mut Connection, job: &Job, stop: &Stopper) -> Step {
+        let release = queue::release(conn, job.row.id, &self.holder);
+        match self
+            .call("putting a job back", stop, Some(&job.beats), release)
+            .await
+        {
             Ok(true) => {
                 tracing::info!(
                     job = job.row.id,

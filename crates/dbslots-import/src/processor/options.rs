@@ -8,6 +8,7 @@ use std::time::Duration;
 pub struct ProcessorOptions {
     pub(crate) batch_rows: usize,
     pub(crate) stale_after: Duration,
+    pub(crate) batch_timeout: Option<Duration>,
     pub(crate) max_attempts: u32,
     pub(crate) reconnect_for: Duration,
     pub(crate) holder: Option<String>,
@@ -19,6 +20,7 @@ impl Default for ProcessorOptions {
         ProcessorOptions {
             batch_rows: 50_000,
             stale_after: Duration::from_secs(60),
+            batch_timeout: None,
             max_attempts: 3,
             reconnect_for: Duration::from_secs(120),
             holder: None,
@@ -29,7 +31,8 @@ impl Default for ProcessorOptions {
 
 impl ProcessorOptions {
     /// The defaults: batches of 50,000 records, jobs stale after 60 s without a
-    /// heartbeat, 3 attempts per job, reconnecting for up to 120 s.
+    /// heartbeat, batches given up after three times that, 3 attempts per
+    /// job, reconnecting for up to 120 s.
     pub fn new() -> Self {
         Self::default()
     }
@@ -50,10 +53,41 @@ impl ProcessorOptions {
     /// processor puts the job back; 60 s by default. Whole seconds, at
     /// least 1. The holder heartbeats on its own timer every third of
     /// this, also while a batch is still running (from a second
-    /// connection), so only a dead or cut-off processor looks stale.
+    /// connection), so only a dead or cut-off processor looks stale, or one
+    /// whose batch has had no answer for
+    /// [`ProcessorOptions::batch_timeout`].
     pub fn stale_after(mut self, after: Duration) -> Self {
         self.stale_after = after.max(Duration::from_secs(1));
         self
+    }
+
+    /// How long the server may take to answer a batch (its whole
+    /// transaction) or any other call on the processor's connection before
+    /// the connection is taken for lost; by default three times
+    /// [`ProcessorOptions::stale_after`] (180 s). Whole seconds, at least 1.
+    ///
+    /// A connection that stopped passing bytes without being closed (a
+    /// failover, a database host rebooting, a firewall dropping its state)
+    /// never fails by itself; after this long the processor closes it,
+    /// opens a new one and redoes the batch from the job's checkpoint, as
+    /// after any lost connection. The server is told half this bound as
+    /// the session's `wait_timeout`, `net_read_timeout` and
+    /// `net_write_timeout`, so it ends such a connection's session, and
+    /// rolls back its transaction, by itself within this bound. Meanwhile the heartbeat vouches for the
+    /// batch only until this bound: a processor stuck beyond it lets its
+    /// job go stale, and another processor takes it over.
+    ///
+    /// Give batches room: one slower than this is redone, and a job whose
+    /// batches keep taking longer fails after three attempts in a row.
+    pub fn batch_timeout(mut self, timeout: Duration) -> Self {
+        self.batch_timeout = Some(whole_seconds(timeout));
+        self
+    }
+
+    /// The bound [`ProcessorOptions::batch_timeout`] describes: as given,
+    /// or three times `stale_after`.
+    pub(crate) fn batch_bound(&self) -> Duration {
+        self.batch_timeout.unwrap_or(self.stale_after * 3)
     }
 
     /// Attempts a job gets before it fails for good when its processors
@@ -91,6 +125,11 @@ impl ProcessorOptions {
         self.holder = Some(name.into());
         self
     }
+}
+
+/// `d` in whole seconds (rounded down), at least 1.
+fn whole_seconds(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs().max(1))
 }
 
 /// When [`Processor::run`] returns.
@@ -147,5 +186,14 @@ mod tests {
         assert_eq!(o.batch_rows, 1);
         assert_eq!(o.max_attempts, 1);
         assert_eq!(o.stale_after, Duration::from_secs(1));
+        assert_eq!(o.batch_bound(), Duration::from_secs(3));
+        let o = ProcessorOptions::new();
+        assert_eq!(o.batch_bound(), Duration::from_secs(180));
+        let o = o
+            .batch_timeout(Duration::from_millis(2500))
+            .stale_after(Duration::from_secs(5));
+        assert_eq!(o.batch_bound(), Duration::from_secs(2));
+        let o = o.batch_timeout(Duration::ZERO);
+        assert_eq!(o.batch_bound(), Duration::from_secs(1));
     }
 }

@@ -65,8 +65,10 @@ pub enum JobOutcome {
     /// Taken over by another processor after this one stopped heartbeating
     /// (nothing more was written).
     Lost,
-    /// Stopped while the server was unreachable: the job stays `processing`
-    /// until it is stale, then goes back to the queue.
+    /// Stopped while the server was unreachable (or a batch had no answer
+    /// within the stop's grace) and the job could not be put back over a
+    /// new connection within 5 s: it stays `processing` until it is stale,
+    /// then goes back to the queue.
     Interrupted,
 }
 

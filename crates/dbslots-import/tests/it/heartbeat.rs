@@ -28,7 +28,13 @@ fn a_slow_batch_keeps_its_job_alive() {
             .query_drop("INSERT INTO slow VALUES (1, 'held')")
             .await
             .unwrap();
-        let options = || ProcessorOptions::new().stale_after(Duration::from_secs(2));
+        // The batch waits about 5 s: more than `stale_after`, well under
+        // the batch bound (which would take the connection for lost).
+        let options = || {
+            ProcessorOptions::new()
+                .stale_after(Duration::from_secs(2))
+                .batch_timeout(Duration::from_secs(30))
+        };
         let worker = {
             let queue = queue.clone();
             tokio::spawn(async move { run_once(&queue, options().holder("slow-one")).await })

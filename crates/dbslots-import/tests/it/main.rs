@@ -3,6 +3,7 @@
 //! (`cargo xtask test` provides one) they print SKIPPED and pass, unless
 //! `DBSLOTS_TEST_REQUIRE_SERVERS=1`.
 
+mod black_hole;
 mod file_problems;
 mod heartbeat;
 mod killed_connection;
