@@ -21,7 +21,7 @@ pub fn run(args: &[String]) -> Result<()> {
     // The verdict is the last line, after the error.
     let code = match result {
         Ok(()) => {
-            println!("xtask test: PASSED (fmt, clippy, tests) in {seconds} s");
+            println!("xtask test: PASSED (fmt, clippy, docs, tests) in {seconds} s");
             return Ok(());
         }
         Err(e) if e.is::<child::Interrupted>() || child::interrupted() => {
@@ -65,6 +65,13 @@ fn steps(args: &[String], scratch: TempDir) -> Result<()> {
         args.extend_from_slice(&["--", "-D", "warnings"]);
         child::run(&format!("`cargo {}`", args.join(" ")), cargo(&args))?;
     }
+    // The API docs users read: every intra-doc link must resolve.
+    let mut doc = cargo(&["doc", "--workspace", "--no-deps", "--all-features"]);
+    doc.env("RUSTDOCFLAGS", "-D warnings");
+    child::run(
+        "`RUSTDOCFLAGS='-D warnings' cargo doc --workspace --no-deps --all-features`",
+        doc,
+    )?;
     // The multi-process tests drive example programs (dbslots-core's
     // `holder`), and `cargo test --all-targets` builds examples only as test
     // harnesses: build the real programs first.

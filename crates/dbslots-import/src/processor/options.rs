@@ -98,7 +98,7 @@ impl ProcessorOptions {
     }
 
     /// How long to keep trying to (re)connect before giving up with
-    /// [`Error::Connect`]; 120 s by default.
+    /// [`Error::Connect`](crate::Error::Connect); 120 s by default.
     pub fn reconnect_for(mut self, window: Duration) -> Self {
         self.reconnect_for = window;
         self
@@ -132,7 +132,7 @@ fn whole_seconds(d: Duration) -> Duration {
     Duration::from_secs(d.as_secs().max(1))
 }
 
-/// When [`Processor::run`] returns.
+/// When [`Processor::run`](crate::Processor::run) returns.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub(crate) once: bool,

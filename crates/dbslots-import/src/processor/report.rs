@@ -109,7 +109,7 @@ pub struct JobReport {
     pub elapsed: Duration,
 }
 
-/// Why [`Processor::run`] returned.
+/// Why [`Processor::run`](crate::Processor::run) returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RunEnd {
@@ -119,11 +119,11 @@ pub enum RunEnd {
     MaxJobs,
     /// `max_time` passed.
     MaxTime,
-    /// The [`Stopper`] was given.
+    /// The [`Stopper`](crate::Stopper) was given.
     Stopped,
 }
 
-/// What [`Processor::run`] did.
+/// What [`Processor::run`](crate::Processor::run) did.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Summary {

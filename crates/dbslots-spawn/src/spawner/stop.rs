@@ -28,7 +28,7 @@ pub(super) struct StopState {
     pub(super) signal: Option<i32>,
 }
 
-/// Stops a running [`Spawner`] from anywhere (another task or thread).
+/// Stops a running [`Spawner`](crate::Spawner) from anywhere (another task or thread).
 #[derive(Debug, Clone)]
 pub struct Stopper {
     pub(super) tx: Arc<watch::Sender<StopState>>,
