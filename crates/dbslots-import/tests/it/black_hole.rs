@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use dbslots_import::{
-    EnqueueOptions, JobOutcome, Observer, ProcessorOptions, Progress, Queue, RunOptions, Status,
-    Stopper,
+    EnqueueOptions, JobOutcome, Observer, Processor, ProcessorOptions, Progress, Queue, RunOptions,
+    Status, Stopper,
 };
 use dbslots_testkit::FreezableProxy;
 use mysql_async::prelude::Queryable;
@@ -193,37 +193,74 @@ async fn sessions(db: &TestDb) -> u64 {
     n.unwrap_or(0)
 }
 
-#[test]
-fn a_batch_whose_connection_turns_into_a_black_hole_is_redone_on_a_new_one() {
-    let Some(db) = TestDb::create("hole") else {
-        return;
-    };
-    let _leftovers = KillLeftovers {
-        admin_url: db.admin_url.clone(),
-        name: db.name.clone(),
-    };
-    let (csv, good, sum, _) = readings(RECORDS, 0);
-    let path = db.write("readings.csv", &csv);
-    let proxy = proxy_for(&db);
-    let queue = Queue::new(&through(&db.url, &proxy), None).unwrap();
-    let commits = Commits::default();
-    db.block_on(async {
-        db.sql(&[METER_READINGS]).await;
-        queue
-            .enqueue(&[&path], &EnqueueOptions::new("meter_readings"))
+/// A database with one queued file of readings, reached through a proxy
+/// the test can turn into a black hole.
+struct Hole {
+    db: TestDb,
+    proxy: FreezableProxy,
+    queue: Queue,
+    path: std::path::PathBuf,
+    good: u64,
+    sum: u64,
+    _leftovers: KillLeftovers,
+}
+
+impl Hole {
+    fn new(name: &str) -> Option<Hole> {
+        let db = TestDb::create(name)?;
+        let _leftovers = KillLeftovers {
+            admin_url: db.admin_url.clone(),
+            name: db.name.clone(),
+        };
+        let (csv, good, sum, _) = readings(RECORDS, 0);
+        let path = db.write("readings.csv", &csv);
+        let proxy = proxy_for(&db);
+        let queue = Queue::new(&through(&db.url, &proxy), None).unwrap();
+        Some(Hole {
+            db,
+            proxy,
+            queue,
+            path,
+            good,
+            sum,
+            _leftovers,
+        })
+    }
+
+    /// Creates the table, queues the file, and gives the processor that
+    /// will import it as `holder`.
+    async fn processor(&self, holder: &str) -> Processor {
+        self.db.sql(&[METER_READINGS]).await;
+        self.queue
+            .enqueue(&[&self.path], &EnqueueOptions::new("meter_readings"))
             .await
             .unwrap();
-        let processor = queue.processor(
+        self.queue.processor(
             ProcessorOptions::new()
                 .batch_rows(BATCH_ROWS)
                 .stale_after(STALE_AFTER)
-                .holder("through-the-proxy"),
-        );
+                .holder(holder),
+        )
+    }
+}
+
+#[test]
+fn a_batch_whose_connection_turns_into_a_black_hole_is_redone_on_a_new_one() {
+    let Some(hole) = Hole::new("hole") else {
+        return;
+    };
+    let Hole {
+        db, proxy, queue, ..
+    } = &hole;
+    let (good, sum) = (hole.good, hole.sum);
+    let commits = Commits::default();
+    db.block_on(async {
+        let processor = hole.processor("through-the-proxy").await;
         let stop = Stopper::new();
         let once = RunOptions::new().once(true);
         let run = processor.run(&once, &stop, &commits);
         let watch = async {
-            let frozen = freeze_mid_batch(&db, &proxy, &commits).await;
+            let frozen = freeze_mid_batch(db, proxy, &commits).await;
             let rows = commits.rows();
             (frozen, rows)
         };
@@ -261,7 +298,7 @@ fn a_batch_whose_connection_turns_into_a_black_hole_is_redone_on_a_new_one() {
         let report = &summary.jobs[0];
         assert_eq!(report.outcome, JobOutcome::Completed, "{report:?}");
         assert!(report.reconnects >= 1, "{report:?}");
-        assert_imported_exactly_once(&db, &queue, good, sum).await;
+        assert_imported_exactly_once(db, queue, good, sum).await;
         // The processor itself recovered: nobody took the job over.
         let job = &queue.jobs(None).await.unwrap()[0];
         assert_eq!(
@@ -271,7 +308,7 @@ fn a_batch_whose_connection_turns_into_a_black_hole_is_redone_on_a_new_one() {
         // The server ended the frozen connection's session (rolling back
         // its transaction) by itself.
         let deadline = Instant::now() + BATCH_BOUND + Duration::from_secs(10);
-        while sessions(&db).await > 0 {
+        while sessions(db).await > 0 {
             assert!(
                 Instant::now() < deadline,
                 "the frozen connection's session is still on the server {:?} after the freeze",
@@ -284,37 +321,21 @@ fn a_batch_whose_connection_turns_into_a_black_hole_is_redone_on_a_new_one() {
 
 #[test]
 fn a_stop_during_a_batch_in_a_black_hole_returns_in_bounded_time() {
-    let Some(db) = TestDb::create("hole_stop") else {
+    let Some(hole) = Hole::new("hole_stop") else {
         return;
     };
-    let _leftovers = KillLeftovers {
-        admin_url: db.admin_url.clone(),
-        name: db.name.clone(),
-    };
-    let (csv, good, sum, _) = readings(RECORDS, 0);
-    let path = db.write("readings.csv", &csv);
-    let proxy = proxy_for(&db);
-    let queue = Queue::new(&through(&db.url, &proxy), None).unwrap();
+    let Hole { db, proxy, .. } = &hole;
+    let (good, sum) = (hole.good, hole.sum);
     let commits = Commits::default();
     db.block_on(async {
-        db.sql(&[METER_READINGS]).await;
-        queue
-            .enqueue(&[&path], &EnqueueOptions::new("meter_readings"))
-            .await
-            .unwrap();
-        let processor = queue.processor(
-            ProcessorOptions::new()
-                .batch_rows(BATCH_ROWS)
-                .stale_after(STALE_AFTER)
-                .holder("stopped-in-the-hole"),
-        );
+        let processor = hole.processor("stopped-in-the-hole").await;
         let stop = Stopper::new();
         let once = RunOptions::new().once(true);
         let run = processor.run(&once, &stop, &commits);
         let mut run = std::pin::pin!(run);
         tokio::select! {
             biased;
-            _ = freeze_mid_batch(&db, &proxy, &commits) => {}
+            _ = freeze_mid_batch(db, proxy, &commits) => {}
             summary = &mut run => panic!("the run ended before the freeze: {summary:?}"),
         }
         // A SIGTERM a moment later, while the batch hangs.
@@ -360,6 +381,6 @@ fn a_stop_during_a_batch_in_a_black_hole_returns_in_bounded_time() {
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        assert_imported_exactly_once(&db, &direct, good, sum).await;
+        assert_imported_exactly_once(db, &direct, good, sum).await;
     });
 }
