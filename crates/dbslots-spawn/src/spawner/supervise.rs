@@ -137,6 +137,9 @@ impl Ctx {
                 }
                 // Reaped, and nothing of its group left: only now may the
                 // slot go to the next worker.
+                if let Some(keeper) = &ctx.keeper {
+                    keeper.forget(pgid);
+                }
                 if let Some(slot) = slot {
                     drop(slot);
                     ctx.counters.slots.fetch_sub(1, Ordering::Relaxed);
