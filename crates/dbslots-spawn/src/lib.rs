@@ -110,6 +110,7 @@
 
 mod console;
 mod error;
+pub mod exec;
 mod group;
 mod joblog;
 mod keeper;

@@ -133,6 +133,13 @@ fn cut_off_holder_stops_before_the_next_one_starts(first_args: &[&str], first_co
 }
 
 #[test]
+fn a_cut_off_exec_stops_what_its_command_started_before_the_next_one_starts() {
+    // The command waits for a child that ignores SIGTERM: the whole
+    // process group gets SIGTERM, and SIGKILL after the grace.
+    cut_off_holder_stops_its_leftovers(&["exec"], "wait");
+}
+
+#[test]
 fn a_cut_off_spawn_stops_what_its_worker_left_behind_before_the_next_one_starts() {
     // The worker exits at once and leaves the child behind: the spawner
     // keeps the slot for it, so it must stop it when the lease is lost.
