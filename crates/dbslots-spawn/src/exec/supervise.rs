@@ -37,8 +37,9 @@ const POLL_FIRST: Duration = Duration::from_millis(10);
 const POLL_MAX: Duration = Duration::from_millis(200);
 
 /// How often the lease watcher looks (locally) whether the lease is lost,
-/// and sends SIGKILL again while members are left after it.
-const LEASE_STEP: Duration = Duration::from_millis(100);
+/// and sends SIGKILL again while members are left after it. Well below
+/// half the safety margin of a short lease (333 ms for a 1 s lease).
+const LEASE_STEP: Duration = Duration::from_millis(50);
 
 /// What the main thread and the lease watcher share.
 #[derive(Default)]
@@ -240,14 +241,23 @@ pub(super) fn stop_on_lost_lease(
     shared: &Shared,
     notice: &(dyn Fn(&str) + Send + Sync),
 ) {
+    // Looks (locally) every step, and waits on our own condition variable
+    // in between, so that the end of the group ends the watch at once.
+    let mut st = shared.lock();
     loop {
-        if shared.lock().gone {
+        if st.gone {
             return;
         }
-        if slot.wait_lost(LEASE_STEP) {
+        if slot.wait_lost(Duration::ZERO) {
             break;
         }
+        st = shared
+            .changed
+            .wait_timeout(st, LEASE_STEP)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
     }
+    drop(st);
     let reason = slot
         .check()
         .err()
