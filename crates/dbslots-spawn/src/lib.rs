@@ -1,4 +1,5 @@
-//! Start a fleet of worker processes as fast as a slot pool allows.
+//! Start a fleet of worker processes as fast as a slot pool allows
+//! ([`Spawner`]), or one command under a slot ([`exec`]).
 //!
 //! A key design decision made in this crate is that **a worker's slot is
 //! taken before the worker starts and given back only after the worker has
