@@ -26,6 +26,7 @@ const TERMS: &[(&str, &str)] = &[
     // dbslots-spawn
     ("SpawnOptions::new", "--workers N"),
     ("SpawnOptions::joblog", "--joblog"),
+    ("SpawnOptions::hold_slot", "--hold-slot"),
     ("Output::LogDir", "--log-dir"),
     // dbslots-mysql
     (

@@ -31,13 +31,16 @@ use crate::exec::parse_seconds;
 ///
 /// A Redis pool's slots are leases, which cannot be handed over: the
 /// spawner renews them until it has reaped the workers. If the spawner is
-/// killed, the kernel kills the workers with it (no worker runs without
-/// its slot); with --hold-slot they are left to finish, and their slots
-/// are lost once the leases run out. When a worker's lease is lost while
-/// the spawner runs (cut off from Redis, paused), the worker's group gets
-/// SIGTERM, and SIGKILL half the lease's safety margin later (a sixth of
-/// the lease), before the server can give the slot to anyone else (like
-/// `consul lock`); --hold-slot lets it run on instead.
+/// killed, even with SIGKILL, the workers are killed with it, with every
+/// process of their process groups (no worker runs without its slot; a
+/// small helper process the spawner starts for this does it); with
+/// --hold-slot they are left to finish, and their slots are lost once the
+/// leases run out. When a worker's lease is lost while the spawner runs
+/// (cut off from Redis, paused), the worker's group (also what a worker
+/// that exited left behind) gets SIGTERM, and SIGKILL half the lease's
+/// safety margin later (a sixth of the lease), before the server can give
+/// the slot to anyone else (like `consul lock`); --hold-slot lets it run
+/// on instead.
 ///
 /// In CMD's arguments, {index} becomes the worker's 0-based index and
 /// {count} the number of workers. Each worker sees DBSLOTS_WORKER_INDEX,

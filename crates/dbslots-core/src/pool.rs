@@ -545,6 +545,32 @@ impl Slot {
         self.release_inner();
     }
 
+    /// Releases the slot for this process, but not for the processes that
+    /// were handed its lock ([`Slot::lock_fd_for_child`]) and still keep a
+    /// copy open: a lock-based slot then stays held until the last copy is
+    /// closed (the kernel's rule for `flock`), and is released as by
+    /// [`Slot::release`] when no copy is left. A lease-based slot is
+    /// released as by [`Slot::release`] (only this process renews it).
+    ///
+    /// This is how a parent gives up a slot it handed to a child once the
+    /// child has exited: a process the child left behind that kept the
+    /// descriptor (a daemon that left the child's process group) keeps
+    /// the slot, where [`Slot::release`] would unlock it under it. When a
+    /// copy is still open, the next waiter is not woken: it finds the slot
+    /// by its periodic probe once the copy is closed, as after a holder
+    /// was killed.
+    pub fn release_unless_inherited(mut self) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
+        tracing::trace!(pool = %self.pool.name(), slot = self.index, "slot released unless inherited");
+        match &self.pool.inner.backend {
+            Backend::File(p) => p.release_unless_inherited(self.index),
+            #[cfg(feature = "redis")]
+            Backend::Redis(p) => p.release(self.index),
+        }
+    }
+
     fn release_inner(&mut self) {
         if std::mem::replace(&mut self.released, true) {
             return;
@@ -623,7 +649,9 @@ impl Slot {
     /// slot held, so a child that inherits it holds the slot for its whole
     /// life, even if this process is killed. Give the child the duplicate
     /// and [`Slot::child_env`], record it with [`Slot::set_holder_pid`]
-    /// once started, and release the guard only after it has exited.
+    /// once started, and release the guard only after it has exited (with
+    /// [`Slot::release_unless_inherited`] when a process it started may
+    /// still have the copy: dropping the guard unlocks every copy).
     ///
     /// The duplicate is close-on-exec, like every descriptor std opens. As
     /// the child's stdin (an empty, read-only file) it needs nothing else,

@@ -62,6 +62,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The keeper process, which kills the workers of a lease-based pool if
+    /// the spawner dies, could not be started.
+    #[error(
+        "cannot start the process that stops the workers if the spawner dies: {source}; raise the process limit (ulimit -u), or use SpawnOptions::hold_slot to let workers outlive the spawner"
+    )]
+    Keeper {
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The thread that writes the spawner's output could not be started.
     #[error("cannot start the output thread: {source}; raise the process or memory limits")]
     Console {

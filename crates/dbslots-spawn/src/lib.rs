@@ -1,4 +1,5 @@
-//! Start a fleet of worker processes as fast as a slot pool allows.
+//! Start a fleet of worker processes as fast as a slot pool allows
+//! ([`Spawner`]), or one command under a slot ([`exec`]).
 //!
 //! A key design decision made in this crate is that **a worker's slot is
 //! taken before the worker starts and given back only after the worker has
@@ -26,12 +27,18 @@
 //! spawner renews it until it has reaped the worker, and the worker's stdin
 //! is `/dev/null`. If the spawner dies, the lease runs out (`lease_ms`)
 //! while the worker may still run, so by default such a worker is killed
-//! with the spawner.
+//! with the spawner, with every process of its process group: the kernel
+//! kills the worker itself (`PR_SET_PDEATHSIG`), and the *keeper*, a small
+//! process the spawner forks for this, kills the rest of the group (a
+//! death signal reaches a direct child only). Each such worker registers
+//! its group with the keeper before its program runs; the keeper needs no
+//! code of the spawner to run when it dies (it notices the end of a pipe
+//! only the spawner holds), so this holds for a SIGKILLed spawner too.
 //!
 //! | mode | slot taken by the spawner | if the spawner is SIGKILLed |
 //! | --- | --- | --- |
 //! | adaptive (default) | yes, before the worker starts; the worker holds it | the worker keeps its slot and runs to its end; it is not signalled |
-//! | adaptive, Redis pool | yes; the spawner renews the lease | the kernel kills the worker (`PR_SET_PDEATHSIG`, SIGKILL): a worker must never run without its slot |
+//! | adaptive, Redis pool | yes; the spawner renews the lease | the worker and its process group get SIGKILL (the kernel's death signal, the keeper): a worker must never run without its slot |
 //! | adaptive, Redis pool, [`hold_slot`](SpawnOptions::hold_slot) | yes; the spawner renews the lease | the worker runs to its end; its slot is lost when the lease runs out |
 //! | batches | no: workers take their own (reference behaviour) | workers get SIGTERM and close their connections |
 //! | batches, [`hold_slot`](SpawnOptions::hold_slot) | yes, each worker of a batch waits for one | as adaptive (with `hold_slot`) |
@@ -58,7 +65,8 @@
 //! Whatever a worker starts stays in its process group unless it leaves it
 //! (`setsid`: daemons). When a worker exits, the spawner keeps its slot
 //! until no process of the group is left, relays the stop signals to the
-//! group meanwhile, and only then gives the slot to the next worker. The
+//! group meanwhile (and, on a Redis pool, stops the group if the lease is
+//! lost), and only then gives the slot to the next worker. The
 //! spawner makes itself the child subreaper of its process
 //! (`PR_SET_CHILD_SUBREAPER`, process-wide and permanent) so that it reaps
 //! the group's orphans itself. A process that leaves the group is not
@@ -103,8 +111,10 @@
 
 mod console;
 mod error;
+pub mod exec;
 mod group;
 mod joblog;
+mod keeper;
 mod options;
 mod output;
 mod progress;

@@ -481,3 +481,200 @@ fn a_script_without_a_shebang_line_runs_with_sh_as_from_a_shell() {
         "from the script: again"
     );
 }
+
+/// Waits (up to 10 s) for the pid a command wrote to `file`.
+fn pid_in(file: &std::path::Path) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never written",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether `pid` runs (a zombie does not).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// Waits up to `limit` for `pid` to stop running; whether it did. Kills it
+/// if it did not, so that no test leaves it behind.
+fn ends_within(pid: i32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while running(pid) {
+        if Instant::now() >= deadline {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// A command that starts `sleep 300` in the background (its pid in
+/// `$LEFT`) and waits for it.
+const WAITS_FOR_A_SLEEP: &str = "sleep 300 & echo $! > \"$LEFT\"; wait";
+
+#[test]
+fn a_killed_dbslots_takes_what_its_command_started_on_a_redis_pool_with_it() {
+    // The lease dies with dbslots, so must every process of the command's
+    // group: the kernel's death signal reaches only the command itself.
+    let Some(url) = dbslots_testkit::shared_redis() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let left = dir.path().join("left");
+    let addr = format!(
+        "{url}?pool=orphans-{}-{}&lease_ms=3000",
+        std::process::id(),
+        now_nanos()
+    );
+    let mut exec = dbslots()
+        .args(["exec", "--pool", &addr, "--capacity", "1", "--", "sh", "-c"])
+        .arg(WAITS_FOR_A_SLEEP)
+        .env("LEFT", &left)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("exec");
+    let sleep = pid_in(&left);
+    exec.kill().expect("SIGKILL dbslots");
+    exec.wait().expect("reap dbslots");
+    // Well within the lease (3 s), after which the slot goes on.
+    assert!(
+        ends_within(sleep, Duration::from_secs(2)),
+        "the command's child outlived dbslots"
+    );
+}
+
+#[test]
+fn a_terminated_dbslots_stops_what_its_command_started_too() {
+    let (dir, p) = pool();
+    let left = dir.path().join("left");
+    let mut exec = dbslots()
+        .args(["exec", "--pool", &p, "--capacity", "1", "--", "sh", "-c"])
+        .arg(WAITS_FOR_A_SLEEP)
+        .env("LEFT", &left)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("exec");
+    let sleep = pid_in(&left);
+    unsafe { libc::kill(exec.id() as i32, libc::SIGTERM) };
+    use std::os::unix::process::ExitStatusExt;
+    let status = exec.wait().expect("reap");
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    assert!(
+        ends_within(sleep, Duration::from_millis(500)),
+        "the command's child outlived the stop"
+    );
+    assert_eq!(status_json(&p)["active"], 0);
+}
+
+#[test]
+fn an_interrupted_dbslots_stops_background_jobs_that_ignore_sigint() {
+    // A script's background jobs ignore SIGINT (POSIX): once the command
+    // died of the interrupt, dbslots stops what it left with SIGTERM
+    // rather than wait for it with the slot.
+    use std::os::unix::process::ExitStatusExt;
+    let (dir, p) = pool();
+    let left = dir.path().join("left");
+    let exec = dbslots()
+        .args(["exec", "--pool", &p, "--capacity", "1", "--", "sh", "-c"])
+        .arg(WAITS_FOR_A_SLEEP)
+        .env("LEFT", &left)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("exec");
+    let sleep = pid_in(&left);
+    unsafe { libc::kill(exec.id() as i32, libc::SIGINT) };
+    let status = exec.wait_with_output().expect("reap").status;
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}");
+    assert!(
+        ends_within(sleep, Duration::from_millis(500)),
+        "the background job outlived the interrupt"
+    );
+}
+
+#[test]
+fn exec_keeps_the_slot_until_what_its_command_left_behind_has_ended() {
+    // The command exits at once, leaving a 1 s `sleep` in its group that
+    // closed every descriptor (the slot's lock too): dbslots holds the
+    // slot for it, and ends (with the command's status) when it ends.
+    let (dir, p) = pool();
+    let left = dir.path().join("left");
+    let started = Instant::now();
+    let mut exec = dbslots()
+        .args(["exec", "--pool", &p, "--capacity", "1", "--", "sh", "-c"])
+        .arg(
+            "(for fd in 3 4 5 6 7 8 9; do eval \"exec $fd>&-\"; done; exec sleep 1 </dev/null >/dev/null 2>&1) & echo $! > \"$LEFT\"; exit 3",
+        )
+        .env("LEFT", &left)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("exec");
+    let sleep = pid_in(&left);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(running(sleep));
+    assert!(
+        exec.try_wait().expect("try_wait").is_none(),
+        "dbslots ended before the sleep"
+    );
+    let s = status_json(&p);
+    assert_eq!(
+        s["active"], 1,
+        "the slot was given back while the sleep ran: {s}"
+    );
+    let timed_out = dbslots()
+        .args(["exec", "--pool", &p, "--timeout", "0", "--", "true"])
+        .status()
+        .expect("run");
+    assert_eq!(timed_out.code(), Some(75));
+    let status = exec.wait().expect("reap");
+    assert_eq!(status.code(), Some(3), "the command's status");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(!running(sleep));
+    assert_eq!(status_json(&p)["active"], 0);
+}
+
+#[test]
+fn a_process_that_left_the_group_keeps_the_slot_as_long_as_it_keeps_the_lock() {
+    // `setsid` takes the sleep out of the command's group, so dbslots does
+    // not wait for it; but it inherited the slot's lock, and flock keeps a
+    // lock while any copy is open: dbslots must not unlock it under it.
+    let (dir, p) = pool();
+    let left = dir.path().join("left");
+    let out = dbslots()
+        .args(["exec", "--pool", &p, "--capacity", "1", "--", "sh", "-c"])
+        .arg("setsid sleep 1 </dev/null >/dev/null 2>&1 & echo $! > \"$LEFT\"")
+        .env("LEFT", &left)
+        .stdin(Stdio::null())
+        .output()
+        .expect("exec");
+    assert!(out.status.success(), "{out:?}");
+    let sleep = pid_in(&left);
+    assert!(running(sleep), "the sleep ended too soon for the test");
+    let s = status_json(&p);
+    assert_eq!(s["active"], 1, "the lock was taken from the sleep: {s}");
+    let timed_out = dbslots()
+        .args(["exec", "--pool", &p, "--timeout", "0", "--", "true"])
+        .status()
+        .expect("run");
+    assert_eq!(timed_out.code(), Some(75));
+    assert!(ends_within(sleep, Duration::from_secs(5)));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status_json(&p)["active"] != 0 {
+        assert!(Instant::now() < deadline, "the slot never came back");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

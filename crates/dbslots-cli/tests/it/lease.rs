@@ -133,6 +133,116 @@ fn cut_off_holder_stops_before_the_next_one_starts(first_args: &[&str], first_co
 }
 
 #[test]
+fn a_cut_off_exec_stops_what_its_command_started_before_the_next_one_starts() {
+    // The command waits for a child that ignores SIGTERM: the whole
+    // process group gets SIGTERM, and SIGKILL after the grace.
+    cut_off_holder_stops_its_leftovers(&["exec"], "wait");
+}
+
+#[test]
+fn a_cut_off_spawn_stops_what_its_worker_left_behind_before_the_next_one_starts() {
+    // The worker exits at once and leaves the child behind: the spawner
+    // keeps the slot for it, so it must stop it when the lease is lost.
+    cut_off_holder_stops_its_leftovers(&["spawn", "--workers", "1"], "exit 0");
+}
+
+/// Whether `pid` runs (a zombie does not).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// The state letter of `/proc/PID/stat` in a shell: empty when gone.
+const STATE_OF_LEFT: &str = "s=$(cut -d' ' -f3 /proc/$(cat \"$LEFT\")/stat 2>/dev/null)";
+
+/// `dbslots FIRST...` holds the only slot through a proxy that then goes
+/// black; its command starts a `sleep` that ignores SIGTERM, records its pid
+/// in `$LEFT`, and then runs `then`. A `dbslots exec` on the direct address
+/// waits for the slot and notes whether that `sleep` still runs when it
+/// gets it.
+fn cut_off_holder_stops_its_leftovers(first_args: &[&str], then: &str) {
+    let Some(url) = dbslots_testkit::shared_redis() else {
+        return;
+    };
+    let proxy =
+        FreezableProxy::start(SocketAddr::from(([127, 0, 0, 1], port_of(&url)))).expect("proxy");
+    let name = format!("left-{}-{}", std::process::id(), wall_nanos());
+    let direct = format!("{url}?pool={name}&lease_ms={LEASE_MS}");
+    let cut_off = format!(
+        "redis://127.0.0.1:{}/0?pool={name}&lease_ms={LEASE_MS}",
+        proxy.port()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (left, verdict) = (dir.path().join("left"), dir.path().join("verdict"));
+    let mut first = dbslots()
+        .args(first_args)
+        .args(["--pool", &cut_off, "--capacity", "1", "--", "sh", "-c"])
+        .arg(format!(
+            "(trap '' TERM; exec sleep 300) & echo $! > \"$LEFT\"; {then}"
+        ))
+        .env("LEFT", &left)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("first holder");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sleep_pid: i32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&left)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the first command never started");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut second = dbslots()
+        .args(["exec", "--pool", &direct, "--capacity", "1", "--", "sh", "-c"])
+        .arg(format!(
+            "{STATE_OF_LEFT}; if [ -n \"$s\" ] && [ \"$s\" != Z ]; then echo overlap > \"$V\"; else echo clean > \"$V\"; fi"
+        ))
+        .env("LEFT", &left)
+        .env("V", &verdict)
+        .spawn()
+        .expect("second exec");
+    std::thread::sleep(Duration::from_millis(LEASE_MS / 2));
+    assert!(!verdict.exists(), "the slot was given twice");
+
+    proxy.freeze();
+    let deadline = Instant::now() + Duration::from_millis(LEASE_MS + 5000);
+    while !verdict.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the second exec never got the slot"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let seen = std::fs::read_to_string(&verdict).expect("verdict");
+    let still = running(sleep_pid);
+    // SAFETY: kill(2) on the sleep this test's command started.
+    unsafe { libc::kill(sleep_pid, libc::SIGKILL) };
+    assert_eq!(
+        seen.trim(),
+        "clean",
+        "the next holder started while the first one's leftover ran"
+    );
+    assert!(!still, "the leftover outlived its slot");
+    first.wait().expect("reap first");
+    let mut err = String::new();
+    first
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut err)
+        .expect("stderr");
+    assert!(err.contains("lease was lost"), "{err}");
+    second.wait().expect("reap second");
+}
+
+#[test]
 fn a_kill_grace_longer_than_the_safety_margin_is_refused() {
     let Some(url) = dbslots_testkit::shared_redis() else {
         return;

@@ -13,5 +13,6 @@ mod redaction;
 mod serve;
 mod spawn;
 mod support;
+mod terminal;
 mod tls;
 mod watch;

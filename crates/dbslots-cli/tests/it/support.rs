@@ -114,7 +114,9 @@ fn children_of(pid: u32) -> Vec<u32> {
     found
 }
 
-/// A process started in its own process group, killed with the group.
+/// A `dbslots exec` started in its own process group, killed with the
+/// group and the group of its command (which `dbslots exec` runs in a
+/// group of its own).
 struct Group(Child);
 
 impl Group {
@@ -124,8 +126,16 @@ impl Group {
     }
 
     fn kill(&mut self) {
-        // SAFETY: kill(2) on our own child's process group.
+        // The command's group too: on a file pool it would run on (and
+        // hold the slot) after its `dbslots exec` is killed. Stopped first,
+        // so that it starts no command after we looked.
+        // SAFETY: kill(2) on our own child's process group and on those
+        // of its children (each leads its own).
         unsafe {
+            libc::kill(-(self.0.id() as libc::pid_t), libc::SIGSTOP);
+            for pid in children_of(self.0.id()) {
+                libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
+            }
             libc::kill(-(self.0.id() as libc::pid_t), libc::SIGKILL);
         }
         let _ = self.0.wait();

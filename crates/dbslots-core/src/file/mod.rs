@@ -564,6 +564,35 @@ impl FilePool {
         self.wake_head();
     }
 
+    /// Releases `slot` but for the copies of its descriptor that other
+    /// processes inherited: closes this handle's copy without unlocking,
+    /// then looks whether any copy still holds the lock. If none does, the
+    /// slot is released as by [`FilePool::release`] (the head waiter is
+    /// woken); if one does, it stays held, by that process, until the last
+    /// copy closes, and then goes like a killed holder's (the head's probe
+    /// finds it, see the module doc).
+    ///
+    /// A thread of this process that forks meanwhile gives its child a copy
+    /// until the child's `exec`: the slot then stays held until that exec,
+    /// and is found by the head's probe rather than woken for.
+    pub(crate) fn release_unless_inherited(&self, slot: u32) {
+        // Ours is closed in any case; a forked handle closes only its copy.
+        self.fds.forget(slot);
+        if self.check_fork().is_err() {
+            return;
+        }
+        match self.fds.try_lock(&self.dirs, slot) {
+            // Nobody else had it: it was ours alone. Release it properly.
+            Ok(Try::Taken) => self.release(slot),
+            Ok(Try::Busy) => {
+                tracing::debug!(pool = %self.name, slot, "slot released by this process; a process that inherited its lock still holds it");
+            }
+            Err(e) => {
+                tracing::error!(pool = %self.name, slot, error = %e, "cannot tell whether the slot is still held after releasing it");
+            }
+        }
+    }
+
     /// Records `pid` as the holder of `slot` (a child that inherited it).
     pub(crate) fn set_holder_pid(&self, slot: u32, pid: u32) {
         self.board.record(slot).pid.store(pid, Ordering::Release);

@@ -332,3 +332,51 @@ fn a_child_given_the_lock_as_stdin_shares_the_slot() {
     drop(slot);
     assert!(other.try_acquire().expect("try").is_some());
 }
+
+#[test]
+fn release_unless_inherited_leaves_the_slot_with_a_child_that_kept_the_lock() {
+    let (_dir, addr) = pool_dir();
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let other = Pool::open(&addr, PoolOptions::new()).expect("second handle");
+
+    // A child that still has the lock: the slot stays held, by the child.
+    let slot = pool.blocking_acquire().expect("slot");
+    let fd = slot.lock_fd_for_child().expect("dup").expect("a lock fd");
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .stdin(std::process::Stdio::from(fd))
+        .spawn()
+        .expect("spawn");
+    slot.set_holder_pid(child.id());
+    slot.release_unless_inherited();
+    assert!(
+        other.try_acquire().expect("try").is_none(),
+        "the child's copy of the lock keeps the slot held"
+    );
+    assert_eq!(other.stats().expect("stats").active, 1);
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+    let taken = other
+        .try_acquire()
+        .expect("try")
+        .expect("free once the child is gone");
+    drop(taken);
+
+    // Nobody else has a copy: released at once, and a waiter is woken.
+    let slot = pool.blocking_acquire().expect("slot");
+    let waiter = std::thread::spawn({
+        let addr = addr.clone();
+        move || {
+            let pool = Pool::open(&addr, PoolOptions::new()).expect("open");
+            pool.blocking_acquire_timeout(Duration::from_secs(10))
+                .map(|s| s.index())
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while pool.stats().expect("stats").waiting == 0 {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    slot.release_unless_inherited();
+    assert_eq!(waiter.join().expect("join").expect("waiter got it"), 0);
+}

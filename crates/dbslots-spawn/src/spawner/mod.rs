@@ -25,12 +25,16 @@
 //!   slower path. The starter is
 //!   the only place that starts processes, so every worker is started from
 //!   the thread that polls [`Spawner::run`], which matters for the death
-//!   signal (it fires when the forking *thread* exits);
+//!   signal (it fires when the forking *thread* exits). A worker with a
+//!   death signal for a lease also registers its process group with the
+//!   keeper (`keeper.rs`) from its hook, which kills the group if the
+//!   spawner dies;
 //! * one *supervisor* task per running worker waits for the process,
 //!   relays the stop phase to the worker's process group as signals, and
 //!   drops the `Slot` once the worker is reaped and its process group is
 //!   empty (`group.rs`), never before: a slot is free only once every
-//!   process that may use it is gone. It then streams the remaining output and
+//!   process that may use it is gone (the keeper forgets the group just
+//!   before). It then streams the remaining output and
 //!   reports a small `Finished` record;
 //! * the *collector* turns `Finished` records into the joblog, the progress
 //!   display and the tallies of the summary. Memory per worker is a few
@@ -62,6 +66,7 @@ use crate::console::{BarStatus, Console};
 use crate::error::{Error, Result};
 use crate::group;
 use crate::joblog::Joblog;
+use crate::keeper::Keeper;
 use crate::options::{Output, SpawnOptions};
 use crate::progress::{self, Counts, Reporter};
 use crate::summary::{StopReason, Summary};
@@ -154,6 +159,20 @@ impl Spawner {
     pub async fn run(self) -> Result<Summary> {
         raise_open_file_limit();
         group::become_subreaper();
+        // Workers that must not outlive their leases (Redis pool, no
+        // hold_slot) are killed by the kernel with the spawner; what they
+        // started is killed by the keeper (`keeper.rs`).
+        let keeper = match &self.pool {
+            Some(pool)
+                if pool.lease_margin().is_some()
+                    && self.options.takes_slots()
+                    && !self.options.hold_slot =>
+            {
+                let groups = usize::try_from(self.options.workers).unwrap_or(usize::MAX);
+                Some(Keeper::start(groups).map_err(|source| Error::Keeper { source })?)
+            }
+            _ => None,
+        };
         let joblog = match &self.options.joblog {
             Some(path) => Some(Joblog::create(path)?),
             None => None,
@@ -201,6 +220,7 @@ impl Spawner {
             counters,
             reporter,
             console,
+            keeper,
         });
         tracing::info!(
             pool = %ctx.pool_addr,
@@ -223,6 +243,10 @@ impl Spawner {
             never = ctx.watch_stop(&mut signals) => match never {},
         };
         let wall = started_at.elapsed();
+        // Every worker is reaped and its group empty: nothing to keep.
+        if let Some(keeper) = &ctx.keeper {
+            keeper.stand_down();
+        }
         // Everything is reaped; what is left is output. Wait for it unless
         // nobody reads it: after a stop, for at most `OUTPUT_AFTER_STOP`;
         // at any time, no longer than the next signal.
@@ -351,6 +375,8 @@ struct Ctx {
     counters: Arc<Counters>,
     reporter: Reporter,
     console: Console,
+    /// Kills the groups of lease-holding workers if the spawner dies.
+    keeper: Option<Keeper>,
 }
 
 impl Ctx {

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use super::process::{self, Stdin, WorkerProcess};
 use super::stop::Phase;
 use super::{Ctx, Finished, Flow};
+use crate::keeper::Keeper;
 use crate::options::{Mode, Output};
 use crate::summary::StopReason;
 use crate::template::{ENV_JOB_ID, ENV_POOL, ENV_SLOT, ENV_WORKER_COUNT, ENV_WORKER_INDEX};
@@ -262,6 +263,13 @@ impl Ctx {
         // signal need the hook anyway; workers with --log-dir keep std's own
         // posix_spawn.
         let ignore_sigpipe = matches!(self.options.output, Output::Prefixed);
+        // A worker killed by the kernel with the spawner may have started
+        // processes of its own: it registers its group with the keeper,
+        // which kills the group if the spawner dies (`keeper.rs`).
+        let registration = match death_signal {
+            Some(libc::SIGKILL) => self.keeper.as_ref().map(Keeper::registration),
+            _ => None,
+        };
         if ignore_sigpipe && death_signal.is_none() && process::available() {
             let std = cmd.as_std();
             let stdin = match handed_over {
@@ -286,8 +294,8 @@ impl Ctx {
             // parent.
             let parent = unsafe { libc::getpid() };
             // SAFETY: the closure runs between fork and exec and only makes
-            // async-signal-safe calls (signal, prctl, getppid, _exit); it
-            // allocates nothing.
+            // async-signal-safe calls (signal, prctl, getppid, _exit, and
+            // getpgrp and write to register); it allocates nothing.
             unsafe {
                 cmd.pre_exec(move || {
                     if ignore_sigpipe && libc::signal(libc::SIGPIPE, libc::SIG_IGN) == libc::SIG_ERR
@@ -303,11 +311,21 @@ impl Ctx {
                             libc::_exit(128 + sig);
                         }
                     }
+                    // Registered before the program runs, so before it can
+                    // start anything; a worker the keeper cannot watch
+                    // does not start.
+                    if let Some(r) = &registration {
+                        r.send()?;
+                    }
                     Ok(())
                 });
             }
         }
-        cmd.spawn()
+        let spawned = cmd.spawn();
+        if let (Err(_), Some(keeper), Some(r)) = (&spawned, &self.keeper, registration) {
+            keeper.failed(r);
+        }
+        spawned
             .map(WorkerProcess::Std)
             .map_err(|e| fail(e, "spawning"))
     }

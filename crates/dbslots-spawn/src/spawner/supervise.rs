@@ -30,8 +30,6 @@ const LINGER_POLL_MAX: Duration = Duration::from_millis(200);
 /// How often a worker's supervisor looks whether its slot's lease (Redis
 /// pool) was lost; the look is local (no network).
 const LEASE_POLL: Duration = Duration::from_millis(20);
-/// Stands for a grace longer than an `Instant` can reach.
-const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 impl Ctx {
     /// Hands a started worker to its supervisor task.
@@ -83,7 +81,10 @@ impl Ctx {
             };
             let waiter = async {
                 let mut sent = Phase::Running;
-                let mut kill_at: Option<Instant> = None;
+                let mut lease = LeaseWatch {
+                    grace: lease_grace,
+                    kill_at: None,
+                };
                 let status = loop {
                     let wanted = stop.borrow_and_update().phase;
                     if wanted > sent {
@@ -95,32 +96,16 @@ impl Ctx {
                         changed = stop.changed() => if changed.is_err() {
                             break child.wait().await;
                         },
-                        () = tokio::time::sleep(LEASE_POLL), if lease_grace.is_some() && sent < Phase::Kill => {
-                            let lost = slot.as_ref().is_some_and(|s| s.wait_lost(Duration::ZERO));
-                            match (kill_at, lease_grace) {
-                                (None, Some(grace)) if lost => {
-                                    tracing::error!(worker = index, pid, "the worker's slot lease was lost; stopping it (SIGTERM, then SIGKILL in {grace:?})");
-                                    if sent < Phase::Terminate {
-                                        signal_phase(pgid, Phase::Terminate, index);
-                                        sent = Phase::Terminate;
-                                    }
-                                    // A century stands for a grace past what
-                                    // an Instant holds (`Duration::MAX`).
-                                    kill_at = Some(Instant::now() + grace.min(CENTURY));
-                                }
-                                (Some(at), _) if Instant::now() >= at => {
-                                    signal_phase(pgid, Phase::Kill, index);
-                                    sent = Phase::Kill;
-                                }
-                                _ => {}
-                            }
+                        () = tokio::time::sleep(LEASE_POLL), if lease.watching(sent) => {
+                            lease.check(slot.as_ref(), pgid, index, &mut sent);
                         }
                     }
                 };
                 let runtime = started.elapsed();
                 // The worker is reaped; processes it started may still use
                 // its slot. Keep the slot (and relay the stop phases to
-                // them) until none of its group is left.
+                // them, and stop them if the lease is lost) until none of
+                // its group is left.
                 if slot.is_some() {
                     let mut pause = LINGER_POLL_FIRST;
                     let mut announced = false;
@@ -138,8 +123,13 @@ impl Ctx {
                             signal_phase(pgid, wanted, index);
                             sent = wanted;
                         }
+                        let mut nap = pause;
+                        if lease.watching(sent) {
+                            lease.check(slot.as_ref(), pgid, index, &mut sent);
+                            nap = nap.min(LEASE_POLL);
+                        }
                         tokio::select! {
-                            () = tokio::time::sleep(pause) => {}
+                            () = tokio::time::sleep(nap) => {}
                             _ = stop.changed() => {}
                         }
                         pause = (pause * 2).min(LINGER_POLL_MAX);
@@ -147,6 +137,9 @@ impl Ctx {
                 }
                 // Reaped, and nothing of its group left: only now may the
                 // slot go to the next worker.
+                if let Some(keeper) = &ctx.keeper {
+                    keeper.forget(pgid);
+                }
                 if let Some(slot) = slot {
                     drop(slot);
                     ctx.counters.slots.fetch_sub(1, Ordering::Relaxed);
@@ -205,5 +198,49 @@ impl Ctx {
                 signal,
             });
         });
+    }
+}
+
+/// Stops a worker's group when its slot's lease is lost: SIGTERM, then
+/// SIGKILL `grace` later (half the lease's safety margin), before the
+/// server can give the slot to anyone else. Also while the worker's
+/// leftovers still run after it exited: they use the slot as much as it
+/// did.
+struct LeaseWatch {
+    /// `None` when there is nothing to watch (a lock, or `hold_slot`).
+    grace: Option<Duration>,
+    /// When to send SIGKILL, once the lease is lost.
+    kill_at: Option<Instant>,
+}
+
+impl LeaseWatch {
+    /// Whether the lease still needs looking at.
+    fn watching(&self, sent: Phase) -> bool {
+        self.grace.is_some() && sent < Phase::Kill
+    }
+
+    /// Looks at the lease (locally: no network) and signals the group as
+    /// due; `sent` is the phase the group was last signalled.
+    fn check(&mut self, slot: Option<&Slot>, pgid: libc::pid_t, index: u32, sent: &mut Phase) {
+        let Some(grace) = self.grace else { return };
+        match self.kill_at {
+            None if slot.is_some_and(|s| s.wait_lost(Duration::ZERO)) => {
+                tracing::error!(
+                    worker = index,
+                    pgid,
+                    "the worker's slot lease was lost; stopping its process group (SIGTERM, then SIGKILL in {grace:?})"
+                );
+                if *sent < Phase::Terminate {
+                    signal_phase(pgid, Phase::Terminate, index);
+                    *sent = Phase::Terminate;
+                }
+                self.kill_at = Some(Instant::now() + grace);
+            }
+            Some(at) if Instant::now() >= at => {
+                signal_phase(pgid, Phase::Kill, index);
+                *sent = Phase::Kill;
+            }
+            _ => {}
+        }
     }
 }
