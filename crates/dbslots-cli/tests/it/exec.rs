@@ -483,7 +483,7 @@ fn a_script_without_a_shebang_line_runs_with_sh_as_from_a_shell() {
 }
 
 /// Waits (up to 10 s) for the pid a command wrote to `file`.
-fn pid_in(file: &std::path::Path) -> i32 {
+pub(crate) fn pid_in(file: &std::path::Path) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(pid) = std::fs::read_to_string(file)

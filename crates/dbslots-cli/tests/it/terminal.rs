@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::exec::pid_in;
+
 const PROMPT: &str = "PROMPT-READY> ";
 
 /// An interactive bash (job control on) on a new pseudo-terminal, whose
@@ -134,24 +136,6 @@ fn running(pid: i32) -> bool {
         stat.rsplit_once(')')
             .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
     })
-}
-
-fn pid_in(file: &std::path::Path) -> i32 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(pid) = std::fs::read_to_string(file)
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-        {
-            return pid;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never written",
-            file.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// What the shell types to run `dbslots exec` on the pool `pool` in the
