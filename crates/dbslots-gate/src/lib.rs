@@ -423,9 +423,10 @@ impl Gate {
     pub async fn run(mut self) -> GateReport {
         let mut phase = self.phase.subscribe();
         let mut background = tokio::task::JoinSet::new();
+        let mut accepting = tokio::task::JoinSet::new();
         let spreader = self.relays.as_ref().map(RelayThreads::spreader);
         for listener in std::mem::take(&mut self.listeners) {
-            background.spawn(accept_loop(
+            accepting.spawn(accept_loop(
                 listener,
                 self.shared.clone(),
                 spreader.clone(),
@@ -453,6 +454,11 @@ impl Gate {
         }
         // Run until asked to drain or stop.
         let _ = not_running(&mut phase).await;
+        // The listeners are closed once their loops end. A client accepted
+        // until then is counted open before its loop ends, so the waits
+        // below see it (and it hears why it is turned away rather than
+        // being dropped with the runtime).
+        while accepting.join_next().await.is_some() {}
         let drain_until = match *phase.borrow() {
             Phase::Draining(deadline) => Some(deadline),
             _ => None,
@@ -510,6 +516,8 @@ async fn accept_loop(
     let mut watch_phase = phase.clone();
     loop {
         tokio::select! {
+            biased;
+            _ = not_running(&mut watch_phase) => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let open = OpenGuard::new(&shared);
@@ -544,7 +552,6 @@ async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             },
-            _ = not_running(&mut watch_phase) => return,
         }
     }
 }

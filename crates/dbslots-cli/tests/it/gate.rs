@@ -931,6 +931,122 @@ fn sigkill_of_the_gate_frees_its_slots_and_sigterm_drains() {
 }
 
 /// The scheduler's run time of each of a process's threads, by thread name.
+/// How a client that connected to a stopping gate was sent away.
+#[derive(Debug, Default)]
+struct Sendoffs {
+    /// Told why: an error packet with code 1040.
+    refused_with_1040: u32,
+    /// Reset while still in the kernel's accept queue, as at any closed port.
+    reset: u32,
+    /// Closed without a word: what no client may see.
+    closed_silently: u32,
+    /// Something else (the first bytes, or the error).
+    other: Vec<String>,
+}
+
+/// Connects again and again until the port is closed, noting how each
+/// connection ended.
+fn connect_until_closed(addr: &str) -> Sendoffs {
+    let mut seen = Sendoffs::default();
+    while let Ok(mut c) = std::net::TcpStream::connect(addr) {
+        // Once the gate's port (an ephemeral one) is closed, a connect may
+        // pick it as its own local port and connect to itself.
+        if c.local_addr().ok() == c.peer_addr().ok() {
+            break;
+        }
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut bytes = Vec::new();
+        match c.read_to_end(&mut bytes) {
+            Ok(0) => seen.closed_silently += 1,
+            // Header (4 bytes), 0xff, then the code.
+            Ok(_)
+                if bytes.len() > 7 && bytes[4] == 0xff && bytes[5..7] == 1040u16.to_le_bytes() =>
+            {
+                seen.refused_with_1040 += 1;
+            }
+            Ok(_) => seen.other.push(format!("{bytes:02x?}")),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => seen.reset += 1,
+            // A connection the handshake completed just as the listener
+            // closed may be left established on the client's side only
+            // (the kernel's, not the gate's doing): a byte sent to it is
+            // answered with a reset.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let _ = c.write_all(b"?");
+                c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                match c.read(&mut [0u8; 64]) {
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => seen.reset += 1,
+                    _ => seen.other.push(format!("no answer within 3 s: {e}")),
+                }
+            }
+            Err(e) => seen.other.push(e.to_string()),
+        }
+    }
+    seen
+}
+
+/// Clients keep connecting while the gate stops: each one the gate
+/// accepted hears error 1040 (shutting down), however close to the stop it
+/// came, before the gate's runtime goes; none is just closed. Those still
+/// in the kernel's accept queue are reset, as at any port that closes.
+#[test]
+fn clients_arriving_as_the_gate_stops_hear_1040_and_are_never_just_dropped() {
+    let _heavy = crate::support::heavy_or_sensitive();
+    let dir = tempfile::tempdir().unwrap();
+    let pool = Pool::open(
+        dir.path().join("pool").as_path(),
+        PoolOptions::new().capacity(1),
+    )
+    .unwrap();
+    // Every client queues: the stop finds some queued, some just accepted,
+    // some not yet accepted.
+    let _held = pool.try_acquire().unwrap().expect("the only slot");
+    let mut total = Sendoffs::default();
+    for round in 0..20 {
+        // As `dbslots gate` runs it: a current-thread runtime and a relay
+        // thread, the runtime shut down as soon as `run` returns.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let options = dbslots_gate::GateOptions::new(
+            vec!["127.0.0.1:0".parse().unwrap()],
+            "127.0.0.1:9".parse().unwrap(),
+        )
+        .relay_threads(1)
+        .name(Some(format!("stopping-{round}")))
+        .stats_dir(Some(dir.path().join("gates")));
+        let gate = runtime
+            .block_on(dbslots_gate::Gate::bind(pool.clone(), options))
+            .unwrap();
+        let addr = gate.local_endpoints()[0].to_string();
+        let clients: Vec<_> = (0..16)
+            .map(|_| {
+                let addr = addr.clone();
+                std::thread::spawn(move || connect_until_closed(&addr))
+            })
+            .collect();
+        let control = gate.control();
+        let stopper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            control.stop();
+        });
+        runtime.block_on(gate.run());
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        stopper.join().unwrap();
+        for c in clients {
+            let seen = c.join().unwrap();
+            total.refused_with_1040 += seen.refused_with_1040;
+            total.reset += seen.reset;
+            total.closed_silently += seen.closed_silently;
+            total.other.extend(seen.other);
+        }
+    }
+    eprintln!("{total:?}");
+    assert!(total.refused_with_1040 >= 16 * 20, "{total:?}");
+    assert_eq!(total.closed_silently, 0, "{total:?}");
+    assert!(total.other.is_empty(), "{total:?}");
+}
+
 fn thread_run_times(pid: u32) -> Vec<(String, u64)> {
     let mut threads = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("the gate's threads") {
