@@ -70,9 +70,12 @@
 //! spawner makes itself the child subreaper of its process
 //! (`PR_SET_CHILD_SUBREAPER`, process-wide and permanent) so that it reaps
 //! the group's orphans itself. A process that leaves the group is not
-//! waited for, and, if the spawner is SIGKILLed, a leftover process holds
-//! the slot only if it kept the worker's stdin (the slot's descriptor):
-//! shells give background jobs `/dev/null`.
+//! waited for; it holds the slot (of a file pool) for as long as it keeps
+//! the worker's stdin, the slot's descriptor, open, whether or not the
+//! spawner lives: the spawner gives the slot back with
+//! [`Slot::release_unless_inherited`](dbslots_core::Slot::release_unless_inherited).
+//! Shells give background jobs `/dev/null`, so only a process handed the
+//! descriptor on purpose keeps the slot.
 //!
 //! A worker learns what it holds from its environment ([`ENV_SLOT`]): when
 //! `DBSLOTS_SLOT` is set, a slot of `DBSLOTS_POOL` is already taken on its

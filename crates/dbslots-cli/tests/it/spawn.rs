@@ -824,6 +824,43 @@ fn a_slot_is_freed_only_when_the_workers_group_is_gone() {
 }
 
 #[test]
+fn a_process_that_left_a_workers_group_keeps_the_slot_as_long_as_it_keeps_the_lock() {
+    // The first worker starts a daemon (`setsid`: out of its group, so the
+    // spawner does not wait for it) that keeps the worker's stdin, the
+    // slot's lock (a shell gives a background job /dev/null, so the lock goes by fd 3). flock keeps a lock while any copy is open: the spawner
+    // must not unlock it under the daemon and start the next worker.
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"
+if [ "$DBSLOTS_WORKER_INDEX" = 0 ]; then
+  exec 3<&0
+  setsid sh -c 'echo $$ > "$D/daemon"; sleep 1; touch "$D/done"' <&3 >/dev/null 2>&1 &
+  while [ ! -s "$D/daemon" ]; do sleep 0.01; done
+else
+  [ -e "$D/done" ] || echo overlap >> "$D/overlap"
+fi
+"#;
+    let out = run(dbslots()
+        .args(["spawn", "--workers", "2", "--capacity", "1", "--pool"])
+        .arg(dir.path().join("pool"))
+        .args(["--", "sh", "-c", script])
+        .env("D", dir.path()));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let daemon = read_pids(&dir.path().join("daemon"))[0];
+    let overlap = std::fs::read_to_string(dir.path().join("overlap")).unwrap_or_default();
+    assert_eq!(
+        overlap, "",
+        "the second worker started while the daemon held the first one's slot"
+    );
+    wait_for("the daemon's end", Duration::from_secs(5), || {
+        !alive(daemon)
+    });
+    let pool = Pool::open(dir.path().join("pool"), PoolOptions::new()).unwrap();
+    wait_for("the slot's return", Duration::from_secs(5), || {
+        pool.stats().unwrap().active == 0
+    });
+}
+
+#[test]
 fn stopping_reaches_what_a_worker_left_behind() {
     let dir = tempfile::tempdir().unwrap();
     let pool_dir = dir.path().join("pool");

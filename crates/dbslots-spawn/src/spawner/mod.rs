@@ -31,10 +31,11 @@
 //!   spawner dies;
 //! * one *supervisor* task per running worker waits for the process,
 //!   relays the stop phase to the worker's process group as signals, and
-//!   drops the `Slot` once the worker is reaped and its process group is
+//!   gives the `Slot` back once the worker is reaped and its process group is
 //!   empty (`group.rs`), never before: a slot is free only once every
 //!   process that may use it is gone (the keeper forgets the group just
-//!   before). It then streams the remaining output and
+//!   before), and one that left the group but kept the slot's descriptor
+//!   keeps the slot until it closes it. It then streams the remaining output and
 //!   reports a small `Finished` record;
 //! * the *collector* turns `Finished` records into the joblog, the progress
 //!   display and the tallies of the summary. Memory per worker is a few

@@ -141,7 +141,10 @@ impl Ctx {
                     keeper.forget(pgid);
                 }
                 if let Some(slot) = slot {
-                    drop(slot);
+                    // Not unlocked under a process that left the group
+                    // (a daemon) but kept the worker's stdin, the lock's
+                    // descriptor: it holds the slot until it closes it.
+                    slot.release_unless_inherited();
                     ctx.counters.slots.fetch_sub(1, Ordering::Relaxed);
                 }
                 ctx.counters.running.fetch_sub(1, Ordering::Relaxed);
