@@ -247,7 +247,10 @@ fn a_foreign_client_waits_for_a_shrink_to_drain() {
             std::thread::sleep(Duration::from_millis(3));
         }
         assert_eq!(seen.last(), Some(&(1, 1)), "{lang:?}: {seen:?}");
-        assert!(seen.iter().all(|&(c, a)| c == 1 && a <= 2), "{lang:?}: {seen:?}");
+        assert!(
+            seen.iter().all(|&(c, a)| c == 1 && a <= 2),
+            "{lang:?}: {seen:?}"
+        );
         drop(high);
         f.expect_line("HELD");
         f.release();

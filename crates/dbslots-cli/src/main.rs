@@ -9,6 +9,7 @@
 #![allow(rustdoc::broken_intra_doc_links)]
 
 mod advice;
+mod argv;
 mod common;
 mod connections;
 mod docs;
@@ -87,6 +88,9 @@ fn main() -> ExitCode {
         "warn"
     };
     let _log = common::init_tracing(level, matches!(cli.command, Command::Spawn(_)));
+    // The arguments are parsed (copied): other users need not see the
+    // passwords in them for as long as dbslots runs.
+    argv::hide_passwords();
     let result = match cli.command {
         Command::Exec(a) => exec::run(a),
         Command::Spawn(a) => spawn::run(a),

@@ -302,6 +302,19 @@ pub fn redact(url: &str) -> String {
     out
 }
 
+/// The byte ranges of `url` that [`redact`] replaces, in order: for
+/// hiding them in place, where the text must keep its length (a process's
+/// own command line).
+///
+/// ```
+/// let url = "mysql://app:secret@db/x";
+/// let ranges = dbslots_core::url_secret_ranges(url);
+/// assert_eq!(ranges.iter().map(|r| &url[r.clone()]).collect::<Vec<_>>(), ["secret"]);
+/// ```
+pub fn url_secret_ranges(url: &str) -> Vec<std::ops::Range<usize>> {
+    secret_spans(url)
+}
+
 /// The byte ranges of `url` that [`redact`] replaces, in order.
 fn secret_spans(url: &str) -> Vec<std::ops::Range<usize>> {
     let mut spans = Vec::new();

@@ -45,7 +45,7 @@ mod stats;
 
 pub use addr::{
     IntoPoolAddr, PoolAddr, RedisAddr, default_pool_dir, redact, redact_command,
-    redact_command_word, redact_text, url_secrets,
+    redact_command_word, redact_text, url_secret_ranges, url_secrets,
 };
 pub use check::{
     CheckResult, CheckStatus, PerfData, PoolCheck, Problem, format_seconds, judge,

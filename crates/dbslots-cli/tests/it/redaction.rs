@@ -132,3 +132,58 @@ fn serve_shows_no_password_in_bodies_or_metric_labels() {
     let (_, stderr) = serve.stop();
     assert!(!stderr.contains("Zse"), "{stderr}");
 }
+
+#[test]
+fn a_running_dbslots_shows_other_users_no_password_in_its_command_line() {
+    // Anyone on the machine can read a process's arguments (`ps`,
+    // `/proc/PID/cmdline`). The command given to `exec` gets its arguments
+    // untouched: it is the one that needs them.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = dir.path().join("pool");
+    let seen = dir.path().join("seen");
+    let urls: Vec<String> = AWKWARD
+        .iter()
+        .map(|pw| format!("mysql://app:{pw}@127.0.0.1:1/app"))
+        .chain(["redis://:Zse-redis@127.0.0.1:1/0?pool=p".to_string()])
+        .collect();
+    let mut child = dbslots()
+        .args(["exec", "--capacity", "1", "--pool"])
+        .arg(&pool)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "printf '%s\\n' \"$@\" > \"$0.tmp\" && mv \"$0.tmp\" \"$0\" && sleep 30",
+        ])
+        .arg(&seen)
+        .args(&urls)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("dbslots exec runs");
+    crate::support::wait_for(
+        "the command to start",
+        std::time::Duration::from_secs(10),
+        || seen.exists().then_some(()),
+    );
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).expect("cmdline");
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    let received = std::fs::read_to_string(&seen).expect("the command's arguments");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!cmdline.contains("Zse"), "{cmdline}");
+    // Same length, so nothing else moved.
+    assert!(
+        cmdline.contains("mysql://app:xxxxxxxx@127.0.0.1:1/app "),
+        "{cmdline}"
+    );
+    assert!(
+        cmdline.contains("redis://:xxxxxxxxx@127.0.0.1:1/0?pool=p"),
+        "{cmdline}"
+    );
+    assert_eq!(
+        received.lines().collect::<Vec<_>>(),
+        urls,
+        "exec's command got its arguments as given"
+    );
+}
