@@ -4,7 +4,8 @@
 //! # Implementation Details
 //!
 //! The rest of the crate sees only [`Connector::connect`], a [`Connection`]
-//! that derefs to [`mysql_async::Conn`], and [`Connection::close`]. With a
+//! that derefs to [`mysql_async::Conn`], and [`Connection::close`] (or
+//! [`Connection::close_quickly`] for one that may be dead). With a
 //! pool, both are `dbslots-mysql`'s: a slot is taken before the connection
 //! is opened and released only after its socket is closed, and refusals for
 //! lack of connections (1040, 1203, 1226) are retried inside the slot.
@@ -35,6 +36,10 @@ pub(crate) const TCP_KEEPALIVE: Duration = Duration::from_secs(10);
 /// How long one direct connect (TCP, handshake, login) may take: the
 /// default connect timeout of `dbslots-mysql`'s connector.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long closing a connection may take: sending `QUIT` to a server
+/// that does not answer must not hold anything up.
+pub(crate) const CLOSE_WITHIN: Duration = Duration::from_secs(5);
 
 /// Opens connections to one server, each holding a slot of the pool if
 /// there is one.
@@ -207,6 +212,12 @@ impl Connection {
         if let Err(e) = result {
             tracing::debug!(error = %e, "closing the connection failed; its socket is closed anyway");
         }
+    }
+
+    /// [`Connection::close`] given at most [`CLOSE_WITHIN`]: for a
+    /// connection that may be dead, whose `QUIT` nobody may answer.
+    pub async fn close_quickly(self) {
+        let _ = tokio::time::timeout(CLOSE_WITHIN, self.close()).await;
     }
 }
 

@@ -68,7 +68,7 @@ use crate::stop::Stopper;
 use crate::table;
 use crate::value::{Form, Zone, push_text};
 use bounded::{Bounds, RELEASE_WITHIN};
-use heartbeat::{Beats, Heartbeat, close_quickly};
+use heartbeat::{Beats, Heartbeat};
 pub use options::{ProcessorOptions, RunOptions};
 pub use report::{JobOutcome, JobReport, NoObserver, Observer, Progress, RunEnd, Summary};
 
@@ -230,7 +230,7 @@ impl Processor {
                     }
                 }
                 Err(ClaimFailure::Lost(e)) => {
-                    close_quickly(conn).await;
+                    conn.close_quickly().await;
                     let since = *failures_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > self.options.reconnect_for {
                         return Err(self.query_error("claiming a job", e));
@@ -317,7 +317,7 @@ impl Processor {
         match told {
             Ok(()) => Ok(conn),
             Err(e) if is_connection_problem(&e) => {
-                close_quickly(conn).await;
+                conn.close_quickly().await;
                 Err(ConnectFailure {
                     message: format!("the new connection failed at once: {e}"),
                     transient: true,
@@ -472,7 +472,7 @@ impl Processor {
                     } else {
                         0
                     };
-                    close_quickly(conn).await;
+                    conn.close_quickly().await;
                     if stop.is_stopped() {
                         tracing::warn!(
                             job = job.row.id,
@@ -504,7 +504,7 @@ impl Processor {
                         );
                         match self.fail(&mut conn, &job, &message, stop).await {
                             Step::Lost(e) => {
-                                close_quickly(conn).await;
+                                conn.close_quickly().await;
                                 return Err(self.query_error("failing a stalled job", e));
                             }
                             Step::Fatal(e) => {
@@ -575,7 +575,7 @@ impl Processor {
         let release = async {
             let mut conn = self.connector.connect().await.map_err(|f| f.message)?;
             let released = queue::release(&mut conn, job.row.id, &self.holder).await;
-            close_quickly(conn).await;
+            conn.close_quickly().await;
             released.map_err(|e| e.to_string())
         };
         match tokio::time::timeout(RELEASE_WITHIN, release).await {
