@@ -43,6 +43,21 @@ pub enum Error {
         /// The last failure.
         message: String,
     },
+    /// The server did not answer one of the queue's operations within
+    /// [`Queue::statement_timeout`](crate::Queue::statement_timeout). The
+    /// connection was given up (closed); the server ends its session, and
+    /// rolls back what it left open, by itself within the same time.
+    #[error(
+        "{what} got no answer from {url} within {waited:?}, so the connection was given up; the server is frozen or overloaded, or the network to it stopped passing packets (a failover, a partition): check the server and the way to it, then try again"
+    )]
+    NoAnswer {
+        /// What was being done.
+        what: &'static str,
+        /// The URL, password redacted.
+        url: String,
+        /// How long the answer was waited for.
+        waited: Duration,
+    },
     /// A statement failed in a way that retrying cannot fix.
     #[error("{what} failed on {url}: {source}")]
     Query {

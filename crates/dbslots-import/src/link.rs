@@ -19,7 +19,7 @@
 //! forever, and a direct connect that gets no answer gives up after
 //! [`CONNECT_TIMEOUT`] (the pool's connector has the same timeout of its
 //! own). Neither bounds a statement: the processor does that (see its
-//! module).
+//! module), and so does [`Queue`](crate::Queue) for its own operations.
 
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;

@@ -134,10 +134,16 @@ impl Job {
 }
 
 impl Processor {
-    pub(crate) fn new(connector: Arc<Connector>, options: ProcessorOptions) -> Processor {
+    pub(crate) fn new(
+        connector: Arc<Connector>,
+        options: ProcessorOptions,
+        statement_timeout: Duration,
+    ) -> Processor {
         let holder = options.holder.clone().unwrap_or_else(default_holder);
+        let call = options.batch_bound();
         let bounds = Bounds {
-            call: options.batch_bound(),
+            call,
+            statement: statement_timeout.min(call),
         };
         Processor {
             connector,
@@ -257,7 +263,19 @@ impl Processor {
         beats: Option<&Beats>,
         call: impl Future<Output = std::result::Result<T, mysql_async::Error>>,
     ) -> std::result::Result<T, mysql_async::Error> {
-        bounded::call(what, self.bounds.call, stop, beats, call).await
+        let setting = Some("ProcessorOptions::batch_timeout");
+        bounded::call(what, self.bounds.call, setting, stop, beats, call).await
+    }
+
+    /// Runs one statement outside a job within the statement bound (see
+    /// the `bounded` module).
+    async fn statement<T>(
+        &self,
+        what: &str,
+        stop: &Stopper,
+        call: impl Future<Output = std::result::Result<T, mysql_async::Error>>,
+    ) -> std::result::Result<T, mysql_async::Error> {
+        bounded::call(what, self.bounds.statement, None, stop, None, call).await
     }
 
     fn query_error(&self, what: &'static str, source: mysql_async::Error) -> Error {
@@ -307,10 +325,9 @@ impl Processor {
         let mut conn = self.connector.connect().await?;
         let secs = self.bounds.session_secs();
         let told = self
-            .call(
+            .statement(
                 "setting the session's timeouts",
                 stop,
-                None,
                 queue::end_sessions_left_waiting(&mut conn, secs),
             )
             .await;
@@ -347,10 +364,9 @@ impl Processor {
             }
         };
         if !*tables_ready {
-            self.call(
+            self.statement(
                 "creating the import tables",
                 stop,
-                None,
                 queue::create_tables(conn),
             )
             .await
@@ -358,10 +374,9 @@ impl Processor {
             *tables_ready = true;
         }
         let recovered = self
-            .call(
+            .statement(
                 "putting back stale jobs",
                 stop,
-                None,
                 queue::recover_stale(conn, self.options.stale_after, self.options.max_attempts),
             )
             .await
@@ -374,10 +389,9 @@ impl Processor {
             );
         }
         let job = self
-            .call(
+            .statement(
                 "claiming a job",
                 stop,
-                None,
                 queue::claim(conn, &self.holder),
             )
             .await
