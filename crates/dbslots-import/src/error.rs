@@ -30,8 +30,9 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// No connection could be opened, or none could be re-opened within the
-    /// processor's reconnect window.
+    /// No connection could be opened: the one try of a queue operation
+    /// failed, or a processor's failed in a way that another try cannot fix
+    /// (access denied, an unknown database, TLS).
     #[error(
         "cannot connect to {url} (tried for {waited:.1?}): {message}; check that the server is up and that the URL, user and password are right"
     )]
@@ -57,6 +58,20 @@ pub enum Error {
         url: String,
         /// How long the answer was waited for.
         waited: Duration,
+    },
+    /// A processor found the server out of reach (connects failing, or
+    /// connections lost before a job was claimed) for longer than its
+    /// reconnect window ([`ProcessorOptions::reconnect_window`](crate::ProcessorOptions::reconnect_window)).
+    #[error(
+        "no working connection to {url} for {waited:.1?}, the processor's reconnect window (last failure: {last}); check that the server is up and reachable from here, or let the processor wait longer with ProcessorOptions::reconnect_for"
+    )]
+    Outage {
+        /// The URL, password redacted.
+        url: String,
+        /// How long the outage lasted when the processor gave up.
+        waited: Duration,
+        /// The last failure, on one line.
+        last: String,
     },
     /// A statement failed in a way that retrying cannot fix.
     #[error("{what} failed on {url}: {source}")]

@@ -59,8 +59,47 @@ pub(crate) enum Connector {
 /// Why a connect failed, and whether another round may succeed.
 #[derive(Debug)]
 pub(crate) struct ConnectFailure {
+    /// Every attempt and what to do, maybe on several lines: for errors.
     pub message: String,
+    /// The gist on one line: for log lines, one per failure.
+    pub brief: String,
     pub transient: bool,
+}
+
+impl ConnectFailure {
+    fn of(e: &dbslots_mysql::Error) -> ConnectFailure {
+        ConnectFailure {
+            transient: is_transient_pooled(e),
+            message: e.to_string(),
+            brief: brief(e),
+        }
+    }
+}
+
+/// The gist of a failed connect on one line: the last attempt's code and
+/// message (and how many attempts there were), or the error's first line.
+fn brief(e: &dbslots_mysql::Error) -> String {
+    let Some(last) = e.attempts().last() else {
+        return one_line(&e.to_string());
+    };
+    let code = last
+        .code
+        .map(|c| format!("error {c}: "))
+        .unwrap_or_default();
+    let message = one_line(&last.message);
+    match e.attempts().len() {
+        1 => format!("{code}{message}"),
+        n => format!("{n} attempts, the last: {code}{message}"),
+    }
+}
+
+/// `text` on one line: line breaks (a server's message may have some)
+/// become spaces.
+pub(crate) fn one_line(text: &str) -> String {
+    text.split(['\r', '\n'])
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl Connector {
@@ -132,10 +171,7 @@ impl Connector {
                     tracing::debug!(url = %c.url(), id = conn.id(), slot = conn.slot_index(), "connected");
                     Ok(Connection::Pooled(conn))
                 }
-                Err(e) => Err(ConnectFailure {
-                    transient: is_transient_pooled(&e),
-                    message: e.to_string(),
-                }),
+                Err(e) => Err(ConnectFailure::of(&e)),
             },
             Connector::Direct { server, url } => {
                 // A connect dropped by the timeout closes its socket (see
@@ -145,16 +181,17 @@ impl Connector {
                         tracing::debug!(url = %url, id = conn.id(), "connected");
                         Ok(Connection::Direct(DirectConn(Some(conn))))
                     }
-                    Ok(Err(e)) => Err(ConnectFailure {
-                        transient: is_transient_pooled(&e),
-                        message: e.to_string(),
-                    }),
-                    Err(_) => Err(ConnectFailure {
-                        transient: true,
-                        message: format!(
+                    Ok(Err(e)) => Err(ConnectFailure::of(&e)),
+                    Err(_) => {
+                        let message = format!(
                             "no answer from the server within {CONNECT_TIMEOUT:?} (a network problem, or the server is overloaded)"
-                        ),
-                    }),
+                        );
+                        Err(ConnectFailure {
+                            transient: true,
+                            brief: message.clone(),
+                            message,
+                        })
+                    }
                 }
             }
         }

@@ -194,7 +194,7 @@ impl Heartbeat {
                 }
                 if conn.is_none() {
                     let connect = tokio::time::timeout(interval, async {
-                        let mut c = connector.connect().await.map_err(|f| f.message)?;
+                        let mut c = connector.connect().await.map_err(|f| f.brief)?;
                         match queue::end_sessions_left_waiting(&mut c, session_secs).await {
                             Ok(()) => Ok(c),
                             Err(e) if is_connection_problem(&e) => {
