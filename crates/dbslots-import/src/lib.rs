@@ -108,9 +108,10 @@
 //!   `stale_after` by default) counts as a lost connection: the batch is
 //!   redone from the checkpoint over a new connection, neither duplicated
 //!   nor skipped, and the server, given half that bound as the session's
-//!   timeouts, rolls the abandoned transaction back by itself within it. The heartbeat vouches
-//!   for a batch without an answer only up to that bound, so a processor
-//!   stuck beyond it loses its job to another one. The queue's other
+//!   timeouts, rolls the abandoned transaction back by itself within it.
+//!   The heartbeat vouches for a batch without an answer only up to that
+//!   bound, so a processor stuck beyond it loses its job to another one.
+//!   The queue's other
 //!   statements ([`Queue::enqueue`], [`Queue::jobs`], [`Queue::counts`],
 //!   [`Queue::create_tables`], and a processor's own before each job:
 //!   creating the tables, putting back stale jobs, claiming) give up after
@@ -118,6 +119,15 @@
 //!   fails with [`Error::NoAnswer`], a processor tries again over a new
 //!   connection. Connections send TCP keepalive probes after 10 s of
 //!   silence.
+//! * **Outages are waited out.** While the server is out of reach
+//!   (connects failing in a way another try may fix, or connections lost
+//!   before a job is claimed), a processor tries again after a backoff of
+//!   up to 5 s, logging one warning line per failed try. A daemon does so
+//!   for as long as the outage lasts, a run with [`RunOptions::once`]
+//!   (cron, where the next run comes anyway) for 120 s, then
+//!   [`Processor::run`] fails with [`Error::Outage`];
+//!   [`ProcessorOptions::reconnect_for`] sets another window for either. A
+//!   stop request ends the wait at once.
 //! * **Stopping** ([`Stopper`]) finishes the batch being committed and
 //!   puts the job back at its checkpoint; a batch that has no answer
 //!   within 10 s of the stop request is given up instead, so
