@@ -48,6 +48,7 @@ const TERMS: &[(&str, &str)] = &[
     ("use an InstanceLock path", "pass a --lock-file"),
     ("ProcessorOptions::source_dir", "--source-dir"),
     ("ProcessorOptions::batch_timeout", "--batch-timeout"),
+    ("ProcessorOptions::reconnect_for", "--reconnect-for"),
     ("EnqueueOptions::no_key", "--no-key"),
     ("EnqueueOptions::time_zone", "--time-zone"),
     ("EnqueueOptions::new(table)", "--table"),
@@ -83,6 +84,19 @@ mod tests {
             text.contains("without --capacity") && text.contains("`dbslots resize"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn giving_up_on_an_outage_names_the_flag_that_waits_longer() {
+        let e = dbslots_import::Error::Outage {
+            url: "mysql://app:***@db:3306/energy".into(),
+            waited: std::time::Duration::from_secs(2),
+            last: "cannot connect: error 2003: Connection refused (os error 111)".into(),
+        };
+        let text = in_cli_terms(&e.to_string());
+        assert!(text.contains("wait longer with --reconnect-for"), "{text}");
+        assert!(!text.contains("ProcessorOptions"), "{text}");
+        assert!(!text.contains('\n'), "{text}");
     }
 
     #[test]

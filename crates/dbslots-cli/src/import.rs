@@ -45,7 +45,15 @@ enum ImportCommand {
     /// Import queued files: until the queue is empty (--once), or as a daemon
     ///
     /// The connection (and, with --pool, the slot) is held only while a job
-    /// is worked on. SIGTERM or SIGINT finishes the current batch, puts the
+    /// is worked on. When the server is out of reach (down, restarting, out
+    /// of connections, the network cut), the processor tries again after
+    /// 0.1 s, backing off to every 5 s, with one warning line per failed
+    /// try: a daemon for as long as the outage lasts, with --once for 120 s
+    /// (--reconnect-for changes either), then it exits 1. Queue statements
+    /// without an answer for 60 s are given up as a lost connection (a
+    /// frozen server or a dropped network path never fails by itself).
+    ///
+    /// SIGTERM or SIGINT finishes the current batch, puts the
     /// job back in the queue at its checkpoint and exits 0; a batch that
     /// gets no answer from the server within 10 s of the signal is given
     /// up (rolled back) instead, so the processor exits within 30 s
@@ -179,6 +187,15 @@ struct RunArgs {
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     batch_timeout: Option<Duration>,
 
+    /// Seconds the server may be out of reach (connects failing, or the
+    /// connection lost before a job is claimed) before the processor exits
+    /// with an error; meanwhile it tries again, at most 5 s apart, logging
+    /// one warning per failed try, and a signal still stops it at once
+    /// [default: 120 with --once; without --once, as long as the outage
+    /// lasts]
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    reconnect_for: Option<Duration>,
+
     /// Attempts before a job whose processors keep dying fails
     #[arg(long, value_name = "N", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -253,22 +270,29 @@ fn run_processor(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(timeout) = args.batch_timeout {
         options = options.batch_timeout(timeout);
     }
-    let processor = queue.processor(
-        args.source_dir
-            .iter()
-            .fold(options, |options, dir| options.source_dir(dir)),
-    );
+    if let Some(window) = args.reconnect_for {
+        options = options.reconnect_for(window);
+    }
     let run = RunOptions::new()
         .once(args.once)
         .sleep(args.sleep)
         .max_jobs(args.max_jobs)
         .max_time(args.max_time);
+    let window = match options.reconnect_window(&run) {
+        Some(window) => format!("{window:?}"),
+        None => "as long as the server is down".to_owned(),
+    };
+    let processor = queue.processor(
+        args.source_dir
+            .iter()
+            .fold(options, |options, dir| options.source_dir(dir)),
+    );
     let display = Display::new(std::io::stderr().is_terminal());
     let stop = Stopper::new();
     let runtime = common::runtime()?;
     let summary = runtime.block_on(async {
         listen_for_signals(stop.clone())?;
-        tracing::info!(url = %queue.url(), holder = %processor.holder(), lock = %lock_path.display(), "import processor started");
+        tracing::info!(url = %queue.url(), holder = %processor.holder(), lock = %lock_path.display(), reconnect_for = %window, "import processor started");
         processor
             .run(&run, &stop, &display)
             .await

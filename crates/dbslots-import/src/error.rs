@@ -30,8 +30,9 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// No connection could be opened, or none could be re-opened within the
-    /// processor's reconnect window.
+    /// No connection could be opened: the one try of a queue operation
+    /// failed, or a processor's failed in a way that another try cannot fix
+    /// (access denied, an unknown database, TLS).
     #[error(
         "cannot connect to {url} (tried for {waited:.1?}): {message}; check that the server is up and that the URL, user and password are right"
     )]
@@ -42,6 +43,35 @@ pub enum Error {
         waited: Duration,
         /// The last failure.
         message: String,
+    },
+    /// The server did not answer one of the queue's operations within
+    /// [`Queue::statement_timeout`](crate::Queue::statement_timeout). The
+    /// connection was given up (closed); the server ends its session, and
+    /// rolls back what it left open, by itself within the same time.
+    #[error(
+        "{what} got no answer from {url} within {waited:?}, so the connection was given up; the server is frozen or overloaded, or the network to it stopped passing packets (a failover, a partition): check the server and the way to it, then try again"
+    )]
+    NoAnswer {
+        /// What was being done.
+        what: &'static str,
+        /// The URL, password redacted.
+        url: String,
+        /// How long the answer was waited for.
+        waited: Duration,
+    },
+    /// A processor found the server out of reach (connects failing, or
+    /// connections lost before a job was claimed) for longer than its
+    /// reconnect window ([`ProcessorOptions::reconnect_window`](crate::ProcessorOptions::reconnect_window)).
+    #[error(
+        "no working connection to {url} for {waited:.1?}, the processor's reconnect window (last failure: {last}); check that the server is up and reachable from here, or let the processor wait longer with ProcessorOptions::reconnect_for"
+    )]
+    Outage {
+        /// The URL, password redacted.
+        url: String,
+        /// How long the outage lasted when the processor gave up.
+        waited: Duration,
+        /// The last failure, on one line.
+        last: String,
     },
     /// A statement failed in a way that retrying cannot fix.
     #[error("{what} failed on {url}: {source}")]

@@ -108,10 +108,26 @@
 //!   `stale_after` by default) counts as a lost connection: the batch is
 //!   redone from the checkpoint over a new connection, neither duplicated
 //!   nor skipped, and the server, given half that bound as the session's
-//!   timeouts, rolls the abandoned transaction back by itself within it. The heartbeat vouches
-//!   for a batch without an answer only up to that bound, so a processor
-//!   stuck beyond it loses its job to another one. Connections send TCP
-//!   keepalive probes after 10 s of silence.
+//!   timeouts, rolls the abandoned transaction back by itself within it.
+//!   The heartbeat vouches for a batch without an answer only up to that
+//!   bound, so a processor stuck beyond it loses its job to another one.
+//!   The queue's other
+//!   statements ([`Queue::enqueue`], [`Queue::jobs`], [`Queue::counts`],
+//!   [`Queue::create_tables`], and a processor's own before each job:
+//!   creating the tables, putting back stale jobs, claiming) give up after
+//!   [`Queue::statement_timeout`] (60 s by default): an operation then
+//!   fails with [`Error::NoAnswer`], a processor tries again over a new
+//!   connection. Connections send TCP keepalive probes after 10 s of
+//!   silence.
+//! * **Outages are waited out.** While the server is out of reach
+//!   (connects failing in a way another try may fix, or connections lost
+//!   before a job is claimed), a processor tries again after a backoff of
+//!   up to 5 s, logging one warning line per failed try. A daemon does so
+//!   for as long as the outage lasts, a run with [`RunOptions::once`]
+//!   (cron, where the next run comes anyway) for 120 s, then
+//!   [`Processor::run`] fails with [`Error::Outage`];
+//!   [`ProcessorOptions::reconnect_for`] sets another window for either. A
+//!   stop request ends the wait at once.
 //! * **Stopping** ([`Stopper`]) finishes the batch being committed and
 //!   puts the job back at its checkpoint; a batch that has no answer
 //!   within 10 s of the stop request is given up instead, so
@@ -189,6 +205,7 @@ mod value;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dbslots_core::Pool;
 
@@ -276,11 +293,19 @@ impl EnqueueOptions {
 /// processors.
 ///
 /// Every operation opens its own connection and closes it before it
-/// returns; with a pool, each holds a slot meanwhile.
+/// returns; with a pool, each holds a slot meanwhile. No operation waits
+/// for the server without a bound: connecting gives up after 10 s without
+/// an answer, the operation's statements after
+/// [`Queue::statement_timeout`] (60 s by default) with
+/// [`Error::NoAnswer`], and closing after 5 s.
 #[derive(Debug, Clone)]
 pub struct Queue {
     connector: Arc<Connector>,
+    statement_timeout: Duration,
 }
+
+/// [`Queue::statement_timeout`] unless set.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Queue {
     /// The queue in the database of `url`
@@ -294,7 +319,31 @@ impl Queue {
     pub fn new(url: &str, pool: Option<Pool>) -> Result<Queue> {
         Ok(Queue {
             connector: Arc::new(Connector::new(url, pool)?),
+            statement_timeout: STATEMENT_TIMEOUT,
         })
+    }
+
+    /// How long the server may take to answer the statements of one
+    /// operation ([`Queue::enqueue`], [`Queue::jobs`], [`Queue::counts`],
+    /// [`Queue::create_tables`]), all of them together; 60 s by default,
+    /// at least 1 s.
+    ///
+    /// A connection that stops passing bytes without being closed (the
+    /// server frozen, a failover, a network that drops packets) never fails
+    /// by itself; after this long the operation gives it up and fails with
+    /// [`Error::NoAnswer`]. The server is told the same time, in whole
+    /// seconds rounded up, as the session's `wait_timeout`,
+    /// `net_read_timeout` and `net_write_timeout`, so it ends a session
+    /// given up on, and rolls back what it left open, by itself.
+    ///
+    /// A processor made from this queue ([`Queue::processor`]) bounds its
+    /// own statements outside a job (creating the tables, putting back
+    /// stale jobs, claiming one) by this too, never longer than its
+    /// [`ProcessorOptions::batch_timeout`]; one without an answer counts as
+    /// a lost connection, and the processor tries again over a new one.
+    pub fn statement_timeout(mut self, timeout: Duration) -> Queue {
+        self.statement_timeout = timeout.max(Duration::from_secs(1));
+        self
     }
 
     /// The URL, password redacted.
@@ -304,7 +353,7 @@ impl Queue {
 
     /// A processor for this queue.
     pub fn processor(&self, options: ProcessorOptions) -> Processor {
-        Processor::new(self.connector.clone(), options)
+        Processor::new(self.connector.clone(), options, self.statement_timeout)
     }
 
     /// Creates the queue's tables `import_jobs` and `import_errors` where
@@ -314,7 +363,7 @@ impl Queue {
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`] or [`Error::Query`].
+    /// [`Error::Connect`], [`Error::NoAnswer`] or [`Error::Query`].
     pub async fn create_tables(&self) -> Result<()> {
         self.with_connection("creating the import tables", async |conn| {
             queue::create_tables(conn).await
@@ -336,7 +385,10 @@ impl Queue {
     /// [`Error::Source`] for a file that cannot be read or whose header
     /// does not fit the table (a missing table, an unknown column, a
     /// missing required column, no key without `no_key`), saying what to
-    /// do; nothing is enqueued then. [`Error::Connect`] or [`Error::Query`].
+    /// do; nothing is enqueued then. [`Error::Connect`], [`Error::NoAnswer`]
+    /// or [`Error::Query`]; after [`Error::NoAnswer`] the files may have
+    /// been enqueued all the same (when only the answer to the commit was
+    /// lost): look with [`Queue::jobs`] before enqueueing them again.
     pub async fn enqueue<P: AsRef<Path>>(
         &self,
         files: &[P],
@@ -407,7 +459,7 @@ impl Queue {
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`] or [`Error::Query`].
+    /// [`Error::Connect`], [`Error::NoAnswer`] or [`Error::Query`].
     pub async fn jobs(&self, limit: Option<u64>) -> Result<Vec<JobStatus>> {
         self.with_connection("listing jobs", async |conn| queue::list(conn, limit).await)
             .await
@@ -418,7 +470,7 @@ impl Queue {
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`] or [`Error::Query`].
+    /// [`Error::Connect`], [`Error::NoAnswer`] or [`Error::Query`].
     pub async fn counts(&self) -> Result<Vec<(Status, u64)>> {
         self.with_connection("counting jobs", async |conn| queue::counts(conn).await)
             .await
@@ -439,12 +491,34 @@ impl Queue {
                 waited: started.elapsed(),
                 message: failure.message,
             })?;
-        let result = f(&mut conn).await;
-        conn.close().await;
-        result.map_err(|source| Error::Query {
-            what,
-            url: self.connector.url().to_owned(),
-            source,
-        })
+        let bound = self.statement_timeout;
+        let exchange = async {
+            let secs = bound.as_secs_f64().ceil() as u64;
+            match queue::end_sessions_left_waiting(&mut conn, secs).await {
+                Ok(()) => {}
+                Err(e) if dbslots_mysql::connection_is_gone(&e) => return Err(e),
+                // Nothing depends on it but how soon the server lets go of
+                // a session given up on.
+                Err(e) => {
+                    tracing::debug!(url = %self.connector.url(), error = %e, "the server refused the session's timeouts")
+                }
+            }
+            f(&mut conn).await
+        };
+        let answered = tokio::time::timeout(bound, exchange).await;
+        // After a timeout nobody may answer its `QUIT`.
+        conn.close_quickly().await;
+        match answered {
+            Ok(result) => result.map_err(|source| Error::Query {
+                what,
+                url: self.connector.url().to_owned(),
+                source,
+            }),
+            Err(_) => Err(Error::NoAnswer {
+                what,
+                url: self.connector.url().to_owned(),
+                waited: bound,
+            }),
+        }
     }
 }

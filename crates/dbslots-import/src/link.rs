@@ -4,7 +4,8 @@
 //! # Implementation Details
 //!
 //! The rest of the crate sees only [`Connector::connect`], a [`Connection`]
-//! that derefs to [`mysql_async::Conn`], and [`Connection::close`]. With a
+//! that derefs to [`mysql_async::Conn`], and [`Connection::close`] (or
+//! [`Connection::close_quickly`] for one that may be dead). With a
 //! pool, both are `dbslots-mysql`'s: a slot is taken before the connection
 //! is opened and released only after its socket is closed, and refusals for
 //! lack of connections (1040, 1203, 1226) are retried inside the slot.
@@ -18,7 +19,7 @@
 //! forever, and a direct connect that gets no answer gives up after
 //! [`CONNECT_TIMEOUT`] (the pool's connector has the same timeout of its
 //! own). Neither bounds a statement: the processor does that (see its
-//! module).
+//! module), and so does [`Queue`](crate::Queue) for its own operations.
 
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
@@ -35,6 +36,10 @@ pub(crate) const TCP_KEEPALIVE: Duration = Duration::from_secs(10);
 /// How long one direct connect (TCP, handshake, login) may take: the
 /// default connect timeout of `dbslots-mysql`'s connector.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long closing a connection may take: sending `QUIT` to a server
+/// that does not answer must not hold anything up.
+pub(crate) const CLOSE_WITHIN: Duration = Duration::from_secs(5);
 
 /// Opens connections to one server, each holding a slot of the pool if
 /// there is one.
@@ -54,8 +59,47 @@ pub(crate) enum Connector {
 /// Why a connect failed, and whether another round may succeed.
 #[derive(Debug)]
 pub(crate) struct ConnectFailure {
+    /// Every attempt and what to do, maybe on several lines: for errors.
     pub message: String,
+    /// The gist on one line: for log lines, one per failure.
+    pub brief: String,
     pub transient: bool,
+}
+
+impl ConnectFailure {
+    fn of(e: &dbslots_mysql::Error) -> ConnectFailure {
+        ConnectFailure {
+            transient: is_transient_pooled(e),
+            message: e.to_string(),
+            brief: brief(e),
+        }
+    }
+}
+
+/// The gist of a failed connect on one line: the last attempt's code and
+/// message (and how many attempts there were), or the error's first line.
+fn brief(e: &dbslots_mysql::Error) -> String {
+    let Some(last) = e.attempts().last() else {
+        return one_line(&e.to_string());
+    };
+    let code = last
+        .code
+        .map(|c| format!("error {c}: "))
+        .unwrap_or_default();
+    let message = one_line(&last.message);
+    match e.attempts().len() {
+        1 => format!("{code}{message}"),
+        n => format!("{n} attempts, the last: {code}{message}"),
+    }
+}
+
+/// `text` on one line: line breaks (a server's message may have some)
+/// become spaces.
+pub(crate) fn one_line(text: &str) -> String {
+    text.split(['\r', '\n'])
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl Connector {
@@ -127,10 +171,7 @@ impl Connector {
                     tracing::debug!(url = %c.url(), id = conn.id(), slot = conn.slot_index(), "connected");
                     Ok(Connection::Pooled(conn))
                 }
-                Err(e) => Err(ConnectFailure {
-                    transient: is_transient_pooled(&e),
-                    message: e.to_string(),
-                }),
+                Err(e) => Err(ConnectFailure::of(&e)),
             },
             Connector::Direct { server, url } => {
                 // A connect dropped by the timeout closes its socket (see
@@ -140,16 +181,17 @@ impl Connector {
                         tracing::debug!(url = %url, id = conn.id(), "connected");
                         Ok(Connection::Direct(DirectConn(Some(conn))))
                     }
-                    Ok(Err(e)) => Err(ConnectFailure {
-                        transient: is_transient_pooled(&e),
-                        message: e.to_string(),
-                    }),
-                    Err(_) => Err(ConnectFailure {
-                        transient: true,
-                        message: format!(
+                    Ok(Err(e)) => Err(ConnectFailure::of(&e)),
+                    Err(_) => {
+                        let message = format!(
                             "no answer from the server within {CONNECT_TIMEOUT:?} (a network problem, or the server is overloaded)"
-                        ),
-                    }),
+                        );
+                        Err(ConnectFailure {
+                            transient: true,
+                            brief: message.clone(),
+                            message,
+                        })
+                    }
                 }
             }
         }
@@ -207,6 +249,12 @@ impl Connection {
         if let Err(e) = result {
             tracing::debug!(error = %e, "closing the connection failed; its socket is closed anyway");
         }
+    }
+
+    /// [`Connection::close`] given at most [`CLOSE_WITHIN`]: for a
+    /// connection that may be dead, whose `QUIT` nobody may answer.
+    pub async fn close_quickly(self) {
+        let _ = tokio::time::timeout(CLOSE_WITHIN, self.close()).await;
     }
 }
 

@@ -15,7 +15,8 @@ use anyhow::{Context, Result};
 /// (no RST, no FIN), like a cable cut or a partition; or, with
 /// [`FreezableProxy::freeze_open_connections`], only on the connections
 /// open at that moment, like a failover that leaves clients talking to the
-/// old host. Dropping the value closes everything.
+/// old host. Dropping the value closes everything, the listening socket
+/// too (within 10 ms).
 #[derive(Debug)]
 pub struct FreezableProxy {
     port: u16,
@@ -64,6 +65,36 @@ impl FreezableProxy {
     /// When no loopback port can be bound.
     pub fn start(target: SocketAddr) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind the proxy")?;
+        Self::serve(listener, target)
+    }
+
+    /// Starts forwarding to `target` from `port` of 127.0.0.1, so that a
+    /// test can take a server away (drop the proxy: connects are refused)
+    /// and bring it back at the same address (start another one). Waits up
+    /// to 2 s for a proxy dropped just before to let go of the port.
+    ///
+    /// # Errors
+    ///
+    /// When the port cannot be bound (something else listens there).
+    pub fn start_on(port: u16, target: SocketAddr) -> Result<Self> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", port)) {
+                Ok(listener) => break listener,
+                Err(e)
+                    if e.kind() == ErrorKind::AddrInUse && std::time::Instant::now() < deadline =>
+                {
+                    thread::sleep(POLL);
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot bind the proxy to port {port}"));
+                }
+            }
+        };
+        Self::serve(listener, target)
+    }
+
+    fn serve(listener: TcpListener, target: SocketAddr) -> Result<Self> {
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let frozen = Arc::new(AtomicBool::new(false));

@@ -1,11 +1,13 @@
 //! `dbslots import` as cron and supervisors run it: SIGKILL mid-job (and a
 //! file edited before the resume), a second processor on the same lock
 //! file, SIGTERM (also while a batch hangs on a connection that turned into
-//! a black hole), a symlink out of the source directory, exit statuses. Each test works in a
-//! scratch database of its own on the shared test server (skipped without
-//! one, see dbslots-testkit).
+//! a black hole), a symlink out of the source directory, exit statuses, a
+//! server out of reach (a daemon waits it out, --once gives up after
+//! --reconnect-for). Each test works in a scratch database of its own on
+//! the shared test server (skipped without one, see dbslots-testkit).
 
 use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -65,20 +67,17 @@ impl TestDb {
 
     /// `dbslots import SUBCOMMAND --url URL ARGS...`, outputs to files.
     fn dbslots(&self, subcommand: &str, args: &[&str], log: &str) -> Command {
-        let mut cmd = crate::support::dbslots();
-        cmd.args(["import", subcommand, "--url", &self.url])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(File::create(self.dir.path().join(format!("{log}.out"))).unwrap())
-            .stderr(File::create(self.dir.path().join(format!("{log}.err"))).unwrap());
-        cmd
+        import_command(&self.url, self.dir.path(), subcommand, args, log)
     }
 
     fn output(&self, log: &str) -> (String, String) {
-        let read = |ext: &str| {
-            std::fs::read_to_string(self.dir.path().join(format!("{log}.{ext}"))).unwrap()
-        };
-        (read("out"), read("err"))
+        output(self.dir.path(), log)
+    }
+
+    /// The test server's address.
+    fn server(&self) -> SocketAddr {
+        let opts = mysql_async::Opts::from_url(&self.url).unwrap();
+        SocketAddr::from(([127, 0, 0, 1], opts.tcp_port()))
     }
 
     /// Runs a command to its end (guarded against hanging) and returns its
@@ -89,6 +88,75 @@ impl TestDb {
         let (out, err) = self.output(log);
         (status, out, err)
     }
+}
+
+/// `dbslots import SUBCOMMAND --url URL ARGS...`, outputs to `LOG.out` and
+/// `LOG.err` in `dir`.
+fn import_command(url: &str, dir: &Path, subcommand: &str, args: &[&str], log: &str) -> Command {
+    let mut cmd = crate::support::dbslots();
+    cmd.args(["import", subcommand, "--url", url])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(File::create(dir.join(format!("{log}.out"))).unwrap())
+        .stderr(File::create(dir.join(format!("{log}.err"))).unwrap());
+    cmd
+}
+
+/// What `import_command(.., log)` wrote: stdout and stderr.
+fn output(dir: &Path, log: &str) -> (String, String) {
+    let read = |ext: &str| std::fs::read_to_string(dir.join(format!("{log}.{ext}"))).unwrap();
+    (read("out"), read("err"))
+}
+
+/// `url` with its server replaced by `127.0.0.1:port` (the URL must stay
+/// on TCP: a connect through a proxy must not move to the server's socket).
+fn on_port(url: &str, port: u16) -> String {
+    let opts = mysql_async::Opts::from_url(url).unwrap();
+    let server = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
+    assert!(url.contains(&server) && url.contains("prefer_socket=false"));
+    url.replace(&server, &format!("127.0.0.1:{port}"))
+}
+
+/// A loopback port nothing listens on: bound, then let go.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sends SIGTERM to `child`.
+fn terminate(child: &Child) {
+    // SAFETY: kill(2) on the pid of our own child, which has not been
+    // reaped yet.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+}
+
+/// The processor's warnings about failed tries to reach the server, each
+/// checked to be one line of its own.
+fn outage_warnings(err: &str) -> Vec<&str> {
+    for line in err.lines() {
+        assert!(
+            !line.starts_with(char::is_whitespace) && !line.starts_with("what to do"),
+            "a log line continued on another line: {line:?}\n{err}"
+        );
+    }
+    err.lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("trying again"))
+        .collect()
+}
+
+/// The `retry_in=` of a warning, in seconds.
+fn retry_in(warning: &str) -> f64 {
+    let value = warning
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("retry_in="))
+        .unwrap_or_else(|| panic!("no retry_in in {warning:?}"));
+    value.trim_end_matches('s').parse().unwrap()
 }
 
 /// Waits for `child`; kills it and fails the test if it has not ended after
@@ -472,17 +540,8 @@ fn a_first_sigterm_while_a_batch_hangs_in_a_black_hole_exits_within_30_s() {
     // The processor reaches the server through a proxy that the test turns
     // into a black hole for the connections open at that moment (new ones
     // pass), as a failover or a host reboot looks to a client.
-    let opts = mysql_async::Opts::from_url(&db.url).unwrap();
-    let proxy = dbslots_testkit::FreezableProxy::start(std::net::SocketAddr::from((
-        [127, 0, 0, 1],
-        opts.tcp_port(),
-    )))
-    .expect("a proxy");
-    let server = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
-    assert!(db.url.contains(&server) && db.url.contains("prefer_socket=false"));
-    let proxied = db
-        .url
-        .replace(&server, &format!("127.0.0.1:{}", proxy.port()));
+    let proxy = dbslots_testkit::FreezableProxy::start(db.server()).expect("a proxy");
+    let proxied = on_port(&db.url, proxy.port());
     let lock = db.dir.path().join("import.lock");
     let mut processor = crate::support::dbslots()
         .args(["import", "run", "--url", &proxied, "--lock-file"])
@@ -520,12 +579,7 @@ fn a_first_sigterm_while_a_batch_hangs_in_a_black_hole_exits_within_30_s() {
         std::thread::sleep(Duration::from_millis(1));
     }
     std::thread::sleep(Duration::from_millis(500));
-    // SAFETY: kill(2) on the pid of our own child, which has not been
-    // reaped yet.
-    assert_eq!(
-        unsafe { libc::kill(processor.id() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
+    terminate(&processor);
     let signalled = Instant::now();
     let status = wait_guarded(&mut processor, "the terminated processor");
     let took = signalled.elapsed();
@@ -559,4 +613,150 @@ fn a_first_sigterm_while_a_batch_hangs_in_a_black_hole_exits_within_30_s() {
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_imported_exactly_once(&db, good, sum, &bad, if released { 1 } else { 2 });
+}
+
+#[test]
+fn a_server_out_of_reach_ends_a_once_run_after_reconnect_for_while_a_daemon_waits_it_out() {
+    // Nothing listens on the port: every connect is refused at once. No
+    // test server is needed.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "mysql://importer:not-the-password@127.0.0.1:{}/queue?prefer_socket=false",
+        free_port()
+    );
+    let lock = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let daemon_lock = lock("daemon.lock");
+    let mut daemon = import_command(
+        &url,
+        dir.path(),
+        "run",
+        &["--lock-file", &daemon_lock],
+        "daemon",
+    )
+    .spawn()
+    .unwrap();
+    let daemon_started = Instant::now();
+
+    // From cron, with a window of 2 s: gives up at its end, saying how to
+    // wait longer.
+    let cron_lock = lock("cron.lock");
+    let args = ["--once", "--reconnect-for", "2", "--lock-file", &cron_lock];
+    let started = Instant::now();
+    let mut cron = import_command(&url, dir.path(), "run", &args, "cron")
+        .spawn()
+        .unwrap();
+    let status = wait_guarded(&mut cron, "the --once run");
+    let took = started.elapsed();
+    let (_, err) = output(dir.path(), "cron");
+    eprintln!("--once --reconnect-for 2 exited after {took:?}");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "gave up early: {took:?}\n{err}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}\n{err}");
+    assert!(
+        err.contains("dbslots: no working connection to mysql://importer:***@127.0.0.1:")
+            && err.contains("wait longer with --reconnect-for")
+            && err.contains("error 2003"),
+        "{err}"
+    );
+    assert!(!err.contains("ProcessorOptions"), "{err}");
+    assert!(!err.contains("not-the-password"), "{err}");
+    let warnings = outage_warnings(&err);
+    assert!(warnings.len() >= 4, "one warning per failed try: {err}");
+
+    // The daemon is still there well after that window, and after the
+    // --once default's first tries.
+    let until = daemon_started + Duration::from_secs(12);
+    while Instant::now() < until {
+        assert!(
+            daemon.try_wait().unwrap().is_none(),
+            "the daemon exited during the outage: {}",
+            output(dir.path(), "daemon").1
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let up = daemon_started.elapsed();
+    // A stop request ends the wait at once.
+    terminate(&daemon);
+    let signalled = Instant::now();
+    let status = wait_guarded(&mut daemon, "the terminated daemon");
+    let stopped_in = signalled.elapsed();
+    let (_, err) = output(dir.path(), "daemon");
+    eprintln!("the daemon was up {up:?} without a server; SIGTERM -> exit: {stopped_in:?}");
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(stopped_in < Duration::from_secs(3), "{stopped_in:?}\n{err}");
+    assert!(err.contains("stopped by a signal"), "{err}");
+    assert!(!err.contains("not-the-password"), "{err}");
+    // One line per failed try, tries at most 5 s apart: 0, 0.1, 0.3, 0.7,
+    // 1.5, 3.1, 6.3 and 11.3 s in 12 s.
+    let warnings = outage_warnings(&err);
+    assert!((7..=9).contains(&warnings.len()), "{err}");
+    assert!(
+        warnings
+            .iter()
+            .all(|w| w.contains("cannot connect: error 2003")),
+        "{err}"
+    );
+    assert!(
+        warnings.iter().all(|w| retry_in(w) <= 5.0),
+        "backoff capped at 5 s: {err}"
+    );
+    assert_eq!(retry_in(warnings[warnings.len() - 1]), 5.0, "{err}");
+}
+
+#[test]
+fn a_daemon_started_while_the_server_is_out_of_reach_imports_once_it_is_back() {
+    let Some(db) = TestDb::create("outage") else {
+        return;
+    };
+    let (csv, good, sum, bad) = readings(20_000, 997);
+    let path = db.write("readings.csv", &csv);
+    enqueue(&db, &path);
+    // The processor's way to the server: a port nothing listens on yet.
+    let port = free_port();
+    let lock = db.dir.path().join("import.lock");
+    let args = ["--lock-file", lock.to_str().unwrap(), "--sleep", "1"];
+    let mut daemon = import_command(
+        &on_port(&db.url, port),
+        db.dir.path(),
+        "run",
+        &args,
+        "daemon",
+    )
+    .spawn()
+    .unwrap();
+    // It waits for the server, trying again and again (tries at 0, 0.1,
+    // 0.3, 0.7, 1.5 s, ...).
+    crate::support::wait_for("four failed tries", Duration::from_secs(30), || {
+        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited");
+        (outage_warnings(&db.output("daemon").1).len() >= 4).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited");
+    let pending: String = db.row("SELECT CAST(status AS CHAR) FROM import_jobs");
+    assert_eq!(pending, "pending");
+
+    // The server comes back at the same address.
+    let _proxy = dbslots_testkit::FreezableProxy::start_on(port, db.server()).expect("a proxy");
+    let back = Instant::now();
+    let done = crate::support::wait_for("the job to be done", Duration::from_secs(60), || {
+        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited");
+        let status: String = db.row("SELECT CAST(status AS CHAR) FROM import_jobs");
+        (status == "completed_with_errors").then(|| back.elapsed())
+    });
+    eprintln!("server back -> job done: {done:?}");
+    // At most 5 s until the next try, then the import itself.
+    assert!(done < Duration::from_secs(30), "{done:?}");
+    assert_imported_exactly_once(&db, good, sum, &bad, 1);
+
+    terminate(&daemon);
+    let signalled = Instant::now();
+    let status = wait_guarded(&mut daemon, "the terminated daemon");
+    let (_, err) = db.output("daemon");
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(signalled.elapsed() < Duration::from_secs(5), "{err}");
+    assert!(err.contains("job 1 completed with errors"), "{err}");
+    outage_warnings(&err);
 }

@@ -20,6 +20,12 @@
 //!   checkpoint. Whatever the abandoned transaction did is rolled back, or,
 //!   had its `COMMIT` already reached the server, committed with its
 //!   checkpoint: either way the row says which records are in.
+//! * Statements outside a job (setting up a new connection, creating the
+//!   tables, putting back stale jobs, claiming) get the queue's statement
+//!   timeout instead ([`Bounds::statement`], `Queue::statement_timeout`,
+//!   never longer than the batch bound), so that a processor whose
+//!   connection went dead between jobs finds out sooner. A claim cut off
+//!   there is a lost connection like any other, retried over a new one.
 //! * The server is given half the bound for the session's timeouts when a
 //!   connection is opened (`queue::end_sessions_left_waiting`), so it ends
 //!   the session of the abandoned connection, and rolls back its
@@ -57,9 +63,13 @@ pub(crate) const RELEASE_WITHIN: Duration = Duration::from_secs(5);
 /// The bounds of a processor's calls.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Bounds {
-    /// How long one call (a batch's transaction, a statement) may wait for
-    /// the server.
+    /// How long one call on a job (a batch's transaction, a statement) may
+    /// wait for the server.
     pub call: Duration,
+    /// How long a statement outside a job (setting up a new connection,
+    /// creating the tables, putting back stale jobs, claiming) may wait:
+    /// the queue's statement timeout, never longer than `call`.
+    pub statement: Duration,
 }
 
 impl Bounds {
@@ -81,12 +91,14 @@ impl Bounds {
 /// Runs `call`, one call on the processor's connection: an I/O error
 /// (`TimedOut`, the connection taken for lost) when it has no answer within
 /// `bound`, or within [`STOP_GRACE`] of a stop request. `beats`, when given,
-/// shows the heartbeat that the call is waiting.
+/// shows the heartbeat that the call is waiting; `setting`, when given,
+/// names the option that allows a slower call, for the message.
 ///
 /// A call cut off here leaves its connection unusable: close it.
 pub(crate) async fn call<T>(
     what: &str,
     bound: Duration,
+    setting: Option<&str>,
     stop: &Stopper,
     beats: Option<&Beats>,
     call: impl Future<Output = Result<T, mysql_async::Error>>,
@@ -105,8 +117,11 @@ pub(crate) async fn call<T>(
         },
     };
     answered.unwrap_or_else(|_| {
+        let longer = setting.map_or_else(String::new, |setting| {
+            format!(", or the call needs more than {setting}")
+        });
         Err(no_answer(format!(
-            "{what}: no answer from the server within {bound:?}; the connection is taken for lost (the network dropped it, the server failed over or is overloaded, or the call needs more than ProcessorOptions::batch_timeout)"
+            "{what}: no answer from the server within {bound:?}; the connection is taken for lost (the network dropped it, the server failed over or is overloaded{longer})"
         )))
     })
 }
@@ -131,6 +146,7 @@ mod tests {
     fn the_server_waits_half_the_bound_and_idle_connections_are_pinged_twice_as_often() {
         let bounds = |secs| Bounds {
             call: Duration::from_secs(secs),
+            statement: Duration::from_secs(secs),
         };
         assert_eq!(bounds(180).session_secs(), 90);
         assert_eq!(bounds(180).ping_every(), Duration::from_secs(45));
@@ -149,6 +165,7 @@ mod tests {
             let e = call(
                 "committing a batch",
                 Duration::from_secs(18),
+                Some("ProcessorOptions::batch_timeout"),
                 &stop,
                 Some(&beats),
                 std::future::pending::<Result<(), mysql_async::Error>>(),
@@ -158,6 +175,11 @@ mod tests {
             assert_eq!(started.elapsed(), Duration::from_secs(18));
             assert!(crate::link::is_connection_problem(&e), "{e}");
             assert!(e.to_string().contains("committing a batch"), "{e}");
+            assert!(
+                e.to_string()
+                    .contains("more than ProcessorOptions::batch_timeout"),
+                "{e}"
+            );
         });
     }
 
@@ -174,6 +196,7 @@ mod tests {
             let e = call(
                 "committing a batch",
                 Duration::from_secs(180),
+                None,
                 &stop,
                 None,
                 std::future::pending::<Result<(), mysql_async::Error>>(),
@@ -183,10 +206,17 @@ mod tests {
             assert_eq!(started.elapsed(), Duration::from_secs(3) + STOP_GRACE);
             assert!(crate::link::is_connection_problem(&e), "{e}");
             // A call that answers within the grace is not cut off.
-            let answered = call("finishing", Duration::from_secs(180), &stop, None, async {
-                tokio::time::sleep(Duration::from_secs(4)).await;
-                Ok(7)
-            })
+            let answered = call(
+                "finishing",
+                Duration::from_secs(180),
+                None,
+                &stop,
+                None,
+                async {
+                    tokio::time::sleep(Duration::from_secs(4)).await;
+                    Ok(7)
+                },
+            )
             .await
             .unwrap();
             assert_eq!(answered, 7);

@@ -172,7 +172,7 @@ impl Heartbeat {
                     Tick::Quiet => {
                         withheld = false;
                         if let Some(c) = conn.take() {
-                            close_quickly(c).await;
+                            c.close_quickly().await;
                         }
                         continue;
                     }
@@ -186,7 +186,7 @@ impl Heartbeat {
                             );
                         }
                         if let Some(c) = conn.take() {
-                            close_quickly(c).await;
+                            c.close_quickly().await;
                         }
                         continue;
                     }
@@ -194,11 +194,11 @@ impl Heartbeat {
                 }
                 if conn.is_none() {
                     let connect = tokio::time::timeout(interval, async {
-                        let mut c = connector.connect().await.map_err(|f| f.message)?;
+                        let mut c = connector.connect().await.map_err(|f| f.brief)?;
                         match queue::end_sessions_left_waiting(&mut c, session_secs).await {
                             Ok(()) => Ok(c),
                             Err(e) if is_connection_problem(&e) => {
-                                close_quickly(c).await;
+                                c.close_quickly().await;
                                 Err(e.to_string())
                             }
                             Err(e) => {
@@ -241,39 +241,30 @@ impl Heartbeat {
                     Ok(Err(e)) => {
                         tracing::warn!(job = id, error = %e, "writing a heartbeat failed");
                         if let Some(c) = conn.take() {
-                            close_quickly(c).await;
+                            c.close_quickly().await;
                         }
                     }
                     Err(_) => {
                         tracing::warn!(job = id, waited = ?interval, "no answer to a heartbeat; trying a new connection at the next one");
                         if let Some(c) = conn.take() {
-                            close_quickly(c).await;
+                            c.close_quickly().await;
                         }
                     }
                 }
             }
             if let Some(c) = conn.take() {
-                close_quickly(c).await;
+                c.close_quickly().await;
             }
         });
         Heartbeat { stop, task }
     }
 
     /// Ends the task and waits until its connection is closed (at most
-    /// [`CLOSE_WITHIN`]).
+    /// [`CLOSE_WITHIN`](crate::link::CLOSE_WITHIN)).
     pub async fn stop(self) {
         self.stop.send_replace(true);
         let _ = self.task.await;
     }
-}
-
-/// How long closing a connection may take: sending `QUIT` to a server
-/// that does not answer must not hold anything up.
-pub(crate) const CLOSE_WITHIN: Duration = Duration::from_secs(5);
-
-/// Closes a connection that may be dead without waiting on it for long.
-pub(crate) async fn close_quickly(conn: Connection) {
-    let _ = tokio::time::timeout(CLOSE_WITHIN, conn.close()).await;
 }
 
 #[cfg(test)]

@@ -21,6 +21,15 @@
 //! three attempts in a row end this way without moving the checkpoint is the
 //! job failed.
 //!
+//! A server out of reach (connects failing in a way another try may fix,
+//! or connections lost before a job is claimed) is waited out (see the
+//! `outage` module): the processor tries again after a backoff of up to
+//! 5 s, logging one line per failed try, until the outage has lasted its
+//! reconnect window (`ProcessorOptions::reconnect_window`: by default
+//! indefinitely for a daemon, 120 s with `RunOptions::once`). A stop
+//! request ends the wait at once, and `RunOptions::max_time` when it comes.
+//! Mid-job, the same goes for re-opening the connection.
+//!
 //! Rows go in with `LOAD DATA LOCAL INFILE` from memory where the table
 //! allows it (see [`crate::queue::commit_batch`] for when such a batch is
 //! committed). A batch that is rolled back because its rows were not all
@@ -50,6 +59,7 @@
 mod bounded;
 mod heartbeat;
 mod options;
+mod outage;
 mod report;
 
 use std::future::Future;
@@ -61,15 +71,16 @@ use mysql_async::prelude::Queryable;
 
 use crate::batch::{Limits, Rows};
 use crate::error::{Error, Result};
-use crate::link::{ConnectFailure, Connection, Connector, is_connection_problem};
+use crate::link::{ConnectFailure, Connection, Connector, is_connection_problem, one_line};
 use crate::queue::{self, Committed, JobRow, Status};
 use crate::source::{Chunk, FileProblem, ReadPlan, spawn_reader};
 use crate::stop::Stopper;
 use crate::table;
 use crate::value::{Form, Zone, push_text};
 use bounded::{Bounds, RELEASE_WITHIN};
-use heartbeat::{Beats, Heartbeat, close_quickly};
+use heartbeat::{Beats, Heartbeat};
 pub use options::{ProcessorOptions, RunOptions};
+use outage::{Next, Outage};
 pub use report::{JobOutcome, JobReport, NoObserver, Observer, Progress, RunEnd, Summary};
 
 /// Attempts in a row that may lose the connection without progress before
@@ -134,10 +145,16 @@ impl Job {
 }
 
 impl Processor {
-    pub(crate) fn new(connector: Arc<Connector>, options: ProcessorOptions) -> Processor {
+    pub(crate) fn new(
+        connector: Arc<Connector>,
+        options: ProcessorOptions,
+        statement_timeout: Duration,
+    ) -> Processor {
         let holder = options.holder.clone().unwrap_or_else(default_holder);
+        let call = options.batch_bound();
         let bounds = Bounds {
-            call: options.batch_bound(),
+            call,
+            statement: statement_timeout.min(call),
         };
         Processor {
             connector,
@@ -161,8 +178,11 @@ impl Processor {
     /// # Errors
     ///
     /// [`Error::SourceDir`] when a source directory cannot be resolved;
-    /// [`Error::Connect`] when the server cannot be reached within the
-    /// reconnect window; [`Error::Query`] when the queue's own statements
+    /// [`Error::Outage`] when the server stays out of reach for longer than
+    /// the reconnect window ([`ProcessorOptions::reconnect_window`]: by
+    /// default a daemon waits indefinitely); [`Error::Connect`] when
+    /// connecting fails in a way that another try cannot fix (access
+    /// denied, say); [`Error::Query`] when the queue's own statements
     /// fail for a reason other than a lost connection (missing privileges,
     /// say); [`Error::SkipLockedUnsupported`] on a server too old for a
     /// shared queue.
@@ -185,7 +205,8 @@ impl Processor {
             end: RunEnd::QueueEmpty,
         };
         let mut tables_ready = false;
-        let mut failures_since = None::<Instant>;
+        let window = self.options.reconnect_window(run);
+        let mut outage = Outage::new(window);
         summary.end = loop {
             if stop.is_stopped() {
                 break RunEnd::Stopped;
@@ -199,16 +220,18 @@ impl Processor {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break RunEnd::MaxTime;
             }
-            let Some(mut conn) = self.connect(stop).await? else {
-                break RunEnd::Stopped;
+            // `None`: stopped, or the deadline came while the server was
+            // out of reach; the checks above say which.
+            let Some(mut conn) = self.connect(stop, &mut outage, deadline).await? else {
+                continue;
             };
             match self.next_job(&mut conn, &mut tables_ready, stop).await {
                 Ok((recovered, job)) => {
-                    failures_since = None;
+                    outage.end();
                     summary.recovered += recovered;
                     match job {
                         Some(job) => {
-                            let report = self.work(conn, job, stop, observer).await?;
+                            let report = self.work(conn, job, window, stop, observer).await?;
                             observer.job_finished(&report);
                             summary.jobs.push(report);
                         }
@@ -230,13 +253,11 @@ impl Processor {
                     }
                 }
                 Err(ClaimFailure::Lost(e)) => {
-                    close_quickly(conn).await;
-                    let since = *failures_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > self.options.reconnect_for {
-                        return Err(self.query_error("claiming a job", e));
-                    }
-                    tracing::warn!(url = %self.connector.url(), error = %e, "lost the connection while claiming a job; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    conn.close_quickly().await;
+                    let failure = one_line(&e.to_string());
+                    let what = "lost the connection before a job";
+                    self.wait_out(&mut outage, what, &failure, stop, deadline)
+                        .await?;
                 }
                 Err(ClaimFailure::Fatal(e)) => {
                     conn.close().await;
@@ -257,7 +278,19 @@ impl Processor {
         beats: Option<&Beats>,
         call: impl Future<Output = std::result::Result<T, mysql_async::Error>>,
     ) -> std::result::Result<T, mysql_async::Error> {
-        bounded::call(what, self.bounds.call, stop, beats, call).await
+        let setting = Some("ProcessorOptions::batch_timeout");
+        bounded::call(what, self.bounds.call, setting, stop, beats, call).await
+    }
+
+    /// Runs one statement outside a job within the statement bound (see
+    /// the `bounded` module).
+    async fn statement<T>(
+        &self,
+        what: &str,
+        stop: &Stopper,
+        call: impl Future<Output = std::result::Result<T, mysql_async::Error>>,
+    ) -> std::result::Result<T, mysql_async::Error> {
+        bounded::call(what, self.bounds.statement, None, stop, None, call).await
     }
 
     fn query_error(&self, what: &'static str, source: mysql_async::Error) -> Error {
@@ -268,11 +301,15 @@ impl Processor {
         }
     }
 
-    /// Connects, retrying transient failures within the reconnect window.
-    /// `None` when stopped meanwhile.
-    async fn connect(&self, stop: &Stopper) -> Result<Option<Connection>> {
-        let started = Instant::now();
-        let mut delay = Duration::from_millis(100);
+    /// Connects, trying again after failures that another try may fix for
+    /// as long as `outage` allows. `None` when stopped meanwhile or once
+    /// `until` has come.
+    async fn connect(
+        &self,
+        stop: &Stopper,
+        outage: &mut Outage,
+        until: Option<Instant>,
+    ) -> Result<Option<Connection>> {
         loop {
             let attempt = tokio::select! {
                 biased;
@@ -283,22 +320,60 @@ impl Processor {
                 Ok(conn) => return Ok(Some(conn)),
                 Err(failure) => failure,
             };
-            let waited = started.elapsed();
-            if !failure.transient || waited + delay > self.options.reconnect_for {
+            if !failure.transient {
                 return Err(Error::Connect {
                     url: self.connector.url().to_owned(),
-                    waited,
+                    waited: outage.lasted(Instant::now()),
                     message: failure.message,
                 });
             }
-            tracing::warn!(url = %self.connector.url(), error = %failure.message, retry_in = ?delay, "cannot connect; trying again");
-            tokio::select! {
-                biased;
-                () = stop.stopped() => return Ok(None),
-                () = tokio::time::sleep(delay) => {}
+            if !self
+                .wait_out(outage, "cannot connect", &failure.brief, stop, until)
+                .await?
+            {
+                return Ok(None);
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
+    }
+
+    /// After a failed try to reach the server (`what`, `failure` on one
+    /// line): [`Error::Outage`] once `outage` has lasted its window;
+    /// otherwise one warning line and the wait before the next try. False
+    /// when stopped meanwhile or once `until` has come.
+    async fn wait_out(
+        &self,
+        outage: &mut Outage,
+        what: &str,
+        failure: &str,
+        stop: &Stopper,
+        until: Option<Instant>,
+    ) -> Result<bool> {
+        let now = Instant::now();
+        let retry_in = match outage.failed(now) {
+            Next::RetryIn(delay) => delay,
+            Next::GiveUp(lasted) => {
+                return Err(Error::Outage {
+                    url: self.connector.url().to_owned(),
+                    waited: lasted,
+                    last: format!("{what}: {failure}"),
+                });
+            }
+        };
+        tracing::warn!(
+            url = %self.connector.url(),
+            failures = outage.failures(),
+            down_for = %format_args!("{:.1}s", outage.lasted(now).as_secs_f64()),
+            retry_in = %format_args!("{:.1}s", retry_in.as_secs_f64()),
+            "{what}: {failure}; trying again"
+        );
+        let wake = now + retry_in;
+        let wake = until.map_or(wake, |until| wake.min(until));
+        tokio::select! {
+            biased;
+            () = stop.stopped() => return Ok(false),
+            () = tokio::time::sleep_until(wake.into()) => {}
+        }
+        Ok(until.is_none_or(|until| Instant::now() < until))
     }
 
     /// One connect (a round of attempts), with the session told to end
@@ -307,19 +382,23 @@ impl Processor {
         let mut conn = self.connector.connect().await?;
         let secs = self.bounds.session_secs();
         let told = self
-            .call(
+            .statement(
                 "setting the session's timeouts",
                 stop,
-                None,
                 queue::end_sessions_left_waiting(&mut conn, secs),
             )
             .await;
         match told {
             Ok(()) => Ok(conn),
             Err(e) if is_connection_problem(&e) => {
-                close_quickly(conn).await;
+                conn.close_quickly().await;
+                let message = format!(
+                    "the new connection failed at once: {}",
+                    one_line(&e.to_string())
+                );
                 Err(ConnectFailure {
-                    message: format!("the new connection failed at once: {e}"),
+                    brief: message.clone(),
+                    message,
                     transient: true,
                 })
             }
@@ -347,10 +426,9 @@ impl Processor {
             }
         };
         if !*tables_ready {
-            self.call(
+            self.statement(
                 "creating the import tables",
                 stop,
-                None,
                 queue::create_tables(conn),
             )
             .await
@@ -358,10 +436,9 @@ impl Processor {
             *tables_ready = true;
         }
         let recovered = self
-            .call(
+            .statement(
                 "putting back stale jobs",
                 stop,
-                None,
                 queue::recover_stale(conn, self.options.stale_after, self.options.max_attempts),
             )
             .await
@@ -374,12 +451,7 @@ impl Processor {
             );
         }
         let job = self
-            .call(
-                "claiming a job",
-                stop,
-                None,
-                queue::claim(conn, &self.holder),
-            )
+            .statement("claiming a job", stop, queue::claim(conn, &self.holder))
             .await
             .map_err(|e| match e {
                 mysql_async::Error::Server(s) if s.code == 1064 => {
@@ -399,6 +471,7 @@ impl Processor {
         &self,
         conn: Connection,
         row: JobRow,
+        window: Option<Duration>,
         stop: &Stopper,
         observer: &dyn Observer,
     ) -> Result<JobReport> {
@@ -412,7 +485,7 @@ impl Processor {
             self.bounds,
             beats.clone(),
         );
-        let report = self.work_on(conn, row, beats, stop, observer).await;
+        let report = self.work_on(conn, row, beats, window, stop, observer).await;
         heartbeat.stop().await;
         report
     }
@@ -422,6 +495,7 @@ impl Processor {
         mut conn: Connection,
         row: JobRow,
         beats: Beats,
+        window: Option<Duration>,
         stop: &Stopper,
         observer: &dyn Observer,
     ) -> Result<JobReport> {
@@ -472,7 +546,7 @@ impl Processor {
                     } else {
                         0
                     };
-                    close_quickly(conn).await;
+                    conn.close_quickly().await;
                     if stop.is_stopped() {
                         tracing::warn!(
                             job = job.row.id,
@@ -490,7 +564,7 @@ impl Processor {
                         reconnects,
                         "lost the connection mid-job; re-opening it to resume from the checkpoint"
                     );
-                    conn = match self.connect(stop).await? {
+                    conn = match self.connect(stop, &mut Outage::new(window), None).await? {
                         Some(conn) => conn,
                         None => {
                             let outcome = self.release_elsewhere(&job).await;
@@ -504,7 +578,7 @@ impl Processor {
                         );
                         match self.fail(&mut conn, &job, &message, stop).await {
                             Step::Lost(e) => {
-                                close_quickly(conn).await;
+                                conn.close_quickly().await;
                                 return Err(self.query_error("failing a stalled job", e));
                             }
                             Step::Fatal(e) => {
@@ -573,9 +647,9 @@ impl Processor {
     /// job's row; then the job goes back once it is stale).
     async fn release_elsewhere(&self, job: &Job) -> JobOutcome {
         let release = async {
-            let mut conn = self.connector.connect().await.map_err(|f| f.message)?;
+            let mut conn = self.connector.connect().await.map_err(|f| f.brief)?;
             let released = queue::release(&mut conn, job.row.id, &self.holder).await;
-            close_quickly(conn).await;
+            conn.close_quickly().await;
             released.map_err(|e| e.to_string())
         };
         match tokio::time::timeout(RELEASE_WITHIN, release).await {

@@ -10,7 +10,7 @@ pub struct ProcessorOptions {
     pub(crate) stale_after: Duration,
     pub(crate) batch_timeout: Option<Duration>,
     pub(crate) max_attempts: u32,
-    pub(crate) reconnect_for: Duration,
+    pub(crate) reconnect_for: Option<Duration>,
     pub(crate) holder: Option<String>,
     pub(crate) source_dirs: Vec<PathBuf>,
 }
@@ -22,7 +22,7 @@ impl Default for ProcessorOptions {
             stale_after: Duration::from_secs(60),
             batch_timeout: None,
             max_attempts: 3,
-            reconnect_for: Duration::from_secs(120),
+            reconnect_for: None,
             holder: None,
             source_dirs: Vec::new(),
         }
@@ -32,7 +32,8 @@ impl Default for ProcessorOptions {
 impl ProcessorOptions {
     /// The defaults: batches of 50,000 records, jobs stale after 60 s without a
     /// heartbeat, batches given up after three times that, 3 attempts per
-    /// job, reconnecting for up to 120 s.
+    /// job, and through an outage of the server, a daemon waits for as long
+    /// as it lasts, a run with [`RunOptions::once`] for 120 s.
     pub fn new() -> Self {
         Self::default()
     }
@@ -97,11 +98,42 @@ impl ProcessorOptions {
         self
     }
 
-    /// How long to keep trying to (re)connect before giving up with
-    /// [`Error::Connect`](crate::Error::Connect); 120 s by default.
+    /// How long the server may be out of reach before the run gives up with
+    /// [`Error::Outage`](crate::Error::Outage), whether the processor runs as
+    /// a daemon or [`RunOptions::once`]; [`Duration::MAX`] waits
+    /// indefinitely, zero gives up at the first failure. Without it, see
+    /// [`ProcessorOptions::reconnect_window`].
+    ///
+    /// Out of reach means that connecting fails in a way that another try
+    /// may fix (the network, a server restarting or out of connections, no
+    /// slot in time), or that the connection is lost before a job is
+    /// claimed; the window starts at the first such failure and ends with
+    /// the next claim that gets an answer (mid-job, at the first connection
+    /// that opens). Failures that need a change first (access denied, an
+    /// unknown database, TLS) end the run at once with
+    /// [`Error::Connect`](crate::Error::Connect).
+    ///
+    /// Meanwhile the processor tries again after 0.1 s, then after twice
+    /// as long each time, at most every 5 s, and logs one warning line per
+    /// failed try; a stop request ends the wait at once.
     pub fn reconnect_for(mut self, window: Duration) -> Self {
-        self.reconnect_for = window;
+        self.reconnect_for = Some(window);
         self
+    }
+
+    /// How long a run with `run` lets the server be out of reach before it
+    /// gives up (see [`ProcessorOptions::reconnect_for`]); `None` for as
+    /// long as the outage lasts. Unless set: 120 s for a run with
+    /// [`RunOptions::once`] (cron, where the next run comes anyway), and
+    /// `None` for a daemon, which is there to wait out outages rather
+    /// than exit and leave its supervisor to restart it.
+    pub fn reconnect_window(&self, run: &RunOptions) -> Option<Duration> {
+        match self.reconnect_for {
+            Some(window) if window == Duration::MAX => None,
+            Some(window) => Some(window),
+            None if run.once => Some(ONCE_RECONNECT_WINDOW),
+            None => None,
+        }
     }
 
     /// Imports only files whose real path (every symlink resolved) lies in
@@ -126,6 +158,10 @@ impl ProcessorOptions {
         self
     }
 }
+
+/// How long a run with [`RunOptions::once`] lets the server be out of
+/// reach unless told otherwise.
+const ONCE_RECONNECT_WINDOW: Duration = Duration::from_secs(120);
 
 /// `d` in whole seconds (rounded down), at least 1.
 fn whole_seconds(d: Duration) -> Duration {
@@ -195,5 +231,19 @@ mod tests {
         assert_eq!(o.batch_bound(), Duration::from_secs(2));
         let o = o.batch_timeout(Duration::ZERO);
         assert_eq!(o.batch_bound(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_daemon_waits_out_an_outage_and_cron_gives_up_unless_told_otherwise() {
+        let daemon = RunOptions::new();
+        let cron = RunOptions::new().once(true);
+        let o = ProcessorOptions::new();
+        assert_eq!(o.reconnect_window(&daemon), None);
+        assert_eq!(o.reconnect_window(&cron), Some(Duration::from_secs(120)));
+        let o = o.reconnect_for(Duration::from_secs(2));
+        assert_eq!(o.reconnect_window(&daemon), Some(Duration::from_secs(2)));
+        assert_eq!(o.reconnect_window(&cron), Some(Duration::from_secs(2)));
+        let o = o.reconnect_for(Duration::MAX);
+        assert_eq!(o.reconnect_window(&cron), None);
     }
 }

@@ -15,7 +15,9 @@ use dbslots_import::{
 use dbslots_testkit::FreezableProxy;
 use mysql_async::prelude::Queryable;
 
-use crate::support::{METER_READINGS, TestDb, readings, run_once};
+use crate::support::{
+    KillLeftovers, METER_READINGS, TestDb, proxy_for, readings, run_once, through,
+};
 
 /// The processors' `stale_after` here.
 const STALE_AFTER: Duration = Duration::from_secs(2);
@@ -51,25 +53,6 @@ impl Observer for Commits {
             .unwrap()
             .push((Instant::now(), progress.rows_imported));
     }
-}
-
-/// The test's URL with its server's port replaced by the proxy's.
-fn through(url: &str, proxy: &FreezableProxy) -> String {
-    let opts = mysql_async::Opts::from_url(url).expect("the test URL parses");
-    let server = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
-    assert!(url.contains(&server), "{url} names {server}");
-    assert!(
-        url.contains("prefer_socket=false"),
-        "a connect through the proxy must not move to the server's socket: {url}"
-    );
-    url.replace(&server, &format!("127.0.0.1:{}", proxy.port()))
-}
-
-/// Starts a proxy to the test server.
-fn proxy_for(db: &TestDb) -> FreezableProxy {
-    let opts = mysql_async::Opts::from_url(&db.url).expect("the test URL parses");
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], opts.tcp_port()));
-    FreezableProxy::start(addr).expect("a proxy")
 }
 
 /// Once the first batch is in, waits (watching from the admin account,
@@ -125,40 +108,6 @@ async fn freeze_mid_batch(db: &TestDb, proxy: &FreezableProxy, commits: &Commits
     }
 }
 
-/// Kills whatever connection is still in the scratch database when the
-/// test ends (so that a failed test does not leave a transaction behind
-/// that would hold up dropping the database).
-struct KillLeftovers {
-    admin_url: String,
-    name: String,
-}
-
-impl Drop for KillLeftovers {
-    fn drop(&mut self) {
-        let (url, name) = (self.admin_url.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            rt.block_on(async {
-                let mut admin = mysql_async::Conn::from_url(&url).await?;
-                let ids: Vec<u64> = admin
-                    .exec(
-                        "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> CONNECTION_ID()",
-                        (&name,),
-                    )
-                    .await?;
-                for id in ids {
-                    let _ = admin.query_drop(format!("KILL CONNECTION {id}")).await;
-                }
-                admin.disconnect().await
-            })
-        })
-        .join();
-    }
-}
-
 /// The rows are all there, once each: as many as good records, each
 /// record's distinct kWh, their sum; the job's own counters agree.
 async fn assert_imported_exactly_once(db: &TestDb, queue: &Queue, good: u64, sum: u64) {
@@ -208,10 +157,7 @@ struct Hole {
 impl Hole {
     fn new(name: &str) -> Option<Hole> {
         let db = TestDb::create(name)?;
-        let _leftovers = KillLeftovers {
-            admin_url: db.admin_url.clone(),
-            name: db.name.clone(),
-        };
+        let _leftovers = KillLeftovers::of(&db);
         let (csv, good, sum, _) = readings(RECORDS, 0);
         let path = db.write("readings.csv", &csv);
         let proxy = proxy_for(&db);

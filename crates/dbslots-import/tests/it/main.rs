@@ -9,6 +9,7 @@ mod heartbeat;
 mod killed_connection;
 mod load_data;
 mod mixed_types;
+mod no_answer;
 mod quoting;
 mod support;
 mod time_zones;

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 
+use dbslots_testkit::FreezableProxy;
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 use tokio::runtime::Runtime;
@@ -157,4 +158,67 @@ pub async fn rejections(db: &TestDb, job: u64) -> Vec<(u64, Option<String>, Stri
         .unwrap();
     conn.disconnect().await.unwrap();
     rows
+}
+
+/// The test's URL with its server's port replaced by the proxy's.
+pub fn through(url: &str, proxy: &FreezableProxy) -> String {
+    let opts = mysql_async::Opts::from_url(url).expect("the test URL parses");
+    let server = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
+    assert!(url.contains(&server), "{url} names {server}");
+    assert!(
+        url.contains("prefer_socket=false"),
+        "a connect through the proxy must not move to the server's socket: {url}"
+    );
+    url.replace(&server, &format!("127.0.0.1:{}", proxy.port()))
+}
+
+/// Starts a proxy to the test server.
+pub fn proxy_for(db: &TestDb) -> FreezableProxy {
+    let opts = mysql_async::Opts::from_url(&db.url).expect("the test URL parses");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], opts.tcp_port()));
+    FreezableProxy::start(addr).expect("a proxy")
+}
+
+/// Kills whatever connection is still in the scratch database when the
+/// test ends (so that a failed test does not leave a transaction behind
+/// that would hold up dropping the database).
+pub struct KillLeftovers {
+    admin_url: String,
+    name: String,
+}
+
+impl KillLeftovers {
+    /// For the scratch database of `db`.
+    pub fn of(db: &TestDb) -> KillLeftovers {
+        KillLeftovers {
+            admin_url: db.admin_url.clone(),
+            name: db.name.clone(),
+        }
+    }
+}
+
+impl Drop for KillLeftovers {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async {
+                let mut admin = mysql_async::Conn::from_url(&url).await?;
+                let ids: Vec<u64> = admin
+                    .exec(
+                        "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> CONNECTION_ID()",
+                        (&name,),
+                    )
+                    .await?;
+                for id in ids {
+                    let _ = admin.query_drop(format!("KILL CONNECTION {id}")).await;
+                }
+                admin.disconnect().await
+            })
+        })
+        .join();
+    }
 }
