@@ -94,6 +94,18 @@ async fn lost_in_a_black_hole<F: Future>(
     (out, took)
 }
 
+/// A queue with the statement timeout [`TIMEOUT`], reaching `db` through a
+/// proxy the test can freeze; connections left behind are killed when the
+/// first value drops.
+fn queue_through_a_proxy(db: &TestDb) -> (KillLeftovers, FreezableProxy, Queue) {
+    let leftovers = KillLeftovers::of(db);
+    let proxy = proxy_for(db);
+    let queue = Queue::new(&through(&db.url, &proxy), None)
+        .unwrap()
+        .statement_timeout(TIMEOUT);
+    (leftovers, proxy, queue)
+}
+
 /// A NoAnswer for `what` after [`TIMEOUT`], within `took` that is bounded.
 fn assert_no_answer<T: std::fmt::Debug>(
     result: dbslots_import::Result<T>,
@@ -125,11 +137,7 @@ fn queue_operations_give_up_at_the_statement_timeout_when_their_connection_turns
     let Some(db) = TestDb::create("no_answer") else {
         return;
     };
-    let _leftovers = KillLeftovers::of(&db);
-    let proxy = proxy_for(&db);
-    let queue = Queue::new(&through(&db.url, &proxy), None)
-        .unwrap()
-        .statement_timeout(TIMEOUT);
+    let (_leftovers, proxy, queue) = queue_through_a_proxy(&db);
     let (csv, ..) = readings(10, 0);
     let path = db.write("readings.csv", &csv);
     let options = EnqueueOptions::new("meter_readings");
@@ -162,11 +170,7 @@ fn a_processor_gives_up_a_statement_before_a_job_at_the_statement_timeout_and_go
     let Some(db) = TestDb::create("no_answer_claim") else {
         return;
     };
-    let _leftovers = KillLeftovers::of(&db);
-    let proxy = proxy_for(&db);
-    let queue = Queue::new(&through(&db.url, &proxy), None)
-        .unwrap()
-        .statement_timeout(TIMEOUT);
+    let (_leftovers, proxy, queue) = queue_through_a_proxy(&db);
     let (csv, good, ..) = readings(1_000, 0);
     let path = db.write("readings.csv", &csv);
     db.block_on(async {
