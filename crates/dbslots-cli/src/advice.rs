@@ -49,6 +49,7 @@ const TERMS: &[(&str, &str)] = &[
     ("ProcessorOptions::source_dir", "--source-dir"),
     ("ProcessorOptions::batch_timeout", "--batch-timeout"),
     ("ProcessorOptions::reconnect_for", "--reconnect-for"),
+    ("RunOptions::max_time", "--max-time"),
     ("EnqueueOptions::no_key", "--no-key"),
     ("EnqueueOptions::time_zone", "--time-zone"),
     ("EnqueueOptions::new(table)", "--table"),
@@ -92,11 +93,21 @@ mod tests {
             url: "mysql://app:***@db:3306/energy".into(),
             waited: std::time::Duration::from_secs(2),
             last: "cannot connect: error 2003: Connection refused (os error 111)".into(),
+            limit: dbslots_import::OutageLimit::ReconnectWindow,
         };
         let text = in_cli_terms(&e.to_string());
         assert!(text.contains("wait longer with --reconnect-for"), "{text}");
         assert!(!text.contains("ProcessorOptions"), "{text}");
         assert!(!text.contains('\n'), "{text}");
+        let e = dbslots_import::Error::Outage {
+            url: "mysql://app:***@db:3306/energy".into(),
+            waited: std::time::Duration::from_secs(2),
+            last: "cannot connect: error 2003: Connection refused (os error 111)".into(),
+            limit: dbslots_import::OutageLimit::MaxTime,
+        };
+        let text = in_cli_terms(&e.to_string());
+        assert!(text.contains("more time with --max-time"), "{text}");
+        assert!(!text.contains("RunOptions"), "{text}");
     }
 
     #[test]

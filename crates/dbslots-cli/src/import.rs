@@ -49,7 +49,8 @@ enum ImportCommand {
     /// of connections, the network cut), the processor tries again after
     /// 0.1 s, backing off to every 5 s, with one warning line per failed
     /// try: a daemon for as long as the outage lasts, with --once for 120 s
-    /// (--reconnect-for changes either), then it exits 1. Queue statements
+    /// (--reconnect-for changes either), then it exits 1; it exits 1 too
+    /// when --max-time comes during an outage. Queue statements
     /// without an answer for 60 s are given up as a lost connection (a
     /// frozen server or a dropped network path never fails by itself).
     ///
@@ -142,7 +143,8 @@ struct RunArgs {
     #[arg(long, value_name = "N")]
     max_jobs: Option<u64>,
 
-    /// Start no new job after this many seconds
+    /// Start no new job after this many seconds (exit 1 if the server is
+    /// out of reach then)
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     max_time: Option<Duration>,
 

@@ -60,10 +60,13 @@ pub enum Error {
         waited: Duration,
     },
     /// A processor found the server out of reach (connects failing, or
-    /// connections lost before a job was claimed) for longer than its
-    /// reconnect window ([`ProcessorOptions::reconnect_window`](crate::ProcessorOptions::reconnect_window)).
+    /// connections lost before a job was claimed) until a limit ran out:
+    /// its reconnect window
+    /// ([`ProcessorOptions::reconnect_window`](crate::ProcessorOptions::reconnect_window)),
+    /// or the run's [`RunOptions::max_time`](crate::RunOptions::max_time).
     #[error(
-        "no working connection to {url} for {waited:.1?}, the processor's reconnect window (last failure: {last}); check that the server is up and reachable from here, or let the processor wait longer with ProcessorOptions::reconnect_for"
+        "no working connection to {url} for {waited:.1?}, {limit} (last failure: {last}); check that the server is up and reachable from here, {advice}",
+        advice = limit.advice()
     )]
     Outage {
         /// The URL, password redacted.
@@ -72,6 +75,8 @@ pub enum Error {
         waited: Duration,
         /// The last failure, on one line.
         last: String,
+        /// Which limit ran out.
+        limit: OutageLimit,
     },
     /// A statement failed in a way that retrying cannot fix.
     #[error("{what} failed on {url}: {source}")]
@@ -156,4 +161,40 @@ pub enum Error {
     /// The slot pool failed.
     #[error(transparent)]
     Pool(#[from] dbslots_core::Error),
+}
+
+/// The limit that ended a processor's wait for the server
+/// ([`Error::Outage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OutageLimit {
+    /// The reconnect window
+    /// ([`ProcessorOptions::reconnect_window`](crate::ProcessorOptions::reconnect_window))
+    /// was used up.
+    ReconnectWindow,
+    /// The run's [`RunOptions::max_time`](crate::RunOptions::max_time)
+    /// came while the server was out of reach: the run ends, but not as
+    /// a run that was merely out of time.
+    MaxTime,
+}
+
+impl OutageLimit {
+    /// What to do about it, as the end of a sentence.
+    fn advice(self) -> &'static str {
+        match self {
+            OutageLimit::ReconnectWindow => {
+                "or let the processor wait longer with ProcessorOptions::reconnect_for"
+            }
+            OutageLimit::MaxTime => "or give the run more time with RunOptions::max_time",
+        }
+    }
+}
+
+impl std::fmt::Display for OutageLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OutageLimit::ReconnectWindow => "the processor's reconnect window",
+            OutageLimit::MaxTime => "when RunOptions::max_time ran out",
+        })
+    }
 }

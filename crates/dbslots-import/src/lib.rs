@@ -127,7 +127,9 @@
 //!   (cron, where the next run comes anyway) for 120 s, then
 //!   [`Processor::run`] fails with [`Error::Outage`];
 //!   [`ProcessorOptions::reconnect_for`] sets another window for either. A
-//!   stop request ends the wait at once.
+//!   stop request ends the wait at once; a run's [`RunOptions::max_time`]
+//!   ends it too, with [`Error::Outage`] (so a run that could not reach
+//!   its server never ends as one that did its work).
 //! * **Stopping** ([`Stopper`]) finishes the batch being committed and
 //!   puts the job back at its checkpoint; a batch that has no answer
 //!   within 10 s of the stop request is given up instead, so
@@ -209,7 +211,7 @@ use std::time::Duration;
 
 use dbslots_core::Pool;
 
-pub use error::{Error, Result};
+pub use error::{Error, OutageLimit, Result};
 pub use lock::{InstanceLock, default_lock_path};
 pub use processor::{
     JobOutcome, JobReport, NoObserver, Observer, Processor, ProcessorOptions, Progress, RunEnd,

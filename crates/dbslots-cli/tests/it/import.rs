@@ -645,6 +645,13 @@ fn a_server_out_of_reach_ends_a_once_run_after_reconnect_for_while_a_daemon_wait
     let mut cron = import_command(&url, dir.path(), "run", &args, "cron")
         .spawn()
         .unwrap();
+    // A daemon with --max-time 2: its time runs out during the outage,
+    // which it reports as one rather than as a run that did its work.
+    let timed_lock = lock("timed.lock");
+    let args = ["--max-time", "2", "--lock-file", &timed_lock];
+    let mut timed = import_command(&url, dir.path(), "run", &args, "timed")
+        .spawn()
+        .unwrap();
     let status = wait_guarded(&mut cron, "the --once run");
     let took = started.elapsed();
     let (_, err) = output(dir.path(), "cron");
@@ -665,6 +672,24 @@ fn a_server_out_of_reach_ends_a_once_run_after_reconnect_for_while_a_daemon_wait
     assert!(!err.contains("not-the-password"), "{err}");
     let warnings = outage_warnings(&err);
     assert!(warnings.len() >= 4, "one warning per failed try: {err}");
+
+    let status = wait_guarded(&mut timed, "the daemon with --max-time");
+    let took = started.elapsed();
+    let (_, err) = output(dir.path(), "timed");
+    eprintln!("a daemon with --max-time 2 exited after {took:?}");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "{took:?}\n{err}"
+    );
+    assert!(
+        err.contains("dbslots: no working connection to mysql://importer:***@127.0.0.1:")
+            && err.contains("when --max-time ran out")
+            && err.contains("more time with --max-time")
+            && err.contains("error 2003"),
+        "{err}"
+    );
+    assert!(!err.contains("not-the-password"), "{err}");
 
     // The daemon is still there well after that window, and after the
     // --once default's first tries.

@@ -70,7 +70,7 @@ use std::time::{Duration, Instant};
 use mysql_async::prelude::Queryable;
 
 use crate::batch::{Limits, Rows};
-use crate::error::{Error, Result};
+use crate::error::{Error, OutageLimit, Result};
 use crate::link::{ConnectFailure, Connection, Connector, is_connection_problem, one_line};
 use crate::queue::{self, Committed, JobRow, Status};
 use crate::source::{Chunk, FileProblem, ReadPlan, spawn_reader};
@@ -80,7 +80,7 @@ use crate::value::{Form, Zone, push_text};
 use bounded::{Bounds, RELEASE_WITHIN};
 use heartbeat::{Beats, Heartbeat};
 pub use options::{ProcessorOptions, RunOptions};
-use outage::{Next, Outage};
+use outage::{Next, Outage, Patience};
 pub use report::{JobOutcome, JobReport, NoObserver, Observer, Progress, RunEnd, Summary};
 
 /// Attempts in a row that may lose the connection without progress before
@@ -220,8 +220,7 @@ impl Processor {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break RunEnd::MaxTime;
             }
-            // `None`: stopped, or the deadline came while the server was
-            // out of reach; the checks above say which.
+            // `None`: stopped.
             let Some(mut conn) = self.connect(stop, &mut outage, deadline).await? else {
                 continue;
             };
@@ -231,7 +230,18 @@ impl Processor {
                     summary.recovered += recovered;
                     match job {
                         Some(job) => {
-                            let report = self.work(conn, job, window, stop, observer).await?;
+                            let report = self
+                                .work(
+                                    conn,
+                                    job,
+                                    Patience {
+                                        window,
+                                        until: deadline,
+                                    },
+                                    stop,
+                                    observer,
+                                )
+                                .await?;
                             observer.job_finished(&report);
                             summary.jobs.push(report);
                         }
@@ -302,8 +312,8 @@ impl Processor {
     }
 
     /// Connects, trying again after failures that another try may fix for
-    /// as long as `outage` allows. `None` when stopped meanwhile or once
-    /// `until` has come.
+    /// as long as `outage` allows and `until` has not come. `None` when
+    /// stopped meanwhile.
     async fn connect(
         &self,
         stop: &Stopper,
@@ -337,9 +347,13 @@ impl Processor {
     }
 
     /// After a failed try to reach the server (`what`, `failure` on one
-    /// line): [`Error::Outage`] once `outage` has lasted its window;
-    /// otherwise one warning line and the wait before the next try. False
-    /// when stopped meanwhile or once `until` has come.
+    /// line): [`Error::Outage`] once `outage` has lasted its window or
+    /// `until` (the run's max time) has come; otherwise one warning line
+    /// and the wait before the next try. False when stopped meanwhile.
+    ///
+    /// A run whose max time ends it during an outage fails rather than
+    /// ending as out of time: otherwise a run that never reached the
+    /// server would look like one that did its work.
     async fn wait_out(
         &self,
         outage: &mut Outage,
@@ -352,13 +366,13 @@ impl Processor {
         let retry_in = match outage.failed(now) {
             Next::RetryIn(delay) => delay,
             Next::GiveUp(lasted) => {
-                return Err(Error::Outage {
-                    url: self.connector.url().to_owned(),
-                    waited: lasted,
-                    last: format!("{what}: {failure}"),
-                });
+                return Err(self.outage(lasted, what, failure, OutageLimit::ReconnectWindow));
             }
         };
+        if until.is_some_and(|until| now >= until) {
+            let lasted = outage.lasted(now);
+            return Err(self.outage(lasted, what, failure, OutageLimit::MaxTime));
+        }
         tracing::warn!(
             url = %self.connector.url(),
             failures = outage.failures(),
@@ -373,7 +387,21 @@ impl Processor {
             () = stop.stopped() => return Ok(false),
             () = tokio::time::sleep_until(wake.into()) => {}
         }
-        Ok(until.is_none_or(|until| Instant::now() < until))
+        let now = Instant::now();
+        if until.is_some_and(|until| now >= until) {
+            let lasted = outage.lasted(now);
+            return Err(self.outage(lasted, what, failure, OutageLimit::MaxTime));
+        }
+        Ok(true)
+    }
+
+    fn outage(&self, waited: Duration, what: &str, failure: &str, limit: OutageLimit) -> Error {
+        Error::Outage {
+            url: self.connector.url().to_owned(),
+            waited,
+            last: format!("{what}: {failure}"),
+            limit,
+        }
     }
 
     /// One connect (a round of attempts), with the session told to end
@@ -471,7 +499,7 @@ impl Processor {
         &self,
         conn: Connection,
         row: JobRow,
-        window: Option<Duration>,
+        patience: Patience,
         stop: &Stopper,
         observer: &dyn Observer,
     ) -> Result<JobReport> {
@@ -485,7 +513,9 @@ impl Processor {
             self.bounds,
             beats.clone(),
         );
-        let report = self.work_on(conn, row, beats, window, stop, observer).await;
+        let report = self
+            .work_on(conn, row, beats, patience, stop, observer)
+            .await;
         heartbeat.stop().await;
         report
     }
@@ -495,7 +525,7 @@ impl Processor {
         mut conn: Connection,
         row: JobRow,
         beats: Beats,
-        window: Option<Duration>,
+        patience: Patience,
         stop: &Stopper,
         observer: &dyn Observer,
     ) -> Result<JobReport> {
@@ -564,7 +594,10 @@ impl Processor {
                         reconnects,
                         "lost the connection mid-job; re-opening it to resume from the checkpoint"
                     );
-                    conn = match self.connect(stop, &mut Outage::new(window), None).await? {
+                    conn = match self
+                        .connect(stop, &mut Outage::new(patience.window), patience.until)
+                        .await?
+                    {
                         Some(conn) => conn,
                         None => {
                             let outcome = self.release_elsewhere(&job).await;

@@ -10,6 +10,7 @@ mod killed_connection;
 mod load_data;
 mod mixed_types;
 mod no_answer;
+mod out_of_time;
 mod quoting;
 mod support;
 mod time_zones;
