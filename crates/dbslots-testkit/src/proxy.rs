@@ -26,6 +26,8 @@ pub struct FreezableProxy {
     frozen_below: Arc<AtomicU64>,
     /// Replies are dropped: [`FreezableProxy::freeze_replies`].
     replies_frozen: Arc<AtomicBool>,
+    /// Microseconds each reply waits: [`FreezableProxy::delay_replies`].
+    reply_delay_us: Arc<AtomicU64>,
     /// The number the next accepted connection gets.
     next: Arc<AtomicU64>,
     closed: Arc<AtomicBool>,
@@ -38,6 +40,8 @@ struct Gate {
     number: u64,
     /// Set on the server-to-client direction: [`FreezableProxy::freeze_replies`].
     replies_frozen: Option<Arc<AtomicBool>>,
+    /// Set on the server-to-client direction: [`FreezableProxy::delay_replies`].
+    reply_delay_us: Option<Arc<AtomicU64>>,
 }
 
 impl Gate {
@@ -52,6 +56,13 @@ impl Gate {
                 .replies_frozen
                 .as_ref()
                 .is_some_and(|r| r.load(Ordering::SeqCst))
+    }
+
+    /// How long what was read waits before it is passed on.
+    fn delay(&self) -> Duration {
+        self.reply_delay_us.as_ref().map_or(Duration::ZERO, |d| {
+            Duration::from_micros(d.load(Ordering::SeqCst))
+        })
     }
 }
 
@@ -100,12 +111,14 @@ impl FreezableProxy {
         let frozen = Arc::new(AtomicBool::new(false));
         let frozen_below = Arc::new(AtomicU64::new(0));
         let replies_frozen = Arc::new(AtomicBool::new(false));
+        let reply_delay_us = Arc::new(AtomicU64::new(0));
         let next = Arc::new(AtomicU64::new(1));
         let closed = Arc::new(AtomicBool::new(false));
         let state = Shared {
             frozen: Arc::clone(&frozen),
             frozen_below: Arc::clone(&frozen_below),
             replies_frozen: Arc::clone(&replies_frozen),
+            reply_delay_us: Arc::clone(&reply_delay_us),
             next: Arc::clone(&next),
             closed: Arc::clone(&closed),
         };
@@ -117,6 +130,7 @@ impl FreezableProxy {
             frozen,
             frozen_below,
             replies_frozen,
+            reply_delay_us,
             next,
             closed,
         })
@@ -137,6 +151,14 @@ impl FreezableProxy {
     /// as when a connection breaks between the two.
     pub fn freeze_replies(&self) {
         self.replies_frozen.store(true, Ordering::SeqCst);
+    }
+
+    /// Holds each reply from the server for `delay` before passing it on,
+    /// from now on and on every connection: a slow link, where each round
+    /// trip takes at least `delay`.
+    pub fn delay_replies(&self, delay: Duration) {
+        let us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.reply_delay_us.store(us, Ordering::SeqCst);
     }
 
     /// Stops every byte, from now on and for good, on the connections open
@@ -174,6 +196,7 @@ struct Shared {
     frozen: Arc<AtomicBool>,
     frozen_below: Arc<AtomicU64>,
     replies_frozen: Arc<AtomicBool>,
+    reply_delay_us: Arc<AtomicU64>,
     next: Arc<AtomicU64>,
     closed: Arc<AtomicBool>,
 }
@@ -183,6 +206,7 @@ fn accept_loop(listener: &TcpListener, target: SocketAddr, state: &Shared) {
         frozen,
         frozen_below,
         replies_frozen,
+        reply_delay_us,
         next,
         closed,
     } = state;
@@ -210,6 +234,7 @@ fn accept_loop(listener: &TcpListener, target: SocketAddr, state: &Shared) {
                             frozen_below: Arc::clone(frozen_below),
                             number,
                             replies_frozen: replies.then(|| Arc::clone(replies_frozen)),
+                            reply_delay_us: replies.then(|| Arc::clone(reply_delay_us)),
                         };
                         let c = Arc::clone(closed);
                         let _ = thread::Builder::new()
@@ -241,6 +266,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, gate: &Gate, closed: &AtomicBool
                 return;
             }
             Ok(n) => {
+                let delay = gate.delay();
+                if !delay.is_zero() {
+                    thread::sleep(delay);
+                }
                 if gate.drops() {
                     continue;
                 }
