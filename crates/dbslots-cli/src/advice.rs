@@ -50,6 +50,7 @@ const TERMS: &[(&str, &str)] = &[
     ("ProcessorOptions::batch_timeout", "--batch-timeout"),
     ("ProcessorOptions::reconnect_for", "--reconnect-for"),
     ("RunOptions::max_time", "--max-time"),
+    ("Queue::statement_timeout", "--statement-timeout"),
     ("EnqueueOptions::no_key", "--no-key"),
     ("EnqueueOptions::time_zone", "--time-zone"),
     ("EnqueueOptions::new(table)", "--table"),

@@ -50,9 +50,10 @@ enum ImportCommand {
     /// 0.1 s, backing off to every 5 s, with one warning line per failed
     /// try: a daemon for as long as the outage lasts, with --once for 120 s
     /// (--reconnect-for changes either), then it exits 1; it exits 1 too
-    /// when --max-time comes during an outage. Queue statements
-    /// without an answer for 60 s are given up as a lost connection (a
-    /// frozen server or a dropped network path never fails by itself).
+    /// when --max-time comes during an outage. Queue statements without
+    /// an answer for 60 s (--statement-timeout) are given up as a lost
+    /// connection (a frozen server or a dropped network path never fails
+    /// by itself).
     ///
     /// SIGTERM or SIGINT finishes the current batch, puts the
     /// job back in the queue at its checkpoint and exits 0; a batch that
@@ -81,6 +82,20 @@ struct UrlArg {
     /// mysql://USER:PASSWORD@HOST:PORT/DATABASE
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     url: String,
+
+    /// Seconds the server may take to answer each of the queue's
+    /// statements (enqueueing, listing, claiming) before the connection is
+    /// given up as dead (a frozen server or a dropped network path never
+    /// fails by itself); also the session's wait_timeout on the server
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
+    statement_timeout: Duration,
+}
+
+impl UrlArg {
+    /// The queue these arguments name.
+    fn queue(&self, pool: Option<Pool>) -> anyhow::Result<Queue> {
+        Ok(Queue::new(&self.url, pool)?.statement_timeout(self.statement_timeout))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -228,7 +243,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
-    let queue = Queue::new(&args.url.url, None)?;
+    let queue = args.url.queue(None)?;
     let options = EnqueueOptions::new(args.table)
         .time_zone(args.time_zone)
         .delimiter(args.delimiter)
@@ -264,7 +279,7 @@ fn run_processor(args: RunArgs) -> anyhow::Result<ExitCode> {
         )?),
         None => None,
     };
-    let queue = Queue::new(&args.url.url, pool)?;
+    let queue = args.url.queue(pool)?;
     let mut options = ProcessorOptions::new()
         .batch_rows(args.batch_rows as usize)
         .stale_after(args.stale_after)
@@ -501,7 +516,7 @@ impl Observer for Display {
 }
 
 fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let queue = Queue::new(&args.url.url, None)?;
+    let queue = args.url.queue(None)?;
     let (jobs, counts) = common::runtime()?.block_on(async {
         anyhow::Ok((queue.jobs(Some(args.limit)).await?, queue.counts().await?))
     })?;

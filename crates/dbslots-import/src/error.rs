@@ -44,12 +44,14 @@ pub enum Error {
         /// The last failure.
         message: String,
     },
-    /// The server did not answer one of the queue's operations within
-    /// [`Queue::statement_timeout`](crate::Queue::statement_timeout). The
+    /// The server did not answer a statement of one of the queue's
+    /// operations within
+    /// [`Queue::statement_timeout`](crate::Queue::statement_timeout) (180 s
+    /// for one adding a column to queue tables of an older version). The
     /// connection was given up (closed); the server ends its session, and
     /// rolls back what it left open, by itself within the same time.
     #[error(
-        "{what} got no answer from {url} within {waited:?}, so the connection was given up; the server is frozen or overloaded, or the network to it stopped passing packets (a failover, a partition): check the server and the way to it, then try again"
+        "{what} got no answer from {url} within {waited:?}, so the connection was given up; the server is frozen or overloaded, or the network to it stopped passing packets (a failover, a partition): check the server and the way to it, then try again (if it is merely slow, allow it longer with Queue::statement_timeout)"
     )]
     NoAnswer {
         /// What was being done.

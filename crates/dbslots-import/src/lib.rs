@@ -115,10 +115,13 @@
 //!   statements ([`Queue::enqueue`], [`Queue::jobs`], [`Queue::counts`],
 //!   [`Queue::create_tables`], and a processor's own before each job:
 //!   creating the tables, putting back stale jobs, claiming) give up after
-//!   [`Queue::statement_timeout`] (60 s by default): an operation then
-//!   fails with [`Error::NoAnswer`], a processor tries again over a new
-//!   connection. Connections send TCP keepalive probes after 10 s of
-//!   silence.
+//!   [`Queue::statement_timeout`] (60 s by default) each, however many an
+//!   operation runs: an operation then fails with [`Error::NoAnswer`], a
+//!   processor tries again over a new connection. Adding a column to
+//!   queue tables of an older version may take longer, but gives up on
+//!   other sessions' locks on the table after half the statement timeout
+//!   (error 1205), so it never holds up their statements for long.
+//!   Connections send TCP keepalive probes after 10 s of silence.
 //! * **Outages are waited out.** While the server is out of reach
 //!   (connects failing in a way another try may fix, or connections lost
 //!   before a job is claimed), a processor tries again after a backoff of
@@ -204,6 +207,7 @@ mod source;
 mod stop;
 mod table;
 mod value;
+mod watchdog;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -224,6 +228,7 @@ pub use stop::Stopper;
 use identity::FileIdentity;
 use link::Connector;
 use queue::{JobSpec, NewJob};
+use watchdog::Watchdog;
 
 /// What a job imports into, and how its file is read.
 #[derive(Debug, Clone)]
@@ -325,10 +330,15 @@ impl Queue {
         })
     }
 
-    /// How long the server may take to answer the statements of one
+    /// How long the server may take to answer each statement of an
     /// operation ([`Queue::enqueue`], [`Queue::jobs`], [`Queue::counts`],
-    /// [`Queue::create_tables`]), all of them together; 60 s by default,
-    /// at least 1 s.
+    /// [`Queue::create_tables`]); 60 s by default, at least 1 s. It bounds
+    /// each statement, not the operation: enqueueing 20,000 files (one
+    /// `INSERT` each) over a slow link takes as long as its round trips
+    /// add up to. Adding a column to queue tables of an older version may
+    /// take 180 s, and waits for other sessions' locks on the table for
+    /// half this timeout at most (then fails with the server's error 1205:
+    /// try again when the table is not in use).
     ///
     /// A connection that stops passing bytes without being closed (the
     /// server frozen, a failover, a network that drops packets) never fails
@@ -367,8 +377,8 @@ impl Queue {
     ///
     /// [`Error::Connect`], [`Error::NoAnswer`] or [`Error::Query`].
     pub async fn create_tables(&self) -> Result<()> {
-        self.with_connection("creating the import tables", async |conn| {
-            queue::create_tables(conn).await
+        self.with_connection("creating the import tables", async |conn, watchdog| {
+            self.create_tables_on(conn, watchdog).await
         })
         .await
     }
@@ -433,8 +443,8 @@ impl Queue {
             });
         }
         let outcome = self
-            .with_connection("enqueueing files", async |conn| {
-                queue::create_tables(conn).await?;
+            .with_connection("enqueueing files", async |conn, watchdog| {
+                self.create_tables_on(conn, watchdog).await?;
                 let table = match table::load(conn, &options.table).await? {
                     Ok(table) => table,
                     Err(problem) => return Ok(Err((None, problem))),
@@ -444,7 +454,8 @@ impl Queue {
                         return Ok(Err((Some(path.clone()), problem)));
                     }
                 }
-                queue::enqueue(conn, &jobs).await.map(Ok)
+                watchdog.answered();
+                queue::enqueue(conn, &jobs, watchdog).await.map(Ok)
             })
             .await?;
         outcome.map_err(|(path, problem)| match path {
@@ -463,8 +474,10 @@ impl Queue {
     ///
     /// [`Error::Connect`], [`Error::NoAnswer`] or [`Error::Query`].
     pub async fn jobs(&self, limit: Option<u64>) -> Result<Vec<JobStatus>> {
-        self.with_connection("listing jobs", async |conn| queue::list(conn, limit).await)
-            .await
+        self.with_connection("listing jobs", async |conn, _| {
+            queue::list(conn, limit).await
+        })
+        .await
     }
 
     /// How many jobs are in each status; statuses without jobs are left
@@ -474,14 +487,34 @@ impl Queue {
     ///
     /// [`Error::Connect`], [`Error::NoAnswer`] or [`Error::Query`].
     pub async fn counts(&self) -> Result<Vec<(Status, u64)>> {
-        self.with_connection("counting jobs", async |conn| queue::counts(conn).await)
+        self.with_connection("counting jobs", async |conn, _| queue::counts(conn).await)
             .await
     }
 
+    /// Creates the tables, and adds the columns that tables of an older
+    /// version lack (each `ALTER` within `queue::MIGRATION_TIME`, waiting
+    /// for locks half the statement timeout at most).
+    async fn create_tables_on(
+        &self,
+        conn: &mut mysql_async::Conn,
+        watchdog: &Watchdog,
+    ) -> std::result::Result<(), mysql_async::Error> {
+        let missing = queue::create_tables(conn).await?;
+        watchdog.answered();
+        let lock_wait_secs = self.statement_timeout.as_secs().div_ceil(2);
+        queue::add_columns(conn, &missing, lock_wait_secs, Some(watchdog)).await
+    }
+
+    /// Runs `f` on a new connection, closed afterwards, each of its
+    /// statements within the statement timeout (`f` tells the watchdog
+    /// each answer; see the `watchdog` module).
     async fn with_connection<T>(
         &self,
         what: &'static str,
-        f: impl AsyncFnOnce(&mut mysql_async::Conn) -> std::result::Result<T, mysql_async::Error>,
+        f: impl AsyncFnOnce(
+            &mut mysql_async::Conn,
+            &Watchdog,
+        ) -> std::result::Result<T, mysql_async::Error>,
     ) -> Result<T> {
         let started = std::time::Instant::now();
         let mut conn = self
@@ -494,6 +527,7 @@ impl Queue {
                 message: failure.message,
             })?;
         let bound = self.statement_timeout;
+        let watchdog = Watchdog::new(bound);
         let exchange = async {
             let secs = bound.as_secs_f64().ceil() as u64;
             match queue::end_sessions_left_waiting(&mut conn, secs).await {
@@ -505,9 +539,10 @@ impl Queue {
                     tracing::debug!(url = %self.connector.url(), error = %e, "the server refused the session's timeouts")
                 }
             }
-            f(&mut conn).await
+            watchdog.answered();
+            f(&mut conn, &watchdog).await
         };
-        let answered = tokio::time::timeout(bound, exchange).await;
+        let answered = watchdog.guard(exchange).await;
         // After a timeout nobody may answer its `QUIT`.
         conn.close_quickly().await;
         match answered {
@@ -516,10 +551,10 @@ impl Queue {
                 url: self.connector.url().to_owned(),
                 source,
             }),
-            Err(_) => Err(Error::NoAnswer {
+            Err(waited) => Err(Error::NoAnswer {
                 what,
                 url: self.connector.url().to_owned(),
-                waited: bound,
+                waited,
             }),
         }
     }

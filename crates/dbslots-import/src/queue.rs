@@ -65,6 +65,7 @@ use crate::batch::{Batch, Rows};
 use crate::identity::{FileIdentity, hex, parse_hex};
 use crate::record::Checkpoint;
 use crate::value::push_text;
+use crate::watchdog::Watchdog;
 
 type DbResult<T> = std::result::Result<T, mysql_async::Error>;
 
@@ -317,9 +318,18 @@ fn other(message: impl Into<String>) -> mysql_async::Error {
     mysql_async::Error::Other(message.into().into())
 }
 
-/// Creates the tables that are missing, and the columns that tables of an
-/// older version lack.
-pub(crate) async fn create_tables(conn: &mut Conn) -> DbResult<()> {
+/// How long adding a column to a queue table of an older version may take
+/// (a table copy, on servers that cannot add one in place) under
+/// [`Queue`](crate::Queue)'s operations; a processor gives it its batch
+/// bound.
+pub(crate) const MIGRATION_TIME: Duration = Duration::from_secs(180);
+
+/// A column that queue tables of an older version lack.
+pub(crate) type MissingColumn = &'static (&'static str, &'static str, &'static str);
+
+/// Creates the tables that are missing; returns the columns that tables of
+/// an older version lack ([`add_columns`] adds them).
+pub(crate) async fn create_tables(conn: &mut Conn) -> DbResult<Vec<MissingColumn>> {
     for ddl in SCHEMA {
         conn.query_drop(ddl).await?;
     }
@@ -329,13 +339,42 @@ pub(crate) async fn create_tables(conn: &mut Conn) -> DbResult<()> {
              WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ('import_jobs', 'import_errors')",
         )
         .await?;
-    for (table, column, ddl) in ADDED_COLUMNS {
-        if !present
-            .iter()
-            .any(|(t, c)| t.eq_ignore_ascii_case(table) && c.eq_ignore_ascii_case(column))
-        {
-            conn.query_drop(format!("ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
-                .await?;
+    Ok(ADDED_COLUMNS
+        .iter()
+        .filter(|(table, column, _)| {
+            !present
+                .iter()
+                .any(|(t, c)| t.eq_ignore_ascii_case(table) && c.eq_ignore_ascii_case(column))
+        })
+        .collect())
+}
+
+/// Adds `missing` columns (from [`create_tables`]), waiting for other
+/// sessions' locks on the table at most `lock_wait_secs`: an `ALTER TABLE`
+/// waiting for a lock holds up every later statement on the table, the
+/// processors' claims among them, so it gives up first and says so (error
+/// 1205). Each `ALTER` may take [`MIGRATION_TIME`], told to `watchdog` if
+/// there is one.
+pub(crate) async fn add_columns(
+    conn: &mut Conn,
+    missing: &[MissingColumn],
+    lock_wait_secs: u64,
+    watchdog: Option<&Watchdog>,
+) -> DbResult<()> {
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let secs = lock_wait_secs.max(1);
+    conn.query_drop(format!("SET SESSION lock_wait_timeout = {secs}"))
+        .await?;
+    for (table, column, ddl) in missing {
+        if let Some(watchdog) = watchdog {
+            watchdog.allow(MIGRATION_TIME);
+        }
+        conn.query_drop(format!("ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
+            .await?;
+        if let Some(watchdog) = watchdog {
+            watchdog.answered();
         }
     }
     Ok(())
@@ -629,8 +668,14 @@ pub(crate) struct NewJob {
 }
 
 /// Adds one pending job per file, in one transaction; returns their ids.
-pub(crate) async fn enqueue(conn: &mut Conn, jobs: &[NewJob]) -> DbResult<Vec<u64>> {
+/// Each statement answered is told to `watchdog`.
+pub(crate) async fn enqueue(
+    conn: &mut Conn,
+    jobs: &[NewJob],
+    watchdog: &Watchdog,
+) -> DbResult<Vec<u64>> {
     conn.query_drop("START TRANSACTION").await?;
+    watchdog.answered();
     let mut ids = Vec::with_capacity(jobs.len());
     for job in jobs {
         let spec = &job.spec;
@@ -657,6 +702,7 @@ pub(crate) async fn enqueue(conn: &mut Conn, jobs: &[NewJob]) -> DbResult<Vec<u6
             let _ = conn.query_drop("ROLLBACK").await;
             return Err(e);
         }
+        watchdog.answered();
         match conn.last_insert_id() {
             Some(id) => ids.push(id),
             None => {

@@ -785,3 +785,38 @@ fn a_daemon_started_while_the_server_is_out_of_reach_imports_once_it_is_back() {
     assert!(err.contains("job 1 completed with errors"), "{err}");
     outage_warnings(&err);
 }
+
+#[test]
+fn statement_timeout_sets_how_long_a_slow_server_may_take_to_answer() {
+    let Some(db) = TestDb::create("slow") else {
+        return;
+    };
+    let path = db.write("readings.csv", &readings(10, 100).0);
+    enqueue(&db, &path);
+    // Every answer from the server takes 1.2 s.
+    let proxy = dbslots_testkit::FreezableProxy::start(db.server()).expect("a proxy");
+    proxy.delay_replies(Duration::from_millis(1200));
+    let slow = on_port(&db.url, proxy.port());
+
+    let status = |timeout: &str, log: &str| {
+        let args = ["--statement-timeout", timeout];
+        let mut child = import_command(&slow, db.dir.path(), "status", &args, log)
+            .spawn()
+            .unwrap();
+        let status = wait_guarded(&mut child, log);
+        let (out, err) = output(db.dir.path(), log);
+        (status, out, err)
+    };
+    let (code, _, err) = status("1", "impatient");
+    assert_eq!(code.code(), Some(1), "{err}");
+    assert!(
+        err.contains("listing jobs got no answer from mysql://dbslots:***@127.0.0.1:")
+            && err.contains("within 1s")
+            && err.contains("allow it longer with --statement-timeout"),
+        "{err}"
+    );
+    assert!(!err.contains("Queue::"), "{err}");
+    let (code, out, err) = status("5", "patient");
+    assert!(code.success(), "{err}");
+    assert!(out.contains("readings.csv"), "{out}");
+}

@@ -26,6 +26,10 @@
 //!   never longer than the batch bound), so that a processor whose
 //!   connection went dead between jobs finds out sooner. A claim cut off
 //!   there is a lost connection like any other, retried over a new one.
+//!   Only adding columns to queue tables of an older version keeps the
+//!   batch bound (it may copy a table), with the server's
+//!   `lock_wait_timeout` at half the statement timeout so that it does not
+//!   hold up others' statements on the table waiting for their locks.
 //! * The server is given half the bound for the session's timeouts when a
 //!   connection is opened (`queue::end_sessions_left_waiting`), so it ends
 //!   the session of the abandoned connection, and rolls back its

@@ -454,13 +454,22 @@ impl Processor {
             }
         };
         if !*tables_ready {
-            self.statement(
-                "creating the import tables",
-                stop,
-                queue::create_tables(conn),
-            )
-            .await
-            .map_err(|e| classify("creating the import tables", e))?;
+            let what = "creating the import tables";
+            let missing = self
+                .statement(what, stop, queue::create_tables(conn))
+                .await
+                .map_err(|e| classify(what, e))?;
+            if !missing.is_empty() {
+                // Under the batch bound: adding a column may copy a table.
+                // Waiting for other sessions' locks, though, it holds up
+                // their statements on the table, so it gives up on those
+                // sooner.
+                let lock_wait_secs = self.bounds.statement.as_secs().div_ceil(2);
+                let adding = queue::add_columns(conn, &missing, lock_wait_secs, None);
+                self.call(what, stop, None, adding)
+                    .await
+                    .map_err(|e| classify(what, e))?;
+            }
             *tables_ready = true;
         }
         let recovered = self

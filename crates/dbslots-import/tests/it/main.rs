@@ -8,6 +8,7 @@ mod file_problems;
 mod heartbeat;
 mod killed_connection;
 mod load_data;
+mod migration;
 mod mixed_types;
 mod no_answer;
 mod out_of_time;

@@ -166,6 +166,40 @@ fn queue_operations_give_up_at_the_statement_timeout_when_their_connection_turns
 }
 
 #[test]
+fn an_enqueue_longer_than_the_statement_timeout_passes_while_each_statement_is_answered() {
+    let Some(db) = TestDb::create("slow_link") else {
+        return;
+    };
+    let (_leftovers, proxy, queue) = queue_through_a_proxy(&db);
+    let (csv, ..) = readings(10, 0);
+    let path = db.write("readings.csv", &csv);
+    // One INSERT per file, each round trip at least 5 ms: well over the
+    // 3 s statement timeout in all.
+    let files = vec![&path; 1_000];
+    db.block_on(async {
+        db.sql(&[METER_READINGS]).await;
+        proxy.delay_replies(Duration::from_millis(5));
+        let started = Instant::now();
+        let ids = queue
+            .enqueue(&files, &EnqueueOptions::new("meter_readings"))
+            .await
+            .expect("each statement is answered within the timeout");
+        let took = started.elapsed();
+        eprintln!(
+            "enqueued {} files over a 5 ms link in {took:?} (statement timeout {TIMEOUT:?})",
+            files.len()
+        );
+        assert!(
+            took > TIMEOUT,
+            "the operation as a whole outlasted the timeout: {took:?}"
+        );
+        assert_eq!(ids.len(), files.len());
+        proxy.delay_replies(Duration::ZERO);
+        assert_eq!(queue.counts().await.unwrap(), [(Status::Pending, 1_000)]);
+    });
+}
+
+#[test]
 fn a_processor_gives_up_a_statement_before_a_job_at_the_statement_timeout_and_goes_on() {
     let Some(db) = TestDb::create("no_answer_claim") else {
         return;
