@@ -5,23 +5,28 @@
 //!
 //! The arguments live in the process's own memory, in the area the kernel
 //! reports as `arg_start`..`arg_end` in `/proc/self/stat` and reads
-//! `/proc/PID/cmdline` from. Rust keeps no reference to it (every
-//! `std::env::args` call copies it), so it is written here byte by byte,
-//! by hand: no maintained crate does this (the `setproctitle` family moves
-//! the environment to make room for a new title, more than is needed
-//! here).
+//! `/proc/PID/cmdline` from. They are rewritten through `/proc/self/mem`,
+//! after checking that the area holds exactly what `/proc/self/cmdline`
+//! shows: no pointer arithmetic, no `unsafe`. No maintained crate does
+//! this (the `setproctitle` family moves the environment to make room for
+//! a new title, more than is needed here), hence the code by hand.
+//!
+//! `std::env::args` reads the same memory, so a call after this one sees
+//! the hidden text: the arguments are parsed before, and nothing reads
+//! them again (`exec` and `spawn` hand their children the parsed values).
 //!
 //! This narrows the exposure to the first moments of the process, not
 //! nothing: the environment (`DATABASE_URL`, `DBSLOTS_POOL`) is still the
 //! place for passwords, and the README says so.
 
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 
 /// Overwrites the password of every URL among the process's arguments with
 /// `x` (same length), where `/proc/PID/cmdline` reads them. Call it once
-/// the arguments are parsed and before any other thread starts. Does
-/// nothing where the argument area cannot be found or does not hold what
-/// `/proc/self/cmdline` shows (another program changed it).
+/// the arguments are parsed. Does nothing where the argument area cannot
+/// be found or does not hold what `/proc/self/cmdline` shows (another
+/// program changed it).
 pub fn hide_passwords() {
     let Some(area) = argument_area() else {
         return;
@@ -29,32 +34,31 @@ pub fn hide_passwords() {
     let Ok(cmdline) = std::fs::read("/proc/self/cmdline") else {
         return;
     };
-    let len = area.end - area.start;
-    // The area ends with the last argument's NUL; cmdline may leave it out.
-    if cmdline.len() > len || cmdline.len() + 1 < len {
-        return;
-    }
     let secrets = secret_bytes(&cmdline);
     if secrets.is_empty() {
         return;
     }
-    let base = area.start as *mut u8;
-    // SAFETY: `base..base + len` is this process's argument area (from
-    // the kernel, and just read back through /proc/self/cmdline with the
-    // length checked): mapped and writable for the life of the process
-    // (the top of the initial stack), and no Rust reference points into
-    // it (std copies the arguments on every call). The offsets are
-    // within `cmdline`, so within the area. Volatile: nothing in this
-    // process reads the bytes back, the kernel does, for other processes.
-    for i in secrets {
-        unsafe { base.add(i).write_volatile(b'x') };
-    }
-    // The bytes changed must be the ones meant: read them back the way
-    // `ps` does, and say so if they still show.
-    if let Ok(after) = std::fs::read("/proc/self/cmdline")
-        && secret_bytes(&after).iter().any(|&i| after[i] != b'x')
+    let Ok(mem) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/proc/self/mem")
+    else {
+        return;
+    };
+    // The area must hold the command line, byte for byte (it ends with
+    // the last argument's NUL, which cmdline may leave out).
+    let mut held = vec![0; area.end - area.start];
+    if mem.read_exact_at(&mut held, area.start as u64).is_err()
+        || !held.starts_with(&cmdline)
+        || held.len() > cmdline.len() + 1
     {
-        tracing::debug!("could not hide the passwords on the command line");
+        return;
+    }
+    for i in secrets {
+        if mem.write_all_at(b"x", (area.start + i) as u64).is_err() {
+            tracing::debug!("could not hide the passwords on the command line");
+            return;
+        }
     }
 }
 
@@ -76,17 +80,27 @@ fn secret_bytes(cmdline: &[u8]) -> Vec<usize> {
     let mut offsets = Vec::new();
     let mut at = 0;
     for word in cmdline.split(|&b| b == 0) {
-        // Passwords in URLs only: a non-UTF-8 word holds none we parse.
-        if let Ok(text) = std::str::from_utf8(word)
-            && text.contains("://")
-        {
-            for range in dbslots_core::url_secret_ranges(text) {
+        let text = same_length_text(word);
+        if text.contains("://") {
+            for range in dbslots_core::url_secret_ranges(&text) {
                 offsets.extend(range.map(|i| at + i));
             }
         }
         at += word.len() + 1;
     }
     offsets
+}
+
+/// `word` as text of the same length, byte for byte: each byte that is not
+/// part of valid UTF-8 becomes `?`, so a URL in an argument that is not
+/// all UTF-8 is still found, at the same offsets.
+fn same_length_text(word: &[u8]) -> String {
+    let mut text = String::with_capacity(word.len());
+    for chunk in word.utf8_chunks() {
+        text.push_str(chunk.valid());
+        text.extend(std::iter::repeat_n('?', chunk.invalid().len()));
+    }
+    text
 }
 
 #[cfg(test)]
@@ -107,6 +121,14 @@ mod tests {
             hidden,
             b"dbslots\0import\0run\0--url=mysql://app:xx@db/x\0--pool\0redis://:xxx@h:6379/0?pool=p\0"
         );
+    }
+
+    #[test]
+    fn finds_the_password_in_an_argument_that_is_not_all_utf8() {
+        let cmdline = b"dbslots\0exec\0--url\0mysql://app:p\xc3\xa4w@db/\xff\xfe\0";
+        let hidden: Vec<usize> = secret_bytes(cmdline);
+        let at = cmdline.windows(2).position(|w| w == b"p\xc3").unwrap();
+        assert_eq!(hidden, (at..at + 4).collect::<Vec<_>>());
     }
 
     #[test]
