@@ -190,7 +190,8 @@ struct RunArgs {
     batch_rows: u32,
 
     /// Seconds without a heartbeat after which a job's processor is taken
-    /// for dead and the job put back
+    /// for dead and the job put back (time the server was down does not
+    /// count: after a restart, holders get this long to resume their jobs)
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
     stale_after: Duration,
 

@@ -407,12 +407,31 @@ pub(crate) async fn statement_bytes(conn: &mut Conn) -> DbResult<usize> {
 }
 
 /// Puts back (or fails, after `max_attempts`) jobs whose holder has not
-/// heartbeated for `stale_after`. Returns how many.
+/// heartbeated for `stale_after` while the server was up. Returns how
+/// many.
+///
+/// A server up for less than `stale_after` puts back nothing: its holders
+/// could not heartbeat while it was down (a restart, a crash), and they
+/// are reconnecting to resume their jobs, as is every processor after an
+/// outage. Counting the downtime would hand each of their jobs to another
+/// processor after every restart that lasted `stale_after`, and fail it
+/// after `max_attempts` of them.
 pub(crate) async fn recover_stale(
     conn: &mut Conn,
     stale_after: Duration,
     max_attempts: u32,
 ) -> DbResult<u64> {
+    let secs = stale_after.as_secs();
+    if let Some(uptime) = server_uptime(conn).await?
+        && uptime < secs
+    {
+        tracing::debug!(
+            uptime,
+            stale_after = secs,
+            "the server has been up for less than stale_after: no job is stale yet"
+        );
+        return Ok(0);
+    }
     // Assignments run left to right: `last_error` still sees the old holder
     // and heartbeat.
     let sql = format!(
@@ -427,10 +446,22 @@ pub(crate) async fn recover_stale(
          WHERE status = 'processing' \
            AND (heartbeat_at IS NULL OR TIMESTAMPDIFF(SECOND, heartbeat_at, UTC_TIMESTAMP(6)) >= {secs})",
         max = max_attempts,
-        secs = stale_after.as_secs(),
     );
     conn.query_drop(sql).await?;
     Ok(conn.affected_rows())
+}
+
+/// How many seconds the server has been up; `None` when it does not say
+/// (any account may ask, but a proxy in between may not pass it on).
+async fn server_uptime(conn: &mut Conn) -> DbResult<Option<u64>> {
+    match conn
+        .query_first::<(String, String), _>("SHOW GLOBAL STATUS LIKE 'Uptime'")
+        .await
+    {
+        Ok(row) => Ok(row.and_then(|(_, secs)| secs.parse().ok())),
+        Err(mysql_async::Error::Server(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Claims the oldest pending job for `holder`, or `None` when none is

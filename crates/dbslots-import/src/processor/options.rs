@@ -56,7 +56,9 @@ impl ProcessorOptions {
     /// this, also while a batch is still running (from a second
     /// connection), so only a dead or cut-off processor looks stale, or one
     /// whose batch has had no answer for
-    /// [`ProcessorOptions::batch_timeout`].
+    /// [`ProcessorOptions::batch_timeout`]. Only time the server was up
+    /// counts: a server up for less than this puts back no job (after a
+    /// restart, holders are reconnecting to resume theirs).
     pub fn stale_after(mut self, after: Duration) -> Self {
         self.stale_after = after.max(Duration::from_secs(1));
         self

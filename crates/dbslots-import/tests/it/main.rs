@@ -13,6 +13,7 @@ mod mixed_types;
 mod no_answer;
 mod out_of_time;
 mod quoting;
+mod restart;
 mod support;
 mod time_zones;
 mod twice;
