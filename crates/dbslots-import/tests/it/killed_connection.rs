@@ -3,12 +3,11 @@
 use std::sync::Mutex;
 
 use dbslots_import::{
-    EnqueueOptions, JobOutcome, Observer, ProcessorOptions, Progress, Queue, RunOptions, Status,
-    Stopper,
+    JobOutcome, Observer, ProcessorOptions, Progress, Queue, RunOptions, Status, Stopper,
 };
 use mysql_async::prelude::Queryable;
 
-use crate::support::{METER_READINGS, TestDb, readings};
+use crate::support::{TestDb, enqueue_readings, readings};
 
 /// Kills the processor's connection from an admin connection after the
 /// given batches, while the processor waits in the callback.
@@ -64,11 +63,7 @@ fn a_job_survives_the_server_killing_its_connection() {
         killed: Mutex::new(Vec::new()),
     };
     db.block_on(async {
-        db.sql(&[METER_READINGS]).await;
-        queue
-            .enqueue(&[&path], &EnqueueOptions::new("meter_readings"))
-            .await
-            .unwrap();
+        enqueue_readings(&db, &queue, &path).await;
         let summary = queue
             .processor(ProcessorOptions::new().batch_rows(250))
             .run(&RunOptions::new().once(true), &Stopper::new(), &killer)

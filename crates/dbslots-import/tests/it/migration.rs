@@ -4,12 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use dbslots_import::{
-    EnqueueOptions, Error, NoObserver, ProcessorOptions, Queue, RunOptions, Stopper,
-};
+use dbslots_import::{Error, NoObserver, ProcessorOptions, Queue, RunOptions, Stopper};
 use mysql_async::prelude::Queryable;
 
-use crate::support::{KillLeftovers, METER_READINGS, TestDb, readings};
+use crate::support::{KillLeftovers, TestDb, enqueue_readings, readings};
 
 /// The queue's statement timeout here; migrations wait for locks half of
 /// it (rounded up to whole seconds): 2 s.
@@ -57,11 +55,7 @@ fn columns_missing_from_older_tables_are_added_and_a_table_in_use_is_not_waited_
     let (csv, good, ..) = readings(100, 0);
     let path = db.write("readings.csv", &csv);
     db.block_on(async {
-        db.sql(&[METER_READINGS]).await;
-        queue
-            .enqueue(&[&path], &EnqueueOptions::new("meter_readings"))
-            .await
-            .unwrap();
+        enqueue_readings(&db, &queue, &path).await;
         downgrade(&db).await;
         assert_eq!(columns(&db).await, 0);
 

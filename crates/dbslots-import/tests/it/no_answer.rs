@@ -18,7 +18,9 @@ use dbslots_testkit::FreezableProxy;
 use mysql_async::prelude::Queryable;
 use tokio::sync::Notify;
 
-use crate::support::{KillLeftovers, METER_READINGS, TestDb, proxy_for, readings, through};
+use crate::support::{
+    KillLeftovers, METER_READINGS, TestDb, enqueue_readings, proxy_for, readings, through,
+};
 
 /// The queue's statement timeout in these tests.
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -208,11 +210,7 @@ fn a_processor_gives_up_a_statement_before_a_job_at_the_statement_timeout_and_go
     let (csv, good, ..) = readings(1_000, 0);
     let path = db.write("readings.csv", &csv);
     db.block_on(async {
-        db.sql(&[METER_READINGS]).await;
-        queue
-            .enqueue(&[&path], &EnqueueOptions::new("meter_readings"))
-            .await
-            .unwrap();
+        enqueue_readings(&db, &queue, &path).await;
         // A daemon with the default options: its batch bound is 180 s.
         let processor = queue.processor(ProcessorOptions::new().holder("held-up"));
         let stop = Stopper::new();

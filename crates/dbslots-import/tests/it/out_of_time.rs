@@ -4,12 +4,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use dbslots_import::{
-    EnqueueOptions, Error, Observer, OutageLimit, ProcessorOptions, Progress, Queue, RunOptions,
-    Stopper,
+    Error, Observer, OutageLimit, ProcessorOptions, Progress, Queue, RunOptions, Stopper,
 };
 use dbslots_testkit::FreezableProxy;
 
-use crate::support::{KillLeftovers, METER_READINGS, TestDb, proxy_for, readings, through};
+use crate::support::{KillLeftovers, TestDb, enqueue_readings, proxy_for, readings, through};
 
 /// Takes the server away (drops the only way to it) at the first batch.
 struct TakeAway {
@@ -41,11 +40,7 @@ fn a_daemon_whose_max_time_comes_mid_job_during_an_outage_fails_with_an_outage()
     };
     let max_time = Duration::from_secs(3);
     db.block_on(async {
-        db.sql(&[METER_READINGS]).await;
-        queue
-            .enqueue(&[&path], &EnqueueOptions::new("meter_readings"))
-            .await
-            .unwrap();
+        enqueue_readings(&db, &queue, &path).await;
         // A daemon (no --once): without a window it would wait for the
         // server for ever; its max time ends the wait.
         let processor = queue.processor(ProcessorOptions::new().batch_rows(250));

@@ -1,7 +1,9 @@
 //! A database of its own for each test, on the shared test server.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use dbslots_import::{EnqueueOptions, Queue};
 
 use dbslots_testkit::FreezableProxy;
 use mysql_async::Conn;
@@ -158,6 +160,17 @@ pub async fn rejections(db: &TestDb, job: u64) -> Vec<(u64, Option<String>, Stri
         .unwrap();
     conn.disconnect().await.unwrap();
     rows
+}
+
+/// Creates `meter_readings` ([`METER_READINGS`]) and enqueues `path` into
+/// it; returns the job's id.
+pub async fn enqueue_readings(db: &TestDb, queue: &Queue, path: &Path) -> u64 {
+    db.sql(&[METER_READINGS]).await;
+    let ids = queue
+        .enqueue(&[path], &EnqueueOptions::new("meter_readings"))
+        .await
+        .unwrap();
+    ids[0]
 }
 
 /// The test's URL with its server's port replaced by the proxy's.
