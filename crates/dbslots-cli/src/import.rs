@@ -50,10 +50,10 @@ enum ImportCommand {
     /// 0.1 s, backing off to every 5 s, with one warning line per failed
     /// try: a daemon for as long as the outage lasts, with --once for 120 s
     /// (--reconnect-for changes either), then it exits 1; it exits 1 too
-    /// when --max-time comes during an outage. Queue statements without
-    /// an answer for 60 s (--statement-timeout) are given up as a lost
-    /// connection (a frozen server or a dropped network path never fails
-    /// by itself).
+    /// when --max-time comes during an outage between jobs. Queue
+    /// statements without an answer for 60 s (--statement-timeout) are
+    /// given up as a lost connection (a frozen server or a dropped network
+    /// path never fails by itself).
     ///
     /// SIGTERM or SIGINT finishes the current batch, puts the
     /// job back in the queue at its checkpoint and exits 0; a batch that
@@ -86,7 +86,8 @@ struct UrlArg {
     /// Seconds the server may take to answer each of the queue's
     /// statements (enqueueing, listing, claiming) before the connection is
     /// given up as dead (a frozen server or a dropped network path never
-    /// fails by itself); also the session's wait_timeout on the server
+    /// fails by itself); for enqueue and status also the session's
+    /// wait_timeout on the server
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
     statement_timeout: Duration,
 }
@@ -158,8 +159,10 @@ struct RunArgs {
     #[arg(long, value_name = "N")]
     max_jobs: Option<u64>,
 
-    /// Start no new job after this many seconds (exit 1 if the server is
-    /// out of reach then)
+    /// Start no new job after this many seconds; the job in hand is
+    /// finished (an outage during it is waited out for --reconnect-for, by
+    /// default 120 s). Exits 1 if the server is out of reach between jobs
+    /// then
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     max_time: Option<Duration>,
 
@@ -190,8 +193,9 @@ struct RunArgs {
     batch_rows: u32,
 
     /// Seconds without a heartbeat after which a job's processor is taken
-    /// for dead and the job put back (time the server was down does not
-    /// count: after a restart, holders get this long to resume their jobs)
+    /// for dead and the job put back (not before the server has been up
+    /// this long: after its restart, holders get this long to resume their
+    /// jobs)
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
     stale_after: Duration,
 

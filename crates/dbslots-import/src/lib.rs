@@ -130,9 +130,11 @@
 //!   (cron, where the next run comes anyway) for 120 s, then
 //!   [`Processor::run`] fails with [`Error::Outage`];
 //!   [`ProcessorOptions::reconnect_for`] sets another window for either. A
-//!   stop request ends the wait at once; a run's [`RunOptions::max_time`]
-//!   ends it too, with [`Error::Outage`] (so a run that could not reach
-//!   its server never ends as one that did its work).
+//!   stop request ends the wait at once. A run's [`RunOptions::max_time`]
+//!   ends a wait between jobs with [`Error::Outage`] (so a run that could
+//!   not reach its server never ends as one that did its work); in the
+//!   middle of a job, the job in hand is finished, waiting out the outage
+//!   for the reconnect window (120 s for a daemon with a max time).
 //! * **Stopping** ([`Stopper`]) finishes the batch being committed and
 //!   puts the job back at its checkpoint; a batch that has no answer
 //!   within 10 s of the stop request is given up instead, so
@@ -333,9 +335,10 @@ impl Queue {
     /// How long the server may take to answer each statement of an
     /// operation ([`Queue::enqueue`], [`Queue::jobs`], [`Queue::counts`],
     /// [`Queue::create_tables`]); 60 s by default, at least 1 s. It bounds
-    /// each statement, not the operation: enqueueing 20,000 files (one
-    /// `INSERT` each) over a slow link takes as long as its round trips
-    /// add up to. Adding a column to queue tables of an older version may
+    /// each statement (or a few quick ones that go together: checking the
+    /// queue tables, reading a table's definition), not the operation:
+    /// enqueueing 20,000 files (one `INSERT` each) over a slow link takes
+    /// as long as its round trips add up to. Adding a column to queue tables of an older version may
     /// take 180 s, and waits for other sessions' locks on the table for
     /// half this timeout at most (then fails with the server's error 1205:
     /// try again when the table is not in use).

@@ -353,8 +353,9 @@ pub(crate) async fn create_tables(conn: &mut Conn) -> DbResult<Vec<MissingColumn
 /// sessions' locks on the table at most `lock_wait_secs`: an `ALTER TABLE`
 /// waiting for a lock holds up every later statement on the table, the
 /// processors' claims among them, so it gives up first and says so (error
-/// 1205). Each `ALTER` may take [`MIGRATION_TIME`], told to `watchdog` if
-/// there is one.
+/// 1205). Each `ALTER` may take [`MIGRATION_TIME`], or longer than its
+/// lock wait and `watchdog`'s bound together, told to `watchdog` if there
+/// is one.
 pub(crate) async fn add_columns(
     conn: &mut Conn,
     missing: &[MissingColumn],
@@ -369,7 +370,8 @@ pub(crate) async fn add_columns(
         .await?;
     for (table, column, ddl) in missing {
         if let Some(watchdog) = watchdog {
-            watchdog.allow(MIGRATION_TIME);
+            let beyond_the_lock_wait = watchdog.bound() + Duration::from_secs(secs);
+            watchdog.allow(MIGRATION_TIME.max(beyond_the_lock_wait));
         }
         conn.query_drop(format!("ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
             .await?;
@@ -407,15 +409,19 @@ pub(crate) async fn statement_bytes(conn: &mut Conn) -> DbResult<usize> {
 }
 
 /// Puts back (or fails, after `max_attempts`) jobs whose holder has not
-/// heartbeated for `stale_after` while the server was up. Returns how
-/// many.
+/// heartbeated for `stale_after`, once the server has been up for that
+/// long. Returns how many.
 ///
-/// A server up for less than `stale_after` puts back nothing: its holders
-/// could not heartbeat while it was down (a restart, a crash), and they
-/// are reconnecting to resume their jobs, as is every processor after an
-/// outage. Counting the downtime would hand each of their jobs to another
-/// processor after every restart that lasted `stale_after`, and fail it
-/// after `max_attempts` of them.
+/// A server up for less than `stale_after` puts back nothing: after its
+/// restart (or crash) its holders could not heartbeat while it was down,
+/// and they are reconnecting to resume their jobs, as is every processor
+/// after an outage. Counting the downtime would hand each of their jobs
+/// to another processor after every restart that lasted `stale_after`,
+/// and fail it after `max_attempts` of them. Only this server's own
+/// restarts are seen: after a failover to a server that has been up for
+/// long, the downtime counts. A server that restarts more often than
+/// every `stale_after` puts back no job at all, not even a dead
+/// holder's.
 pub(crate) async fn recover_stale(
     conn: &mut Conn,
     stale_after: Duration,

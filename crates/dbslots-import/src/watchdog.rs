@@ -20,6 +20,7 @@
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 // Tokio's clock, which tests can pause and move.
@@ -49,6 +50,11 @@ impl Watchdog {
         watchdog
     }
 
+    /// How long each statement gets unless allowed otherwise.
+    pub fn bound(&self) -> Duration {
+        self.bound
+    }
+
     /// The server answered: the next statement gets the bound from now.
     pub fn answered(&self) {
         self.allow(self.bound);
@@ -73,19 +79,25 @@ impl Watchdog {
     /// with how long that answer was allowed.
     pub async fn guard<F: Future>(&self, operation: F) -> Result<F::Output, Duration> {
         let mut operation = pin!(operation);
-        loop {
-            let deadline = self.deadline();
-            tokio::select! {
-                biased;
-                output = &mut operation => return Ok(output),
-                () = tokio::time::sleep_until(deadline) => {
-                    // An answer may have moved the deadline meanwhile.
-                    if Instant::now() >= self.deadline() {
-                        return Err(Duration::from_micros(self.allowed_us.load(Ordering::SeqCst)));
-                    }
-                }
+        let mut timer = pin!(tokio::time::sleep_until(self.deadline()));
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(output) = operation.as_mut().poll(cx) {
+                return Poll::Ready(Ok(output));
             }
-        }
+            // Only the operation moves the deadline, and only while it is
+            // polled: set the timer to where it is now, earlier or later.
+            let deadline = self.deadline();
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            match timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(Duration::from_micros(
+                    self.allowed_us.load(Ordering::SeqCst),
+                ))),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
     }
 
     fn deadline(&self) -> Instant {
@@ -148,6 +160,19 @@ mod tests {
         let started = Instant::now();
         assert_eq!(watchdog.guard(long).await, Err(SEC));
         assert_eq!(started.elapsed(), SEC * 60);
+
+        // An answer after a longer allowance: the next statement gets the
+        // bound from that answer, not what was left of the allowance.
+        let watchdog = Watchdog::new(SEC);
+        let shorter = async {
+            watchdog.allow(SEC * 180);
+            tokio::time::sleep(SEC * 61).await;
+            watchdog.answered();
+            std::future::pending::<()>().await;
+        };
+        let started = Instant::now();
+        assert_eq!(watchdog.guard(shorter).await, Err(SEC));
+        assert_eq!(started.elapsed(), SEC * 62);
 
         let watchdog = Watchdog::new(SEC);
         let never = async {

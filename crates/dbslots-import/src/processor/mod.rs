@@ -80,7 +80,7 @@ use crate::value::{Form, Zone, push_text};
 use bounded::{Bounds, RELEASE_WITHIN};
 use heartbeat::{Beats, Heartbeat};
 pub use options::{ProcessorOptions, RunOptions};
-use outage::{Next, Outage, Patience};
+use outage::{Next, Outage};
 pub use report::{JobOutcome, JobReport, NoObserver, Observer, Progress, RunEnd, Summary};
 
 /// Attempts in a row that may lose the connection without progress before
@@ -180,7 +180,9 @@ impl Processor {
     /// [`Error::SourceDir`] when a source directory cannot be resolved;
     /// [`Error::Outage`] when the server stays out of reach for longer than
     /// the reconnect window ([`ProcessorOptions::reconnect_window`]: by
-    /// default a daemon waits indefinitely); [`Error::Connect`] when
+    /// default a daemon waits indefinitely), or when the run's
+    /// [`RunOptions::max_time`] comes during an outage between jobs (see
+    /// there for one in the middle of a job); [`Error::Connect`] when
     /// connecting fails in a way that another try cannot fix (access
     /// denied, say); [`Error::Query`] when the queue's own statements
     /// fail for a reason other than a lost connection (missing privileges,
@@ -206,6 +208,7 @@ impl Processor {
         };
         let mut tables_ready = false;
         let window = self.options.reconnect_window(run);
+        let mid_job_window = self.options.mid_job_window(run);
         let mut outage = Outage::new(window);
         summary.end = loop {
             if stop.is_stopped() {
@@ -230,18 +233,8 @@ impl Processor {
                     summary.recovered += recovered;
                     match job {
                         Some(job) => {
-                            let report = self
-                                .work(
-                                    conn,
-                                    job,
-                                    Patience {
-                                        window,
-                                        until: deadline,
-                                    },
-                                    stop,
-                                    observer,
-                                )
-                                .await?;
+                            let report =
+                                self.work(conn, job, mid_job_window, stop, observer).await?;
                             observer.job_finished(&report);
                             summary.jobs.push(report);
                         }
@@ -508,7 +501,7 @@ impl Processor {
         &self,
         conn: Connection,
         row: JobRow,
-        patience: Patience,
+        window: Option<Duration>,
         stop: &Stopper,
         observer: &dyn Observer,
     ) -> Result<JobReport> {
@@ -522,9 +515,7 @@ impl Processor {
             self.bounds,
             beats.clone(),
         );
-        let report = self
-            .work_on(conn, row, beats, patience, stop, observer)
-            .await;
+        let report = self.work_on(conn, row, beats, window, stop, observer).await;
         heartbeat.stop().await;
         report
     }
@@ -534,7 +525,7 @@ impl Processor {
         mut conn: Connection,
         row: JobRow,
         beats: Beats,
-        patience: Patience,
+        window: Option<Duration>,
         stop: &Stopper,
         observer: &dyn Observer,
     ) -> Result<JobReport> {
@@ -603,10 +594,7 @@ impl Processor {
                         reconnects,
                         "lost the connection mid-job; re-opening it to resume from the checkpoint"
                     );
-                    conn = match self
-                        .connect(stop, &mut Outage::new(patience.window), patience.until)
-                        .await?
-                    {
+                    conn = match self.connect(stop, &mut Outage::new(window), None).await? {
                         Some(conn) => conn,
                         None => {
                             let outcome = self.release_elsewhere(&job).await;

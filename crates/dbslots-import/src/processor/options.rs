@@ -56,9 +56,9 @@ impl ProcessorOptions {
     /// this, also while a batch is still running (from a second
     /// connection), so only a dead or cut-off processor looks stale, or one
     /// whose batch has had no answer for
-    /// [`ProcessorOptions::batch_timeout`]. Only time the server was up
-    /// counts: a server up for less than this puts back no job (after a
-    /// restart, holders are reconnecting to resume theirs).
+    /// [`ProcessorOptions::batch_timeout`]. A server restarted less than
+    /// this long ago puts back no job: its holders are reconnecting to
+    /// resume theirs.
     pub fn stale_after(mut self, after: Duration) -> Self {
         self.stale_after = after.max(Duration::from_secs(1));
         self
@@ -138,6 +138,16 @@ impl ProcessorOptions {
         }
     }
 
+    /// How long a processor waits out an outage in the middle of a job:
+    /// the reconnect window, past the run's max time too (the job in hand
+    /// is finished); for a daemon with a max time, which would otherwise
+    /// wait as long as the outage lasts, 120 s as with
+    /// [`RunOptions::once`].
+    pub(crate) fn mid_job_window(&self, run: &RunOptions) -> Option<Duration> {
+        self.reconnect_window(run)
+            .or(run.max_time.map(|_| ONCE_RECONNECT_WINDOW))
+    }
+
     /// Imports only files whose real path (every symlink resolved) lies in
     /// `dir`; may be given several times. A job whose file lies outside
     /// every such directory fails without its file being read. Without
@@ -204,7 +214,12 @@ impl RunOptions {
         self
     }
 
-    /// Starts no new job after this long (the job in hand is finished).
+    /// Starts no new job after this long (the job in hand is finished). A
+    /// run whose max time comes while the server is out of reach between
+    /// jobs fails with [`Error::Outage`](crate::Error::Outage); one in the
+    /// middle of a job waits out the outage as long as
+    /// [`ProcessorOptions::reconnect_window`] says, and 120 s at most for
+    /// a daemon.
     pub fn max_time(mut self, time: Option<Duration>) -> Self {
         self.max_time = time;
         self

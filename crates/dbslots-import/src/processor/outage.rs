@@ -34,16 +34,6 @@ pub(crate) struct Outage {
     delay: Duration,
 }
 
-/// How long a processor waits for the server mid-job: an outage of at
-/// most `window`, and not past `until` (the run's max time).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Patience {
-    /// The reconnect window; `None` for as long as it takes.
-    pub window: Option<Duration>,
-    /// The run's deadline, if it has one.
-    pub until: Option<Instant>,
-}
-
 /// What to do after a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Next {
