@@ -41,6 +41,26 @@ impl TestDb {
         });
     }
 
+    /// Makes the processor holding a job look dead to a processor run with
+    /// `--stale-after` [`RESUME_STALE_AFTER`] (rather than waiting that
+    /// long): its heartbeat an hour old, and the server up for long
+    /// enough (a server restarted more recently puts back no job).
+    fn age_heartbeats(&self) {
+        self.sql("UPDATE import_jobs SET heartbeat_at = heartbeat_at - INTERVAL 1 HOUR");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, uptime): (String, u64) = self.row("SHOW GLOBAL STATUS LIKE 'Uptime'");
+            if uptime >= RESUME_STALE_AFTER.parse::<u64>().unwrap() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server's uptime stands still"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     fn row<T: FromRow + Send + 'static>(&self, sql: &str) -> T {
         self.rt.block_on(async {
             let mut conn = mysql_async::Conn::from_url(&self.url).await.unwrap();
@@ -197,6 +217,10 @@ fn wait_for_progress(db: &TestDb, child: &mut Child, rows: u64) {
     }
 }
 
+/// `--stale-after` of a processor that resumes a job whose holder was
+/// killed ([`TestDb::age_heartbeats`]).
+const RESUME_STALE_AFTER: &str = "5";
+
 /// `n` readings, every key unique, kWh `i/1000`; every `bad_every`-th one
 /// with seven decimals. Returns the file, the good count, the sum of good `i` and the
 /// bad lines' numbers.
@@ -305,8 +329,9 @@ fn a_processor_killed_mid_job_is_resumed_without_duplicates_or_gaps() {
 
     // The dead holder's heartbeat stops; instead of waiting out
     // --stale-after, age it.
-    db.sql("UPDATE import_jobs SET heartbeat_at = heartbeat_at - INTERVAL 1 HOUR");
-    let (status, _, err) = db.run("run", &args, "second");
+    db.age_heartbeats();
+    let resume = [&args[..], &["--stale-after", RESUME_STALE_AFTER]].concat();
+    let (status, _, err) = db.run("run", &resume, "second");
     assert!(status.success(), "{err}");
     assert!(err.contains("completed with errors"), "{err}");
     assert_imported_exactly_once(&db, good, sum, &bad, 2);
@@ -425,8 +450,9 @@ fn a_file_edited_between_a_sigkill_and_the_resume_fails_its_job_and_run_exits_1(
         .set_modified(modified)
         .unwrap();
 
-    db.sql("UPDATE import_jobs SET heartbeat_at = heartbeat_at - INTERVAL 1 HOUR");
-    let (status, _, err) = db.run("run", &args, "second");
+    db.age_heartbeats();
+    let resume = [&args[..], &["--stale-after", RESUME_STALE_AFTER]].concat();
+    let (status, _, err) = db.run("run", &resume, "second");
     assert_eq!(status.code(), Some(1), "a job failed: {err}");
     let (state, last_error, after): (String, String, u64) =
         db.row("SELECT CAST(status AS CHAR), last_error, rows_imported FROM import_jobs");
