@@ -25,9 +25,9 @@ use std::os::unix::fs::FileExt;
 /// Overwrites the password of every URL among the process's arguments with
 /// `x` (same length), where `/proc/PID/cmdline` reads them. Call it once
 /// the arguments are parsed, before any other thread could read them with
-/// `std::env::args` (it reads the same bytes). Does nothing where the argument area cannot
-/// be found or does not hold what `/proc/self/cmdline` shows (another
-/// program changed it).
+/// `std::env::args` (it reads the same bytes). Does nothing where the
+/// argument area cannot be found or does not hold what `/proc/self/cmdline`
+/// shows (another program changed it).
 pub fn hide_passwords() {
     let Some(area) = argument_area() else {
         return;

@@ -47,7 +47,8 @@ pub enum Error {
     /// The server did not answer a statement of one of the queue's
     /// operations within
     /// [`Queue::statement_timeout`](crate::Queue::statement_timeout) (180 s
-    /// for one adding a column to queue tables of an older version). The
+    /// or more for one adding a column to queue tables of an older
+    /// version). The
     /// connection was given up (closed); the server ends its session, and
     /// rolls back what it left open, by itself within the same time.
     #[error(

@@ -338,10 +338,11 @@ impl Queue {
     /// each statement (or a few quick ones that go together: checking the
     /// queue tables, reading a table's definition), not the operation:
     /// enqueueing 20,000 files (one `INSERT` each) over a slow link takes
-    /// as long as its round trips add up to. Adding a column to queue tables of an older version may
-    /// take 180 s, and waits for other sessions' locks on the table for
-    /// half this timeout at most (then fails with the server's error 1205:
-    /// try again when the table is not in use).
+    /// as long as its round trips add up to. Adding a column to queue
+    /// tables of an older version may take 180 s, and waits for other
+    /// sessions' locks on the table for half this timeout at most (then
+    /// fails with the server's error 1205: try again when the table is not
+    /// in use).
     ///
     /// A connection that stops passing bytes without being closed (the
     /// server frozen, a failover, a network that drops packets) never fails
@@ -504,8 +505,7 @@ impl Queue {
     ) -> std::result::Result<(), mysql_async::Error> {
         let missing = queue::create_tables(conn).await?;
         watchdog.answered();
-        let lock_wait_secs = self.statement_timeout.as_secs().div_ceil(2);
-        queue::add_columns(conn, &missing, lock_wait_secs, Some(watchdog)).await
+        queue::add_columns(conn, &missing, self.statement_timeout, Some(watchdog)).await
     }
 
     /// Runs `f` on a new connection, closed afterwards, each of its

@@ -350,22 +350,22 @@ pub(crate) async fn create_tables(conn: &mut Conn) -> DbResult<Vec<MissingColumn
 }
 
 /// Adds `missing` columns (from [`create_tables`]), waiting for other
-/// sessions' locks on the table at most `lock_wait_secs`: an `ALTER TABLE`
-/// waiting for a lock holds up every later statement on the table, the
-/// processors' claims among them, so it gives up first and says so (error
-/// 1205). Each `ALTER` may take [`MIGRATION_TIME`], or longer than its
-/// lock wait and `watchdog`'s bound together, told to `watchdog` if there
-/// is one.
+/// sessions' locks on the table at most half the `statement_timeout`: an
+/// `ALTER TABLE` waiting for a lock holds up every later statement on the
+/// table, the processors' claims among them, so it gives up first and says
+/// so (error 1205). Each `ALTER` may take [`MIGRATION_TIME`], or longer
+/// than its lock wait and `watchdog`'s bound together, told to `watchdog`
+/// if there is one.
 pub(crate) async fn add_columns(
     conn: &mut Conn,
     missing: &[MissingColumn],
-    lock_wait_secs: u64,
+    statement_timeout: Duration,
     watchdog: Option<&Watchdog>,
 ) -> DbResult<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let secs = lock_wait_secs.max(1);
+    let secs = statement_timeout.as_secs().div_ceil(2).max(1);
     conn.query_drop(format!("SET SESSION lock_wait_timeout = {secs}"))
         .await?;
     for (table, column, ddl) in missing {

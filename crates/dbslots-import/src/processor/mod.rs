@@ -362,9 +362,13 @@ impl Processor {
                 return Err(self.outage(lasted, what, failure, OutageLimit::ReconnectWindow));
             }
         };
-        if until.is_some_and(|until| now >= until) {
+        let out_of_time = |now: Instant| {
+            let ran_out = until.is_some_and(|until| now >= until);
             let lasted = outage.lasted(now);
-            return Err(self.outage(lasted, what, failure, OutageLimit::MaxTime));
+            ran_out.then(|| self.outage(lasted, what, failure, OutageLimit::MaxTime))
+        };
+        if let Some(e) = out_of_time(now) {
+            return Err(e);
         }
         tracing::warn!(
             url = %self.connector.url(),
@@ -380,12 +384,10 @@ impl Processor {
             () = stop.stopped() => return Ok(false),
             () = tokio::time::sleep_until(wake.into()) => {}
         }
-        let now = Instant::now();
-        if until.is_some_and(|until| now >= until) {
-            let lasted = outage.lasted(now);
-            return Err(self.outage(lasted, what, failure, OutageLimit::MaxTime));
+        match out_of_time(Instant::now()) {
+            Some(e) => Err(e),
+            None => Ok(true),
         }
-        Ok(true)
     }
 
     fn outage(&self, waited: Duration, what: &str, failure: &str, limit: OutageLimit) -> Error {
@@ -457,8 +459,7 @@ impl Processor {
                 // Waiting for other sessions' locks, though, it holds up
                 // their statements on the table, so it gives up on those
                 // sooner.
-                let lock_wait_secs = self.bounds.statement.as_secs().div_ceil(2);
-                let adding = queue::add_columns(conn, &missing, lock_wait_secs, None);
+                let adding = queue::add_columns(conn, &missing, self.bounds.statement, None);
                 self.call(what, stop, None, adding)
                     .await
                     .map_err(|e| classify(what, e))?;
