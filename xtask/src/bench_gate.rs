@@ -341,11 +341,7 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    dbslots_testkit::memory::status_kib(pid, "VmRSS")
         .with_context(|| format!("no VmRSS for process {pid}"))
 }
 

@@ -396,7 +396,8 @@ impl ImportRun {
 }
 
 /// Enqueues the file, then times `dbslots import run --once` as a process,
-/// sampling its RSS; the peak comes from the kernel (`ru_maxrss`).
+/// sampling its RSS; the peak is its own high-water mark (`VmHWM`, see
+/// `dbslots_testkit::memory`), its CPU time from `wait4`.
 fn run_import(url: &str, csv: &Path, dir: &Path, table: &str) -> ImportRun {
     let dbslots = env!("CARGO_BIN_EXE_dbslots");
     let enqueued = Command::new(dbslots)
@@ -420,22 +421,16 @@ fn run_import(url: &str, csv: &Path, dir: &Path, table: &str) -> ImportRun {
         .spawn()
         .unwrap();
     let pid = child.id();
+    let peak = dbslots_testkit::memory::watch_peak_kib(pid);
     let samples = Arc::new(Mutex::new(Vec::new()));
     let sampler = {
         let samples = samples.clone();
         std::thread::spawn(move || {
-            let status = format!("/proc/{pid}/status");
-            while let Ok(text) = std::fs::read_to_string(&status) {
-                if let Some(kb) = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                {
-                    samples
-                        .lock()
-                        .unwrap()
-                        .push((started.elapsed().as_secs_f64(), kb));
-                }
+            while let Some(kb) = dbslots_testkit::memory::status_kib(pid, "VmRSS") {
+                samples
+                    .lock()
+                    .unwrap()
+                    .push((started.elapsed().as_secs_f64(), kb));
                 std::thread::sleep(Duration::from_millis(20));
             }
         })
@@ -453,12 +448,13 @@ fn run_import(url: &str, csv: &Path, dir: &Path, table: &str) -> ImportRun {
     );
     drop(child);
     sampler.join().unwrap();
+    let peak_rss_kb = peak.join().unwrap();
     let samples = Arc::try_unwrap(samples).unwrap().into_inner().unwrap();
     let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     ImportRun {
         secs,
         cpu_secs: seconds(usage.ru_utime) + seconds(usage.ru_stime),
-        peak_rss_kb: usage.ru_maxrss as u64,
+        peak_rss_kb,
         samples,
     }
 }

@@ -79,6 +79,7 @@ mod docker;
 mod env;
 mod fixtures;
 mod install;
+pub mod memory;
 mod mysql;
 mod process;
 mod proxy;

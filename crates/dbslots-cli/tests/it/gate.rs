@@ -1603,12 +1603,7 @@ fn ten_thousand_queued_clients_are_held_and_served_in_order() {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
+    dbslots_testkit::memory::status_kib(pid, "VmRSS").expect("VmRSS in /proc/PID/status")
 }
 
 #[test]

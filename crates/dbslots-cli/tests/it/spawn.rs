@@ -615,25 +615,9 @@ fn memory_stays_small_with_a_thousand_workers() {
         std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
         s
     });
-    // The spawner's own peak: VmHWM of its image, read until it exits
-    // (a zombie has none). Not wait4's ru_maxrss, which also holds the
-    // resident size of the image it was forked from, this test binary,
-    // whatever the tests running beside this one made it.
-    let sampler = thread::spawn(move || {
-        let mut peak_kb = 0u64;
-        while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            let Some(kb) = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            else {
-                break;
-            };
-            peak_kb = peak_kb.max(kb);
-            thread::sleep(Duration::from_millis(10));
-        }
-        peak_kb
-    });
+    // The spawner's own peak (not wait4's ru_maxrss, which also holds
+    // this test binary's size: see dbslots_testkit::memory).
+    let sampler = dbslots_testkit::memory::watch_peak_kib(pid as u32);
     let mut status = 0;
     // SAFETY: waitpid on our own child with a valid out-pointer.
     let reaped = unsafe { libc::waitpid(pid, &mut status, 0) };
