@@ -1197,6 +1197,70 @@ fn a_second_gate_under_a_taken_name_is_told_which_gate_holds_it() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// A uid no account uses: the process limit counts its processes alone.
+const UNUSED_UID: &str = "64999";
+
+#[test]
+fn a_process_limit_too_low_for_the_relay_threads_is_a_clear_error() {
+    // RLIMIT_NPROC does not bind root, and the tests run as root: the gate
+    // runs as an unused uid (setpriv), under a limit of 4 (prlimit) that
+    // its 16 threads cannot fit.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run the gate as another user");
+        return;
+    }
+    let as_other = |args: &[&str]| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--reuid",
+            UNUSED_UID,
+            "--regid",
+            UNUSED_UID,
+            "--clear-groups",
+        ])
+        .args(["prlimit", "--nproc=4", "--"])
+        .arg(env!("CARGO_BIN_EXE_dbslots"))
+        .args(args)
+        .env_remove("DBSLOTS_POOL");
+        cmd
+    };
+    let usable = as_other(&["--version"]).output();
+    if !usable.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: setpriv, prlimit or a dbslots another user may run is missing");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let pool = dir.path().join("pool");
+    let pool = pool.to_str().unwrap();
+    let mut gate = as_other(&[
+        "gate",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "127.0.0.1:9",
+    ]);
+    gate.args(["--pool", pool, "--capacity", "2", "--threads", "16"]);
+    let out = output_within(gate, Duration::from_secs(10));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot start the gate's relay threads")
+            && err.contains("lower the number of threads or raise the process limits (ulimit -u)"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    // Nothing was left published (root does not open a pool another user
+    // owns, so its slots are not looked at: the gate's exit freed them).
+    let gates = dbslots_gate::read_gates_in(&dir.path().join("pool/gates")).unwrap_or_default();
+    assert!(gates.is_empty(), "{gates:?}");
+}
+
 #[test]
 fn a_dropped_gate_gives_back_the_leases_of_connections_on_its_relay_threads() {
     let Some(redis) = dbslots_testkit::shared_redis() else {
