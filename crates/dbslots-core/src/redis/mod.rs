@@ -281,6 +281,8 @@ impl Shared {
         lease: &Lease,
     ) -> Option<redis::RedisResult<bool>> {
         let k = &self.keys;
+        // No release of this lease may overtake the renewal (see `Lease::turn`).
+        let _turn = lease.turn(patient)?;
         let sent = Instant::now();
         let live = lease.server_must_have_it(sent);
         let call = |c: &mut redis::Connection| {
@@ -551,6 +553,9 @@ impl RedisPool {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&slot);
         if let Some(lease) = lease {
+            // The renewer may be renewing it right now, on its own
+            // connection: let that renewal land first.
+            lease.released();
             self.shared.release_token(slot, &lease.token);
         }
     }
