@@ -666,11 +666,10 @@ impl RedisPool {
                 c => c,
             },
         };
-        let now_ms = time
-            .first()
-            .and_then(|s| s.parse::<u64>().ok())
-            .map(|s| s * 1000)
-            .unwrap_or(0);
+        // TIME is {seconds, microseconds}: a lease expires to the
+        // millisecond, not at the next whole second.
+        let part = |i: usize| time.get(i).and_then(|s| s.parse::<u64>().ok());
+        let now_ms = part(0).map_or(0, |s| s * 1000 + part(1).unwrap_or(0) / 1000);
         let mut holders: Vec<Holder> = leases
             .iter()
             .filter(|(_, exp)| *exp as u64 > now_ms)
