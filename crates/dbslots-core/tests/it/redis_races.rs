@@ -170,7 +170,7 @@ fn stats_never_count_an_expired_lease_as_held() {
     // expired a millisecond ago expired within this same second.
     let now_ms = loop {
         let (s, us): (u64, u64) = ::redis::cmd("TIME").query(&mut conn).expect("TIME");
-        if us >= 200_000 && us < 800_000 {
+        if (200_000..800_000).contains(&us) {
             break s * 1000 + us / 1000;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -193,5 +193,39 @@ fn stats_never_count_an_expired_lease_as_held() {
         stats.active, 0,
         "an expired lease counted as held: {:?}",
         stats.holders
+    );
+}
+
+/// An acquisition with a timeout returns about when it was asked to,
+/// whatever the network does.
+#[test]
+#[ignore = "known: each Redis call waits its own read timeout (a twelfth of the lease) past the caller's deadline; see the review"]
+fn an_acquisition_with_a_timeout_returns_in_time_when_the_network_is_frozen() {
+    let _serial = crate::support::timing_sensitive();
+    let Some(url) = redis_url() else { return };
+    let server: std::net::SocketAddr = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .expect("host:port")
+        .parse()
+        .expect("a socket address");
+    // The default lease (10 s): a call may wait 833 ms for a reply.
+    let name = format!("frozen-{}-{}", std::process::id(), line!());
+    let direct = format!("{url}?pool={name}");
+    let owner = Pool::open(&direct, PoolOptions::new().capacity(1)).expect("create");
+    let _held = owner.try_acquire().expect("try").expect("free");
+    let proxy = dbslots_testkit::FreezableProxy::start(server).expect("proxy");
+    let through = direct.replacen(&server.port().to_string(), &proxy.port().to_string(), 1);
+    let pool = Pool::open(&through, PoolOptions::new()).expect("open through the proxy");
+    proxy.freeze();
+    let asked = Duration::from_millis(200);
+    let started = Instant::now();
+    let got = pool.blocking_acquire_timeout(asked);
+    let took = started.elapsed();
+    assert!(got.is_err());
+    assert!(
+        took < asked + Duration::from_millis(900),
+        "asked to wait {asked:?}, returned after {took:?}: {got:?}"
     );
 }
