@@ -599,8 +599,9 @@ impl Slot {
     /// off from the server): then this returns [`Error::SlotLost`] and the
     /// caller must stop using what the slot guarded. For a lease this also
     /// asks the server (one round trip, which also renews the lease) unless
-    /// another check of the same pool handle is in flight; it never waits
-    /// longer than the lease's safety margin, whatever the network does.
+    /// another check of the same pool handle, or a renewal of this slot, is
+    /// in flight; it never waits longer than the lease's safety margin,
+    /// whatever the network does.
     pub fn check(&self) -> Result<()> {
         match &self.pool.inner.backend {
             Backend::File(_) => Ok(()),

@@ -17,7 +17,7 @@
 //! `AUTH` included), so the renewer retries several times before the local
 //! deadline, and the deadline itself needs no call at all.
 
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 /// The time budget derived from one lease time.
@@ -63,6 +63,11 @@ pub(super) struct Lease {
     lease: Duration,
     state: Mutex<State>,
     changed: Condvar,
+    /// Held across a renewal's round trip, and by a release while it
+    /// marks the lease released ([`Lease::released`]): so no renewal that
+    /// still says "the server must have it" reaches the server after the
+    /// release (it would find the lease gone and quarantine the pool).
+    turn: Mutex<()>,
 }
 
 struct State {
@@ -83,7 +88,30 @@ impl Lease {
                 gone: None,
             }),
             changed: Condvar::new(),
+            turn: Mutex::new(()),
         }
+    }
+
+    /// The right to send a renewal: waits for one in flight when `patient`,
+    /// else `None` while one is.
+    pub fn turn(&self, patient: bool) -> Option<MutexGuard<'_, ()>> {
+        if patient {
+            Some(self.turn.lock().unwrap_or_else(|p| p.into_inner()))
+        } else {
+            match self.turn.try_lock() {
+                Ok(g) => Some(g),
+                Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            }
+        }
+    }
+
+    /// Marks the lease released by its holder, once no renewal is in
+    /// flight: renewals sent from now on do not claim the server must
+    /// still have it.
+    pub fn released(&self) {
+        let _turn = self.turn(true);
+        self.mark_gone("it was released");
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

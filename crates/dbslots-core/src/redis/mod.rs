@@ -281,6 +281,8 @@ impl Shared {
         lease: &Lease,
     ) -> Option<redis::RedisResult<bool>> {
         let k = &self.keys;
+        // No release of this lease may overtake the renewal (see `Lease::turn`).
+        let _turn = lease.turn(patient)?;
         let sent = Instant::now();
         let live = lease.server_must_have_it(sent);
         let call = |c: &mut redis::Connection| {
@@ -551,6 +553,9 @@ impl RedisPool {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&slot);
         if let Some(lease) = lease {
+            // The renewer may be renewing it right now, on its own
+            // connection: let that renewal land first.
+            lease.released();
             self.shared.release_token(slot, &lease.token);
         }
     }
@@ -661,11 +666,10 @@ impl RedisPool {
                 c => c,
             },
         };
-        let now_ms = time
-            .first()
-            .and_then(|s| s.parse::<u64>().ok())
-            .map(|s| s * 1000)
-            .unwrap_or(0);
+        // TIME is {seconds, microseconds}: a lease expires to the
+        // millisecond, not at the next whole second.
+        let part = |i: usize| time.get(i).and_then(|s| s.parse::<u64>().ok());
+        let now_ms = part(0).map_or(0, |s| s * 1000 + part(1).unwrap_or(0) / 1000);
         let mut holders: Vec<Holder> = leases
             .iter()
             .filter(|(_, exp)| *exp as u64 > now_ms)

@@ -180,7 +180,14 @@ if allowed then
 end
 if try_only ~= '1' then
   if not redis.call('ZSCORE', KEYS[4], token) then
-    redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[7]), token)
+    -- behind every waiter, even when the counter was lost (an eviction)
+    local ticket = redis.call('INCR', KEYS[7])
+    local last = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
+    if last[2] and tonumber(last[2]) >= ticket then
+      ticket = tonumber(last[2]) + 1
+      redis.call('SET', KEYS[7], ticket)
+    end
+    redis.call('ZADD', KEYS[4], ticket, token)
     redis.call('HSET', KEYS[6], token, info .. ' ' .. now)
   end
   redis.call('ZADD', KEYS[5], now + wttl, token)

@@ -13,4 +13,6 @@ mod redis_auth;
 mod redis_cluster;
 #[cfg(feature = "redis")]
 mod redis_faults;
+#[cfg(feature = "redis")]
+mod redis_races;
 mod support;

@@ -13,7 +13,7 @@ fn lease() -> Duration {
 
 /// A plain connection to the server behind `url`, for what a test does
 /// behind the pool's back.
-fn admin(url: &str) -> ::redis::Connection {
+pub fn admin(url: &str) -> ::redis::Connection {
     ::redis::Client::open(url)
         .expect("client")
         .get_connection_with_timeout(Duration::from_secs(5))
