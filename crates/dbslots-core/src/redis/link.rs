@@ -13,9 +13,14 @@
 //! node named (and every later call with it); `ASK` sends it once to the
 //! migration's target. Either way a call is at most two bounded attempts,
 //! as on one server.
+//!
+//! A call made for a caller with a deadline (an acquisition with a
+//! timeout) is bounded by what is left of it as well, though never below
+//! [`SHORTEST_CALL`], so that such a caller returns about when it asked
+//! to whatever the network does.
 
 use std::sync::{Mutex, MutexGuard, TryLockError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
 use redis::{ConnectionInfo, ErrorKind, IntoConnectionInfo, RedisError, RedisResult};
@@ -24,6 +29,10 @@ use super::cluster::{Cluster, Redirect, redirect, split_seeds};
 
 use crate::addr::{RedisAddr, redact_redis};
 use crate::error::{Error, Result};
+
+/// The least time a call is given however close its caller's deadline:
+/// shorter, it would fail on a healthy network between hosts.
+pub(super) const SHORTEST_CALL: Duration = Duration::from_millis(100);
 
 /// Makes connections to one server, or to the node of a cluster that
 /// serves the pool ([`super::cluster`]).
@@ -91,19 +100,45 @@ impl Connector {
         self.timeout
     }
 
-    /// A new connection with read and write timeouts (on a cluster, to the
-    /// node serving the pool as far as known).
-    pub fn connect(&self) -> RedisResult<redis::Connection> {
+    /// The bound of one step of a call made for a caller whose deadline is
+    /// `until`: the timeout, or what is left before `until` if less, but
+    /// at least [`SHORTEST_CALL`].
+    pub fn limit(&self, until: Option<Instant>) -> Duration {
+        match until {
+            None => self.timeout,
+            Some(u) => u
+                .saturating_duration_since(Instant::now())
+                .max(SHORTEST_CALL)
+                .min(self.timeout),
+        }
+    }
+
+    /// A new connection (on a cluster, to the node serving the pool as far
+    /// as known), made within `limit` at most, and whose reads and writes
+    /// wait `limit` at most (until [`Connector::unbound`]); `limit` is
+    /// [`Connector::timeout`] or less.
+    pub fn connect_within(&self, limit: Duration) -> RedisResult<redis::Connection> {
+        let within = self.connect_timeout.min(limit);
         let conn = match &self.target {
-            Target::Server(client) => client.get_connection_with_timeout(self.connect_timeout)?,
-            Target::Cluster(cluster) => cluster.connect(self.connect_timeout)?,
+            Target::Server(client) => client.get_connection_with_timeout(within)?,
+            Target::Cluster(cluster) => cluster.connect(within)?,
         };
-        self.bounded(conn)
+        Self::bound(&conn, limit.min(self.timeout))?;
+        Ok(conn)
+    }
+
+    /// Gives `conn`'s reads and writes the whole timeout again.
+    pub fn unbound(&self, conn: &redis::Connection) -> RedisResult<()> {
+        Self::bound(conn, self.timeout)
+    }
+
+    fn bound(conn: &redis::Connection, limit: Duration) -> RedisResult<()> {
+        conn.set_read_timeout(Some(limit))?;
+        conn.set_write_timeout(Some(limit))
     }
 
     fn bounded(&self, conn: redis::Connection) -> RedisResult<redis::Connection> {
-        conn.set_read_timeout(Some(self.timeout))?;
-        conn.set_write_timeout(Some(self.timeout))?;
+        self.unbound(&conn)?;
         Ok(conn)
     }
 
@@ -197,8 +232,19 @@ impl Link {
         connector: &Connector,
         f: impl Fn(&mut redis::Connection) -> RedisResult<T>,
     ) -> RedisResult<T> {
+        self.call_until(connector, None, f)
+    }
+
+    /// [`Link::call`] for a caller whose deadline is `until`: each step
+    /// waits at most [`Connector::limit`].
+    pub fn call_until<T>(
+        &self,
+        connector: &Connector,
+        until: Option<Instant>,
+        f: impl Fn(&mut redis::Connection) -> RedisResult<T>,
+    ) -> RedisResult<T> {
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        Self::call_locked(&mut guard, connector, f)
+        Self::call_locked(&mut guard, connector, until, f)
     }
 
     /// Like [`Link::call`], but `None` at once when another thread is using
@@ -214,21 +260,38 @@ impl Link {
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return None,
         };
-        Some(Self::call_locked(&mut guard, connector, f))
+        Some(Self::call_locked(&mut guard, connector, None, f))
     }
 
     fn call_locked<T>(
         guard: &mut MutexGuard<'_, Option<redis::Connection>>,
         connector: &Connector,
+        until: Option<Instant>,
         f: impl Fn(&mut redis::Connection) -> RedisResult<T>,
     ) -> RedisResult<T> {
         for attempt in 0..2 {
             let fresh = guard.is_none();
+            let limit = connector.limit(until);
+            let shortened = limit < connector.timeout();
             if fresh {
-                **guard = Some(connector.connect()?);
+                **guard = Some(connector.connect_within(limit)?);
+            } else if shortened {
+                let conn = guard.as_ref().expect("checked above");
+                if let Err(e) = Connector::bound(conn, limit) {
+                    **guard = None;
+                    return Err(e);
+                }
             }
             let conn = guard.as_mut().expect("the connection was just made");
-            match f(conn) {
+            let result = f(conn);
+            // The next caller may have no deadline: the whole timeout back.
+            if shortened
+                && let Some(conn) = guard.as_ref()
+                && connector.unbound(conn).is_err()
+            {
+                **guard = None;
+            }
+            match result {
                 Ok(v) => return Ok(v),
                 Err(e) => {
                     match redirect(&e) {

@@ -18,7 +18,10 @@
 //! **State the server may have lost quarantines the pool** ([`scripts`]):
 //! missing keys, a changed `run_id`, a lease gone before its time. Open
 //! handles restore the pool's `meta` from what they know (capacity, the
-//! longest lease any client uses), so they recover by themselves.
+//! longest lease any client uses), so they recover by themselves. A
+//! handle opened only after every key was lost knows no lease but its
+//! own, and quarantines a pool it re-creates for that: the clients of a
+//! pool are meant to share one lease time (one address).
 //!
 //! **Replication is asynchronous**: a failover to a replica may lose the
 //! last writes (acquisitions, renewals) of up to the replication lag. The
@@ -147,8 +150,19 @@ impl Shared {
         what: &str,
         f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T> {
+        self.command_until(what, None, f)
+    }
+
+    /// [`Shared::command`] for a caller whose deadline is `until`
+    /// ([`link::Connector::limit`]).
+    fn command_until<T>(
+        &self,
+        what: &str,
+        until: Option<Instant>,
+        f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T> {
         self.commands
-            .call(&self.connector, f)
+            .call_until(&self.connector, until, f)
             .map_err(|e| self.backend_error(what, e))
     }
 
@@ -198,11 +212,17 @@ impl Shared {
     /// `maybe_owned`: an earlier call with this token failed, so it may
     /// have taken a slot whose reply was lost; the script then looks for
     /// it (a look over every holder, so only then). A call the link runs
-    /// again on a new connection looks too.
-    fn acquire_once(&self, token: &str, try_only: bool, maybe_owned: bool) -> Result<i64> {
+    /// again on a new connection looks too. `until`: the caller's deadline.
+    fn acquire_once(
+        &self,
+        token: &str,
+        try_only: bool,
+        maybe_owned: bool,
+        until: Option<Instant>,
+    ) -> Result<i64> {
         let k = &self.keys;
         let runs = AtomicU32::new(0);
-        let (r, acked): (Vec<i64>, u32) = self.command("acquiring a slot", |c| {
+        let (r, acked): (Vec<i64>, u32) = self.command_until("acquiring a slot", until, |c| {
             let again = runs.fetch_add(1, Ordering::Relaxed) > 0 || maybe_owned;
             let r: Vec<i64> = self
                 .scripts
@@ -251,9 +271,12 @@ impl Shared {
         Ok(slot)
     }
 
-    fn leave(&self, token: &str, timed_out: bool) {
+    /// Takes `token` out of the queue (and gives back a slot it may hold);
+    /// `until`: the caller's deadline. A failure is left to the place's
+    /// expiry ([`waiter::PLACE_TTL`]) and the lease's.
+    fn leave(&self, token: &str, timed_out: bool, until: Option<Instant>) {
         let k = &self.keys;
-        let _ = self.command("leaving the queue", |c| {
+        let _ = self.command_until("leaving the queue", until, |c| {
             self.scripts
                 .leave
                 .key(&k.queue)
@@ -527,14 +550,14 @@ impl RedisPool {
     pub(crate) fn try_acquire(&self) -> Result<Option<u32>> {
         let token = token();
         let sent = Instant::now();
-        let slot = match self.shared.acquire_once(&token, true, false) {
+        let slot = match self.shared.acquire_once(&token, true, false, None) {
             Ok(slot) => slot,
             Err(e) => {
                 // The call may have taken a slot whose reply was lost:
                 // give it back (best effort) rather than leave it held for
                 // a lease.
                 if matches!(e, Error::Backend { .. }) {
-                    self.shared.leave(&token, false);
+                    self.shared.leave(&token, false, None);
                 }
                 return Err(e);
             }

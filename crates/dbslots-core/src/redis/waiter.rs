@@ -33,7 +33,7 @@ impl RedisPool {
         let started = Instant::now();
         let token = token();
         let sent = Instant::now();
-        let maybe_owned = match self.shared.acquire_once(&token, true, false) {
+        let maybe_owned = match self.shared.acquire_once(&token, true, false, deadline) {
             Ok(slot) if slot >= 0 => return self.hold(slot, token, sent),
             Ok(_) => false,
             // A hiccup (a timeout under load, a failover): the wait below
@@ -44,7 +44,7 @@ impl RedisPool {
         let outcome = self.wait(&token, started, deadline, cancel, maybe_owned);
         match &outcome {
             Ok(_) => self.record_wait(started.elapsed()),
-            Err(e) => self.shared.leave(&token, e.is_timeout()),
+            Err(e) => self.shared.leave(&token, e.is_timeout(), deadline),
         }
         outcome
     }
@@ -62,10 +62,17 @@ impl RedisPool {
         let mut failing_since: Option<Instant> = None;
         loop {
             // (Re)subscribe before queueing, so no notification slips
-            // between; without a subscription the loop below polls.
-            let mut conn = match shared.connector.connect() {
-                Ok(c) => Some(c),
-                Err(e) => {
+            // between; without a subscription the loop below polls. Past
+            // the deadline, only the last try below is left: no need.
+            let due = deadline.is_some_and(|d| Instant::now() >= d);
+            let connected = (!due).then(|| {
+                let limit = shared.connector.limit(deadline);
+                shared.connector.connect_within(limit)
+            });
+            let mut conn = match connected {
+                None => None,
+                Some(Ok(c)) => Some(c),
+                Some(Err(e)) => {
                     tracing::warn!(pool = %shared.name, error = %redact_redis(&e.to_string()), "cannot subscribe to slot notifications; polling");
                     None
                 }
@@ -88,7 +95,7 @@ impl RedisPool {
             }
             loop {
                 let sent = Instant::now();
-                match shared.acquire_once(token, false, maybe_owned) {
+                match shared.acquire_once(token, false, maybe_owned, deadline) {
                     Ok(slot) if slot >= 0 => {
                         return self.hold(slot, token.to_string(), sent);
                     }
@@ -115,7 +122,9 @@ impl RedisPool {
                 }
                 let now = Instant::now();
                 if deadline.is_some_and(|d| now >= d) {
-                    let stats = self.stats().ok();
+                    // Not asked of a server that just failed to answer: it
+                    // would cost another call timeout past the deadline.
+                    let stats = failing_since.is_none().then(|| self.stats().ok()).flatten();
                     return Err(Error::Timeout {
                         pool: shared.name.clone(),
                         waited: started.elapsed(),
