@@ -543,3 +543,60 @@ fn no_timeout_panics_and_a_zero_timeout_takes_a_crashed_holders_slot() {
         .expect("the crashed holder's slot");
     assert_eq!(slot.index(), 0);
 }
+
+/// Eight waiters at the front of the queue that stop (a terminal's Ctrl-Z on
+/// a group of workers) or die (a process with eight waiting threads killed)
+/// fill the whole part of the queue a look at its front considers. A release
+/// must still reach the first waiter behind them that runs: it has no timer
+/// of its own (it is beyond the reserve), so nobody else will tell it.
+#[test]
+fn a_release_reaches_the_waiter_behind_eight_that_stopped_or_died() {
+    let _serial = crate::support::timing_sensitive();
+    for kill in [false, true] {
+        let case = if kill {
+            "eight killed"
+        } else {
+            "eight stopped"
+        };
+        let (_dir, addr) = pool_dir();
+        let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+        let held = pool.blocking_acquire().expect("fill");
+        let mut front = Vec::new();
+        for n in 1..=8 {
+            front.push(Holder::spawn(&addr, None));
+            wait_for_waiters(&pool, n);
+        }
+        let own = Pool::open(&addr, PoolOptions::new()).expect("second handle");
+        let waiter = std::thread::spawn(move || {
+            let got = own
+                .blocking_acquire_timeout(Duration::from_secs(20))
+                .map(|s| s.index());
+            (got, Instant::now())
+        });
+        wait_for_waiters(&pool, 9);
+        if kill {
+            for h in front.drain(..) {
+                h.crash();
+            }
+        } else {
+            for h in &front {
+                signal(h.child.id(), libc::SIGSTOP);
+            }
+        }
+        // Long enough for all of them to be stale; no `stats()` from here
+        // on: it would free the dead waiters' entries and hide the fault.
+        std::thread::sleep(Duration::from_millis(200));
+        let freed = Instant::now();
+        drop(held);
+        let (got, served) = waiter.join().expect("waiter thread");
+        for h in &front {
+            signal(h.child.id(), libc::SIGCONT);
+        }
+        let delay = served.saturating_duration_since(freed);
+        eprintln!("{case}: the ninth waiter got {got:?} {delay:?} after the release");
+        assert!(
+            matches!(got, Ok(0)) && delay < Duration::from_secs(2),
+            "{case}: the free slot did not reach the ninth waiter ({got:?} after {delay:?})"
+        );
+    }
+}
