@@ -149,12 +149,23 @@ impl FilePool {
             rfs::AtFlags::SYMLINK_NOFOLLOW,
         )
         .is_ok();
-        let dirs = Dirs::open(
+        let dirs = match Dirs::open(
             dir,
             root,
             group,
             created || (!has_meta && opts.capacity.is_some()),
-        )?;
+        ) {
+            // A directory that is no pool (yet): empty, or left by a
+            // creator killed before it made `slots/`.
+            Err(Error::Io { source, .. })
+                if !has_meta
+                    && opts.capacity.is_none()
+                    && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Err(Error::NotFound { pool: name });
+            }
+            dirs => dirs?,
+        };
 
         // `pool.json` is written last at creation and replaced atomically by
         // a resize: once it exists the pool is complete, and opening needs

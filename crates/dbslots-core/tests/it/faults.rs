@@ -600,3 +600,41 @@ fn a_release_reaches_the_waiter_behind_eight_that_stopped_or_died() {
         );
     }
 }
+
+/// A `pool.json` whose capacity is out of range (a crash, a hand edit, a
+/// planted file) is a damaged pool file, not a capacity the caller asked
+/// for: the error names the file and says what to do.
+#[test]
+fn a_pool_json_with_an_impossible_capacity_is_named_as_the_problem() {
+    for capacity in [0u64, 4097, 1 << 40] {
+        let (_dir, addr) = pool_dir();
+        drop(Pool::open(&addr, PoolOptions::new().capacity(2)).expect("create"));
+        std::fs::write(
+            Path::new(&addr).join("pool.json"),
+            format!(r#"{{"format": 2, "capacity": {capacity}}}"#),
+        )
+        .expect("plant pool.json");
+        let err = Pool::open(&addr, PoolOptions::new()).expect_err("a damaged pool.json");
+        let text = err.to_string();
+        assert!(
+            matches!(err, Error::Corrupt { .. }) && text.contains("pool.json"),
+            "capacity {capacity}: the message does not name the damaged file: {text}"
+        );
+    }
+}
+
+/// An existing directory that is not (yet) a pool, such as an empty one or
+/// the leftovers of a creator killed before it made `slots/`, opened
+/// without a capacity: the pool does not exist, so say so (and how to
+/// create it) rather than report a missing file inside it.
+#[test]
+fn an_existing_directory_without_a_pool_is_not_found() {
+    let (_dir, addr) = pool_dir();
+    std::fs::create_dir(&addr).expect("empty directory");
+    std::fs::set_permissions(&addr, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let err = Pool::open(&addr, PoolOptions::new()).expect_err("no pool there");
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    std::fs::write(Path::new(&addr).join("init.lock"), b"").expect("leftover");
+    let err = Pool::open(&addr, PoolOptions::new()).expect_err("no pool there");
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+}
