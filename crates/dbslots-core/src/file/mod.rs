@@ -273,7 +273,7 @@ impl FilePool {
             return Ok(None);
         }
         if self.high_water(capacity) > capacity {
-            return self.claim_draining(capacity);
+            return self.claim_draining();
         }
         let words = capacity.div_ceil(64) as usize;
         let first = (self.start as usize) % words;
@@ -301,7 +301,7 @@ impl FilePool {
                         let now = self.capacity();
                         if slot >= now || self.high_water(now) > now {
                             let _ = self.fds.unlock(slot);
-                            return self.claim_draining(now);
+                            return self.claim_draining();
                         }
                         self.taken(slot, capacity);
                         return Ok(Some(slot));
@@ -318,7 +318,10 @@ impl FilePool {
     /// retries on its next tick), counts every held slot below `high_water`
     /// and takes one below the capacity only if fewer than `capacity` are
     /// held. Ends the drain when no slot above the capacity is held.
-    fn claim_draining(&self, capacity: u32) -> Result<Option<u32>> {
+    ///
+    /// The capacity is read under `init.lock`: one read before it may be
+    /// older than a shrink that completed meanwhile (resizes hold the lock).
+    fn claim_draining(&self) -> Result<Option<u32>> {
         let init = self
             .dirs
             .open_root_file(INIT_LOCK, OFlags::CREATE | OFlags::RDWR)?;
@@ -334,6 +337,10 @@ impl FilePool {
             }
         }
         let result = (|| {
+            let capacity = self.capacity();
+            if capacity == 0 {
+                return Ok(None);
+            }
             let hw = self.high_water(capacity);
             let mut held = 0;
             let mut above = 0;

@@ -638,3 +638,81 @@ fn an_existing_directory_without_a_pool_is_not_found() {
     let err = Pool::open(&addr, PoolOptions::new()).expect_err("no pool there");
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
 }
+
+/// The number of the system call `pid` is stopped in, if any.
+fn syscall_of(pid: u32) -> Option<i64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// An acquirer that decided to take the drain's way (the capacity it read
+/// is below the high-water mark) and is preempted before it gets
+/// `init.lock`, while another shrink completes: once it has the lock it must
+/// count against the capacity now, not the one it read. Here a shrink from
+/// 2 to 1 with one slot held must leave no room; `strace` holds the
+/// acquirer at its `flock` of `init.lock` (the first `flock` it makes)
+/// while the shrink runs, which a scheduler can do too.
+#[test]
+fn a_shrink_while_an_acquirer_enters_the_drain_admits_nobody_over_capacity() {
+    let strace = ["/usr/bin/strace", "/bin/strace"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(strace) = strace else {
+        eprintln!("skipping: needs strace to hold the acquirer at the right point");
+        return;
+    };
+    let (_dir, addr) = pool_dir();
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(4)).expect("create");
+    let mut held: Vec<_> = (0..4)
+        .map(|_| pool.try_acquire().expect("try").expect("a free slot"))
+        .collect();
+    held.sort_by_key(|s| s.index());
+    assert_eq!(pool.resize(2).expect("shrink"), 4);
+    // Only slot 3, above the new capacity, stays held: the drain admits one.
+    let high = held.pop().expect("slot 3");
+    assert_eq!(high.index(), 3);
+    drop(held);
+    let mut tracer = Command::new(strace)
+        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=flock"])
+        .args(["-e", "inject=flock:delay_enter=3000000:when=1"])
+        .arg(holder_exe())
+        .args([addr.as_str(), "hold", "0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn strace");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let acquirer = loop {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", tracer.id()))
+            .unwrap_or_default();
+        if let Some(pid) = children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+            .find(|&p| syscall_of(p) == Some(libc::SYS_flock))
+        {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the acquirer never reached flock"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // The acquirer read capacity 2 and is about to lock init.lock.
+    assert_eq!(pool.resize(1).expect("shrink again"), 2);
+    let mut line = String::new();
+    BufReader::new(tracer.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the acquirer's answer");
+    let stats = pool.stats().expect("stats");
+    drop(tracer.stdin.take());
+    let _ = tracer.wait();
+    assert!(
+        line.starts_with("TIMEOUT"),
+        "acquirer {acquirer} said {:?}: {} holders with capacity {}",
+        line.trim(),
+        stats.active,
+        stats.capacity
+    );
+    drop(high);
+}
