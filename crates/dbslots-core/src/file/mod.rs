@@ -205,7 +205,7 @@ impl FilePool {
         let board = result?;
 
         let pid = std::process::id();
-        Ok(FilePool {
+        let pool = FilePool {
             name,
             dirs,
             board,
@@ -215,7 +215,59 @@ impl FilePool {
             fork_generation: fork::generation(),
             crash_check: opts.crash_check,
             waiter_seq: AtomicU32::new(0),
-        })
+        };
+        if recorded.is_some_and(|c| c != pool.board.capacity().load(Ordering::SeqCst)) {
+            pool.complete_resize()?;
+        }
+        Ok(pool)
+    }
+
+    /// Makes the board's capacity agree with `pool.json`, the pool's record,
+    /// when a resize was interrupted after replacing `pool.json` but before
+    /// it changed the board (killed in between, or a power cut before the
+    /// board's page was written back). Skipped while somebody holds
+    /// `init.lock`: a running resize changes the board itself.
+    fn complete_resize(&self) -> Result<()> {
+        let init = self
+            .dirs
+            .open_root_file(INIT_LOCK, OFlags::CREATE | OFlags::RDWR)?;
+        match rfs::flock(&init, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(Errno::WOULDBLOCK) => return Ok(()),
+            Err(e) => {
+                return Err(Error::io(
+                    "locking",
+                    self.dirs.path.join(INIT_LOCK),
+                    errno_io(e),
+                ));
+            }
+        }
+        let result = (|| {
+            let Some(meta) = self.dirs.read_meta()? else {
+                return Ok(());
+            };
+            let board = self.board.capacity().load(Ordering::SeqCst);
+            if board != meta.capacity {
+                tracing::warn!(pool = %self.name, recorded = meta.capacity, board, "completing an interrupted resize: the board now follows pool.json");
+                self.set_board_capacity(board.min(MAX_CAPACITY), meta.capacity);
+            }
+            Ok(())
+        })();
+        unlock(&init);
+        result?;
+        self.wake_head();
+        Ok(())
+    }
+
+    /// Stores a new capacity on the board (under `init.lock`), `old` being
+    /// the one in effect until now.
+    fn set_board_capacity(&self, old: u32, capacity: u32) {
+        // The high-water mark first: an acquirer that sees the smaller
+        // capacity also sees that slots above it may still be held.
+        let hw = self.board.high_water().load(Ordering::SeqCst).max(old);
+        let hw = if capacity >= hw { capacity } else { hw };
+        self.board.high_water().store(hw, Ordering::SeqCst);
+        self.board.capacity().store(capacity, Ordering::SeqCst);
     }
 
     /// The pool's directory, as given.
@@ -642,12 +694,11 @@ impl FilePool {
             }
             meta.capacity = capacity;
             self.dirs.write_meta(&meta)?;
-            // The high-water mark first: an acquirer that sees the smaller
-            // capacity also sees that slots above it may still be held.
-            let hw = self.board.high_water().load(Ordering::SeqCst).max(old);
-            let hw = if capacity >= hw { capacity } else { hw };
-            self.board.high_water().store(hw, Ordering::SeqCst);
-            self.board.capacity().store(capacity, Ordering::SeqCst);
+            // Slots up to the larger of the two capacities may be held,
+            // should the board still show another one (see
+            // `complete_resize`).
+            let in_effect = self.board.capacity().load(Ordering::SeqCst);
+            self.set_board_capacity(old.max(in_effect.min(MAX_CAPACITY)), capacity);
             Ok(old)
         })();
         unlock(&init);

@@ -716,3 +716,68 @@ fn a_shrink_while_an_acquirer_enters_the_drain_admits_nobody_over_capacity() {
     );
     drop(high);
 }
+
+/// A resize killed after it replaced `pool.json` but before it changed the
+/// board (a SIGKILL, or a power cut before the board's page was written
+/// back): `pool.json` is the pool's record, what `PoolOptions::capacity`
+/// is checked against and what foreign clients read, so the next open makes
+/// the board agree with it instead of admitting by the old capacity.
+#[test]
+fn a_resize_killed_after_writing_pool_json_is_completed_by_the_next_open() {
+    let strace = ["/usr/bin/strace", "/bin/strace"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(strace) = strace else {
+        eprintln!("skipping: needs strace to kill the resizer at the right point");
+        return;
+    };
+    for (from, to) in [(4u32, 2u32), (2, 4)] {
+        let (_dir, addr) = pool_dir();
+        drop(Pool::open(&addr, PoolOptions::new().capacity(from)).expect("create"));
+        // Hold the resizer on its way out of the rename that replaces
+        // pool.json, and kill it there.
+        let mut tracer = Command::new(strace)
+            .args(["-f", "-qq", "-o", "/dev/null"])
+            .args(["-e", "trace=rename,renameat,renameat2"])
+            .args(["-e", "inject=rename,renameat,renameat2:delay_exit=2000000"])
+            .arg(holder_exe())
+            .args([addr.as_str(), "resize", &to.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run strace");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let resizer = loop {
+            let recorded = std::fs::read_to_string(Path::new(&addr).join("pool.json"))
+                .unwrap_or_default()
+                .contains(&format!("\"capacity\": {to}"));
+            let children =
+                std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", tracer.id()))
+                    .unwrap_or_default();
+            if let Some(pid) = children.split_whitespace().find_map(|p| p.parse().ok())
+                && recorded
+            {
+                break pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the resizer never renamed pool.json"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        signal(resizer, libc::SIGKILL);
+        let status = tracer.wait().expect("reap strace");
+        assert!(!status.success(), "the resizer was not killed: {status}");
+
+        let pool = Pool::open(&addr, PoolOptions::new().capacity(to))
+            .expect("pool.json records the new capacity");
+        let held: Vec<_> = std::iter::from_fn(|| pool.try_acquire().expect("try"))
+            .take(8)
+            .collect();
+        assert_eq!(
+            (pool.capacity(), held.len() as u32),
+            (to, to),
+            "resize {from} -> {to} killed after pool.json: capacity and slots taken"
+        );
+    }
+}
