@@ -221,7 +221,18 @@ impl FilePool {
         e.seq.store(seq, Ordering::Relaxed);
         e.pid_ns.store(pid_ns(), Ordering::Relaxed);
         e.flags.store(0, Ordering::Relaxed);
-        let ticket = board.next_ticket().fetch_add(1, Ordering::SeqCst) + 1;
+        // 0 means a free entry and u64::MAX is nobody's: a counter at its
+        // end (planted: anybody who can write the pool can write the board)
+        // wraps past both.
+        let ticket = loop {
+            let t = board
+                .next_ticket()
+                .fetch_add(1, Ordering::SeqCst)
+                .wrapping_add(1);
+            if t != 0 && t != u64::MAX {
+                break t;
+            }
+        };
         // The ticket goes in last: readers take an entry with a ticket as
         // complete.
         e.ticket.store(ticket, Ordering::SeqCst);

@@ -781,3 +781,40 @@ fn a_resize_killed_after_writing_pool_json_is_completed_by_the_next_open() {
         );
     }
 }
+
+/// Any process that can write the pool can write the board: counters and
+/// the ticket counter at their largest values (planted, or garbage from a
+/// damaged file) must not make `stats()` or a waiter panic.
+#[test]
+fn counters_at_their_limits_on_the_board_panic_nobody() {
+    use std::os::unix::fs::FileExt;
+    let (_dir, addr) = pool_dir();
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    drop(pool.try_acquire().expect("try").expect("one acquisition"));
+    let state = std::fs::OpenOptions::new()
+        .write(true)
+        .open(Path::new(&addr).join("state"))
+        .expect("state");
+    // docs/protocol.md: next_ticket at 72, acquisitions at 256, waited at
+    // 384, the wait sum at 392, the histogram's buckets from 400.
+    for off in [72u64, 256, 384, 392, 400, 408, 416] {
+        state
+            .write_all_at(&u64::MAX.to_le_bytes(), off)
+            .expect("plant");
+    }
+    let stats = pool.stats().expect("stats");
+    assert!(stats.wait_histogram.count > 0);
+    let held = pool.blocking_acquire().expect("fill");
+    let p = pool.clone();
+    let waiter = std::thread::spawn(move || {
+        p.blocking_acquire_timeout(Duration::from_secs(10))
+            .map(|s| s.index())
+    });
+    wait_for_waiters(&pool, 1);
+    drop(held);
+    assert_eq!(
+        waiter.join().expect("the waiter panicked").expect("slot"),
+        0
+    );
+    pool.stats().expect("stats after the wait");
+}
