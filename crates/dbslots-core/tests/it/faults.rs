@@ -818,3 +818,69 @@ fn counters_at_their_limits_on_the_board_panic_nobody() {
     );
     pool.stats().expect("stats after the wait");
 }
+
+/// A process that forked a helper (without exec) and later takes a slot,
+/// then is killed: the slot is free at once. The helper inherited copies
+/// of the descriptors the pool handle kept open then; a lock taken later
+/// through one of those (the same open file description) would live on in
+/// the helper, for as long as the helper runs.
+#[test]
+fn a_killed_holder_that_forked_a_helper_before_taking_its_slot_frees_it() {
+    let (_dir, addr) = pool_dir();
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let mut pipe = [0; 2];
+    // SAFETY: a fresh pipe.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    // SAFETY: the child only uses the pool, the pipe and libc, then _exits.
+    let holder = unsafe { libc::fork() };
+    if holder == 0 {
+        let code = (|| {
+            let Ok(own) = Pool::open(&addr, PoolOptions::new()) else {
+                return 10;
+            };
+            // Take and give back a slot: the handle keeps its descriptor.
+            match own.try_acquire() {
+                Ok(Some(slot)) => drop(slot),
+                _ => return 11,
+            }
+            // SAFETY: the helper only sleeps until it is killed.
+            let helper = unsafe { libc::fork() };
+            if helper == 0 {
+                loop {
+                    // SAFETY: waits for a signal.
+                    unsafe { libc::pause() };
+                }
+            }
+            let Ok(Some(slot)) = own.try_acquire() else {
+                return 12;
+            };
+            let report = [helper.to_ne_bytes(), (slot.index() as i32).to_ne_bytes()].concat();
+            // SAFETY: writes a local buffer to the pipe.
+            unsafe { libc::write(pipe[1], report.as_ptr().cast(), report.len()) };
+            loop {
+                // SAFETY: waits to be killed, holding the slot.
+                unsafe { libc::pause() };
+            }
+        })();
+        // SAFETY: leaves the forked child without the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut report = [0u8; 8];
+    // SAFETY: reads into a local buffer.
+    let n = unsafe { libc::read(pipe[0], report.as_mut_ptr().cast(), 8) };
+    assert_eq!(n, 8, "the holder failed before taking its slot");
+    let helper = i32::from_ne_bytes(report[..4].try_into().expect("4 bytes"));
+    // SAFETY: kills and reaps the holder forked above.
+    unsafe {
+        libc::kill(holder, libc::SIGKILL);
+        libc::waitpid(holder, std::ptr::null_mut(), 0);
+    }
+    let freed = pool.try_acquire().expect("try");
+    // SAFETY: the helper was re-parented to init (or a subreaper), which
+    // reaps it; it is ours to kill.
+    unsafe { libc::kill(helper, libc::SIGKILL) };
+    assert!(
+        freed.is_some(),
+        "the killed holder's slot stayed held by the helper it had forked"
+    );
+}
