@@ -8,6 +8,7 @@
 //!                                   hold, release, print "TIMES <arrived> <acquired> <released>"
 //!                                   (CLOCK_MONOTONIC nanoseconds)
 //! holder POOL many N                acquire N slots, print "HELD N"; release all at EOF/a line
+//! holder POOL resize N              change the capacity to N, print "RESIZED <old>"
 //! holder POOL chaos I SHARED ROUNDS ROUNDS times: acquire, set flag I in SHARED, check that
 //!                                   no more flags are set than SHARED's "allowed" word, hold a
 //!                                   few ms, clear the flag, release; print "DONE"
@@ -108,6 +109,16 @@ fn main() {
             writeln!(out, "RELEASED").ok();
         }
         "chaos" => chaos(&pool, &args[3..]),
+        "resize" => {
+            let n: u32 = args[3].parse().expect("N is a number");
+            match pool.resize(n) {
+                Ok(old) => writeln!(out, "RESIZED {old}").ok(),
+                Err(e) => {
+                    eprintln!("holder: {e}");
+                    std::process::exit(1);
+                }
+            };
+        }
         other => {
             eprintln!("holder: unknown mode {other:?}");
             std::process::exit(2);

@@ -117,13 +117,13 @@ impl WaitHistogram {
     /// assert_eq!(buckets, [(0.1, 2), (1.0, 3), (f64::INFINITY, 7)]);
     /// ```
     pub fn cumulative(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
-        let total: u64 = self.counts.iter().sum();
+        let total = saturating_sum(&self.counts);
         let mut running = 0u64;
         self.bounds_seconds
             .iter()
             .enumerate()
             .map(move |(i, &bound)| {
-                running += self.counts.get(i).copied().unwrap_or(0);
+                running = running.saturating_add(self.counts.get(i).copied().unwrap_or(0));
                 (bound, running)
             })
             .chain(std::iter::once((f64::INFINITY, total)))
@@ -147,17 +147,24 @@ impl WaitHistogram {
     pub fn from_buckets(bounds_seconds: Vec<f64>, mut counts: Vec<u64>, sum_seconds: f64) -> Self {
         let buckets = bounds_seconds.len() + 1;
         if counts.len() > buckets {
-            let beyond: u64 = counts.drain(buckets..).sum();
-            counts[buckets - 1] += beyond;
+            let beyond = saturating_sum(&counts[buckets..]);
+            counts.truncate(buckets);
+            counts[buckets - 1] = counts[buckets - 1].saturating_add(beyond);
         }
         counts.resize(buckets, 0);
         WaitHistogram {
             bounds_seconds,
-            count: counts.iter().sum(),
+            count: saturating_sum(&counts),
             counts,
             sum_seconds,
         }
     }
+}
+
+/// The sum of `counts`, at most `u64::MAX`: the counts come from a board
+/// any client of the pool can write.
+fn saturating_sum(counts: &[u64]) -> u64 {
+    counts.iter().fold(0u64, |sum, &c| sum.saturating_add(c))
 }
 
 impl PoolStats {

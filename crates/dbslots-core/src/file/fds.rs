@@ -14,6 +14,11 @@
 //! lock would succeed again, so a held entry is never tried a second time.
 //! Two handles (or two processes) use different descriptions, which the
 //! kernel keeps apart.
+//!
+//! A cached descriptor opened before this process last forked is not
+//! locked again, but closed and opened anew: the child may still have a
+//! copy of its description, and a lock taken through it would stay held
+//! by that copy after this process dies.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -32,6 +37,8 @@ pub(super) const CACHE_MAX: usize = 128;
 struct SlotFd {
     fd: OwnedFd,
     held: bool,
+    /// `fork::forks()` when the descriptor was opened.
+    forks: u64,
 }
 
 /// Descriptors of held slots, and a bounded cache of others.
@@ -86,29 +93,39 @@ impl SlotFds {
     /// Tries to lock `slot` exclusively without waiting.
     pub(super) fn try_lock(&self, dirs: &Dirs, slot: u32) -> Result<Try> {
         let mut map = self.lock();
-        let fd = match map.remove(&slot) {
+        let forks = super::fork::forks();
+        let (fd, forks) = match map.remove(&slot) {
             Some(e) if e.held => {
                 map.insert(slot, e);
                 return Ok(Try::Busy);
             }
-            Some(e) => e.fd,
-            None => {
+            // A child forked since it was opened may still have a copy: a
+            // lock taken through it would outlive this process there.
+            Some(e) if e.forks == forks => (e.fd, e.forks),
+            _ => {
                 drop(map);
                 let fd = dirs.open_slot(slot)?;
                 map = self.lock();
                 if map.get(&slot).is_some_and(|e| e.held) {
                     return Ok(Try::Busy);
                 }
-                fd
+                (fd, forks)
             }
         };
         match rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {
-                map.insert(slot, SlotFd { fd, held: true });
+                map.insert(
+                    slot,
+                    SlotFd {
+                        fd,
+                        held: true,
+                        forks,
+                    },
+                );
                 Ok(Try::Taken)
             }
             Err(Errno::WOULDBLOCK) => {
-                Self::keep(&mut map, slot, fd);
+                Self::keep(&mut map, slot, fd, forks);
                 Ok(Try::Busy)
             }
             Err(e) => Err(Error::io("locking", dirs.slot_path(slot), errno_io(e))),
@@ -127,7 +144,7 @@ impl SlotFds {
             return Ok(());
         };
         let res = rfs::flock(&e.fd, FlockOperation::Unlock);
-        Self::keep(&mut map, slot, e.fd);
+        Self::keep(&mut map, slot, e.fd, e.forks);
         res
     }
 
@@ -146,14 +163,19 @@ impl SlotFds {
             .map(|e| e.fd.as_fd().as_raw_fd())
     }
 
-    fn keep(map: &mut Map, slot: u32, fd: OwnedFd) {
+    fn keep(map: &mut Map, slot: u32, fd: OwnedFd, forks: u64) {
+        let e = SlotFd {
+            fd,
+            held: false,
+            forks,
+        };
         if map.cached < CACHE_MAX {
-            map.insert(slot, SlotFd { fd, held: false });
+            map.insert(slot, e);
         } else if let Some(victim) = map.fds.iter().find(|(_, e)| !e.held).map(|(s, _)| *s) {
             // Replace an arbitrary cached one: the newest is the likeliest
             // to be tried again (a holder releasing and re-acquiring).
             map.remove(&victim);
-            map.insert(slot, SlotFd { fd, held: false });
+            map.insert(slot, e);
         }
     }
 }

@@ -424,7 +424,16 @@ impl Dirs {
                 detail: format!("format {}, this build reads {}", meta.format, board::FORMAT),
             });
         }
-        super::check_capacity(meta.capacity as u64)?;
+        if super::check_capacity(meta.capacity as u64).is_err() {
+            return Err(Error::Corrupt {
+                path,
+                detail: format!(
+                    "pool.json records capacity {}, outside 1 to {}",
+                    meta.capacity,
+                    board::MAX_CAPACITY
+                ),
+            });
+        }
         Ok(Some(meta))
     }
 

@@ -149,12 +149,23 @@ impl FilePool {
             rfs::AtFlags::SYMLINK_NOFOLLOW,
         )
         .is_ok();
-        let dirs = Dirs::open(
+        let dirs = match Dirs::open(
             dir,
             root,
             group,
             created || (!has_meta && opts.capacity.is_some()),
-        )?;
+        ) {
+            // A directory that is no pool (yet): empty, or left by a
+            // creator killed before it made `slots/`.
+            Err(Error::Io { source, .. })
+                if !has_meta
+                    && opts.capacity.is_none()
+                    && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Err(Error::NotFound { pool: name });
+            }
+            dirs => dirs?,
+        };
 
         // `pool.json` is written last at creation and replaced atomically by
         // a resize: once it exists the pool is complete, and opening needs
@@ -194,7 +205,7 @@ impl FilePool {
         let board = result?;
 
         let pid = std::process::id();
-        Ok(FilePool {
+        let pool = FilePool {
             name,
             dirs,
             board,
@@ -204,7 +215,59 @@ impl FilePool {
             fork_generation: fork::generation(),
             crash_check: opts.crash_check,
             waiter_seq: AtomicU32::new(0),
-        })
+        };
+        if recorded.is_some_and(|c| c != pool.board.capacity().load(Ordering::SeqCst)) {
+            pool.complete_resize()?;
+        }
+        Ok(pool)
+    }
+
+    /// Makes the board's capacity agree with `pool.json`, the pool's record,
+    /// when a resize was interrupted after replacing `pool.json` but before
+    /// it changed the board (killed in between, or a power cut before the
+    /// board's page was written back). Skipped while somebody holds
+    /// `init.lock`: a running resize changes the board itself.
+    fn complete_resize(&self) -> Result<()> {
+        let init = self
+            .dirs
+            .open_root_file(INIT_LOCK, OFlags::CREATE | OFlags::RDWR)?;
+        match rfs::flock(&init, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(Errno::WOULDBLOCK) => return Ok(()),
+            Err(e) => {
+                return Err(Error::io(
+                    "locking",
+                    self.dirs.path.join(INIT_LOCK),
+                    errno_io(e),
+                ));
+            }
+        }
+        let result = (|| {
+            let Some(meta) = self.dirs.read_meta()? else {
+                return Ok(());
+            };
+            let board = self.board.capacity().load(Ordering::SeqCst);
+            if board != meta.capacity {
+                tracing::warn!(pool = %self.name, recorded = meta.capacity, board, "completing an interrupted resize: the board now follows pool.json");
+                self.set_board_capacity(board.min(MAX_CAPACITY), meta.capacity);
+            }
+            Ok(())
+        })();
+        unlock(&init);
+        result?;
+        self.wake_head();
+        Ok(())
+    }
+
+    /// Stores a new capacity on the board (under `init.lock`), `old` being
+    /// the one in effect until now.
+    fn set_board_capacity(&self, old: u32, capacity: u32) {
+        // The high-water mark first: an acquirer that sees the smaller
+        // capacity also sees that slots above it may still be held.
+        let hw = self.board.high_water().load(Ordering::SeqCst).max(old);
+        let hw = if capacity >= hw { capacity } else { hw };
+        self.board.high_water().store(hw, Ordering::SeqCst);
+        self.board.capacity().store(capacity, Ordering::SeqCst);
     }
 
     /// The pool's directory, as given.
@@ -262,7 +325,7 @@ impl FilePool {
             return Ok(None);
         }
         if self.high_water(capacity) > capacity {
-            return self.claim_draining(capacity);
+            return self.claim_draining();
         }
         let words = capacity.div_ceil(64) as usize;
         let first = (self.start as usize) % words;
@@ -290,7 +353,7 @@ impl FilePool {
                         let now = self.capacity();
                         if slot >= now || self.high_water(now) > now {
                             let _ = self.fds.unlock(slot);
-                            return self.claim_draining(now);
+                            return self.claim_draining();
                         }
                         self.taken(slot, capacity);
                         return Ok(Some(slot));
@@ -307,7 +370,10 @@ impl FilePool {
     /// retries on its next tick), counts every held slot below `high_water`
     /// and takes one below the capacity only if fewer than `capacity` are
     /// held. Ends the drain when no slot above the capacity is held.
-    fn claim_draining(&self, capacity: u32) -> Result<Option<u32>> {
+    ///
+    /// The capacity is read under `init.lock`: one read before it may be
+    /// older than a shrink that completed meanwhile (resizes hold the lock).
+    fn claim_draining(&self) -> Result<Option<u32>> {
         let init = self
             .dirs
             .open_root_file(INIT_LOCK, OFlags::CREATE | OFlags::RDWR)?;
@@ -323,6 +389,10 @@ impl FilePool {
             }
         }
         let result = (|| {
+            let capacity = self.capacity();
+            if capacity == 0 {
+                return Ok(None);
+            }
             let hw = self.high_water(capacity);
             let mut held = 0;
             let mut above = 0;
@@ -624,12 +694,11 @@ impl FilePool {
             }
             meta.capacity = capacity;
             self.dirs.write_meta(&meta)?;
-            // The high-water mark first: an acquirer that sees the smaller
-            // capacity also sees that slots above it may still be held.
-            let hw = self.board.high_water().load(Ordering::SeqCst).max(old);
-            let hw = if capacity >= hw { capacity } else { hw };
-            self.board.high_water().store(hw, Ordering::SeqCst);
-            self.board.capacity().store(capacity, Ordering::SeqCst);
+            // Slots up to the larger of the two capacities may be held,
+            // should the board still show another one (see
+            // `complete_resize`).
+            let in_effect = self.board.capacity().load(Ordering::SeqCst);
+            self.set_board_capacity(old.max(in_effect.min(MAX_CAPACITY)), capacity);
             Ok(old)
         })();
         unlock(&init);

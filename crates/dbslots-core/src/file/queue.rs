@@ -123,6 +123,14 @@ fn proc_state(e: &Entry) -> ProcState {
     }
 }
 
+/// What one look at the front of the queue found.
+enum Look {
+    /// The place of `me` (see [`FilePool::refresh`]).
+    Done(Option<usize>),
+    /// Entries were passed over and the window is not full: look again.
+    Again { head_woken: bool },
+}
+
 /// A waiter's registration file; removed on drop.
 pub(super) struct WaiterFile {
     dir: OwnedFd,
@@ -213,7 +221,18 @@ impl FilePool {
         e.seq.store(seq, Ordering::Relaxed);
         e.pid_ns.store(pid_ns(), Ordering::Relaxed);
         e.flags.store(0, Ordering::Relaxed);
-        let ticket = board.next_ticket().fetch_add(1, Ordering::SeqCst) + 1;
+        // 0 means a free entry and u64::MAX is nobody's: a counter at its
+        // end (planted: anybody who can write the pool can write the board)
+        // wraps past both.
+        let ticket = loop {
+            let t = board
+                .next_ticket()
+                .fetch_add(1, Ordering::SeqCst)
+                .wrapping_add(1);
+            if t != 0 && t != u64::MAX {
+                break t;
+            }
+        };
         // The ticket goes in last: readers take an entry with a ticket as
         // complete.
         e.ticket.store(ticket, Ordering::SeqCst);
@@ -344,6 +363,27 @@ impl FilePool {
     /// [`FilePool::refresh`], also waking the head (unless it is `me`) as
     /// soon as it is found, before the slower look at the rest.
     pub(super) fn refresh_waking(&self, me: Option<u32>, wake_head: bool) -> Option<usize> {
+        // A look considers only the FRONT earliest entries. When it passes
+        // over so many of them that the window is not full (eight waiters
+        // stopped or killed together), the waiters behind them are not
+        // looked at: look again, without the ones just passed over (they
+        // are marked or freed now). Otherwise nobody would be named head,
+        // a release would wake nobody, and the first waiter that runs,
+        // beyond the reserve, has no timer: it would sleep on a free slot.
+        // Each look again has passed over at least one entry: bounded.
+        let mut wake_head = wake_head;
+        let mut looks = QUEUE_LEN as usize / FRONT + 1;
+        loop {
+            looks -= 1;
+            match self.look_at_front(me, wake_head, looks > 0) {
+                Look::Done(mine) => return mine,
+                Look::Again { head_woken } => wake_head &= !head_woken,
+            }
+        }
+    }
+
+    /// One look at the front of the queue (see [`FilePool::refresh_waking`]).
+    fn look_at_front(&self, me: Option<u32>, wake_head: bool, may_look_again: bool) -> Look {
         let now = mono_ns();
         let stale = STALE.as_nanos() as u64;
         let my_ticket = me.map(|i| self.board.entry(i).ticket.load(Ordering::SeqCst));
@@ -384,6 +424,7 @@ impl FilePool {
         let mut mine = None;
         let mut head = 0u32;
         let mut passed_ahead = 0usize;
+        let mut passed = 0usize;
         for &(t, i) in front.iter().take_while(|(t, _)| *t != u64::MAX) {
             if pos >= WINDOW_LEN && (me.is_none() || mine.is_some()) {
                 break;
@@ -400,6 +441,7 @@ impl FilePool {
                 };
                 if pass {
                     self.pass_over(i, t);
+                    passed += 1;
                     if my_ticket.is_some_and(|m| t < m) {
                         passed_ahead += 1;
                     }
@@ -425,13 +467,19 @@ impl FilePool {
             }
             pos += 1;
         }
+        let front_full = front[FRONT - 1].0 != u64::MAX;
+        if may_look_again && front_full && passed > 0 && pos < WINDOW_LEN {
+            return Look::Again {
+                head_woken: head != 0,
+            };
+        }
         if head == 0 {
             self.board.head().store(0, Ordering::SeqCst);
         }
         if me.is_some() && mine.is_none() {
             mine = Some(ahead.saturating_sub(passed_ahead));
         }
-        mine
+        Look::Done(mine)
     }
 
     /// The board's head word: 0 when nobody queues, else the head's entry

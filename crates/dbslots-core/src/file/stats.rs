@@ -142,7 +142,7 @@ impl FilePool {
         let mut counts: Vec<u64> = (0..=WAIT_BUCKETS_US.len())
             .map(|i| self.board.wait_bucket(i).load(Ordering::Relaxed))
             .collect();
-        counts[0] += acquisitions.saturating_sub(waited);
+        counts[0] = counts[0].saturating_add(acquisitions.saturating_sub(waited));
         let wait_histogram = WaitHistogram::from_counts(
             counts,
             self.board.wait_sum_ns().load(Ordering::Relaxed) as f64 / 1e9,

@@ -543,3 +543,344 @@ fn no_timeout_panics_and_a_zero_timeout_takes_a_crashed_holders_slot() {
         .expect("the crashed holder's slot");
     assert_eq!(slot.index(), 0);
 }
+
+/// Eight waiters at the front of the queue that stop (a terminal's Ctrl-Z on
+/// a group of workers) or die (a process with eight waiting threads killed)
+/// fill the whole part of the queue a look at its front considers. A release
+/// must still reach the first waiter behind them that runs: it has no timer
+/// of its own (it is beyond the reserve), so nobody else will tell it.
+#[test]
+fn a_release_reaches_the_waiter_behind_eight_that_stopped_or_died() {
+    let _serial = crate::support::timing_sensitive();
+    for kill in [false, true] {
+        let case = if kill {
+            "eight killed"
+        } else {
+            "eight stopped"
+        };
+        let (_dir, addr) = pool_dir();
+        let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+        let held = pool.blocking_acquire().expect("fill");
+        let mut front = Vec::new();
+        for n in 1..=8 {
+            front.push(Holder::spawn(&addr, None));
+            wait_for_waiters(&pool, n);
+        }
+        let own = Pool::open(&addr, PoolOptions::new()).expect("second handle");
+        let waiter = std::thread::spawn(move || {
+            let got = own
+                .blocking_acquire_timeout(Duration::from_secs(20))
+                .map(|s| s.index());
+            (got, Instant::now())
+        });
+        wait_for_waiters(&pool, 9);
+        if kill {
+            for h in front.drain(..) {
+                h.crash();
+            }
+        } else {
+            for h in &front {
+                signal(h.child.id(), libc::SIGSTOP);
+            }
+        }
+        // Long enough for all of them to be stale; no `stats()` from here
+        // on: it would free the dead waiters' entries and hide the fault.
+        std::thread::sleep(Duration::from_millis(200));
+        let freed = Instant::now();
+        drop(held);
+        let (got, served) = waiter.join().expect("waiter thread");
+        for h in &front {
+            signal(h.child.id(), libc::SIGCONT);
+        }
+        let delay = served.saturating_duration_since(freed);
+        eprintln!("{case}: the ninth waiter got {got:?} {delay:?} after the release");
+        assert!(
+            matches!(got, Ok(0)) && delay < Duration::from_secs(2),
+            "{case}: the free slot did not reach the ninth waiter ({got:?} after {delay:?})"
+        );
+    }
+}
+
+/// A `pool.json` whose capacity is out of range (a crash, a hand edit, a
+/// planted file) is a damaged pool file, not a capacity the caller asked
+/// for: the error names the file and says what to do.
+#[test]
+fn a_pool_json_with_an_impossible_capacity_is_named_as_the_problem() {
+    for capacity in [0u64, 4097, 1 << 40] {
+        let (_dir, addr) = pool_dir();
+        drop(Pool::open(&addr, PoolOptions::new().capacity(2)).expect("create"));
+        std::fs::write(
+            Path::new(&addr).join("pool.json"),
+            format!(r#"{{"format": 2, "capacity": {capacity}}}"#),
+        )
+        .expect("plant pool.json");
+        let err = Pool::open(&addr, PoolOptions::new()).expect_err("a damaged pool.json");
+        let text = err.to_string();
+        assert!(
+            matches!(err, Error::Corrupt { .. }) && text.contains("pool.json"),
+            "capacity {capacity}: the message does not name the damaged file: {text}"
+        );
+    }
+}
+
+/// An existing directory that is not (yet) a pool, such as an empty one or
+/// the leftovers of a creator killed before it made `slots/`, opened
+/// without a capacity: the pool does not exist, so say so (and how to
+/// create it) rather than report a missing file inside it.
+#[test]
+fn an_existing_directory_without_a_pool_is_not_found() {
+    let (_dir, addr) = pool_dir();
+    std::fs::create_dir(&addr).expect("empty directory");
+    std::fs::set_permissions(&addr, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let err = Pool::open(&addr, PoolOptions::new()).expect_err("no pool there");
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    std::fs::write(Path::new(&addr).join("init.lock"), b"").expect("leftover");
+    let err = Pool::open(&addr, PoolOptions::new()).expect_err("no pool there");
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+}
+
+/// The number of the system call `pid` is stopped in, if any.
+fn syscall_of(pid: u32) -> Option<i64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// An acquirer that decided to take the drain's way (the capacity it read
+/// is below the high-water mark) and is preempted before it gets
+/// `init.lock`, while another shrink completes: once it has the lock it must
+/// count against the capacity now, not the one it read. Here a shrink from
+/// 2 to 1 with one slot held must leave no room; `strace` holds the
+/// acquirer at its `flock` of `init.lock` (the first `flock` it makes)
+/// while the shrink runs, which a scheduler can do too.
+#[test]
+fn a_shrink_while_an_acquirer_enters_the_drain_admits_nobody_over_capacity() {
+    let strace = ["/usr/bin/strace", "/bin/strace"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(strace) = strace else {
+        eprintln!("skipping: needs strace to hold the acquirer at the right point");
+        return;
+    };
+    let (_dir, addr) = pool_dir();
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(4)).expect("create");
+    let mut held: Vec<_> = (0..4)
+        .map(|_| pool.try_acquire().expect("try").expect("a free slot"))
+        .collect();
+    held.sort_by_key(|s| s.index());
+    assert_eq!(pool.resize(2).expect("shrink"), 4);
+    // Only slot 3, above the new capacity, stays held: the drain admits one.
+    let high = held.pop().expect("slot 3");
+    assert_eq!(high.index(), 3);
+    drop(held);
+    let mut tracer = Command::new(strace)
+        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=flock"])
+        .args(["-e", "inject=flock:delay_enter=3000000:when=1"])
+        .arg(holder_exe())
+        .args([addr.as_str(), "hold", "0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn strace");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let acquirer = loop {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", tracer.id()))
+            .unwrap_or_default();
+        if let Some(pid) = children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+            .find(|&p| syscall_of(p) == Some(libc::SYS_flock))
+        {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the acquirer never reached flock"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // The acquirer read capacity 2 and is about to lock init.lock.
+    assert_eq!(pool.resize(1).expect("shrink again"), 2);
+    let mut line = String::new();
+    BufReader::new(tracer.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the acquirer's answer");
+    let stats = pool.stats().expect("stats");
+    drop(tracer.stdin.take());
+    let _ = tracer.wait();
+    assert!(
+        line.starts_with("TIMEOUT"),
+        "acquirer {acquirer} said {:?}: {} holders with capacity {}",
+        line.trim(),
+        stats.active,
+        stats.capacity
+    );
+    drop(high);
+}
+
+/// A resize killed after it replaced `pool.json` but before it changed the
+/// board (a SIGKILL, or a power cut before the board's page was written
+/// back): `pool.json` is the pool's record, what `PoolOptions::capacity`
+/// is checked against and what foreign clients read, so the next open makes
+/// the board agree with it instead of admitting by the old capacity.
+#[test]
+fn a_resize_killed_after_writing_pool_json_is_completed_by_the_next_open() {
+    let strace = ["/usr/bin/strace", "/bin/strace"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(strace) = strace else {
+        eprintln!("skipping: needs strace to kill the resizer at the right point");
+        return;
+    };
+    for (from, to) in [(4u32, 2u32), (2, 4)] {
+        let (_dir, addr) = pool_dir();
+        drop(Pool::open(&addr, PoolOptions::new().capacity(from)).expect("create"));
+        // Hold the resizer on its way out of the rename that replaces
+        // pool.json, and kill it there.
+        let mut tracer = Command::new(strace)
+            .args(["-f", "-qq", "-o", "/dev/null"])
+            .args(["-e", "trace=rename,renameat,renameat2"])
+            .args(["-e", "inject=rename,renameat,renameat2:delay_exit=2000000"])
+            .arg(holder_exe())
+            .args([addr.as_str(), "resize", &to.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run strace");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let resizer = loop {
+            let recorded = std::fs::read_to_string(Path::new(&addr).join("pool.json"))
+                .unwrap_or_default()
+                .contains(&format!("\"capacity\": {to}"));
+            let children =
+                std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", tracer.id()))
+                    .unwrap_or_default();
+            if let Some(pid) = children.split_whitespace().find_map(|p| p.parse().ok())
+                && recorded
+            {
+                break pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the resizer never renamed pool.json"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        signal(resizer, libc::SIGKILL);
+        let status = tracer.wait().expect("reap strace");
+        assert!(!status.success(), "the resizer was not killed: {status}");
+
+        let pool = Pool::open(&addr, PoolOptions::new().capacity(to))
+            .expect("pool.json records the new capacity");
+        let held: Vec<_> = std::iter::from_fn(|| pool.try_acquire().expect("try"))
+            .take(8)
+            .collect();
+        assert_eq!(
+            (pool.capacity(), held.len() as u32),
+            (to, to),
+            "resize {from} -> {to} killed after pool.json: capacity and slots taken"
+        );
+    }
+}
+
+/// Any process that can write the pool can write the board: counters and
+/// the ticket counter at their largest values (planted, or garbage from a
+/// damaged file) must not make `stats()` or a waiter panic.
+#[test]
+fn counters_at_their_limits_on_the_board_panic_nobody() {
+    use std::os::unix::fs::FileExt;
+    let (_dir, addr) = pool_dir();
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    drop(pool.try_acquire().expect("try").expect("one acquisition"));
+    let state = std::fs::OpenOptions::new()
+        .write(true)
+        .open(Path::new(&addr).join("state"))
+        .expect("state");
+    // docs/protocol.md: next_ticket at 72, acquisitions at 256, waited at
+    // 384, the wait sum at 392, the histogram's buckets from 400.
+    for off in [72u64, 256, 384, 392, 400, 408, 416] {
+        state
+            .write_all_at(&u64::MAX.to_le_bytes(), off)
+            .expect("plant");
+    }
+    let stats = pool.stats().expect("stats");
+    assert!(stats.wait_histogram.count > 0);
+    let held = pool.blocking_acquire().expect("fill");
+    let p = pool.clone();
+    let waiter = std::thread::spawn(move || {
+        p.blocking_acquire_timeout(Duration::from_secs(10))
+            .map(|s| s.index())
+    });
+    wait_for_waiters(&pool, 1);
+    drop(held);
+    assert_eq!(
+        waiter.join().expect("the waiter panicked").expect("slot"),
+        0
+    );
+    pool.stats().expect("stats after the wait");
+}
+
+/// A process that forked a helper (without exec) and later takes a slot,
+/// then is killed: the slot is free at once. The helper inherited copies
+/// of the descriptors the pool handle kept open then; a lock taken later
+/// through one of those (the same open file description) would live on in
+/// the helper, for as long as the helper runs.
+#[test]
+fn a_killed_holder_that_forked_a_helper_before_taking_its_slot_frees_it() {
+    let (_dir, addr) = pool_dir();
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let mut pipe = [0; 2];
+    // SAFETY: a fresh pipe.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    // SAFETY: the child only uses the pool, the pipe and libc, then _exits.
+    let holder = unsafe { libc::fork() };
+    if holder == 0 {
+        let code = (|| {
+            let Ok(own) = Pool::open(&addr, PoolOptions::new()) else {
+                return 10;
+            };
+            // Take and give back a slot: the handle keeps its descriptor.
+            match own.try_acquire() {
+                Ok(Some(slot)) => drop(slot),
+                _ => return 11,
+            }
+            // SAFETY: the helper only sleeps until it is killed.
+            let helper = unsafe { libc::fork() };
+            if helper == 0 {
+                loop {
+                    // SAFETY: waits for a signal.
+                    unsafe { libc::pause() };
+                }
+            }
+            let Ok(Some(slot)) = own.try_acquire() else {
+                return 12;
+            };
+            let report = [helper.to_ne_bytes(), (slot.index() as i32).to_ne_bytes()].concat();
+            // SAFETY: writes a local buffer to the pipe.
+            unsafe { libc::write(pipe[1], report.as_ptr().cast(), report.len()) };
+            loop {
+                // SAFETY: waits to be killed, holding the slot.
+                unsafe { libc::pause() };
+            }
+        })();
+        // SAFETY: leaves the forked child without the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut report = [0u8; 8];
+    // SAFETY: reads into a local buffer.
+    let n = unsafe { libc::read(pipe[0], report.as_mut_ptr().cast(), 8) };
+    assert_eq!(n, 8, "the holder failed before taking its slot");
+    let helper = i32::from_ne_bytes(report[..4].try_into().expect("4 bytes"));
+    // SAFETY: kills and reaps the holder forked above.
+    unsafe {
+        libc::kill(holder, libc::SIGKILL);
+        libc::waitpid(holder, std::ptr::null_mut(), 0);
+    }
+    let freed = pool.try_acquire().expect("try");
+    // SAFETY: the helper was re-parented to init (or a subreaper), which
+    // reaps it; it is ours to kill.
+    unsafe { libc::kill(helper, libc::SIGKILL) };
+    assert!(
+        freed.is_some(),
+        "the killed holder's slot stayed held by the helper it had forked"
+    );
+}
