@@ -102,7 +102,7 @@ fn steps(args: &[String], scratch: TempDir) -> Result<()> {
 // DBSLOTS_TEST_REQUIRE_SERVERS=1 when their program is missing, so this
 // step installs what is missing first.
 
-/// What the browser, terminal, alert rules and gate tests need: a file, and the
+/// What the browser, terminal, alert rules, gate and fault tests need: a file, and the
 /// Debian package that provides it (a font, so that the screenshot shows
 /// text).
 const TEST_PROGRAMS: &[(&str, &str)] = &[
@@ -125,6 +125,9 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("/usr/share/doc/php-mysql/copyright", "php-mysql"),
     ("/usr/bin/mariadb", "mariadb-client"),
     ("/usr/bin/openssl", "openssl"),
+    // The core's fault tests hold a process at one system call (a resize
+    // killed between its two writes, an acquirer racing a shrink).
+    ("/usr/bin/strace", "strace"),
 ];
 
 /// Installs the missing [`TEST_PROGRAMS`] with apt-get as root, saying so;
@@ -132,6 +135,6 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
 fn ensure_chromium() -> Result<()> {
     packages::ensure(
         TEST_PROGRAMS,
-        "the browser, terminal, alert rules and gate tests",
+        "the browser, terminal, alert rules, gate and fault tests",
     )
 }
