@@ -262,6 +262,13 @@ impl Pool {
 
     /// Waits up to `timeout` for a slot; [`Error::Timeout`] after that.
     ///
+    /// It returns about when asked, whatever the network does: each call
+    /// to a Redis pool's server is cut off at the deadline (though given at
+    /// least 100 ms), so a server that stops answering delays the error by
+    /// less than one call's timeout, a twelfth of the lease. A wait without
+    /// a deadline ends with [`Error::Backend`] once the server has not
+    /// answered for a whole lease.
+    ///
     /// # Cancel safety
     ///
     /// This method is cancel safe, as [`Pool::acquire`] is: dropping the
