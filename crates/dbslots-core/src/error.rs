@@ -138,7 +138,7 @@ pub enum Error {
         used_by: u32,
     },
     /// An operating-system call on a pool file failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}: {source}{hint}", path = path.display(), hint = io_hint(source))]
     Io {
         /// What was being done ("opening", "locking", ...).
         op: &'static str,
@@ -184,5 +184,16 @@ impl Error {
             },
             _ => Error::Io { op, path, source },
         }
+    }
+}
+
+/// What to do about an operating-system error, where there is more to say
+/// than its text.
+fn io_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            "; the filesystem is full (or the quota used up): free some space and try again"
+        }
+        _ => "",
     }
 }

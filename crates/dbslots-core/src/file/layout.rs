@@ -444,13 +444,22 @@ impl Dirs {
         let fd = self.open_root_file(&tmp, OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY)?;
         let mut file = File::from(fd);
         let text = serde_json::to_string_pretty(meta)
-            .map_err(|e| Error::io("encoding", self.path.join(META), e))?;
-        file.write_all(text.as_bytes())
-            .and_then(|_| file.write_all(b"\n"))
-            .and_then(|_| file.sync_all())
-            .map_err(|e| Error::io("writing", self.path.join(&tmp), e))?;
-        rfs::renameat(&self.root, tmp.as_str(), &self.root, META)
-            .map_err(|e| Error::io("renaming", self.path.join(META), errno_io(e)))
+            .map_err(|e| Error::io("encoding", self.path.join(META), e));
+        let written = text.and_then(|text| {
+            file.write_all(text.as_bytes())
+                .and_then(|_| file.write_all(b"\n"))
+                .and_then(|_| file.sync_all())
+                .map_err(|e| Error::io("writing", self.path.join(&tmp), e))
+        });
+        let renamed = written.and_then(|()| {
+            rfs::renameat(&self.root, tmp.as_str(), &self.root, META)
+                .map_err(|e| Error::io("renaming", self.path.join(META), errno_io(e)))
+        });
+        if renamed.is_err() {
+            // A full disk, say: leave no half-written file behind.
+            let _ = rfs::unlinkat(&self.root, tmp.as_str(), rfs::AtFlags::empty());
+        }
+        renamed
     }
 
     /// Writes the files of a new pool: slot files, a fully allocated board,

@@ -385,6 +385,62 @@ fn a_full_filesystem_fails_the_creation_cleanly() {
     assert!(err.contains("filesystem is full"), "{err}");
 }
 
+#[test]
+fn a_resize_on_a_full_filesystem_fails_cleanly_and_changes_nothing() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: mounting a small tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mnt = dir.path().join("tiny");
+    std::fs::create_dir(&mnt).expect("mountpoint");
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .expect("mount runs");
+    assert!(status.success(), "mount a 1 MiB tmpfs");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&mnt);
+    let path = mnt.join("pool");
+    let pool = Pool::open(path.as_path(), PoolOptions::new().capacity(4)).expect("create");
+    // Fill what is left: the new pool.json finds no room.
+    let filler = mnt.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let chunk = [0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    let err = pool
+        .resize(8)
+        .expect_err("no room for pool.json")
+        .to_string();
+    assert!(
+        err.contains("No space left on device")
+            && err.contains("the filesystem is full (or the quota used up): free some space"),
+        "{err}"
+    );
+    assert_eq!(pool.capacity(), 4, "the board kept the old capacity");
+    let leftovers: Vec<String> = std::fs::read_dir(&path)
+        .expect("the pool directory")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    let reopened = Pool::open(path.as_path(), PoolOptions::new()).expect("open");
+    assert_eq!(reopened.capacity(), 4, "pool.json kept the old capacity");
+    // With room again the same resize goes through.
+    std::fs::remove_file(&filler).expect("remove the filler");
+    assert_eq!(pool.resize(8).expect("resize"), 4);
+    assert_eq!(reopened.capacity(), 8);
+}
+
 /// A holder process limited to the default soft limit of 1024 open files.
 fn spawn_limited(addr: &str, args: &[&str]) -> std::process::Child {
     let mut cmd = Command::new(holder_exe());
