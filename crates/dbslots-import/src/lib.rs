@@ -32,7 +32,9 @@
 //!
 //! Files are RFC 4180 CSV, read with `csv-core`: quoted fields may hold the
 //! delimiter (`,` by default, or `;` or tab), doubled quotes, CR and LF;
-//! records end with LF or CRLF; a UTF-8 byte order mark is skipped. A
+//! records end with LF, CRLF or a CR alone (as in classic Mac files), and
+//! line numbers count each of these as a line break; a UTF-8 byte order
+//! mark is skipped. A
 //! record over [`MAX_RECORD_BYTES`] is rejected, never buffered. So is a
 //! record that breaks the quoting rules (text after a quoted field's
 //! closing quote, or a quote never closed before the end of the file),

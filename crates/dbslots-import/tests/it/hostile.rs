@@ -1,0 +1,39 @@
+//! Hostile files and tables: every record is imported or rejected, each
+//! rejection kept, and what the importer accepts is what the file says.
+
+use dbslots_import::{EnqueueOptions, ProcessorOptions, Queue};
+
+use crate::support::{TestDb, rejections, run_once};
+
+#[test]
+fn every_rejection_of_a_file_with_lone_cr_line_breaks_is_kept() {
+    let Some(db) = TestDb::create("lone_cr") else {
+        return;
+    };
+    // A classic Mac file (records ended by CR alone) with three bad
+    // records, and a stray CR that splits a record of an LF file in two.
+    let mac = db.write("mac.csv", b"id,n\r1,x\r2,10\r3,y\r4,z\r");
+    let stray = db.write("stray.csv", b"id,n\n1,1\n2\r,2\n3,3\n");
+    let queue = Queue::new(&db.url, None).unwrap();
+    db.block_on(async {
+        db.sql(&["CREATE TABLE nums (id INT NOT NULL PRIMARY KEY, n INT NOT NULL) ENGINE=InnoDB"])
+            .await;
+        let ids = queue
+            .enqueue(&[&mac, &stray], &EnqueueOptions::new("nums"))
+            .await
+            .unwrap();
+        let summary = run_once(&queue, ProcessorOptions::new()).await;
+        assert_eq!(
+            (summary.jobs[0].rows_imported, summary.jobs[0].rows_rejected),
+            (1, 3)
+        );
+        let lines: Vec<u64> = rejections(&db, ids[0]).await.iter().map(|r| r.0).collect();
+        assert_eq!(lines, [2, 4, 5], "one rejection per bad record");
+        assert_eq!(
+            (summary.jobs[1].rows_imported, summary.jobs[1].rows_rejected),
+            (2, 2)
+        );
+        let lines: Vec<u64> = rejections(&db, ids[1]).await.iter().map(|r| r.0).collect();
+        assert_eq!(lines, [3, 4], "both halves of the split record");
+    });
+}
