@@ -1,7 +1,8 @@
 //! Hostile files and tables: every record is imported or rejected, each
 //! rejection kept, and what the importer accepts is what the file says.
 
-use dbslots_import::{EnqueueOptions, ProcessorOptions, Queue};
+use dbslots_import::{EnqueueOptions, JobOutcome, ProcessorOptions, Queue};
+use mysql_async::prelude::Queryable;
 
 use crate::support::{TestDb, rejections, run_once};
 
@@ -35,5 +36,45 @@ fn every_rejection_of_a_file_with_lone_cr_line_breaks_is_kept() {
         );
         let lines: Vec<u64> = rejections(&db, ids[1]).await.iter().map(|r| r.0).collect();
         assert_eq!(lines, [3, 4], "both halves of the split record");
+    });
+}
+
+#[test]
+fn an_offset_the_enqueue_accepts_is_a_time_zone_the_processor_can_set() {
+    let Some(db) = TestDb::create("offset_zone") else {
+        return;
+    };
+    let path = db.write(
+        "events.csv",
+        b"id,at\n1,2024-07-01T10:00:00Z\n2,2024-07-01 12:00:00\n",
+    );
+    let queue = Queue::new(&db.url, None).unwrap();
+    db.block_on(async {
+        db.sql(&["CREATE TABLE events (id INT NOT NULL PRIMARY KEY, at TIMESTAMP NULL DEFAULT NULL) ENGINE=InnoDB"])
+            .await;
+        for zone in ["+0100", "+01"] {
+            queue
+                .enqueue(&[&path], &EnqueueOptions::new("events").time_zone(zone))
+                .await
+                .unwrap();
+        }
+        let summary = run_once(&queue, ProcessorOptions::new()).await;
+        for report in &summary.jobs {
+            assert_eq!(report.outcome, JobOutcome::Completed, "{report:?}");
+        }
+        let mut conn = db.conn().await;
+        conn.query_drop("SET time_zone = '+00:00'").await.unwrap();
+        let rows: Vec<(i32, String)> = conn
+            .query("SELECT id, CAST(at AS CHAR) FROM events ORDER BY id")
+            .await
+            .unwrap();
+        conn.disconnect().await.unwrap();
+        assert_eq!(
+            rows,
+            [
+                (1, "2024-07-01 10:00:00".to_owned()),
+                (2, "2024-07-01 11:00:00".to_owned())
+            ]
+        );
     });
 }
