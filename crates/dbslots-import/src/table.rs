@@ -337,7 +337,10 @@ pub(crate) async fn load(conn: &mut Conn, name: &str) -> DbResult<Result<Table, 
                         chars,
                         octets,
                         charset.as_deref().map(Charset::from_name),
-                        collation.as_deref().is_some_and(|c| !c.ends_with("_bin")),
+                        // Case-insensitive only as the name says: `_cs`,
+                        // `_bin` and the binary character set's `binary`
+                        // compare case.
+                        collation.as_deref().is_some_and(|c| c.ends_with("_ci")),
                     )
                 };
                 // MySQL writes DEFAULT_GENERATED for a column whose default

@@ -78,3 +78,49 @@ fn an_offset_the_enqueue_accepts_is_a_time_zone_the_processor_can_set() {
         );
     });
 }
+
+#[test]
+fn enum_and_set_members_of_a_case_sensitive_collation_are_matched_exactly() {
+    let Some(db) = TestDb::create("cs_enum") else {
+        return;
+    };
+    // The server refuses 'A' for ENUM('a','B') under latin1_general_cs (and
+    // under the binary character set); the importer must not store 'a'.
+    let path = db.write("cs.csv", b"id,e,s,b\n1,a,B,x\n2,A,B,x\n3,a,b,x\n4,a,B,X\n");
+    let queue = Queue::new(&db.url, None).unwrap();
+    db.block_on(async {
+        db.sql(&["CREATE TABLE cs (
+                id INT NOT NULL PRIMARY KEY,
+                e ENUM('a','B') CHARACTER SET latin1 COLLATE latin1_general_cs NOT NULL,
+                s SET('a','B') CHARACTER SET latin1 COLLATE latin1_general_cs NOT NULL,
+                b ENUM('x') CHARACTER SET binary NOT NULL
+            ) ENGINE=InnoDB"])
+            .await;
+        let ids = queue
+            .enqueue(&[&path], &EnqueueOptions::new("cs"))
+            .await
+            .unwrap();
+        let summary = run_once(&queue, ProcessorOptions::new()).await;
+        assert_eq!(summary.jobs[0].outcome, JobOutcome::CompletedWithErrors);
+        let blamed: Vec<(u64, Option<String>)> = rejections(&db, ids[0])
+            .await
+            .into_iter()
+            .map(|r| (r.0, r.1))
+            .collect();
+        assert_eq!(
+            blamed,
+            [
+                (3, Some("e".into())),
+                (4, Some("s".into())),
+                (5, Some("b".into()))
+            ]
+        );
+        let mut conn = db.conn().await;
+        let rows: Vec<(i32, String, String)> = conn
+            .query("SELECT id, CAST(e AS CHAR), CAST(s AS CHAR) FROM cs ORDER BY id")
+            .await
+            .unwrap();
+        conn.disconnect().await.unwrap();
+        assert_eq!(rows, [(1, "a".to_owned(), "B".to_owned())]);
+    });
+}
