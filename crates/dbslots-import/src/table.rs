@@ -267,6 +267,23 @@ pub(crate) fn quote_name(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
 }
 
+/// Whether `clause` (a `CHECK_CLAUSE`) is MariaDB's `json_valid(`column`)`,
+/// ASCII case and whitespace outside the backquotes ignored (a column name
+/// may hold spaces: `json_valid(`my doc`)`).
+fn is_json_check(clause: &str, column: &str) -> bool {
+    let mut squeezed = String::with_capacity(clause.len());
+    let mut quoted = false;
+    for c in clause.chars() {
+        if c == '`' {
+            quoted = !quoted;
+        }
+        if quoted || !c.is_whitespace() {
+            squeezed.push(c);
+        }
+    }
+    squeezed.to_lowercase() == format!("json_valid({})", quote_name(column)).to_lowercase()
+}
+
 /// Reads the table `name` of the connection's database.
 pub(crate) async fn load(conn: &mut Conn, name: &str) -> DbResult<Result<Table, MappingProblem>> {
     type ColumnRow = (
@@ -323,11 +340,7 @@ pub(crate) async fn load(conn: &mut Conn, name: &str) -> DbResult<Result<Table, 
                 extra,
                 collation,
             )| {
-                let json_check = format!("json_valid(`{}`)", col.replace('`', "``")).to_lowercase();
-                let is_json = data_type == "json"
-                    || checks
-                        .iter()
-                        .any(|c| c.to_lowercase().replace(' ', "") == json_check);
+                let is_json = data_type == "json" || checks.iter().any(|c| is_json_check(c, &col));
                 let kind = if is_json {
                     Kind::Json
                 } else {
@@ -463,6 +476,16 @@ mod tests {
             "LOAD DATA LOCAL INFILE 'dbslots-import-batch' IGNORE INTO TABLE `orders` CHARACTER SET utf8mb4 \
              FIELDS TERMINATED BY X'09' ENCLOSED BY '' ESCAPED BY X'5C' LINES STARTING BY '' TERMINATED BY X'0A' (`Code`,`qty`)"
         );
+    }
+
+    #[test]
+    fn json_checks_are_found_whatever_the_column_is_called() {
+        assert!(is_json_check("json_valid(`doc`)", "doc"));
+        assert!(is_json_check("JSON_VALID( `Doc` )", "doc"));
+        assert!(is_json_check("json_valid(`my doc`)", "my doc"));
+        assert!(is_json_check("json_valid(`a``b`)", "a`b"));
+        assert!(!is_json_check("json_valid(`my doc`)", "mydoc"));
+        assert!(!is_json_check("json_valid(`doc`) or 1", "doc"));
     }
 
     #[test]

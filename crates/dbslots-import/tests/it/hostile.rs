@@ -124,3 +124,43 @@ fn enum_and_set_members_of_a_case_sensitive_collation_are_matched_exactly() {
         assert_eq!(rows, [(1, "a".to_owned(), "B".to_owned())]);
     });
 }
+
+#[test]
+fn invalid_json_in_a_mariadb_json_column_with_a_space_in_its_name_is_a_rejection() {
+    let Some(db) = TestDb::create("json_space") else {
+        return;
+    };
+    let path = db.write(
+        "docs.csv",
+        b"id,my doc\n1,\"{\"\"a\"\":1}\"\n2,{not json}\n3,[]\n",
+    );
+    let queue = Queue::new(&db.url, None).unwrap();
+    db.block_on(async {
+        let mut conn = db.conn().await;
+        let version: String = conn.query_first("SELECT VERSION()").await.unwrap().unwrap();
+        conn.disconnect().await.unwrap();
+        if !version.contains("MariaDB") {
+            eprintln!("SKIPPED: MySQL's JSON is a type of its own");
+            return;
+        }
+        db.sql(&[
+            "CREATE TABLE docs (id INT NOT NULL PRIMARY KEY, `my doc` JSON NOT NULL) ENGINE=InnoDB",
+        ])
+        .await;
+        let ids = queue
+            .enqueue(&[&path], &EnqueueOptions::new("docs"))
+            .await
+            .unwrap();
+        let summary = run_once(&queue, ProcessorOptions::new()).await;
+        let report = &summary.jobs[0];
+        assert_eq!(
+            report.outcome,
+            JobOutcome::CompletedWithErrors,
+            "{report:?}"
+        );
+        assert_eq!((report.rows_imported, report.rows_rejected), (2, 1));
+        let errors = rejections(&db, ids[0]).await;
+        assert_eq!(errors[0].0, 3);
+        assert!(errors[0].2.contains("not valid JSON"), "{errors:?}");
+    });
+}
