@@ -26,7 +26,11 @@
 //! unless [`EnqueueOptions::no_key`] is set: then rows are appended with a
 //! plain `INSERT`, a job still never writes a record twice (its
 //! checkpoint), but **a second enqueue of the same file appends every row
-//! again**. A key of `NOT NULL` columns is preferred; when the file covers
+//! again**. That needs a table whose writes a rollback undoes (InnoDB):
+//! into a table of another engine (MyISAM, say) rows without a key are
+//! refused, since a batch redone after a lost connection or a killed
+//! processor would append them again. A key of `NOT NULL` columns is
+//! preferred; when the file covers
 //! only a key with a nullable column, a record with NULL there is rejected
 //! (NULLs never match, so a second import would add that row again).
 //!

@@ -32,6 +32,8 @@ pub(crate) struct Table {
     /// Whether the table's engine is InnoDB, whose statements a `ROLLBACK`
     /// undoes (the only engine rows are loaded into with `LOAD DATA`).
     pub transactional: bool,
+    /// The table's engine (`None` for a view).
+    pub engine: Option<String>,
 }
 
 /// A primary or unique key.
@@ -96,6 +98,10 @@ pub(crate) enum MappingProblem {
         "table `{table}` has no primary key or unique key made only of the file's columns ({keys}); add such a key so that importing a file twice leaves one row per record, or enqueue with EnqueueOptions::no_key to append rows (then a second enqueue of the same file appends them again)"
     )]
     NoKey { table: String, keys: String },
+    #[error(
+        "table `{table}` uses the {engine} engine, whose writes a rollback cannot undo, and has no key for the file: a batch redone after a lost connection or a killed processor would append its rows again; add a primary or unique key made of the file's columns (and enqueue without EnqueueOptions::no_key), or convert the table to InnoDB"
+    )]
+    NoKeyNoRollback { table: String, engine: String },
 }
 
 /// A header name as an error message may show it: short names as they
@@ -191,6 +197,17 @@ impl Table {
             return Err(MappingProblem::NoKey {
                 table: self.name.clone(),
                 keys,
+            });
+        }
+        // Without a key only the checkpoint keeps a record from going in
+        // twice, and it moves in the batch's transaction: rows of a batch
+        // redone after its transaction was lost must have been rolled back.
+        if (key.is_none() || no_key)
+            && let Some(engine) = self.engine.as_ref().filter(|_| !self.transactional)
+        {
+            return Err(MappingProblem::NoKeyNoRollback {
+                table: self.name.clone(),
+                engine: engine.clone(),
             });
         }
         let columns: Vec<Column> = picked
@@ -404,13 +421,15 @@ pub(crate) async fn load(conn: &mut Conn, name: &str) -> DbResult<Result<Table, 
             (name,),
         )
         .await?;
+    let engine = engine.flatten();
     Ok(Ok(Table {
         name: name.to_owned(),
         columns,
         keys,
         transactional: engine
-            .flatten()
+            .as_deref()
             .is_some_and(|e| e.eq_ignore_ascii_case("innodb")),
+        engine,
     }))
 }
 
@@ -456,6 +475,7 @@ mod tests {
                 },
             ],
             transactional: true,
+            engine: Some("InnoDB".into()),
         }
     }
 

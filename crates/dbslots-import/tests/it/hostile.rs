@@ -164,3 +164,51 @@ fn invalid_json_in_a_mariadb_json_column_with_a_space_in_its_name_is_a_rejection
         assert!(errors[0].2.contains("not valid JSON"), "{errors:?}");
     });
 }
+
+#[test]
+fn a_batch_redone_after_an_aborted_transaction_appends_no_row_twice_to_a_myisam_table() {
+    let Some(db) = TestDb::create("myisam_redo") else {
+        return;
+    };
+    let path = db.write("log.csv", b"id,v\n1,a\n2,b\n3,c\n");
+    let queue = Queue::new(&db.url, None).unwrap();
+    db.block_on(async {
+        // A table without a key that a rollback cannot undo, and a batch
+        // whose transaction is aborted (as by a deadlock) after two of its
+        // rows went in: the processor redoes the batch from the checkpoint.
+        db.sql(&[
+            "CREATE TABLE log (id INT NOT NULL, v VARCHAR(5) NOT NULL) ENGINE=MyISAM",
+            "CREATE TABLE once (n INT) ENGINE=MyISAM",
+            "INSERT INTO once VALUES (1)",
+            "CREATE TRIGGER log_abort AFTER INSERT ON log FOR EACH ROW \
+             IF NEW.id = 3 AND (SELECT COUNT(*) FROM once) > 0 THEN \
+               DELETE FROM once; \
+               SIGNAL SQLSTATE '40001' SET MYSQL_ERRNO = 1213, MESSAGE_TEXT = 'Deadlock found'; \
+             END IF",
+        ])
+        .await;
+        let refused = queue
+            .enqueue(&[&path], &EnqueueOptions::new("log").no_key(true))
+            .await
+            .expect_err("a table without key that a rollback cannot undo is refused");
+        let refused = refused.to_string();
+        assert!(
+            refused.contains("MyISAM") && refused.contains("add a primary or unique key"),
+            "{refused}"
+        );
+        // A job enqueued while the table was InnoDB fails before any row.
+        db.sql(&["ALTER TABLE log ENGINE=InnoDB"]).await;
+        queue
+            .enqueue(&[&path], &EnqueueOptions::new("log").no_key(true))
+            .await
+            .unwrap();
+        db.sql(&["ALTER TABLE log ENGINE=MyISAM"]).await;
+        let summary = run_once(&queue, ProcessorOptions::new()).await;
+        assert!(
+            matches!(&summary.jobs[0].outcome, JobOutcome::Failed(e) if e.contains("MyISAM")),
+            "{:?}",
+            summary.jobs
+        );
+        assert_eq!(db.number("SELECT COUNT(*) FROM log").await, 0);
+    });
+}
