@@ -26,13 +26,19 @@
 //! unless [`EnqueueOptions::no_key`] is set: then rows are appended with a
 //! plain `INSERT`, a job still never writes a record twice (its
 //! checkpoint), but **a second enqueue of the same file appends every row
-//! again**. A key of `NOT NULL` columns is preferred; when the file covers
+//! again**. That needs a table whose writes a rollback undoes (InnoDB):
+//! into a table of another engine (MyISAM, say) rows without a key are
+//! refused, since a batch redone after a lost connection or a killed
+//! processor would append them again. A key of `NOT NULL` columns is
+//! preferred; when the file covers
 //! only a key with a nullable column, a record with NULL there is rejected
 //! (NULLs never match, so a second import would add that row again).
 //!
 //! Files are RFC 4180 CSV, read with `csv-core`: quoted fields may hold the
 //! delimiter (`,` by default, or `;` or tab), doubled quotes, CR and LF;
-//! records end with LF or CRLF; a UTF-8 byte order mark is skipped. A
+//! records end with LF, CRLF or a CR alone (as in classic Mac files), and
+//! line numbers count each of these as a line break; a UTF-8 byte order
+//! mark is skipped. A
 //! record over [`MAX_RECORD_BYTES`] is rejected, never buffered. So is a
 //! record that breaks the quoting rules (text after a quoted field's
 //! closing quote, or a quote never closed before the end of the file),

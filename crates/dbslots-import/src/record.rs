@@ -12,12 +12,16 @@
 //! ([`MAX_RECORD_BYTES`], [`MAX_FIELDS`]) and a record that does not fit is
 //! read to its end without being kept, then reported as too long.
 //!
-//! Every byte handed to the parser is counted (the offset), its line feeds
-//! are counted (the line number) and it is fed to an XXH3-128 hash, so at
-//! every record boundary the reader knows the exact [`Checkpoint`] and the
-//! hash of the file up to it. Line feeds before a record (blank lines) are
-//! consumed before the record starts, so a record's line number is the line
-//! its first byte is on. A UTF-8 byte order mark at offset 0 is skipped.
+//! Every byte handed to the parser is counted (the offset), its line
+//! breaks are counted (the line number) and it is fed to an XXH3-128 hash,
+//! so at every record boundary the reader knows the exact [`Checkpoint`]
+//! and the hash of the file up to it. A line break is LF, CRLF or a CR
+//! alone, as records end: counting only line feeds would put every record
+//! of a file with CR line breaks on line 1, and rejections are kept one per
+//! line (`import_errors` is keyed by job and line). Line breaks before a
+//! record (blank lines) are consumed before the record starts, so a
+//! record's line number is the line its first byte is on. A UTF-8 byte
+//! order mark at offset 0 is skipped.
 //!
 //! `csv-core` is lenient where RFC 4180 is strict: text after a closing
 //! quote is appended to the field, and the end of the file inside quotes
@@ -49,8 +53,8 @@ pub(crate) struct Checkpoint {
     /// Bytes of the file consumed: where the next record (or blank line)
     /// starts.
     pub offset: u64,
-    /// Line feeds consumed: the next record starts on line `line_no + 1`
-    /// or later.
+    /// Line breaks (LF, CRLF, CR) consumed: the next record starts on
+    /// line `line_no + 1` or later.
     pub line_no: u64,
 }
 
@@ -108,6 +112,25 @@ pub(crate) struct RecordReader<R> {
     quotes: QuoteCheck,
     at: Checkpoint,
     hash: Xxh3,
+    /// Whether the last byte consumed was a CR (an LF right after it ends
+    /// the same line).
+    after_cr: bool,
+}
+
+/// Line breaks in `bytes`: every CR, and every LF not right after a CR;
+/// `after_cr`: the byte before `bytes` was a CR.
+fn line_breaks(bytes: &[u8], after_cr: bool) -> u64 {
+    let crs = memchr::memchr_iter(b'\r', bytes).count();
+    let lfs = memchr::memchr_iter(b'\n', bytes)
+        .filter(|&i| {
+            !if i == 0 {
+                after_cr
+            } else {
+                bytes[i - 1] == b'\r'
+            }
+        })
+        .count();
+    (crs + lfs) as u64
 }
 
 /// RFC 4180's quoting rules, checked over a record's bytes as they are
@@ -116,8 +139,10 @@ pub(crate) struct RecordReader<R> {
 struct QuoteCheck {
     delimiter: u8,
     state: QuoteState,
-    /// Line feeds seen in the record so far.
+    /// Line breaks seen in the record so far.
     lines: u64,
+    /// Whether the last byte fed was a CR.
+    after_cr: bool,
     /// Lines into the record where the open quoted field started.
     opened_at: u64,
     malformed: Option<Malformed>,
@@ -143,6 +168,7 @@ impl QuoteCheck {
             delimiter,
             state: QuoteState::FieldStart,
             lines: 0,
+            after_cr: false,
             opened_at: 0,
             malformed: None,
         }
@@ -163,6 +189,7 @@ impl QuoteCheck {
             if memchr::memchr2(b'\n', b'\r', bytes).is_some() {
                 self.state = Done;
             } else if let Some(&last) = bytes.last() {
+                self.after_cr = false;
                 self.state = if last == self.delimiter {
                     FieldStart
                 } else {
@@ -192,9 +219,10 @@ impl QuoteCheck {
                     Done
                 }
             };
-            if b == b'\n' {
+            if b == b'\r' || (b == b'\n' && !self.after_cr) {
                 self.lines += 1;
             }
+            self.after_cr = b == b'\r';
         }
     }
 
@@ -229,7 +257,16 @@ impl<R: Read> RecordReader<R> {
             quotes: QuoteCheck::new(delimiter),
             at,
             hash,
+            after_cr: false,
         }
+    }
+
+    /// Tells a reader started at a checkpoint that the byte before it is a
+    /// CR: a checkpoint may lie between the CR and the LF of a CRLF, and
+    /// that LF ends no line of its own.
+    pub fn after_cr(mut self, after_cr: bool) -> Self {
+        self.after_cr = after_cr;
+        self
     }
 
     /// Where the reader is: just past the last record read.
@@ -305,7 +342,10 @@ impl<R: Read> RecordReader<R> {
             self.quotes.feed(bytes, line_no);
         }
         self.at.offset += n as u64;
-        self.at.line_no += memchr::memchr_iter(b'\n', bytes).count() as u64;
+        self.at.line_no += line_breaks(bytes, self.after_cr);
+        if let Some(&last) = bytes.last() {
+            self.after_cr = last == b'\r';
+        }
         if in_record && self.raw.len() < MAX_RAW_LINE_BYTES {
             let room = (MAX_RAW_LINE_BYTES - self.raw.len()).min(n);
             self.raw.extend_from_slice(&bytes[..room]);
@@ -560,5 +600,43 @@ mod tests {
         let got = records(b"a\tb\n1\t2", b'\t');
         assert_eq!(got[1].1, ["1", "2"]);
         assert_eq!(got[1].2.offset, 7);
+    }
+
+    #[test]
+    fn records_ended_by_a_lone_cr_start_on_lines_of_their_own() {
+        // Classic Mac files (Excel's "CSV (Macintosh)") end records with CR
+        // alone, and a stray CR splits a record in two: every record must
+        // still have a line of its own, since `import_errors` is keyed by
+        // (job, line) and a second rejection on a line overwrites the first.
+        let got = records(b"a,b\r1,x\r2,y\r\r3,z", b',');
+        let lines: Vec<u64> = got.iter().map(|(l, ..)| *l).collect();
+        assert_eq!(lines, [1, 2, 3, 5]);
+        let got = records(b"a,b\n1,x\r2,y\r\n3,z\n", b',');
+        let lines: Vec<u64> = got.iter().map(|(l, ..)| *l).collect();
+        assert_eq!(lines, [1, 2, 3, 4]);
+        // Quoting problems name lines counted the same way.
+        assert_eq!(
+            quoting(b"a,b\r1,\"x\r\ny\"z\r"),
+            [
+                (1, None),
+                (2, Some(Malformed::TextAfterQuote { line_no: 3 }))
+            ]
+        );
+        // A checkpoint between the CR and the LF of a CRLF (where a record
+        // ends) resumes on the right line.
+        let data = b"a,b\r\n1,2\r\n3,4";
+        let at = records(data, b',')[0].2;
+        assert_eq!(
+            at,
+            Checkpoint {
+                offset: 4,
+                line_no: 1
+            }
+        );
+        let mut file = &data[..];
+        let hash = hash_prefix(&mut file, at.offset).unwrap().unwrap();
+        let mut r = RecordReader::new(file, b',', at, hash).after_cr(true);
+        assert_eq!(r.next_record().unwrap().unwrap().line_no, 2);
+        assert_eq!(r.next_record().unwrap().unwrap().line_no, 3);
     }
 }

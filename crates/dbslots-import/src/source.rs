@@ -25,7 +25,7 @@
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -330,7 +330,16 @@ fn read(plan: &ReadPlan, tx: &mpsc::Sender<Message>) -> Result<(), FileProblem> 
     ) {
         return Ok(());
     }
-    let mut reader = RecordReader::new(&file, plan.delimiter, at, hash);
+    // A checkpoint may lie between the CR and the LF of a CRLF.
+    let after_cr = match at.offset.checked_sub(1) {
+        Some(last) => {
+            let mut byte = [0u8];
+            file.read_exact_at(&mut byte, last).map_err(unreadable)?;
+            byte[0] == b'\r'
+        }
+        None => false,
+    };
+    let mut reader = RecordReader::new(&file, plan.delimiter, at, hash).after_cr(after_cr);
     let mut batch = BatchBuilder::new(
         plan.job_id,
         plan.limits,

@@ -32,6 +32,8 @@ pub(crate) struct Table {
     /// Whether the table's engine is InnoDB, whose statements a `ROLLBACK`
     /// undoes (the only engine rows are loaded into with `LOAD DATA`).
     pub transactional: bool,
+    /// The table's engine (`None` for a view).
+    pub engine: Option<String>,
 }
 
 /// A primary or unique key.
@@ -96,6 +98,10 @@ pub(crate) enum MappingProblem {
         "table `{table}` has no primary key or unique key made only of the file's columns ({keys}); add such a key so that importing a file twice leaves one row per record, or enqueue with EnqueueOptions::no_key to append rows (then a second enqueue of the same file appends them again)"
     )]
     NoKey { table: String, keys: String },
+    #[error(
+        "table `{table}` uses the {engine} engine, whose writes a rollback cannot undo, and has no key for the file: a batch redone after a lost connection or a killed processor would append its rows again; add a primary or unique key made of the file's columns (and enqueue without EnqueueOptions::no_key), or convert the table to InnoDB"
+    )]
+    NoKeyNoRollback { table: String, engine: String },
 }
 
 /// A header name as an error message may show it: short names as they
@@ -193,6 +199,17 @@ impl Table {
                 keys,
             });
         }
+        // Without a key only the checkpoint keeps a record from going in
+        // twice, and it moves in the batch's transaction: rows of a batch
+        // redone after its transaction was lost must have been rolled back.
+        if (key.is_none() || no_key)
+            && let Some(engine) = self.engine.as_ref().filter(|_| !self.transactional)
+        {
+            return Err(MappingProblem::NoKeyNoRollback {
+                table: self.name.clone(),
+                engine: engine.clone(),
+            });
+        }
         let columns: Vec<Column> = picked
             .iter()
             .map(|&c| {
@@ -267,6 +284,23 @@ pub(crate) fn quote_name(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
 }
 
+/// Whether `clause` (a `CHECK_CLAUSE`) is MariaDB's `json_valid(`column`)`,
+/// ASCII case and whitespace outside the backquotes ignored (a column name
+/// may hold spaces: `json_valid(`my doc`)`).
+fn is_json_check(clause: &str, column: &str) -> bool {
+    let mut squeezed = String::with_capacity(clause.len());
+    let mut quoted = false;
+    for c in clause.chars() {
+        if c == '`' {
+            quoted = !quoted;
+        }
+        if quoted || !c.is_whitespace() {
+            squeezed.push(c);
+        }
+    }
+    squeezed.to_lowercase() == format!("json_valid({})", quote_name(column)).to_lowercase()
+}
+
 /// Reads the table `name` of the connection's database.
 pub(crate) async fn load(conn: &mut Conn, name: &str) -> DbResult<Result<Table, MappingProblem>> {
     type ColumnRow = (
@@ -323,11 +357,7 @@ pub(crate) async fn load(conn: &mut Conn, name: &str) -> DbResult<Result<Table, 
                 extra,
                 collation,
             )| {
-                let json_check = format!("json_valid(`{}`)", col.replace('`', "``")).to_lowercase();
-                let is_json = data_type == "json"
-                    || checks
-                        .iter()
-                        .any(|c| c.to_lowercase().replace(' ', "") == json_check);
+                let is_json = data_type == "json" || checks.iter().any(|c| is_json_check(c, &col));
                 let kind = if is_json {
                     Kind::Json
                 } else {
@@ -337,7 +367,10 @@ pub(crate) async fn load(conn: &mut Conn, name: &str) -> DbResult<Result<Table, 
                         chars,
                         octets,
                         charset.as_deref().map(Charset::from_name),
-                        collation.as_deref().is_some_and(|c| !c.ends_with("_bin")),
+                        // Case-insensitive only as the name says: `_cs`,
+                        // `_bin` and the binary character set's `binary`
+                        // compare case.
+                        collation.as_deref().is_some_and(|c| c.ends_with("_ci")),
                     )
                 };
                 // MySQL writes DEFAULT_GENERATED for a column whose default
@@ -388,13 +421,15 @@ pub(crate) async fn load(conn: &mut Conn, name: &str) -> DbResult<Result<Table, 
             (name,),
         )
         .await?;
+    let engine = engine.flatten();
     Ok(Ok(Table {
         name: name.to_owned(),
         columns,
         keys,
         transactional: engine
-            .flatten()
+            .as_deref()
             .is_some_and(|e| e.eq_ignore_ascii_case("innodb")),
+        engine,
     }))
 }
 
@@ -440,6 +475,7 @@ mod tests {
                 },
             ],
             transactional: true,
+            engine: Some("InnoDB".into()),
         }
     }
 
@@ -460,6 +496,16 @@ mod tests {
             "LOAD DATA LOCAL INFILE 'dbslots-import-batch' IGNORE INTO TABLE `orders` CHARACTER SET utf8mb4 \
              FIELDS TERMINATED BY X'09' ENCLOSED BY '' ESCAPED BY X'5C' LINES STARTING BY '' TERMINATED BY X'0A' (`Code`,`qty`)"
         );
+    }
+
+    #[test]
+    fn json_checks_are_found_whatever_the_column_is_called() {
+        assert!(is_json_check("json_valid(`doc`)", "doc"));
+        assert!(is_json_check("JSON_VALID( `Doc` )", "doc"));
+        assert!(is_json_check("json_valid(`my doc`)", "my doc"));
+        assert!(is_json_check("json_valid(`a``b`)", "a`b"));
+        assert!(!is_json_check("json_valid(`my doc`)", "mydoc"));
+        assert!(!is_json_check("json_valid(`doc`) or 1", "doc"));
     }
 
     #[test]

@@ -336,9 +336,13 @@ impl Zone {
         }
         if let Some(seconds) = parse_offset(name.as_bytes()) {
             let offset = Offset::from_seconds(seconds).map_err(|e| e.to_string())?;
+            // The server takes an offset only as `+HH:MM`: `+0100` and
+            // `+01` would be refused by `SET time_zone` and fail the job.
+            let minutes = seconds.unsigned_abs() / 60;
+            let sign = if seconds < 0 { '-' } else { '+' };
             return Ok(Zone {
                 tz: TimeZone::fixed(offset),
-                session: name.to_owned(),
+                session: format!("{sign}{:02}:{:02}", minutes / 60, minutes % 60),
             });
         }
         match TimeZone::get(name) {
@@ -1378,6 +1382,10 @@ mod tests {
     fn zones() {
         assert_eq!(Zone::parse("utc").unwrap().session(), "+00:00");
         assert_eq!(Zone::parse("-05:30").unwrap().session(), "-05:30");
+        // The only spelling of an offset that `SET time_zone` takes.
+        assert_eq!(Zone::parse("+0100").unwrap().session(), "+01:00");
+        assert_eq!(Zone::parse("-0930").unwrap().session(), "-09:30");
+        assert_eq!(Zone::parse("+05").unwrap().session(), "+05:00");
         assert!(
             Zone::parse("Mars/Olympus")
                 .unwrap_err()

@@ -6,6 +6,7 @@
 mod black_hole;
 mod file_problems;
 mod heartbeat;
+mod hostile;
 mod killed_connection;
 mod load_data;
 mod migration;
