@@ -393,7 +393,9 @@ pub(crate) async fn load(conn: &mut Conn, name: &str) -> DbResult<Result<Table, 
             },
         )
         .collect();
-    let key_rows: Vec<(String, String)> = conn
+    // COLUMN_NAME is NULL for a part that is an expression (MySQL 8's
+    // functional key parts).
+    let key_rows: Vec<(String, Option<String>)> = conn
         .exec(
             "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
              WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND NON_UNIQUE = 0 \
@@ -401,19 +403,29 @@ pub(crate) async fn load(conn: &mut Conn, name: &str) -> DbResult<Result<Table, 
             (name,),
         )
         .await?;
-    let mut keys: Vec<Key> = Vec::new();
+    // A key with a part that is no column of the table (an expression) is
+    // left out whole: its columns alone do not identify a row.
+    let mut keys: Vec<(Key, bool)> = Vec::new();
     for (index, column) in key_rows {
-        let Some(c) = columns.iter().position(|c| c.name == column) else {
-            continue;
-        };
+        let c = column.and_then(|column| columns.iter().position(|c| c.name == column));
         match keys.last_mut() {
-            Some(key) if key.name == index => key.columns.push(c),
-            _ => keys.push(Key {
-                name: index,
-                columns: vec![c],
-            }),
+            Some((key, whole)) if key.name == index => {
+                key.columns.extend(c);
+                *whole &= c.is_some();
+            }
+            _ => keys.push((
+                Key {
+                    name: index,
+                    columns: c.into_iter().collect(),
+                },
+                c.is_some(),
+            )),
         }
     }
+    let keys: Vec<Key> = keys
+        .into_iter()
+        .filter_map(|(key, whole)| whole.then_some(key))
+        .collect();
     let engine: Option<Option<String>> = conn
         .exec_first(
             "SELECT ENGINE FROM information_schema.TABLES \
