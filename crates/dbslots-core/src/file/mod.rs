@@ -55,7 +55,7 @@ mod layout;
 mod queue;
 mod stats;
 
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -228,20 +228,9 @@ impl FilePool {
     /// board's page was written back). Skipped while somebody holds
     /// `init.lock`: a running resize changes the board itself.
     fn complete_resize(&self) -> Result<()> {
-        let init = self
-            .dirs
-            .open_root_file(INIT_LOCK, OFlags::CREATE | OFlags::RDWR)?;
-        match rfs::flock(&init, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(Errno::WOULDBLOCK) => return Ok(()),
-            Err(e) => {
-                return Err(Error::io(
-                    "locking",
-                    self.dirs.path.join(INIT_LOCK),
-                    errno_io(e),
-                ));
-            }
-        }
+        let Some(init) = self.try_lock_init()? else {
+            return Ok(());
+        };
         let result = (|| {
             let Some(meta) = self.dirs.read_meta()? else {
                 return Ok(());
@@ -257,6 +246,22 @@ impl FilePool {
         result?;
         self.wake_head();
         Ok(())
+    }
+
+    /// `init.lock`, locked exclusively, unless somebody holds it (`None`).
+    fn try_lock_init(&self) -> Result<Option<OwnedFd>> {
+        let init = self
+            .dirs
+            .open_root_file(INIT_LOCK, OFlags::CREATE | OFlags::RDWR)?;
+        match rfs::flock(&init, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Some(init)),
+            Err(Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(Error::io(
+                "locking",
+                self.dirs.path.join(INIT_LOCK),
+                errno_io(e),
+            )),
+        }
     }
 
     /// Stores a new capacity on the board (under `init.lock`), `old` being
@@ -374,20 +379,9 @@ impl FilePool {
     /// The capacity is read under `init.lock`: one read before it may be
     /// older than a shrink that completed meanwhile (resizes hold the lock).
     fn claim_draining(&self) -> Result<Option<u32>> {
-        let init = self
-            .dirs
-            .open_root_file(INIT_LOCK, OFlags::CREATE | OFlags::RDWR)?;
-        match rfs::flock(&init, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(Errno::WOULDBLOCK) => return Ok(None),
-            Err(e) => {
-                return Err(Error::io(
-                    "locking",
-                    self.dirs.path.join(INIT_LOCK),
-                    errno_io(e),
-                ));
-            }
-        }
+        let Some(init) = self.try_lock_init()? else {
+            return Ok(None);
+        };
         let result = (|| {
             let capacity = self.capacity();
             if capacity == 0 {

@@ -357,28 +357,46 @@ fn a_pool_directory_others_could_have_prepared_is_refused() {
     }
 }
 
+/// A small tmpfs of its own, unmounted on drop (mounting needs root).
+struct TinyFs {
+    dir: tempfile::TempDir,
+}
+
+impl TinyFs {
+    /// Mounts a tmpfs of `size` (`mount -o size=`); `None`, saying so,
+    /// when not root.
+    fn mount(size: &str) -> Option<TinyFs> {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipping: mounting a small tmpfs needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "mount a tmpfs of {size}");
+        Some(TinyFs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
 #[test]
 fn a_full_filesystem_fails_the_creation_cleanly() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipping: mounting a small tmpfs needs root");
+    let Some(tiny) = TinyFs::mount("128k") else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mnt = dir.path().join("tiny");
-    std::fs::create_dir(&mnt).expect("mountpoint");
-    let status = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=128k", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .expect("mount runs");
-    assert!(status.success(), "mount a 128 KiB tmpfs");
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(&mnt);
+    };
+    let mnt = tiny.path();
     let err = Pool::open(mnt.join("pool").as_path(), PoolOptions::new().capacity(4))
         .expect_err("the board does not fit in 128 KiB")
         .to_string();
@@ -387,26 +405,10 @@ fn a_full_filesystem_fails_the_creation_cleanly() {
 
 #[test]
 fn a_resize_on_a_full_filesystem_fails_cleanly_and_changes_nothing() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipping: mounting a small tmpfs needs root");
+    let Some(tiny) = TinyFs::mount("1m") else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mnt = dir.path().join("tiny");
-    std::fs::create_dir(&mnt).expect("mountpoint");
-    let status = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .expect("mount runs");
-    assert!(status.success(), "mount a 1 MiB tmpfs");
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(&mnt);
+    };
+    let mnt = tiny.path();
     let path = mnt.join("pool");
     let pool = Pool::open(path.as_path(), PoolOptions::new().capacity(4)).expect("create");
     // Fill what is left: the new pool.json finds no room.

@@ -157,6 +157,17 @@ fn waiting_without_limit_for_a_lease_to_be_lost_returns_when_it_is() {
     assert!(started.elapsed() < lease() * 2, "{:?}", started.elapsed());
 }
 
+/// The address of the test Redis at `url` (`redis://HOST:PORT/...`), for a
+/// proxy in front of it.
+pub fn server_addr(url: &str) -> std::net::SocketAddr {
+    url.trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .expect("host:port")
+        .parse()
+        .expect("a socket address")
+}
+
 #[test]
 fn an_acquisition_whose_reply_was_lost_takes_one_slot_not_two() {
     let _serial = crate::support::timing_sensitive();
@@ -164,13 +175,7 @@ fn an_acquisition_whose_reply_was_lost_takes_one_slot_not_two() {
     // A lease long enough that a slot taken and forgotten stays visible.
     let addr = unique_pool(&format!("{url}?lease_ms=6000"));
     let direct = Pool::open(&addr, PoolOptions::new().capacity(2)).expect("create");
-    let server: std::net::SocketAddr = url
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .expect("host:port")
-        .parse()
-        .expect("a socket address");
+    let server = server_addr(&url);
     let proxy = dbslots_testkit::FreezableProxy::start(server).expect("proxy");
     let through = addr.replacen(&server.port().to_string(), &proxy.port().to_string(), 1);
     let pool = Pool::open(&through, PoolOptions::new()).expect("open through the proxy");

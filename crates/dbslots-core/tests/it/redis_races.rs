@@ -153,13 +153,7 @@ fn stats_never_count_an_expired_lease_as_held() {
 fn an_acquisition_with_a_timeout_returns_in_time_when_the_network_is_frozen() {
     let _serial = crate::support::timing_sensitive();
     let Some(url) = redis_url() else { return };
-    let server: std::net::SocketAddr = url
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .expect("host:port")
-        .parse()
-        .expect("a socket address");
+    let server = crate::redis_faults::server_addr(&url);
     // The default lease (10 s): a call may wait 833 ms for a reply.
     let name = format!("frozen-{}-{}", std::process::id(), line!());
     let direct = format!("{url}?pool={name}");
