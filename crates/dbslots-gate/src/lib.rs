@@ -788,8 +788,10 @@ impl Drop for Relayed<'_> {
     }
 }
 
-/// Resolves when a queued client hangs up. A client that sends something
-/// before its greeting is left alone (never resolves).
+/// Resolves when a queued client hangs up (closes, half-closes or
+/// resets). Bytes a client sends before its greeting stay unread for the
+/// server; a hang-up after them still counts, looked for a few times a
+/// second (such a client is rare: MySQL clients wait for the greeting).
 async fn hung_up(client: &Stream) {
     loop {
         if client.readable().await.is_err() {
@@ -797,12 +799,23 @@ async fn hung_up(client: &Stream) {
         }
         match net_peek(client) {
             Ok(0) => return,
-            Ok(_) => return std::future::pending().await,
+            Ok(_) => loop {
+                // The socket stays readable while the bytes are unread, so
+                // its readiness cannot tell of a hang-up: poll for it.
+                tokio::time::sleep(HANG_UP_POLL).await;
+                if client.peer_hung_up() {
+                    return;
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(_) => return,
         }
     }
 }
+
+/// How often a queued client that sent bytes before its greeting is
+/// looked at for a hang-up.
+const HANG_UP_POLL: Duration = Duration::from_millis(200);
 
 fn net_peek(client: &Stream) -> std::io::Result<usize> {
     let mut b = [0u8; 1];

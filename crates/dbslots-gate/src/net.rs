@@ -250,6 +250,25 @@ impl AsyncWrite for Stream {
 }
 
 impl Stream {
+    /// Whether the peer has hung up (closed its side, or reset), bytes of
+    /// its still unread or not; a look that never waits and leaves the
+    /// runtime's readiness as it is.
+    pub(crate) fn peer_hung_up(&self) -> bool {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        use std::os::fd::AsFd;
+        let fd = match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        };
+        let mut fds = [PollFd::new(&fd, PollFlags::RDHUP)];
+        match poll(&mut fds, Some(&Timespec::default())) {
+            Ok(_) => fds[0]
+                .revents()
+                .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+            Err(_) => false,
+        }
+    }
+
     /// Looks at pending bytes without taking them; `WouldBlock` when none.
     pub(crate) fn try_peek(&self, buf: &mut [u8]) -> io::Result<usize> {
         use rustix::net::{RecvFlags, recv};

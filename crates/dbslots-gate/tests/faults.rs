@@ -1,0 +1,230 @@
+//! The gate under faults and hostile clients, against a fake server (a
+//! listener that speaks first, as MySQL does) and a pool directory: no
+//! MySQL needed.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use dbslots_core::{Pool, PoolOptions};
+use dbslots_gate::{Gate, GateControl, GateOptions, GateReport};
+
+/// A fake server on a free port: every connection it accepts is counted
+/// and served by `serve` on a thread of its own.
+struct FakeServer {
+    addr: String,
+    accepted: Arc<AtomicUsize>,
+}
+
+fn fake_server(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> FakeServer {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let serve = Arc::new(serve);
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(s) = s else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            let serve = serve.clone();
+            std::thread::spawn(move || serve(s));
+        }
+    });
+    FakeServer { addr, accepted }
+}
+
+/// Greets, then echoes until the client closes.
+fn greet_and_echo(mut s: TcpStream) {
+    if s.write_all(b"GREETING").is_err() {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 || s.write_all(&buf[..n]).is_err() {
+            return;
+        }
+    }
+}
+
+/// A gate running on its own runtime, stopped on drop.
+struct RunningGate {
+    addr: String,
+    control: GateControl,
+    done: Option<std::thread::JoinHandle<GateReport>>,
+    _dir: tempfile::TempDir,
+}
+
+impl RunningGate {
+    fn start(
+        pool: &Pool,
+        upstream: &str,
+        dir: tempfile::TempDir,
+        tune: impl FnOnce(GateOptions) -> GateOptions,
+    ) -> RunningGate {
+        let options = tune(
+            GateOptions::new(
+                vec!["127.0.0.1:0".parse().unwrap()],
+                upstream.parse().unwrap(),
+            )
+            .stats_dir(Some(dir.path().join("gates"))),
+        );
+        let pool = pool.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let gate = Gate::bind(pool, options).await.unwrap();
+                tx.send((gate.local_endpoints()[0].to_string(), gate.control()))
+                    .unwrap();
+                gate.run().await
+            })
+        });
+        let (addr, control) = rx.recv().unwrap();
+        RunningGate {
+            addr,
+            control,
+            done: Some(done),
+            _dir: dir,
+        }
+    }
+
+    fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    }
+
+    /// The report once `ok` holds, or a panic naming `what` after `within`.
+    fn report_when(
+        &self,
+        what: &str,
+        within: Duration,
+        ok: impl Fn(&GateReport) -> bool,
+    ) -> GateReport {
+        let deadline = Instant::now() + within;
+        loop {
+            let r = self.control.report();
+            if ok(&r) {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "{what}: {r:#?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RunningGate {
+    fn drop(&mut self) {
+        self.control.stop();
+        if let Some(done) = self.done.take() {
+            let _ = done.join();
+        }
+    }
+}
+
+fn file_pool(capacity: u32) -> (Pool, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = Pool::open(
+        dir.path().join("pool").to_str().unwrap(),
+        PoolOptions::new().capacity(capacity),
+    )
+    .unwrap();
+    (pool, dir)
+}
+
+/// A queued client that wrote something before its greeting (a port
+/// scanner, an HTTP probe, a client of another protocol) and then hung up
+/// (closed, or reset) is gone like one that wrote nothing: it leaves the
+/// queue at once, and the next free slot neither goes to it nor opens a
+/// server connection for it.
+#[test]
+fn a_queued_client_that_wrote_before_its_greeting_and_hung_up_leaves_the_queue() {
+    for reset in [false, true] {
+        let server = fake_server(greet_and_echo);
+        let (pool, dir) = file_pool(1);
+        let gate = RunningGate::start(&pool, &server.addr, dir, |o| {
+            o.queue_timeout(Duration::from_secs(60))
+        });
+        let held = pool.try_acquire().unwrap().expect("the one slot");
+
+        let mut probe = gate.connect();
+        gate.report_when("the probe queues", Duration::from_secs(5), |r| {
+            r.queued == 1
+        });
+        probe.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        if reset {
+            socket_linger_zero(&probe);
+        }
+        drop(probe);
+
+        let r = gate.report_when(
+            &format!("a probe that hung up (reset: {reset}) leaves the queue"),
+            Duration::from_secs(3),
+            |r| r.queued == 0,
+        );
+        assert_eq!(r.abandoned, 1, "{r:#?}");
+
+        drop(held);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            server.accepted.load(Ordering::SeqCst),
+            0,
+            "no server connection for a client that is gone"
+        );
+        assert_eq!(gate.control.report().admitted, 0);
+    }
+}
+
+/// `SO_LINGER` 0: closing the socket resets the connection.
+fn socket_linger_zero(s: &TcpStream) {
+    rustix::net::sockopt::set_socket_linger(s, Some(Duration::ZERO)).unwrap();
+}
+
+/// A queued client that wrote before its greeting and stays is kept (its
+/// bytes reach the server once it has a slot), and waiting on it does not
+/// spin.
+#[test]
+fn a_queued_client_that_wrote_before_its_greeting_is_kept_without_spinning() {
+    let server = fake_server(greet_and_echo);
+    let (pool, dir) = file_pool(1);
+    let gate = RunningGate::start(&pool, &server.addr, dir, |o| {
+        o.queue_timeout(Duration::from_secs(60))
+    });
+    let held = pool.try_acquire().unwrap().expect("the one slot");
+    let mut early = gate.connect();
+    gate.report_when("the client queues", Duration::from_secs(5), |r| {
+        r.queued == 1
+    });
+    early.write_all(b"early").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // This process's user + system time, in clock ticks (1/100 s).
+    let cpu = || {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<u64> = after_name
+            .split(' ')
+            .skip(11)
+            .take(2)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        Duration::from_millis((f[0] + f[1]) * 10)
+    };
+    let before = cpu();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu() - before;
+    assert!(used < Duration::from_millis(300), "{used:?} of CPU in 1 s");
+    assert_eq!(gate.control.report().queued, 1);
+
+    drop(held);
+    let mut got = [0u8; 13];
+    let read = early.read_exact(&mut got);
+    let r = gate.control.report();
+    read.unwrap_or_else(|e| panic!("{e}: {got:?} {} {} {}", r.queued, r.admitted, r.active));
+    assert_eq!(&got, b"GREETINGearly");
+}
