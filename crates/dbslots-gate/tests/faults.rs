@@ -228,3 +228,59 @@ fn a_queued_client_that_wrote_before_its_greeting_is_kept_without_spinning() {
     read.unwrap_or_else(|e| panic!("{e}: {got:?} {} {} {}", r.queued, r.admitted, r.active));
     assert_eq!(&got, b"GREETINGearly");
 }
+
+/// A server that answers and closes while the client is still sending
+/// (MySQL's "Got a packet bigger than 'max_allowed_packet' bytes": an
+/// error, then the connection closed with the rest of the packet unread)
+/// has its last bytes relayed to the client, as without the gate.
+#[test]
+fn a_servers_last_words_reach_a_client_that_is_still_sending() {
+    fn answer_then_close(mut s: TcpStream) {
+        let _ = s.write_all(b"GREETING");
+        let mut head = [0u8; 4];
+        let _ = s.read_exact(&mut head);
+        let _ = s.write_all(b"ERR: packet too large");
+        // Closed with the rest of the client's packet unread: a reset.
+    }
+    let server = fake_server(answer_then_close);
+
+    // Without the gate, the client reads the server's answer after its
+    // write fails.
+    let direct = last_words(TcpStream::connect(&server.addr).unwrap());
+    assert_eq!(direct, b"ERR: packet too large", "the control case");
+
+    let (pool, dir) = file_pool(1);
+    let gate = RunningGate::start(&pool, &server.addr, dir, |o| o);
+    let through = last_words(gate.connect());
+    assert_eq!(
+        String::from_utf8_lossy(&through),
+        "ERR: packet too large",
+        "through the gate"
+    );
+    gate.report_when("the slot comes back", Duration::from_secs(3), |r| {
+        r.active == 0
+    });
+    assert!(pool.try_acquire().unwrap().is_some());
+}
+
+/// Reads the greeting, sends a large packet until the write fails, and
+/// returns what the server said after the greeting.
+fn last_words(mut s: TcpStream) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut greeting = [0u8; 8];
+    s.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting, b"GREETING");
+    let chunk = vec![b'x'; 64 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.write_all(&chunk).is_ok() {
+        assert!(Instant::now() < deadline, "the write never failed");
+    }
+    let mut rest = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return rest,
+            Ok(n) => rest.extend_from_slice(&buf[..n]),
+        }
+    }
+}
