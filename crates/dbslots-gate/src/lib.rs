@@ -539,7 +539,10 @@ async fn accept_loop(
                                     // the client leaves the queue (a slot it
                                     // got meanwhile goes back), its socket
                                     // closes.
-                                    Err(e) => tracing::warn!(gate = %shared.name, client = %peer, error = %e, "cannot move a client to a relay thread"),
+                                    Err(e) => {
+                                        bump(&shared.counters.refused);
+                                        tracing::warn!(gate = %shared.name, client = %peer, error = %e, "cannot move a client to a relay thread");
+                                    }
                                 }
                             });
                         }
@@ -616,6 +619,7 @@ async fn serve_client(
     let slot = match waited {
         Waited::Admitted(Ok(slot)) => slot,
         Waited::Admitted(Err(pool_error)) => {
+            bump(&shared.counters.refused);
             let msg = format!(
                 "dbslots gate {}: the pool {} failed, so no slot could be taken: {pool_error}",
                 shared.name, shared.pool_name
@@ -657,6 +661,7 @@ async fn serve_client(
             return;
         }
         Waited::Stopping => {
+            bump(&shared.counters.refused);
             let msg = format!(
                 "Too many connections: dbslots gate {} is shutting down before a slot of pool {} (capacity {}) came free",
                 shared.name,

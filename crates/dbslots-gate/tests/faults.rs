@@ -284,3 +284,51 @@ fn last_words(mut s: TcpStream) -> Vec<u8> {
         }
     }
 }
+
+impl RunningGate {
+    /// Stops the gate; its final counters.
+    fn stop(mut self) -> GateReport {
+        self.control.stop();
+        self.done.take().unwrap().join().unwrap()
+    }
+}
+
+/// Reads an ERR packet (in place of a greeting); its code.
+fn refusal_code(s: &mut TcpStream) -> u16 {
+    let mut head = [0u8; 7];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(head[4], 0xff, "an ERR packet: {head:?}");
+    u16::from_le_bytes([head[5], head[6]])
+}
+
+/// Every accepted client is counted once, however it leaves: the counters
+/// add up, so what a gate turned away can be told from its figures.
+#[test]
+fn every_accepted_client_is_counted_once_however_it_leaves() {
+    let server = fake_server(greet_and_echo);
+    let (pool, dir) = file_pool(1);
+    let gate = RunningGate::start(&pool, &server.addr, dir, |o| {
+        o.queue_timeout(Duration::from_secs(1))
+    });
+    let held = pool.try_acquire().unwrap().expect("the one slot");
+
+    let mut timed_out = gate.connect();
+    assert_eq!(refusal_code(&mut timed_out), 1040);
+    let mut refused = gate.connect();
+    let gone = gate.connect();
+    gate.report_when("two queue", Duration::from_secs(5), |r| r.queued == 2);
+    drop(gone);
+    gate.report_when("one hangs up", Duration::from_secs(5), |r| r.abandoned == 1);
+    let report = gate.stop();
+    assert_eq!(refusal_code(&mut refused), 1040);
+    drop(held);
+
+    let r = &report;
+    assert_eq!(r.accepted, 3, "{r:#?}");
+    assert_eq!(
+        r.accepted,
+        r.admitted + r.queue_timeouts + r.abandoned + r.refused + r.queued,
+        "accepted = admitted + queue_timeouts + abandoned + refused + queued: {r:#?}"
+    );
+    assert_eq!(r.refused, 1, "{r:#?}");
+}
