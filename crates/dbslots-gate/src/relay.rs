@@ -132,12 +132,30 @@ impl AsyncRead for Tracked<'_> {
 }
 
 impl AsyncWrite for Tracked<'_> {
+    /// Notes a write that must wait (the receiver is not reading: a client
+    /// that pauses in the middle of a result, a server slow to take a
+    /// load) as the connection being busy, so that it is not idle while
+    /// bytes are on their way; and the write that then goes through to the
+    /// client as the server having moved (what it sent reached the client).
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let me = self.get_mut();
+        let r = Pin::new(&mut me.inner).poll_write(cx, buf);
+        if let Some((a, clock)) = me.activity {
+            // Writing to the client carries what the server sent.
+            let to_client = !me.from_server;
+            match &r {
+                Poll::Pending => a.0.store(clock.now_ms() << 1, Ordering::Relaxed),
+                Poll::Ready(Ok(n)) if *n > 0 && to_client => {
+                    a.0.store(clock.now_ms() << 1 | 1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+        r
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

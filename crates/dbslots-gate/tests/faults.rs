@@ -332,3 +332,50 @@ fn every_accepted_client_is_counted_once_however_it_leaves() {
     );
     assert_eq!(r.refused, 1, "{r:#?}");
 }
+
+/// A connection in the middle of a result its client pauses reading (the
+/// server blocked sending it, the gate holding bytes the client has not
+/// taken) is busy, not idle: the idle timeout does not close it while
+/// others wait. Once the client has read everything and nothing moves, it
+/// is idle again and is closed for a waiter.
+#[test]
+fn a_result_the_client_pauses_reading_is_not_idle() {
+    fn stream_big(mut s: TcpStream) {
+        let _ = s.write_all(b"GREETING");
+        let mut q = [0u8; 1];
+        let _ = s.read_exact(&mut q);
+        // About 16 MiB: more than the sockets between hold.
+        let chunk = vec![b'r'; 64 * 1024];
+        for _ in 0..256 {
+            if s.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+        let _ = s.read_exact(&mut q);
+    }
+    let server = fake_server(stream_big);
+    let (pool, dir) = file_pool(1);
+    let gate = RunningGate::start(&pool, &server.addr, dir, |o| {
+        o.idle_timeout(Some(Duration::from_secs(1)))
+            .queue_timeout(Duration::from_secs(30))
+    });
+    let mut reader = gate.connect();
+    let mut greeting = [0u8; 8];
+    reader.read_exact(&mut greeting).unwrap();
+    reader.write_all(b"Q").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let _waiter = gate.connect();
+    gate.report_when("a client waits", Duration::from_secs(5), |r| r.queued == 1);
+    std::thread::sleep(Duration::from_secs(3));
+    let r = gate.control.report();
+    assert_eq!(r.idle_closes, 0, "closed in the middle of a result: {r:#?}");
+
+    // The client reads the whole result: then, idle, it makes room.
+    let mut rest = vec![0u8; 256 * 64 * 1024];
+    reader.read_exact(&mut rest).unwrap();
+    gate.report_when(
+        "the idle connection is closed for the waiter",
+        Duration::from_secs(5),
+        |r| r.idle_closes == 1 && r.queued == 0,
+    );
+}
