@@ -24,7 +24,7 @@ pub fn render_gate_metrics(reports: &[GateReport]) -> String {
         )
     };
     type Value = fn(&GateReport) -> u64;
-    let families: [(&str, &str, &str, Value); 10] = [
+    let families: [(&str, &str, &str, Value); 11] = [
         (
             "dbslots_gate_accepted_total",
             "counter",
@@ -66,6 +66,12 @@ pub fn render_gate_metrics(reports: &[GateReport]) -> String {
             "counter",
             "Clients refused with 2003 because the server could not be reached.",
             |g| g.upstream_failures,
+        ),
+        (
+            "dbslots_gate_refused_total",
+            "counter",
+            "Clients refused with 1040 because the gate stopped before their slot came, or the pool failed.",
+            |g| g.refused,
         ),
         (
             "dbslots_gate_leases_lost_total",
@@ -167,6 +173,7 @@ mod tests {
             queue_timeouts: 1,
             abandoned: 0,
             upstream_failures: 0,
+            refused: 0,
             leases_lost: 3,
             idle_closes: 0,
             bytes_from_clients: 10,

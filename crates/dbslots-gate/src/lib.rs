@@ -539,7 +539,10 @@ async fn accept_loop(
                                     // the client leaves the queue (a slot it
                                     // got meanwhile goes back), its socket
                                     // closes.
-                                    Err(e) => tracing::warn!(gate = %shared.name, client = %peer, error = %e, "cannot move a client to a relay thread"),
+                                    Err(e) => {
+                                        bump(&shared.counters.refused);
+                                        tracing::warn!(gate = %shared.name, client = %peer, error = %e, "cannot move a client to a relay thread");
+                                    }
                                 }
                             });
                         }
@@ -616,6 +619,7 @@ async fn serve_client(
     let slot = match waited {
         Waited::Admitted(Ok(slot)) => slot,
         Waited::Admitted(Err(pool_error)) => {
+            bump(&shared.counters.refused);
             let msg = format!(
                 "dbslots gate {}: the pool {} failed, so no slot could be taken: {pool_error}",
                 shared.name, shared.pool_name
@@ -657,6 +661,7 @@ async fn serve_client(
             return;
         }
         Waited::Stopping => {
+            bump(&shared.counters.refused);
             let msg = format!(
                 "Too many connections: dbslots gate {} is shutting down before a slot of pool {} (capacity {}) came free",
                 shared.name,
@@ -788,8 +793,10 @@ impl Drop for Relayed<'_> {
     }
 }
 
-/// Resolves when a queued client hangs up. A client that sends something
-/// before its greeting is left alone (never resolves).
+/// Resolves when a queued client hangs up (closes, half-closes or
+/// resets). Bytes a client sends before its greeting stay unread for the
+/// server; a hang-up after them still counts, looked for a few times a
+/// second (such a client is rare: MySQL clients wait for the greeting).
 async fn hung_up(client: &Stream) {
     loop {
         if client.readable().await.is_err() {
@@ -797,12 +804,23 @@ async fn hung_up(client: &Stream) {
         }
         match net_peek(client) {
             Ok(0) => return,
-            Ok(_) => return std::future::pending().await,
+            Ok(_) => loop {
+                // The socket stays readable while the bytes are unread, so
+                // its readiness cannot tell of a hang-up: poll for it.
+                tokio::time::sleep(HANG_UP_POLL).await;
+                if client.peer_hung_up() {
+                    return;
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(_) => return,
         }
     }
 }
+
+/// How often a queued client that sent bytes before its greeting is
+/// looked at for a hang-up.
+const HANG_UP_POLL: Duration = Duration::from_millis(200);
 
 fn net_peek(client: &Stream) -> std::io::Result<usize> {
     let mut b = [0u8; 1];

@@ -87,13 +87,29 @@ impl Listener {
                             "something other than a socket is at this path; remove it or listen elsewhere",
                         ));
                     }
-                    if UnixStream::connect(path).await.is_ok() {
-                        return Err(io::Error::new(
-                            io::ErrorKind::AddrInUse,
-                            "another process accepts connections on this socket",
-                        ));
+                    // Only a refusal proves nobody listens: a live listener
+                    // whose accept queue is full answers EAGAIN, and one we
+                    // may not connect to EACCES; neither is ours to unlink.
+                    match UnixStream::connect(path).await {
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                            std::fs::remove_file(path)?;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Ok(_) => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::AddrInUse,
+                                "another process accepts connections on this socket",
+                            ));
+                        }
+                        Err(e) => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::AddrInUse,
+                                format!(
+                                    "a socket is at this path and it may be live (connecting to it: {e}); remove it if nothing listens there"
+                                ),
+                            ));
+                        }
                     }
-                    std::fs::remove_file(path)?;
                 }
                 let std = std::os::unix::net::UnixListener::bind(path)?;
                 std.set_nonblocking(true)?;
@@ -234,6 +250,25 @@ impl AsyncWrite for Stream {
 }
 
 impl Stream {
+    /// Whether the peer has hung up (closed its side, or reset), bytes of
+    /// its still unread or not; a look that never waits and leaves the
+    /// runtime's readiness as it is.
+    pub(crate) fn peer_hung_up(&self) -> bool {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        use std::os::fd::AsFd;
+        let fd = match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        };
+        let mut fds = [PollFd::new(&fd, PollFlags::RDHUP)];
+        match poll(&mut fds, Some(&Timespec::default())) {
+            Ok(_) => fds[0]
+                .revents()
+                .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+            Err(_) => false,
+        }
+    }
+
     /// Looks at pending bytes without taking them; `WouldBlock` when none.
     pub(crate) fn try_peek(&self, buf: &mut [u8]) -> io::Result<usize> {
         use rustix::net::{RecvFlags, recv};
@@ -276,6 +311,44 @@ mod tests {
             .unwrap();
         assert!(err.to_string().contains("other than a socket"), "{err}");
         assert_eq!(std::fs::read(&notes).unwrap(), b"precious");
+    }
+
+    /// A gate so busy that its accept queue is full (a burst of clients,
+    /// or a gate out of descriptors) refuses new connections with EAGAIN,
+    /// not ECONNREFUSED: its socket is live, and a second gate started on
+    /// the same path must not unlink it and take the clients over.
+    #[test]
+    fn a_live_unix_socket_with_a_full_accept_queue_is_not_taken_over() {
+        use std::os::unix::fs::MetadataExt;
+        let rt = runtime();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gate.sock");
+        let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        rustix::net::listen(&live, 1).unwrap();
+        let ino = std::fs::metadata(&path).unwrap().ino();
+        // Fill its accept queue (nobody accepts).
+        let mut queued = Vec::new();
+        for _ in 0..64 {
+            let s = rustix::net::socket_with(
+                rustix::net::AddressFamily::UNIX,
+                rustix::net::SocketType::STREAM,
+                rustix::net::SocketFlags::NONBLOCK,
+                None,
+            )
+            .unwrap();
+            let addr = rustix::net::SocketAddrUnix::new(&path).unwrap();
+            match rustix::net::connect(&s, &addr) {
+                Ok(()) => queued.push(s),
+                Err(_) => break,
+            }
+        }
+        let result = rt.block_on(Listener::bind(&Endpoint::Unix(path.clone())));
+        assert!(
+            result.is_err(),
+            "a second listener took over the path of a live one"
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino);
+        drop(live);
     }
 
     #[test]

@@ -132,12 +132,30 @@ impl AsyncRead for Tracked<'_> {
 }
 
 impl AsyncWrite for Tracked<'_> {
+    /// Notes a write that must wait (the receiver is not reading: a client
+    /// that pauses in the middle of a result, a server slow to take a
+    /// load) as the connection being busy, so that it is not idle while
+    /// bytes are on their way; and the write that then goes through to the
+    /// client as the server having moved (what it sent reached the client).
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let me = self.get_mut();
+        let r = Pin::new(&mut me.inner).poll_write(cx, buf);
+        if let Some((a, clock)) = me.activity {
+            // Writing to the client carries what the server sent.
+            let to_client = !me.from_server;
+            match &r {
+                Poll::Pending => a.0.store(clock.now_ms() << 1, Ordering::Relaxed),
+                Poll::Ready(Ok(n)) if *n > 0 && to_client => {
+                    a.0.store(clock.now_ms() << 1 | 1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+        r
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -149,25 +167,63 @@ impl AsyncWrite for Tracked<'_> {
     }
 }
 
+/// How long what a side said before it went away may take to reach the
+/// other side (see [`copy_both`]).
+const LAST_WORDS: Duration = Duration::from_secs(2);
+
+/// Why a direction of a relayed connection ended early.
+enum Failure {
+    /// Reading the sending side failed (it reset, say).
+    Read(io::Error),
+    /// The receiving side could not take what was sent: it is gone.
+    Write(io::Error),
+}
+
 /// Relays until both directions are done (or one fails): what one side
 /// sends, the other gets unchanged; one side's end of stream becomes a
 /// shutdown of the other's writing half, and the other direction goes on.
+///
+/// A side that can no longer take bytes (a server that answered with an
+/// error and closed while the client was still sending, such as MySQL's
+/// "packet bigger than max_allowed_packet") may still have said something
+/// before it went: that is passed on to the other side, for up to
+/// [`LAST_WORDS`], before the relay ends with the error, as the other side
+/// would have read it without the gate.
 pub(crate) async fn copy_both(
     client: &mut Tracked<'_>,
     server: &mut Tracked<'_>,
 ) -> io::Result<()> {
     let mut up = Direction::default();
     let mut down = Direction::default();
-    std::future::poll_fn(|cx| {
-        let up_done = up.poll(cx, client, server)?.is_ready();
-        let down_done = down.poll(cx, server, client)?.is_ready();
+    let first = std::future::poll_fn(|cx| {
+        let up_done = match up.poll(cx, client, server) {
+            Poll::Ready(Err(f)) => return Poll::Ready(Err((f, Side::Server))),
+            p => p.is_ready(),
+        };
+        let down_done = match down.poll(cx, server, client) {
+            Poll::Ready(Err(f)) => return Poll::Ready(Err((f, Side::Client))),
+            p => p.is_ready(),
+        };
         if up_done && down_done {
             Poll::Ready(Ok(()))
         } else {
             Poll::Pending
         }
     })
-    .await
+    .await;
+    let (error, gone) = match first {
+        Ok(()) => return Ok(()),
+        Err((Failure::Read(e), _)) => return Err(e),
+        Err((Failure::Write(e), gone)) => (e, gone),
+    };
+    // `gone` could not take what the other side sent; what it sent before
+    // it went is still read, and passed on.
+    let last_words = std::future::poll_fn(|cx| match gone {
+        Side::Server => down.poll(cx, server, client),
+        Side::Client => up.poll(cx, client, server),
+    });
+    let _ = tokio::time::timeout(LAST_WORDS, last_words).await;
+    Err(error)
 }
 
 thread_local! {
@@ -196,16 +252,17 @@ impl Direction {
         cx: &mut Context<'_>,
         from: &mut Tracked<'_>,
         to: &mut Tracked<'_>,
-    ) -> Poll<io::Result<()>> {
+    ) -> Poll<Result<(), Failure>> {
         if self.done {
             return Poll::Ready(Ok(()));
         }
         loop {
             while self.written < self.backlog.len() {
-                let n = ready(Pin::new(&mut *to).poll_write(cx, &self.backlog[self.written..]))?;
+                let n = ready(Pin::new(&mut *to).poll_write(cx, &self.backlog[self.written..]))
+                    .map_err(Failure::Write)?;
                 let Some(n) = n else { return Poll::Pending };
                 if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    return Poll::Ready(Err(Failure::Write(io::ErrorKind::WriteZero.into())));
                 }
                 self.written += n;
             }
@@ -219,7 +276,7 @@ impl Direction {
                 let mut buf = ReadBuf::new(&mut scratch[..]);
                 match Pin::new(&mut *from).poll_read(cx, &mut buf) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure::Read(e))),
                     Poll::Ready(Ok(())) => {}
                 }
                 let read = buf.filled().len();
@@ -228,20 +285,23 @@ impl Direction {
                 }
                 let written = match Pin::new(&mut *to).poll_write(cx, &scratch[..read]) {
                     Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                        return Poll::Ready(Err(Failure::Write(io::ErrorKind::WriteZero.into())));
                     }
                     Poll::Ready(Ok(n)) => n,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure::Write(e))),
                     Poll::Pending => 0,
                 };
                 Poll::Ready(Ok(Some(scratch[written..read].to_vec())))
             });
             match step {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(f)) => return Poll::Ready(Err(f)),
                 Poll::Ready(Ok(None)) => {
                     // End of stream: pass it on, and this direction is done.
-                    if ready(Pin::new(&mut *to).poll_shutdown(cx))?.is_none() {
+                    if ready(Pin::new(&mut *to).poll_shutdown(cx))
+                        .map_err(Failure::Write)?
+                        .is_none()
+                    {
                         return Poll::Pending;
                     }
                     self.done = true;

@@ -110,6 +110,12 @@ pub struct GateReport {
     pub abandoned: u64,
     /// Clients refused because the server could not be reached.
     pub upstream_failures: u64,
+    /// Clients refused for another reason: the gate stopped before their
+    /// slot came, or the pool failed. With the other counters every
+    /// accepted client is counted once: `accepted = admitted +
+    /// queue_timeouts + abandoned + refused + queued`.
+    #[serde(default)]
+    pub refused: u64,
     /// Relayed connections closed because their slot's lease was lost
     /// (`redis://` pools: the gate was cut off from Redis or paused).
     #[serde(default)]
@@ -134,6 +140,7 @@ pub(crate) struct Counters {
     pub queue_timeouts: AtomicU64,
     pub abandoned: AtomicU64,
     pub upstream_failures: AtomicU64,
+    pub refused: AtomicU64,
     pub leases_lost: AtomicU64,
     pub idle_closes: AtomicU64,
     pub bytes_from_clients: AtomicU64,
@@ -208,6 +215,7 @@ impl Counters {
             queue_timeouts: get(&self.queue_timeouts),
             abandoned: get(&self.abandoned),
             upstream_failures: get(&self.upstream_failures),
+            refused: get(&self.refused),
             leases_lost: get(&self.leases_lost),
             idle_closes: get(&self.idle_closes),
             bytes_from_clients: get(&self.bytes_from_clients),
