@@ -38,7 +38,10 @@
 //! delimiter (`,` by default, or `;` or tab), doubled quotes, CR and LF;
 //! records end with LF, CRLF or a CR alone (as in classic Mac files), and
 //! line numbers count each of these as a line break; a UTF-8 byte order
-//! mark is skipped. A
+//! mark is skipped. Blank lines hold no record, except in a file of one
+//! column, where a blank line is a record of one empty field (a NULL, as
+//! PostgreSQL's `COPY … CSV` writes it, or a rejection in a `NOT NULL`
+//! number column). A
 //! record over [`MAX_RECORD_BYTES`] is rejected, never buffered. So is a
 //! record that breaks the quoting rules (text after a quoted field's
 //! closing quote, or a quote never closed before the end of the file),

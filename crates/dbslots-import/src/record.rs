@@ -20,7 +20,9 @@
 //! of a file with CR line breaks on line 1, and rejections are kept one per
 //! line (`import_errors` is keyed by job and line). Line breaks before a
 //! record (blank lines) are consumed before the record starts, so a
-//! record's line number is the line its first byte is on. A UTF-8 byte
+//! record's line number is the line its first byte is on; in a file of
+//! one column a blank line is a record of one empty field instead
+//! ([`RecordReader::blank_lines_are_records`]). A UTF-8 byte
 //! order mark at offset 0 is skipped.
 //!
 //! `csv-core` is lenient where RFC 4180 is strict: text after a closing
@@ -115,6 +117,9 @@ pub(crate) struct RecordReader<R> {
     /// Whether the last byte consumed was a CR (an LF right after it ends
     /// the same line).
     after_cr: bool,
+    /// Whether a blank line is a record of one empty field
+    /// ([`RecordReader::blank_lines_are_records`]).
+    blank_is_record: bool,
 }
 
 /// Line breaks in `bytes`: every CR, and every LF not right after a CR;
@@ -258,7 +263,18 @@ impl<R: Read> RecordReader<R> {
             at,
             hash,
             after_cr: false,
+            blank_is_record: false,
         }
+    }
+
+    /// Makes every blank line after this point a record of one empty
+    /// field, as it is in a file of one column (PostgreSQL's `COPY … CSV`
+    /// writes a NULL of such a file as an empty line, and `LOAD DATA`
+    /// reads one as a row), instead of no record at all. Where there are
+    /// several columns a blank line holds no value and is skipped.
+    pub fn blank_lines_are_records(mut self, yes: bool) -> Self {
+        self.blank_is_record = yes;
+        self
     }
 
     /// Tells a reader started at a checkpoint that the byte before it is a
@@ -371,6 +387,26 @@ impl<R: Read> RecordReader<R> {
                 .count();
             if blank == 0 {
                 break;
+            }
+            if self.blank_is_record {
+                // The LF of a CRLF whose CR ended the last line ends none.
+                if self.after_cr && self.input[self.pos] == b'\n' {
+                    self.consume(1, false, 0);
+                    continue;
+                }
+                // One line break (a CR's LF goes as above next time).
+                let line_no = self.at.line_no + 1;
+                let start = self.at.offset;
+                self.raw.clear();
+                self.consume(1, false, 0);
+                self.fields = 1;
+                self.ends[0] = 0;
+                return Ok(Some(RecordInfo {
+                    line_no,
+                    oversize: None,
+                    malformed: None,
+                    raw_len: self.at.offset - start,
+                }));
             }
             self.consume(blank, false, 0);
         }
@@ -600,6 +636,45 @@ mod tests {
         let got = records(b"a\tb\n1\t2", b'\t');
         assert_eq!(got[1].1, ["1", "2"]);
         assert_eq!(got[1].2.offset, 7);
+    }
+
+    #[test]
+    fn a_blank_line_of_a_one_column_file_is_an_empty_record() {
+        for data in [
+            &b"a\n1\n\n2\n\n"[..],
+            b"a\r\n1\r\n\r\n2\r\n\r\n",
+            b"a\r1\r\r2\r\r",
+        ] {
+            let mut r = RecordReader::new(data, b',', Checkpoint::default(), Xxh3::new());
+            let header = r.next_record().unwrap().unwrap();
+            assert_eq!(header.line_no, 1);
+            let mut r = r.blank_lines_are_records(true);
+            let mut got = Vec::new();
+            while let Some(info) = r.next_record().unwrap() {
+                let fields: Vec<String> = r
+                    .fields()
+                    .map(|f| String::from_utf8_lossy(f).into_owned())
+                    .collect();
+                got.push((info.line_no, fields, r.raw().to_vec()));
+            }
+            let empty = || (vec![String::new()], vec![]);
+            assert_eq!(
+                got,
+                [
+                    (2, vec!["1".to_owned()], b"1".to_vec()),
+                    (3, empty().0, empty().1),
+                    (4, vec!["2".to_owned()], b"2".to_vec()),
+                    (5, empty().0, empty().1),
+                ],
+                "{:?}",
+                String::from_utf8_lossy(data)
+            );
+            assert_eq!(r.checkpoint().offset, data.len() as u64);
+        }
+        // Where there are several columns, blank lines are no records.
+        let got = records(b"a,b\n1,2\n\n\n3,4\n", b',');
+        let lines: Vec<u64> = got.iter().map(|(l, ..)| *l).collect();
+        assert_eq!(lines, [1, 2, 5]);
     }
 
     #[test]

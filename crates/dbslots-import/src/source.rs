@@ -339,7 +339,9 @@ fn read(plan: &ReadPlan, tx: &mpsc::Sender<Message>) -> Result<(), FileProblem> 
         }
         None => false,
     };
-    let mut reader = RecordReader::new(&file, plan.delimiter, at, hash).after_cr(after_cr);
+    let mut reader = RecordReader::new(&file, plan.delimiter, at, hash)
+        .after_cr(after_cr)
+        .blank_lines_are_records(header.len() == 1);
     let mut batch = BatchBuilder::new(
         plan.job_id,
         plan.limits,

@@ -212,3 +212,47 @@ fn a_batch_redone_after_an_aborted_transaction_appends_no_row_twice_to_a_myisam_
         assert_eq!(db.number("SELECT COUNT(*) FROM log").await, 0);
     });
 }
+
+#[test]
+fn a_blank_line_of_a_one_column_file_is_a_record_of_one_empty_field() {
+    let Some(db) = TestDb::create("blank_one_column") else {
+        return;
+    };
+    // PostgreSQL's COPY ... CSV writes a NULL of a one-column table as an
+    // empty line; LOAD DATA reads such a line as a row too.
+    let notes = db.write("notes.csv", b"note\r\nfirst\r\n\r\nthird\r\n");
+    let counts = db.write("counts.csv", b"n\n1\n\n3\n");
+    let queue = Queue::new(&db.url, None).unwrap();
+    db.block_on(async {
+        db.sql(&[
+            "CREATE TABLE notes (id INT AUTO_INCREMENT PRIMARY KEY, note VARCHAR(20) NULL) ENGINE=InnoDB",
+            "CREATE TABLE counts (n INT NOT NULL) ENGINE=InnoDB",
+        ])
+        .await;
+        let append = |table| EnqueueOptions::new(table).no_key(true);
+        queue.enqueue(&[&notes], &append("notes")).await.unwrap();
+        let ids = queue.enqueue(&[&counts], &append("counts")).await.unwrap();
+        let summary = run_once(&queue, ProcessorOptions::new()).await;
+        assert_eq!(
+            (summary.jobs[0].rows_imported, summary.jobs[0].rows_rejected),
+            (3, 0),
+            "{:?}",
+            summary.jobs[0]
+        );
+        assert_eq!(
+            (summary.jobs[1].rows_imported, summary.jobs[1].rows_rejected),
+            (2, 1),
+            "{:?}",
+            summary.jobs[1]
+        );
+        let lines: Vec<u64> = rejections(&db, ids[0]).await.iter().map(|r| r.0).collect();
+        assert_eq!(lines, [3], "the blank line, named as such");
+        let mut conn = db.conn().await;
+        let rows: Vec<Option<String>> = conn
+            .query("SELECT note FROM notes ORDER BY id")
+            .await
+            .unwrap();
+        conn.disconnect().await.unwrap();
+        assert_eq!(rows, [Some("first".to_owned()), None, Some("third".to_owned())]);
+    });
+}
