@@ -93,7 +93,6 @@ pub fn run(args: GateArgs) -> anyhow::Result<ExitCode> {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
-    let pool = args.pool.open()?;
     // Accepting, queueing, publishing and relaying run on this one thread
     // (tokio's current-thread runtime: no hand-over between threads per
     // relayed packet); each further thread of --threads is a relay thread
@@ -103,6 +102,19 @@ pub fn run(args: GateArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // Watched from the start: opening a Redis pool and binding may wait
+    // seconds for its server, and a SIGHUP meanwhile (a reload sent as the
+    // unit starts) is to be logged, not the end of the gate; a SIGTERM
+    // stops the gate once it is bound.
+    let (mut term, mut int, mut hup) = {
+        let _in = runtime.enter();
+        (
+            signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+            signal(SignalKind::hangup()).context("cannot watch SIGHUP")?,
+        )
+    };
+    let pool = args.pool.open()?;
     let upstream = args.upstream.to_string();
     let outcome = runtime.block_on(async move {
         let options = GateOptions::new(args.listen, args.upstream)
@@ -112,9 +124,6 @@ pub fn run(args: GateArgs) -> anyhow::Result<ExitCode> {
             .name(args.name)
             .relay_threads(relay_threads);
         let gate = Gate::bind(pool.clone(), options).await?;
-        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-        let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
         let listen: Vec<String> = gate
             .local_endpoints()
             .iter()

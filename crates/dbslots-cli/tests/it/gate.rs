@@ -74,6 +74,18 @@ impl GateProc {
         extra: &[&str],
         env: &[(&str, &Path)],
     ) -> GateProc {
+        Self::spawn_as(dir, name, upstream, pool, extra, env).wait_started()
+    }
+
+    /// [`GateProc::start_as`] without waiting for the gate to start.
+    fn spawn_as(
+        dir: &Path,
+        name: Option<&str>,
+        upstream: &str,
+        pool: &str,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+    ) -> GateProc {
         let n = std::fs::read_dir(dir).map_or(0, |d| d.count());
         let log = dir.join(format!("gate-{n}.log"));
         let name = name.map_or_else(|| format!("g{n}"), str::to_string);
@@ -94,25 +106,29 @@ impl GateProc {
             dbslots_core::PoolAddr::Dir(d) => Published::Dir(d.join("gates")),
             _ => Published::Redis(pool.to_string(), std::sync::OnceLock::new()),
         };
-        let mut gate = GateProc {
+        GateProc {
             child,
             published,
             log,
             addr: String::new(),
-        };
+        }
+    }
+
+    /// Waits until the gate publishes its counters (20 s at most).
+    fn wait_started(mut self) -> GateProc {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(r) = gate.report() {
-                gate.addr = r.listen[0].clone();
-                return gate;
+            if let Some(r) = self.report() {
+                self.addr = r.listen[0].clone();
+                return self;
             }
-            if let Ok(Some(status)) = gate.child.try_wait() {
-                panic!("the gate exited with {status}: {}", gate.log_text());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the gate exited with {status}: {}", self.log_text());
             }
             assert!(
                 Instant::now() < deadline,
                 "the gate did not start: {}",
-                gate.log_text()
+                self.log_text()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -1866,6 +1882,40 @@ fn a_connection_whose_lease_is_lost_is_closed_on_both_sides_before_the_lease_run
         log.contains("publishing the gate's counters again"),
         "{log}"
     );
+}
+
+#[test]
+fn a_sighup_while_the_gate_waits_for_its_redis_at_start_is_logged_not_fatal() {
+    let _heavy = crate::support::heavy_or_sensitive();
+    // A lease of 60 s: each Redis call may wait 5 s for an answer.
+    let Some(redis) = FreezableRedis::start(Duration::from_secs(60), "gate-hup") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let runtime_dir = dir.path().join("run");
+    std::fs::create_dir(&runtime_dir).unwrap();
+    let env = [("XDG_RUNTIME_DIR", runtime_dir.as_path())];
+    redis.proxy.freeze();
+    let gate = GateProc::spawn_as(
+        dir.path(),
+        None,
+        &redis.upstream,
+        &redis.pool,
+        &["--capacity", "2"],
+        &env,
+    );
+    // The gate is opening its pool (or binding), waiting for Redis: a
+    // reload sent as the unit starts.
+    std::thread::sleep(Duration::from_millis(1000));
+    gate.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(200));
+    redis.proxy.thaw();
+    let mut gate = gate.wait_started();
+    let log = gate.log_text();
+    assert!(log.contains("counters (SIGHUP)"), "{log}");
+    gate.signal(libc::SIGTERM);
+    let status = gate.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status}: {}", gate.log_text());
 }
 
 #[test]
