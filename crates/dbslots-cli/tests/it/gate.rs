@@ -1789,10 +1789,22 @@ impl FreezableRedis {
     /// A gate of capacity 2 on the pool, with a runtime directory of its
     /// own in `dir`.
     fn gate(&self, dir: &Path) -> GateProc {
+        self.spawn_gate(dir).wait_started()
+    }
+
+    /// [`FreezableRedis::gate`] without waiting for the gate to start.
+    fn spawn_gate(&self, dir: &Path) -> GateProc {
         let runtime_dir = dir.join("run");
         std::fs::create_dir(&runtime_dir).unwrap();
         let env = [("XDG_RUNTIME_DIR", runtime_dir.as_path())];
-        GateProc::start_with(dir, &self.upstream, &self.pool, &["--capacity", "2"], &env)
+        GateProc::spawn_as(
+            dir,
+            None,
+            &self.upstream,
+            &self.pool,
+            &["--capacity", "2"],
+            &env,
+        )
     }
 }
 
@@ -1892,18 +1904,8 @@ fn a_sighup_while_the_gate_waits_for_its_redis_at_start_is_logged_not_fatal() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let runtime_dir = dir.path().join("run");
-    std::fs::create_dir(&runtime_dir).unwrap();
-    let env = [("XDG_RUNTIME_DIR", runtime_dir.as_path())];
     redis.proxy.freeze();
-    let gate = GateProc::spawn_as(
-        dir.path(),
-        None,
-        &redis.upstream,
-        &redis.pool,
-        &["--capacity", "2"],
-        &env,
-    );
+    let gate = redis.spawn_gate(dir.path());
     // The gate is opening its pool (or binding), waiting for Redis: a
     // reload sent as the unit starts.
     std::thread::sleep(Duration::from_millis(1000));
