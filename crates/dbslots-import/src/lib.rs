@@ -30,9 +30,9 @@
 //! into a table of another engine (MyISAM, say) rows without a key are
 //! refused, since a batch redone after a lost connection or a killed
 //! processor would append them again. A key of `NOT NULL` columns is
-//! preferred; when the file covers
-//! only a key with a nullable column, a record with NULL there is rejected
-//! (NULLs never match, so a second import would add that row again).
+//! preferred; when the file covers only a key with a nullable column, a
+//! record with NULL there is rejected (NULLs never match, so a second
+//! import would add that row again).
 //!
 //! Files are RFC 4180 CSV, read with `csv-core`: quoted fields may hold the
 //! delimiter (`,` by default, or `;` or tab), doubled quotes, CR and LF;
@@ -41,8 +41,8 @@
 //! mark is skipped. Blank lines hold no record, except in a file of one
 //! column, where a blank line is a record of one empty field (a NULL, as
 //! PostgreSQL's `COPY … CSV` writes it, or a rejection in a `NOT NULL`
-//! number column). A
-//! record over [`MAX_RECORD_BYTES`] is rejected, never buffered. So is a
+//! number column). A record over [`MAX_RECORD_BYTES`] is rejected, never
+//! buffered. So is a
 //! record that breaks the quoting rules (text after a quoted field's
 //! closing quote, or a quote never closed before the end of the file),
 //! naming the line of the quote: read leniently, one stray quote would

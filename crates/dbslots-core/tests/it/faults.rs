@@ -697,6 +697,18 @@ fn an_existing_directory_without_a_pool_is_not_found() {
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
 }
 
+/// The path of `strace`, which these tests use to `why`; `None`, saying
+/// so, when it is missing (`cargo xtask test` installs it).
+fn strace(why: &str) -> Option<&'static str> {
+    let found = ["/usr/bin/strace", "/bin/strace"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    if found.is_none() {
+        eprintln!("skipping: needs strace to {why}");
+    }
+    found
+}
+
 /// The number of the system call `pid` is stopped in, if any.
 fn syscall_of(pid: u32) -> Option<i64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
@@ -712,11 +724,7 @@ fn syscall_of(pid: u32) -> Option<i64> {
 /// while the shrink runs, which a scheduler can do too.
 #[test]
 fn a_shrink_while_an_acquirer_enters_the_drain_admits_nobody_over_capacity() {
-    let strace = ["/usr/bin/strace", "/bin/strace"]
-        .into_iter()
-        .find(|p| Path::new(p).exists());
-    let Some(strace) = strace else {
-        eprintln!("skipping: needs strace to hold the acquirer at the right point");
+    let Some(strace) = strace("hold the acquirer at the right point") else {
         return;
     };
     let (_dir, addr) = pool_dir();
@@ -782,11 +790,7 @@ fn a_shrink_while_an_acquirer_enters_the_drain_admits_nobody_over_capacity() {
 /// the board agree with it instead of admitting by the old capacity.
 #[test]
 fn a_resize_killed_after_writing_pool_json_is_completed_by_the_next_open() {
-    let strace = ["/usr/bin/strace", "/bin/strace"]
-        .into_iter()
-        .find(|p| Path::new(p).exists());
-    let Some(strace) = strace else {
-        eprintln!("skipping: needs strace to kill the resizer at the right point");
+    let Some(strace) = strace("kill the resizer at the right point") else {
         return;
     };
     for (from, to) in [(4u32, 2u32), (2, 4)] {
