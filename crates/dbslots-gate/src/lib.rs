@@ -44,9 +44,11 @@
 //! ```
 #![deny(missing_docs)]
 
+mod accept_failures;
 mod endpoint;
 mod error;
 mod exposition;
+mod file_budget;
 mod lease;
 mod limits;
 mod net;
@@ -271,6 +273,10 @@ struct Shared {
     /// Connection tasks alive (queued or relaying).
     open: AtomicU64,
     all_closed: Notify,
+    /// Woken whenever a connection task ends (its descriptors are free).
+    closed_one: Notify,
+    /// How many clients the open-file limit lets the gate accept.
+    files: file_budget::FileBudget,
 }
 
 /// A bound gate, ready to [`run`](Gate::run).
@@ -358,6 +364,9 @@ impl Gate {
             }
             (None, addr) => Publication::Files(FilePublication::claim(&gates_dir(addr)?, &name)?),
         };
+        // Everything but the clients is open now: what is left of the
+        // open-file limit is theirs.
+        let files = file_budget::FileBudget::measure(options.max_pool_waiters);
         let shared = Arc::new(Shared {
             admission: Admission::new(pool.clone(), options.max_pool_waiters, counters.clone()),
             leases: Leases::new(&pool),
@@ -374,6 +383,8 @@ impl Gate {
             pool_waiting: AtomicU64::new(0),
             open: AtomicU64::new(0),
             all_closed: Notify::new(),
+            closed_one: Notify::new(),
+            files,
         });
         Ok(Gate {
             shared,
@@ -514,7 +525,11 @@ async fn accept_loop(
     phase: watch::Receiver<Phase>,
 ) {
     let mut watch_phase = phase.clone();
+    let mut failures = accept_failures::AcceptFailures::default();
     loop {
+        if !room_for_a_client(&shared, &mut watch_phase).await {
+            return;
+        }
         tokio::select! {
             biased;
             _ = not_running(&mut watch_phase) => return,
@@ -549,10 +564,22 @@ async fn accept_loop(
                     }
                 }
                 Err(e) => {
-                    // Out of descriptors, or a client that reset before we
-                    // took it: say so, and do not spin.
-                    tracing::warn!(gate = %shared.name, error = %e, "accepting a client failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let response = failures.record(&e, Instant::now());
+                    match response.warn {
+                        Some(n) if response.out_of_files => {
+                            let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+                            tracing::warn!(gate = %shared.name, error = %e, failures = n, open_file_limit = ?limit, open = shared.open.load(Ordering::Relaxed),
+                                "out of open files: new clients wait in the listen backlog until connections close (retrying every {:?}, warning again in {:?} at most); raise the limit (LimitNOFILE= in the unit, ulimit -Hn) to hold more", accept_failures::PAUSE, accept_failures::WARN_EVERY);
+                        }
+                        Some(n) => {
+                            tracing::warn!(gate = %shared.name, error = %e, failures = n, "accepting a client failed (retrying every {:?}, warning again in {:?} at most)", accept_failures::PAUSE, accept_failures::WARN_EVERY);
+                        }
+                        None if response.pause.is_none() => tracing::debug!(gate = %shared.name, error = %e, "a client left before it was accepted"),
+                        None => {}
+                    }
+                    if let Some(pause) = response.pause {
+                        tokio::time::sleep(pause).await;
+                    }
                 }
             },
         }
@@ -574,6 +601,40 @@ impl Drop for OpenGuard {
     fn drop(&mut self) {
         if self.0.open.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.0.all_closed.notify_waiters();
+        }
+        self.0.closed_one.notify_waiters();
+    }
+}
+
+/// Waits until the open-file budget has room for one more client (see
+/// `file_budget`), saying so once per stretch of waiting. Returns `false`
+/// if the gate stops meanwhile.
+async fn room_for_a_client(shared: &Shared, phase: &mut watch::Receiver<Phase>) -> bool {
+    let mut said = false;
+    loop {
+        // Registered before the look, so a close in between is not missed.
+        let closed = shared.closed_one.notified();
+        let capacity = shared.pool.capacity();
+        let open = shared.open.load(Ordering::Relaxed);
+        if shared.files.admits(open, capacity) {
+            if said {
+                tracing::info!(gate = %shared.name, open, "accepting clients again");
+            }
+            return true;
+        }
+        if !said {
+            said = true;
+            let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+            tracing::warn!(
+                gate = %shared.name, open, open_file_limit = ?limit, clients_max = ?shared.files.clients_max(capacity), capacity,
+                "the open-file limit leaves room for no more clients (each may need 3 descriptors once relayed): new clients wait in the listen backlog, in order, until others close; raise the limit (LimitNOFILE= in the systemd unit, ulimit -Hn) to queue more in the gate"
+            );
+        }
+        tokio::select! {
+            biased;
+            _ = not_running(phase) => return false,
+            () = closed => {}
+            () = tokio::time::sleep(file_budget::RECHECK) => {}
         }
     }
 }

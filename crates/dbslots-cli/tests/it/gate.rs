@@ -86,6 +86,19 @@ impl GateProc {
         extra: &[&str],
         env: &[(&str, &Path)],
     ) -> GateProc {
+        Self::spawn_adjusted(dir, name, upstream, pool, extra, env, |_| {})
+    }
+
+    /// [`GateProc::spawn_as`], with `adjust` applied to the command last.
+    fn spawn_adjusted(
+        dir: &Path,
+        name: Option<&str>,
+        upstream: &str,
+        pool: &str,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+        adjust: impl FnOnce(&mut Command),
+    ) -> GateProc {
         let n = std::fs::read_dir(dir).map_or(0, |d| d.count());
         let log = dir.join(format!("gate-{n}.log"));
         let name = name.map_or_else(|| format!("g{n}"), str::to_string);
@@ -101,6 +114,7 @@ impl GateProc {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        adjust(&mut cmd);
         let child = cmd.spawn().expect("dbslots gate starts");
         let published = match dbslots_core::PoolAddr::parse(pool).expect("a pool address") {
             dbslots_core::PoolAddr::Dir(d) => Published::Dir(d.join("gates")),
@@ -1679,6 +1693,93 @@ fn ten_thousand_queued_clients_are_held_and_served_in_order() {
         );
         let r = gate.report_when("all served", |r| r.admitted == N as u64 && r.active == 0);
         assert_eq!(r.queue_timeouts, 0);
+    });
+}
+
+#[test]
+fn a_gate_out_of_open_files_keeps_clients_in_the_backlog_serves_them_in_order_and_warns_once() {
+    // The gate may hold 96 descriptors (soft and hard: it cannot raise
+    // them); 300 clients queue behind a held slot.
+    const FILES: u64 = 96;
+    const N: usize = 300;
+    let (upstream, _server) = numbering_server();
+    let dir = tempfile::tempdir().unwrap();
+    let pool_dir = dir.path().join("pool");
+    // One slot: connections to the server are opened strictly one after
+    // another, so the server's numbers give the order clients were served.
+    let pool = Pool::open(pool_dir.as_path(), PoolOptions::new().capacity(1)).unwrap();
+    let held = pool.try_acquire().unwrap().expect("the only slot");
+    let gate = GateProc::spawn_adjusted(
+        dir.path(),
+        None,
+        &upstream,
+        pool_dir.to_str().unwrap(),
+        &["--queue-timeout", "120"],
+        &[],
+        |cmd| {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit (async-signal-safe) runs in the child
+            // between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let limit = libc::rlimit {
+                        rlim_cur: FILES,
+                        rlim_max: FILES,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        },
+    )
+    .wait_started();
+    let addr = gate.addr.clone();
+    runtime().block_on(async move {
+        use tokio::io::AsyncReadExt;
+        let mut clients = Vec::with_capacity(N);
+        for _ in 0..N {
+            clients.push(
+                tokio::net::TcpStream::connect(&addr)
+                    .await
+                    .expect("connect"),
+            );
+        }
+        // The gate takes what its descriptors allow; the rest wait in the
+        // kernel's backlog. Give its accept loop time to run into the
+        // limit many times over.
+        gate.report_when("clients queued", |r| r.queued > 0);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let log = gate.log_text();
+        let warnings = log.matches("leaves room for no more clients").count();
+        assert_eq!(warnings, 1, "one warning, not one per retry: {log}");
+        assert!(
+            log.contains("ulimit -Hn"),
+            "the warning says how to raise the limit: {log}"
+        );
+        // It stopped short of the limit rather than running into it.
+        assert!(!log.contains("out of open files"), "{log}");
+        assert!(!log.contains("refused a client"), "{log}");
+        let r = gate.report().expect("a report");
+        assert!(
+            r.accepted > 0 && r.accepted < N as u64,
+            "the limit was not reached: {r:#?}"
+        );
+        drop(held);
+        // Every client is served, in the order it connected: nobody in
+        // the backlog was dropped, and a queued client given a slot has
+        // the descriptor it needs to reach the server.
+        for (i, mut c) in clients.into_iter().enumerate() {
+            let mut b = [0u8; 8];
+            tokio::time::timeout(Duration::from_secs(30), c.read_exact(&mut b))
+                .await
+                .unwrap_or_else(|_| panic!("client {i} was not served: {}", gate.log_text()))
+                .unwrap_or_else(|e| panic!("client {i}: {e}: {}", gate.log_text()));
+            assert_eq!(u64::from_le_bytes(b), i as u64, "served out of order");
+        }
+        let r = gate.report_when("all served", |r| r.admitted == N as u64 && r.active == 0);
+        assert_eq!((r.refused, r.upstream_failures), (0, 0), "{r:#?}");
     });
 }
 
