@@ -665,10 +665,18 @@ async fn serve_client(
         _ = stopping(&mut phase) => Waited::Stopping,
     };
     let waited = match waited {
+        // A slot that arrives as the gate stops is not used: the
+        // connection would be closed as soon as it was opened, the client
+        // cut off mid-greeting; it hears 1040 like every other client the
+        // stop finds waiting.
+        Waited::Admitted(Ok(slot)) if *phase.borrow() == Phase::Stopping => {
+            queue::release(slot);
+            Waited::Stopping
+        }
         Waited::Admitted(a) => Waited::Admitted(a),
         other => match ticket.leave() {
-            // A slot arrived just as we gave up: use it.
-            Some(a) if !matches!(other, Waited::Gone) => Waited::Admitted(a),
+            // A slot arrived just as the wait timed out: use it.
+            Some(a) if matches!(other, Waited::TimedOut) => Waited::Admitted(a),
             Some(Ok(slot)) => {
                 queue::release(slot);
                 other

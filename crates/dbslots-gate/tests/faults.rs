@@ -379,3 +379,35 @@ fn a_result_the_client_pauses_reading_is_not_idle() {
         |r| r.idle_closes == 1 && r.queued == 0,
     );
 }
+
+/// A slot that comes free once the gate is stopping does not open a
+/// server connection only to close it at once (the client cut off before
+/// or during its greeting, the server counting an aborted connect): the
+/// client it would have gone to hears 1040, like every other client the
+/// stop finds waiting.
+#[test]
+fn a_slot_freed_as_the_gate_stops_is_not_used_and_its_client_hears_1040() {
+    let server = fake_server(greet_and_echo);
+    for round in 0..20 {
+        let (pool, dir) = file_pool(1);
+        let held = pool.try_acquire().unwrap().expect("the one slot");
+        let gate = RunningGate::start(&pool, &server.addr, dir, |o| o);
+        let mut clients: Vec<TcpStream> = (0..4).map(|_| gate.connect()).collect();
+        gate.report_when("four queue", Duration::from_secs(5), |r| r.queued == 4);
+        // The stop first, then the slot: whichever the gate sees first,
+        // the slot came after the stop.
+        gate.control.stop();
+        drop(held);
+        let report = gate.stop();
+        for (i, c) in clients.iter_mut().enumerate() {
+            let mut bytes = Vec::new();
+            let _ = c.read_to_end(&mut bytes);
+            assert!(
+                bytes.len() > 7 && bytes[4] == 0xff && bytes[5..7] == 1040u16.to_le_bytes(),
+                "round {round}, client {i}: {bytes:02x?}; {report:#?}"
+            );
+        }
+        assert_eq!(report.admitted, 0, "round {round}: {report:#?}");
+    }
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 0);
+}
