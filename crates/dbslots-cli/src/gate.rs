@@ -43,7 +43,7 @@ pub struct GateArgs {
     queue_timeout: Duration,
 
     /// Close a connection idle this long after the server's last answer,
-    /// while other clients wait (never one whose query runs)
+    /// one per client waiting (never one whose query runs)
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     idle_timeout: Option<Duration>,
 

@@ -49,6 +49,7 @@ mod endpoint;
 mod error;
 mod exposition;
 mod file_budget;
+mod idle_claims;
 mod lease;
 mod limits;
 mod net;
@@ -122,8 +123,9 @@ impl GateOptions {
     }
 
     /// Closes a connection on which the server moved last and then nothing
-    /// moved for `idle`, while others wait for a slot. A connection whose
-    /// client spoke last (a query running) is never closed for idleness.
+    /// moved for `idle`, while others wait for a slot: one such connection
+    /// per waiting client. A connection whose client spoke last (a query
+    /// running) is never closed for idleness.
     pub fn idle_timeout(mut self, idle: Option<Duration>) -> Self {
         self.idle_timeout = idle;
         self
@@ -270,6 +272,8 @@ struct Shared {
     /// Waiters of the pool as a whole (other gates and processes), looked
     /// at once a second while an idle timeout is set.
     pool_waiting: AtomicU64,
+    /// Idle connections closing for waiters (`--idle-timeout`).
+    idle_claims: idle_claims::IdleClaims,
     /// Connection tasks alive (queued or relaying).
     open: AtomicU64,
     all_closed: Notify,
@@ -381,6 +385,7 @@ impl Gate {
             clock: Clock::new(),
             next_connection: AtomicU64::new(0),
             pool_waiting: AtomicU64::new(0),
+            idle_claims: idle_claims::IdleClaims::default(),
             open: AtomicU64::new(0),
             all_closed: Notify::new(),
             closed_one: Notify::new(),
@@ -799,8 +804,14 @@ async fn serve_client(
                     idle,
                     &shared.admission.demand,
                     || {
-                        shared.admission.waiting() > 0
-                            || shared.pool_waiting.load(Ordering::Relaxed) > 0
+                        // The pool's waiters include the gate's own agents,
+                        // who wait there for clients counted already.
+                        let others = shared
+                            .pool_waiting
+                            .load(Ordering::Relaxed)
+                            .saturating_sub(shared.admission.agents() as u64);
+                        let waiting = shared.admission.waiting() as u64 + others;
+                        shared.idle_claims.claim(shared.clock.now_ms(), waiting)
                     },
                 )
                 .await

@@ -83,6 +83,11 @@ impl Admission {
         self.lock().waiters.len()
     }
 
+    /// Agents waiting in the pool for them right now.
+    pub(crate) fn agents(&self) -> usize {
+        self.lock().agents.len()
+    }
+
     /// Queues a client at the tail.
     ///
     /// With nobody queued on a pool of locks, the client first tries for a

@@ -48,7 +48,7 @@ impl Clock {
             .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         self.ms.load(Ordering::Relaxed)
     }
 }
@@ -322,13 +322,14 @@ fn ready<T>(p: Poll<io::Result<T>>) -> io::Result<Option<T>> {
 }
 
 /// Resolves when the connection has been idle for `idle` with the server
-/// having moved last, at a moment when `someone_waits()`.
+/// having moved last, at a moment when `may_close()` (a client waits for
+/// whom no other connection is closing, see `idle_claims`).
 pub(crate) async fn idle_expired(
     activity: &Activity,
     clock: &Clock,
     idle: Duration,
     demand: &tokio::sync::Notify,
-    someone_waits: impl Fn() -> bool,
+    may_close: impl Fn() -> bool,
 ) {
     // `Duration::MAX` and anything past u64 milliseconds: never due.
     let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
@@ -343,11 +344,12 @@ pub(crate) async fn idle_expired(
             tokio::time::sleep(Duration::from_millis(wait) + TICK).await;
             continue;
         }
-        if someone_waits() {
+        if may_close() {
             return;
         }
-        // Idle, but nobody needs the slot: wait for a client to queue (or
-        // for others in the pool, looked at once a second).
+        // Idle, but nobody needs the slot (or others close for those who
+        // do): wait for a client to queue, or look again in a second (the
+        // pool's waiters are read once a second, claims lapse).
         let notified = demand.notified();
         tokio::select! {
             () = notified => {}

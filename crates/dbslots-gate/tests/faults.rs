@@ -411,3 +411,44 @@ fn a_slot_freed_as_the_gate_stops_is_not_used_and_its_client_hears_1040() {
     }
     assert_eq!(server.accepted.load(Ordering::SeqCst), 0);
 }
+
+/// `--idle-timeout` closes one idle connection per waiting client, not
+/// every idle connection the moment one client queues: the others stay
+/// open, and their clients (persistent connections) need not reconnect.
+#[test]
+fn the_idle_timeout_closes_one_idle_connection_per_waiter() {
+    let server = fake_server(greet_and_echo);
+    let (pool, dir) = file_pool(4);
+    let gate = RunningGate::start(&pool, &server.addr, dir, |o| {
+        o.idle_timeout(Some(Duration::from_secs(1)))
+            .queue_timeout(Duration::from_secs(30))
+    });
+    let greeted = |gate: &RunningGate| {
+        let mut c = gate.connect();
+        let mut greeting = [0u8; 8];
+        c.read_exact(&mut greeting).unwrap();
+        c
+    };
+    let _idle: Vec<TcpStream> = (0..4).map(|_| greeted(&gate)).collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(gate.control.report().idle_closes, 0, "nobody waits yet");
+
+    let _first = gate.connect();
+    gate.report_when("one closed for the waiter", Duration::from_secs(5), |r| {
+        r.idle_closes == 1 && r.queued == 0
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = gate.control.report();
+    assert_eq!(r.idle_closes, 1, "more closed than clients waited: {r:#?}");
+
+    let _more: Vec<TcpStream> = (0..2).map(|_| gate.connect()).collect();
+    gate.report_when(
+        "two more closed for two waiters",
+        Duration::from_secs(5),
+        |r| r.idle_closes == 3 && r.queued == 0,
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = gate.control.report();
+    assert_eq!(r.idle_closes, 3, "more closed than clients waited: {r:#?}");
+    assert_eq!(r.active, 4, "{r:#?}");
+}
