@@ -166,7 +166,7 @@ pub fn with_gate_lines(
         } else {
             format!("{} {listen}", g.host)
         };
-        format!(
+        let line = format!(
             "gate      {} {}  queued {}  active {}  accepted {}  admitted {}  timeouts {}  idle-closed {}{}",
             g.name,
             place,
@@ -177,10 +177,8 @@ pub fn with_gate_lines(
             g.queue_timeouts,
             g.idle_closes,
             if g.draining { "  DRAINING" } else { "" }
-        )
-        .chars()
-        .take(usize::from(width.max(20)))
-        .collect::<String>()
+        );
+        fit(&line, usize::from(width.max(20)))
     });
     lines.splice(at..at, extra);
     lines.truncate(usize::from(height.max(5)));
@@ -372,8 +370,17 @@ pub fn render(
     }
     top.extend(lists);
     top.truncate(height);
-    top.into_iter()
-        .map(|line| line.chars().take(width).collect())
+    top.into_iter().map(|line| fit(&line, width)).collect()
+}
+
+/// `line` cut to `width` characters, with every control character (the
+/// line feeds of a multi-line error, an ESC in a pool's name) shown as a
+/// space: written raw, they would break the screen or command the
+/// terminal.
+fn fit(line: &str, width: usize) -> String {
+    line.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(width)
         .collect()
 }
 
@@ -458,6 +465,30 @@ mod tests {
         let text = render(&Err("gone".into()), Some(&view), 100, 40, 0).join("\n");
         assert!(text.contains("cannot read the stats: gone"), "{text}");
         assert!(text.contains("cannot read the server: refused"), "{text}");
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        // The monitor's errors span lines ("attempt 1: ..." / "what to
+        // do: ..."), and a pool directory may be named anything: written
+        // raw, a line feed in raw mode breaks the screen and an ESC is a
+        // terminal command.
+        let view = ServerView {
+            url: "mysql://app:***@db/x".into(),
+            reading: Err("cannot connect to mysql://app:***@db/x: gave up after 1 attempts\n  attempt 1: error 2003: refused\nwhat to do: start it".into()),
+        };
+        let pool = pool_stats(json!({"pool": "/tmp/odd\nname\u{1b}[2J"}));
+        let lines = render(&Ok(pool), Some(&view), 200, 40, 0);
+        for line in &lines {
+            assert!(!line.chars().any(char::is_control), "{line:?}");
+        }
+        let text = lines.join("\n");
+        assert!(text.contains("attempt 1: error 2003"), "{text}");
+        let g = gate_report(json!({"name": "we\u{1b}]0;b\u{7}1"}));
+        let shown = with_gate_lines(lines, &[g], 200, 40);
+        for line in &shown {
+            assert!(!line.chars().any(char::is_control), "{line:?}");
+        }
     }
 
     #[test]
