@@ -51,6 +51,10 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
              for scripts and pipes use `dbslots status` (or `dbslots status --json`)"
         );
     }
+    if let Some(url) = &args.url {
+        // A typo shows now, not as "cannot read the server" for ever.
+        dbslots_mysql::ServerUrl::parse(url)?;
+    }
     let addr = match &args.pool {
         Some(p) => PoolAddr::parse(p)?,
         None => PoolAddr::Dir(dbslots_core::default_pool_dir()?),

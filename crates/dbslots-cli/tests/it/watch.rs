@@ -271,3 +271,21 @@ fn watch_reads_a_server_that_requires_tls_with_verify_ca() {
     let screen = tmux.wait_screen(&["watch-exit=0", "modes: "]);
     assert_restored(&tmux, &screen);
 }
+
+#[test]
+fn watch_refuses_an_invalid_url_before_drawing() {
+    // A typo in --url stops watch with the reason, as a bad --pool does,
+    // instead of a view that says "cannot read the server" for ever.
+    let busy = BusyPool::start(1, 0);
+    let Some(tmux) = Tmux::start(&script(
+        &busy.path,
+        "--url 'mysql://app:s3cret@127.0.0.1:notaport/db'",
+    )) else {
+        return;
+    };
+    let screen = tmux.wait_screen(&["watch-exit=", "modes: "]);
+    assert!(!screen.contains("watch-exit=0"), "{screen}");
+    assert!(screen.contains("invalid MySQL URL"), "{screen}");
+    assert!(!screen.contains("s3cret"), "{screen}");
+    assert_restored(&tmux, &screen);
+}
