@@ -219,6 +219,10 @@ impl Screen {
         terminal::enable_raw_mode().context("cannot put the terminal in raw mode")?;
         // From here on, `Drop` restores the terminal whatever fails.
         let screen = Screen;
+        // Log lines would land on the view when stderr is this terminal.
+        if std::io::stderr().is_terminal() {
+            crate::common::MUTE_LOGS.store(true, Ordering::Relaxed);
+        }
         let mut out = std::io::stdout();
         crossterm::execute!(out, terminal::EnterAlternateScreen, cursor::Hide)
             .context("cannot switch to the alternate screen")?;
@@ -231,6 +235,7 @@ impl Drop for Screen {
         let mut out = std::io::stdout();
         let _ = crossterm::execute!(out, cursor::Show, terminal::LeaveAlternateScreen);
         let _ = terminal::disable_raw_mode();
+        crate::common::MUTE_LOGS.store(false, Ordering::Relaxed);
     }
 }
 
@@ -362,7 +367,18 @@ pub fn render(
                     l.user_limit().map_or("none".into(), |n| n.to_string())
                 ));
             }
-            Err(e) => top.push(format!("          cannot read the server: {e}")),
+            Err(e) => {
+                // The monitor's errors are long (the URL, what to do) and
+                // may span lines (each attempt): wrapped, not cut, since
+                // the reason is what the operator needs.
+                let text = format!("cannot read the server: {e}");
+                for line in text.lines() {
+                    let chars: Vec<char> = line.chars().collect();
+                    for chunk in chars.chunks(width.saturating_sub(10).max(10)) {
+                        top.push(format!("          {}", chunk.iter().collect::<String>()));
+                    }
+                }
+            }
         }
     }
     let room = height.saturating_sub(top.len());
@@ -469,6 +485,17 @@ mod tests {
         let text = render(&Err("gone".into()), Some(&view), 100, 40, 0).join("\n");
         assert!(text.contains("cannot read the stats: gone"), "{text}");
         assert!(text.contains("cannot read the server: refused"), "{text}");
+        // A long reason is wrapped, not cut: its end is what to do.
+        let view = ServerView {
+            url: "mysql://db/x".into(),
+            reading: Err(format!("{}; what to do: give ssl-ca", "x".repeat(150))),
+        };
+        let lines = render(&Err("gone".into()), Some(&view), 60, 40, 0);
+        assert!(lines.iter().all(|l| l.chars().count() <= 60), "{lines:#?}");
+        assert!(
+            lines.join("").contains("what to do: give ssl-ca"),
+            "{lines:#?}"
+        );
     }
 
     #[test]
@@ -486,8 +513,12 @@ mod tests {
         for line in &lines {
             assert!(!line.chars().any(char::is_control), "{line:?}");
         }
-        let text = lines.join("\n");
-        assert!(text.contains("attempt 1: error 2003"), "{text}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("            attempt 1: error 2003")),
+            "each line of the error on a line of its own: {lines:#?}"
+        );
         let g = gate_report(json!({"name": "we\u{1b}]0;b\u{7}1"}));
         let shown = with_gate_lines(lines, &[g], 200, 40);
         for line in &shown {
