@@ -45,6 +45,21 @@ impl PoolArgs {
     }
 }
 
+/// While set, log lines to stderr are dropped: `dbslots watch` sets it
+/// while it owns the terminal (raw mode, alternate screen), where a line
+/// written to stderr would land in the middle of the view, which shows
+/// what went wrong itself.
+pub static MUTE_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Where a log line goes: stderr, unless [`MUTE_LOGS`] is set.
+fn stderr_unless_muted() -> Box<dyn std::io::Write> {
+    if MUTE_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        Box::new(std::io::sink())
+    } else {
+        Box::new(std::io::stderr())
+    }
+}
+
 /// Sets up `tracing` to stderr; `RUST_LOG` overrides `default`.
 ///
 /// With `lossy`, log lines are written by a thread of their own and
@@ -69,7 +84,7 @@ pub fn init_tracing(
         let _ = builder.with_writer(writer).try_init();
         Some(guard)
     } else {
-        let _ = builder.with_writer(std::io::stderr).try_init();
+        let _ = builder.with_writer(stderr_unless_muted).try_init();
         None
     }
 }

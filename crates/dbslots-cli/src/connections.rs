@@ -103,9 +103,9 @@ pub struct ConnectionsArgs {
     #[arg(long, value_name = "N", requires = "check")]
     max_idle_count: Option<usize>,
 
-    /// With --check: UNKNOWN when connecting and reading take longer than
-    /// this [default: 10]
-    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, requires = "check")]
+    /// How long connecting and reading may take: with --check UNKNOWN
+    /// beyond it [default: 10], without it an error [default: 30]
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, conflicts_with = "kill_idle")]
     timeout: Option<Duration>,
 }
 
@@ -123,17 +123,35 @@ pub fn run(args: ConnectionsArgs) -> anyhow::Result<ExitCode> {
         );
     }
     common::runtime()?.block_on(async {
-        let mut conn = dbslots_mysql::connect_monitor(&args.url).await?;
-        let result = if args.kill_idle {
-            kill(&mut conn, &args).await
-        } else {
-            report(&mut conn, &args).await
+        if args.kill_idle {
+            let mut conn = dbslots_mysql::connect_monitor(&args.url).await?;
+            let result = kill(&mut conn, &args).await;
+            // Leave politely; a failure to say QUIT changes nothing for the user.
+            let _ = conn.disconnect().await;
+            return result;
+        }
+        // A server (or network) that freezes after the connect would
+        // otherwise keep the report waiting for ever.
+        let timeout = args.timeout.unwrap_or(REPORT_TIMEOUT);
+        let measure = async {
+            let mut conn = dbslots_mysql::connect_monitor(&args.url).await?;
+            let result = report(&mut conn, &args).await;
+            let _ = conn.disconnect().await;
+            result
         };
-        // Leave politely; a failure to say QUIT changes nothing for the user.
-        let _ = conn.disconnect().await;
-        result
+        match tokio::time::timeout(timeout, measure).await {
+            Ok(result) => result,
+            Err(_) => anyhow::bail!(
+                "{} did not answer within {}; check that the server runs and is not stopped or overloaded, and that nothing on the way drops packets (--timeout SECONDS waits longer)",
+                dbslots_core::redact(&args.url),
+                dbslots_core::format_seconds(timeout)
+            ),
+        }
     })
 }
+
+/// How long `dbslots connections` waits for its report without --timeout.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn report(conn: &mut Conn, args: &ConnectionsArgs) -> anyhow::Result<ExitCode> {
     let limits = ServerLimits::read(conn).await?;

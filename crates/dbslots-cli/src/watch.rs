@@ -51,6 +51,10 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
              for scripts and pipes use `dbslots status` (or `dbslots status --json`)"
         );
     }
+    if let Some(url) = &args.url {
+        // A typo shows now, not as "cannot read the server" for ever.
+        dbslots_mysql::ServerUrl::parse(url)?;
+    }
     let addr = match &args.pool {
         Some(p) => PoolAddr::parse(p)?,
         None => PoolAddr::Dir(dbslots_core::default_pool_dir()?),
@@ -166,7 +170,7 @@ pub fn with_gate_lines(
         } else {
             format!("{} {listen}", g.host)
         };
-        format!(
+        let line = format!(
             "gate      {} {}  queued {}  active {}  accepted {}  admitted {}  timeouts {}  idle-closed {}{}",
             g.name,
             place,
@@ -177,10 +181,8 @@ pub fn with_gate_lines(
             g.queue_timeouts,
             g.idle_closes,
             if g.draining { "  DRAINING" } else { "" }
-        )
-        .chars()
-        .take(usize::from(width.max(20)))
-        .collect::<String>()
+        );
+        fit(&line, usize::from(width.max(20)))
     });
     lines.splice(at..at, extra);
     lines.truncate(usize::from(height.max(5)));
@@ -217,6 +219,10 @@ impl Screen {
         terminal::enable_raw_mode().context("cannot put the terminal in raw mode")?;
         // From here on, `Drop` restores the terminal whatever fails.
         let screen = Screen;
+        // Log lines would land on the view when stderr is this terminal.
+        if std::io::stderr().is_terminal() {
+            crate::common::MUTE_LOGS.store(true, Ordering::Relaxed);
+        }
         let mut out = std::io::stdout();
         crossterm::execute!(out, terminal::EnterAlternateScreen, cursor::Hide)
             .context("cannot switch to the alternate screen")?;
@@ -229,6 +235,7 @@ impl Drop for Screen {
         let mut out = std::io::stdout();
         let _ = crossterm::execute!(out, cursor::Show, terminal::LeaveAlternateScreen);
         let _ = terminal::disable_raw_mode();
+        crate::common::MUTE_LOGS.store(false, Ordering::Relaxed);
     }
 }
 
@@ -360,7 +367,18 @@ pub fn render(
                     l.user_limit().map_or("none".into(), |n| n.to_string())
                 ));
             }
-            Err(e) => top.push(format!("          cannot read the server: {e}")),
+            Err(e) => {
+                // The monitor's errors are long (the URL, what to do) and
+                // may span lines (each attempt): wrapped, not cut, since
+                // the reason is what the operator needs.
+                let text = format!("cannot read the server: {e}");
+                for line in text.lines() {
+                    let chars: Vec<char> = line.chars().collect();
+                    for chunk in chars.chunks(width.saturating_sub(10).max(10)) {
+                        top.push(format!("          {}", chunk.iter().collect::<String>()));
+                    }
+                }
+            }
         }
     }
     let room = height.saturating_sub(top.len());
@@ -372,8 +390,17 @@ pub fn render(
     }
     top.extend(lists);
     top.truncate(height);
-    top.into_iter()
-        .map(|line| line.chars().take(width).collect())
+    top.into_iter().map(|line| fit(&line, width)).collect()
+}
+
+/// `line` cut to `width` characters, with every control character (the
+/// line feeds of a multi-line error, an ESC in a pool's name) shown as a
+/// space: written raw, they would break the screen or command the
+/// terminal.
+fn fit(line: &str, width: usize) -> String {
+    line.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(width)
         .collect()
 }
 
@@ -458,6 +485,45 @@ mod tests {
         let text = render(&Err("gone".into()), Some(&view), 100, 40, 0).join("\n");
         assert!(text.contains("cannot read the stats: gone"), "{text}");
         assert!(text.contains("cannot read the server: refused"), "{text}");
+        // A long reason is wrapped, not cut: its end is what to do.
+        let view = ServerView {
+            url: "mysql://db/x".into(),
+            reading: Err(format!("{}; what to do: give ssl-ca", "x".repeat(150))),
+        };
+        let lines = render(&Err("gone".into()), Some(&view), 60, 40, 0);
+        assert!(lines.iter().all(|l| l.chars().count() <= 60), "{lines:#?}");
+        assert!(
+            lines.join("").contains("what to do: give ssl-ca"),
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        // The monitor's errors span lines ("attempt 1: ..." / "what to
+        // do: ..."), and a pool directory may be named anything: written
+        // raw, a line feed in raw mode breaks the screen and an ESC is a
+        // terminal command.
+        let view = ServerView {
+            url: "mysql://app:***@db/x".into(),
+            reading: Err("cannot connect to mysql://app:***@db/x: gave up after 1 attempts\n  attempt 1: error 2003: refused\nwhat to do: start it".into()),
+        };
+        let pool = pool_stats(json!({"pool": "/tmp/odd\nname\u{1b}[2J"}));
+        let lines = render(&Ok(pool), Some(&view), 200, 40, 0);
+        for line in &lines {
+            assert!(!line.chars().any(char::is_control), "{line:?}");
+        }
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("            attempt 1: error 2003")),
+            "each line of the error on a line of its own: {lines:#?}"
+        );
+        let g = gate_report(json!({"name": "we\u{1b}]0;b\u{7}1"}));
+        let shown = with_gate_lines(lines, &[g], 200, 40);
+        for line in &shown {
+            assert!(!line.chars().any(char::is_control), "{line:?}");
+        }
     }
 
     #[test]

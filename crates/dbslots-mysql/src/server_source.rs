@@ -231,14 +231,45 @@ async fn refresh(inner: Arc<Inner>, mut conn: Option<Conn>) {
 }
 
 async fn read_now(url: &str, conn: &mut Option<Conn>) -> Result<ServerReading, String> {
+    let kept = conn.is_some();
+    match read_once(url, conn).await {
+        // The kept connection was gone (the server's wait_timeout, a
+        // proxy's idle timeout, a restart, KILL): that says nothing about
+        // the server now, so connect again at once.
+        Err(ReadFailure::Gone(e)) if kept => {
+            tracing::debug!(url = %dbslots_core::redact(url), error = %e, "the monitor connection was gone; connecting again");
+            read_once(url, conn).await.map_err(ReadFailure::into_text)
+        }
+        other => other.map_err(ReadFailure::into_text),
+    }
+}
+
+/// Why one read failed.
+enum ReadFailure {
+    /// The connection was gone (see [`crate::connection_is_gone`]).
+    Gone(String),
+    /// Anything else.
+    Other(String),
+}
+
+impl ReadFailure {
+    fn into_text(self) -> String {
+        match self {
+            ReadFailure::Gone(e) | ReadFailure::Other(e) => e,
+        }
+    }
+}
+
+/// One read over the kept connection, or a new one.
+async fn read_once(url: &str, conn: &mut Option<Conn>) -> Result<ServerReading, ReadFailure> {
     if conn.is_none() {
         let c = crate::connect_monitor(url)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ReadFailure::Other(e.to_string()))?;
         *conn = Some(c);
     }
     let Some(c) = conn.as_mut() else {
-        return Err("no monitor connection".into());
+        return Err(ReadFailure::Other("no monitor connection".into()));
     };
     let read = async {
         let limits = ServerLimits::read(c).await?;
@@ -253,14 +284,19 @@ async fn read_now(url: &str, conn: &mut Option<Conn>) -> Result<ServerReading, S
         Ok(Err(e)) => {
             // Connect again on the next read.
             *conn = None;
-            Err(e.to_string())
+            let gone = matches!(&e, crate::Error::Query { source, .. } if crate::connection_is_gone(source));
+            Err(if gone {
+                ReadFailure::Gone(e.to_string())
+            } else {
+                ReadFailure::Other(e.to_string())
+            })
         }
         Err(_) => {
             *conn = None;
-            Err(format!(
+            Err(ReadFailure::Other(format!(
                 "the server did not answer within {} s",
                 SERVER_READ_TIMEOUT.as_secs()
-            ))
+            )))
         }
     }
 }

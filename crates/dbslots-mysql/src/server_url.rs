@@ -441,10 +441,14 @@ fn split_ssl_params(url: &str) -> (String, SslParams) {
         driver_tls: false,
     };
     // The query starts at the first `?` after the user information (a
-    // password may hold a `?`).
+    // password may hold a `?`), which ends at the last `@` before the path;
+    // an `@` in the query (an ssl-ca path) is not one of them.
     let authority_start = url.find("://").map_or(0, |i| i + 3);
-    let after_user = url[authority_start..]
+    let rest = &url[authority_start..];
+    let before_path = rest.find('/').map_or(rest, |slash| &rest[..slash]);
+    let after_user = before_path
         .rfind('@')
+        .or_else(|| rest.rfind('@'))
         .map_or(authority_start, |at| authority_start + at);
     let Some(q) = url[after_user..].find('?').map(|i| after_user + i) else {
         return (url.to_string(), params);
@@ -583,6 +587,27 @@ mod tests {
         let (url, p) = split_ssl_params("mysql://db/x?require_ssl=true");
         assert_eq!(url, "mysql://db/x?require_ssl=true");
         assert!(p.driver_tls && p.mode.is_none());
+    }
+
+    #[test]
+    fn an_at_sign_in_the_query_is_not_taken_for_the_user_information() {
+        // A CA file may live at a path with an `@` (a systemd instance, a
+        // secrets directory): the query is still the query.
+        let (url, p) =
+            split_ssl_params("mysql://app:pw@db/x?ssl-mode=VERIFY_CA&ssl-ca=/run/db@prod/ca.pem");
+        assert_eq!(url, "mysql://app:pw@db/x");
+        assert_eq!(p.mode.as_deref(), Some("VERIFY_CA"));
+        assert_eq!(p.ca.as_deref(), Some("/run/db@prod/ca.pem"));
+        let dir = tempfile::tempdir().unwrap();
+        let ca_dir = dir.path().join("db@prod");
+        std::fs::create_dir(&ca_dir).unwrap();
+        let files = dbslots_testkit::make_certificates(&ca_dir, "localhost").unwrap();
+        let u = ServerUrl::parse(&format!(
+            "mysql://app:pw@db/x?ssl-mode=VERIFY_CA&ssl-ca={}",
+            files.ca.display()
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(u.ssl_mode(), Some(SslMode::VerifyCa));
     }
 
     #[test]

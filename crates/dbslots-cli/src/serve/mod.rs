@@ -107,6 +107,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(guard::read_token)
         .transpose()?;
+    if let Some(url) = &args.url {
+        // A typo shows now, not as a 502 on every request later.
+        dbslots_mysql::ServerUrl::parse(url)?;
+    }
     let server = args.url.map(ServerSource::new);
     raise_open_file_limit(args.max_connections);
     let runtime = crate::common::runtime()?;

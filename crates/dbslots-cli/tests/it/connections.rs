@@ -216,3 +216,85 @@ fn kill_idle_without_max_idle_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--max-idle"), "{stderr}");
 }
+
+/// A TCP proxy to `upstream` that stops passing anything on, in either
+/// direction, once the client sends `freeze_at` (the server looks frozen
+/// from then on: the network hangs, nothing is closed).
+fn freezing_proxy(upstream: String, freeze_at: &'static [u8]) -> u16 {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let server = TcpStream::connect(&upstream).expect("the proxy reaches the server");
+            let frozen = Arc::new(AtomicBool::new(false));
+            let pipe = move |mut from: TcpStream,
+                             mut to: TcpStream,
+                             watch: bool,
+                             frozen: Arc<AtomicBool>| {
+                let mut buf = [0u8; 16384];
+                loop {
+                    let n = match from.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if watch && buf[..n].windows(freeze_at.len()).any(|w| w == freeze_at) {
+                        frozen.store(true, Ordering::SeqCst);
+                    }
+                    if frozen.load(Ordering::SeqCst) {
+                        // Hold both sockets open, pass nothing on.
+                        std::thread::sleep(Duration::from_secs(3600));
+                    }
+                    if to.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            };
+            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let f2 = Arc::clone(&frozen);
+            std::thread::spawn(move || pipe(client, server, true, frozen));
+            std::thread::spawn(move || pipe(s2, c2, false, f2));
+        }
+    });
+    port
+}
+
+#[test]
+fn connections_gives_up_on_a_server_that_stops_answering() {
+    let Some(shared) = dbslots_testkit::shared_mysql() else {
+        return;
+    };
+    // host:port of the shared server, and the same URL through the proxy.
+    let url = &shared.user_url;
+    let at = url.rfind('@').unwrap() + 1;
+    let end = at + url[at..].find('/').unwrap();
+    let port = freezing_proxy(url[at..end].to_string(), b"VERSION()");
+    let proxied = format!("{}127.0.0.1:{port}{}", &url[..at], &url[end..]);
+    let mut child = dbslots()
+        .args(["connections", "--timeout", "3", "--url", &proxied])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run connections");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("dbslots connections still waits for a frozen server after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("did not answer within 3"), "{err}");
+    assert!(!err.contains(dbslots_testkit::PASSWORD), "{err}");
+}

@@ -123,13 +123,22 @@ fn serve_shows_no_password_in_bodies_or_metric_labels() {
     assert!(out.status.success(), "{stderr}");
     // A server that is not there: the document and the metrics still name
     // the URL.
-    let url = "mysql://app:Zse/cr@et@127.0.0.1:1/app";
+    let url = "mysql://app:Zse%2Fcr%40et@127.0.0.1:1/app";
     let serve = Serve::start(&["--pool", pool.to_str().expect("UTF-8"), "--url", url]);
     for path in ["/api/server", "/metrics", "/api/pool-stats", "/"] {
         let body = serve.get(path).body;
         assert!(!body.contains("Zse"), "{path}: {body}");
     }
     let (_, stderr) = serve.stop();
+    assert!(!stderr.contains("Zse"), "{stderr}");
+    // Written raw, the same password makes a URL that does not parse:
+    // serve refuses it at start, without showing it.
+    let (out, _, stderr) = run(dbslots()
+        .args(["serve", "--listen", "127.0.0.1:0", "--pool"])
+        .arg(&pool)
+        .args(["--url", "mysql://app:Zse/cr@et@127.0.0.1:1/app"]));
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("invalid MySQL URL"), "{stderr}");
     assert!(!stderr.contains("Zse"), "{stderr}");
 }
 

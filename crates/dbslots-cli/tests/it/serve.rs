@@ -241,6 +241,61 @@ fn serve_refuses_missing_and_repeated_pools() {
     );
 }
 
+#[test]
+fn serve_refuses_an_invalid_url_at_start() {
+    // A typo in --url must stop serve at once, as with a bad --pool, not
+    // leave a healthy-looking service that answers 502 for ever.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = dir.path().join("p").display().to_string();
+    let made = dbslots()
+        .args(["exec", "--pool", &pool, "--capacity", "1", "--", "true"])
+        .status()
+        .expect("run exec");
+    assert!(made.success());
+    for url in [
+        "mysql://app:s3cret@127.0.0.1:notaport/db",
+        "mysql://app:s3cret@127.0.0.1/db?ssl-mode=sometimes",
+    ] {
+        let mut child = dbslots()
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--pool",
+                &pool,
+                "--url",
+                url,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run serve");
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for serve") {
+                break Some(status);
+            }
+            if started.elapsed() > Duration::from_secs(5) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let status = status.unwrap_or_else(|| panic!("serve kept running with --url {url}: {err}"));
+        assert!(!status.success(), "{url}: {err}");
+        assert!(err.contains("invalid MySQL URL"), "{url}: {err}");
+        assert!(!err.contains("s3cret"), "{url}: {err}");
+    }
+}
+
 /// A URL with the password replaced, and a wrong password in its place.
 fn with_password(url: &str, password: &str) -> String {
     url.replacen(

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::support::{BusyPool, dbslots, status, wait_for};
 
@@ -267,6 +267,54 @@ fn watch_reads_a_server_that_requires_tls_with_verify_ca() {
     assert!(screen.contains("trusted CA"), "{screen}");
     assert!(!screen.contains(" connected"), "{screen}");
     assert!(!screen.contains(dbslots_testkit::PASSWORD), "{screen}");
+    tmux.keys("q");
+    let screen = tmux.wait_screen(&["watch-exit=0", "modes: "]);
+    assert_restored(&tmux, &screen);
+}
+
+#[test]
+fn watch_refuses_an_invalid_url_before_drawing() {
+    // A typo in --url stops watch with the reason, as a bad --pool does,
+    // instead of a view that says "cannot read the server" for ever.
+    let busy = BusyPool::start(1, 0);
+    let Some(tmux) = Tmux::start(&script(
+        &busy.path,
+        "--url 'mysql://app:s3cret@127.0.0.1:notaport/db'",
+    )) else {
+        return;
+    };
+    let screen = tmux.wait_screen(&["watch-exit=", "modes: "]);
+    assert!(!screen.contains("watch-exit=0"), "{screen}");
+    assert!(screen.contains("invalid MySQL URL"), "{screen}");
+    assert!(!screen.contains("s3cret"), "{screen}");
+    assert_restored(&tmux, &screen);
+}
+
+#[test]
+fn log_lines_do_not_scribble_over_the_view() {
+    // A server that refuses: every read fails and the library logs a
+    // warning; the view already says so, and a log line written to the
+    // raw terminal would land in the middle of it.
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = refusing.local_addr().unwrap().port();
+    drop(refusing);
+    let busy = BusyPool::start(1, 0);
+    let Some(tmux) = Tmux::start(&script(
+        &busy.path,
+        &format!("--url 'mysql://app:s3cret@127.0.0.1:{port}/db?prefer_socket=false'"),
+    )) else {
+        return;
+    };
+    tmux.wait_screen(&["cannot read the server"]);
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let screen = tmux.screen();
+        assert!(
+            !screen.contains("WARN") && !screen.contains(" url="),
+            "a log line on the view:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     tmux.keys("q");
     let screen = tmux.wait_screen(&["watch-exit=0", "modes: "]);
     assert_restored(&tmux, &screen);

@@ -100,3 +100,35 @@ fn access_denied_and_unknown_database_fail_at_once_with_a_clear_error_and_free_t
         }
     });
 }
+
+#[test]
+fn a_server_source_whose_connection_was_dropped_reconnects_within_the_same_read() {
+    // The server ends idle connections (wait_timeout, a proxy's idle
+    // timeout, a restart, KILL): the next read must connect again at once,
+    // not report the server down for one round while it is up.
+    let Some(shared) = shared_mysql() else {
+        return;
+    };
+    runtime().block_on(async {
+        let source = dbslots_mysql::ServerSource::new(shared.user_url.clone());
+        let wait = Duration::from_secs(10);
+        let first = source.read(wait).await;
+        let first_id = first.current().expect("up").limits.connection_id;
+
+        let mut admin = admin(&shared.admin_url).await;
+        admin
+            .query_drop(format!("KILL CONNECTION {first_id}"))
+            .await
+            .expect("the admin kills the monitor's connection");
+        assert!(gone_from_server(&mut admin, first_id).await);
+        tokio::time::sleep(dbslots_mysql::SERVER_FRESH + Duration::from_millis(100)).await;
+
+        let second = source.read(wait).await;
+        let reading = second
+            .current()
+            .unwrap_or_else(|e| panic!("the server is up but the source says: {e}"));
+        assert_ne!(reading.limits.connection_id, first_id, "a new connection");
+        source.close().await;
+        admin.disconnect().await.expect("disconnect");
+    });
+}
