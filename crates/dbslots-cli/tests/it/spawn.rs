@@ -1086,3 +1086,50 @@ fn a_script_without_a_shebang_line_runs_with_sh_in_every_output_mode() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn signals_ignored_by_the_caller_do_not_stop_the_spawner() {
+    // `nohup dbslots spawn ...`: the hang-up of the terminal must not stop
+    // the fleet, as it does not stop any other program started so (and as
+    // it does not stop `dbslots exec`).
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let worker = r#"trap 'echo terminated >> "$D/log"' TERM
+touch "$D/started"
+while [ ! -e "$D/go" ]; do sleep 0.02; done
+echo finished >> "$D/log""#;
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "trap '' HUP; exec \"$DBSLOTS\" spawn --workers 1 --progress quiet --pool \"$D/pool\" --capacity 1 -- sh -c \"$W\"",
+        ])
+        .env("DBSLOTS", env!("CARGO_BIN_EXE_dbslots"))
+        .env("D", d)
+        .env("W", worker)
+        .env_remove("DBSLOTS_POOL")
+        .env_remove("DBSLOTS_SLOT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    crate::support::wait_for("the worker to start", Duration::from_secs(20), || {
+        d.join("started").exists().then_some(())
+    });
+    // SAFETY: kill(2) on our own child (sh exec'd into dbslots).
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) };
+    // Time for a spawner that obeys the hang-up to stop the worker (this
+    // pause only lets the bug show; the test passes without it).
+    thread::sleep(Duration::from_millis(500));
+    std::fs::write(d.join("go"), "").unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let log = std::fs::read_to_string(d.join("log")).unwrap_or_default();
+    assert_eq!(
+        log.trim(),
+        "finished",
+        "the worker ran to its end: {stderr}"
+    );
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}
