@@ -209,7 +209,9 @@ fn spawn(args: SpawnArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let summary = runtime.block_on(spawner.run())?;
-    print_summary(format!("dbslots spawn: {summary}\n"));
+    print_summary(crate::advice::in_cli_terms(&format!(
+        "dbslots spawn: {summary}\n"
+    )));
     Ok(ExitCode::from(summary.exit_code()))
 }
 

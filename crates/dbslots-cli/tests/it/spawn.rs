@@ -1133,3 +1133,28 @@ echo finished >> "$D/log""#;
     );
     assert_eq!(status.code(), Some(0), "{stderr}");
 }
+
+#[test]
+fn a_log_file_that_cannot_be_created_is_not_blamed_on_the_program() {
+    // The program exists; its log file cannot be created (here a dangling
+    // symlink; for most users, a directory they cannot write to). That is
+    // no "command not found" (127) and no PATH to check.
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("missing/x"), logs.join("0.log")).unwrap();
+    let out = run(dbslots()
+        .args(["spawn", "--workers", "1", "--progress", "quiet", "--pool"])
+        .arg(dir.path().join("pool"))
+        .args(["--capacity", "1", "--log-dir"])
+        .arg(&logs)
+        .args(["--", "true"]));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(126), "{stderr}");
+    assert!(stderr.contains("0.log"), "{stderr}");
+    assert!(!stderr.contains("PATH"), "{stderr}");
+    assert!(
+        stderr.contains("--log-dir"),
+        "names the flag to check: {stderr}"
+    );
+}
