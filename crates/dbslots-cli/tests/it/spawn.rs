@@ -1158,3 +1158,73 @@ fn a_log_file_that_cannot_be_created_is_not_blamed_on_the_program() {
         "names the flag to check: {stderr}"
     );
 }
+
+#[test]
+fn a_stalled_joblog_reader_never_stalls_the_spawner() {
+    // The joblog is a FIFO (or /dev/stdout, a pipe to a pager) whose reader
+    // has stopped reading. Like the output, it must not block the thread
+    // that reaps workers, frees slots and obeys signals: Ctrl-C still ends
+    // the run at once.
+    let _serial = crate::support::heavy_or_sensitive();
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("joblog");
+    let c_fifo = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo and open on a path in our own temporary directory.
+    let reader = unsafe {
+        assert_eq!(libc::mkfifo(c_fifo.as_ptr(), 0o600), 0);
+        libc::open(c_fifo.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK)
+    };
+    assert!(reader >= 0);
+    let mut child = dbslots()
+        .args(["spawn", "--workers", "1000000", "--progress", "quiet"])
+        .args(["--capacity", "4", "--pool"])
+        .arg(dir.path().join("pool"))
+        .arg("--joblog")
+        .arg(&fifo)
+        .args(["--", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Until a thread of the spawner waits for room in the FIFO: nobody
+    // reads it. (Or, where the kernel does not say, until the pipe is more
+    // than half full and has not moved for a second.)
+    let tasks = format!("/proc/{}/task", child.id());
+    let (mut last, mut still) = (0, 0);
+    wait_for("the joblog's pipe to fill", Duration::from_secs(60), || {
+        let blocked = std::fs::read_dir(&tasks)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|t| {
+                std::fs::read_to_string(t.path().join("wchan"))
+                    .is_ok_and(|w| w.contains("pipe_write"))
+            });
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD on our own descriptor into a local int.
+        unsafe { libc::ioctl(reader, libc::FIONREAD, &mut queued) };
+        still = if queued == last { still + 1 } else { 0 };
+        last = queued;
+        blocked || (queued > 32 * 1024 && still >= 50)
+    });
+    let asked = Instant::now();
+    // SAFETY: SIGINT to the spawner we started, as a Ctrl-C would.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = asked + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    // SAFETY: closes our own descriptor.
+    unsafe { libc::close(reader) };
+    let status = status.expect("the spawner ignored Ctrl-C while its joblog was not read");
+    assert_eq!(status.code(), Some(130), "{status:?}");
+}
