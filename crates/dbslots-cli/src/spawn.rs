@@ -62,8 +62,9 @@ use crate::exec::parse_seconds;
 ///
 /// Ctrl-C, SIGTERM or SIGHUP: nothing new starts, every worker's process
 /// group (with what a worker left behind) gets SIGTERM, and SIGKILL after
-/// --grace seconds or at a second signal. A summary goes to stderr at the
-/// end.
+/// --grace seconds or at a second signal. A signal the caller ignores
+/// (nohup, `cmd &` in a script) stays ignored. A summary goes to stderr at
+/// the end.
 ///
 /// Exit status: 0 when every worker exited with 0; 1 when any failed or was
 /// killed by a signal; 2 on a usage error or when the pool, the joblog or
@@ -208,7 +209,9 @@ fn spawn(args: SpawnArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let summary = runtime.block_on(spawner.run())?;
-    print_summary(format!("dbslots spawn: {summary}\n"));
+    print_summary(crate::advice::in_cli_terms(&format!(
+        "dbslots spawn: {summary}\n"
+    )));
     Ok(ExitCode::from(summary.exit_code()))
 }
 

@@ -400,8 +400,8 @@ pub fn redact_text(text: &str, url: &str) -> String {
 /// such as a joblog's `Command` column.
 ///
 /// Hidden: passwords in URLs ([`redact`]); the value of `--password=`,
-/// `--passwd=`, `--pass=` and any `--…-password=`; the word after a bare
-/// `--password`; what follows `-p` in a word such as `-psecret` (the
+/// `--passwd=`, `--pass=` and any `--…-password=`; the word after such an
+/// option given bare (`--password VALUE`, `--db-password VALUE`); what follows `-p` in a word such as `-psecret` (the
 /// `mysql` client's form); and the value of `MYSQL_PWD=`, `PGPASSWORD=`,
 /// `REDISCLI_AUTH=` and other `…PASSWORD…=`/`…PWD=`/`…_AUTH=` assignments.
 /// The rules apply to every blank-separated piece of a word too, so a
@@ -418,7 +418,10 @@ pub fn redact_command<S: AsRef<str>>(words: &[S]) -> Vec<String> {
             continue;
         }
         let bare = word.trim_start_matches(['\'', '"']);
-        hide_next = matches!(bare, "--password" | "--passwd" | "--pass");
+        // `--db-password VALUE` as well as `--db-password=VALUE`.
+        hide_next = bare.strip_prefix("--").is_some_and(|name| {
+            !name.is_empty() && !name.contains(['=', ' ']) && secret_option(name)
+        });
         out.push(redact_command_word(word));
     }
     out
@@ -461,12 +464,7 @@ fn redact_token(token: &str) -> String {
     if let Some(long) = body.strip_prefix("--")
         && let Some((name, _)) = long.split_once('=')
     {
-        let name = name.to_ascii_lowercase();
-        if name.ends_with("password")
-            || name.ends_with("passwd")
-            || name == "pass"
-            || name.ends_with("-pass")
-        {
+        if secret_option(name) {
             return hidden(&body[..2 + name.len() + 1]);
         }
         return token.to_string();
@@ -490,6 +488,17 @@ fn redact_token(token: &str) -> String {
         return hidden(&body[..name.len() + 1]);
     }
     token.to_string()
+}
+
+/// Whether the long option `--NAME` takes a password (any case):
+/// `password`, `passwd`, `pass`, or a name ending in one of them after a
+/// dash (`db-password`, `redis-pass`).
+fn secret_option(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.ends_with("password")
+        || name.ends_with("passwd")
+        || name == "pass"
+        || name.ends_with("-pass")
 }
 
 /// Decodes `%XX` escapes; invalid ones and non-UTF-8 results stay as they
@@ -641,6 +650,9 @@ mod tests {
         assert_eq!(out[8], "sh -c 'MYSQL_PWD=*** mysql -p*** --password=***");
         assert_eq!(out[9], "--url=mysql://app:***@db/x");
         assert_eq!(out[10], "--port=3306");
+        // A bare option of any password name hides the next word.
+        let out = redact_command(&["--db-password", "s3cret", "--Redis-Pass", "s3cret", "x"]);
+        assert_eq!(out, ["--db-password", "***", "--Redis-Pass", "***", "x"]);
     }
 
     /// Characters a password may contain, the awkward ones many times over.

@@ -2,8 +2,11 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::mpsc;
 use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 
@@ -30,14 +33,18 @@ pub(crate) struct Entry<'a> {
     pub command: &'a str,
 }
 
-/// An open joblog.
+/// An open joblog. Lines are written by a thread of its own, so that a
+/// joblog nobody reads (a FIFO, `/dev/stdout` piped to a stopped pager)
+/// never blocks the thread that reaps workers, frees slots and obeys
+/// signals; they queue meanwhile (a few dozen bytes per worker).
 pub(crate) struct Joblog {
-    path: PathBuf,
-    file: Option<BufWriter<File>>,
+    lines: mpsc::Sender<String>,
+    written: Option<oneshot::Receiver<()>>,
 }
 
 impl Joblog {
-    /// Creates (or truncates) the file and writes the header.
+    /// Creates (or truncates) the file, writes the header, and starts the
+    /// thread that writes the lines.
     pub(crate) fn create(path: &Path) -> Result<Joblog> {
         let fail = |source| Error::Joblog {
             path: path.to_path_buf(),
@@ -47,34 +54,64 @@ impl Joblog {
         writeln!(file, "{JOBLOG_HEADER}")
             .and_then(|_| file.flush())
             .map_err(fail)?;
+        let (lines, queued) = mpsc::channel::<String>();
+        let (done, written) = oneshot::channel();
+        let path = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("dbslots-joblog".into())
+            .spawn(move || {
+                write_lines(&path, file, queued);
+                let _ = done.send(());
+            })
+            .map_err(fail)?;
         Ok(Joblog {
-            path: path.to_path_buf(),
-            file: Some(file),
+            lines,
+            written: Some(written),
         })
     }
 
-    /// Appends `entry`. A write error is reported once and ends the joblog;
-    /// the workers are not affected.
+    /// Queues `entry` for the file. Never blocks.
     pub(crate) fn record(&mut self, entry: &Entry<'_>) {
-        let Some(file) = &mut self.file else { return };
-        let written = writeln!(
-            file,
-            "{}\t:\t{:.3}\t{:.3}\t0\t0\t{}\t{}\t{}",
+        let line = format!(
+            "{}\t:\t{:.3}\t{:.3}\t0\t0\t{}\t{}\t{}\n",
             entry.index as u64 + 1,
             entry.start_unix,
             entry.runtime.as_secs_f64(),
             entry.exitval,
             entry.signal,
             entry.command
-        )
-        .and_then(|_| file.flush());
-        if let Err(e) = written {
-            tracing::error!(joblog = %self.path.display(), error = %e, "cannot write the joblog; no further lines are written");
+        );
+        let _ = self.lines.send(line);
+    }
+
+    /// Completes once every line recorded before this joblog was dropped
+    /// is written (or could not be).
+    pub(crate) fn written(&mut self) -> impl Future<Output = ()> + use<> {
+        let written = self.written.take();
+        async move {
+            if let Some(w) = written {
+                let _ = w.await;
+            }
+        }
+    }
+}
+
+/// The joblog thread: writes each line as it comes and flushes it. A write
+/// error is reported once and ends the writing; the workers are not
+/// affected.
+fn write_lines(path: &Path, mut file: BufWriter<File>, queued: mpsc::Receiver<String>) {
+    let mut failed = false;
+    for line in queued {
+        if failed {
+            continue;
+        }
+        if let Err(e) = file.write_all(line.as_bytes()).and_then(|()| file.flush()) {
+            tracing::error!(joblog = %path.display(), error = %e, "cannot write the joblog; no further lines are written");
             eprintln!(
                 "dbslots spawn: cannot write the joblog {}: {e}; no further lines are written (the workers go on)",
-                self.path.display()
+                path.display()
             );
-            self.file = None;
+            failed = true;
         }
     }
 }
@@ -96,6 +133,12 @@ mod tests {
             signal: 0,
             command: "sh -c 'exit 3'",
         });
+        let written = log.written();
+        drop(log);
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(written);
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], JOBLOG_HEADER);

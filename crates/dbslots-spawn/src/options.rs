@@ -162,7 +162,8 @@ impl SpawnOptions {
     }
 
     /// Whether the spawner stops on SIGINT, SIGTERM and SIGHUP; on by
-    /// default. Embedders that handle signals themselves turn it off and use
+    /// default. One the process inherited as ignored (`nohup`) stays
+    /// ignored. Embedders that handle signals themselves turn it off and use
     /// a [`Stopper`](crate::Stopper).
     pub fn handle_signals(mut self, handle: bool) -> Self {
         self.handle_signals = handle;

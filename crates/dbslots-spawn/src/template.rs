@@ -238,4 +238,28 @@ mod tests {
             "mysql '--password=***' '-p***' --password '***' -e 'SELECT 2'"
         );
     }
+
+    #[test]
+    fn a_password_option_hides_its_value_in_the_next_word_too() {
+        // `--db-password=x` was hidden but `--db-password x` (how most
+        // option parsers also take it) went to the joblog as it was.
+        let t = Template::from_argv([
+            "php",
+            "worker.php",
+            "--db-password",
+            "hunter2",
+            "--redis-pass",
+            "hunter3",
+            "--db-password=hunter4",
+            "--shard",
+            "{index}",
+        ])
+        .unwrap();
+        let line = t.display(1, 2);
+        assert!(!line.contains("hunter"), "{line}");
+        assert_eq!(
+            line,
+            "php worker.php --db-password '***' --redis-pass '***' '--db-password=***' --shard 1"
+        );
+    }
 }

@@ -482,6 +482,31 @@ fn a_script_without_a_shebang_line_runs_with_sh_as_from_a_shell() {
     );
 }
 
+#[test]
+fn a_binary_the_kernel_refuses_is_not_run_as_a_script() {
+    // A program for another machine (here: an ELF header and then a line
+    // of shell) is refused by the kernel with ENOEXEC. A shell reports
+    // "cannot execute binary file" (126); it must not be fed to /bin/sh.
+    let (dir, p) = pool();
+    let binary = dir.path().join("other-arch");
+    let mut bytes = b"\x7fELF\x02\x01\x01".to_vec();
+    bytes.extend_from_slice(&[0; 9]);
+    bytes.extend_from_slice(b"\necho ran as a script\n");
+    std::fs::write(&binary, bytes).expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = dbslots()
+        .args(["exec", "--pool", &p, "--capacity", "1", "--"])
+        .arg(&binary)
+        .output()
+        .expect("run exec");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stdout.contains("ran as a script"), "{stdout}");
+    assert_eq!(out.status.code(), Some(126), "{stderr}");
+    assert!(stderr.contains("other-arch"), "names the program: {stderr}");
+}
+
 /// Waits (up to 10 s) for the pid a command wrote to `file`.
 pub(crate) fn pid_in(file: &std::path::Path) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -1086,3 +1086,145 @@ fn a_script_without_a_shebang_line_runs_with_sh_in_every_output_mode() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn signals_ignored_by_the_caller_do_not_stop_the_spawner() {
+    // `nohup dbslots spawn ...`: the hang-up of the terminal must not stop
+    // the fleet, as it does not stop any other program started so (and as
+    // it does not stop `dbslots exec`).
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let worker = r#"trap 'echo terminated >> "$D/log"' TERM
+touch "$D/started"
+while [ ! -e "$D/go" ]; do sleep 0.02; done
+echo finished >> "$D/log""#;
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "trap '' HUP; exec \"$DBSLOTS\" spawn --workers 1 --progress quiet --pool \"$D/pool\" --capacity 1 -- sh -c \"$W\"",
+        ])
+        .env("DBSLOTS", env!("CARGO_BIN_EXE_dbslots"))
+        .env("D", d)
+        .env("W", worker)
+        .env_remove("DBSLOTS_POOL")
+        .env_remove("DBSLOTS_SLOT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    crate::support::wait_for("the worker to start", Duration::from_secs(20), || {
+        d.join("started").exists().then_some(())
+    });
+    // SAFETY: kill(2) on our own child (sh exec'd into dbslots).
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) };
+    // Time for a spawner that obeys the hang-up to stop the worker (this
+    // pause only lets the bug show; the test passes without it).
+    thread::sleep(Duration::from_millis(500));
+    std::fs::write(d.join("go"), "").unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let log = std::fs::read_to_string(d.join("log")).unwrap_or_default();
+    assert_eq!(
+        log.trim(),
+        "finished",
+        "the worker ran to its end: {stderr}"
+    );
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}
+
+#[test]
+fn a_log_file_that_cannot_be_created_is_not_blamed_on_the_program() {
+    // The program exists; its log file cannot be created (here a dangling
+    // symlink; for most users, a directory they cannot write to). That is
+    // no "command not found" (127) and no PATH to check.
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("missing/x"), logs.join("0.log")).unwrap();
+    let out = run(dbslots()
+        .args(["spawn", "--workers", "1", "--progress", "quiet", "--pool"])
+        .arg(dir.path().join("pool"))
+        .args(["--capacity", "1", "--log-dir"])
+        .arg(&logs)
+        .args(["--", "true"]));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(126), "{stderr}");
+    assert!(stderr.contains("0.log"), "{stderr}");
+    assert!(!stderr.contains("PATH"), "{stderr}");
+    assert!(
+        stderr.contains("--log-dir"),
+        "names the flag to check: {stderr}"
+    );
+}
+
+#[test]
+fn a_stalled_joblog_reader_never_stalls_the_spawner() {
+    // The joblog is a FIFO (or /dev/stdout, a pipe to a pager) whose reader
+    // has stopped reading. Like the output, it must not block the thread
+    // that reaps workers, frees slots and obeys signals: Ctrl-C still ends
+    // the run at once.
+    let _serial = crate::support::heavy_or_sensitive();
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("joblog");
+    let c_fifo = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo and open on a path in our own temporary directory.
+    let reader = unsafe {
+        assert_eq!(libc::mkfifo(c_fifo.as_ptr(), 0o600), 0);
+        libc::open(c_fifo.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK)
+    };
+    assert!(reader >= 0);
+    let mut child = dbslots()
+        .args(["spawn", "--workers", "1000000", "--progress", "quiet"])
+        .args(["--capacity", "4", "--pool"])
+        .arg(dir.path().join("pool"))
+        .arg("--joblog")
+        .arg(&fifo)
+        .args(["--", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Until a thread of the spawner waits for room in the FIFO: nobody
+    // reads it. (Or, where the kernel does not say, until the pipe is more
+    // than half full and has not moved for a second.)
+    let tasks = format!("/proc/{}/task", child.id());
+    let (mut last, mut still) = (0, 0);
+    wait_for("the joblog's pipe to fill", Duration::from_secs(60), || {
+        let blocked = std::fs::read_dir(&tasks)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|t| {
+                std::fs::read_to_string(t.path().join("wchan"))
+                    .is_ok_and(|w| w.contains("pipe_write"))
+            });
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD on our own descriptor into a local int.
+        unsafe { libc::ioctl(reader, libc::FIONREAD, &mut queued) };
+        still = if queued == last { still + 1 } else { 0 };
+        last = queued;
+        blocked || (queued > 32 * 1024 && still >= 50)
+    });
+    let asked = Instant::now();
+    // SAFETY: SIGINT to the spawner we started, as a Ctrl-C would.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = asked + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    // SAFETY: closes our own descriptor.
+    unsafe { libc::close(reader) };
+    let status = status.expect("the spawner ignored Ctrl-C while its joblog was not read");
+    assert_eq!(status.code(), Some(130), "{status:?}");
+}

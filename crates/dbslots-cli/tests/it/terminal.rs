@@ -196,6 +196,32 @@ fn a_command_that_reads_the_terminal_gets_it_and_its_ctrl_c() {
 }
 
 #[test]
+fn the_terminal_comes_back_when_what_the_command_left_had_it() {
+    // The command exits and leaves a background job that then reads the
+    // terminal: the job gets it (as the command would). When the job ends,
+    // the terminal must come back to the caller's group: here a script that
+    // reads a line after `dbslots exec`, which would otherwise be stopped
+    // (SIGTTIN) as a background reader of a terminal nobody has.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("script.sh"),
+        format!(
+            "{EXEC} sh -c '(echo \"rea\"\"dy\"; x=$(head -n 1 </dev/tty); echo \"got\"\" $x\") &'\nread y\necho \"after\"\" $y\"\n"
+        ),
+    )
+    .expect("write the script");
+    let mut shell = Shell::start(dir.path());
+    shell.send("sh script.sh; echo \"status\"\"=$?\"\n");
+    shell.expect("ready");
+    shell.send("one\n");
+    shell.expect("got one");
+    // The script's own read, after dbslots returned.
+    shell.send("two\n");
+    shell.expect("after two");
+    shell.expect("status=0");
+}
+
+#[test]
 fn ctrl_z_and_fg_stop_and_resume_a_command_at_the_terminal() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut shell = Shell::start(dir.path());

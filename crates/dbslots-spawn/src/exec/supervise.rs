@@ -196,6 +196,12 @@ fn reap_and_look(pgid: libc::pid_t, terminal: Option<&Terminal>, shared: &Shared
                 // None of ours left to report: is anything left at all?
                 _ if group_alive(pgid) => Found::Running,
                 _ => {
+                    // A leftover that read the terminal was given it: the
+                    // terminal goes back to this process's group, as when
+                    // the command exits with it.
+                    if let Some(t) = terminal {
+                        t.take_back(pgid);
+                    }
                     mark_gone(st, shared);
                     Found::Gone
                 }

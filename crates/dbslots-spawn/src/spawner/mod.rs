@@ -174,10 +174,12 @@ impl Spawner {
             }
             _ => None,
         };
-        let joblog = match &self.options.joblog {
+        let mut joblog = match &self.options.joblog {
             Some(path) => Some(Joblog::create(path)?),
             None => None,
         };
+        // Once the collector dropped the joblog: every line written.
+        let joblog_written = joblog.as_mut().map(Joblog::written);
         if let Output::LogDir(dir) = &self.options.output {
             std::fs::create_dir_all(dir).map_err(|source| Error::LogDir {
                 path: dir.clone(),
@@ -248,9 +250,9 @@ impl Spawner {
         if let Some(keeper) = &ctx.keeper {
             keeper.stand_down();
         }
-        // Everything is reaped; what is left is output. Wait for it unless
-        // nobody reads it: after a stop, for at most `OUTPUT_AFTER_STOP`;
-        // at any time, no longer than the next signal.
+        // Everything is reaped; what is left is output (and the joblog).
+        // Wait for it unless nobody reads it: after a stop, for at most
+        // `OUTPUT_AFTER_STOP`; at any time, no longer than the next signal.
         let stopped = ctx.stopping();
         let give_up = async {
             let next_signal = async {
@@ -270,7 +272,22 @@ impl Spawner {
                 next_signal.await;
             }
         };
-        let dropped = writer.finish(give_up).await;
+        tokio::pin!(give_up);
+        let mut given_up = false;
+        if let Some(written) = joblog_written {
+            tokio::select! {
+                () = written => {}
+                () = &mut give_up => {
+                    given_up = true;
+                    tracing::debug!("the joblog is not read; not waiting for it");
+                }
+            }
+        }
+        let dropped = if given_up {
+            writer.finish(std::future::ready(())).await
+        } else {
+            writer.finish(give_up).await
+        };
 
         let signal = ctx.stop.borrow().signal;
         let stop = match signal {

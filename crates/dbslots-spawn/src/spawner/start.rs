@@ -145,41 +145,37 @@ impl Ctx {
                         sh_args.extend(args);
                         self.spawn_as(index, slot, OsStr::new("/bin/sh"), &sh_args)
                     }
-                    None => Err((e, "spawning".to_owned())),
+                    None => Err((e, Step::Spawning)),
                 }
             }
             started => started,
         };
-        started.map_err(|(e, what)| self.start_failed(index, e, &what))
+        started.map_err(|(e, step)| self.start_failed(index, e, &step))
     }
 
     /// Why worker `index` could not start, with what to do about it.
-    fn start_failed(&self, index: u32, e: io::Error, what: &str) -> StopReason {
+    fn start_failed(&self, index: u32, e: io::Error, step: &Step) -> StopReason {
         let n = self.options.workers;
-        {
-            let (exit_code, hint) = match e.kind() {
-                io::ErrorKind::NotFound => (127, "check the command and PATH"),
-                io::ErrorKind::PermissionDenied => (126, "make the program executable"),
-                _ => match e.raw_os_error() {
-                    Some(libc::EMFILE) | Some(libc::ENFILE) => (
-                        126,
-                        "too many open files: raise the limit (ulimit -n) or use Output::LogDir, which needs no pipes",
-                    ),
-                    Some(libc::EAGAIN) => (
-                        126,
-                        "the process limit is reached: raise it (ulimit -u) or start fewer workers at once",
-                    ),
-                    _ => (126, "check the command and the system's limits"),
-                },
-            };
-            StopReason::StartFailed {
-                index,
-                message: format!(
-                    "cannot start worker {index} ({}): {what}: {e}; {hint}",
-                    self.template.display(index, n)
-                ),
-                exit_code,
+        let (what, exit_code, hint) = match step {
+            // Not the program's fault: no 127, no PATH to check.
+            Step::LogFile(what) => (
+                what.as_str(),
+                126,
+                "check that the directory given as Output::LogDir exists and is writable",
+            ),
+            Step::HandingOver => ("handing over the slot", 126, "check the pool"),
+            Step::Spawning => {
+                let (exit_code, hint) = program_hint(&e);
+                ("spawning", exit_code, hint)
             }
+        };
+        StopReason::StartFailed {
+            index,
+            message: format!(
+                "cannot start worker {index} ({}): {what}: {e}; {hint}",
+                self.template.display(index, n)
+            ),
+            exit_code,
         }
     }
 
@@ -191,9 +187,8 @@ impl Ctx {
         slot: Option<&Slot>,
         program: &OsStr,
         args: &[OsString],
-    ) -> Result<WorkerProcess, (io::Error, String)> {
+    ) -> Result<WorkerProcess, (io::Error, Step)> {
         let n = self.options.workers;
-        let fail = |e: io::Error, what: &str| (e, what.to_owned());
         let mut cmd = Command::new(program);
         cmd.args(args)
             .env(ENV_WORKER_INDEX, index.to_string())
@@ -217,10 +212,10 @@ impl Ctx {
             Output::LogDir(dir) => {
                 let path = dir.join(format!("{index}.log"));
                 let file = std::fs::File::create(&path)
-                    .map_err(|e| fail(e, &format!("creating {}", path.display())))?;
+                    .map_err(|e| (e, Step::LogFile(format!("creating {}", path.display()))))?;
                 let copy = file
                     .try_clone()
-                    .map_err(|e| fail(e, &format!("duplicating {}", path.display())))?;
+                    .map_err(|e| (e, Step::LogFile(format!("duplicating {}", path.display()))))?;
                 cmd.stdout(file).stderr(copy);
             }
         }
@@ -237,7 +232,7 @@ impl Ctx {
             Some(slot) => {
                 cmd.envs(slot.child_env());
                 slot.lock_fd_for_child()
-                    .map_err(|e| fail(io::Error::other(e.to_string()), "handing over the slot"))?
+                    .map_err(|e| (io::Error::other(e.to_string()), Step::HandingOver))?
             }
             None => None,
         };
@@ -283,7 +278,7 @@ impl Ctx {
                 stdin,
             )
             .map(WorkerProcess::Spawned)
-            .map_err(|e| fail(e, "spawning"));
+            .map_err(|e| (e, Step::Spawning));
         }
         match handed_over {
             Some(fd) => cmd.stdin(Stdio::from(fd)),
@@ -327,6 +322,37 @@ impl Ctx {
         }
         spawned
             .map(WorkerProcess::Std)
-            .map_err(|e| fail(e, "spawning"))
+            .map_err(|e| (e, Step::Spawning))
+    }
+}
+
+/// What a failed start was doing: only a failure to start the program
+/// itself is the program's (127 when it is not found, as from a shell).
+enum Step {
+    /// Creating or duplicating the worker's log file (what, with its path).
+    LogFile(String),
+    /// Duplicating the slot's lock for the worker.
+    HandingOver,
+    /// Starting the program.
+    Spawning,
+}
+
+/// The exit status and the advice for a program that could not be
+/// started.
+fn program_hint(e: &io::Error) -> (u8, &'static str) {
+    match e.kind() {
+        io::ErrorKind::NotFound => (127, "check the command and PATH"),
+        io::ErrorKind::PermissionDenied => (126, "make the program executable"),
+        _ => match e.raw_os_error() {
+            Some(libc::EMFILE) | Some(libc::ENFILE) => (
+                126,
+                "too many open files: raise the limit (ulimit -n) or use Output::LogDir, which needs no pipes",
+            ),
+            Some(libc::EAGAIN) => (
+                126,
+                "the process limit is reached: raise it (ulimit -u) or start fewer workers at once",
+            ),
+            _ => (126, "check the command and the system's limits"),
+        },
     }
 }

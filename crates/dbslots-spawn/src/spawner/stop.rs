@@ -135,27 +135,58 @@ pub(super) fn signal_phase(pgid: libc::pid_t, phase: Phase, index: u32) {
     );
 }
 
-/// SIGINT, SIGTERM and SIGHUP as one stream.
+/// SIGINT, SIGTERM and SIGHUP as one stream; a signal this process
+/// inherited as ignored (`nohup`, `cmd &` in a script) stays ignored and is
+/// not obeyed, as by any other program started so (and by `exec`).
 pub(super) struct Signals {
-    int: Signal,
-    term: Signal,
-    hup: Signal,
+    int: Option<Signal>,
+    term: Option<Signal>,
+    hup: Option<Signal>,
 }
 
 impl Signals {
     pub(super) fn new() -> io::Result<Signals> {
+        let obeyed = |sig: libc::c_int, kind: SignalKind| -> io::Result<Option<Signal>> {
+            if ignored(sig)? {
+                tracing::debug!(signal = sig, "ignored by the caller: left ignored");
+                return Ok(None);
+            }
+            signal(kind).map(Some)
+        };
         Ok(Signals {
-            int: signal(SignalKind::interrupt())?,
-            term: signal(SignalKind::terminate())?,
-            hup: signal(SignalKind::hangup())?,
+            int: obeyed(libc::SIGINT, SignalKind::interrupt())?,
+            term: obeyed(libc::SIGTERM, SignalKind::terminate())?,
+            hup: obeyed(libc::SIGHUP, SignalKind::hangup())?,
         })
     }
 
     pub(super) async fn recv(&mut self) -> i32 {
-        tokio::select! {
-            _ = self.int.recv() => libc::SIGINT,
-            _ = self.term.recv() => libc::SIGTERM,
-            _ = self.hup.recv() => libc::SIGHUP,
+        async fn next(s: &mut Option<Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
         }
+        tokio::select! {
+            () = next(&mut self.int) => libc::SIGINT,
+            () = next(&mut self.term) => libc::SIGTERM,
+            () = next(&mut self.hup) => libc::SIGHUP,
+        }
+    }
+}
+
+/// Whether `sig` is ignored in this process (inherited so: nothing here
+/// ignores a signal).
+fn ignored(sig: libc::c_int) -> io::Result<bool> {
+    // SAFETY: reads the current disposition into a zeroed struct; changes
+    // nothing.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(old.sa_sigaction == libc::SIG_IGN)
     }
 }
