@@ -99,8 +99,10 @@ pub(super) fn wait_for_group(
         // SAFETY: filled in by a successful waitid for a child.
         let status = unsafe { info.si_status() };
         if info.si_code == libc::CLD_STOPPED {
-            // Consume the report (WNOWAIT kept it) without reaping.
-            let _ = wait_id(libc::P_PID, pid, libc::WNOHANG);
+            // Consume the stop report (WNOWAIT kept it), and only that:
+            // had the command been continued and exited since, an exit
+            // collected here would be lost to the wait above.
+            consume_stop(pid);
             if let Some(t) = terminal {
                 t.stopped(pgid, status);
             }
@@ -170,6 +172,21 @@ fn wait_id(
             return Err(io::Error::last_os_error());
         }
         Ok((info.si_pid() != 0).then_some(info))
+    }
+}
+
+/// Consumes `pid`'s pending stop report, if it still has one; never an
+/// exit.
+fn consume_stop(pid: libc::pid_t) {
+    // SAFETY: waitid writes into a zeroed local siginfo_t.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let _ = libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WSTOPPED | libc::WNOHANG,
+        );
     }
 }
 
