@@ -193,7 +193,16 @@ impl ServerUrl {
                 "ssl-ca goes with ssl-mode, not with mysql_async's require_ssl; write ssl-mode=VERIFY_CA&ssl-ca=PATH (or VERIFY_IDENTITY)".into(),
             ));
         }
-        let opts = Opts::from_url(&driver_url).map_err(|e| bad(e.to_string()))?;
+        let opts = Opts::from_url(&driver_url).map_err(|e| {
+            // An unencoded @ : / # in a password splits the URL elsewhere,
+            // and the driver then complains of a port or a host.
+            let hint = if url.contains('@') {
+                "; if the user name or password holds any of @ : / ? # [ ] %, percent-encode it (@ as %40, : as %3A, / as %2F, ? as %3F, # as %23, % as %25)"
+            } else {
+                ""
+            };
+            bad(format!("{e}{hint}"))
+        })?;
         let ca = match &params.ca {
             Some(path) => Some(read_ca(Path::new(path)).map_err(bad)?),
             None => None,
@@ -574,6 +583,16 @@ fn install_crypto_provider() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unencoded_password_is_told_to_be_percent_encoded_and_not_shown() {
+        let e = ServerUrl::parse("mysql://app:se/cr:et@db:3306/x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("percent-encode it"), "{e}");
+        assert!(e.contains("/ as %2F"), "{e}");
+        assert!(!e.contains("se/cr:et"), "{e}");
+    }
 
     #[test]
     fn ssl_params_are_taken_out_of_the_query_and_the_rest_kept() {
