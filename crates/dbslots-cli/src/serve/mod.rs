@@ -221,6 +221,7 @@ fn router(app: App) -> Router {
         .route("/api/server", get(api_server))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
 }
 
@@ -301,6 +302,21 @@ async fn metrics(State(app): State<App>) -> Response {
         body,
     )
         .into_response()
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> Response {
+    let mut response = error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!(
+            "{method} is not served at {}: dbslots serve is read-only, use GET (or HEAD)",
+            uri.path()
+        ),
+    );
+    response.headers_mut().insert(
+        axum::http::header::ALLOW,
+        axum::http::HeaderValue::from_static("GET, HEAD"),
+    );
+    response
 }
 
 async fn not_found(uri: Uri) -> Response {

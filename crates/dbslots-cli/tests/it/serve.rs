@@ -192,6 +192,12 @@ fn every_endpoint_shows_the_pools_holders_waiters_and_counters() {
     for path in ["/api/pool-stats", "/metrics", "/"] {
         let reply = http("POST", &serve.addr, path);
         assert_eq!(reply.status, 405, "POST {path}: {reply:?}");
+        assert_eq!(reply.header("allow"), Some("GET, HEAD"), "{reply:?}");
+        let err = reply.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(err.contains("POST") && err.contains("use GET"), "{reply:?}");
     }
 
     let (status, stderr) = serve.stop();
