@@ -5,8 +5,8 @@
 //! unit tests call; the loop around it only reads, draws and waits for a
 //! key. The terminal is put in raw mode on the alternate screen by a guard
 //! whose `Drop` (also reached on errors and panics) puts it back; `q`,
-//! `Esc`, Ctrl-C and SIGINT/SIGTERM/SIGHUP all end the loop through that
-//! guard. The server is read on a background task, so a slow server never
+//! `Esc`, Ctrl-C, SIGINT/SIGTERM/SIGHUP and a terminal that hangs up all
+//! end the loop through that guard. The server is read on a background task, so a slow server never
 //! delays a key press.
 
 use std::io::{IsTerminal, Write};
@@ -112,6 +112,7 @@ fn view_loop(
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let mut out = std::io::stdout();
+    let input = TerminalInput::open().context("cannot read the terminal's input")?;
     loop {
         let stats = pool.stats().map_err(|e| e.to_string());
         let (width, height) = terminal::size().unwrap_or((80, 24));
@@ -129,20 +130,85 @@ fn view_loop(
             if left.is_zero() {
                 break;
             }
-            if event::poll(left.min(Duration::from_millis(100)))? {
-                match event::read()? {
-                    Event::Key(key) if key.kind != KeyEventKind::Release => {
-                        let ctrl_c = key.modifiers.contains(KeyModifiers::CONTROL)
-                            && matches!(key.code, KeyCode::Char('c' | 'C'));
-                        if ctrl_c || matches!(key.code, KeyCode::Char('q' | 'Q') | KeyCode::Esc) {
-                            return Ok(());
+            match input.wait(left.min(Duration::from_millis(100))) {
+                // Nobody can see the view or quit it: end, do not spin.
+                Input::Gone => return Ok(()),
+                Input::Nothing => {}
+                Input::Ready => {
+                    while event::poll(Duration::ZERO)? {
+                        match event::read()? {
+                            Event::Key(key) if key.kind != KeyEventKind::Release => {
+                                let ctrl_c = key.modifiers.contains(KeyModifiers::CONTROL)
+                                    && matches!(key.code, KeyCode::Char('c' | 'C'));
+                                if ctrl_c
+                                    || matches!(key.code, KeyCode::Char('q' | 'Q') | KeyCode::Esc)
+                                {
+                                    return Ok(());
+                                }
+                            }
+                            _ => {}
                         }
                     }
-                    // Redraw at once for the new size.
-                    Event::Resize(..) => break,
-                    _ => {}
                 }
             }
+            // Redraw at once for a new size (crossterm's own resize event
+            // is only read with input, see `TerminalInput`).
+            if terminal::size().unwrap_or((80, 24)) != (width, height) {
+                break;
+            }
+        }
+    }
+}
+
+/// The terminal's input, waited on by hand rather than with crossterm's
+/// `event::poll`: crossterm's reader retries a read that returns 0 at once
+/// and for ever, and a terminal that hung up (a closed window, a killed
+/// tmux or ssh session) returns 0, so a view that no SIGHUP reached (it is
+/// not the session leader, and its shell did not pass the hang-up on)
+/// would spin a core until killed. Here the hang-up is seen (`POLLHUP`)
+/// and ends the view; crossterm reads only once input is there.
+struct TerminalInput {
+    /// The terminal crossterm reads: standard input if it is one, else
+    /// `/dev/tty` (opened here only to be polled).
+    fd: std::os::fd::OwnedFd,
+}
+
+/// What [`TerminalInput::wait`] found.
+enum Input {
+    Ready,
+    Nothing,
+    Gone,
+}
+
+impl TerminalInput {
+    fn open() -> std::io::Result<TerminalInput> {
+        use std::os::fd::AsFd;
+        let fd = if std::io::stdin().is_terminal() {
+            std::io::stdin().as_fd().try_clone_to_owned()?
+        } else {
+            std::fs::File::open("/dev/tty")?.into()
+        };
+        Ok(TerminalInput { fd })
+    }
+
+    fn wait(&self, timeout: Duration) -> Input {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n <= 0 {
+            // A timeout, or a signal (SIGWINCH, SIGTERM): look again.
+            return Input::Nothing;
+        }
+        if pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            Input::Gone
+        } else {
+            Input::Ready
         }
     }
 }

@@ -188,6 +188,53 @@ fn watch_quits_on_ctrl_c_and_restores_the_terminal() {
     assert_restored(&tmux, &screen);
 }
 
+/// The pids of `dbslots watch` processes showing `pool` (its path is
+/// unique to the test).
+fn watch_pids(pool: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.contains(&b"watch".as_slice()) && args.contains(&pool.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A view whose terminal goes away ends, even when no SIGHUP reaches it
+/// (run by a shell, it is not the session leader the kernel signals, and
+/// `sh` does not pass the hang-up on), rather than spinning a core for
+/// ever on a terminal that reads as end of file.
+#[test]
+fn watch_ends_when_its_terminal_hangs_up_without_a_signal() {
+    let busy = BusyPool::start(1, 0);
+    let Some(tmux) = Tmux::start(&script(&busy.path, "")) else {
+        return;
+    };
+    tmux.wait_screen(&["1 of 1 in use"]);
+    /// Kills a view still showing the pool when the test ends, so that a
+    /// failed run leaves no process spinning.
+    struct Reap<'a>(&'a str);
+    impl Drop for Reap<'_> {
+        fn drop(&mut self) {
+            for pid in watch_pids(self.0) {
+                // SAFETY: kill(2) on a pid just read from /proc.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+    let _reap = Reap(&busy.path);
+    assert_eq!(watch_pids(&busy.path).len(), 1);
+    drop(tmux);
+    wait_for("the view to end", Duration::from_secs(10), || {
+        watch_pids(&busy.path).is_empty().then_some(())
+    });
+}
+
 #[test]
 fn watch_shows_the_server_with_url() {
     let Some(mysql) = dbslots_testkit::shared_mysql() else {
