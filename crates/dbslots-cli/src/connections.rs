@@ -104,8 +104,9 @@ pub struct ConnectionsArgs {
     max_idle_count: Option<usize>,
 
     /// How long connecting and reading may take: with --check UNKNOWN
-    /// beyond it [default: 10], without it an error [default: 30]
-    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, conflicts_with = "kill_idle")]
+    /// beyond it [default: 10], without it an error [default: 30]; with
+    /// --kill-idle, each statement (it stops early, saying what it did)
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     timeout: Option<Duration>,
 }
 
@@ -126,8 +127,9 @@ pub fn run(args: ConnectionsArgs) -> anyhow::Result<ExitCode> {
         if args.kill_idle {
             let mut conn = dbslots_mysql::connect_monitor(&args.url).await?;
             let result = kill(&mut conn, &args).await;
-            // Leave politely; a failure to say QUIT changes nothing for the user.
-            let _ = conn.disconnect().await;
+            // Leave politely; a failure to say QUIT changes nothing for the
+            // user, nor does a frozen server that never answers it.
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.disconnect()).await;
             return result;
         }
         // A server (or network) that freezes after the connect would
@@ -317,7 +319,8 @@ async fn kill(conn: &mut Conn, args: &ConnectionsArgs) -> anyhow::Result<ExitCod
         (None, true) => IdleRule::all_users(max_idle),
         _ => anyhow::bail!("--kill-idle needs --user NAME or --all-users"),
     };
-    let kills = dbslots_mysql::kill_idle(conn, &rule, args.dry_run).await?;
+    let per_call = args.timeout.unwrap_or(REPORT_TIMEOUT);
+    let kills = dbslots_mysql::kill_idle_within(conn, &rule, args.dry_run, per_call).await?;
     let stopped = kills.stopped.as_ref().map(|e| {
         format!(
             "stopped early after {} of {} connection(s): {e}",

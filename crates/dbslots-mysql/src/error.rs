@@ -146,6 +146,18 @@ pub enum Error {
         #[source]
         source: mysql_async::Error,
     },
+    /// The server did not answer a statement in time (a frozen server or
+    /// network); the statement may or may not have run.
+    #[error(
+        "{what}: the server did not answer within {}; check that it runs and is not stopped or overloaded, and that nothing on the way drops packets",
+        dbslots_core::format_seconds(*after)
+    )]
+    Timeout {
+        /// What was being done.
+        what: String,
+        /// How long it was given.
+        after: std::time::Duration,
+    },
     /// Sending QUIT failed while closing a connection. The socket is closed
     /// all the same, and the slot was released after that.
     #[error(

@@ -64,8 +64,8 @@ pub use limits::{
 pub use monitor::{connect_monitor, connect_monitor_to};
 pub use mysql_async;
 pub use processlist::{
-    IdleAccounts, IdleKills, IdleRule, IdleVictim, KillOutcome, MIN_MAX_IDLE, Process,
-    ProcessGroup, Processlist, kill_idle,
+    IdleAccounts, IdleKills, IdleRule, IdleVictim, KILL_IDLE_CALL_TIMEOUT, KillOutcome,
+    MIN_MAX_IDLE, Process, ProcessGroup, Processlist, kill_idle, kill_idle_within,
 };
 pub use server_source::{SERVER_FRESH, ServerReading, ServerSnapshot, ServerSource};
 pub use server_url::{ServerUrl, SslMode};

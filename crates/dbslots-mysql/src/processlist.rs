@@ -259,13 +259,38 @@ pub struct IdleVictim {
 /// with pt-kill. Without PROCESS, an account sees and may kill only its
 /// own connections: enough to reap its own leaks.
 ///
+/// Each statement may take [`KILL_IDLE_CALL_TIMEOUT`]; see
+/// [`kill_idle_within`] to choose.
+///
 /// # Errors
 ///
 /// [`Error::InvalidRule`] for a `max_idle` under [`MIN_MAX_IDLE`];
-/// [`Error::Query`] when the processlist cannot be read at the start. An
-/// error after that does not lose what was done: it comes back in
-/// [`IdleKills::stopped`], next to the victims handled before it.
+/// [`Error::Query`] when the processlist cannot be read at the start, and
+/// [`Error::Timeout`] when it is not read in time. An error after that
+/// does not lose what was done: it comes back in [`IdleKills::stopped`],
+/// next to the victims handled before it.
 pub async fn kill_idle(conn: &mut Conn, rule: &IdleRule, dry_run: bool) -> Result<IdleKills> {
+    kill_idle_within(conn, rule, dry_run, KILL_IDLE_CALL_TIMEOUT).await
+}
+
+/// How long each statement of [`kill_idle`] may take.
+pub const KILL_IDLE_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// [`kill_idle`], giving each statement (the processlist read, each
+/// victim's check and `KILL`) at most `per_call`: a cleanup run from cron
+/// on a frozen server or network ends with [`Error::Timeout`] (at the
+/// start) or with it in [`IdleKills::stopped`], instead of waiting until
+/// TCP gives up.
+///
+/// # Errors
+///
+/// As [`kill_idle`].
+pub async fn kill_idle_within(
+    conn: &mut Conn,
+    rule: &IdleRule,
+    dry_run: bool,
+    per_call: std::time::Duration,
+) -> Result<IdleKills> {
     if rule.max_idle < MIN_MAX_IDLE {
         return Err(Error::InvalidRule {
             reason: format!(
@@ -274,13 +299,19 @@ pub async fn kill_idle(conn: &mut Conn, rule: &IdleRule, dry_run: bool) -> Resul
             ),
         });
     }
-    let list = Processlist::read(conn).await?;
+    let list = tokio::time::timeout(per_call, Processlist::read(conn))
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "reading the processlist".into(),
+            after: per_call,
+        })??;
     let victims: Vec<Process> = list.idle_victims(rule).into_iter().cloned().collect();
     let mut killer = ServerKiller {
         conn,
         rule,
         own_id: list.own_id,
         dry_run,
+        per_call,
     };
     Ok(handle_each(victims, &mut killer).await)
 }
@@ -296,6 +327,7 @@ struct ServerKiller<'a> {
     rule: &'a IdleRule,
     own_id: u64,
     dry_run: bool,
+    per_call: std::time::Duration,
 }
 
 impl Kill for ServerKiller<'_> {
@@ -303,7 +335,17 @@ impl Kill for ServerKiller<'_> {
         if self.dry_run {
             return Ok(KillOutcome::WouldKill);
         }
-        kill_if_still_idle(self.conn, p, self.rule, self.own_id).await
+        // The check and the KILL are two statements: each gets `per_call`.
+        let twice = self.per_call.saturating_mul(2);
+        tokio::time::timeout(
+            twice,
+            kill_if_still_idle(self.conn, p, self.rule, self.own_id),
+        )
+        .await
+        .map_err(|_| Error::Timeout {
+            what: format!("checking and killing connection {}", p.id),
+            after: twice,
+        })?
     }
 }
 

@@ -298,3 +298,68 @@ fn connections_gives_up_on_a_server_that_stops_answering() {
     assert!(err.contains("did not answer within 3"), "{err}");
     assert!(!err.contains(dbslots_testkit::PASSWORD), "{err}");
 }
+
+/// `--kill-idle` run from cron against a server that freezes mid-way ends
+/// within its `--timeout` per statement, saying what it did and why it
+/// stopped, instead of waiting until TCP gives up.
+#[test]
+fn kill_idle_gives_up_on_a_server_that_stops_answering() {
+    let Some(shared) = dbslots_testkit::shared_mysql() else {
+        return;
+    };
+    let url = shared.user_url.clone();
+    // An idle connection of the test's user: a victim to check.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let idle = rt.block_on(async {
+        let opts = mysql_async::Opts::from_url(&url).unwrap();
+        mysql_async::Conn::new(opts)
+            .await
+            .expect("an idle connection")
+    });
+    // TIME counts whole seconds, and the rule wants more than 1.
+    std::thread::sleep(Duration::from_millis(2500));
+    let at = url.rfind('@').unwrap() + 1;
+    let end = at + url[at..].find('/').unwrap();
+    // Frozen at the check before the first KILL: nothing is killed.
+    let port = freezing_proxy(url[at..end].to_string(), b"WHERE ID = ?");
+    let proxied = format!("{}127.0.0.1:{port}{}", &url[..at], &url[end..]);
+    let mut child = dbslots()
+        .args(["connections", "--kill-idle", "--max-idle", "1"])
+        .args([
+            "--user",
+            dbslots_testkit::USER,
+            "--timeout",
+            "2",
+            "--url",
+            &proxied,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run connections --kill-idle");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("dbslots connections --kill-idle still waits for a frozen server after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let text = format!("{}{err}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("stopped early after 0 of") && text.contains("did not answer within 4"),
+        "{text}"
+    );
+    assert!(!text.contains(dbslots_testkit::PASSWORD), "{text}");
+    drop(rt.block_on(idle.disconnect()));
+}
