@@ -66,9 +66,45 @@ pub fn in_cli_terms(message: &str) -> String {
     })
 }
 
+/// An error and its causes on one line, as anyhow's `{:#}` writes them,
+/// but without a cause whose text the line holds already: the libraries'
+/// errors name their source in their own message (to say what to do after
+/// it), and `{:#}` would then repeat it at the end.
+pub fn error_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
-    use super::in_cli_terms;
+    use super::{error_line, in_cli_terms};
+
+    #[test]
+    fn a_cause_the_message_names_already_is_not_repeated() {
+        let e = anyhow::Error::new(dbslots_spawn::Error::Keeper {
+            source: std::io::Error::other("no memory"),
+        });
+        let line = error_line(&e);
+        assert!(
+            line.starts_with(
+                "cannot start the process that stops the workers if the spawner dies: no memory; "
+            ),
+            "{line}"
+        );
+        assert_eq!(line.matches("no memory").count(), 1, "{line}");
+        let e = anyhow::Error::new(std::io::Error::other("denied")).context("opening /x");
+        assert_eq!(error_line(&e), "opening /x: denied");
+    }
 
     #[test]
     fn library_advice_names_the_flags() {

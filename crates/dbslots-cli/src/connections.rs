@@ -199,7 +199,7 @@ fn check(args: &ConnectionsArgs) -> ExitCode {
     };
     let result = match common::runtime() {
         Ok(rt) => rt.block_on(check.run(&args.url)),
-        Err(e) => dbslots_core::CheckResult::unknown(format!("{e:#}")),
+        Err(e) => dbslots_core::CheckResult::unknown(crate::advice::error_line(&e)),
     };
     println!("{}", crate::advice::in_cli_terms(&result.line()));
     ExitCode::from(result.exit_code())

@@ -107,7 +107,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("dbslots: {}", advice::in_cli_terms(&format!("{e:#}")));
+            eprintln!("dbslots: {}", advice::in_cli_terms(&advice::error_line(&e)));
             ExitCode::FAILURE
         }
     }

@@ -148,7 +148,7 @@ pub fn run(args: SpawnArgs) -> anyhow::Result<ExitCode> {
         Err(e) => {
             eprintln!(
                 "dbslots spawn: {}",
-                crate::advice::in_cli_terms(&format!("{e:#}"))
+                crate::advice::in_cli_terms(&crate::advice::error_line(&e))
             );
             Ok(ExitCode::from(EXIT_SETUP))
         }

@@ -120,7 +120,10 @@ fn check(args: &StatusArgs) -> ExitCode {
     };
     let result = match args.pool.open().and_then(|p| Ok(p.stats()?)) {
         Ok(stats) => check.evaluate(&stats, now_unix_ms()),
-        Err(e) => CheckResult::unknown(format!("cannot read the pool: {e:#}")),
+        Err(e) => CheckResult::unknown(format!(
+            "cannot read the pool: {}",
+            crate::advice::error_line(&e)
+        )),
     };
     println!("{}", crate::advice::in_cli_terms(&result.line()));
     ExitCode::from(result.exit_code())
