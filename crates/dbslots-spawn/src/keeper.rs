@@ -159,7 +159,13 @@ impl Keeper {
         // Allocated here: the child must not allocate. Left uninitialised
         // (the child writes an entry before it reads it), so that room
         // for many groups costs address space, not memory.
-        let mut table: Vec<Entry> = Vec::with_capacity(groups.max(1));
+        let mut table: Vec<Entry> = Vec::new();
+        table.try_reserve_exact(groups.max(1)).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!("no memory for a table of {groups} process groups; start fewer workers"),
+            )
+        })?;
         // Every signal blocked across the fork, so that the child never
         // runs one of this process's handlers; the child keeps them so.
         // SAFETY: sigset manipulation on locals; changes this thread's mask

@@ -1228,3 +1228,32 @@ fn a_stalled_joblog_reader_never_stalls_the_spawner() {
     let status = status.expect("the spawner ignored Ctrl-C while its joblog was not read");
     assert_eq!(status.code(), Some(130), "{status:?}");
 }
+
+/// Four billion workers on a Redis pool: the table of process groups the
+/// keeper needs cannot be had, and the spawner says so (exit 2, start
+/// fewer) instead of aborting on a failed allocation; the reason appears
+/// once.
+#[test]
+fn more_workers_than_memory_can_track_is_a_clear_error() {
+    let Some(url) = dbslots_testkit::shared_redis() else {
+        return;
+    };
+    let name = format!(
+        "spawn-huge-{}-{}",
+        std::process::id(),
+        crate::exec::now_nanos()
+    );
+    let out = dbslots()
+        .args(["spawn", "--workers", "4000000000", "--capacity", "2"])
+        .args(["--pool", &format!("{url}?pool={name}"), "--", "true"])
+        .output()
+        .expect("run dbslots spawn");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("start fewer workers"), "{err}");
+    assert_eq!(err.matches("no memory for a table").count(), 1, "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("memory allocation"),
+        "{err}"
+    );
+}
