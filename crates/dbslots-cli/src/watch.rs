@@ -459,20 +459,41 @@ pub fn render(
     top.into_iter().map(|line| fit(&line, width)).collect()
 }
 
-/// `line` cut to `width` characters, with every control character (the
-/// line feeds of a multi-line error, an ESC in a pool's name) shown as a
-/// space: written raw, they would break the screen or command the
-/// terminal.
+/// `line` cut to `width` terminal columns (a CJK character or an emoji
+/// takes two), with every control character (the line feeds of a
+/// multi-line error, an ESC in a pool's name) shown as a space: written
+/// raw, they would break the screen or command the terminal.
 fn fit(line: &str, width: usize) -> String {
-    line.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(width)
-        .collect()
+    use unicode_width::UnicodeWidthChar;
+    let mut used = 0;
+    let mut fitted = String::with_capacity(line.len().min(width * 4));
+    for c in line.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        let w = c.width().unwrap_or(0);
+        if used + w > width {
+            break;
+        }
+        used += w;
+        fitted.push(c);
+    }
+    fitted
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wide_characters_count_as_the_columns_they_take() {
+        use unicode_width::UnicodeWidthStr;
+        // A pool named in Japanese: two columns a character.
+        let line = fit("pool      /run/接続プール/db", 20);
+        assert_eq!(line, "pool      /run/接続");
+        assert!(line.width() <= 20);
+        // A wide character that would straddle the edge is left out.
+        assert_eq!(fit("ab接", 3), "ab");
+        assert_eq!(fit("ab\u{1b}[2Jc", 6), "ab [2J");
+    }
     use crate::readings::{gate_report, pool_stats, server_limits};
     use serde_json::json;
 
