@@ -263,6 +263,26 @@ fn freezing_proxy(upstream: String, freeze_at: &'static [u8]) -> u16 {
     port
 }
 
+/// Runs `cmd` to its end, or kills it and fails the test after 30 s (it
+/// is waiting for a frozen server).
+fn output_within_30_s(cmd: &mut std::process::Command) -> std::process::Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run dbslots connections");
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still waits for a frozen server after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn connections_gives_up_on_a_server_that_stops_answering() {
     let Some(shared) = dbslots_testkit::shared_mysql() else {
@@ -274,25 +294,9 @@ fn connections_gives_up_on_a_server_that_stops_answering() {
     let end = at + url[at..].find('/').unwrap();
     let port = freezing_proxy(url[at..end].to_string(), b"VERSION()");
     let proxied = format!("{}127.0.0.1:{port}{}", &url[..at], &url[end..]);
-    let mut child = dbslots()
-        .args(["connections", "--timeout", "3", "--url", &proxied])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run connections");
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("dbslots connections still waits for a frozen server after 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = child.wait_with_output().unwrap();
+    let out =
+        output_within_30_s(dbslots().args(["connections", "--timeout", "3", "--url", &proxied]));
+    let status = out.status;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!status.success(), "{err}");
     assert!(err.contains("did not answer within 3"), "{err}");
@@ -326,33 +330,19 @@ fn kill_idle_gives_up_on_a_server_that_stops_answering() {
     // Frozen at the check before the first KILL: nothing is killed.
     let port = freezing_proxy(url[at..end].to_string(), b"WHERE ID = ?");
     let proxied = format!("{}127.0.0.1:{port}{}", &url[..at], &url[end..]);
-    let mut child = dbslots()
-        .args(["connections", "--kill-idle", "--max-idle", "1"])
-        .args([
-            "--user",
-            dbslots_testkit::USER,
-            "--timeout",
-            "2",
-            "--url",
-            &proxied,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run connections --kill-idle");
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("dbslots connections --kill-idle still waits for a frozen server after 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = child.wait_with_output().unwrap();
+    let out = output_within_30_s(
+        dbslots()
+            .args(["connections", "--kill-idle", "--max-idle", "1"])
+            .args([
+                "--user",
+                dbslots_testkit::USER,
+                "--timeout",
+                "2",
+                "--url",
+                &proxied,
+            ]),
+    );
+    let status = out.status;
     let err = String::from_utf8_lossy(&out.stderr);
     let text = format!("{}{err}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(status.code(), Some(1), "{text}");

@@ -1642,6 +1642,21 @@ fn numbering_server() -> (String, std::thread::JoinHandle<()>) {
     (addr, h)
 }
 
+/// Client i (in connect order) is greeted with number i by
+/// [`numbering_server`] (which numbers connections in the order the gate
+/// opens them); each closes after its greeting, so the next gets the slot.
+async fn assert_served_in_order(clients: Vec<tokio::net::TcpStream>, gate: &GateProc) {
+    use tokio::io::AsyncReadExt;
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let mut b = [0u8; 8];
+        tokio::time::timeout(Duration::from_secs(30), c.read_exact(&mut b))
+            .await
+            .unwrap_or_else(|_| panic!("client {i} was not served: {}", gate.log_text()))
+            .unwrap_or_else(|e| panic!("client {i}: {e}: {}", gate.log_text()));
+        assert_eq!(u64::from_le_bytes(b), i as u64, "served out of order");
+    }
+}
+
 fn raise_nofile() {
     dbslots_gate::raise_open_file_limit().expect("raise the open-file limit");
 }
@@ -1664,7 +1679,6 @@ fn ten_thousand_queued_clients_are_held_and_served_in_order() {
     const N: usize = 10_000;
     let addr = gate.addr.clone();
     runtime().block_on(async move {
-        use tokio::io::AsyncReadExt;
         let mut clients = Vec::with_capacity(N);
         for _ in 0..N {
             clients.push(
@@ -1680,14 +1694,7 @@ fn ten_thousand_queued_clients_are_held_and_served_in_order() {
         // Client i must be greeted with number i (the server numbers
         // connections in the order the gate opens them), and each closes
         // after its greeting so the next one gets the slot.
-        for (i, mut c) in clients.into_iter().enumerate() {
-            let mut b = [0u8; 8];
-            tokio::time::timeout(Duration::from_secs(30), c.read_exact(&mut b))
-                .await
-                .unwrap_or_else(|_| panic!("client {i} was not served"))
-                .unwrap();
-            assert_eq!(u64::from_le_bytes(b), i as u64, "served out of order");
-        }
+        assert_served_in_order(clients, &gate).await;
         eprintln!(
             "10,000 queued clients served in order in {:?}",
             started.elapsed()
@@ -1738,7 +1745,6 @@ fn a_gate_out_of_open_files_keeps_clients_in_the_backlog_serves_them_in_order_an
     .wait_started();
     let addr = gate.addr.clone();
     runtime().block_on(async move {
-        use tokio::io::AsyncReadExt;
         let mut clients = Vec::with_capacity(N);
         for _ in 0..N {
             clients.push(
@@ -1771,14 +1777,7 @@ fn a_gate_out_of_open_files_keeps_clients_in_the_backlog_serves_them_in_order_an
         // Every client is served, in the order it connected: nobody in
         // the backlog was dropped, and a queued client given a slot has
         // the descriptor it needs to reach the server.
-        for (i, mut c) in clients.into_iter().enumerate() {
-            let mut b = [0u8; 8];
-            tokio::time::timeout(Duration::from_secs(30), c.read_exact(&mut b))
-                .await
-                .unwrap_or_else(|_| panic!("client {i} was not served: {}", gate.log_text()))
-                .unwrap_or_else(|e| panic!("client {i}: {e}: {}", gate.log_text()));
-            assert_eq!(u64::from_le_bytes(b), i as u64, "served out of order");
-        }
+        assert_served_in_order(clients, &gate).await;
         let r = gate.report_when("all served", |r| r.admitted == N as u64 && r.active == 0);
         assert_eq!((r.refused, r.upstream_failures), (0, 0), "{r:#?}");
     });
