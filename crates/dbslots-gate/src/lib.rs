@@ -269,9 +269,10 @@ struct Shared {
     leases: Leases,
     /// Numbers relayed connections for `leases`.
     next_connection: AtomicU64,
-    /// Waiters of the pool as a whole (other gates and processes), looked
-    /// at once a second while an idle timeout is set.
-    pool_waiting: AtomicU64,
+    /// Waiters of the pool other than the gate's own agents (other gates
+    /// and processes), looked at once a second while an idle timeout is
+    /// set.
+    others_waiting: AtomicU64,
     /// Idle connections closing for waiters (`--idle-timeout`).
     idle_claims: idle_claims::IdleClaims,
     /// Connection tasks alive (queued or relaying).
@@ -384,7 +385,7 @@ impl Gate {
             counters,
             clock: Clock::new(),
             next_connection: AtomicU64::new(0),
-            pool_waiting: AtomicU64::new(0),
+            others_waiting: AtomicU64::new(0),
             idle_claims: idle_claims::IdleClaims::default(),
             open: AtomicU64::new(0),
             all_closed: Notify::new(),
@@ -804,12 +805,7 @@ async fn serve_client(
                     idle,
                     &shared.admission.demand,
                     || {
-                        // The pool's waiters include the gate's own agents,
-                        // who wait there for clients counted already.
-                        let others = shared
-                            .pool_waiting
-                            .load(Ordering::Relaxed)
-                            .saturating_sub(shared.admission.agents() as u64);
+                        let others = shared.others_waiting.load(Ordering::Relaxed);
                         let waiting = shared.admission.waiting() as u64 + others;
                         shared.idle_claims.claim(shared.clock.now_ms(), waiting)
                     },
@@ -1042,10 +1038,18 @@ async fn idle_support_loop(shared: Arc<Shared>, mut phase: watch::Receiver<Phase
         n += 1;
         if n.is_multiple_of(20) {
             let pool = shared.pool.clone();
+            // The pool's waiters include the gate's own agents, who wait
+            // there for clients counted already: those of the moment of
+            // the read (counted before and after it, the larger), not of
+            // the moment the figure is used, up to a second later (a
+            // client served since would count as a waiter of the pool).
+            let agents_before = shared.admission.agents();
             if let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || pool.stats()).await {
-                shared
-                    .pool_waiting
-                    .store(u64::from(stats.waiting), Ordering::Relaxed);
+                let agents = agents_before.max(shared.admission.agents()) as u64;
+                shared.others_waiting.store(
+                    u64::from(stats.waiting).saturating_sub(agents),
+                    Ordering::Relaxed,
+                );
             }
         }
     }

@@ -452,3 +452,59 @@ fn the_idle_timeout_closes_one_idle_connection_per_waiter() {
     assert_eq!(r.idle_closes, 3, "more closed than clients waited: {r:#?}");
     assert_eq!(r.active, 4, "{r:#?}");
 }
+
+/// The pool's waiters are read once a second and include the gate's own
+/// agents. A client of the gate that waited long enough to be read among
+/// them, then got its slot the ordinary way (a connection closed), must not
+/// be counted as another user's waiter until the next read: an idle
+/// connection coming due meanwhile is not closed for nobody.
+///
+/// The reads come 0.95 s after the gate starts and every second after; the
+/// idle connection comes due at 1.5 s, between the read that saw the
+/// waiter (0.95 s) and the next one (1.95 s), after the waiter was served.
+#[test]
+fn a_waiter_served_since_the_pools_waiters_were_read_closes_no_idle_connection() {
+    let server = fake_server(greet_and_echo);
+    for round in 0..3 {
+        let (pool, dir) = file_pool(2);
+        let started = Instant::now();
+        let gate = RunningGate::start(&pool, &server.addr, dir, |o| {
+            o.idle_timeout(Some(Duration::from_millis(1500)))
+                .queue_timeout(Duration::from_secs(30))
+        });
+        let greeted = |gate: &RunningGate| {
+            let mut c = gate.connect();
+            let mut greeting = [0u8; 8];
+            c.read_exact(&mut greeting).unwrap();
+            c
+        };
+        let leaving = greeted(&gate);
+        let _idle = greeted(&gate);
+        let mut waiter = gate.connect();
+        gate.report_when("the waiter queues", Duration::from_secs(5), |r| {
+            r.queued == 1
+        });
+        // The waiter is read among the pool's waiters (its agent), then
+        // gets the slot of a client that leaves, before anything is idle
+        // long enough.
+        std::thread::sleep(
+            (started + Duration::from_millis(1150)).saturating_duration_since(Instant::now()),
+        );
+        drop(leaving);
+        let mut greeting = [0u8; 8];
+        waiter.read_exact(&mut greeting).unwrap();
+        let served = started.elapsed();
+        assert!(
+            served < Duration::from_millis(1400),
+            "round {round}: served too late for the test ({served:?})"
+        );
+        // `_idle` comes due at 1.5 s, when nobody waits any more.
+        std::thread::sleep(Duration::from_millis(1200));
+        let r = gate.control.report();
+        assert_eq!(
+            (r.idle_closes, r.queued),
+            (0, 0),
+            "round {round}: an idle connection closed for nobody: {r:#?}"
+        );
+    }
+}
