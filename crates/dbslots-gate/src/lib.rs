@@ -372,6 +372,12 @@ impl Gate {
         // Everything but the clients is open now: what is left of the
         // open-file limit is theirs.
         let files = file_budget::FileBudget::measure(options.max_pool_waiters);
+        // A limit with no room for even one client would leave every
+        // client unanswered in the listen backlog for as long as the gate
+        // runs, the gate looking healthy: better not to start.
+        if let Some((limit, needed)) = files.too_low_for_one(pool.capacity()) {
+            return Err(Error::OpenFileLimit { limit, needed });
+        }
         let shared = Arc::new(Shared {
             admission: Admission::new(pool.clone(), options.max_pool_waiters, counters.clone()),
             leases: Leases::new(&pool),

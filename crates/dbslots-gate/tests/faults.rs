@@ -508,3 +508,85 @@ fn a_waiter_served_since_the_pools_waiters_were_read_closes_no_idle_connection()
         );
     }
 }
+
+/// Set in the child process of the test below.
+const LOW_LIMIT_CHILD: &str = "DBSLOTS_GATE_FAULTS_LOW_LIMIT_CHILD";
+
+/// A gate whose open-file limit leaves no room for even one client (beside
+/// what it keeps for the pool's agents, its slot files and a margin) would
+/// accept nobody, ever: every client would wait in the listen backlog,
+/// unanswered, with a warning that they wait "until others close". It must
+/// not start, and say why. (In a process of its own: the limit is the
+/// whole process's.)
+#[test]
+fn a_limit_too_low_for_a_single_client_is_an_error_at_bind() {
+    if std::env::var_os(LOW_LIMIT_CHILD).is_some() {
+        too_low_a_limit_child();
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_limit_too_low_for_a_single_client_is_an_error_at_bind",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(LOW_LIMIT_CHILD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("BIND-REFUSED: the open-file limit"),
+        "the gate started with no room for a client: {stdout}\n{stderr}"
+    );
+}
+
+/// The child: lowers its open-file limit to 40 above what it has open (a
+/// client needs 5 here: its socket, the gate's two, the server's, the
+/// slot's file), below what the gate reckons one client needs with a pool
+/// of 140 (128 slot files cached, 16 agents), and prints what happens.
+fn too_low_a_limit_child() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let server = fake_server(greet_and_echo);
+    let (pool, dir) = file_pool(140);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let open_now = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+    let hard = getrlimit(Resource::Nofile).maximum;
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(open_now + 40),
+            maximum: hard,
+        },
+    )
+    .unwrap();
+    let options = GateOptions::new(
+        vec!["127.0.0.1:0".parse().unwrap()],
+        server.addr.parse().unwrap(),
+    )
+    .stats_dir(Some(dir.path().join("gates")));
+    let gate = match rt.block_on(Gate::bind(pool, options)) {
+        Err(e) => {
+            println!("BIND-REFUSED: {e}");
+            return;
+        }
+        Ok(gate) => gate,
+    };
+    let addr = gate.local_endpoints()[0].to_string();
+    let control = gate.control();
+    let run = std::thread::spawn(move || rt.block_on(gate.run()));
+    let mut c = TcpStream::connect(&addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut greeting = [0u8; 8];
+    match c.read_exact(&mut greeting) {
+        Ok(()) => println!("SERVED"),
+        Err(e) => println!("NOT-SERVED within 3 s ({e}): {:?}", control.report()),
+    }
+    control.stop();
+    let _ = run.join();
+}
