@@ -280,6 +280,9 @@ struct Shared {
     all_closed: Notify,
     /// Woken whenever a connection task ends (its descriptors are free).
     closed_one: Notify,
+    /// Listeners at the open-file budget with a client in their backlog:
+    /// each counts as one client waiting, for `--idle-timeout`.
+    backlogged: AtomicU64,
     /// How many clients the open-file limit lets the gate accept.
     files: file_budget::FileBudget,
 }
@@ -396,6 +399,7 @@ impl Gate {
             open: AtomicU64::new(0),
             all_closed: Notify::new(),
             closed_one: Notify::new(),
+            backlogged: AtomicU64::new(0),
             files,
         });
         Ok(Gate {
@@ -539,7 +543,7 @@ async fn accept_loop(
     let mut watch_phase = phase.clone();
     let mut failures = accept_failures::AcceptFailures::default();
     loop {
-        if !room_for_a_client(&shared, &mut watch_phase).await {
+        if !room_for_a_client(&shared, &listener, &mut watch_phase).await {
             return;
         }
         tokio::select! {
@@ -620,8 +624,33 @@ impl Drop for OpenGuard {
 
 /// Waits until the open-file budget has room for one more client (see
 /// `file_budget`), saying so once per stretch of waiting. Returns `false`
-/// if the gate stops meanwhile.
-async fn room_for_a_client(shared: &Shared, phase: &mut watch::Receiver<Phase>) -> bool {
+/// if the gate stops meanwhile. While a client waits in `listener`'s
+/// backlog meanwhile, it is counted as waiting (`Shared::backlogged`), so
+/// that `--idle-timeout` closes an idle connection for it.
+async fn room_for_a_client(
+    shared: &Shared,
+    listener: &Listener,
+    phase: &mut watch::Receiver<Phase>,
+) -> bool {
+    /// Counts the listener in `backlogged` while set; uncounted on drop.
+    struct Backlogged<'a>(&'a Shared, bool);
+    impl Backlogged<'_> {
+        fn set(&mut self, pending: bool) {
+            if pending && !self.1 {
+                self.0.backlogged.fetch_add(1, Ordering::Relaxed);
+                self.0.admission.demand.notify_waiters();
+            } else if !pending && self.1 {
+                self.0.backlogged.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.1 = pending;
+        }
+    }
+    impl Drop for Backlogged<'_> {
+        fn drop(&mut self) {
+            self.set(false);
+        }
+    }
+    let mut backlogged = Backlogged(shared, false);
     let mut said = false;
     loop {
         // Registered before the look, so a close in between is not missed.
@@ -641,6 +670,9 @@ async fn room_for_a_client(shared: &Shared, phase: &mut watch::Receiver<Phase>) 
                 gate = %shared.name, open, open_file_limit = ?limit, clients_max = ?shared.files.clients_max(capacity), capacity,
                 "the open-file limit leaves room for no more clients (each may need 3 descriptors once relayed): new clients wait in the listen backlog, in order, until others close; raise the limit (LimitNOFILE= in the systemd unit, ulimit -Hn) to queue more in the gate"
             );
+        }
+        if shared.idle_timeout.is_some() {
+            backlogged.set(listener.has_pending());
         }
         tokio::select! {
             biased;
@@ -812,7 +844,8 @@ async fn serve_client(
                     &shared.admission.demand,
                     || {
                         let others = shared.others_waiting.load(Ordering::Relaxed);
-                        let waiting = shared.admission.waiting() as u64 + others;
+                        let backlogged = shared.backlogged.load(Ordering::Relaxed);
+                        let waiting = shared.admission.waiting() as u64 + others + backlogged;
                         shared.idle_claims.claim(shared.clock.now_ms(), waiting)
                     },
                 )

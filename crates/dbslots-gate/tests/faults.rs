@@ -590,3 +590,97 @@ fn too_low_a_limit_child() {
     control.stop();
     let _ = run.join();
 }
+
+/// Set in the child process of the test below.
+const BACKLOG_CHILD: &str = "DBSLOTS_GATE_FAULTS_BACKLOG_CHILD";
+
+/// At its open-file budget the gate leaves new clients in the listen
+/// backlog; with `--idle-timeout` those are waiting clients like the
+/// queued ones: an idle connection is closed for one, whose descriptors
+/// then take it in. (Otherwise persistent connections that fill the
+/// budget keep every later client out for as long as they live.)
+#[test]
+fn a_client_in_the_backlog_at_the_file_budget_gets_an_idle_connection_closed() {
+    if std::env::var_os(BACKLOG_CHILD).is_some() {
+        backlog_child();
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_client_in_the_backlog_at_the_file_budget_gets_an_idle_connection_closed",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(BACKLOG_CHILD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("BACKLOG-SERVED"),
+        "the client in the backlog was not served: {stdout}\n{stderr}"
+    );
+}
+
+/// The child: a limit with room for a few clients by the gate's budget
+/// (a pool of 10, each client relayed), fills it with idle connections,
+/// and says whether the next client, left in the backlog, is served.
+fn backlog_child() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let server = fake_server(greet_and_echo);
+    let (pool, dir) = file_pool(10);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let open_now = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+    // 16 agents (2 each), a margin of 16, 10 slot files, 3 per client:
+    // room for 2 to 4 clients, whatever binding opens.
+    let hard = getrlimit(Resource::Nofile).maximum;
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(open_now + 48 + 10 + 3 * 2 + 8),
+            maximum: hard,
+        },
+    )
+    .unwrap();
+    let options = GateOptions::new(
+        vec!["127.0.0.1:0".parse().unwrap()],
+        server.addr.parse().unwrap(),
+    )
+    .stats_dir(Some(dir.path().join("gates")))
+    .idle_timeout(Some(Duration::from_secs(1)));
+    let gate = rt.block_on(Gate::bind(pool, options)).unwrap();
+    let addr = gate.local_endpoints()[0].to_string();
+    let control = gate.control();
+    let run = std::thread::spawn(move || rt.block_on(gate.run()));
+    let mut idle = Vec::new();
+    let mut backlogged = None;
+    for _ in 0..10 {
+        let mut c = TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut greeting = [0u8; 8];
+        match c.read_exact(&mut greeting) {
+            Ok(()) => idle.push(c),
+            Err(_) => {
+                backlogged = Some(c);
+                break;
+            }
+        }
+    }
+    println!("{} idle connections fill the budget", idle.len());
+    let mut c = backlogged.expect("a client left in the backlog");
+    assert!(!idle.is_empty(), "room for one client at least");
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut greeting = [0u8; 8];
+    match c.read_exact(&mut greeting) {
+        Ok(()) => println!("BACKLOG-SERVED: {:?}", control.report()),
+        Err(e) => println!("BACKLOG-STUCK for 5 s ({e}): {:?}", control.report()),
+    }
+    control.stop();
+    let _ = run.join();
+}
