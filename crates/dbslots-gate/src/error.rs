@@ -32,6 +32,18 @@ pub enum Error {
         "cannot start the gate's relay threads: {0}; lower the number of threads or raise the process limits (ulimit -u)"
     )]
     Threads(std::io::Error),
+    /// The open-file limit leaves no room for a single client beside what
+    /// the gate keeps open (its own files, the pool's agents and slot
+    /// files): it would accept nobody.
+    #[error(
+        "the open-file limit ({limit}) leaves no room for a single client: the gate needs {needed} descriptors to accept one and relay it, so it would accept nobody; raise the limit (LimitNOFILE= in the systemd unit, ulimit -Hn)"
+    )]
+    OpenFileLimit {
+        /// The soft limit on open files.
+        limit: u64,
+        /// What the gate needs with one client.
+        needed: u64,
+    },
     /// The pool failed.
     #[error(transparent)]
     Pool(#[from] dbslots_core::Error),

@@ -66,6 +66,14 @@ impl FileBudget {
         }
     }
 
+    /// `(limit, needed)` when the limit leaves no room for even one client
+    /// with a pool of `capacity` slots: a gate that would accept nobody.
+    pub(crate) fn too_low_for_one(&self, capacity: u32) -> Option<(u64, u64)> {
+        let limit = self.limit?;
+        let needed = self.needed(1, capacity);
+        (needed > limit).then_some((limit, needed))
+    }
+
     /// How many clients fit at once with a pool of `capacity` slots
     /// (`None`: no limit), for the log.
     pub(crate) fn clients_max(&self, capacity: u32) -> Option<u64> {
@@ -126,9 +134,13 @@ mod tests {
         let b = FileBudget::new(Some(40), 30, 16);
         assert_eq!(b.clients_max(5), Some(0));
         assert!(!b.admits(0, 5));
+        // 30 + 32 + 16 fixed, 5 cached slots, 3 for the client.
+        assert_eq!(b.too_low_for_one(5), Some((40, 86)));
+        assert_eq!(FileBudget::new(Some(100), 20, 4).too_low_for_one(2), None);
         let b = FileBudget::new(None, 30, 16);
         assert!(b.admits(u64::MAX / 8, u32::MAX));
         assert_eq!(b.clients_max(5), None);
+        assert_eq!(b.too_low_for_one(5), None);
     }
 
     #[test]

@@ -269,9 +269,10 @@ struct Shared {
     leases: Leases,
     /// Numbers relayed connections for `leases`.
     next_connection: AtomicU64,
-    /// Waiters of the pool as a whole (other gates and processes), looked
-    /// at once a second while an idle timeout is set.
-    pool_waiting: AtomicU64,
+    /// Waiters of the pool other than the gate's own agents (other gates
+    /// and processes), looked at once a second while an idle timeout is
+    /// set.
+    others_waiting: AtomicU64,
     /// Idle connections closing for waiters (`--idle-timeout`).
     idle_claims: idle_claims::IdleClaims,
     /// Connection tasks alive (queued or relaying).
@@ -279,6 +280,9 @@ struct Shared {
     all_closed: Notify,
     /// Woken whenever a connection task ends (its descriptors are free).
     closed_one: Notify,
+    /// Listeners at the open-file budget with a client in their backlog:
+    /// each counts as one client waiting, for `--idle-timeout`.
+    backlogged: AtomicU64,
     /// How many clients the open-file limit lets the gate accept.
     files: file_budget::FileBudget,
 }
@@ -371,6 +375,12 @@ impl Gate {
         // Everything but the clients is open now: what is left of the
         // open-file limit is theirs.
         let files = file_budget::FileBudget::measure(options.max_pool_waiters);
+        // A limit with no room for even one client would leave every
+        // client unanswered in the listen backlog for as long as the gate
+        // runs, the gate looking healthy: better not to start.
+        if let Some((limit, needed)) = files.too_low_for_one(pool.capacity()) {
+            return Err(Error::OpenFileLimit { limit, needed });
+        }
         let shared = Arc::new(Shared {
             admission: Admission::new(pool.clone(), options.max_pool_waiters, counters.clone()),
             leases: Leases::new(&pool),
@@ -384,11 +394,12 @@ impl Gate {
             counters,
             clock: Clock::new(),
             next_connection: AtomicU64::new(0),
-            pool_waiting: AtomicU64::new(0),
+            others_waiting: AtomicU64::new(0),
             idle_claims: idle_claims::IdleClaims::default(),
             open: AtomicU64::new(0),
             all_closed: Notify::new(),
             closed_one: Notify::new(),
+            backlogged: AtomicU64::new(0),
             files,
         });
         Ok(Gate {
@@ -532,7 +543,7 @@ async fn accept_loop(
     let mut watch_phase = phase.clone();
     let mut failures = accept_failures::AcceptFailures::default();
     loop {
-        if !room_for_a_client(&shared, &mut watch_phase).await {
+        if !room_for_a_client(&shared, &listener, &mut watch_phase).await {
             return;
         }
         tokio::select! {
@@ -613,8 +624,33 @@ impl Drop for OpenGuard {
 
 /// Waits until the open-file budget has room for one more client (see
 /// `file_budget`), saying so once per stretch of waiting. Returns `false`
-/// if the gate stops meanwhile.
-async fn room_for_a_client(shared: &Shared, phase: &mut watch::Receiver<Phase>) -> bool {
+/// if the gate stops meanwhile. While a client waits in `listener`'s
+/// backlog meanwhile, it is counted as waiting (`Shared::backlogged`), so
+/// that `--idle-timeout` closes an idle connection for it.
+async fn room_for_a_client(
+    shared: &Shared,
+    listener: &Listener,
+    phase: &mut watch::Receiver<Phase>,
+) -> bool {
+    /// Counts the listener in `backlogged` while set; uncounted on drop.
+    struct Backlogged<'a>(&'a Shared, bool);
+    impl Backlogged<'_> {
+        fn set(&mut self, pending: bool) {
+            if pending && !self.1 {
+                self.0.backlogged.fetch_add(1, Ordering::Relaxed);
+                self.0.admission.demand.notify_waiters();
+            } else if !pending && self.1 {
+                self.0.backlogged.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.1 = pending;
+        }
+    }
+    impl Drop for Backlogged<'_> {
+        fn drop(&mut self) {
+            self.set(false);
+        }
+    }
+    let mut backlogged = Backlogged(shared, false);
     let mut said = false;
     loop {
         // Registered before the look, so a close in between is not missed.
@@ -634,6 +670,9 @@ async fn room_for_a_client(shared: &Shared, phase: &mut watch::Receiver<Phase>) 
                 gate = %shared.name, open, open_file_limit = ?limit, clients_max = ?shared.files.clients_max(capacity), capacity,
                 "the open-file limit leaves room for no more clients (each may need 3 descriptors once relayed): new clients wait in the listen backlog, in order, until others close; raise the limit (LimitNOFILE= in the systemd unit, ulimit -Hn) to queue more in the gate"
             );
+        }
+        if shared.idle_timeout.is_some() {
+            backlogged.set(listener.has_pending());
         }
         tokio::select! {
             biased;
@@ -804,13 +843,9 @@ async fn serve_client(
                     idle,
                     &shared.admission.demand,
                     || {
-                        // The pool's waiters include the gate's own agents,
-                        // who wait there for clients counted already.
-                        let others = shared
-                            .pool_waiting
-                            .load(Ordering::Relaxed)
-                            .saturating_sub(shared.admission.agents() as u64);
-                        let waiting = shared.admission.waiting() as u64 + others;
+                        let others = shared.others_waiting.load(Ordering::Relaxed);
+                        let backlogged = shared.backlogged.load(Ordering::Relaxed);
+                        let waiting = shared.admission.waiting() as u64 + others + backlogged;
                         shared.idle_claims.claim(shared.clock.now_ms(), waiting)
                     },
                 )
@@ -1042,10 +1077,18 @@ async fn idle_support_loop(shared: Arc<Shared>, mut phase: watch::Receiver<Phase
         n += 1;
         if n.is_multiple_of(20) {
             let pool = shared.pool.clone();
+            // The pool's waiters include the gate's own agents, who wait
+            // there for clients counted already: those of the moment of
+            // the read (counted before and after it, the larger), not of
+            // the moment the figure is used, up to a second later (a
+            // client served since would count as a waiter of the pool).
+            let agents_before = shared.admission.agents();
             if let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || pool.stats()).await {
-                shared
-                    .pool_waiting
-                    .store(u64::from(stats.waiting), Ordering::Relaxed);
+                let agents = agents_before.max(shared.admission.agents()) as u64;
+                shared.others_waiting.store(
+                    u64::from(stats.waiting).saturating_sub(agents),
+                    Ordering::Relaxed,
+                );
             }
         }
     }

@@ -131,6 +131,22 @@ impl Listener {
         }
     }
 
+    /// Whether a client waits in the listen backlog, not accepted yet; a
+    /// look that never waits and leaves the runtime's readiness as it is.
+    pub(crate) fn has_pending(&self) -> bool {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        use std::os::fd::AsFd;
+        let fd = match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix(l, _) => l.as_fd(),
+        };
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        match poll(&mut fds, Some(&Timespec::default())) {
+            Ok(_) => fds[0].revents().contains(PollFlags::IN),
+            Err(_) => false,
+        }
+    }
+
     /// Accepts one client, with a printable peer address.
     pub(crate) async fn accept(&self) -> io::Result<(Stream, String)> {
         match self {

@@ -344,16 +344,54 @@ pub(crate) async fn idle_expired(
             tokio::time::sleep(Duration::from_millis(wait) + TICK).await;
             continue;
         }
+        // Registered before the look: `notify_waiters` wakes only the
+        // waits that exist when it is called, so a client that queues
+        // right after the look must find this one registered already.
+        let notified = demand.notified();
         if may_close() {
             return;
         }
         // Idle, but nobody needs the slot (or others close for those who
         // do): wait for a client to queue, or look again in a second (the
         // pool's waiters are read once a second, claims lapse).
-        let notified = demand.notified();
         tokio::select! {
             () = notified => {}
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client that queues right after a due connection looked and found
+    /// nobody waiting wakes it: `notify_waiters` reaches only the waits
+    /// registered when it is called, so the wait must be registered before
+    /// the look, not after it (else the waiter waits up to a second more).
+    #[tokio::test]
+    async fn a_client_queueing_just_after_the_look_is_not_missed() {
+        let clock = Clock::new();
+        let activity = Activity::new(&clock);
+        // Idle (the server spoke last, at 0) for 10 s of the gate's clock.
+        clock.ms.store(10_000, Ordering::Relaxed);
+        let demand = tokio::sync::Notify::new();
+        let looks = std::sync::atomic::AtomicU32::new(0);
+        let started = Instant::now();
+        idle_expired(&activity, &clock, Duration::from_secs(1), &demand, || {
+            if looks.fetch_add(1, Ordering::Relaxed) == 0 {
+                // Nobody waits at the look; a client queues right after.
+                demand.notify_waiters();
+                false
+            } else {
+                true
+            }
+        })
+        .await;
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(500),
+            "the queueing client was missed: closed after {took:?}"
+        );
     }
 }

@@ -452,3 +452,235 @@ fn the_idle_timeout_closes_one_idle_connection_per_waiter() {
     assert_eq!(r.idle_closes, 3, "more closed than clients waited: {r:#?}");
     assert_eq!(r.active, 4, "{r:#?}");
 }
+
+/// The pool's waiters are read once a second and include the gate's own
+/// agents. A client of the gate that waited long enough to be read among
+/// them, then got its slot the ordinary way (a connection closed), must not
+/// be counted as another user's waiter until the next read: an idle
+/// connection coming due meanwhile is not closed for nobody.
+///
+/// The reads come 0.95 s after the gate starts and every second after; the
+/// idle connection comes due at 1.5 s, between the read that saw the
+/// waiter (0.95 s) and the next one (1.95 s), after the waiter was served.
+#[test]
+fn a_waiter_served_since_the_pools_waiters_were_read_closes_no_idle_connection() {
+    let server = fake_server(greet_and_echo);
+    for round in 0..3 {
+        let (pool, dir) = file_pool(2);
+        let started = Instant::now();
+        let gate = RunningGate::start(&pool, &server.addr, dir, |o| {
+            o.idle_timeout(Some(Duration::from_millis(1500)))
+                .queue_timeout(Duration::from_secs(30))
+        });
+        let greeted = |gate: &RunningGate| {
+            let mut c = gate.connect();
+            let mut greeting = [0u8; 8];
+            c.read_exact(&mut greeting).unwrap();
+            c
+        };
+        let leaving = greeted(&gate);
+        let _idle = greeted(&gate);
+        let mut waiter = gate.connect();
+        gate.report_when("the waiter queues", Duration::from_secs(5), |r| {
+            r.queued == 1
+        });
+        // The waiter is read among the pool's waiters (its agent), then
+        // gets the slot of a client that leaves, before anything is idle
+        // long enough.
+        std::thread::sleep(
+            (started + Duration::from_millis(1150)).saturating_duration_since(Instant::now()),
+        );
+        drop(leaving);
+        let mut greeting = [0u8; 8];
+        waiter.read_exact(&mut greeting).unwrap();
+        let served = started.elapsed();
+        assert!(
+            served < Duration::from_millis(1400),
+            "round {round}: served too late for the test ({served:?})"
+        );
+        // `_idle` comes due at 1.5 s, when nobody waits any more.
+        std::thread::sleep(Duration::from_millis(1200));
+        let r = gate.control.report();
+        assert_eq!(
+            (r.idle_closes, r.queued),
+            (0, 0),
+            "round {round}: an idle connection closed for nobody: {r:#?}"
+        );
+    }
+}
+
+/// Set in the child process of the test below.
+const LOW_LIMIT_CHILD: &str = "DBSLOTS_GATE_FAULTS_LOW_LIMIT_CHILD";
+
+/// A gate whose open-file limit leaves no room for even one client (beside
+/// what it keeps for the pool's agents, its slot files and a margin) would
+/// accept nobody, ever: every client would wait in the listen backlog,
+/// unanswered, with a warning that they wait "until others close". It must
+/// not start, and say why. (In a process of its own: the limit is the
+/// whole process's.)
+#[test]
+fn a_limit_too_low_for_a_single_client_is_an_error_at_bind() {
+    if std::env::var_os(LOW_LIMIT_CHILD).is_some() {
+        too_low_a_limit_child();
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_limit_too_low_for_a_single_client_is_an_error_at_bind",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(LOW_LIMIT_CHILD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("BIND-REFUSED: the open-file limit"),
+        "the gate started with no room for a client: {stdout}\n{stderr}"
+    );
+}
+
+/// The child: lowers its open-file limit to 40 above what it has open (a
+/// client needs 5 here: its socket, the gate's two, the server's, the
+/// slot's file), below what the gate reckons one client needs with a pool
+/// of 140 (128 slot files cached, 16 agents), and prints what happens.
+fn too_low_a_limit_child() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let server = fake_server(greet_and_echo);
+    let (pool, dir) = file_pool(140);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let open_now = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+    let hard = getrlimit(Resource::Nofile).maximum;
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(open_now + 40),
+            maximum: hard,
+        },
+    )
+    .unwrap();
+    let options = GateOptions::new(
+        vec!["127.0.0.1:0".parse().unwrap()],
+        server.addr.parse().unwrap(),
+    )
+    .stats_dir(Some(dir.path().join("gates")));
+    let gate = match rt.block_on(Gate::bind(pool, options)) {
+        Err(e) => {
+            println!("BIND-REFUSED: {e}");
+            return;
+        }
+        Ok(gate) => gate,
+    };
+    let addr = gate.local_endpoints()[0].to_string();
+    let control = gate.control();
+    let run = std::thread::spawn(move || rt.block_on(gate.run()));
+    let mut c = TcpStream::connect(&addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut greeting = [0u8; 8];
+    match c.read_exact(&mut greeting) {
+        Ok(()) => println!("SERVED"),
+        Err(e) => println!("NOT-SERVED within 3 s ({e}): {:?}", control.report()),
+    }
+    control.stop();
+    let _ = run.join();
+}
+
+/// Set in the child process of the test below.
+const BACKLOG_CHILD: &str = "DBSLOTS_GATE_FAULTS_BACKLOG_CHILD";
+
+/// At its open-file budget the gate leaves new clients in the listen
+/// backlog; with `--idle-timeout` those are waiting clients like the
+/// queued ones: an idle connection is closed for one, whose descriptors
+/// then take it in. (Otherwise persistent connections that fill the
+/// budget keep every later client out for as long as they live.)
+#[test]
+fn a_client_in_the_backlog_at_the_file_budget_gets_an_idle_connection_closed() {
+    if std::env::var_os(BACKLOG_CHILD).is_some() {
+        backlog_child();
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_client_in_the_backlog_at_the_file_budget_gets_an_idle_connection_closed",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(BACKLOG_CHILD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("BACKLOG-SERVED"),
+        "the client in the backlog was not served: {stdout}\n{stderr}"
+    );
+}
+
+/// The child: a limit with room for a few clients by the gate's budget
+/// (a pool of 10, each client relayed), fills it with idle connections,
+/// and says whether the next client, left in the backlog, is served.
+fn backlog_child() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let server = fake_server(greet_and_echo);
+    let (pool, dir) = file_pool(10);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let open_now = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+    // 16 agents (2 each), a margin of 16, 10 slot files, 3 per client:
+    // room for 2 to 4 clients, whatever binding opens.
+    let hard = getrlimit(Resource::Nofile).maximum;
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(open_now + 48 + 10 + 3 * 2 + 8),
+            maximum: hard,
+        },
+    )
+    .unwrap();
+    let options = GateOptions::new(
+        vec!["127.0.0.1:0".parse().unwrap()],
+        server.addr.parse().unwrap(),
+    )
+    .stats_dir(Some(dir.path().join("gates")))
+    .idle_timeout(Some(Duration::from_secs(1)));
+    let gate = rt.block_on(Gate::bind(pool, options)).unwrap();
+    let addr = gate.local_endpoints()[0].to_string();
+    let control = gate.control();
+    let run = std::thread::spawn(move || rt.block_on(gate.run()));
+    let mut idle = Vec::new();
+    let mut backlogged = None;
+    for _ in 0..10 {
+        let mut c = TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut greeting = [0u8; 8];
+        match c.read_exact(&mut greeting) {
+            Ok(()) => idle.push(c),
+            Err(_) => {
+                backlogged = Some(c);
+                break;
+            }
+        }
+    }
+    println!("{} idle connections fill the budget", idle.len());
+    let mut c = backlogged.expect("a client left in the backlog");
+    assert!(!idle.is_empty(), "room for one client at least");
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut greeting = [0u8; 8];
+    match c.read_exact(&mut greeting) {
+        Ok(()) => println!("BACKLOG-SERVED: {:?}", control.report()),
+        Err(e) => println!("BACKLOG-STUCK for 5 s ({e}): {:?}", control.report()),
+    }
+    control.stop();
+    let _ = run.join();
+}
