@@ -178,6 +178,23 @@ impl GateProc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The log once it contains `needle` (10 s at most): a gate is seen
+    /// started once its counters are published, a moment before it logs.
+    fn log_with(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log_text();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the gate's log: {log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid.
         assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
@@ -1981,8 +1998,7 @@ fn a_connection_whose_lease_is_lost_is_closed_on_both_sides_before_the_lease_run
     });
     let r = gate.report_when("the lost lease counted", |r| r.leases_lost == 1);
     assert_eq!(r.active, 0, "{r:#?}");
-    let log = gate.log_text();
-    assert!(log.contains("lease was lost"), "{log}");
+    let log = gate.log_with("lease was lost");
     // The outage is logged once by the publisher, however many reposts
     // failed, and so is the recovery.
     assert_eq!(
@@ -2014,8 +2030,7 @@ fn a_sighup_while_the_gate_waits_for_its_redis_at_start_is_logged_not_fatal() {
     std::thread::sleep(Duration::from_millis(200));
     redis.proxy.thaw();
     let mut gate = gate.wait_started();
-    let log = gate.log_text();
-    assert!(log.contains("counters (SIGHUP)"), "{log}");
+    gate.log_with("counters (SIGHUP)");
     gate.signal(libc::SIGTERM);
     let status = gate.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status}: {}", gate.log_text());
