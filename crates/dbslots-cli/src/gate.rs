@@ -87,7 +87,7 @@ pub fn run(args: GateArgs) -> anyhow::Result<ExitCode> {
         Ok((limit, _)) if limit < 4096 => {
             tracing::warn!(
                 limit,
-                "the open-file limit is low: each queued client needs one descriptor, each relayed client two; raise it (LimitNOFILE= in the systemd unit, ulimit -n)"
+                "the open-file limit is low: each queued client needs one descriptor, each relayed client three; raise it (LimitNOFILE= in the systemd unit, ulimit -n)"
             );
         }
         Ok(_) => {}

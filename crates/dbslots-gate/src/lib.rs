@@ -719,8 +719,11 @@ async fn serve_client(
         }
         Waited::Admitted(a) => Waited::Admitted(a),
         other => match ticket.leave() {
-            // A slot arrived just as the wait timed out: use it.
-            Some(a) if matches!(other, Waited::TimedOut) => Waited::Admitted(a),
+            // A slot arrived just as the wait timed out: use it (unless
+            // the gate is stopping meanwhile, as above).
+            Some(a) if matches!(other, Waited::TimedOut) && *phase.borrow() != Phase::Stopping => {
+                Waited::Admitted(a)
+            }
             Some(Ok(slot)) => {
                 queue::release(slot);
                 other
@@ -1068,29 +1071,44 @@ async fn idle_support_loop(shared: Arc<Shared>, mut phase: watch::Receiver<Phase
     let mut n = 0u64;
     let mut tick = tokio::time::interval(relay::TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // The read of the pool's waiters runs beside the clock, never in its
+    // way: for a Redis pool it is a network call, which may take up to its
+    // timeout while Redis is slow, and a clock standing still would stop
+    // idle connections from coming due and claims from lapsing.
+    let mut reading: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stopping(&mut phase) => return,
+            _ = stopping(&mut phase) => {
+                if let Some(r) = reading {
+                    r.abort();
+                }
+                return;
+            }
         }
         shared.clock.tick();
         n += 1;
-        if n.is_multiple_of(20) {
-            let pool = shared.pool.clone();
-            // The pool's waiters include the gate's own agents, who wait
-            // there for clients counted already: those of the moment of
-            // the read (counted before and after it, the larger), not of
-            // the moment the figure is used, up to a second later (a
-            // client served since would count as a waiter of the pool).
-            let agents_before = shared.admission.agents();
-            if let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || pool.stats()).await {
-                let agents = agents_before.max(shared.admission.agents()) as u64;
-                shared.others_waiting.store(
-                    u64::from(stats.waiting).saturating_sub(agents),
-                    Ordering::Relaxed,
-                );
-            }
+        if n.is_multiple_of(20) && reading.as_ref().is_none_or(|r| r.is_finished()) {
+            reading = Some(tokio::spawn(read_others_waiting(shared.clone())));
         }
+    }
+}
+
+/// Reads how many of the pool's waiters are not the gate's own agents.
+async fn read_others_waiting(shared: Arc<Shared>) {
+    let pool = shared.pool.clone();
+    // The pool's waiters include the gate's own agents, who wait there for
+    // clients counted already: those of the moment of the read (counted
+    // before and after it, the larger), not of the moment the figure is
+    // used, up to a second later (a client served since would count as a
+    // waiter of the pool).
+    let agents_before = shared.admission.agents();
+    if let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || pool.stats()).await {
+        let agents = agents_before.max(shared.admission.agents()) as u64;
+        shared.others_waiting.store(
+            u64::from(stats.waiting).saturating_sub(agents),
+            Ordering::Relaxed,
+        );
     }
 }
 
