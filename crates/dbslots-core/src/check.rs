@@ -100,7 +100,9 @@ pub fn percent_threshold(limit: u64, percent: f64) -> u64 {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct PerfData {
-    /// The label (quoted on output; a `'` in it is doubled).
+    /// The label (quoted on output; a `'` in it is doubled, and an `=`,
+    /// which the plugin guidelines do not allow in a label and parsers
+    /// split on, is written as `_`).
     pub label: String,
     /// The measured value.
     pub value: f64,
@@ -157,7 +159,7 @@ impl fmt::Display for PerfData {
         // Trailing empty fields may be left out, and are.
         let text = format!(
             "'{}'={}{};{};{};{};{}",
-            self.label.replace('\'', "''"),
+            self.label.replace('\'', "''").replace('=', "_"),
             format_number(self.value),
             self.unit,
             num(self.warn),
@@ -488,6 +490,10 @@ mod tests {
         assert_eq!(p.to_string(), "'account o''neil'=9;6;8;0;10");
         let p = PerfData::new("oldest_wait", 2.25).unit("s");
         assert_eq!(p.to_string(), "'oldest_wait'=2.25s;;;0");
+        // An account named with an `=` does not split the item.
+        let p = PerfData::new("account a=b", 1.0);
+        assert_eq!(p.to_string(), "'account a_b'=1;;;0");
+        assert_eq!(p.to_string().matches('=').count(), 1);
     }
 
     #[test]
