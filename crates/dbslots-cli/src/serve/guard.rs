@@ -141,7 +141,14 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
         .and_then(|h| h.to_str().ok())
         .map(str::to_string)
         .or_else(|| request.uri().authority().map(|a| a.to_string()));
-    if !host.is_some_and(|h| guard.host_allowed(&h)) {
+    // An HTTP/1.0 request may come without a Host (old monitoring
+    // checks, scripts over netcat); a browser always sends one, so a
+    // rebinding page cannot leave it out.
+    let allowed = match host {
+        Some(h) => guard.host_allowed(&h),
+        None => request.version() == axum::http::Version::HTTP_10,
+    };
+    if !allowed {
         tracing::warn!(host = ?request.headers().get(header::HOST), "refused a request for another host name (DNS rebinding?)");
         return error_response(
             StatusCode::MISDIRECTED_REQUEST,

@@ -473,6 +473,23 @@ fn serve_answers_only_its_own_host_names() {
             }
         }
     }
+    // Without any Host: HTTP/1.0 (an old check, a script over netcat) is
+    // served, since no browser leaves it out; HTTP/1.1 requires one.
+    let raw = |request: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&serve.addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        reply
+    };
+    let reply = raw("GET /metrics HTTP/1.0\r\n\r\n");
+    assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
+    assert!(reply.contains("dbslots_pool_capacity"), "{reply}");
+    let reply = raw("GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert!(!reply.contains(" 200 "), "{reply}");
 }
 
 #[test]
