@@ -17,6 +17,13 @@
 //! until the spawner reaps it. The spawner reaps only members of a group
 //! whose leader it has already reaped (`waitpid(-pgid)`), so it never takes
 //! an exit status from under tokio, which waits for the leaders by pid.
+//!
+//! Being the subreaper also makes the spawner the parent of the orphans
+//! that left a worker's group (daemons: `setsid`). Nobody waits for those
+//! by group, so [`reap_strays`] reaps them by pid, one at a time, once
+//! they are zombies, and only those in another session than the spawner's
+//! (see there why that takes nobody's status); otherwise every daemon a
+//! worker starts would stay a zombie (a pid) until the spawner exits.
 
 use std::io;
 
@@ -59,4 +66,53 @@ pub(crate) fn alive(pgid: libc::pid_t) -> bool {
     }
     // EPERM: a member runs as another user (a setuid program); it is there.
     io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Reaps this process's children that exited and left this process's
+/// session (`setsid`: daemons a worker started, re-parented here). Only
+/// those: a worker leads a group of this session (it cannot `setsid`
+/// without leaving its group, which a group leader cannot), as do the
+/// members of its group and the keeper, so no status anyone waits for by
+/// pid or by group is taken, nor, in an embedding program, that of another
+/// spawner's workers or of the program's own children (unless it starts
+/// them in a session of their own). A process that left a worker's group
+/// with `setpgid` alone is not reaped until the spawner exits. Reads
+/// `/proc/self/task/*/children` (Linux 4.2 or later); does nothing
+/// without it.
+pub(crate) fn reap_strays() {
+    // SAFETY: getsid(0) only reads this process's session id.
+    let ours = unsafe { libc::getsid(0) };
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<libc::pid_t>().ok())
+        {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // "pid (comm) state ppid pgrp session ...": comm may hold
+            // anything.
+            let mut fields = stat
+                .rsplit_once(')')
+                .map_or("", |(_, rest)| rest)
+                .split_whitespace();
+            let state = fields.next();
+            let session = fields.nth(2).and_then(|s| s.parse::<libc::pid_t>().ok());
+            if state != Some("Z") || ours <= 0 || session.is_none_or(|s| s == ours) {
+                continue;
+            }
+            let mut status = 0;
+            // SAFETY: waitpid on one exited child that left our session
+            // (see above), without blocking.
+            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+                tracing::debug!(pid, "reaped a process that had left a worker's session");
+            }
+        }
+    }
 }

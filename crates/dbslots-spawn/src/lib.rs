@@ -70,7 +70,8 @@
 //! spawner makes itself the child subreaper of its process
 //! (`PR_SET_CHILD_SUBREAPER`, process-wide and permanent) so that it reaps
 //! the group's orphans itself. A process that leaves the group is not
-//! waited for; it holds the slot (of a file pool) for as long as it keeps
+//! waited for (once it exits it is reaped, if it left with `setsid`, so
+//! that it is no zombie of a long run); it holds the slot (of a file pool) for as long as it keeps
 //! the worker's stdin, the slot's descriptor, open, whether or not the
 //! spawner lives: the spawner gives the slot back with
 //! [`Slot::release_unless_inherited`](dbslots_core::Slot::release_unless_inherited).

@@ -703,3 +703,48 @@ fn a_process_that_left_the_group_keeps_the_slot_as_long_as_it_keeps_the_lock() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn a_daemon_the_command_started_is_reaped_when_it_exits() {
+    // The command starts a daemon (`setsid`, from a subshell that exits:
+    // the daemon becomes a child of dbslots, the subreaper) that ends
+    // while the command still runs: meanwhile it must not stay a zombie.
+    let (dir, p) = pool();
+    let daemon_file = dir.path().join("daemon");
+    let mut exec = dbslots()
+        .args(["exec", "--pool", &p, "--capacity", "1", "--", "sh", "-c"])
+        .arg(format!(
+            "(setsid sh -c 'echo $$ > {f}; sleep 0.2; echo done >> {f}' </dev/null >/dev/null 2>&1 &); sleep 3",
+            f = daemon_file.display()
+        ))
+        .spawn()
+        .expect("exec");
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while !std::fs::read_to_string(&daemon_file).is_ok_and(|s| s.contains("done")) {
+        assert!(Instant::now() < deadline, "the daemon never ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Time for the daemon to exit and for dbslots to notice.
+    std::thread::sleep(Duration::from_millis(1200));
+    let zombies: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let mut f = rest.split_whitespace();
+            f.next() == Some("Z") && f.next() == Some(exec.id().to_string().as_str())
+        })
+        .collect();
+    assert!(
+        exec.try_wait().unwrap().is_none(),
+        "exec ended early, the test measures nothing"
+    );
+    let status = exec.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        zombies,
+        Vec::<String>::new(),
+        "exited children never reaped"
+    );
+}

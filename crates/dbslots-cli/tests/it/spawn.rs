@@ -1257,3 +1257,78 @@ fn more_workers_than_memory_can_track_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// The spawner's children that are zombies: exited, waiting to be reaped.
+fn zombie_children(parent: u32) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
+        if state == Some("Z") && ppid == Some(parent) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[test]
+fn a_daemon_a_worker_started_is_reaped_when_it_exits() {
+    // The first worker starts a daemon (`setsid`: out of its group) and
+    // exits; the daemon exits soon after and, its parent gone, is a child
+    // of the spawner (the subreaper). The second worker keeps the spawner
+    // running: meanwhile the daemon must not stay a zombie.
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"
+if [ "$DBSLOTS_WORKER_INDEX" = 0 ]; then
+  setsid sh -c 'echo $$ > "$D/daemon"; sleep 0.2; echo done >> "$D/daemon"' >/dev/null 2>&1 &
+  while [ ! -s "$D/daemon" ]; do sleep 0.01; done
+else
+  sleep 5
+fi
+"#;
+    let mut spawner = dbslots()
+        .args(["spawn", "--workers", "2", "--capacity", "2", "--pool"])
+        .arg(dir.path().join("pool"))
+        .args(["--", "sh", "-c", script])
+        .env("D", dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the dbslots binary runs");
+    let daemon_file = dir.path().join("daemon");
+    wait_for("the daemon's end", Duration::from_secs(4), || {
+        std::fs::read_to_string(&daemon_file).is_ok_and(|s| s.contains("done"))
+    });
+    let daemon = read_pids(&daemon_file)[0];
+    wait_for("the daemon's exit", Duration::from_secs(2), || {
+        !alive(daemon)
+    });
+    // Give the spawner time to notice; the second worker still runs.
+    thread::sleep(Duration::from_millis(1500));
+    let zombies = zombie_children(spawner.id());
+    assert!(
+        spawner.try_wait().unwrap().is_none(),
+        "the spawner ended early, the test measures nothing"
+    );
+    let status = reap(spawner, Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        zombies,
+        Vec::<i32>::new(),
+        "exited processes the spawner never reaped (daemon {daemon})"
+    );
+}

@@ -37,7 +37,9 @@
 //!
 //! A process that leaves the command's group (`setsid`) is not waited for
 //! and not signalled; on a file pool it still holds the slot for as long
-//! as it keeps the inherited descriptor open.
+//! as it keeps the inherited descriptor open. If it exits while the
+//! command's group lives, it is reaped (a thread polls for it,
+//! `supervise::reap_strays`), so that it is no zombie of a long command.
 //!
 //! # Signals and the terminal
 //!
@@ -397,6 +399,18 @@ pub fn run(slot: Slot, command: &[OsString], options: &ExecOptions) -> Result<En
                     forward::block_in_this_thread();
                     supervise::stop_on_lost_lease(slot, pgid, grace, shared, notice)
                 })?;
+        }
+        // Not needed for the slot: without it, processes that left the
+        // group stay zombies until this process exits.
+        let strays = &shared;
+        if let Err(e) = std::thread::Builder::new()
+            .name("reap-strays".into())
+            .spawn_scoped(scope, move || {
+                forward::block_in_this_thread();
+                supervise::reap_strays(strays);
+            })
+        {
+            tracing::debug!(error = %e, "cannot start the thread that reaps processes that left the command's group");
         }
         let waited = supervise::wait_for_group(pgid, terminal.as_ref(), &shared);
         // Ends the watcher also when waiting failed.

@@ -41,6 +41,10 @@ const POLL_MAX: Duration = Duration::from_millis(200);
 /// half the safety margin of a short lease (333 ms for a 1 s lease).
 const LEASE_STEP: Duration = Duration::from_millis(50);
 
+/// How often processes that left the command's group (`setsid`) and
+/// exited are reaped while the command's group lives.
+const STRAY_STEP: Duration = Duration::from_millis(200);
+
 /// What the main thread and the lease watcher share.
 #[derive(Default)]
 pub(super) struct Shared {
@@ -252,6 +256,29 @@ fn group_alive(pgid: libc::pid_t) -> bool {
     }
     // EPERM: a member runs as another user (a setuid program); it is there.
     io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Until the group is empty, reaps every [`STRAY_STEP`] the processes
+/// that left it with `setsid`, became our children (we are the subreaper)
+/// and exited: the main thread waits for the command and its group only,
+/// so they would stay zombies while the command runs. Safe beside the
+/// main thread's waits (`group::reap_strays` takes no child of our
+/// session). Run in a thread of its own.
+pub(super) fn reap_strays(shared: &Shared) {
+    let mut st = shared.lock();
+    while !st.gone {
+        drop(st);
+        crate::group::reap_strays();
+        st = shared.lock();
+        if st.gone {
+            break;
+        }
+        st = shared
+            .changed
+            .wait_timeout(st, STRAY_STEP)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
 }
 
 /// Watches `slot`'s lease until the group is gone; when it is lost, tells

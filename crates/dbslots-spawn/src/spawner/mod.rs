@@ -54,11 +54,13 @@ mod start;
 mod stop;
 mod supervise;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use dbslots_core::Pool;
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
 pub use self::stop::Stopper;
@@ -244,6 +246,7 @@ impl Spawner {
         let (start_stop, tally) = tokio::select! {
             r = main => r,
             never = ctx.watch_stop(&mut signals) => match never {},
+            never = reap_strays() => match never {},
         };
         let wall = started_at.elapsed();
         // Every worker is reaped and its group empty: nothing to keep.
@@ -401,6 +404,24 @@ impl Ctx {
     fn stopping(&self) -> bool {
         self.stop.borrow().phase != Phase::Running
     }
+}
+
+/// Each time a child exits, reaps those nobody waits for: processes
+/// that left a worker's group (daemons) and, the spawner being the
+/// subreaper, became its children. Without this they would stay
+/// zombies until the spawner exits. Never returns.
+async fn reap_strays() -> Infallible {
+    match signal(SignalKind::child()) {
+        Ok(mut exits) => {
+            while exits.recv().await.is_some() {
+                group::reap_strays();
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot watch for exited children; processes that leave a worker's group stay zombies until the spawner exits");
+        }
+    }
+    std::future::pending().await
 }
 
 /// Raises the soft limit on open files to the hard limit: each running
