@@ -78,6 +78,12 @@
 //! Shells give background jobs `/dev/null`, so only a process handed the
 //! descriptor on purpose keeps the slot.
 //!
+//! In a program that embeds this crate: while a spawner or `exec` runs,
+//! a child of the program's own that runs in a session of its own
+//! (started with `setsid`, as programs on a pseudo-terminal are) is reaped
+//! by it when it exits, and the program's own wait for it then fails with
+//! `ECHILD`. Children in the program's session are never touched.
+//!
 //! A worker learns what it holds from its environment ([`ENV_SLOT`]): when
 //! `DBSLOTS_SLOT` is set, a slot of `DBSLOTS_POOL` is already taken on its
 //! behalf and it must not take a second one from the same pool for the same
