@@ -509,6 +509,21 @@ fn a_waiter_served_since_the_pools_waiters_were_read_closes_no_idle_connection()
     }
 }
 
+/// Runs the test `name` again in a process of its own with `marker` set
+/// (it then plays the child's part: a test that changes a limit of the
+/// whole process); its stdout and stderr, once it succeeded.
+fn run_alone(name: &str, marker: &str) -> (String, String) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(marker, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
 /// Set in the child process of the test below.
 const LOW_LIMIT_CHILD: &str = "DBSLOTS_GATE_FAULTS_LOW_LIMIT_CHILD";
 
@@ -524,19 +539,10 @@ fn a_limit_too_low_for_a_single_client_is_an_error_at_bind() {
         too_low_a_limit_child();
         return;
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "a_limit_too_low_for_a_single_client_is_an_error_at_bind",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(LOW_LIMIT_CHILD, "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let (stdout, stderr) = run_alone(
+        "a_limit_too_low_for_a_single_client_is_an_error_at_bind",
+        LOW_LIMIT_CHILD,
+    );
     assert!(
         stdout.contains("BIND-REFUSED: the open-file limit"),
         "the gate started with no room for a client: {stdout}\n{stderr}"
@@ -605,19 +611,10 @@ fn a_client_in_the_backlog_at_the_file_budget_gets_an_idle_connection_closed() {
         backlog_child();
         return;
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "a_client_in_the_backlog_at_the_file_budget_gets_an_idle_connection_closed",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(BACKLOG_CHILD, "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let (stdout, stderr) = run_alone(
+        "a_client_in_the_backlog_at_the_file_budget_gets_an_idle_connection_closed",
+        BACKLOG_CHILD,
+    );
     assert!(
         stdout.contains("BACKLOG-SERVED"),
         "the client in the backlog was not served: {stdout}\n{stderr}"
