@@ -80,8 +80,18 @@ pub(crate) fn alive(pgid: libc::pid_t) -> bool {
 /// `/proc/self/task/*/children` (Linux 4.2 or later); does nothing
 /// without it.
 pub(crate) fn reap_strays() {
-    // SAFETY: getsid(0) only reads this process's session id.
-    let ours = unsafe { libc::getsid(0) };
+    // Our session as /proc shows it, not getsid(0): when the session's
+    // leader lives outside our pid namespace (a CI runner or `nsenter`
+    // entering a container), getsid(0) gives 0 while a daemon's session,
+    // led by the daemon itself, is a real number. Read from the same /proc,
+    // both are numbered alike.
+    let Some((_, ours)) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .as_deref()
+        .and_then(state_and_session)
+    else {
+        return;
+    };
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return;
     };
@@ -96,15 +106,9 @@ pub(crate) fn reap_strays() {
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
                 continue;
             };
-            // "pid (comm) state ppid pgrp session ...": comm may hold
-            // anything.
-            let mut fields = stat
-                .rsplit_once(')')
-                .map_or("", |(_, rest)| rest)
-                .split_whitespace();
-            let state = fields.next();
-            let session = fields.nth(2).and_then(|s| s.parse::<libc::pid_t>().ok());
-            if state != Some("Z") || ours <= 0 || session.is_none_or(|s| s == ours) {
+            if state_and_session(&stat)
+                .is_none_or(|(state, session)| state != "Z" || session == ours)
+            {
                 continue;
             }
             let mut status = 0;
@@ -114,5 +118,31 @@ pub(crate) fn reap_strays() {
                 tracing::debug!(pid, "reaped a process that had left a worker's session");
             }
         }
+    }
+}
+
+/// The state ("Z" for a zombie) and the session id in a `/proc/PID/stat`
+/// line: "pid (comm) state ppid pgrp session ...", where comm may hold
+/// anything, spaces and parentheses too.
+fn state_and_session(stat: &str) -> Option<(&str, libc::pid_t)> {
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?;
+    let session = fields.nth(2)?.parse().ok()?;
+    Some((state, session))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::state_and_session;
+
+    #[test]
+    fn the_session_is_read_past_a_command_name_that_looks_like_fields() {
+        let stat = "4242 (a) Z 1 2 3 (b) S 10 20 30 0 -1 4194560 110 0 0 0";
+        assert_eq!(state_and_session(stat), Some(("S", 30)));
+        assert_eq!(state_and_session("7 (sh) Z 1 7 7 0 -1"), Some(("Z", 7)));
+        // An invisible session leader (another pid namespace) reads as 0.
+        assert_eq!(state_and_session("9 (x) R 0 0 0 0"), Some(("R", 0)));
+        assert_eq!(state_and_session("9 (x) R 0"), None);
+        assert_eq!(state_and_session(""), None);
     }
 }

@@ -3,7 +3,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::support::dbslots;
+use crate::support::{Launch, dbslots};
 
 fn status_json(pool: &str) -> serde_json::Value {
     let out = dbslots()
@@ -706,19 +706,30 @@ fn a_process_that_left_the_group_keeps_the_slot_as_long_as_it_keeps_the_lock() {
 
 #[test]
 fn a_daemon_the_command_started_is_reaped_when_it_exits() {
+    a_daemon_is_reaped(Launch::Direct);
+}
+
+#[test]
+fn a_daemon_is_reaped_where_the_session_leader_is_in_another_pid_namespace() {
+    a_daemon_is_reaped(Launch::PidNamespace);
+}
+
+fn a_daemon_is_reaped(launch: Launch) {
     // The command starts a daemon (`setsid`, from a subshell that exits:
     // the daemon becomes a child of dbslots, the subreaper) that ends
     // while the command still runs: meanwhile it must not stay a zombie.
     let (dir, p) = pool();
     let daemon_file = dir.path().join("daemon");
-    let mut exec = dbslots()
-        .args(["exec", "--pool", &p, "--capacity", "1", "--", "sh", "-c"])
-        .arg(format!(
-            "(setsid sh -c 'echo $$ > {f}; sleep 0.2; echo done >> {f}' </dev/null >/dev/null 2>&1 &); sleep 3",
-            f = daemon_file.display()
-        ))
-        .spawn()
-        .expect("exec");
+    let Some((mut exec, exec_pid)) = launch.start(
+        dbslots()
+            .args(["exec", "--pool", &p, "--capacity", "1", "--", "sh", "-c"])
+            .arg(format!(
+                "(setsid sh -c 'echo $$ > {f}; sleep 0.2; echo done >> {f}' </dev/null >/dev/null 2>&1 &); sleep 3",
+                f = daemon_file.display()
+            )),
+    ) else {
+        return;
+    };
     let deadline = Instant::now() + Duration::from_secs(4);
     while !std::fs::read_to_string(&daemon_file).is_ok_and(|s| s.contains("done")) {
         assert!(Instant::now() < deadline, "the daemon never ended");
@@ -733,7 +744,7 @@ fn a_daemon_the_command_started_is_reaped_when_it_exits() {
         .filter(|stat| {
             let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
             let mut f = rest.split_whitespace();
-            f.next() == Some("Z") && f.next() == Some(exec.id().to_string().as_str())
+            f.next() == Some("Z") && f.next() == Some(exec_pid.to_string().as_str())
         })
         .collect();
     assert!(
@@ -745,6 +756,6 @@ fn a_daemon_the_command_started_is_reaped_when_it_exits() {
     assert_eq!(
         zombies,
         Vec::<String>::new(),
-        "exited children never reaped"
+        "exited children never reaped ({launch:?})"
     );
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use dbslots_core::{Pool, PoolOptions};
 
-use crate::support::dbslots;
+use crate::support::{Launch, dbslots};
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("the dbslots binary runs")
@@ -1287,6 +1287,15 @@ fn zombie_children(parent: u32) -> Vec<i32> {
 
 #[test]
 fn a_daemon_a_worker_started_is_reaped_when_it_exits() {
+    a_daemon_is_reaped(Launch::Direct);
+}
+
+#[test]
+fn a_daemon_is_reaped_where_the_session_leader_is_in_another_pid_namespace() {
+    a_daemon_is_reaped(Launch::PidNamespace);
+}
+
+fn a_daemon_is_reaped(launch: Launch) {
     // The first worker starts a daemon (`setsid`: out of its group) and
     // exits; the daemon exits soon after and, its parent gone, is a child
     // of the spawner (the subreaper). The second worker keeps the spawner
@@ -1300,26 +1309,27 @@ else
   sleep 5
 fi
 "#;
-    let mut spawner = dbslots()
-        .args(["spawn", "--workers", "2", "--capacity", "2", "--pool"])
-        .arg(dir.path().join("pool"))
-        .args(["--", "sh", "-c", script])
-        .env("D", dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the dbslots binary runs");
+    let Some((mut spawner, spawner_pid)) = launch.start(
+        dbslots()
+            .args(["spawn", "--workers", "2", "--capacity", "2", "--pool"])
+            .arg(dir.path().join("pool"))
+            .args(["--", "sh", "-c", script])
+            .env("D", dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    ) else {
+        return;
+    };
     let daemon_file = dir.path().join("daemon");
     wait_for("the daemon's end", Duration::from_secs(4), || {
         std::fs::read_to_string(&daemon_file).is_ok_and(|s| s.contains("done"))
     });
+    // (In a pid namespace of its own the daemon wrote its pid there.)
     let daemon = read_pids(&daemon_file)[0];
-    wait_for("the daemon's exit", Duration::from_secs(2), || {
-        !alive(daemon)
-    });
-    // Give the spawner time to notice; the second worker still runs.
-    thread::sleep(Duration::from_millis(1500));
-    let zombies = zombie_children(spawner.id());
+    // Time for the daemon to exit and for the spawner to notice; the
+    // second worker still runs.
+    thread::sleep(Duration::from_millis(1700));
+    let zombies = zombie_children(spawner_pid);
     assert!(
         spawner.try_wait().unwrap().is_none(),
         "the spawner ended early, the test measures nothing"
@@ -1329,6 +1339,6 @@ fi
     assert_eq!(
         zombies,
         Vec::<i32>::new(),
-        "exited processes the spawner never reaped (daemon {daemon})"
+        "exited processes the spawner never reaped (daemon {daemon}, {launch:?})"
     );
 }

@@ -92,6 +92,73 @@ pub(crate) fn status(pool: &str) -> Option<Value> {
         .then(|| serde_json::from_slice(&out.stdout).expect("status --json is JSON"))
 }
 
+/// How a test starts `dbslots`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Launch {
+    /// As a child of the test.
+    Direct,
+    /// As the first process of a pid namespace of its own (`unshare
+    /// --pid --fork --mount-proc`), whose session and group leaders lie
+    /// outside it, as under a CI runner that entered a container: there
+    /// `getsid(0)` and `getpgrp()` give 0.
+    PidNamespace,
+}
+
+impl Launch {
+    /// Starts `cmd` this way: the child to wait for (`unshare` in a
+    /// namespace) and the pid of `dbslots` itself as the test sees it.
+    /// `None`, after a SKIPPED line, where no pid namespace can be made
+    /// (no `unshare`, or no privilege for it).
+    pub(crate) fn start(self, cmd: &mut Command) -> Option<(Child, u32)> {
+        let mut cmd = match self {
+            Launch::Direct => {
+                let child = cmd.spawn().expect("the dbslots binary runs");
+                let pid = child.id();
+                return Some((child, pid));
+            }
+            Launch::PidNamespace => {
+                let probe = Command::new("unshare")
+                    .args(["--pid", "--fork", "--mount-proc", "true"])
+                    .stderr(Stdio::null())
+                    .status();
+                if !probe.is_ok_and(|s| s.success()) {
+                    eprintln!(
+                        "SKIPPED: cannot make a pid namespace (unshare --pid needs util-linux and CAP_SYS_ADMIN)"
+                    );
+                    return None;
+                }
+                let mut wrapped = Command::new("unshare");
+                wrapped
+                    .args(["--pid", "--fork", "--mount-proc", "--"])
+                    .arg(cmd.get_program())
+                    .args(cmd.get_args());
+                for (key, value) in cmd.get_envs() {
+                    match value {
+                        Some(value) => wrapped.env(key, value),
+                        None => wrapped.env_remove(key),
+                    };
+                }
+                if let Some(dir) = cmd.get_current_dir() {
+                    wrapped.current_dir(dir);
+                }
+                wrapped
+            }
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("unshare runs");
+        let inner = wait_for(
+            "dbslots in its pid namespace",
+            Duration::from_secs(5),
+            || children_of(child.id()).first().copied(),
+        );
+        Some((child, inner))
+    }
+}
+
 /// The children of process `pid`, from `/proc`.
 fn children_of(pid: u32) -> Vec<u32> {
     let mut found = Vec::new();
