@@ -18,6 +18,8 @@
 use std::io;
 use std::time::{Duration, Instant};
 
+use rustix::io::Errno;
+
 /// Pause after a failure that would repeat at once.
 pub(crate) const PAUSE: Duration = Duration::from_millis(20);
 
@@ -47,7 +49,7 @@ pub(crate) struct Response {
 impl AcceptFailures {
     /// Records a failed accept at `now` and says what to do.
     pub(crate) fn record(&mut self, error: &io::Error, now: Instant) -> Response {
-        let code = error.raw_os_error();
+        let code = Errno::from_io_error(error);
         if code.is_some_and(one_client_only) {
             return Response {
                 pause: None,
@@ -66,56 +68,36 @@ impl AcceptFailures {
         Response {
             pause: Some(PAUSE),
             warn,
-            out_of_files: matches!(code, Some(libc_codes::EMFILE | libc_codes::ENFILE)),
+            out_of_files: matches!(code, Some(Errno::MFILE | Errno::NFILE)),
         }
     }
 }
 
 /// Errors that belong to one client only (accept(2), "Error handling": the
 /// pending network errors Linux passes on, to be treated like `EAGAIN`).
-fn one_client_only(code: i32) -> bool {
-    use libc_codes::*;
+fn one_client_only(code: Errno) -> bool {
     matches!(
         code,
-        ECONNABORTED
-            | EPROTO
-            | EPERM
-            | ENETDOWN
-            | ENOPROTOOPT
-            | EHOSTDOWN
-            | ENONET
-            | EHOSTUNREACH
-            | EOPNOTSUPP
-            | ENETUNREACH
-            | EINTR
+        Errno::CONNABORTED
+            | Errno::PROTO
+            | Errno::PERM
+            | Errno::NETDOWN
+            | Errno::NOPROTOOPT
+            | Errno::HOSTDOWN
+            | Errno::NONET
+            | Errno::HOSTUNREACH
+            | Errno::OPNOTSUPP
+            | Errno::NETUNREACH
+            | Errno::INTR
     )
-}
-
-/// The errno values above, from rustix (the crate has no libc dependency).
-mod libc_codes {
-    use rustix::io::Errno;
-
-    pub(super) const ECONNABORTED: i32 = Errno::CONNABORTED.raw_os_error();
-    pub(super) const EPROTO: i32 = Errno::PROTO.raw_os_error();
-    pub(super) const EPERM: i32 = Errno::PERM.raw_os_error();
-    pub(super) const ENETDOWN: i32 = Errno::NETDOWN.raw_os_error();
-    pub(super) const ENOPROTOOPT: i32 = Errno::NOPROTOOPT.raw_os_error();
-    pub(super) const EHOSTDOWN: i32 = Errno::HOSTDOWN.raw_os_error();
-    pub(super) const ENONET: i32 = Errno::NONET.raw_os_error();
-    pub(super) const EHOSTUNREACH: i32 = Errno::HOSTUNREACH.raw_os_error();
-    pub(super) const EOPNOTSUPP: i32 = Errno::OPNOTSUPP.raw_os_error();
-    pub(super) const ENETUNREACH: i32 = Errno::NETUNREACH.raw_os_error();
-    pub(super) const EINTR: i32 = Errno::INTR.raw_os_error();
-    pub(super) const EMFILE: i32 = Errno::MFILE.raw_os_error();
-    pub(super) const ENFILE: i32 = Errno::NFILE.raw_os_error();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn os(code: i32) -> io::Error {
-        io::Error::from_raw_os_error(code)
+    fn os(code: Errno) -> io::Error {
+        io::Error::from_raw_os_error(code.raw_os_error())
     }
 
     #[test]
@@ -123,12 +105,12 @@ mod tests {
         let mut f = AcceptFailures::default();
         let now = Instant::now();
         for _ in 0..100 {
-            let r = f.record(&os(libc_codes::ECONNABORTED), now);
+            let r = f.record(&os(Errno::CONNABORTED), now);
             assert_eq!(r.pause, None);
             assert_eq!(r.warn, None);
         }
         // And it does not count towards the next warning.
-        let r = f.record(&os(libc_codes::EMFILE), now);
+        let r = f.record(&os(Errno::MFILE), now);
         assert_eq!(r.warn, Some(1));
     }
 
@@ -136,7 +118,7 @@ mod tests {
     fn running_out_of_files_pauses_and_warns_once_per_interval_with_a_count() {
         let mut f = AcceptFailures::default();
         let start = Instant::now();
-        let first = f.record(&os(libc_codes::EMFILE), start);
+        let first = f.record(&os(Errno::MFILE), start);
         assert_eq!(first.pause, Some(PAUSE));
         assert_eq!(first.warn, Some(1));
         assert!(first.out_of_files);
@@ -145,13 +127,13 @@ mod tests {
         let mut silent = 0;
         while at + PAUSE < start + WARN_EVERY {
             at += PAUSE;
-            let r = f.record(&os(libc_codes::EMFILE), at);
+            let r = f.record(&os(Errno::MFILE), at);
             assert_eq!(r.pause, Some(PAUSE));
             assert_eq!(r.warn, None);
             silent += 1;
         }
         // The first one past the interval reports them all.
-        let r = f.record(&os(libc_codes::ENFILE), start + WARN_EVERY);
+        let r = f.record(&os(Errno::NFILE), start + WARN_EVERY);
         assert_eq!(r.warn, Some(silent + 1));
         assert!(r.out_of_files);
     }
