@@ -52,7 +52,7 @@ fn greet_and_echo(mut s: TcpStream) {
 struct RunningGate {
     addr: String,
     control: GateControl,
-    done: Option<std::thread::JoinHandle<GateReport>>,
+    done: Option<std::thread::JoinHandle<Option<GateReport>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -63,6 +63,16 @@ impl RunningGate {
         dir: tempfile::TempDir,
         tune: impl FnOnce(GateOptions) -> GateOptions,
     ) -> RunningGate {
+        RunningGate::try_start(pool, upstream, dir, tune).unwrap()
+    }
+
+    /// [`RunningGate::start`], or the error binding gave.
+    fn try_start(
+        pool: &Pool,
+        upstream: &str,
+        dir: tempfile::TempDir,
+        tune: impl FnOnce(GateOptions) -> GateOptions,
+    ) -> Result<RunningGate, dbslots_gate::Error> {
         let options = tune(
             GateOptions::new(
                 vec!["127.0.0.1:0".parse().unwrap()],
@@ -78,19 +88,31 @@ impl RunningGate {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let gate = Gate::bind(pool, options).await.unwrap();
-                tx.send((gate.local_endpoints()[0].to_string(), gate.control()))
+                let gate = match Gate::bind(pool, options).await {
+                    Ok(gate) => gate,
+                    Err(e) => {
+                        tx.send(Err(e)).unwrap();
+                        return None;
+                    }
+                };
+                tx.send(Ok((gate.local_endpoints()[0].to_string(), gate.control())))
                     .unwrap();
-                gate.run().await
+                Some(gate.run().await)
             })
         });
-        let (addr, control) = rx.recv().unwrap();
-        RunningGate {
+        let (addr, control) = match rx.recv().unwrap() {
+            Ok(bound) => bound,
+            Err(e) => {
+                let _ = done.join();
+                return Err(e);
+            }
+        };
+        Ok(RunningGate {
             addr,
             control,
             done: Some(done),
             _dir: dir,
-        }
+        })
     }
 
     fn connect(&self) -> TcpStream {
@@ -289,7 +311,8 @@ impl RunningGate {
     /// Stops the gate; its final counters.
     fn stop(mut self) -> GateReport {
         self.control.stop();
-        self.done.take().unwrap().join().unwrap()
+        let report = self.done.take().unwrap().join().unwrap();
+        report.expect("a running gate was bound")
     }
 }
 
@@ -549,52 +572,45 @@ fn a_limit_too_low_for_a_single_client_is_an_error_at_bind() {
     );
 }
 
-/// The child: lowers its open-file limit to 40 above what it has open (a
-/// client needs 5 here: its socket, the gate's two, the server's, the
-/// slot's file), below what the gate reckons one client needs with a pool
-/// of 140 (128 slot files cached, 16 agents), and prints what happens.
-fn too_low_a_limit_child() {
+/// Lowers this process's soft open-file limit to `room` above what it
+/// has open now (only in a child run by [`run_alone`]: the limit is the
+/// whole process's).
+fn leave_room_for_open_files(room: u64) {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let server = fake_server(greet_and_echo);
-    let (pool, dir) = file_pool(140);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let open_now = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
     let hard = getrlimit(Resource::Nofile).maximum;
     setrlimit(
         Resource::Nofile,
         Rlimit {
-            current: Some(open_now + 40),
+            current: Some(open_now + room),
             maximum: hard,
         },
     )
     .unwrap();
-    let options = GateOptions::new(
-        vec!["127.0.0.1:0".parse().unwrap()],
-        server.addr.parse().unwrap(),
-    )
-    .stats_dir(Some(dir.path().join("gates")));
-    let gate = match rt.block_on(Gate::bind(pool, options)) {
+}
+
+/// The child: lowers its open-file limit to 40 above what it has open (a
+/// client needs 5 here: its socket, the gate's two, the server's, the
+/// slot's file), below what the gate reckons one client needs with a pool
+/// of 140 (128 slot files cached, 16 agents), and prints what happens.
+fn too_low_a_limit_child() {
+    let server = fake_server(greet_and_echo);
+    let (pool, dir) = file_pool(140);
+    leave_room_for_open_files(40);
+    let gate = match RunningGate::try_start(&pool, &server.addr, dir, |o| o) {
         Err(e) => {
             println!("BIND-REFUSED: {e}");
             return;
         }
         Ok(gate) => gate,
     };
-    let addr = gate.local_endpoints()[0].to_string();
-    let control = gate.control();
-    let run = std::thread::spawn(move || rt.block_on(gate.run()));
-    let mut c = TcpStream::connect(&addr).unwrap();
+    let mut c = gate.connect();
     c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let mut greeting = [0u8; 8];
     match c.read_exact(&mut greeting) {
         Ok(()) => println!("SERVED"),
-        Err(e) => println!("NOT-SERVED within 3 s ({e}): {:?}", control.report()),
+        Err(e) => println!("NOT-SERVED within 3 s ({e}): {:?}", gate.control.report()),
     }
-    control.stop();
-    let _ = run.join();
 }
 
 /// Set in the child process of the test below.
@@ -625,39 +641,19 @@ fn a_client_in_the_backlog_at_the_file_budget_gets_an_idle_connection_closed() {
 /// (a pool of 10, each client relayed), fills it with idle connections,
 /// and says whether the next client, left in the backlog, is served.
 fn backlog_child() {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let server = fake_server(greet_and_echo);
     let (pool, dir) = file_pool(10);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let open_now = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
-    // 16 agents (2 each), a margin of 16, 10 slot files, 3 per client:
-    // room for 2 to 4 clients, whatever binding opens.
-    let hard = getrlimit(Resource::Nofile).maximum;
-    setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: Some(open_now + 48 + 10 + 3 * 2 + 8),
-            maximum: hard,
-        },
-    )
-    .unwrap();
-    let options = GateOptions::new(
-        vec!["127.0.0.1:0".parse().unwrap()],
-        server.addr.parse().unwrap(),
-    )
-    .stats_dir(Some(dir.path().join("gates")))
-    .idle_timeout(Some(Duration::from_secs(1)));
-    let gate = rt.block_on(Gate::bind(pool, options)).unwrap();
-    let addr = gate.local_endpoints()[0].to_string();
-    let control = gate.control();
-    let run = std::thread::spawn(move || rt.block_on(gate.run()));
+    // The gate's runtime (2: epoll, its waker), 16 agents (2 each), a
+    // margin of 16, 10 slot files, 3 per client: room for 2 to 4 clients,
+    // whatever binding opens.
+    leave_room_for_open_files(2 + 48 + 10 + 3 * 2 + 8);
+    let gate = RunningGate::start(&pool, &server.addr, dir, |o| {
+        o.idle_timeout(Some(Duration::from_secs(1)))
+    });
     let mut idle = Vec::new();
     let mut backlogged = None;
     for _ in 0..10 {
-        let mut c = TcpStream::connect(&addr).unwrap();
+        let mut c = gate.connect();
         c.set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
         let mut greeting = [0u8; 8];
@@ -675,9 +671,7 @@ fn backlog_child() {
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut greeting = [0u8; 8];
     match c.read_exact(&mut greeting) {
-        Ok(()) => println!("BACKLOG-SERVED: {:?}", control.report()),
-        Err(e) => println!("BACKLOG-STUCK for 5 s ({e}): {:?}", control.report()),
+        Ok(()) => println!("BACKLOG-SERVED: {:?}", gate.control.report()),
+        Err(e) => println!("BACKLOG-STUCK for 5 s ({e}): {:?}", gate.control.report()),
     }
-    control.stop();
-    let _ = run.join();
 }
