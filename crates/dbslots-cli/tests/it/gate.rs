@@ -497,15 +497,8 @@ fn a_queue_timeout_reaches_php_and_mariadb_as_error_1040_with_the_gates_message(
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let pool_dir = dir.path().join("pool");
-    let pool = Pool::open(pool_dir.as_path(), PoolOptions::new().capacity(1)).unwrap();
-    let held = pool.try_acquire().unwrap().expect("the only slot");
-    let gate = GateProc::start(
-        dir.path(),
-        &upstream,
-        pool_dir.to_str().unwrap(),
-        &["--queue-timeout", "0.5"],
-    );
+    let (pool, held) = held_one_slot_pool(dir.path());
+    let gate = GateProc::start(dir.path(), &upstream, &pool, &["--queue-timeout", "0.5"]);
     let php = php_clients(
         dir.path(),
         &format!(
@@ -520,7 +513,7 @@ fn a_queue_timeout_reaches_php_and_mariadb_as_error_1040_with_the_gates_message(
     assert!(
         php[0].contains("SQLSTATE[08004] [1040] Too many connections: dbslots gate")
             && php[0].contains("(capacity 1)")
-            && php[0].contains(&pool_dir.display().to_string()),
+            && php[0].contains(&pool),
         "{php:?}"
     );
     let out = finish(mariadb_clients(gate.port(), 1, "SELECT 1", &["--skip-ssl"]));
@@ -538,7 +531,7 @@ fn a_queue_timeout_reaches_php_and_mariadb_as_error_1040_with_the_gates_message(
     // `dbslots status` shows the gate under its pool, table and JSON.
     let status = |json: bool| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbslots"));
-        cmd.args(["status", "--pool", pool_dir.to_str().unwrap()]);
+        cmd.args(["status", "--pool", &pool]);
         if json {
             cmd.arg("--json");
         }
@@ -560,7 +553,7 @@ fn a_queue_timeout_reaches_php_and_mariadb_as_error_1040_with_the_gates_message(
     assert_eq!(doc["gates"][0]["queue_timeouts"], 2, "{doc:#}");
     assert_eq!(doc["gates"][0]["upstream"], upstream.as_str(), "{doc:#}");
     // `dbslots serve`: JSON and /metrics (strictly parsed).
-    let serve = crate::support::Serve::start(&["--pool", pool_dir.to_str().unwrap()]);
+    let serve = crate::support::Serve::start(&["--pool", &pool]);
     let api = serve.get("/api/pool-stats").json();
     assert_eq!(api["gates"][0]["queue_timeouts"], 2, "{api:#}");
     let text = serve.get("/metrics").body;
@@ -1659,6 +1652,27 @@ fn numbering_server() -> (String, std::thread::JoinHandle<()>) {
     (addr, h)
 }
 
+/// A one-slot pool in `dir` whose only slot the test holds: clients queue
+/// behind it, and the gate opens their connections to the server strictly
+/// one after another once it is dropped, so [`numbering_server`]'s numbers
+/// give the order they were served in. The pool's path and the slot.
+fn held_one_slot_pool(dir: &Path) -> (String, dbslots_core::Slot) {
+    let pool_dir = dir.join("pool");
+    let pool = Pool::open(pool_dir.as_path(), PoolOptions::new().capacity(1)).unwrap();
+    let held = pool.try_acquire().unwrap().expect("the only slot");
+    (pool_dir.to_str().unwrap().to_owned(), held)
+}
+
+/// `n` clients connected to `addr` one after another (so in this order in
+/// the gate's queue).
+async fn connect_in_order(addr: &str, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        clients.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    clients
+}
+
 /// Client i (in connect order) is greeted with number i by
 /// [`numbering_server`] (which numbers connections in the order the gate
 /// opens them); each closes after its greeting, so the next gets the slot.
@@ -1684,26 +1698,12 @@ fn ten_thousand_queued_clients_are_held_and_served_in_order() {
     raise_nofile();
     let (upstream, _server) = numbering_server();
     let dir = tempfile::tempdir().unwrap();
-    let pool_dir = dir.path().join("pool");
-    let pool = Pool::open(pool_dir.as_path(), PoolOptions::new().capacity(1)).unwrap();
-    let held = pool.try_acquire().unwrap().expect("the only slot");
-    let gate = GateProc::start(
-        dir.path(),
-        &upstream,
-        pool_dir.to_str().unwrap(),
-        &["--queue-timeout", "120"],
-    );
+    let (pool, held) = held_one_slot_pool(dir.path());
+    let gate = GateProc::start(dir.path(), &upstream, &pool, &["--queue-timeout", "120"]);
     const N: usize = 10_000;
     let addr = gate.addr.clone();
     runtime().block_on(async move {
-        let mut clients = Vec::with_capacity(N);
-        for _ in 0..N {
-            clients.push(
-                tokio::net::TcpStream::connect(&addr)
-                    .await
-                    .expect("connect"),
-            );
-        }
+        let clients = connect_in_order(&addr, N).await;
         let r = gate.report_when("10,000 queued", |r| r.queued == N as u64);
         assert_eq!(r.accepted, N as u64);
         drop(held);
@@ -1729,16 +1729,12 @@ fn a_gate_out_of_open_files_keeps_clients_in_the_backlog_serves_them_in_order_an
     const N: usize = 300;
     let (upstream, _server) = numbering_server();
     let dir = tempfile::tempdir().unwrap();
-    let pool_dir = dir.path().join("pool");
-    // One slot: connections to the server are opened strictly one after
-    // another, so the server's numbers give the order clients were served.
-    let pool = Pool::open(pool_dir.as_path(), PoolOptions::new().capacity(1)).unwrap();
-    let held = pool.try_acquire().unwrap().expect("the only slot");
+    let (pool, held) = held_one_slot_pool(dir.path());
     let gate = GateProc::spawn_adjusted(
         dir.path(),
         None,
         &upstream,
-        pool_dir.to_str().unwrap(),
+        &pool,
         &["--queue-timeout", "120"],
         &[],
         |cmd| {
@@ -1762,14 +1758,7 @@ fn a_gate_out_of_open_files_keeps_clients_in_the_backlog_serves_them_in_order_an
     .wait_started();
     let addr = gate.addr.clone();
     runtime().block_on(async move {
-        let mut clients = Vec::with_capacity(N);
-        for _ in 0..N {
-            clients.push(
-                tokio::net::TcpStream::connect(&addr)
-                    .await
-                    .expect("connect"),
-            );
-        }
+        let clients = connect_in_order(&addr, N).await;
         // The gate takes what its descriptors allow; the rest wait in the
         // kernel's backlog. Give its accept loop time to run into the
         // limit many times over.
