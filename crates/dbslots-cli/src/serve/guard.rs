@@ -10,7 +10,7 @@
 //! so when listening on every interface (0.0.0.0 or ::) any IP address is
 //! accepted.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -80,20 +80,28 @@ impl Guard {
 
     /// Whether a request with this `Host` header value is answered.
     pub fn host_allowed(&self, host: &str) -> bool {
-        let host = normalize(strip_port(host));
+        let Some(host) = host_part(host.trim()) else {
+            return false;
+        };
+        let host = normalize(host);
         if host == "localhost" || host.ends_with(".localhost") {
             return true;
         }
         if self.inner.names.contains(&host) {
             return true;
         }
-        let literal = host.trim_start_matches('[').trim_end_matches(']');
-        match literal.parse::<IpAddr>() {
-            Ok(ip) => {
-                ip.is_loopback() || ip == self.inner.listen || self.inner.listen.is_unspecified()
-            }
-            Err(_) => false,
-        }
+        // An IPv6 literal only in brackets (RFC 3986 `IP-literal`), an IPv4
+        // one bare.
+        let ip = match host.strip_prefix('[') {
+            Some(v6) => v6
+                .strip_suffix(']')
+                .and_then(|v6| v6.parse::<Ipv6Addr>().ok())
+                .map(IpAddr::V6),
+            None => host.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
+        };
+        ip.is_some_and(|ip| {
+            ip.is_loopback() || ip == self.inner.listen || self.inner.listen.is_unspecified()
+        })
     }
 
     /// Whether an `authorization` header value carries the token (always
@@ -178,19 +186,20 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
 }
 
 /// `host[:port]` or `[v6]:port` without the port.
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return match host.find(']') {
-            Some(end) => &host[..=end],
-            None => host,
-        };
+/// The host of a `Host` value, `uri-host [ ":" port ]` (RFC 9110): a
+/// bracketed IPv6 literal with its brackets, or a name or IPv4 address;
+/// `None` when the value is malformed (a bracket left open, anything but
+/// digits after the colon).
+fn host_part(value: &str) -> Option<&str> {
+    let (host, rest) = if value.starts_with('[') {
+        value.split_at(value.find(']')? + 1)
+    } else {
+        value.split_at(value.find(':').unwrap_or(value.len()))
+    };
+    if !rest.is_empty() && !rest.strip_prefix(':')?.chars().all(|c| c.is_ascii_digit()) {
+        return None;
     }
-    match host.rsplit_once(':') {
-        Some((name, port)) if !name.contains(':') && port.chars().all(|c| c.is_ascii_digit()) => {
-            name
-        }
-        _ => host,
-    }
+    Some(host)
 }
 
 fn normalize(host: &str) -> String {
@@ -245,6 +254,15 @@ mod tests {
             "10.0.0.5:9187",
             "",
             "dash.example.org.evil.com",
+            // Malformed: an IPv6 literal unbracketed or left open, junk
+            // after the host.
+            "[::1",
+            "::1",
+            "[::1]x",
+            "[::1]:80x",
+            "127.0.0.1:9187:1",
+            "127.0.0.1:x",
+            "[127.0.0.1]",
         ] {
             assert!(!g.host_allowed(bad), "{bad}");
         }
