@@ -118,6 +118,8 @@ impl ConnectorOptions {
 
     /// How long one connect attempt (TCP connect, handshake, login) may
     /// take before it counts as failed (client code 2003); 10 s by default.
+    /// [`Connection::ensure_alive`] waits as long for the answer to its
+    /// ping.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -513,7 +515,8 @@ pub enum Liveness {
     /// The server answered the ping.
     Alive,
     /// The server had dropped the connection (KILL, `wait_timeout`, a
-    /// restart); a new one was opened.
+    /// restart), it did not answer within the connect timeout, or an
+    /// earlier call on it was cancelled; a new one was opened.
     Reopened {
         /// The server's id of the dropped connection.
         previous_id: u32,
@@ -627,8 +630,9 @@ impl Connection {
     }
 
     /// Checks the connection with a ping and, when the server has dropped
-    /// it (KILL, `wait_timeout`, a restart), opens a new one in the same
-    /// slot, with the connector's retries.
+    /// it (KILL, `wait_timeout`, a restart) or the ping gets no answer
+    /// within the connect timeout (a frozen network), opens a new one in
+    /// the same slot, with the connector's retries.
     ///
     /// Session state (variables, temporary tables, prepared statements, an
     /// open transaction) does not survive a re-open: call this between units
@@ -648,13 +652,26 @@ impl Connection {
     /// the slot. The next call takes a new slot first.
     pub async fn ensure_alive(&mut self) -> Result<Liveness> {
         let conn = self.conn.as_mut().expect(HOLDS_CONN);
-        let err = match conn.ping().await {
-            Ok(()) => return Ok(Liveness::Alive),
-            Err(e) => e,
+        let no_answer_within = self.connector.inner.options.connect_timeout;
+        // Bounded: on a frozen network (a peer that vanished without a
+        // reset, a firewall dropping its state) a ping would otherwise wait
+        // for the kernel to give up on the socket, a quarter of an hour.
+        // A call on it that was cancelled (a ping of ours that timed out, a
+        // query the caller gave up on) or failed fatally leaves it marked
+        // disconnected, its replies possibly still to come: never ping it
+        // again, a late reply could pass for the answer.
+        let err = if conn.is_disconnected() {
+            "an earlier call on it was cancelled or failed".to_string()
+        } else {
+            match crate::deadline::within(no_answer_within, conn.ping()).await {
+                Ok(Ok(())) => return Ok(Liveness::Alive),
+                Ok(Err(e)) if connection_is_gone(&e) => e.to_string(),
+                Ok(Err(e)) => return Err(Error::query("checking the connection with a ping", e)),
+                // The ping is half done: the connection cannot be used again
+                // (the driver marks it disconnected).
+                Err(()) => format!("no answer to a ping within {no_answer_within:?}"),
+            }
         };
-        if !connection_is_gone(&err) {
-            return Err(Error::query("checking the connection with a ping", err));
-        }
         let previous_id = conn.id();
         let slot = match self.slot.take() {
             Some(slot) => slot,
@@ -664,19 +681,24 @@ impl Connection {
             pool = %self.connector.inner.pool_name,
             slot = slot.index(),
             id = previous_id,
-            "the server dropped the connection ({err}); re-opening it in the same slot"
+            "the connection is gone ({err}); re-opening it in the same slot"
         );
         // The dead connection stays in place meanwhile: its socket is closed
         // (the driver closes it on a fatal error) or the server has ended
-        // the session, so it does not count against any limit.
+        // the session, so it does not count against any limit. (Except
+        // behind a frozen network, where a server that is still up keeps
+        // the old session until its own timeouts end it: `wait_timeout`,
+        // TCP keepalive. Killing it by id from the new connection could hit
+        // somebody else's session on a restarted or failed-over server,
+        // whose ids start over.)
         match self.connector.open(slot).await {
             Ok((new, slot, failed)) => {
                 let old = std::mem::replace(self.conn.as_mut().expect(HOLDS_CONN), new);
                 self.slot = Some(slot);
                 self.failed_attempts = failed;
                 // Nothing to send to a dead connection; this only makes sure
-                // its socket is closed.
-                let _ = old.disconnect().await;
+                // its socket is closed (bounded: a frozen one never answers).
+                let _ = crate::deadline::within(no_answer_within, old.disconnect()).await;
                 Ok(Liveness::Reopened { previous_id })
             }
             Err((e, slot)) => {
