@@ -417,19 +417,16 @@ pub fn redact_command<S: AsRef<str>>(words: &[S]) -> Vec<String> {
             out.push("***".to_string());
             continue;
         }
-        let bare = word.trim_start_matches(['\'', '"']);
         // `--db-password VALUE` as well as `--db-password=VALUE`.
-        hide_next = bare.strip_prefix("--").is_some_and(|name| {
-            !name.is_empty() && !name.contains(['=', ' ']) && secret_option(name)
-        });
+        hide_next = bare_secret_option(word);
         out.push(redact_command_word(word));
     }
     out
 }
 
 /// One word of a command line with its secrets hidden (see
-/// [`redact_command`]; a bare `--password` hides the *next* word, which
-/// only [`redact_command`] can do).
+/// [`redact_command`]; a bare `--password` hides the next blank-separated
+/// piece of the word, but the *next word* only [`redact_command`] can).
 pub fn redact_command_word(word: &str) -> String {
     let word = redact(word);
     // A word that is an option: its value is the rest of the word, blanks
@@ -442,9 +439,18 @@ pub fn redact_command_word(word: &str) -> String {
     }
     let mut out = String::with_capacity(word.len());
     let mut rest = word.as_str();
+    // `sh -c '... --password VALUE ...'`: a bare option hides the next
+    // piece, as in `redact_command`.
+    let mut hide_next = false;
     while !rest.is_empty() {
         let blank = rest.find(char::is_whitespace).unwrap_or(rest.len());
-        out.push_str(&redact_token(&rest[..blank]));
+        let token = &rest[..blank];
+        if std::mem::take(&mut hide_next) {
+            out.push_str("***");
+        } else {
+            out.push_str(&redact_token(token));
+            hide_next = bare_secret_option(token);
+        }
         let after = &rest[blank..];
         let next = after
             .find(|c: char| !c.is_whitespace())
@@ -453,6 +459,14 @@ pub fn redact_command_word(word: &str) -> String {
         rest = &after[next..];
     }
     out
+}
+
+/// Whether `word` is a long option that takes a password, given without
+/// its value (`--password`, `--db-password`): the value is the next word.
+fn bare_secret_option(word: &str) -> bool {
+    let bare = word.trim_start_matches(['\'', '"']);
+    bare.strip_prefix("--")
+        .is_some_and(|name| !name.is_empty() && !name.contains(['=', ' ']) && secret_option(name))
 }
 
 /// One blank-free token: a secret option or assignment has its value
@@ -653,6 +667,9 @@ mod tests {
         // A bare option of any password name hides the next word.
         let out = redact_command(&["--db-password", "s3cret", "--Redis-Pass", "s3cret", "x"]);
         assert_eq!(out, ["--db-password", "***", "--Redis-Pass", "***", "x"]);
+        // Within one word too (`sh -c '...'`), piece by piece.
+        let out = redact_command(&["sh", "-c", "mysql --password s3cret -p db -e 'SELECT 1'"]);
+        assert_eq!(out[2], "mysql --password *** -p db -e 'SELECT 1'");
     }
 
     /// Characters a password may contain, the awkward ones many times over.
