@@ -333,7 +333,15 @@ fn a_zero_timeout_takes_the_slot_of_a_crashed_holder_and_no_timeout_panics() {
     holder.kill().expect("kill");
     holder.wait().expect("reap");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+    // Gone, or a zombie (its files, the lock's among them, are closed): an
+    // orphan is reaped by whatever init the machine has, if any.
+    let dead = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+    };
+    while !dead() {
         assert!(Instant::now() < deadline, "the command never died");
         std::thread::sleep(Duration::from_millis(10));
     }

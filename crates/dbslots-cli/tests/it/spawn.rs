@@ -514,6 +514,65 @@ fn ctrl_c_leaves_no_worker_running() {
 }
 
 #[test]
+fn ctrl_c_ends_a_stopped_worker_without_waiting_for_the_grace_period() {
+    // A worker stopped (SIGSTOP; SIGTTIN when it reads the terminal) holds
+    // SIGTERM pending until it is continued: Ctrl-C must wake it to take
+    // the SIGTERM, not leave it to the SIGKILL a minute later.
+    let dir = tempfile::tempdir().unwrap();
+    let mut spawner = dbslots()
+        .args([
+            "spawn",
+            "--workers",
+            "1",
+            "--capacity",
+            "1",
+            "--grace",
+            "60",
+            "--pool",
+        ])
+        .arg(dir.path().join("pool"))
+        .args([
+            "--",
+            "sh",
+            "-c",
+            r#"echo $$ > "$D/worker"; kill -STOP $$; sleep 100"#,
+        ])
+        .env("D", dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the dbslots binary runs");
+    let worker_file = dir.path().join("worker");
+    wait_for("the worker to stop itself", Duration::from_secs(10), || {
+        read_pids(&worker_file).first().is_some_and(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('T'))
+            })
+        })
+    });
+    let worker = read_pids(&worker_file)[0];
+    // SAFETY: SIGINT to the spawner we started, as a Ctrl-C would.
+    unsafe { libc::kill(spawner.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = spawner.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            kill_all(&[worker]);
+            let _ = spawner.kill();
+            panic!(
+                "the stopped worker was not ended by SIGTERM: the spawner waits for the grace period"
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130));
+    assert!(!alive(worker), "the worker outlived the spawner");
+}
+
+#[test]
 fn a_killed_spawner_leaves_every_worker_holding_its_slot() {
     let _heavy = crate::support::heavy_or_sensitive();
     // No worker may run without its slot. Adaptive workers hold their slots

@@ -118,7 +118,8 @@ impl Ctx {
 }
 
 /// Sends the signal of `phase` to the worker's process group (the worker
-/// and every process it started that stayed in its group).
+/// and every process it started that stayed in its group); SIGTERM is
+/// followed by SIGCONT.
 pub(super) fn signal_phase(pgid: libc::pid_t, phase: Phase, index: u32) {
     let sig = match phase {
         Phase::Running => return,
@@ -126,6 +127,12 @@ pub(super) fn signal_phase(pgid: libc::pid_t, phase: Phase, index: u32) {
         Phase::Kill => libc::SIGKILL,
     };
     let reached = group::signal(pgid, sig);
+    if sig == libc::SIGTERM {
+        // A stopped process (SIGSTOP, or SIGTTIN for reading the terminal)
+        // would hold SIGTERM pending until the grace period's SIGKILL: wake
+        // it to take it, as systemd and shells' `kill` do.
+        group::signal(pgid, libc::SIGCONT);
+    }
     tracing::debug!(
         worker = index,
         pgid,
