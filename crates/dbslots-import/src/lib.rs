@@ -91,8 +91,9 @@
 //! a hash of its first and last 64 KiB. Before the first batch and on every
 //! resume the processor checks them, and on a resume also hashes the content
 //! up to the checkpoint against the hash committed with it; while reading
-//! it checks size and modification time before every batch. A file that
-//! differs fails its job with a `last_error` saying what changed.
+//! it checks size and modification time before every batch and at the end,
+//! where it must have read exactly the size recorded. A file that differs
+//! fails its job with a `last_error` saying what changed.
 //!
 //! # Which files, and what is said about them
 //!
