@@ -846,3 +846,34 @@ fn statement_timeout_sets_how_long_a_slow_server_may_take_to_answer() {
     assert!(code.success(), "{err}");
     assert!(out.contains("readings.csv"), "{out}");
 }
+
+#[test]
+fn a_stale_after_longer_than_any_clock_is_no_limit_rather_than_a_panic() {
+    let Some(db) = TestDb::create("longstale") else {
+        return;
+    };
+    let (csv, good, sum, bad) = readings(200, 97);
+    let path = db.write("readings.csv", &csv);
+    enqueue(&db, &path);
+    let lock = db.dir.path().join("import.lock");
+    // 1e19 s: three times it (the default batch timeout) is past what a
+    // Duration holds; 1e30 s parses as the longest Duration.
+    for (i, stale_after) in ["1e19", "1e30"].into_iter().enumerate() {
+        let (status, _, err) = db.run(
+            "run",
+            &[
+                "--once",
+                "--lock-file",
+                lock.to_str().unwrap(),
+                "--stale-after",
+                stale_after,
+            ],
+            &format!("run{i}"),
+        );
+        assert!(
+            status.success() && !err.contains("panicked"),
+            "--stale-after {stale_after}: {status:?} {err}"
+        );
+    }
+    assert_imported_exactly_once(&db, good, sum, &bad, 1);
+}
