@@ -69,8 +69,9 @@ pub(crate) enum MappingProblem {
     #[error("table `{0}` does not exist in the queue's database; create it first")]
     NoTable(String),
     #[error(
-        "header field {field} ({}) is not a column of table `{table}`; rename it to one of: {columns}",
-        show_name(.name)
+        "header field {field} ({}) is not a column of table `{table}`; {}rename it to one of: {columns}",
+        show_name(.name),
+        delimiter_hint(.name)
     )]
     UnknownColumn {
         field: usize,
@@ -102,6 +103,25 @@ pub(crate) enum MappingProblem {
         "table `{table}` uses the {engine} engine, whose writes a rollback cannot undo, and has no key for the file: a batch redone after a lost connection or a killed processor would append its rows again; add a primary or unique key made of the file's columns (and enqueue without EnqueueOptions::no_key), or convert the table to InnoDB"
     )]
     NoKeyNoRollback { table: String, engine: String },
+}
+
+/// For a header name no column has: when it holds a delimiter the
+/// importer knows (which the file's own delimiter cannot be, outside
+/// quotes), the file is most likely separated by that one (a `;` file
+/// from a spreadsheet in a comma locale, say), and renaming would not
+/// help.
+fn delimiter_hint(name: &str) -> String {
+    match name.chars().find(|c| matches!(c, ',' | ';' | '\t')) {
+        Some(c) => format!(
+            "it holds {}: if the file's fields are separated by {0}, enqueue it with EnqueueOptions::delimiter; else ",
+            if c == '\t' {
+                "a tab".to_owned()
+            } else {
+                format!("'{c}'")
+            }
+        ),
+        None => String::new(),
+    }
 }
 
 /// A header name as an error message may show it: short names as they

@@ -877,3 +877,36 @@ fn a_stale_after_longer_than_any_clock_is_no_limit_rather_than_a_panic() {
     }
     assert_imported_exactly_once(&db, good, sum, &bad, 1);
 }
+
+#[test]
+fn a_file_separated_by_another_delimiter_is_refused_naming_the_delimiter_flag() {
+    let Some(db) = TestDb::create("delimiter") else {
+        return;
+    };
+    db.sql(METER_READINGS);
+    let semicolons = db.write(
+        "semicolons.csv",
+        b"meter_id;reading_at;kwh\nm1;2024-06-01 10:00:00;1,5\n",
+    );
+    let tabs = db.write(
+        "tabs.csv",
+        b"meter_id\treading_at\tkwh\nm1\t2024-06-01 10:00:00\t1.5\n",
+    );
+    for (path, said, flag) in [(&semicolons, "';'", ";"), (&tabs, "a tab", "tab")] {
+        let path = path.to_str().unwrap();
+        let (status, out, err) = db.run("enqueue", &["--table", "meter_readings", path], "refused");
+        assert!(!status.success() && out.is_empty(), "{out}{err}");
+        assert!(
+            err.contains(&format!("it holds {said}: if the file's fields are separated by {said}, enqueue it with --delimiter")),
+            "the refusal of a {flag}-separated file should name --delimiter: {err}"
+        );
+        assert!(!err.contains("EnqueueOptions"), "{err}");
+        let (status, out, err) = db.run(
+            "enqueue",
+            &["--table", "meter_readings", "--delimiter", flag, path],
+            "accepted",
+        );
+        assert!(status.success(), "{err}");
+        assert!(!out.trim().is_empty(), "{out}");
+    }
+}
