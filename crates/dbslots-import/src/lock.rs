@@ -53,7 +53,7 @@ impl InstanceLock {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
-            .map_err(lock_error)?;
+            .map_err(|e| lock_error(explain_symlink(path, e)))?;
         let mut lock = fd_lock::RwLock::new(file);
         let taken = match lock.try_write() {
             Ok(mut guard) => {
@@ -101,6 +101,20 @@ impl Drop for InstanceLock {
         if let Ok(guard) = self.lock.try_write() {
             let _ = guard.set_len(0);
         }
+    }
+}
+
+/// `O_NOFOLLOW` refuses a symlink with `ELOOP`, "too many levels of
+/// symbolic links": for a lock file that is one symlink, say so.
+fn explain_symlink(path: &Path, e: io::Error) -> io::Error {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if e.raw_os_error() == Some(libc::ELOOP) && is_link {
+        io::Error::new(
+            e.kind(),
+            "it is a symbolic link, and a lock file is never opened through one (it could point the processor's writes at another file): remove it",
+        )
+    } else {
+        e
     }
 }
 
@@ -181,10 +195,12 @@ mod tests {
         std::fs::write(&target, "keep").unwrap();
         let link = dir.path().join("import.lock");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        assert!(matches!(
-            InstanceLock::acquire(&link),
-            Err(Error::LockFile { .. })
-        ));
+        match InstanceLock::acquire(&link) {
+            Err(e @ Error::LockFile { .. }) => {
+                assert!(e.to_string().contains("is a symbolic link"), "{e}")
+            }
+            other => panic!("expected LockFile, got {other:?}"),
+        }
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
     }
 

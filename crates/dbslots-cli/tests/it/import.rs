@@ -910,3 +910,32 @@ fn a_file_separated_by_another_delimiter_is_refused_naming_the_delimiter_flag() 
         assert!(!out.trim().is_empty(), "{out}");
     }
 }
+
+#[test]
+fn a_symlink_planted_as_the_lock_file_is_refused_saying_so_and_its_target_is_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("precious.txt");
+    std::fs::write(&target, "keep me\n").unwrap();
+    let lock = dir.path().join("import.lock");
+    std::os::unix::fs::symlink(&target, &lock).unwrap();
+    // No server is needed: the lock file comes first.
+    let url = "mysql://app:s3cret@127.0.0.1:1/db";
+    let mut child = import_command(
+        url,
+        dir.path(),
+        "run",
+        &["--once", "--lock-file", lock.to_str().unwrap()],
+        "planted",
+    )
+    .spawn()
+    .unwrap();
+    let status = wait_guarded(&mut child, "planted");
+    let (_, err) = output(dir.path(), "planted");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is a symbolic link") && err.contains("remove it"),
+        "the refusal should say that the lock file is a symlink, and what to do: {err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me\n");
+}
