@@ -464,7 +464,9 @@ impl Queue {
                     Err(problem) => return Ok(Err((None, problem))),
                 };
                 for (path, header) in &headers {
-                    if let Err(problem) = table.map_header(header, options.no_key) {
+                    if let Err(problem) =
+                        table.map_header(header, options.delimiter, options.no_key)
+                    {
                         return Ok(Err((Some(path.clone()), problem)));
                     }
                 }

@@ -289,7 +289,7 @@ fn read(plan: &ReadPlan, tx: &mpsc::Sender<Message>) -> Result<(), FileProblem> 
     let (header, reader) = read_header(path, &file, plan.delimiter)?;
     let mapping = plan
         .table
-        .map_header(&header, plan.no_key)
+        .map_header(&header, plan.delimiter, plan.no_key)
         .map_err(|problem| FileProblem::Mapping {
             path: path.clone(),
             problem,
