@@ -268,7 +268,10 @@ fn run_processor(args: RunArgs) -> anyhow::Result<ExitCode> {
     let _lock = match InstanceLock::acquire(&lock_path) {
         Ok(lock) => lock,
         Err(e @ dbslots_import::Error::AlreadyRunning { .. }) => {
-            eprintln!("dbslots: {}", crate::advice::in_cli_terms(&e.to_string()));
+            say(format_args!(
+                "dbslots: {}",
+                crate::advice::in_cli_terms(&e.to_string())
+            ));
             return Ok(if args.once {
                 ExitCode::SUCCESS
             } else {
@@ -356,20 +359,27 @@ fn listen_for_signals(stop: Stopper) -> anyhow::Result<()> {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        eprintln!(
-            "dbslots: stopping after the current batch, within 30 s (signal again to exit at once)"
+        say(
+            "dbslots: stopping after the current batch, within 30 s (signal again to exit at once)",
         );
         stop.stop();
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        eprintln!(
-            "dbslots: exiting at once; the job goes back to the queue once its heartbeat is stale"
-        );
+        say("dbslots: exiting at once; the job goes back to the queue once its heartbeat is stale");
         std::process::exit(130);
     });
     Ok(())
+}
+
+/// Writes a line to stderr, and goes on when it cannot: a processor whose
+/// stderr nobody reads any more (`2>&1 | head`, a log collector gone) must
+/// import and obey signals all the same, where `eprintln!` would panic
+/// (leaving its job to go stale) or, in the signal task, never stop.
+fn say(text: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
 /// Progress: a bar per job on a terminal, log lines (at most every 5 s per
@@ -407,7 +417,7 @@ impl Display {
             .and_then(|j| j.as_ref()?.bar.clone())
         {
             Some(bar) => bar.println(text),
-            None => eprintln!("{text}"),
+            None => say(text),
         }
     }
 

@@ -3,7 +3,7 @@
 //! file, SIGTERM (also while a batch hangs on a connection that turned into
 //! a black hole), a symlink out of the source directory, exit statuses, a
 //! server out of reach (a daemon waits it out, --once gives up after
-//! --reconnect-for). Each test works in a scratch database of its own on
+//! --reconnect-for), a stderr nobody reads any more. Each test works in a scratch database of its own on
 //! the shared test server (skipped without one, see dbslots-testkit).
 
 use std::fs::File;
@@ -938,4 +938,53 @@ fn a_symlink_planted_as_the_lock_file_is_refused_saying_so_and_its_target_is_unt
     );
     assert!(!err.contains("s3cret"), "{err}");
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me\n");
+}
+
+#[test]
+fn a_processor_whose_stderr_reader_went_away_goes_on_importing_and_obeys_sigterm() {
+    let Some(db) = TestDb::create("epipe") else {
+        return;
+    };
+    let (csv, good, sum, bad) = readings(150_000, 1009);
+    let path = db.write("readings.csv", &csv);
+    enqueue(&db, &path);
+    let lock = db.dir.path().join("import.lock");
+    let lock = lock.to_str().unwrap();
+    // `dbslots import run 2>&1 | head -1`, a log collector restarted, a
+    // closed terminal: every write to stderr fails with EPIPE from the
+    // first line on.
+    let without_stderr = |args: &[&str], log: &str| {
+        let mut child = db
+            .dbslots("run", args, log)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stderr.take());
+        child
+    };
+    let mut daemon = without_stderr(&["--lock-file", lock, "--batch-rows", "100"], "daemon");
+    wait_for_progress(&db, &mut daemon, 1_000);
+    terminate(&daemon);
+    let status = wait_guarded(&mut daemon, "the terminated processor");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM stops a processor without a stderr"
+    );
+    let (status, holder): (String, Option<String>) =
+        db.row("SELECT CAST(status AS CHAR), holder FROM import_jobs");
+    assert_eq!(
+        (status.as_str(), holder),
+        ("pending", None),
+        "put back at its checkpoint"
+    );
+
+    let mut once = without_stderr(&["--once", "--lock-file", lock], "once");
+    let status = wait_guarded(&mut once, "the resuming processor");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a processor that cannot write its progress must import all the same, not panic"
+    );
+    assert_imported_exactly_once(&db, good, sum, &bad, 1);
 }
