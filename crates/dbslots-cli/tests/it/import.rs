@@ -988,3 +988,40 @@ fn a_processor_whose_stderr_reader_went_away_goes_on_importing_and_obeys_sigterm
     );
     assert_imported_exactly_once(&db, good, sum, &bad, 1);
 }
+
+#[test]
+fn enqueue_and_status_whose_stdout_reader_went_away_end_quietly_rather_than_panic() {
+    let Some(db) = TestDb::create("stdout_epipe") else {
+        return;
+    };
+    let (csv, ..) = readings(10, 97);
+    let path = db.write("readings.csv", &csv);
+    db.sql(METER_READINGS);
+    let path = path.to_str().unwrap();
+    // `dbslots import status --json | head -1`: the reader is gone before
+    // the first write.
+    let without_stdout = |subcommand: &str, args: &[&str], log: &str| {
+        let mut child = db
+            .dbslots(subcommand, args, log)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let status = wait_guarded(&mut child, log);
+        let (_, err) = db.output(log);
+        (status, err)
+    };
+    for (subcommand, args) in [
+        ("enqueue", &["--table", "meter_readings", path][..]),
+        ("status", &[][..]),
+        ("status", &["--json"][..]),
+    ] {
+        let (status, err) = without_stdout(subcommand, args, subcommand);
+        assert!(
+            status.success() && !err.contains("panicked"),
+            "import {subcommand} {args:?} with nobody reading its output: {status:?} {err}"
+        );
+    }
+    let enqueued: u64 = db.row("SELECT COUNT(*) FROM import_jobs");
+    assert_eq!(enqueued, 1);
+}
