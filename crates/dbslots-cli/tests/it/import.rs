@@ -1025,3 +1025,35 @@ fn enqueue_and_status_whose_stdout_reader_went_away_end_quietly_rather_than_pani
     let enqueued: u64 = db.row("SELECT COUNT(*) FROM import_jobs");
     assert_eq!(enqueued, 1);
 }
+
+#[test]
+fn a_lock_file_that_holds_something_else_is_refused_not_emptied() {
+    let dir = tempfile::tempdir().unwrap();
+    // Arguments mixed up: a data file given as the lock file.
+    let data = dir.path().join("readings.csv");
+    std::fs::write(&data, "meter_id,reading_at,kwh\nm1,2024-06-01 10:00:00,1.5\n").unwrap();
+    let mut child = import_command(
+        "mysql://app:s3cret@127.0.0.1:1/db",
+        dir.path(),
+        "run",
+        &[
+            "--once",
+            "--reconnect-for",
+            "1",
+            "--lock-file",
+            data.to_str().unwrap(),
+        ],
+        "mixed_up",
+    )
+    .spawn()
+    .unwrap();
+    let status = wait_guarded(&mut child, "mixed_up");
+    let (_, err) = output(dir.path(), "mixed_up");
+    assert_eq!(
+        std::fs::read_to_string(&data).unwrap(),
+        "meter_id,reading_at,kwh\nm1,2024-06-01 10:00:00,1.5\n",
+        "the file given as the lock file must be left as it was: {err}"
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("not a lock file"), "{err}");
+}
