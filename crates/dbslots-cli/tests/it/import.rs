@@ -1031,7 +1031,11 @@ fn a_lock_file_that_holds_something_else_is_refused_not_emptied() {
     let dir = tempfile::tempdir().unwrap();
     // Arguments mixed up: a data file given as the lock file.
     let data = dir.path().join("readings.csv");
-    std::fs::write(&data, "meter_id,reading_at,kwh\nm1,2024-06-01 10:00:00,1.5\n").unwrap();
+    std::fs::write(
+        &data,
+        "meter_id,reading_at,kwh\nm1,2024-06-01 10:00:00,1.5\n",
+    )
+    .unwrap();
     let mut child = import_command(
         "mysql://app:s3cret@127.0.0.1:1/db",
         dir.path(),
@@ -1056,4 +1060,41 @@ fn a_lock_file_that_holds_something_else_is_refused_not_emptied() {
     );
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("not a lock file"), "{err}");
+}
+
+#[test]
+fn a_processor_refused_by_the_server_says_how_long_it_tried_and_hides_the_password() {
+    let Some(db) = TestDb::create("denied") else {
+        return;
+    };
+    let opts = mysql_async::Opts::from_url(&db.url).unwrap();
+    let password = opts.pass().unwrap().to_owned();
+    let wrong = db
+        .url
+        .replacen(&format!(":{password}@"), ":not-the-password@", 1);
+    assert_ne!(wrong, db.url);
+    let lock = db.dir.path().join("import.lock");
+    let mut child = import_command(
+        &wrong,
+        db.dir.path(),
+        "run",
+        &["--once", "--lock-file", lock.to_str().unwrap()],
+        "denied",
+    )
+    .spawn()
+    .unwrap();
+    let status = wait_guarded(&mut child, "denied");
+    let (_, err) = db.output("denied");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("Access denied"), "{err}");
+    assert!(
+        !err.contains("not-the-password") && !err.contains(&password),
+        "{err}"
+    );
+    // The connect took its time (a round trip at least): 'tried for 0ns'
+    // says nothing true.
+    assert!(
+        err.contains("(tried for ") && !err.contains("(tried for 0.0ns)"),
+        "{err}"
+    );
 }
