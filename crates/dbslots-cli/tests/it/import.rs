@@ -1098,3 +1098,39 @@ fn a_processor_refused_by_the_server_says_how_long_it_tried_and_hides_the_passwo
         "{err}"
     );
 }
+
+#[test]
+fn a_file_with_a_header_and_no_records_is_refused_at_enqueue() {
+    let Some(db) = TestDb::create("header_only") else {
+        return;
+    };
+    db.sql(METER_READINGS);
+    // A day without readings, as an export writes it; blank lines hold no
+    // record in a file of several columns.
+    let header_only = db.write("header_only.csv", b"meter_id,reading_at,kwh\n");
+    let blank_lines = db.write("blank_lines.csv", b"meter_id,reading_at,kwh\r\n\r\n\n");
+    for path in [&header_only, &blank_lines] {
+        let (status, out, err) = db.run(
+            "enqueue",
+            &["--table", "meter_readings", path.to_str().unwrap()],
+            "enqueue",
+        );
+        assert_eq!(status.code(), Some(1), "{out}{err}");
+        assert!(
+            err.contains("has a header but no records; nothing to import"),
+            "a file that can only fail its job is refused when it is enqueued: {err}"
+        );
+    }
+    let (status, out, _) = db.run("status", &[], "status");
+    assert!(status.success());
+    assert_eq!(out.trim(), "no import jobs");
+    // A file of one column: a blank line is a record (a NULL).
+    db.sql("CREATE TABLE notes (note VARCHAR(10) NULL, UNIQUE KEY (note))");
+    let one_column = db.write("one_column.csv", b"note\n\n");
+    let (status, _, err) = db.run(
+        "enqueue",
+        &["--table", "notes", one_column.to_str().unwrap()],
+        "one_column",
+    );
+    assert!(status.success(), "{err}");
+}
