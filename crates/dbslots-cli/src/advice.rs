@@ -53,6 +53,7 @@ const TERMS: &[(&str, &str)] = &[
     ("Queue::statement_timeout", "--statement-timeout"),
     ("EnqueueOptions::no_key", "--no-key"),
     ("EnqueueOptions::time_zone", "--time-zone"),
+    ("EnqueueOptions::delimiter", "--delimiter"),
     ("EnqueueOptions::new(table)", "--table"),
     // dbslots-gate
     ("another name (GateOptions::name)", "another --name"),

@@ -247,6 +247,31 @@ pub fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Appends a formatted line to a `String` (which cannot fail).
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+/// Writes what a command prints to stdout. A reader that went away
+/// (`| head -1`) has read what it wanted: that ends the output quietly,
+/// where `println!` would panic.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("cannot write to stdout"))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     let queue = args.url.queue(None)?;
     let options = EnqueueOptions::new(args.table)
@@ -254,9 +279,11 @@ fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
         .delimiter(args.delimiter)
         .no_key(args.no_key);
     let ids = common::runtime()?.block_on(queue.enqueue(&args.files, &options))?;
+    let mut out = String::new();
     for id in ids {
-        println!("{id}");
+        outln!(out, "{id}");
     }
+    print_out(&out)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -268,7 +295,10 @@ fn run_processor(args: RunArgs) -> anyhow::Result<ExitCode> {
     let _lock = match InstanceLock::acquire(&lock_path) {
         Ok(lock) => lock,
         Err(e @ dbslots_import::Error::AlreadyRunning { .. }) => {
-            eprintln!("dbslots: {}", crate::advice::in_cli_terms(&e.to_string()));
+            say(format_args!(
+                "dbslots: {}",
+                crate::advice::in_cli_terms(&e.to_string())
+            ));
             return Ok(if args.once {
                 ExitCode::SUCCESS
             } else {
@@ -356,20 +386,27 @@ fn listen_for_signals(stop: Stopper) -> anyhow::Result<()> {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        eprintln!(
-            "dbslots: stopping after the current batch, within 30 s (signal again to exit at once)"
+        say(
+            "dbslots: stopping after the current batch, within 30 s (signal again to exit at once)",
         );
         stop.stop();
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        eprintln!(
-            "dbslots: exiting at once; the job goes back to the queue once its heartbeat is stale"
-        );
+        say("dbslots: exiting at once; the job goes back to the queue once its heartbeat is stale");
         std::process::exit(130);
     });
     Ok(())
+}
+
+/// Writes a line to stderr, and goes on when it cannot: a processor whose
+/// stderr nobody reads any more (`2>&1 | head`, a log collector gone) must
+/// import and obey signals all the same, where `eprintln!` would panic
+/// (leaving its job to go stale) or, in the signal task, never stop.
+fn say(text: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
 /// Progress: a bar per job on a terminal, log lines (at most every 5 s per
@@ -407,7 +444,7 @@ impl Display {
             .and_then(|j| j.as_ref()?.bar.clone())
         {
             Some(bar) => bar.println(text),
-            None => eprintln!("{text}"),
+            None => say(text),
         }
     }
 
@@ -522,6 +559,7 @@ impl Observer for Display {
 
 fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let queue = args.url.queue(None)?;
+    let mut out = String::new();
     let (jobs, counts) = common::runtime()?.block_on(async {
         anyhow::Ok((queue.jobs(Some(args.limit)).await?, queue.counts().await?))
     })?;
@@ -550,28 +588,39 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 })
             })
             .collect();
-        println!(
+        outln!(
+            out,
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "counts": counts, "jobs": jobs }))?
         );
+        print_out(&out)?;
         return Ok(ExitCode::SUCCESS);
     }
     let total: u64 = counts.iter().map(|(_, n)| n).sum();
     if total == 0 {
-        println!("no import jobs");
+        outln!(out, "no import jobs");
+        print_out(&out)?;
         return Ok(ExitCode::SUCCESS);
     }
     let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
-    println!("{total} jobs: {}", summary.join(", "));
+    outln!(out, "{total} jobs: {}", summary.join(", "));
     if (jobs.len() as u64) < total {
-        println!("newest {}:", jobs.len());
+        outln!(out, "newest {}:", jobs.len());
     }
-    println!(
+    outln!(
+        out,
         "{:>6}  {:<21}  {:>8}  {:>10}  {:>8}  {:<19}  {:<20}  SOURCE",
-        "ID", "STATUS", "ATTEMPTS", "IMPORTED", "REJECTED", "FINISHED (UTC)", "TABLE"
+        "ID",
+        "STATUS",
+        "ATTEMPTS",
+        "IMPORTED",
+        "REJECTED",
+        "FINISHED (UTC)",
+        "TABLE"
     );
     for j in &jobs {
-        println!(
+        outln!(
+            out,
             "{:>6}  {:<21}  {:>8}  {:>10}  {:>8}  {:<19}  {:<20}  {}",
             j.id,
             j.status.as_str(),
@@ -583,7 +632,8 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             escape_controls(&j.source)
         );
         if j.status == Status::Processing {
-            println!(
+            outln!(
+                out,
                 "{:>8}held by {}, last heartbeat {}s ago",
                 "",
                 escape_controls(j.holder.as_deref().unwrap_or("?")),
@@ -592,9 +642,10 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
         if let Some(error) = &j.last_error {
             let error = crate::advice::in_cli_terms(error);
-            println!("{:>8}last error: {}", "", escape_controls(&error));
+            outln!(out, "{:>8}last error: {}", "", escape_controls(&error));
         }
     }
+    print_out(&out)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,7 +10,8 @@
 //! checkpoint and compares it with the hash the last batch committed (see
 //! [`crate::record`]), so an edit of the same size with the modification
 //! time put back is caught as well. While reading, the open file's size and
-//! modification time are checked before every batch.
+//! modification time are checked before every batch and at the end of the
+//! file, which must come at the size recorded.
 
 use std::fs::File;
 use std::io;

@@ -91,8 +91,9 @@
 //! a hash of its first and last 64 KiB. Before the first batch and on every
 //! resume the processor checks them, and on a resume also hashes the content
 //! up to the checkpoint against the hash committed with it; while reading
-//! it checks size and modification time before every batch. A file that
-//! differs fails its job with a `last_error` saying what changed.
+//! it checks size and modification time before every batch and at the end,
+//! where it must have read exactly the size recorded. A file that differs
+//! fails its job with a `last_error` saying what changed.
 //!
 //! # Which files, and what is said about them
 //!
@@ -401,15 +402,17 @@ impl Queue {
     /// against the current directory), since processors may run elsewhere.
     ///
     /// Each file is opened now: its identity is recorded (see the crate
-    /// documentation) and its header is checked against the table, so a
-    /// file that cannot go into the table is refused here.
+    /// documentation), its header is checked against the table and a
+    /// record must follow it, so a file that cannot go into the table (or
+    /// has nothing for it) is refused here.
     ///
     /// # Errors
     ///
     /// [`Error::Options`] for a bad table name, delimiter or time zone;
     /// [`Error::Source`] for a file that cannot be read or whose header
     /// does not fit the table (a missing table, an unknown column, a
-    /// missing required column, no key without `no_key`), saying what to
+    /// missing required column, no key without `no_key`) or that has a
+    /// header but no record, saying what to
     /// do; nothing is enqueued then. [`Error::Connect`], [`Error::NoAnswer`]
     /// or [`Error::Query`]; after [`Error::NoAnswer`] the files may have
     /// been enqueued all the same (when only the answer to the commit was
@@ -441,8 +444,18 @@ impl Queue {
             let opened = source::open_checked(&absolute, &[]).map_err(|p| refuse(p.to_string()))?;
             let identity =
                 FileIdentity::of(&opened).map_err(|e| refuse(format!("cannot read it: {e}")))?;
-            let (header, _) = source::read_header(&absolute, &opened, options.delimiter)
+            let (header, reader) = source::read_header(&absolute, &opened, options.delimiter)
                 .map_err(|p| refuse(p.to_string()))?;
+            // A file without a record can only fail its job.
+            let first = reader
+                .blank_lines_are_records(header.len() == 1)
+                .next_record()
+                .map_err(|e| refuse(format!("cannot read it: {e}")))?;
+            if first.is_none() {
+                return Err(refuse(
+                    source::FileProblem::NoData(absolute.clone()).to_string(),
+                ));
+            }
             headers.push((file.to_path_buf(), header));
             jobs.push(NewJob {
                 source: text.to_owned(),
@@ -463,7 +476,9 @@ impl Queue {
                     Err(problem) => return Ok(Err((None, problem))),
                 };
                 for (path, header) in &headers {
-                    if let Err(problem) = table.map_header(header, options.no_key) {
+                    if let Err(problem) =
+                        table.map_header(header, options.delimiter, options.no_key)
+                    {
                         return Ok(Err((Some(path.clone()), problem)));
                     }
                 }

@@ -6,7 +6,9 @@
 //! description of the lock file, so it belongs to this process: the kernel
 //! frees it when the process ends, SIGKILL included, and no stale lock file
 //! ever needs cleaning up. The holder writes its pid into the file so that a
-//! second processor can name it.
+//! second processor can name it. A file that holds anything but a pid (a
+//! data file given as the lock file by mistake) is refused and left as it
+//! is, never emptied.
 //!
 //! `fd-lock`'s guard borrows its lock, which an owned handle cannot keep. The
 //! guard is therefore forgotten once the lock is taken: the `flock` stays
@@ -53,13 +55,13 @@ impl InstanceLock {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
-            .map_err(lock_error)?;
+            .map_err(|e| lock_error(explain_symlink(path, e)))?;
         let mut lock = fd_lock::RwLock::new(file);
         let taken = match lock.try_write() {
             Ok(mut guard) => {
                 let pid = std::process::id();
-                let written = guard
-                    .set_len(0)
+                let written = check_is_a_lock_file(&mut guard)
+                    .and_then(|()| guard.set_len(0))
                     .and_then(|()| guard.seek(SeekFrom::Start(0)))
                     .and_then(|_| writeln!(*guard, "{pid}"))
                     .and_then(|()| guard.sync_data());
@@ -101,6 +103,52 @@ impl Drop for InstanceLock {
         if let Ok(guard) = self.lock.try_write() {
             let _ = guard.set_len(0);
         }
+    }
+}
+
+/// The most a lock file holds: a pid and a line break.
+const MAX_LOCK_FILE_BYTES: u64 = 32;
+
+/// Checks, before the file is emptied, that it is a lock file: a regular
+/// file that is empty (its last holder let go) or holds a pid (its last
+/// holder was killed). Anything else (a data file given by mistake, say)
+/// is left as it is.
+fn check_is_a_lock_file(file: &mut File) -> io::Result<()> {
+    let not_a_lock_file = |what: &str| {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "it is not a lock file: {what} (a file given by mistake?), so it was left as it is"
+            ),
+        ))
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return not_a_lock_file("it is not a regular file");
+    }
+    let mut text = Vec::new();
+    file.seek(SeekFrom::Start(0))?;
+    (&mut *file)
+        .take(MAX_LOCK_FILE_BYTES + 1)
+        .read_to_end(&mut text)?;
+    let a_pid = text.iter().all(|b| b.is_ascii_digit() || *b == b'\n');
+    if meta.len() > MAX_LOCK_FILE_BYTES || !a_pid {
+        return not_a_lock_file("it holds something other than a processor's pid");
+    }
+    Ok(())
+}
+
+/// `O_NOFOLLOW` refuses a symlink with `ELOOP`, "too many levels of
+/// symbolic links": for a lock file that is one symlink, say so.
+fn explain_symlink(path: &Path, e: io::Error) -> io::Error {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if e.raw_os_error() == Some(libc::ELOOP) && is_link {
+        io::Error::new(
+            e.kind(),
+            "it is a symbolic link, and a lock file is never opened through one (it could point the processor's writes at another file): remove it",
+        )
+    } else {
+        e
     }
 }
 
@@ -175,16 +223,37 @@ mod tests {
     }
 
     #[test]
+    fn leaves_a_file_that_is_no_lock_file_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.csv");
+        std::fs::write(&path, "a,b\n1,2\n").unwrap();
+        match InstanceLock::acquire(&path) {
+            Err(e @ Error::LockFile { .. }) => {
+                assert!(e.to_string().contains("not a lock file"), "{e}")
+            }
+            other => panic!("expected LockFile, got {other:?}"),
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a,b\n1,2\n");
+        // What a killed holder leaves behind is taken over.
+        std::fs::write(&path, "12345\n").unwrap();
+        let lock = InstanceLock::acquire(&path).unwrap();
+        assert_eq!(read_pid(&path), Some(std::process::id()));
+        drop(lock);
+    }
+
+    #[test]
     fn refuses_a_symlink() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("target");
         std::fs::write(&target, "keep").unwrap();
         let link = dir.path().join("import.lock");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        assert!(matches!(
-            InstanceLock::acquire(&link),
-            Err(Error::LockFile { .. })
-        ));
+        match InstanceLock::acquire(&link) {
+            Err(e @ Error::LockFile { .. }) => {
+                assert!(e.to_string().contains("is a symbolic link"), "{e}")
+            }
+            other => panic!("expected LockFile, got {other:?}"),
+        }
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
     }
 

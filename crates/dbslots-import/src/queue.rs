@@ -370,7 +370,7 @@ pub(crate) async fn add_columns(
         .await?;
     for (table, column, ddl) in missing {
         if let Some(watchdog) = watchdog {
-            let beyond_the_lock_wait = watchdog.bound() + Duration::from_secs(secs);
+            let beyond_the_lock_wait = watchdog.bound().saturating_add(Duration::from_secs(secs));
             watchdog.allow(MIGRATION_TIME.max(beyond_the_lock_wait));
         }
         conn.query_drop(format!("ALTER TABLE {table} ADD COLUMN {column} {ddl}"))

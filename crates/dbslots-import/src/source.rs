@@ -289,7 +289,7 @@ fn read(plan: &ReadPlan, tx: &mpsc::Sender<Message>) -> Result<(), FileProblem> 
     let (header, reader) = read_header(path, &file, plan.delimiter)?;
     let mapping = plan
         .table
-        .map_header(&header, plan.no_key)
+        .map_header(&header, plan.delimiter, plan.no_key)
         .map_err(|problem| FileProblem::Mapping {
             path: path.clone(),
             problem,
@@ -442,6 +442,19 @@ fn read(plan: &ReadPlan, tx: &mpsc::Sender<Message>) -> Result<(), FileProblem> 
     }
     if !batch.is_empty() && !hand_out(&mut batch, reader.checkpoint(), reader.digest())? {
         return Ok(());
+    }
+    // The end of the file is checked like a batch: when the last batch
+    // ended where a read did, a file cut short after that batch was
+    // checked ends here, and only the check says it is not the whole file.
+    if let Some(what) = plan.identity.still_matches(&file).map_err(unreadable)? {
+        return Err(changed(what));
+    }
+    let end = reader.checkpoint().offset;
+    if end != plan.identity.size {
+        return Err(changed(format!(
+            "it ended at byte {end} while it was being read, not at its size of {} bytes",
+            plan.identity.size
+        )));
     }
     send(tx, Chunk::End);
     Ok(())

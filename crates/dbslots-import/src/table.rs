@@ -69,14 +69,17 @@ pub(crate) enum MappingProblem {
     #[error("table `{0}` does not exist in the queue's database; create it first")]
     NoTable(String),
     #[error(
-        "header field {field} ({}) is not a column of table `{table}`; rename it to one of: {columns}",
-        show_name(.name)
+        "header field {field} ({}) is not a column of table `{table}`; {}rename it to one of: {columns}",
+        show_name(.name),
+        delimiter_hint(.name, *.delimiter)
     )]
     UnknownColumn {
         field: usize,
         name: String,
         table: String,
         columns: String,
+        /// The file's delimiter.
+        delimiter: u8,
     },
     #[error("header fields {first} and {second} both name column `{column}`; remove one")]
     Duplicate {
@@ -104,6 +107,25 @@ pub(crate) enum MappingProblem {
     NoKeyNoRollback { table: String, engine: String },
 }
 
+/// For a header name no column has: when it holds another delimiter the
+/// importer knows, the file is most likely separated by that one (a `;`
+/// file from a spreadsheet in a comma locale, say), and renaming would
+/// not help.
+fn delimiter_hint(name: &str, delimiter: u8) -> String {
+    let other = |c: &char| matches!(c, ',' | ';' | '\t') && *c != char::from(delimiter);
+    match name.chars().find(other) {
+        Some(c) => format!(
+            "it holds {}: if the file's fields are separated by {0}, enqueue it with EnqueueOptions::delimiter; else ",
+            if c == '\t' {
+                "a tab".to_owned()
+            } else {
+                format!("'{c}'")
+            }
+        ),
+        None => String::new(),
+    }
+}
+
 /// A header name as an error message may show it: short names as they
 /// are, control characters escaped.
 fn show_name(name: &str) -> String {
@@ -115,8 +137,14 @@ fn show_name(name: &str) -> String {
 }
 
 impl Table {
-    /// Maps the header's fields (already decoded) onto the table.
-    pub fn map_header(&self, header: &[String], no_key: bool) -> Result<Mapping, MappingProblem> {
+    /// Maps the header's fields (already decoded, split at `delimiter`)
+    /// onto the table.
+    pub fn map_header(
+        &self,
+        header: &[String],
+        delimiter: u8,
+        no_key: bool,
+    ) -> Result<Mapping, MappingProblem> {
         let mut picked: Vec<usize> = Vec::with_capacity(header.len());
         for (i, name) in header.iter().enumerate() {
             let wanted = name.trim_matches([' ', '\t']);
@@ -129,6 +157,7 @@ impl Table {
                     field: i + 1,
                     name: name.clone(),
                     table: self.name.clone(),
+                    delimiter,
                     columns: self
                         .columns
                         .iter()
@@ -498,7 +527,7 @@ mod tests {
     #[test]
     fn maps_names_case_insensitively_and_picks_a_key_of_file_columns() {
         let m = table()
-            .map_header(&names(&["code", " QTY"]), false)
+            .map_header(&names(&["code", " QTY"]), b',', false)
             .unwrap();
         assert_eq!(m.head, "INSERT INTO `orders` (`Code`,`qty`) VALUES ");
         assert_eq!(m.tail, " ON DUPLICATE KEY UPDATE `qty`=VALUES(`qty`)");
@@ -524,24 +553,41 @@ mod tests {
     fn names_what_is_wrong() {
         let t = table();
         let e = t
-            .map_header(&names(&["code", "qty", "colour"]), false)
+            .map_header(&names(&["code", "qty", "colour"]), b',', false)
+            .unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "header field 3 (\"colour\") is not a column of table `orders`; rename"
+            ),
+            "{e}"
+        );
+        // A name holding another delimiter: the file is split wrongly.
+        let e = t
+            .map_header(&names(&["code;qty"]), b',', false)
             .unwrap_err();
         assert!(
             e.to_string()
-                .starts_with("header field 3 (\"colour\") is not a column of table `orders`"),
+                .contains("; it holds ';': if the file's fields are separated by ';', enqueue it with EnqueueOptions::delimiter; else rename"),
             "{e}"
         );
-        let e = t.map_header(&names(&["code"]), false).unwrap_err();
+        // A quoted name holding the file's own delimiter: no such hint.
+        let e = t
+            .map_header(&names(&["code,qty"]), b',', false)
+            .unwrap_err();
+        assert!(!e.to_string().contains("separated by"), "{e}");
+        let e = t.map_header(&names(&["code"]), b',', false).unwrap_err();
         assert_eq!(e, MappingProblem::MissingRequired("qty".into()));
-        let e = t.map_header(&names(&["qty", "note"]), false).unwrap_err();
+        let e = t
+            .map_header(&names(&["qty", "note"]), b',', false)
+            .unwrap_err();
         assert!(
             e.to_string().contains("it has PRIMARY(id), by_code(Code)"),
             "{e}"
         );
-        let m = t.map_header(&names(&["qty", "note"]), true).unwrap();
+        let m = t.map_header(&names(&["qty", "note"]), b',', true).unwrap();
         assert_eq!(m.tail, "");
         let e = t
-            .map_header(&names(&["code", "CODE", "qty"]), false)
+            .map_header(&names(&["code", "CODE", "qty"]), b',', false)
             .unwrap_err();
         assert!(matches!(
             e,

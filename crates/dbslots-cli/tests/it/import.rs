@@ -3,7 +3,7 @@
 //! file, SIGTERM (also while a batch hangs on a connection that turned into
 //! a black hole), a symlink out of the source directory, exit statuses, a
 //! server out of reach (a daemon waits it out, --once gives up after
-//! --reconnect-for). Each test works in a scratch database of its own on
+//! --reconnect-for), a stderr nobody reads any more. Each test works in a scratch database of its own on
 //! the shared test server (skipped without one, see dbslots-testkit).
 
 use std::fs::File;
@@ -845,4 +845,292 @@ fn statement_timeout_sets_how_long_a_slow_server_may_take_to_answer() {
     let (code, out, err) = status("5", "patient");
     assert!(code.success(), "{err}");
     assert!(out.contains("readings.csv"), "{out}");
+}
+
+#[test]
+fn a_stale_after_longer_than_any_clock_is_no_limit_rather_than_a_panic() {
+    let Some(db) = TestDb::create("longstale") else {
+        return;
+    };
+    let (csv, good, sum, bad) = readings(200, 97);
+    let path = db.write("readings.csv", &csv);
+    enqueue(&db, &path);
+    let lock = db.dir.path().join("import.lock");
+    // 1e19 s: three times it (the default batch timeout) is past what a
+    // Duration holds; 1e30 s parses as the longest Duration.
+    for (i, stale_after) in ["1e19", "1e30"].into_iter().enumerate() {
+        let (status, _, err) = db.run(
+            "run",
+            &[
+                "--once",
+                "--lock-file",
+                lock.to_str().unwrap(),
+                "--stale-after",
+                stale_after,
+            ],
+            &format!("run{i}"),
+        );
+        assert!(
+            status.success() && !err.contains("panicked"),
+            "--stale-after {stale_after}: {status:?} {err}"
+        );
+    }
+    assert_imported_exactly_once(&db, good, sum, &bad, 1);
+}
+
+#[test]
+fn a_file_separated_by_another_delimiter_is_refused_naming_the_delimiter_flag() {
+    let Some(db) = TestDb::create("delimiter") else {
+        return;
+    };
+    db.sql(METER_READINGS);
+    let semicolons = db.write(
+        "semicolons.csv",
+        b"meter_id;reading_at;kwh\nm1;2024-06-01 10:00:00;1,5\n",
+    );
+    let tabs = db.write(
+        "tabs.csv",
+        b"meter_id\treading_at\tkwh\nm1\t2024-06-01 10:00:00\t1.5\n",
+    );
+    for (path, said, flag) in [(&semicolons, "';'", ";"), (&tabs, "a tab", "tab")] {
+        let path = path.to_str().unwrap();
+        let (status, out, err) = db.run("enqueue", &["--table", "meter_readings", path], "refused");
+        assert!(!status.success() && out.is_empty(), "{out}{err}");
+        assert!(
+            err.contains(&format!("it holds {said}: if the file's fields are separated by {said}, enqueue it with --delimiter")),
+            "the refusal of a {flag}-separated file should name --delimiter: {err}"
+        );
+        assert!(!err.contains("EnqueueOptions"), "{err}");
+        let (status, out, err) = db.run(
+            "enqueue",
+            &["--table", "meter_readings", "--delimiter", flag, path],
+            "accepted",
+        );
+        assert!(status.success(), "{err}");
+        assert!(!out.trim().is_empty(), "{out}");
+    }
+}
+
+#[test]
+fn a_symlink_planted_as_the_lock_file_is_refused_saying_so_and_its_target_is_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("precious.txt");
+    std::fs::write(&target, "keep me\n").unwrap();
+    let lock = dir.path().join("import.lock");
+    std::os::unix::fs::symlink(&target, &lock).unwrap();
+    // No server is needed: the lock file comes first.
+    let url = "mysql://app:s3cret@127.0.0.1:1/db";
+    let mut child = import_command(
+        url,
+        dir.path(),
+        "run",
+        &["--once", "--lock-file", lock.to_str().unwrap()],
+        "planted",
+    )
+    .spawn()
+    .unwrap();
+    let status = wait_guarded(&mut child, "planted");
+    let (_, err) = output(dir.path(), "planted");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is a symbolic link") && err.contains("remove it"),
+        "the refusal should say that the lock file is a symlink, and what to do: {err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me\n");
+}
+
+#[test]
+fn a_processor_whose_stderr_reader_went_away_goes_on_importing_and_obeys_sigterm() {
+    let Some(db) = TestDb::create("epipe") else {
+        return;
+    };
+    let (csv, good, sum, bad) = readings(150_000, 1009);
+    let path = db.write("readings.csv", &csv);
+    enqueue(&db, &path);
+    let lock = db.dir.path().join("import.lock");
+    let lock = lock.to_str().unwrap();
+    // `dbslots import run 2>&1 | head -1`, a log collector restarted, a
+    // closed terminal: every write to stderr fails with EPIPE from the
+    // first line on.
+    let without_stderr = |args: &[&str], log: &str| {
+        let mut child = db
+            .dbslots("run", args, log)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stderr.take());
+        child
+    };
+    let mut daemon = without_stderr(&["--lock-file", lock, "--batch-rows", "100"], "daemon");
+    wait_for_progress(&db, &mut daemon, 1_000);
+    terminate(&daemon);
+    let status = wait_guarded(&mut daemon, "the terminated processor");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM stops a processor without a stderr"
+    );
+    let (status, holder): (String, Option<String>) =
+        db.row("SELECT CAST(status AS CHAR), holder FROM import_jobs");
+    assert_eq!(
+        (status.as_str(), holder),
+        ("pending", None),
+        "put back at its checkpoint"
+    );
+
+    let mut once = without_stderr(&["--once", "--lock-file", lock], "once");
+    let status = wait_guarded(&mut once, "the resuming processor");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a processor that cannot write its progress must import all the same, not panic"
+    );
+    assert_imported_exactly_once(&db, good, sum, &bad, 1);
+}
+
+#[test]
+fn enqueue_and_status_whose_stdout_reader_went_away_end_quietly_rather_than_panic() {
+    let Some(db) = TestDb::create("stdout_epipe") else {
+        return;
+    };
+    let (csv, ..) = readings(10, 97);
+    let path = db.write("readings.csv", &csv);
+    db.sql(METER_READINGS);
+    let path = path.to_str().unwrap();
+    // `dbslots import status --json | head -1`: the reader is gone before
+    // the first write.
+    let without_stdout = |subcommand: &str, args: &[&str], log: &str| {
+        let mut child = db
+            .dbslots(subcommand, args, log)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let status = wait_guarded(&mut child, log);
+        let (_, err) = db.output(log);
+        (status, err)
+    };
+    for (subcommand, args) in [
+        ("enqueue", &["--table", "meter_readings", path][..]),
+        ("status", &[][..]),
+        ("status", &["--json"][..]),
+    ] {
+        let (status, err) = without_stdout(subcommand, args, subcommand);
+        assert!(
+            status.success() && !err.contains("panicked"),
+            "import {subcommand} {args:?} with nobody reading its output: {status:?} {err}"
+        );
+    }
+    let enqueued: u64 = db.row("SELECT COUNT(*) FROM import_jobs");
+    assert_eq!(enqueued, 1);
+}
+
+#[test]
+fn a_lock_file_that_holds_something_else_is_refused_not_emptied() {
+    let dir = tempfile::tempdir().unwrap();
+    // Arguments mixed up: a data file given as the lock file.
+    let data = dir.path().join("readings.csv");
+    std::fs::write(
+        &data,
+        "meter_id,reading_at,kwh\nm1,2024-06-01 10:00:00,1.5\n",
+    )
+    .unwrap();
+    let mut child = import_command(
+        "mysql://app:s3cret@127.0.0.1:1/db",
+        dir.path(),
+        "run",
+        &[
+            "--once",
+            "--reconnect-for",
+            "1",
+            "--lock-file",
+            data.to_str().unwrap(),
+        ],
+        "mixed_up",
+    )
+    .spawn()
+    .unwrap();
+    let status = wait_guarded(&mut child, "mixed_up");
+    let (_, err) = output(dir.path(), "mixed_up");
+    assert_eq!(
+        std::fs::read_to_string(&data).unwrap(),
+        "meter_id,reading_at,kwh\nm1,2024-06-01 10:00:00,1.5\n",
+        "the file given as the lock file must be left as it was: {err}"
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("not a lock file"), "{err}");
+}
+
+#[test]
+fn a_processor_refused_by_the_server_says_how_long_it_tried_and_hides_the_password() {
+    let Some(db) = TestDb::create("denied") else {
+        return;
+    };
+    let opts = mysql_async::Opts::from_url(&db.url).unwrap();
+    let password = opts.pass().unwrap().to_owned();
+    let wrong = db
+        .url
+        .replacen(&format!(":{password}@"), ":not-the-password@", 1);
+    assert_ne!(wrong, db.url);
+    let lock = db.dir.path().join("import.lock");
+    let mut child = import_command(
+        &wrong,
+        db.dir.path(),
+        "run",
+        &["--once", "--lock-file", lock.to_str().unwrap()],
+        "denied",
+    )
+    .spawn()
+    .unwrap();
+    let status = wait_guarded(&mut child, "denied");
+    let (_, err) = db.output("denied");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("Access denied"), "{err}");
+    assert!(
+        !err.contains("not-the-password") && !err.contains(&password),
+        "{err}"
+    );
+    // The connect took its time (a round trip at least): 'tried for 0ns'
+    // says nothing true.
+    assert!(
+        err.contains("(tried for ") && !err.contains("(tried for 0.0ns)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_file_with_a_header_and_no_records_is_refused_at_enqueue() {
+    let Some(db) = TestDb::create("header_only") else {
+        return;
+    };
+    db.sql(METER_READINGS);
+    // A day without readings, as an export writes it; blank lines hold no
+    // record in a file of several columns.
+    let header_only = db.write("header_only.csv", b"meter_id,reading_at,kwh\n");
+    let blank_lines = db.write("blank_lines.csv", b"meter_id,reading_at,kwh\r\n\r\n\n");
+    for path in [&header_only, &blank_lines] {
+        let (status, out, err) = db.run(
+            "enqueue",
+            &["--table", "meter_readings", path.to_str().unwrap()],
+            "enqueue",
+        );
+        assert_eq!(status.code(), Some(1), "{out}{err}");
+        assert!(
+            err.contains("has a header but no records; nothing to import"),
+            "a file that can only fail its job is refused when it is enqueued: {err}"
+        );
+    }
+    let (status, out, _) = db.run("status", &[], "status");
+    assert!(status.success());
+    assert_eq!(out.trim(), "no import jobs");
+    // A file of one column: a blank line is a record (a NULL).
+    db.sql("CREATE TABLE notes (note VARCHAR(10) NULL, UNIQUE KEY (note))");
+    let one_column = db.write("one_column.csv", b"note\n\n");
+    let (status, _, err) = db.run(
+        "enqueue",
+        &["--table", "notes", one_column.to_str().unwrap()],
+        "one_column",
+    );
+    assert!(status.success(), "{err}");
 }

@@ -313,6 +313,7 @@ impl Processor {
         outage: &mut Outage,
         until: Option<Instant>,
     ) -> Result<Option<Connection>> {
+        let started = Instant::now();
         loop {
             let attempt = tokio::select! {
                 biased;
@@ -324,9 +325,12 @@ impl Processor {
                 Err(failure) => failure,
             };
             if !failure.transient {
+                // An outage that began before this connect counts too;
+                // a refusal at the first try has no outage behind it.
+                let now = Instant::now();
                 return Err(Error::Connect {
                     url: self.connector.url().to_owned(),
-                    waited: outage.lasted(Instant::now()),
+                    waited: outage.lasted(now).max(now - started),
                     message: failure.message,
                 });
             }

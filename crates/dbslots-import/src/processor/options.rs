@@ -88,9 +88,11 @@ impl ProcessorOptions {
     }
 
     /// The bound [`ProcessorOptions::batch_timeout`] describes: as given,
-    /// or three times `stale_after`.
+    /// or three times `stale_after` (the longest `Duration` when that is
+    /// longer: no bound).
     pub(crate) fn batch_bound(&self) -> Duration {
-        self.batch_timeout.unwrap_or(self.stale_after * 3)
+        self.batch_timeout
+            .unwrap_or(self.stale_after.saturating_mul(3))
     }
 
     /// Attempts a job gets before it fails for good when its processors

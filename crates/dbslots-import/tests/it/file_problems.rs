@@ -283,3 +283,71 @@ fn a_file_outside_the_source_dirs_is_refused_without_being_read() {
         );
     });
 }
+
+/// Truncates the file to `at` bytes once the batch ending at `after`
+/// bytes is committed, when the reader, two batches ahead, has handed out
+/// the batch that ends exactly at `at` and waits to send it.
+struct TruncateAfter {
+    path: std::path::PathBuf,
+    after: u64,
+    at: u64,
+}
+
+impl Observer for TruncateAfter {
+    fn batch_committed(&self, progress: &Progress) {
+        if progress.bytes_done == self.after {
+            // The reader runs ahead until the channel is full: give it the
+            // time to get there.
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            std::fs::File::options()
+                .write(true)
+                .open(&self.path)
+                .unwrap()
+                .set_len(self.at)
+                .unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_file_truncated_where_a_batch_ends_while_it_is_read_fails_its_job() {
+    let Some(db) = TestDb::create("truncated") else {
+        return;
+    };
+    // Records of 16 bytes after a header of 8: the reader's 256 KiB reads
+    // end exactly where a batch of 4096 records ends (the fourth), so
+    // after that batch nothing of the file is left in its buffer, and the
+    // next read finds the end of the truncated file.
+    let mut csv = String::from("sku,qty\n");
+    for i in 0..20_000u64 {
+        csv.push_str(&format!("s{i:010},{:03}\n", i % 1000));
+    }
+    let path = db.write("truncated.csv", csv.as_bytes());
+    let queue = Queue::new(&db.url, None).unwrap();
+    db.block_on(async {
+        db.sql(&[ITEMS]).await;
+        queue
+            .enqueue(&[&path], &EnqueueOptions::new("items"))
+            .await
+            .unwrap();
+        let observer = TruncateAfter {
+            path: path.clone(),
+            after: 8 + 2 * 4096 * 16,
+            at: 8 + 256 * 1024,
+        };
+        let summary = queue
+            .processor(ProcessorOptions::new().batch_rows(4096))
+            .run(&RunOptions::new().once(true), &Stopper::new(), &observer)
+            .await
+            .unwrap();
+        let job = &queue.jobs(None).await.unwrap()[0];
+        let imported = db.number("SELECT COUNT(*) FROM items").await;
+        assert!(
+            matches!(&summary.jobs[0].outcome, JobOutcome::Failed(e) if e.contains("its size changed from 320008 to 262152 bytes")),
+            "a file cut short while it was read must fail its job, not complete with {imported} of its 20000 records: {:?}, {job:?}",
+            summary.jobs[0].outcome
+        );
+        assert_eq!(job.status, Status::Failed);
+        assert_eq!(job.rows_imported, imported);
+    });
+}

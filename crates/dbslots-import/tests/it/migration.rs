@@ -116,3 +116,29 @@ fn columns_missing_from_older_tables_are_added_and_a_table_in_use_is_not_waited_
         admin.disconnect().await.unwrap();
     });
 }
+
+#[test]
+fn a_statement_timeout_too_long_for_any_clock_migrates_older_tables() {
+    let Some(db) = TestDb::create("migration_max") else {
+        return;
+    };
+    // `dbslots import enqueue --statement-timeout 1e30` asks for this.
+    let queue = Queue::new(&db.url, None)
+        .unwrap()
+        .statement_timeout(Duration::MAX);
+    let (csv, ..) = readings(10, 0);
+    let path = db.write("readings.csv", &csv);
+    db.block_on(async {
+        enqueue_readings(&db, &queue, &path).await;
+        downgrade(&db).await;
+        let migrate = tokio::spawn(async move { queue.create_tables().await });
+        let done = tokio::time::timeout(Duration::from_secs(60), migrate)
+            .await
+            .expect("the migration ends");
+        assert!(
+            matches!(done, Ok(Ok(()))),
+            "adding the columns with the longest statement timeout: {done:?}"
+        );
+        assert_eq!(columns(&db).await, 2);
+    });
+}
