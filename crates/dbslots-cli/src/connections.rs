@@ -179,9 +179,9 @@ async fn report(conn: &mut Conn, args: &ConnectionsArgs) -> anyhow::Result<ExitC
             "groups": list.groups(),
             "connections": list.processes,
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        crate::output::stdout(format!("{}\n", serde_json::to_string_pretty(&doc)?))?;
     } else {
-        print!("{}", render_report(&url, &limits, &list, &suggestion));
+        crate::output::stdout(render_report(&url, &limits, &list, &suggestion))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -201,7 +201,7 @@ fn check(args: &ConnectionsArgs) -> ExitCode {
         Ok(rt) => rt.block_on(check.run(&args.url)),
         Err(e) => dbslots_core::CheckResult::unknown(crate::advice::error_line(&e)),
     };
-    println!("{}", crate::advice::in_cli_terms(&result.line()));
+    let _ = crate::output::stdout(format!("{}\n", crate::advice::in_cli_terms(&result.line())));
     ExitCode::from(result.exit_code())
 }
 
@@ -338,13 +338,13 @@ async fn kill(conn: &mut Conn, args: &ConnectionsArgs) -> anyhow::Result<ExitCod
             "victims": kills.victims,
             "stopped_early": stopped,
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        crate::output::stdout(format!("{}\n", serde_json::to_string_pretty(&doc)?))?;
     } else {
-        print!("{}", render_victims(&kills.victims, &rule, args.dry_run));
+        crate::output::stdout(render_victims(&kills.victims, &rule, args.dry_run))?;
     }
     match stopped {
         Some(why) => {
-            eprintln!("dbslots connections: {why}");
+            crate::output::stderr_line(format_args!("dbslots connections: {why}"));
             Ok(ExitCode::FAILURE)
         }
         None => Ok(ExitCode::SUCCESS),

@@ -2,7 +2,6 @@
 //! script and the manual page, generated from the command definitions
 //! (`clap_complete`, `clap_mangen`) so they never drift from the flags.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, ValueEnum};
@@ -43,7 +42,8 @@ pub fn run_completions(args: CompletionsArgs) -> anyhow::Result<ExitCode> {
     };
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut crate::Cli::command(), "dbslots", &mut out);
-    write_stdout(&out)
+    crate::output::stdout(&out)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn run_man(_args: ManArgs) -> anyhow::Result<ExitCode> {
@@ -57,15 +57,6 @@ pub fn run_man(_args: ManArgs) -> anyhow::Result<ExitCode> {
         let sub = sub.clone().display_name(name);
         clap_mangen::Man::new(sub).render(&mut out)?;
     }
-    write_stdout(&out)
-}
-
-fn write_stdout(bytes: &[u8]) -> anyhow::Result<ExitCode> {
-    let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        // `dbslots man | head` is fine.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
-        Err(e) => Err(e.into()),
-    }
+    crate::output::stdout(&out)?;
+    Ok(ExitCode::SUCCESS)
 }

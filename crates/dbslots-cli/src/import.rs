@@ -255,23 +255,6 @@ macro_rules! outln {
     }};
 }
 
-/// Writes what a command prints to stdout. A reader that went away
-/// (`| head -1`) has read what it wanted: that ends the output quietly,
-/// where `println!` would panic.
-fn print_out(text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(anyhow::Error::new(e).context("cannot write to stdout"))
-        }
-        _ => Ok(()),
-    }
-}
-
 fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     let queue = args.url.queue(None)?;
     let options = EnqueueOptions::new(args.table)
@@ -283,7 +266,7 @@ fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     for id in ids {
         outln!(out, "{id}");
     }
-    print_out(&out)?;
+    crate::output::stdout(&out)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -295,7 +278,7 @@ fn run_processor(args: RunArgs) -> anyhow::Result<ExitCode> {
     let _lock = match InstanceLock::acquire(&lock_path) {
         Ok(lock) => lock,
         Err(e @ dbslots_import::Error::AlreadyRunning { .. }) => {
-            say(format_args!(
+            crate::output::stderr_line(format_args!(
                 "dbslots: {}",
                 crate::advice::in_cli_terms(&e.to_string())
             ));
@@ -386,7 +369,7 @@ fn listen_for_signals(stop: Stopper) -> anyhow::Result<()> {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        say(
+        crate::output::stderr_line(
             "dbslots: stopping after the current batch, within 30 s (signal again to exit at once)",
         );
         stop.stop();
@@ -394,19 +377,12 @@ fn listen_for_signals(stop: Stopper) -> anyhow::Result<()> {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        say("dbslots: exiting at once; the job goes back to the queue once its heartbeat is stale");
+        crate::output::stderr_line(
+            "dbslots: exiting at once; the job goes back to the queue once its heartbeat is stale",
+        );
         std::process::exit(130);
     });
     Ok(())
-}
-
-/// Writes a line to stderr, and goes on when it cannot: a processor whose
-/// stderr nobody reads any more (`2>&1 | head`, a log collector gone) must
-/// import and obey signals all the same, where `eprintln!` would panic
-/// (leaving its job to go stale) or, in the signal task, never stop.
-fn say(text: impl std::fmt::Display) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
 /// Progress: a bar per job on a terminal, log lines (at most every 5 s per
@@ -444,7 +420,7 @@ impl Display {
             .and_then(|j| j.as_ref()?.bar.clone())
         {
             Some(bar) => bar.println(text),
-            None => say(text),
+            None => crate::output::stderr_line(text),
         }
     }
 
@@ -593,13 +569,13 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "counts": counts, "jobs": jobs }))?
         );
-        print_out(&out)?;
+        crate::output::stdout(&out)?;
         return Ok(ExitCode::SUCCESS);
     }
     let total: u64 = counts.iter().map(|(_, n)| n).sum();
     if total == 0 {
         outln!(out, "no import jobs");
-        print_out(&out)?;
+        crate::output::stdout(&out)?;
         return Ok(ExitCode::SUCCESS);
     }
     let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
@@ -645,7 +621,7 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             outln!(out, "{:>8}last error: {}", "", escape_controls(&error));
         }
     }
-    print_out(&out)?;
+    crate::output::stdout(&out)?;
     Ok(ExitCode::SUCCESS)
 }
 

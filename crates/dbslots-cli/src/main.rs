@@ -16,6 +16,7 @@ mod docs;
 mod exec;
 mod gate;
 mod import;
+mod output;
 #[cfg(test)]
 mod readings;
 mod serve;
@@ -70,7 +71,9 @@ fn usage_error(e: clap::Error) -> ! {
         let text = e.render().to_string();
         let first = text.lines().next().unwrap_or_default();
         let first = first.strip_prefix("error: ").unwrap_or(first);
-        println!("UNKNOWN: invalid command line: {first} (see dbslots help)");
+        let _ = output::stdout(format!(
+            "UNKNOWN: invalid command line: {first} (see dbslots help)\n"
+        ));
         std::process::exit(3);
     }
     e.exit()
@@ -107,7 +110,10 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("dbslots: {}", advice::in_cli_terms(&advice::error_line(&e)));
+            output::stderr_line(format_args!(
+                "dbslots: {}",
+                advice::in_cli_terms(&advice::error_line(&e))
+            ));
             ExitCode::FAILURE
         }
     }

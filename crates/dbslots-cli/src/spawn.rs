@@ -146,10 +146,10 @@ pub fn run(args: SpawnArgs) -> anyhow::Result<ExitCode> {
     match spawn(args) {
         Ok(code) => Ok(code),
         Err(e) => {
-            eprintln!(
+            crate::output::stderr_line(format_args!(
                 "dbslots spawn: {}",
                 crate::advice::in_cli_terms(&crate::advice::error_line(&e))
-            );
+            ));
             Ok(ExitCode::from(EXIT_SETUP))
         }
     }

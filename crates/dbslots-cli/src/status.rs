@@ -1,7 +1,6 @@
 //! `dbslots status` (and its `--check` for monitoring systems) and
 //! `dbslots resize`.
 
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -65,20 +64,18 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!(error = %e, "cannot read the pool's gates");
         Vec::new()
     });
-    let mut out = std::io::stdout().lock();
-    if args.json {
+    let text = if args.json {
         let mut doc = stats.to_json();
         if !gates.is_empty()
             && let Some(map) = doc.as_object_mut()
         {
             map.insert("gates".into(), serde_json::to_value(&gates)?);
         }
-        serde_json::to_writer_pretty(&mut out, &doc)?;
-        writeln!(out)?;
+        format!("{}\n", serde_json::to_string_pretty(&doc)?)
     } else {
-        write!(out, "{}", render_table(&stats, now_unix_ms()))?;
-        write!(out, "{}", render_gates(&gates))?;
-    }
+        render_table(&stats, now_unix_ms()) + &render_gates(&gates)
+    };
+    crate::output::stdout(text)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -125,7 +122,7 @@ fn check(args: &StatusArgs) -> ExitCode {
             crate::advice::error_line(&e)
         )),
     };
-    println!("{}", crate::advice::in_cli_terms(&result.line()));
+    let _ = crate::output::stdout(format!("{}\n", crate::advice::in_cli_terms(&result.line())));
     ExitCode::from(result.exit_code())
 }
 
@@ -138,12 +135,12 @@ pub fn run_resize(args: ResizeArgs) -> anyhow::Result<ExitCode> {
     };
     let pool = pool_args.open()?;
     let old = pool.resize(args.capacity)?;
-    println!(
-        "pool {}: capacity {} -> {}",
+    crate::output::stdout(format!(
+        "pool {}: capacity {} -> {}\n",
         pool.addr(),
         old,
         args.capacity
-    );
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 

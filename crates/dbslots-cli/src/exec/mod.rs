@@ -96,7 +96,8 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
 /// Runs `dbslots exec`.
 pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let pool = args.pool.open()?;
-    let mut options = ExecOptions::new().notices(|text| eprintln!("dbslots: {text}"));
+    let mut options = ExecOptions::new()
+        .notices(|text| crate::output::stderr_line(format_args!("dbslots: {text}")));
     match (pool.lease_margin(), args.on_lost_lease) {
         (Some(margin), LostLeaseArg::Stop) => {
             let grace = args.kill_after.unwrap_or(margin / 2);
@@ -117,7 +118,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let slot = match acquired {
         Ok(slot) => slot,
         Err(e @ dbslots_core::Error::Timeout { .. }) => {
-            eprintln!("dbslots: {e}");
+            crate::output::stderr_line(format_args!("dbslots: {e}"));
             return Ok(ExitCode::from(EXIT_TIMEOUT));
         }
         Err(e) => return Err(e.into()),
@@ -131,7 +132,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(ended.exit_code()))
         }
         Err(e @ ExecError::CannotRun { .. }) => {
-            eprintln!("dbslots: {e}");
+            crate::output::stderr_line(format_args!("dbslots: {e}"));
             Ok(ExitCode::from(e.exit_code()))
         }
         Err(e) => Err(anyhow::Error::new(e)),

@@ -124,9 +124,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!(%addr, "listening beyond loopback without a token (--no-auth)");
         }
         // Tests and scripts read this line to learn the port.
-        println!("dbslots serve: listening on http://{addr}/");
-        use std::io::Write as _;
-        std::io::stdout().flush()?;
+        crate::output::stdout(format!("dbslots serve: listening on http://{addr}/\n"))?;
         tracing::info!(%addr, pools = pools.len(), server = server.is_some(), "serving");
         let app = App {
             pools: Arc::new(pools),

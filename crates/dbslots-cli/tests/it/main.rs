@@ -3,6 +3,7 @@
 mod alerts;
 mod browser;
 mod check;
+mod closed_output;
 mod connections;
 mod docs;
 mod exec;
