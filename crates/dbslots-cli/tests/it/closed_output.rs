@@ -4,14 +4,7 @@
 
 use std::process::{Command, Stdio};
 
-use crate::support::dbslots;
-
-/// A pipe whose reading end is closed: writing to it fails with EPIPE.
-fn broken_pipe() -> std::io::PipeWriter {
-    let (reader, writer) = std::io::pipe().expect("a pipe");
-    drop(reader);
-    writer
-}
+use crate::support::{broken_pipe, dbslots};
 
 fn run(cmd: &mut Command) -> (Option<i32>, String) {
     let out = cmd.output().expect("dbslots runs");

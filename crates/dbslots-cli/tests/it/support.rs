@@ -32,6 +32,15 @@ pub(crate) fn run(cmd: &mut Command) -> (std::process::Output, String, String) {
     (out, stdout, stderr)
 }
 
+/// A pipe whose reading end is already closed, for a child's stdout or
+/// stderr: every write to it fails with EPIPE, as when the reader went
+/// away (`| head -1`, a closed terminal).
+pub(crate) fn broken_pipe() -> std::io::PipeWriter {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    writer
+}
+
 /// A current-thread tokio runtime for a test's own async calls.
 pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
