@@ -514,11 +514,13 @@ fn ctrl_c_leaves_no_worker_running() {
 }
 
 #[test]
-fn ctrl_c_ends_a_stopped_worker_without_waiting_for_the_grace_period() {
-    // A worker stopped (SIGSTOP; SIGTTIN when it reads the terminal) holds
+fn a_stopped_worker_is_reported_and_ends_on_ctrl_c_without_waiting_for_the_grace_period() {
+    // A stopped worker (SIGSTOP; SIGTTIN when it reads the terminal) keeps
+    // its slot without a sign of life: the run says so. And it holds
     // SIGTERM pending until it is continued: Ctrl-C must wake it to take
     // the SIGTERM, not leave it to the SIGKILL a minute later.
     let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr");
     let mut spawner = dbslots()
         .args([
             "spawn",
@@ -539,7 +541,7 @@ fn ctrl_c_ends_a_stopped_worker_without_waiting_for_the_grace_period() {
         ])
         .env("D", dir.path())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("the dbslots binary runs");
     let worker_file = dir.path().join("worker");
@@ -552,6 +554,10 @@ fn ctrl_c_ends_a_stopped_worker_without_waiting_for_the_grace_period() {
         })
     });
     let worker = read_pids(&worker_file)[0];
+    let notice = format!("worker 0 (pid {worker}) is stopped by SIGSTOP; it keeps its slot");
+    wait_for("the stop reported", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|s| s.contains(&notice))
+    });
     // SAFETY: SIGINT to the spawner we started, as a Ctrl-C would.
     unsafe { libc::kill(spawner.id() as i32, libc::SIGINT) };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -570,6 +576,8 @@ fn ctrl_c_ends_a_stopped_worker_without_waiting_for_the_grace_period() {
     };
     assert_eq!(status.code(), Some(130));
     assert!(!alive(worker), "the worker outlived the spawner");
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(stderr.matches(&notice).count(), 1, "said once: {stderr}");
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! starter), `process.rs` (a worker's process: started by std or by
 //! `posix_spawn`, and waited for), `supervise.rs` (one task per worker),
 //! `collect.rs` (the
-//! collector) and `stop.rs` (phases and signals) hold the parts.
+//! collector), `stop.rs` (phases and signals) and `stopped.rs` (workers
+//! stopped by a signal) hold the parts.
 //!
 //! # Implementation Details
 //!
@@ -52,6 +53,7 @@ mod collect;
 mod process;
 mod start;
 mod stop;
+mod stopped;
 mod supervise;
 
 use std::convert::Infallible;
@@ -226,6 +228,7 @@ impl Spawner {
             reporter,
             console,
             keeper,
+            running: stopped::Running::default(),
         });
         tracing::info!(
             pool = %ctx.pool_addr,
@@ -246,7 +249,7 @@ impl Spawner {
         let (start_stop, tally) = tokio::select! {
             r = main => r,
             never = ctx.watch_stop(&mut signals) => match never {},
-            never = reap_strays() => match never {},
+            never = ctx.watch_children() => match never {},
         };
         let wall = started_at.elapsed();
         // Every worker is reaped and its group empty: nothing to keep.
@@ -398,6 +401,8 @@ struct Ctx {
     console: Console,
     /// Kills the groups of lease-holding workers if the spawner dies.
     keeper: Option<Keeper>,
+    /// The workers not yet reaped, for reporting stops.
+    running: stopped::Running,
 }
 
 impl Ctx {
@@ -406,22 +411,26 @@ impl Ctx {
     }
 }
 
-/// Each time a child exits, reaps those nobody waits for: processes
-/// that left a worker's group (daemons) and, the spawner being the
-/// subreaper, became its children. Without this they would stay
-/// zombies until the spawner exits. Never returns.
-async fn reap_strays() -> Infallible {
-    match signal(SignalKind::child()) {
-        Ok(mut exits) => {
-            while exits.recv().await.is_some() {
-                group::reap_strays();
+impl Ctx {
+    /// Each time a child exits or stops: reaps those nobody waits for
+    /// (processes that left a worker's group, daemons, which, the spawner
+    /// being the subreaper, became its children; else they would stay
+    /// zombies until the spawner exits), and reports workers stopped by a
+    /// signal (`stopped.rs`). Never returns.
+    async fn watch_children(&self) -> Infallible {
+        match signal(SignalKind::child()) {
+            Ok(mut events) => {
+                while events.recv().await.is_some() {
+                    group::reap_strays();
+                    self.report_stopped_workers();
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot watch for exited children; processes that leave a worker's group stay zombies until the spawner exits");
             }
         }
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot watch for exited children; processes that leave a worker's group stay zombies until the spawner exits");
-        }
+        std::future::pending().await
     }
-    std::future::pending().await
 }
 
 /// Raises the soft limit on open files to the hard limit: each running

@@ -60,13 +60,14 @@ impl Ctx {
             c.peak_slots.fetch_max(held, Ordering::Relaxed);
         }
         tracing::debug!(worker = index, pid, slot = ?slot_index, "worker started");
+        let pgid = libc::pid_t::try_from(pid).unwrap_or(0);
+        self.running.insert(pgid, index);
 
         let ctx = self.clone();
         let (stdout, stderr) = child.take_output();
         tokio::spawn(async move {
             let (exited_tx, exited_rx) = oneshot::channel::<()>();
             let mut stop = ctx.stop.subscribe();
-            let pgid = libc::pid_t::try_from(pid).unwrap_or(0);
             // A lease (Redis pool) can be lost while the worker runs: then
             // the worker is stopped (SIGTERM, SIGKILL half the lease's
             // safety margin later) before the server can give the slot to
@@ -101,6 +102,7 @@ impl Ctx {
                         }
                     }
                 };
+                ctx.running.remove(pgid);
                 let runtime = started.elapsed();
                 // The worker is reaped; processes it started may still use
                 // its slot. Keep the slot (and relay the stop phases to
