@@ -411,25 +411,52 @@ impl Ctx {
     }
 }
 
+/// The shortest time between two looks for exited daemons: a look reads
+/// `/proc` for every child, and a run of short workers sends a SIGCHLD per
+/// worker (one look each cost a 1000-worker run half a second).
+const STRAYS_AT_MOST_EVERY: Duration = Duration::from_millis(100);
+
 impl Ctx {
-    /// Each time a child exits or stops: reaps those nobody waits for
-    /// (processes that left a worker's group, daemons, which, the spawner
-    /// being the subreaper, became its children; else they would stay
-    /// zombies until the spawner exits), and reports workers stopped by a
-    /// signal (`stopped.rs`). Never returns.
+    /// When children exit or stop: reaps those nobody waits for (processes
+    /// that left a worker's group, daemons, which, the spawner being the
+    /// subreaper, became its children; else they would stay zombies until
+    /// the spawner exits), at most every [`STRAYS_AT_MOST_EVERY`], and
+    /// reports workers stopped by a signal (`stopped.rs`) at once. Never
+    /// returns.
     async fn watch_children(&self) -> Infallible {
-        match signal(SignalKind::child()) {
-            Ok(mut events) => {
-                while events.recv().await.is_some() {
-                    group::reap_strays();
-                    self.report_stopped_workers();
-                }
-            }
+        let mut events = match signal(SignalKind::child()) {
+            Ok(events) => events,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot watch for exited children; processes that leave a worker's group stay zombies until the spawner exits");
+                return std::future::pending().await;
+            }
+        };
+        let mut last_look: Option<tokio::time::Instant> = None;
+        let mut look_at: Option<tokio::time::Instant> = None;
+        loop {
+            let owed_look = async {
+                match look_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                event = events.recv() => {
+                    if event.is_none() {
+                        return std::future::pending().await;
+                    }
+                    self.report_stopped_workers();
+                    let now = tokio::time::Instant::now();
+                    let earliest = last_look.map_or(now, |at| at + STRAYS_AT_MOST_EVERY);
+                    look_at.get_or_insert(earliest.max(now));
+                }
+                () = owed_look => {
+                    look_at = None;
+                    last_look = Some(tokio::time::Instant::now());
+                    group::reap_strays();
+                }
             }
         }
-        std::future::pending().await
     }
 }
 
