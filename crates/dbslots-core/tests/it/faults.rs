@@ -946,3 +946,34 @@ fn a_killed_holder_that_forked_a_helper_before_taking_its_slot_frees_it() {
         "the killed holder's slot stayed held by the helper it had forked"
     );
 }
+
+/// The timeout error's "waiting" counts waiters that wait: not the file a
+/// SIGKILLed waiter left in `waiters/` (nobody removes it until a `stats()`
+/// sweeps), nor entries planted there that are no waiter's file at all.
+#[test]
+fn a_timeout_counts_live_waiters_only() {
+    let (_dir, pool) = pool_dir();
+    let p = Pool::open(&pool, PoolOptions::new().capacity(1)).expect("create");
+    let _held = p.try_acquire().expect("try").expect("the only slot");
+    let mut killed = Holder::spawn(&pool, None);
+    wait_for_waiters(&p, 1);
+    killed.child.kill().expect("SIGKILL the waiter");
+    killed.child.wait().expect("reap the waiter");
+    let waiters = Path::new(&pool).join("waiters");
+    assert_eq!(
+        std::fs::read_dir(&waiters).expect("waiters/").count(),
+        1,
+        "the killed waiter's file is left"
+    );
+    let fifo = std::ffi::CString::new(waiters.join("fifo").display().to_string()).expect("path");
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    std::fs::create_dir(waiters.join("dir")).expect("mkdir");
+    std::os::unix::fs::symlink("/dev/zero", waiters.join("zero")).expect("symlink");
+    match p.blocking_acquire_timeout(Duration::from_millis(200)) {
+        Err(Error::Timeout {
+            waiting, active, ..
+        }) => assert_eq!((waiting, active), (1, 1), "only this acquirer waits"),
+        other => panic!("{other:?}"),
+    }
+}
