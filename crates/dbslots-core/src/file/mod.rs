@@ -387,7 +387,11 @@ impl FilePool {
             if capacity == 0 {
                 return Ok(None);
             }
-            let hw = self.high_water(capacity);
+            // The word as stored: a drain that ends replaces exactly it,
+            // also when it is past the board (planted), where reading it
+            // clamps it.
+            let stored = self.board.high_water().load(Ordering::SeqCst);
+            let hw = stored.clamp(capacity, MAX_CAPACITY);
             let mut held = 0;
             let mut above = 0;
             let mut candidate = None;
@@ -413,7 +417,7 @@ impl FilePool {
             }
             if above == 0 {
                 let _ = self.board.high_water().compare_exchange(
-                    hw,
+                    stored,
                     capacity,
                     Ordering::SeqCst,
                     Ordering::SeqCst,

@@ -977,3 +977,28 @@ fn a_timeout_counts_live_waiters_only() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The board's high-water mark past the largest capacity (planted: anybody
+/// who can write the pool can write the board) reads as a shrink draining
+/// from slot 4096. Once no slot above the capacity is held the drain ends,
+/// as any drain does; it must not stay on for good, sending every
+/// acquisition through `init.lock` and a probe of 4096 slot files.
+#[test]
+fn a_high_water_mark_past_the_board_ends_like_any_drain() {
+    use std::os::unix::fs::FileExt;
+    let (_dir, pool) = pool_dir();
+    let p = Pool::open(&pool, PoolOptions::new().capacity(2)).expect("create");
+    let state = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(Path::new(&pool).join("state"))
+        .expect("state");
+    // docs/protocol.md: the high-water mark is the u32 at offset 20.
+    state
+        .write_all_at(&u32::MAX.to_ne_bytes(), 20)
+        .expect("plant");
+    drop(p.try_acquire().expect("try").expect("a free slot"));
+    let mut word = [0u8; 4];
+    state.read_exact_at(&mut word, 20).expect("read");
+    assert_eq!(u32::from_ne_bytes(word), 2, "the drain ended");
+}
