@@ -1002,3 +1002,33 @@ fn a_high_water_mark_past_the_board_ends_like_any_drain() {
     state.read_exact_at(&mut word, 20).expect("read");
     assert_eq!(u32::from_ne_bytes(word), 2, "the drain ended");
 }
+
+/// A pool on a filesystem mounted read-only (a remount after an I/O error,
+/// a container's read-only root): the error says so and what to do, not
+/// only the operating system's "Read-only file system".
+#[test]
+fn a_read_only_filesystem_is_named_with_what_to_do() {
+    let Some(tiny) = TinyFs::mount("1m") else {
+        return;
+    };
+    let mnt = tiny.path();
+    Pool::open(mnt.join("pool").as_path(), PoolOptions::new().capacity(2)).expect("create");
+    let status = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(mnt)
+        .status()
+        .expect("mount runs");
+    assert!(status.success(), "remount read-only");
+    for err in [
+        Pool::open(mnt.join("pool").as_path(), PoolOptions::new()).expect_err("read-only"),
+        Pool::open(mnt.join("new").as_path(), PoolOptions::new().capacity(2))
+            .expect_err("read-only"),
+    ] {
+        let err = err.to_string();
+        assert!(
+            err.contains("Read-only file system")
+                && err.contains("the filesystem is mounted read-only: remount it read-write, or choose a pool directory on a writable filesystem"),
+            "{err}"
+        );
+    }
+}
