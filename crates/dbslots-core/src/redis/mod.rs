@@ -464,7 +464,7 @@ impl RedisPool {
                     .arg(&shared.keys.meta)
                     .arg("capacity")
                     .arg("max_lease")
-                    .query::<(Option<u32>, Option<u64>)>(c)
+                    .query::<(Option<String>, Option<String>)>(c)
             })
         };
         let (recorded, max_lease) = read()
@@ -476,6 +476,11 @@ impl RedisPool {
                 std::thread::sleep(shared.timing.call_timeout);
                 read()
             })?;
+        let recorded = recorded
+            .map(|text| shared.recorded_capacity(&text))
+            .transpose()?;
+        // The scripts take a longest lease that is no number as none.
+        let max_lease = max_lease.and_then(|text| text.parse::<u64>().ok());
         let recorded = match (recorded, capacity) {
             (Some(rec), Some(req)) if rec != req => {
                 return Err(Error::CapacityMismatch {
@@ -652,7 +657,7 @@ impl RedisPool {
     pub(crate) fn stats(&self) -> Result<PoolStats> {
         let k = &self.shared.keys;
         type Snapshot = (
-            Option<u32>,
+            Option<String>,
             Vec<(String, f64)>,
             HashMap<String, String>,
             Vec<String>,
@@ -676,7 +681,8 @@ impl RedisPool {
         // A pool whose state the server lost is shown with the capacity
         // this handle knows; the next acquisition restores it.
         let capacity = match cap {
-            Some(c) => {
+            Some(text) => {
+                let c = self.shared.recorded_capacity(&text)?;
                 self.shared.capacity.store(c, Ordering::Relaxed);
                 c
             }
@@ -776,6 +782,27 @@ impl RedisPool {
 }
 
 impl Shared {
+    /// The capacity `meta` records. Anybody who can write the server can
+    /// change it (a typo in `redis-cli`, an operator's script): anything
+    /// dbslots would not have written, a whole number from 1 to
+    /// `MAX_CAPACITY`, is refused, naming where it is and what to do.
+    fn recorded_capacity(&self, text: &str) -> Result<u32> {
+        match text.parse::<u32>() {
+            Ok(c) if crate::file::check_capacity(c as u64).is_ok() => Ok(c),
+            _ => {
+                let shown: String = text.chars().take(40).collect();
+                let meta = &self.keys.meta;
+                Err(Error::Backend {
+                    pool: self.name.clone(),
+                    message: format!(
+                        "the field capacity of {meta} holds {shown:?}, not a whole number from 1 to {}: something other than dbslots wrote it; write the capacity the pool should have there (HSET {meta} capacity N)",
+                        crate::file::MAX_CAPACITY
+                    ),
+                })
+            }
+        }
+    }
+
     /// Creates the pool's metadata. After a server (re)start, admission
     /// waits until the server has been up for one lease time.
     fn create(&self, capacity: u32) -> Result<u32> {

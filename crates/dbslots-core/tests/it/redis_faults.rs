@@ -413,3 +413,51 @@ fn an_uncontended_acquire_and_release_take_two_round_trips() {
     );
     assert!(used >= 2 * rounds, "{used}");
 }
+
+/// `meta` is a hash anybody who can write the server can change (a typo in
+/// `redis-cli`, a script of an operator): a capacity dbslots cannot use is
+/// named as the problem, with where it is and what to do, like an
+/// impossible capacity in a file pool's `pool.json`, rather than taken as it
+/// is (0: nobody is ever admitted; above the maximum) or failing with the
+/// client library's "Incompatible type".
+#[test]
+fn a_capacity_changed_behind_the_pools_back_is_named_as_the_problem() {
+    let Some(url) = redis_url() else { return };
+    let addr = unique_pool(&url);
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(2)).expect("create");
+    let meta = format!("dbslots:{{{}}}:meta", pool_name(&addr));
+    let mut conn = admin(&url);
+    let set = |conn: &mut ::redis::Connection, field: &str, value: &str| {
+        let _: () = ::redis::cmd("HSET")
+            .arg(&meta)
+            .arg(field)
+            .arg(value)
+            .query(conn)
+            .expect("HSET");
+    };
+    for bad in ["0", "-3", "abc", "2.5", "4097", "4294967296", ""] {
+        set(&mut conn, "capacity", bad);
+        for err in [
+            Pool::open(&addr, PoolOptions::new()).expect_err("an unusable capacity"),
+            pool.stats().expect_err("an unusable capacity"),
+        ] {
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("{bad:?}"))
+                    && text.contains(&meta)
+                    && text.contains("1 to 4096")
+                    && !text.contains("Incompatible type"),
+                "{bad:?}: {text}"
+            );
+        }
+    }
+    // A longest lease that is no number is not worth refusing the pool
+    // for: the scripts take it as none recorded.
+    set(&mut conn, "capacity", "3");
+    set(&mut conn, "max_lease", "abc");
+    let reopened = Pool::open(&addr, PoolOptions::new()).expect("open");
+    assert_eq!(reopened.capacity(), 3);
+    assert_eq!(pool.stats().expect("stats").capacity, 3);
+    let slot = reopened.try_acquire().expect("try").expect("a free slot");
+    drop(slot);
+}
