@@ -1032,3 +1032,25 @@ fn a_read_only_filesystem_is_named_with_what_to_do() {
         );
     }
 }
+
+/// A `pool.json` that is not even UTF-8 (a planted binary, a damaged disk)
+/// is a damaged pool file like one that is no JSON: named, with what to
+/// do, not the bare "stream did not contain valid UTF-8".
+#[test]
+fn a_pool_json_that_is_not_utf8_is_named_as_the_problem() {
+    let (_dir, addr) = pool_dir();
+    drop(Pool::open(&addr, PoolOptions::new().capacity(2)).expect("create"));
+    std::fs::write(
+        Path::new(&addr).join("pool.json"),
+        b"{\"format\": 2, \"capacity\": 2, \xff\xfe}",
+    )
+    .expect("plant pool.json");
+    let err = Pool::open(&addr, PoolOptions::new()).expect_err("a damaged pool.json");
+    let text = err.to_string();
+    assert!(
+        matches!(err, Error::Corrupt { .. })
+            && text.contains("pool.json")
+            && text.contains("remove this one if nothing uses it"),
+        "{text}"
+    );
+}
