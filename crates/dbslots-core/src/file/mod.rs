@@ -469,9 +469,24 @@ impl FilePool {
     ) -> Result<u32> {
         self.check_fork()?;
         let started = Instant::now();
-        let result = match self.enqueue()? {
-            Some(place) => self.wait_in_queue(&place, deadline, cancel, started),
-            None => self.wait_polling(deadline, cancel, started),
+        let result = match self.enqueue() {
+            Ok(Some(place)) => self.wait_in_queue(&place, deadline, cancel, started),
+            Ok(None) => {
+                tracing::warn!(pool = %self.name, "the waiters' table is full; polling for a slot");
+                self.wait_polling(deadline, cancel, started)
+            }
+            // No room for a waiter's file (no inode left, the quota of
+            // files used up): waiting needs none, only queueing does.
+            Err(Error::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                tracing::warn!(pool = %self.name, error = %source, "no room for a waiter's file; polling for a slot, out of the queue");
+                self.wait_polling(deadline, cancel, started)
+            }
+            Err(e) => return Err(e),
         };
         match &result {
             Ok(_) => self.board.record_wait(started.elapsed().as_nanos() as u64),
@@ -579,14 +594,14 @@ impl FilePool {
         }
     }
 
-    /// Waiting without a queue entry (the board's table is full): polls.
+    /// Waiting without a queue entry (the board's table is full, or no
+    /// room for a waiter's file): polls.
     fn wait_polling(
         &self,
         deadline: Option<Instant>,
         cancel: &CancelToken,
         started: Instant,
     ) -> Result<u32> {
-        tracing::warn!(pool = %self.name, "the waiters' table is full; polling for a slot");
         loop {
             if let Some(slot) = self.claim(true)? {
                 return Ok(slot);

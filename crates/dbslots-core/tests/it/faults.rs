@@ -1054,3 +1054,36 @@ fn a_pool_json_that_is_not_utf8_is_named_as_the_problem() {
         "{text}"
     );
 }
+
+/// A filesystem out of inodes (or the user's quota of files used up) has
+/// no room for a waiter's file in `waiters/`. The acquirer still waits, as
+/// a waiter without a queue entry does (it polls): a slot freed before its
+/// deadline is its, rather than an error at once.
+#[test]
+fn a_waiter_without_room_for_its_file_still_waits_for_a_slot() {
+    let Some(tiny) = TinyFs::mount("4m,nr_inodes=16") else {
+        return;
+    };
+    let mnt = tiny.path();
+    let path = mnt.join("pool").display().to_string();
+    let p = Pool::open(&path, PoolOptions::new().capacity(1)).expect("create");
+    let mut holder = Holder::spawn(&path, None);
+    assert_eq!(holder.outcome(), Outcome::Held(0));
+    let mut n = 0;
+    while std::fs::File::create(mnt.join(format!("filler{n}"))).is_ok() {
+        n += 1;
+    }
+    assert!(
+        std::fs::File::create(mnt.join("pool/waiters/probe")).is_err(),
+        "no inode left"
+    );
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        holder.release();
+    });
+    let slot = p
+        .blocking_acquire_timeout(Duration::from_secs(10))
+        .expect("the slot freed while waiting");
+    assert_eq!(slot.index(), 0);
+    release.join().expect("released");
+}
