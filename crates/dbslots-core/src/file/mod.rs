@@ -124,6 +124,21 @@ pub(crate) fn check_capacity(capacity: u64) -> Result<()> {
     Ok(())
 }
 
+/// A part of a complete pool (one with `pool.json`) that is not there (a
+/// cleaner of old files, a hand that took `state` for a cache): a damaged
+/// pool, named as such; other errors as they are.
+fn missing_part(e: Error) -> Error {
+    match e {
+        Error::Io { path, source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            Error::Corrupt {
+                path,
+                detail: "it is missing, though pool.json says the pool is complete".into(),
+            }
+        }
+        e => e,
+    }
+}
+
 /// Releases a lock this process took only for a moment (a probe, init.lock).
 ///
 /// Explicitly, not by closing the descriptor: a thread of this process that
@@ -164,6 +179,7 @@ impl FilePool {
             {
                 return Err(Error::NotFound { pool: name });
             }
+            Err(e) if has_meta => return Err(missing_part(e)),
             dirs => dirs?,
         };
 
@@ -196,7 +212,9 @@ impl FilePool {
                     dirs.create(cap, group)?;
                 }
             }
-            let state = dirs.open_root_file(STATE, OFlags::RDWR)?;
+            let state = dirs
+                .open_root_file(STATE, OFlags::RDWR)
+                .map_err(missing_part)?;
             Board::open(&std::fs::File::from(state), &dir.join(STATE))
         })();
         if let Some(fd) = init {

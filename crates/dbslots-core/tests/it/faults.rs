@@ -1087,3 +1087,32 @@ fn a_waiter_without_room_for_its_file_still_waits_for_a_slot() {
     assert_eq!(slot.index(), 0);
     release.join().expect("released");
 }
+
+/// A complete pool (its `pool.json` is there) whose board or slot
+/// directory was removed (a cleaner of old files, a hand that took `state`
+/// for a cache) is a damaged pool: named, with what to do, not a bare "No
+/// such file or directory".
+#[test]
+fn a_pool_missing_its_board_or_slots_is_named_as_damaged() {
+    for missing in ["state", "slots"] {
+        let (_dir, addr) = pool_dir();
+        drop(Pool::open(&addr, PoolOptions::new().capacity(2)).expect("create"));
+        let path = Path::new(&addr).join(missing);
+        if missing == "slots" {
+            std::fs::remove_dir_all(&path).expect("remove");
+        } else {
+            std::fs::remove_file(&path).expect("remove");
+        }
+        for opts in [PoolOptions::new(), PoolOptions::new().capacity(2)] {
+            let err = Pool::open(&addr, opts).expect_err("a damaged pool");
+            let text = err.to_string();
+            assert!(
+                matches!(err, Error::Corrupt { .. })
+                    && text.contains(&path.display().to_string())
+                    && text.contains("missing")
+                    && text.contains("remove this one if nothing uses it"),
+                "{missing}: {text}"
+            );
+        }
+    }
+}
