@@ -263,7 +263,15 @@ impl Shared {
                 pool: self.name.clone(),
             });
         }
-        self.note(cap.max(0) as u32, maxl.max(0) as u64);
+        if !(1..=i64::from(crate::file::MAX_CAPACITY)).contains(&cap) {
+            // Changed behind the pool's back: nothing is taken on it. A
+            // waiter gives up as on a server that does not answer.
+            if slot >= 0 {
+                self.release_token(slot as u32, token);
+            }
+            return Err(self.unusable_capacity(&cap.to_string()));
+        }
+        self.note(cap as u32, maxl.max(0) as u64);
         if slot >= 0 && acked < self.wait_replicas {
             self.release_token(slot as u32, token);
             return Err(self.unacknowledged("acquiring a slot", acked));
@@ -789,17 +797,21 @@ impl Shared {
     fn recorded_capacity(&self, text: &str) -> Result<u32> {
         match text.parse::<u32>() {
             Ok(c) if crate::file::check_capacity(c as u64).is_ok() => Ok(c),
-            _ => {
-                let shown: String = text.chars().take(40).collect();
-                let meta = &self.keys.meta;
-                Err(Error::Backend {
-                    pool: self.name.clone(),
-                    message: format!(
-                        "the field capacity of {meta} holds {shown:?}, not a whole number from 1 to {}: something other than dbslots wrote it; write the capacity the pool should have there (HSET {meta} capacity N)",
-                        crate::file::MAX_CAPACITY
-                    ),
-                })
-            }
+            _ => Err(self.unusable_capacity(text)),
+        }
+    }
+
+    /// The error for a capacity in `meta` that dbslots would not have
+    /// written (see [`Shared::recorded_capacity`]).
+    fn unusable_capacity(&self, text: &str) -> Error {
+        let shown: String = text.chars().take(40).collect();
+        let meta = &self.keys.meta;
+        Error::Backend {
+            pool: self.name.clone(),
+            message: format!(
+                "the field capacity of {meta} holds {shown:?}, not a whole number from 1 to {}: something other than dbslots wrote it; write the capacity the pool should have there (HSET {meta} capacity N)",
+                crate::file::MAX_CAPACITY
+            ),
         }
     }
 

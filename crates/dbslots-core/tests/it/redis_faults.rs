@@ -461,3 +461,45 @@ fn a_capacity_changed_behind_the_pools_back_is_named_as_the_problem() {
     let slot = reopened.try_acquire().expect("try").expect("a free slot");
     drop(slot);
 }
+
+/// The same change under handles that are open already: an acquisition
+/// takes nothing beyond the largest capacity, and a waiter on a capacity
+/// of 0 (which admits nobody) gives up with the same message, as on a
+/// server that does not answer, instead of waiting for good.
+#[test]
+fn open_handles_refuse_a_capacity_changed_behind_the_pools_back() {
+    let _serial = crate::support::timing_sensitive();
+    let Some(url) = redis_url() else { return };
+    let addr = unique_pool(&url);
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let meta = format!("dbslots:{{{}}}:meta", pool_name(&addr));
+    let mut conn = admin(&url);
+    let mut set = |value: &str| {
+        let _: () = ::redis::cmd("HSET")
+            .arg(&meta)
+            .arg("capacity")
+            .arg(value)
+            .query(&mut conn)
+            .expect("HSET");
+    };
+    set("99999");
+    let err = pool.try_acquire().expect_err("past the largest capacity");
+    assert!(err.to_string().contains("\"99999\""), "{err}");
+    set("0");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = pool.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(waiter.blocking_acquire().map(|s| s.index()));
+    });
+    let outcome = rx
+        .recv_timeout(lease() * 10)
+        .expect("the waiter gave up within a few leases");
+    let err = outcome.expect_err("a capacity of 0 admits nobody");
+    assert!(
+        err.to_string().contains("\"0\"") && err.to_string().contains("1 to 4096"),
+        "{err}"
+    );
+    set("1");
+    let stats = pool.stats().expect("stats");
+    assert_eq!((stats.active, stats.waiting), (0, 0), "{stats:?}");
+}
