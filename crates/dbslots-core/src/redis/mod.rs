@@ -132,6 +132,17 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
 
 impl Shared {
     fn backend_error(&self, what: &str, e: redis::RedisError) -> Error {
+        if e.code() == Some("WRONGTYPE") {
+            // Said in our words: the reply ends in "on @user_script:N.",
+            // which the redaction takes for the end of a password.
+            let keys = self.keys.meta.trim_end_matches("meta");
+            return Error::Backend {
+                pool: self.name.clone(),
+                message: format!(
+                    "{what}: the server answered WRONGTYPE: a key of the pool holds another type of value than dbslots keeps there, so something other than dbslots wrote it; find it among {keys}* (redis-cli TYPE) and delete it: dbslots rebuilds what it needs, and admits nobody for a lease time where holders may have been lost"
+                ),
+            };
+        }
         let detail = redact_redis(&e.to_string());
         let hint = if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() {
             "; check that the Redis server is running and reachable, then retry"

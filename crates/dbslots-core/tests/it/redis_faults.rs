@@ -503,3 +503,39 @@ fn open_handles_refuse_a_capacity_changed_behind_the_pools_back() {
     let stats = pool.stats().expect("stats");
     assert_eq!((stats.active, stats.waiting), (0, 0), "{stats:?}");
 }
+
+/// A key of the pool overwritten with another type (`SET` on the sorted set
+/// of leases): the server's WRONGTYPE answer is named with what to do. The
+/// reply itself ends in "on @user_script:4.", which the URL redaction took
+/// for the end of a password and hid with everything else, leaving
+/// `"WRONGTYPE":***@user_script:4.`.
+#[test]
+fn a_key_of_another_type_is_named_as_the_problem() {
+    let Some(url) = redis_url() else { return };
+    let addr = unique_pool(&url);
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let leases = format!("dbslots:{{{}}}:leases", pool_name(&addr));
+    let mut conn = admin(&url);
+    let _: () = ::redis::cmd("SET")
+        .arg(&leases)
+        .arg("x")
+        .query(&mut conn)
+        .expect("SET");
+    for err in [
+        pool.stats().expect_err("WRONGTYPE"),
+        pool.try_acquire().expect_err("WRONGTYPE"),
+    ] {
+        let text = err.to_string();
+        assert!(
+            text.contains("WRONGTYPE")
+                && text.contains("a key of the pool holds another type")
+                && !text.contains("***"),
+            "{text}"
+        );
+    }
+    let _: () = ::redis::cmd("DEL")
+        .arg(&leases)
+        .query(&mut conn)
+        .expect("DEL");
+    assert!(pool.try_acquire().expect("try").is_some());
+}
