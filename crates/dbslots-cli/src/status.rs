@@ -133,7 +133,22 @@ pub fn run_resize(args: ResizeArgs) -> anyhow::Result<ExitCode> {
         capacity: None,
         group: None,
     };
-    let pool = pool_args.open()?;
+    let pool = match pool_args.open() {
+        // The library's advice (give a capacity to create it) is what the
+        // user just did: `resize` never creates a pool.
+        Err(e)
+            if matches!(
+                e.downcast_ref::<dbslots_core::Error>(),
+                Some(dbslots_core::Error::NotFound { .. })
+            ) =>
+        {
+            anyhow::bail!(
+                "pool {} does not exist, so it has no capacity to change (resize never creates a pool); check the address, or create the pool with the capacity it should have: `dbslots status --pool POOL --capacity N`",
+                pool_args.addr()?
+            );
+        }
+        pool => pool?,
+    };
     let old = pool.resize(args.capacity)?;
     crate::output::stdout(format!(
         "pool {}: capacity {} -> {}\n",

@@ -194,6 +194,9 @@ fn io_hint(e: &io::Error) -> &'static str {
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
             "; the filesystem is full (or the quota used up): free some space and try again"
         }
+        io::ErrorKind::ReadOnlyFilesystem => {
+            "; the filesystem is mounted read-only: remount it read-write, or choose a pool directory on a writable filesystem"
+        }
         _ => "",
     }
 }

@@ -767,3 +767,29 @@ fn a_daemon_is_reaped(launch: Launch) {
         "exited children never reaped ({launch:?})"
     );
 }
+
+/// `resize` changes a pool that exists. Given a path where there is none (a
+/// typo, a pool not created yet), it creates nothing, and its advice is not
+/// the generic "create it by giving a capacity (--capacity)": the user just
+/// gave `--capacity`, and running the same command again fails the same way.
+#[test]
+fn resize_of_a_missing_pool_creates_nothing_and_says_how_to_create_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = dir.path().join("typo").display().to_string();
+    let out = dbslots()
+        .args(["resize", "--pool", &pool, "--capacity", "3"])
+        .output()
+        .expect("run resize");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        !std::path::Path::new(&pool).exists(),
+        "resize created {pool}"
+    );
+    assert!(
+        stderr.contains(&format!("pool {pool} does not exist"))
+            && !stderr.contains("create it by giving a capacity (--capacity)")
+            && stderr.contains("`dbslots status --pool POOL --capacity N`"),
+        "{stderr}"
+    );
+}

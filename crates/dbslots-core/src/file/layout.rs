@@ -402,9 +402,11 @@ impl Dirs {
         }
         // A real pool.json is a few hundred bytes; never read a planted
         // giant whole.
-        let mut text = String::new();
+        // Bytes, not a String: text that is not UTF-8 is a damaged
+        // pool.json like any other, which the parser names.
+        let mut text = Vec::new();
         file.take(META_MAX_BYTES + 1)
-            .read_to_string(&mut text)
+            .read_to_end(&mut text)
             .map_err(|e| Error::io("reading", &path, e))?;
         if text.len() as u64 > META_MAX_BYTES {
             return Err(Error::Corrupt {
@@ -414,7 +416,7 @@ impl Dirs {
                 ),
             });
         }
-        let meta: Meta = serde_json::from_str(&text).map_err(|e| Error::Corrupt {
+        let meta: Meta = serde_json::from_slice(&text).map_err(|e| Error::Corrupt {
             path: path.clone(),
             detail: format!("pool.json: {e}"),
         })?;

@@ -124,6 +124,21 @@ pub(crate) fn check_capacity(capacity: u64) -> Result<()> {
     Ok(())
 }
 
+/// A part of a complete pool (one with `pool.json`) that is not there (a
+/// cleaner of old files, a hand that took `state` for a cache): a damaged
+/// pool, named as such; other errors as they are.
+fn missing_part(e: Error) -> Error {
+    match e {
+        Error::Io { path, source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            Error::Corrupt {
+                path,
+                detail: "it is missing, though pool.json says the pool is complete".into(),
+            }
+        }
+        e => e,
+    }
+}
+
 /// Releases a lock this process took only for a moment (a probe, init.lock).
 ///
 /// Explicitly, not by closing the descriptor: a thread of this process that
@@ -164,6 +179,7 @@ impl FilePool {
             {
                 return Err(Error::NotFound { pool: name });
             }
+            Err(e) if has_meta => return Err(missing_part(e)),
             dirs => dirs?,
         };
 
@@ -196,7 +212,9 @@ impl FilePool {
                     dirs.create(cap, group)?;
                 }
             }
-            let state = dirs.open_root_file(STATE, OFlags::RDWR)?;
+            let state = dirs
+                .open_root_file(STATE, OFlags::RDWR)
+                .map_err(missing_part)?;
             Board::open(&std::fs::File::from(state), &dir.join(STATE))
         })();
         if let Some(fd) = init {
@@ -387,7 +405,11 @@ impl FilePool {
             if capacity == 0 {
                 return Ok(None);
             }
-            let hw = self.high_water(capacity);
+            // The word as stored: a drain that ends replaces exactly it,
+            // also when it is past the board (planted), where reading it
+            // clamps it.
+            let stored = self.board.high_water().load(Ordering::SeqCst);
+            let hw = stored.clamp(capacity, MAX_CAPACITY);
             let mut held = 0;
             let mut above = 0;
             let mut candidate = None;
@@ -413,7 +435,7 @@ impl FilePool {
             }
             if above == 0 {
                 let _ = self.board.high_water().compare_exchange(
-                    hw,
+                    stored,
                     capacity,
                     Ordering::SeqCst,
                     Ordering::SeqCst,
@@ -465,9 +487,24 @@ impl FilePool {
     ) -> Result<u32> {
         self.check_fork()?;
         let started = Instant::now();
-        let result = match self.enqueue()? {
-            Some(place) => self.wait_in_queue(&place, deadline, cancel, started),
-            None => self.wait_polling(deadline, cancel, started),
+        let result = match self.enqueue() {
+            Ok(Some(place)) => self.wait_in_queue(&place, deadline, cancel, started),
+            Ok(None) => {
+                tracing::warn!(pool = %self.name, "the waiters' table is full; polling for a slot");
+                self.wait_polling(deadline, cancel, started)
+            }
+            // No room for a waiter's file (no inode left, the quota of
+            // files used up): waiting needs none, only queueing does.
+            Err(Error::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                tracing::warn!(pool = %self.name, error = %source, "no room for a waiter's file; polling for a slot, out of the queue");
+                self.wait_polling(deadline, cancel, started)
+            }
+            Err(e) => return Err(e),
         };
         match &result {
             Ok(_) => self.board.record_wait(started.elapsed().as_nanos() as u64),
@@ -575,14 +612,14 @@ impl FilePool {
         }
     }
 
-    /// Waiting without a queue entry (the board's table is full): polls.
+    /// Waiting without a queue entry (the board's table is full, or no
+    /// room for a waiter's file): polls.
     fn wait_polling(
         &self,
         deadline: Option<Instant>,
         cancel: &CancelToken,
         started: Instant,
     ) -> Result<u32> {
-        tracing::warn!(pool = %self.name, "the waiters' table is full; polling for a slot");
         loop {
             if let Some(slot) = self.claim(true)? {
                 return Ok(slot);

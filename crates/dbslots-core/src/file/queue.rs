@@ -40,7 +40,8 @@
 //! * **Deadlines and cancellation** are futex timeouts and a wake of the
 //!   waiter's own word (see `cancel`): no signal, no helper thread.
 //! * **A full table** (more than `QUEUE_LEN` waiters) makes the extra
-//!   waiters poll every 2 ms, like foreign clients.
+//!   waiters poll every 2 ms, like foreign clients; so does a filesystem
+//!   with no room for a waiter's file (no inode left, a quota of files).
 //!
 //! Foreign clients (docs/protocol.md) are not in this queue: they poll with
 //! non-blocking locks, so a stopped foreign waiter holds nothing anybody

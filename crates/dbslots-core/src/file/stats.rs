@@ -81,13 +81,11 @@ impl FilePool {
         Ok(out)
     }
 
+    /// Waiters that wait now: what `stats()` lists, not every name in
+    /// `waiters/` (a SIGKILLed waiter leaves its file behind, and anybody
+    /// who can write the pool can plant entries there).
     pub(super) fn count_waiters(&self) -> Result<u32> {
-        Ok(self
-            .dirs
-            .waiter_names()?
-            .iter()
-            .filter(|n| !n.starts_with('.'))
-            .count() as u32)
+        Ok(self.live_waiters()?.len() as u32)
     }
 
     /// A snapshot from the locks themselves; repairs stale board entries.

@@ -132,6 +132,17 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
 
 impl Shared {
     fn backend_error(&self, what: &str, e: redis::RedisError) -> Error {
+        if e.code() == Some("WRONGTYPE") {
+            // Said in our words: the reply ends in "on @user_script:N.",
+            // which the redaction takes for the end of a password.
+            let keys = self.keys.meta.trim_end_matches("meta");
+            return Error::Backend {
+                pool: self.name.clone(),
+                message: format!(
+                    "{what}: the server answered WRONGTYPE: a key of the pool holds another type of value than dbslots keeps there, so something other than dbslots wrote it; find it among {keys}* (redis-cli TYPE) and delete it: dbslots rebuilds what it needs, and admits nobody for a lease time where holders may have been lost"
+                ),
+            };
+        }
         let detail = redact_redis(&e.to_string());
         let hint = if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() {
             "; check that the Redis server is running and reachable, then retry"
@@ -263,7 +274,15 @@ impl Shared {
                 pool: self.name.clone(),
             });
         }
-        self.note(cap.max(0) as u32, maxl.max(0) as u64);
+        if !(1..=i64::from(crate::file::MAX_CAPACITY)).contains(&cap) {
+            // Changed behind the pool's back: nothing is taken on it. A
+            // waiter gives up as on a server that does not answer.
+            if slot >= 0 {
+                self.release_token(slot as u32, token);
+            }
+            return Err(self.unusable_capacity(&cap.to_string()));
+        }
+        self.note(cap as u32, maxl.max(0) as u64);
         if slot >= 0 && acked < self.wait_replicas {
             self.release_token(slot as u32, token);
             return Err(self.unacknowledged("acquiring a slot", acked));
@@ -464,7 +483,7 @@ impl RedisPool {
                     .arg(&shared.keys.meta)
                     .arg("capacity")
                     .arg("max_lease")
-                    .query::<(Option<u32>, Option<u64>)>(c)
+                    .query::<(Option<String>, Option<String>)>(c)
             })
         };
         let (recorded, max_lease) = read()
@@ -476,6 +495,11 @@ impl RedisPool {
                 std::thread::sleep(shared.timing.call_timeout);
                 read()
             })?;
+        let recorded = recorded
+            .map(|text| shared.recorded_capacity(&text))
+            .transpose()?;
+        // The scripts take a longest lease that is no number as none.
+        let max_lease = max_lease.and_then(|text| text.parse::<u64>().ok());
         let recorded = match (recorded, capacity) {
             (Some(rec), Some(req)) if rec != req => {
                 return Err(Error::CapacityMismatch {
@@ -652,7 +676,7 @@ impl RedisPool {
     pub(crate) fn stats(&self) -> Result<PoolStats> {
         let k = &self.shared.keys;
         type Snapshot = (
-            Option<u32>,
+            Option<String>,
             Vec<(String, f64)>,
             HashMap<String, String>,
             Vec<String>,
@@ -676,7 +700,8 @@ impl RedisPool {
         // A pool whose state the server lost is shown with the capacity
         // this handle knows; the next acquisition restores it.
         let capacity = match cap {
-            Some(c) => {
+            Some(text) => {
+                let c = self.shared.recorded_capacity(&text)?;
                 self.shared.capacity.store(c, Ordering::Relaxed);
                 c
             }
@@ -776,6 +801,31 @@ impl RedisPool {
 }
 
 impl Shared {
+    /// The capacity `meta` records. Anybody who can write the server can
+    /// change it (a typo in `redis-cli`, an operator's script): anything
+    /// dbslots would not have written, a whole number from 1 to
+    /// `MAX_CAPACITY`, is refused, naming where it is and what to do.
+    fn recorded_capacity(&self, text: &str) -> Result<u32> {
+        match text.parse::<u32>() {
+            Ok(c) if crate::file::check_capacity(c as u64).is_ok() => Ok(c),
+            _ => Err(self.unusable_capacity(text)),
+        }
+    }
+
+    /// The error for a capacity in `meta` that dbslots would not have
+    /// written (see [`Shared::recorded_capacity`]).
+    fn unusable_capacity(&self, text: &str) -> Error {
+        let shown: String = text.chars().take(40).collect();
+        let meta = &self.keys.meta;
+        Error::Backend {
+            pool: self.name.clone(),
+            message: format!(
+                "the field capacity of {meta} holds {shown:?}, not a whole number from 1 to {}: something other than dbslots wrote it; write the capacity the pool should have there (HSET {meta} capacity N)",
+                crate::file::MAX_CAPACITY
+            ),
+        }
+    }
+
     /// Creates the pool's metadata. After a server (re)start, admission
     /// waits until the server has been up for one lease time.
     fn create(&self, capacity: u32) -> Result<u32> {

@@ -946,3 +946,173 @@ fn a_killed_holder_that_forked_a_helper_before_taking_its_slot_frees_it() {
         "the killed holder's slot stayed held by the helper it had forked"
     );
 }
+
+/// The timeout error's "waiting" counts waiters that wait: not the file a
+/// SIGKILLed waiter left in `waiters/` (nobody removes it until a `stats()`
+/// sweeps), nor entries planted there that are no waiter's file at all.
+#[test]
+fn a_timeout_counts_live_waiters_only() {
+    let (_dir, pool) = pool_dir();
+    let p = Pool::open(&pool, PoolOptions::new().capacity(1)).expect("create");
+    let _held = p.try_acquire().expect("try").expect("the only slot");
+    let mut killed = Holder::spawn(&pool, None);
+    wait_for_waiters(&p, 1);
+    killed.child.kill().expect("SIGKILL the waiter");
+    killed.child.wait().expect("reap the waiter");
+    let waiters = Path::new(&pool).join("waiters");
+    assert_eq!(
+        std::fs::read_dir(&waiters).expect("waiters/").count(),
+        1,
+        "the killed waiter's file is left"
+    );
+    let fifo = std::ffi::CString::new(waiters.join("fifo").display().to_string()).expect("path");
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    std::fs::create_dir(waiters.join("dir")).expect("mkdir");
+    std::os::unix::fs::symlink("/dev/zero", waiters.join("zero")).expect("symlink");
+    match p.blocking_acquire_timeout(Duration::from_millis(200)) {
+        Err(Error::Timeout {
+            waiting, active, ..
+        }) => assert_eq!((waiting, active), (1, 1), "only this acquirer waits"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The board's high-water mark past the largest capacity (planted: anybody
+/// who can write the pool can write the board) reads as a shrink draining
+/// from slot 4096. Once no slot above the capacity is held the drain ends,
+/// as any drain does; it must not stay on for good, sending every
+/// acquisition through `init.lock` and a probe of 4096 slot files.
+#[test]
+fn a_high_water_mark_past_the_board_ends_like_any_drain() {
+    use std::os::unix::fs::FileExt;
+    let (_dir, pool) = pool_dir();
+    let p = Pool::open(&pool, PoolOptions::new().capacity(2)).expect("create");
+    let state = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(Path::new(&pool).join("state"))
+        .expect("state");
+    // docs/protocol.md: the high-water mark is the u32 at offset 20.
+    state
+        .write_all_at(&u32::MAX.to_ne_bytes(), 20)
+        .expect("plant");
+    drop(p.try_acquire().expect("try").expect("a free slot"));
+    let mut word = [0u8; 4];
+    state.read_exact_at(&mut word, 20).expect("read");
+    assert_eq!(u32::from_ne_bytes(word), 2, "the drain ended");
+}
+
+/// A pool on a filesystem mounted read-only (a remount after an I/O error,
+/// a container's read-only root): the error says so and what to do, not
+/// only the operating system's "Read-only file system".
+#[test]
+fn a_read_only_filesystem_is_named_with_what_to_do() {
+    let Some(tiny) = TinyFs::mount("1m") else {
+        return;
+    };
+    let mnt = tiny.path();
+    Pool::open(mnt.join("pool").as_path(), PoolOptions::new().capacity(2)).expect("create");
+    let status = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(mnt)
+        .status()
+        .expect("mount runs");
+    assert!(status.success(), "remount read-only");
+    for err in [
+        Pool::open(mnt.join("pool").as_path(), PoolOptions::new()).expect_err("read-only"),
+        Pool::open(mnt.join("new").as_path(), PoolOptions::new().capacity(2))
+            .expect_err("read-only"),
+    ] {
+        let err = err.to_string();
+        assert!(
+            err.contains("Read-only file system")
+                && err.contains("the filesystem is mounted read-only: remount it read-write, or choose a pool directory on a writable filesystem"),
+            "{err}"
+        );
+    }
+}
+
+/// A `pool.json` that is not even UTF-8 (a planted binary, a damaged disk)
+/// is a damaged pool file like one that is no JSON: named, with what to
+/// do, not the bare "stream did not contain valid UTF-8".
+#[test]
+fn a_pool_json_that_is_not_utf8_is_named_as_the_problem() {
+    let (_dir, addr) = pool_dir();
+    drop(Pool::open(&addr, PoolOptions::new().capacity(2)).expect("create"));
+    std::fs::write(
+        Path::new(&addr).join("pool.json"),
+        b"{\"format\": 2, \"capacity\": 2, \xff\xfe}",
+    )
+    .expect("plant pool.json");
+    let err = Pool::open(&addr, PoolOptions::new()).expect_err("a damaged pool.json");
+    let text = err.to_string();
+    assert!(
+        matches!(err, Error::Corrupt { .. })
+            && text.contains("pool.json")
+            && text.contains("remove this one if nothing uses it"),
+        "{text}"
+    );
+}
+
+/// A filesystem out of inodes (or the user's quota of files used up) has
+/// no room for a waiter's file in `waiters/`. The acquirer still waits, as
+/// a waiter without a queue entry does (it polls): a slot freed before its
+/// deadline is its, rather than an error at once.
+#[test]
+fn a_waiter_without_room_for_its_file_still_waits_for_a_slot() {
+    let Some(tiny) = TinyFs::mount("4m,nr_inodes=16") else {
+        return;
+    };
+    let mnt = tiny.path();
+    let path = mnt.join("pool").display().to_string();
+    let p = Pool::open(&path, PoolOptions::new().capacity(1)).expect("create");
+    let mut holder = Holder::spawn(&path, None);
+    assert_eq!(holder.outcome(), Outcome::Held(0));
+    let mut n = 0;
+    while std::fs::File::create(mnt.join(format!("filler{n}"))).is_ok() {
+        n += 1;
+    }
+    assert!(
+        std::fs::File::create(mnt.join("pool/waiters/probe")).is_err(),
+        "no inode left"
+    );
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        holder.release();
+    });
+    let slot = p
+        .blocking_acquire_timeout(Duration::from_secs(10))
+        .expect("the slot freed while waiting");
+    assert_eq!(slot.index(), 0);
+    release.join().expect("released");
+}
+
+/// A complete pool (its `pool.json` is there) whose board or slot
+/// directory was removed (a cleaner of old files, a hand that took `state`
+/// for a cache) is a damaged pool: named, with what to do, not a bare "No
+/// such file or directory".
+#[test]
+fn a_pool_missing_its_board_or_slots_is_named_as_damaged() {
+    for missing in ["state", "slots"] {
+        let (_dir, addr) = pool_dir();
+        drop(Pool::open(&addr, PoolOptions::new().capacity(2)).expect("create"));
+        let path = Path::new(&addr).join(missing);
+        if missing == "slots" {
+            std::fs::remove_dir_all(&path).expect("remove");
+        } else {
+            std::fs::remove_file(&path).expect("remove");
+        }
+        for opts in [PoolOptions::new(), PoolOptions::new().capacity(2)] {
+            let err = Pool::open(&addr, opts).expect_err("a damaged pool");
+            let text = err.to_string();
+            assert!(
+                matches!(err, Error::Corrupt { .. })
+                    && text.contains(&path.display().to_string())
+                    && text.contains("missing")
+                    && text.contains("remove this one if nothing uses it"),
+                "{missing}: {text}"
+            );
+        }
+    }
+}

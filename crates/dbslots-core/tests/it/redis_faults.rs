@@ -413,3 +413,129 @@ fn an_uncontended_acquire_and_release_take_two_round_trips() {
     );
     assert!(used >= 2 * rounds, "{used}");
 }
+
+/// `meta` is a hash anybody who can write the server can change (a typo in
+/// `redis-cli`, a script of an operator): a capacity dbslots cannot use is
+/// named as the problem, with where it is and what to do, like an
+/// impossible capacity in a file pool's `pool.json`, rather than taken as it
+/// is (0: nobody is ever admitted; above the maximum) or failing with the
+/// client library's "Incompatible type".
+#[test]
+fn a_capacity_changed_behind_the_pools_back_is_named_as_the_problem() {
+    let Some(url) = redis_url() else { return };
+    let addr = unique_pool(&url);
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(2)).expect("create");
+    let meta = format!("dbslots:{{{}}}:meta", pool_name(&addr));
+    let mut conn = admin(&url);
+    let set = |conn: &mut ::redis::Connection, field: &str, value: &str| {
+        let _: () = ::redis::cmd("HSET")
+            .arg(&meta)
+            .arg(field)
+            .arg(value)
+            .query(conn)
+            .expect("HSET");
+    };
+    for bad in ["0", "-3", "abc", "2.5", "4097", "4294967296", ""] {
+        set(&mut conn, "capacity", bad);
+        for err in [
+            Pool::open(&addr, PoolOptions::new()).expect_err("an unusable capacity"),
+            pool.stats().expect_err("an unusable capacity"),
+        ] {
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("{bad:?}"))
+                    && text.contains(&meta)
+                    && text.contains("1 to 4096")
+                    && !text.contains("Incompatible type"),
+                "{bad:?}: {text}"
+            );
+        }
+    }
+    // A longest lease that is no number is not worth refusing the pool
+    // for: the scripts take it as none recorded.
+    set(&mut conn, "capacity", "3");
+    set(&mut conn, "max_lease", "abc");
+    let reopened = Pool::open(&addr, PoolOptions::new()).expect("open");
+    assert_eq!(reopened.capacity(), 3);
+    assert_eq!(pool.stats().expect("stats").capacity, 3);
+    let slot = reopened.try_acquire().expect("try").expect("a free slot");
+    drop(slot);
+}
+
+/// The same change under handles that are open already: an acquisition
+/// takes nothing beyond the largest capacity, and a waiter on a capacity
+/// of 0 (which admits nobody) gives up with the same message, as on a
+/// server that does not answer, instead of waiting for good.
+#[test]
+fn open_handles_refuse_a_capacity_changed_behind_the_pools_back() {
+    let _serial = crate::support::timing_sensitive();
+    let Some(url) = redis_url() else { return };
+    let addr = unique_pool(&url);
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let meta = format!("dbslots:{{{}}}:meta", pool_name(&addr));
+    let mut conn = admin(&url);
+    let mut set = |value: &str| {
+        let _: () = ::redis::cmd("HSET")
+            .arg(&meta)
+            .arg("capacity")
+            .arg(value)
+            .query(&mut conn)
+            .expect("HSET");
+    };
+    set("99999");
+    let err = pool.try_acquire().expect_err("past the largest capacity");
+    assert!(err.to_string().contains("\"99999\""), "{err}");
+    set("0");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = pool.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(waiter.blocking_acquire().map(|s| s.index()));
+    });
+    let outcome = rx
+        .recv_timeout(lease() * 10)
+        .expect("the waiter gave up within a few leases");
+    let err = outcome.expect_err("a capacity of 0 admits nobody");
+    assert!(
+        err.to_string().contains("\"0\"") && err.to_string().contains("1 to 4096"),
+        "{err}"
+    );
+    set("1");
+    let stats = pool.stats().expect("stats");
+    assert_eq!((stats.active, stats.waiting), (0, 0), "{stats:?}");
+}
+
+/// A key of the pool overwritten with another type (`SET` on the sorted set
+/// of leases): the server's WRONGTYPE answer is named with what to do. The
+/// reply itself ends in "on @user_script:4.", which the URL redaction took
+/// for the end of a password and hid with everything else, leaving
+/// `"WRONGTYPE":***@user_script:4.`.
+#[test]
+fn a_key_of_another_type_is_named_as_the_problem() {
+    let Some(url) = redis_url() else { return };
+    let addr = unique_pool(&url);
+    let pool = Pool::open(&addr, PoolOptions::new().capacity(1)).expect("create");
+    let leases = format!("dbslots:{{{}}}:leases", pool_name(&addr));
+    let mut conn = admin(&url);
+    let _: () = ::redis::cmd("SET")
+        .arg(&leases)
+        .arg("x")
+        .query(&mut conn)
+        .expect("SET");
+    for err in [
+        pool.stats().expect_err("WRONGTYPE"),
+        pool.try_acquire().expect_err("WRONGTYPE"),
+    ] {
+        let text = err.to_string();
+        assert!(
+            text.contains("WRONGTYPE")
+                && text.contains("a key of the pool holds another type")
+                && !text.contains("***"),
+            "{text}"
+        );
+    }
+    let _: () = ::redis::cmd("DEL")
+        .arg(&leases)
+        .query(&mut conn)
+        .expect("DEL");
+    assert!(pool.try_acquire().expect("try").is_some());
+}
