@@ -387,7 +387,10 @@ impl TinyFs {
 
 impl Drop for TinyFs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
+        // Lazily (`-l`): when a test fails, a process of it may still have
+        // files open there; the mount must not outlive the test all the
+        // same.
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
     }
 }
 
