@@ -390,7 +390,10 @@ impl Drop for TinyFs {
         // Lazily (`-l`): when a test fails, a process of it may still have
         // files open there; the mount must not outlive the test all the
         // same.
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
