@@ -62,6 +62,9 @@ impl Ctx {
         tracing::debug!(worker = index, pid, slot = ?slot_index, "worker started");
         let pgid = libc::pid_t::try_from(pid).unwrap_or(0);
         self.running.insert(pgid, index);
+        // A worker that stopped before it was noted here had its SIGCHLD
+        // come too early to be reported: look now.
+        self.report_stopped_workers();
 
         let ctx = self.clone();
         let (stdout, stderr) = child.take_output();
